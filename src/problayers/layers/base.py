@@ -1,0 +1,118 @@
+"""``DistributionLambda``, the base of every distribution layer, and its argument checks.
+
+A distribution layer is an ``nn.Module`` whose ``forward`` returns a tensor-coercible
+distribution (:mod:`problayers.coercible`). Layers with parameters also have a static
+``params_size(...)`` (how many inputs the layer consumes per example) and a pure static
+``new(params, ...)`` (the distribution those inputs define), as in ``tfp.layers``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+
+import torch
+import torch.distributions as D
+from torch import nn
+
+from ..coercible import CONVERT_TO_TENSOR_FNS, ConvertFn, as_coercible, convert_to_tensor
+from ..losses import set_added_loss
+
+__all__ = ["DistributionLambda", "check_params", "event_size", "normalize_event_shape"]
+
+
+def normalize_event_shape(event_shape: int | Iterable[int], name: str = "event_shape") -> tuple[int, ...]:
+    """``int`` or iterable of positive ints -> ``tuple``; anything else raises with ``name``."""
+    if isinstance(event_shape, bool):
+        raise TypeError(f"{name}: expected a positive int or a tuple of them, got {event_shape!r}")
+    if isinstance(event_shape, int):
+        event_shape = (event_shape,)
+    try:
+        shape = tuple(event_shape)
+    except TypeError:
+        raise TypeError(
+            f"{name}: expected a positive int or a tuple of them, got {type(event_shape).__name__}"
+        ) from None
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape):
+        raise ValueError(f"{name}: expected positive ints, got {shape!r}")
+    return shape
+
+
+def check_params(layer: str, params, expected: int) -> torch.Tensor:
+    """Coerce ``params`` to a tensor of shape ``(*batch, expected)`` or raise naming ``layer``."""
+    params = convert_to_tensor(params)
+    if not isinstance(params, torch.Tensor):
+        raise TypeError(f"{layer}: expected params as a torch.Tensor, got {type(params).__name__}")
+    if params.dim() == 0 or params.shape[-1] != expected:
+        raise ValueError(
+            f"{layer}: expected params of shape (..., {expected}) (params_size), "
+            f"got shape {tuple(params.shape)}"
+        )
+    if not params.is_floating_point():
+        raise TypeError(f"{layer}: expected floating-point params, got dtype {params.dtype}")
+    return params
+
+
+def event_size(event_shape: tuple[int, ...]) -> int:
+    return math.prod(event_shape)
+
+
+class DistributionLambda(nn.Module):
+    """A layer whose output is a distribution that also acts as a tensor.
+
+    Args:
+        make_distribution_fn: ``(*inputs) -> Distribution``.
+        convert_to_tensor_fn: how the output becomes a tensor when one is needed:
+            ``"rsample"`` (default), ``"sample"``, ``"mean"``, ``"mode"`` or a callable.
+        activity_regularizer: optional ``Distribution -> 0-dim tensor`` (e.g.
+            :class:`~problayers.KLDivergenceRegularizer`); its value on each output is recorded
+            as an added loss (:func:`~problayers.collect_losses`).
+
+    Input: whatever ``make_distribution_fn`` takes. Output: a tensor-coercible distribution with
+    the batch/event shapes ``make_distribution_fn`` gives.
+    """
+
+    def __init__(
+        self,
+        make_distribution_fn: Callable[..., D.Distribution] | None = None,
+        convert_to_tensor_fn: ConvertFn = "rsample",
+        activity_regularizer: Callable[[D.Distribution], torch.Tensor] | None = None,
+    ) -> None:
+        super().__init__()
+        if make_distribution_fn is not None and not callable(make_distribution_fn):
+            raise TypeError(
+                f"make_distribution_fn: expected a callable, got {type(make_distribution_fn).__name__}"
+            )
+        if not (callable(convert_to_tensor_fn) or convert_to_tensor_fn in CONVERT_TO_TENSOR_FNS):
+            raise ValueError(
+                f"convert_to_tensor_fn: expected one of {sorted(CONVERT_TO_TENSOR_FNS)} or a callable, "
+                f"got {convert_to_tensor_fn!r}"
+            )
+        if activity_regularizer is not None and not callable(activity_regularizer):
+            raise TypeError(
+                f"activity_regularizer: expected a callable, got {type(activity_regularizer).__name__}"
+            )
+        self.make_distribution_fn = make_distribution_fn
+        self.convert_to_tensor_fn = convert_to_tensor_fn
+        self.activity_regularizer = activity_regularizer
+
+    def make_distribution(self, *args, **kwargs) -> D.Distribution:
+        if self.make_distribution_fn is None:
+            raise NotImplementedError(f"{type(self).__name__} has no make_distribution_fn")
+        return self.make_distribution_fn(*args, **kwargs)
+
+    def forward(self, *args, **kwargs) -> D.Distribution:
+        dist = self.make_distribution(*args, **kwargs)
+        if not isinstance(dist, D.Distribution):
+            raise TypeError(
+                f"{type(self).__name__}: make_distribution_fn returned {type(dist).__name__}, "
+                "expected a torch.distributions.Distribution"
+            )
+        out = as_coercible(dist, self.convert_to_tensor_fn)
+        if self.activity_regularizer is not None:
+            set_added_loss(self, "activity_regularizer", self.activity_regularizer(out))
+        return out
+
+    def extra_repr(self) -> str:
+        fn = self.convert_to_tensor_fn
+        return f"convert_to_tensor_fn={fn if isinstance(fn, str) else getattr(fn, '__name__', fn)!s}"

@@ -1,0 +1,150 @@
+"""KL regularization of a distribution layer's output: the KL term of the ELBO.
+
+``KLDivergenceRegularizer(prior)`` is used as a distribution layer's ``activity_regularizer``;
+``KLDivergenceAddLoss(prior)`` is the same as a pass-through layer. Either records
+``weight * mean_over_batch(KL(q || prior))`` as an added loss (see :mod:`problayers.losses`).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.distributions as D
+from torch import nn
+
+from .coercible import TensorCoercible, convert_to_tensor
+from .losses import set_added_loss
+
+__all__ = ["KLDivergenceAddLoss", "KLDivergenceRegularizer", "distribution_to"]
+
+PriorLike = D.Distribution | nn.Module | Callable[[], D.Distribution]
+
+
+def distribution_to(dist: D.Distribution, device: torch.device, dtype: torch.dtype) -> D.Distribution:
+    """A copy of ``dist`` (same batch/event shapes) whose floating tensors (parameters, cached
+    properties, base distributions) live on ``device`` with ``dtype``."""
+    out = copy.copy(dist)
+    for name, value in vars(dist).items():
+        if isinstance(value, torch.Tensor):
+            target = dtype if value.is_floating_point() else value.dtype
+            setattr(out, name, value.to(device=device, dtype=target))
+        elif isinstance(value, D.Distribution):
+            setattr(out, name, distribution_to(value, device, dtype))
+    return out
+
+
+def _class_name(dist: D.Distribution) -> str:
+    cls = type(dist).__mro__[2] if isinstance(dist, TensorCoercible) else type(dist)
+    return cls.__name__
+
+
+class KLDivergenceRegularizer(nn.Module):
+    """``weight * KL(q || prior)``, averaged over the batch, of a layer's output ``q``.
+
+    Args:
+        prior: a ``Distribution`` (moved to the output's device and dtype as needed), a
+            zero-argument callable returning one, or an ``nn.Module`` whose ``forward()``
+            returns one (a trainable prior: its parameters become the layer's).
+        weight: scales the term exactly (``weight != 1`` gives a beta-VAE).
+        use_exact_kl: ``torch.distributions.kl_divergence`` (a clear error where torch has no
+            formula for the pair) instead of the Monte Carlo estimate
+            ``log q(z) - log prior(z)`` at ``z = test_points_fn(q)``.
+        test_points_fn: ``q -> z``; default: ``q``'s cached tensor value, so the KL is computed
+            at the very sample the next layer consumes.
+        test_points_reduce_axis: axes of ``log q(z) - log prior(z)`` that are sample axes of
+            ``z`` (averaged first). The result is then averaged over the remaining (batch) axes,
+            so for the scalar it returns this only documents what the axes mean.
+
+    Call: ``q`` with batch shape B and event shape E -> a 0-dim tensor.
+    """
+
+    def __init__(
+        self,
+        prior: PriorLike,
+        weight: float | torch.Tensor = 1.0,
+        use_exact_kl: bool = False,
+        test_points_fn: Callable[[D.Distribution], torch.Tensor] = convert_to_tensor,
+        test_points_reduce_axis: int | Sequence[int] = (),
+    ) -> None:
+        super().__init__()
+        if not (isinstance(prior, (D.Distribution, nn.Module)) or callable(prior)):
+            raise TypeError(
+                "prior: expected a torch.distributions.Distribution, an nn.Module returning one "
+                f"or a zero-argument callable returning one, got {type(prior).__name__}"
+            )
+        if not isinstance(weight, (int, float, torch.Tensor)) or isinstance(weight, bool):
+            raise TypeError(f"weight: expected a number or a tensor, got {type(weight).__name__}")
+        if not callable(test_points_fn):
+            raise TypeError(f"test_points_fn: expected a callable, got {type(test_points_fn).__name__}")
+        self.prior = prior  # an nn.Module prior is registered as a submodule
+        self.weight = weight
+        self.use_exact_kl = bool(use_exact_kl)
+        self.test_points_fn = test_points_fn
+        axes = test_points_reduce_axis
+        self.test_points_reduce_axis = (axes,) if isinstance(axes, int) else tuple(axes)
+        self._moved: dict[tuple[torch.device, torch.dtype], D.Distribution] = {}
+
+    def resolve_prior(self, like: torch.Tensor) -> D.Distribution:
+        """The prior as a ``Distribution`` on ``like``'s device and dtype."""
+        prior = (
+            self.prior()
+            if (isinstance(self.prior, nn.Module) or not isinstance(self.prior, D.Distribution))
+            else self.prior
+        )
+        if not isinstance(prior, D.Distribution):
+            raise TypeError(f"prior: the callable returned {type(prior).__name__}, not a Distribution")
+        if isinstance(self.prior, D.Distribution):
+            key = (like.device, like.dtype)
+            if key not in self._moved:
+                self._moved[key] = distribution_to(prior, like.device, like.dtype)
+            prior = self._moved[key]
+        return prior
+
+    def forward(self, q: D.Distribution) -> torch.Tensor:
+        if not isinstance(q, D.Distribution):
+            raise TypeError(f"KLDivergenceRegularizer: expected a Distribution, got {type(q).__name__}")
+        if self.use_exact_kl:
+            ref = q.mean if isinstance(q.mean, torch.Tensor) else convert_to_tensor(q)
+            prior = self.resolve_prior(ref)
+            try:
+                kl = D.kl_divergence(q, prior)  # (*B)
+            except NotImplementedError as err:
+                raise NotImplementedError(
+                    f"use_exact_kl=True: torch.distributions has no KL formula for "
+                    f"{_class_name(q)} || {_class_name(prior)}; register one with "
+                    "torch.distributions.kl.register_kl, or use use_exact_kl=False (Monte Carlo)"
+                ) from err
+        else:
+            z = convert_to_tensor(self.test_points_fn(q))  # (*S, *B, *E)
+            prior = self.resolve_prior(z)
+            kl = q.log_prob(z) - prior.log_prob(z)  # (*S, *B)
+            if self.test_points_reduce_axis:
+                kl = kl.mean(dim=self.test_points_reduce_axis)
+        return self.weight * kl.mean()
+
+
+class KLDivergenceAddLoss(nn.Module):
+    """Pass-through layer that records ``KLDivergenceRegularizer(...)(q)`` as an added loss.
+
+    Takes the same arguments as :class:`KLDivergenceRegularizer`. Input: a distribution
+    ``q`` (batch B, event E); output: ``q`` itself, unchanged.
+    """
+
+    def __init__(
+        self,
+        prior: PriorLike,
+        weight: float | torch.Tensor = 1.0,
+        use_exact_kl: bool = False,
+        test_points_fn: Callable[[D.Distribution], torch.Tensor] = convert_to_tensor,
+        test_points_reduce_axis: int | Sequence[int] = (),
+    ) -> None:
+        super().__init__()
+        self.regularizer = KLDivergenceRegularizer(
+            prior, weight, use_exact_kl, test_points_fn, test_points_reduce_axis
+        )
+
+    def forward(self, q: D.Distribution) -> D.Distribution:
+        set_added_loss(self, "kl_divergence", self.regularizer(q))
+        return q

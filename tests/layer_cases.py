@@ -1,0 +1,92 @@
+"""One list of distribution-layer examples that drives the generic layer tests.
+
+Each case says how to build the layer, how many inputs it takes per example, the event shape
+of its output, and (where scipy has the distribution) a reference log-density. New layers are
+covered by adding a case here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import stats
+from torch import nn
+
+import problayers as pl
+
+
+@dataclass(frozen=True)
+class LayerCase:
+    name: str
+    make_layer: Callable[[], nn.Module]
+    params_size: int
+    event_shape: tuple[int, ...]
+    new: Callable  # (params) -> Distribution, the layer's pure static constructor
+    has_rsample: bool = True
+    #: (params as float64 numpy (N, params_size), values (N, *event)) -> log-density (N,)
+    scipy_log_prob: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
+    #: draws valid values for log_prob given the distribution (default: its sample)
+    extra: dict = field(default_factory=dict)
+
+
+def _softplus(x):
+    return np.logaddexp(0.0, x)
+
+
+def _bernoulli_ref(params, x):
+    p = 1.0 / (1.0 + np.exp(-params))
+    return stats.bernoulli.logpmf(x.reshape(len(x), -1), p).sum(-1)
+
+
+def _normal_ref(params, x, n=6):
+    loc, scale = params[:, :n], _softplus(params[:, n:])
+    return stats.norm.logpdf(x.reshape(len(x), -1), loc, scale).sum(-1)
+
+
+def _mvn_ref(params, x, d=3):
+    out = []
+    import torch
+
+    for p, v in zip(params, x, strict=True):
+        tril = pl.layers.multivariate.fill_scale_tril(torch.as_tensor(p[d:]), d).numpy()
+        out.append(stats.multivariate_normal.logpdf(v, p[:d], tril @ tril.T))
+    return np.array(out)
+
+
+CASES: list[LayerCase] = [
+    LayerCase(
+        "IndependentBernoulli",
+        lambda: pl.IndependentBernoulli((2, 3)),
+        pl.IndependentBernoulli.params_size((2, 3)),
+        (2, 3),
+        lambda p: pl.IndependentBernoulli.new(p, (2, 3)),
+        has_rsample=False,
+        scipy_log_prob=_bernoulli_ref,
+    ),
+    LayerCase(
+        "IndependentNormal",
+        lambda: pl.IndependentNormal((3, 2)),
+        pl.IndependentNormal.params_size((3, 2)),
+        (3, 2),
+        lambda p: pl.IndependentNormal.new(p, (3, 2)),
+        scipy_log_prob=_normal_ref,
+    ),
+    LayerCase(
+        "MultivariateNormalTriL",
+        lambda: pl.MultivariateNormalTriL(3),
+        pl.MultivariateNormalTriL.params_size(3),
+        (3,),
+        lambda p: pl.MultivariateNormalTriL.new(p, 3),
+        scipy_log_prob=_mvn_ref,
+    ),
+    LayerCase(
+        "DistributionLambda(Normal)",
+        lambda: pl.DistributionLambda(lambda t: pl.IndependentNormal.new(t, 2)),
+        4,
+        (2,),
+        lambda p: pl.IndependentNormal.new(p, 2),
+        scipy_log_prob=lambda p, x: _normal_ref(p, x, n=2),
+    ),
+]

@@ -1,0 +1,138 @@
+"""Tensor-coercible distributions: a Distribution that also acts as its cached tensor."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.distributions as D
+import torch.nn.functional as F
+from torch import nn
+
+import problayers as pl
+
+
+def normal(shape=(4, 3), fn="rsample", requires_grad=False):
+    loc = torch.randn(shape, requires_grad=requires_grad)
+    return loc, pl.as_coercible(D.Independent(D.Normal(loc, 1.0), 1), fn)
+
+
+def test_is_the_wrapped_distribution():
+    _, d = normal()
+    assert isinstance(d, D.Independent) and isinstance(d, D.Distribution)
+    assert d.batch_shape == (4,) and d.event_shape == (3,)
+    x = torch.randn(4, 3)
+    plain = d.distribution
+    assert type(plain) is D.Independent
+    torch.testing.assert_close(d.log_prob(x), plain.log_prob(x))
+    torch.testing.assert_close(d.entropy(), plain.entropy())
+    assert d.sample((5,)).shape == (5, 4, 3) and d.rsample().shape == (4, 3)
+    torch.testing.assert_close(d.mean, plain.mean)
+    torch.testing.assert_close(d.mode, plain.mode)
+
+
+def test_acts_as_tensor_in_torch_functions_and_layers():
+    _, d = normal()
+    v = d.tensor()
+    torch.testing.assert_close(torch.exp(d), torch.exp(v))
+    torch.testing.assert_close(F.softplus(d), F.softplus(v))
+    torch.testing.assert_close(torch.cat([d, v]), torch.cat([v, v]))
+    lin = nn.Linear(3, 2)
+    torch.testing.assert_close(lin(d), lin(v))
+    torch.testing.assert_close(nn.Sequential(nn.Flatten(0), nn.Unflatten(0, (4, 3)))(d), v)
+
+
+def test_operators_indexing_and_tensor_attributes():
+    _, d = normal()
+    v = d.tensor()
+    for got, want in [
+        (d + 1, v + 1),
+        (1 + d, 1 + v),
+        (d - v, v - v),
+        (2 - d, 2 - v),
+        (d * 3, v * 3),
+        (3 * d, 3 * v),
+        (d / 2, v / 2),
+        (2 / (d.abs() + 1), 2 / (v.abs() + 1)),
+        (d**2, v**2),
+        (-d, -v),
+        (abs(d), abs(v)),
+        (d @ v.T, v @ v.T),
+        (torch.ones(4, 3) + d, 1 + v),
+        (d[1:, 0], v[1:, 0]),
+        (d > 0, v > 0),
+    ]:
+        torch.testing.assert_close(got, want)
+    assert d.shape == (4, 3) and d.dtype == torch.float32 and d.ndim == 2 and d.size(1) == 3
+    assert d.flatten().shape == (12,) and d.view(2, 6).shape == (2, 6)
+    assert d.to(torch.float64).dtype == torch.float64
+    np.testing.assert_allclose(np.asarray(d), v.numpy())
+
+
+def test_distribution_meaning_wins_and_explicit_tensor():
+    _, d = normal()
+    assert d.mean.shape == (4, 3)  # the distribution's mean, not a reduction
+    torch.testing.assert_close(d.tensor().mean(), pl.convert_to_tensor(d).mean())
+    assert pl.convert_to_tensor(d) is d.tensor()
+    assert pl.convert_to_tensor(3) == 3 and pl.is_coercible(d) and not pl.is_coercible(d.tensor())
+
+
+@pytest.mark.parametrize("fn", ["rsample", "sample", "mean", "mode"])
+def test_value_cached_once(fn):
+    calls = []
+    _, d = normal(fn=lambda dist: calls.append(1) or dist.rsample())
+    d + 1, d * 2, d.shape, torch.exp(d)
+    assert len(calls) == 1
+    _, d = normal(fn=fn)
+    assert d.tensor() is d.tensor()
+
+
+def test_rsample_value_carries_gradients():
+    loc, d = normal(requires_grad=True)
+    (d * d).sum().backward()
+    assert loc.grad is not None and loc.grad.abs().sum() > 0
+
+
+def test_sample_value_has_no_gradient():
+    _, d = normal(fn="sample", requires_grad=True)
+    assert not d.tensor().requires_grad
+
+
+def test_coercible_as_parameter_of_another_distribution():
+    # pytorch/pytorch#37141: broadcast_all rejected tensor-likes; numbers beside them must
+    # follow the tensor's dtype and device.
+    loc, d = normal(requires_grad=True, shape=(5,))
+    d64 = pl.as_coercible(D.Normal(torch.zeros(5, dtype=torch.float64), 1.0))
+    for dist in (D.Normal(d, 1.0), D.Normal(0.0, d.tensor().exp()), D.Bernoulli(logits=d)):
+        assert type(dist.batch_shape) is torch.Size and dist.batch_shape == (5,)
+    n = D.Normal(d64, 2.0)
+    assert n.scale.dtype == torch.float64 and n.loc.dtype == torch.float64
+    D.Normal(d, 1.0).log_prob(torch.zeros(5)).sum().backward()
+    assert loc.grad is not None
+
+
+def test_coercible_of_coercible_rewraps():
+    _, d = normal()
+    again = pl.as_coercible(d, "mean")
+    torch.testing.assert_close(again.tensor(), d.mean)
+
+
+def test_errors():
+    with pytest.raises(TypeError, match="dist"):
+        pl.as_coercible(torch.zeros(3))
+    with pytest.raises(ValueError, match="convert_to_tensor_fn"):
+        pl.as_coercible(D.Normal(0.0, 1.0), "median")
+    with pytest.raises(ValueError, match="no reparameterized sampler"):
+        pl.as_coercible(D.Bernoulli(probs=torch.ones(2) / 2))
+    d = pl.as_coercible(D.Normal(0.0, 1.0), lambda dist: "nope")
+    with pytest.raises(TypeError, match=r"must return a torch\.Tensor"):
+        d.tensor()
+    with pytest.raises(AttributeError):
+        _ = d._no_such_private
+
+
+def test_kl_dispatch_and_repr():
+    _, d = normal()
+    prior = D.Independent(D.Normal(torch.zeros(3), 1.0), 1)
+    torch.testing.assert_close(D.kl_divergence(d, prior), D.kl_divergence(d.distribution, prior))
+    assert repr(d).startswith("TensorCoercible(Independent(")

@@ -1,0 +1,143 @@
+"""Generic tests over every distribution layer (driven by ``layer_cases.CASES``), and the
+layer-specific ones."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.distributions as D
+
+import problayers as pl
+from layer_cases import CASES
+
+BATCH_SHAPES = [(), (4,), (2, 3)]
+ids = [c.name for c in CASES]
+
+
+@pytest.mark.parametrize("case", CASES, ids=ids)
+@pytest.mark.parametrize("batch", BATCH_SHAPES, ids=str)
+def test_shapes(case, batch):
+    torch.manual_seed(0)
+    params = torch.randn(*batch, case.params_size)
+    out = case.make_layer()(params)
+    assert isinstance(out, D.Distribution)
+    assert out.batch_shape == torch.Size(batch)
+    assert out.event_shape == torch.Size(case.event_shape)
+    assert out.shape == torch.Size(batch + case.event_shape)  # the tensor value
+    assert out.log_prob(out.sample()).shape == torch.Size(batch)
+
+
+@pytest.mark.parametrize("case", CASES, ids=ids)
+def test_params_size_is_what_new_consumes(case):
+    params = torch.randn(5, case.params_size)
+    case.new(params)  # exactly params_size works
+    for wrong in (case.params_size - 1, case.params_size + 1):
+        with pytest.raises(ValueError, match=r"params_size|expected params"):
+            case.make_layer()(torch.randn(5, wrong))
+
+
+@pytest.mark.parametrize("case", CASES, ids=ids)
+def test_layer_equals_pure_new(case):
+    torch.manual_seed(1)
+    params = torch.randn(4, case.params_size)
+    layer_dist, new_dist = case.make_layer()(params), case.new(params)
+    x = new_dist.sample()
+    torch.testing.assert_close(layer_dist.log_prob(x), new_dist.log_prob(x))
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.scipy_log_prob], ids=lambda c: c.name)
+def test_log_prob_against_scipy(case):
+    torch.manual_seed(2)
+    params = torch.randn(7, case.params_size, dtype=torch.float64)
+    dist = case.make_layer()(params)
+    x = dist.sample()
+    expected = case.scipy_log_prob(params.numpy(), x.numpy())
+    np.testing.assert_allclose(dist.log_prob(x).numpy(), expected, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.has_rsample], ids=lambda c: c.name)
+def test_rsample_carries_gradients_to_inputs(case):
+    params = torch.randn(3, case.params_size, requires_grad=True)
+    out = case.make_layer()(params)
+    (out * 1.0).square().sum().backward()  # uses the cached rsample
+    assert params.grad is not None and params.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("case", CASES, ids=ids)
+def test_value_is_cached(case):
+    out = case.make_layer()(torch.randn(3, case.params_size))
+    assert out.tensor() is out.tensor()
+    torch.testing.assert_close(out + 0, out.tensor())
+
+
+@pytest.mark.parametrize("bad", [torch.randn(()), "x"], ids=["0-dim", "str"])
+@pytest.mark.parametrize("case", CASES, ids=ids)
+def test_bad_params_type_or_rank(case, bad):
+    with pytest.raises((ValueError, TypeError)):
+        case.make_layer()(bad)
+
+
+def test_integer_params_rejected():
+    with pytest.raises(TypeError, match="floating-point"):
+        pl.IndependentNormal.new(torch.ones(3, 2, dtype=torch.long), 1)
+
+
+@pytest.mark.parametrize("shape", [0, -1, (2, 0), (1.5,)])
+def test_bad_event_shape(shape):
+    with pytest.raises(ValueError, match="event_shape"):
+        pl.IndependentBernoulli(shape)
+
+
+def test_bad_event_shape_type():
+    with pytest.raises(TypeError, match="event_shape"):
+        pl.IndependentNormal(object())
+    with pytest.raises(ValueError, match="event_size"):
+        pl.MultivariateNormalTriL(0)
+
+
+def test_error_names_layer_expected_and_got():
+    with pytest.raises(ValueError, match=r"MultivariateNormalTriL.*\(\.\.\., 9\).*\(2, 8\)"):
+        pl.MultivariateNormalTriL(3)(torch.randn(2, 8))
+
+
+def test_mvn_tril_scale_structure():
+    d = 4
+    params = torch.randn(6, pl.MultivariateNormalTriL.params_size(d))
+    tril = pl.MultivariateNormalTriL.new(params, d).scale_tril
+    assert torch.equal(tril, tril.tril())
+    diag = tril.diagonal(dim1=-2, dim2=-1)
+    assert (diag > 0).all()
+    raw_diag = torch.nn.functional.softplus(params[:, d:][:, [0, 2, 5, 9]]) + 1e-5
+    torch.testing.assert_close(diag, raw_diag)
+    assert pl.MultivariateNormalTriL.params_size(16) == 16 + 136
+
+
+def test_bernoulli_default_value_is_sample_and_rsample_is_refused():
+    out = pl.IndependentBernoulli(3)(torch.zeros(2, 3))
+    assert set(out.tensor().unique().tolist()) <= {0.0, 1.0}
+    layer = pl.IndependentBernoulli(3, convert_to_tensor_fn="rsample")
+    with pytest.raises(ValueError, match="no reparameterized sampler"):
+        layer(torch.zeros(2, 3))
+
+
+@pytest.mark.parametrize("fn,expect", [("mean", "mean"), ("mode", "mode")])
+def test_convert_to_tensor_fn_names(fn, expect):
+    params = torch.randn(2, 4)
+    out = pl.IndependentNormal(2, convert_to_tensor_fn=fn)(params)
+    torch.testing.assert_close(out.tensor(), getattr(out, expect))
+
+
+def test_convert_to_tensor_fn_callable_and_bad_name():
+    out = pl.IndependentNormal(2, convert_to_tensor_fn=lambda d: d.mean * 2)(torch.randn(2, 4))
+    torch.testing.assert_close(out.tensor(), out.mean * 2)
+    with pytest.raises(ValueError, match="convert_to_tensor_fn"):
+        pl.IndependentNormal(2, convert_to_tensor_fn="median")
+
+
+def test_distribution_lambda_must_return_distribution():
+    layer = pl.DistributionLambda(lambda t: t * 2)
+    with pytest.raises(TypeError, match="make_distribution_fn returned Tensor"):
+        layer(torch.ones(2))
+    with pytest.raises(TypeError, match="make_distribution_fn"):
+        pl.DistributionLambda(3)

@@ -1,0 +1,87 @@
+"""Collecting the losses layers add during a forward pass."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.distributions as D
+from torch import nn
+
+import problayers as pl
+
+
+def model(weight=1.0, deterministic=False):
+    """Two KL-regularized layers; ``deterministic``: exact KL and mean values (no sampling)."""
+    prior = D.Independent(D.Normal(torch.zeros(2), 1.0), 1)
+    reg = pl.KLDivergenceRegularizer(prior, weight=weight, use_exact_kl=True)
+    return nn.Sequential(
+        nn.Linear(4, pl.MultivariateNormalTriL.params_size(2)),
+        pl.MultivariateNormalTriL(
+            2, activity_regularizer=reg, convert_to_tensor_fn="mean" if deterministic else "rsample"
+        ),
+        nn.Linear(2, pl.IndependentNormal.params_size(2)),
+        pl.IndependentNormal(
+            2, activity_regularizer=pl.KLDivergenceRegularizer(prior, weight, use_exact_kl=deterministic)
+        ),
+    )
+
+
+def test_sums_every_submodule_and_means_over_batch():
+    torch.manual_seed(0)
+    m = model()
+    x = torch.randn(6, 4)
+    out = m(x)
+    q1 = m[1](m[0](x))
+    prior = D.Independent(D.Normal(torch.zeros(2), 1.0), 1)
+    z2 = out.tensor()
+    expected_2 = (out.log_prob(z2) - prior.log_prob(z2)).mean()
+    torch.testing.assert_close(pl.collect_losses(m), D.kl_divergence(q1, prior).mean() + expected_2)
+
+
+def test_weight_scales_collected_loss_exactly():
+    torch.manual_seed(0)
+    x = torch.randn(6, 4)
+    m1, m3 = model(1.0), model(3.0)
+    m3.load_state_dict(m1.state_dict())
+    torch.manual_seed(1)
+    m1(x)
+    torch.manual_seed(1)
+    m3(x)
+    torch.testing.assert_close(pl.collect_losses(m3), 3.0 * pl.collect_losses(m1), rtol=1e-6, atol=0)
+
+
+def test_repeated_forwards_do_not_double_count():
+    torch.manual_seed(0)
+    m = model(deterministic=True)
+    x = torch.randn(6, 4)
+    m(x)
+    first = pl.collect_losses(m)
+    m(x)
+    m(x)
+    assert torch.equal(pl.collect_losses(m), first)  # replaced, not accumulated
+    assert len(m[1].__dict__["_problayers_added_losses"]) == 1
+
+
+def test_no_grad_and_clear():
+    m = model()
+    with torch.no_grad():
+        m(torch.randn(3, 4))
+        loss = pl.collect_losses(m, clear=True)
+    assert not loss.requires_grad and loss > 0
+    assert pl.collect_losses(m) == 0  # cleared: no graph or value kept
+    m(torch.randn(3, 4))
+    pl.clear_losses(m)
+    assert pl.collect_losses(m) == 0
+
+
+def test_no_losses_gives_zero_and_backward_works():
+    assert pl.collect_losses(nn.Linear(2, 2)) == 0
+    m = model()
+    out = m(torch.randn(3, 4))
+    (-out.log_prob(torch.zeros(3, 2)).mean() + pl.collect_losses(m, clear=True)).backward()
+    assert m[0].weight.grad is not None
+
+
+def test_set_added_loss_rejects_non_scalars():
+    with pytest.raises(ValueError, match="0-dim"):
+        pl.set_added_loss(nn.Linear(1, 1), "x", torch.ones(3))
