@@ -1,0 +1,179 @@
+"""The ``problayers`` command line: ``train``, ``evaluate``, ``sample``, ``regression``.
+
+Each subcommand is a function ``(args) -> int`` in the ``COMMANDS`` table. User mistakes
+(bad options, missing data, a foreign checkpoint) print one line ``problayers: error: ...`` and
+exit with status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+def _add_data_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", default=None,
+                   help="directory with the four MNIST IDX files (.gz or raw); default: "
+                        "$PROBLAYERS_MNIST_DIR, then ~/.cache/problayers/mnist, then a download")
+    p.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda, cuda:N")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .experiment import RunConfig, resume, train
+    from .models import ModelConfig
+
+    if args.resume:
+        overrides = {"progress": not args.no_progress}
+        if args.epochs is not None:
+            overrides["epochs"] = args.epochs
+        if args.device != "auto":
+            overrides["device"] = args.device
+        history = resume(args.resume, **overrides)
+        run_dir = args.resume
+    else:
+        model = ModelConfig(name=args.model, latent_size=args.latent_size, base_depth=args.base_depth,
+                            beta=args.beta, exact_kl=args.exact_kl)
+        cfg = RunConfig(model=model, epochs=args.epochs or 15, batch_size=args.batch_size, lr=args.lr,
+                        seed=args.seed, device=args.device, data_dir=args.data_dir,
+                        synthetic=args.synthetic, train_subset=args.train_subset,
+                        test_subset=args.test_subset, progress=not args.no_progress)
+        history = train(cfg, args.out)
+        run_dir = args.out
+    if history:
+        last = history[-1]
+        print(f"epoch {last['epoch']}: test -ELBO {last['test_neg_elbo']:.2f} nats "
+              f"(recon {last['test_recon']:.2f}, KL {last['test_kl']:.2f}); run in {run_dir}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    import torch
+
+    from .checkpoint import write_json
+    from .evaluation import evaluate, format_table
+    from .experiment import load_run, load_test_images
+
+    model, cfg, info = load_run(args.run_dir, device=args.device)
+    if args.data_dir is not None:
+        cfg = dataclasses.replace(cfg, data_dir=args.data_dir)
+    if args.test_subset is not None:
+        cfg = dataclasses.replace(cfg, test_subset=args.test_subset)
+    test_x = load_test_images(cfg, next(model.parameters()).device)
+    torch.manual_seed(args.seed)
+    results = evaluate(model.encode, model.decode, model.prior(), test_x, batch_size=args.batch_size,
+                       iwae_samples=args.iwae_samples, chunk_size=args.chunk_size,
+                       progress=not args.no_progress)
+    results.update(epoch=info["epoch"], seed=args.seed, device=str(next(model.parameters()).device))
+    print(format_table(results))
+    out = Path(args.out) if args.out else Path(args.run_dir) / "eval.json"
+    write_json(out, results)
+    print(f"written {out}")
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from .experiment import load_run, load_test_images
+    from .pictures import save_pictures
+
+    model, cfg, _ = load_run(args.run_dir, device=args.device)
+    cfg = dataclasses.replace(cfg, test_subset=args.n, data_dir=args.data_dir or cfg.data_dir)
+    test_x = load_test_images(cfg, next(model.parameters()).device)
+    metrics = Path(args.run_dir) / "metrics.jsonl"
+    for path in save_pictures(model, test_x, args.out or args.run_dir, n=args.n, seed=args.seed,
+                              metrics=metrics):
+        print(f"written {path}")
+    return 0
+
+
+def cmd_regression(args: argparse.Namespace) -> int:
+    from .demos import regression
+
+    results = regression.run(args.out, epochs=args.epochs, seed=args.seed, show_progress=not args.no_progress)
+    for name, value in results.items():
+        print(f"{name}: {value}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="problayers", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a VAE on binarized MNIST (the seed model by default)")
+    p.add_argument("--out", default="runs/seed", help="run directory (default runs/seed)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR from its last checkpoint")
+    p.add_argument("--epochs", type=int, default=None, help="epochs (default 15; with --resume: total)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--model", default="seed", help="registered model name (default seed)")
+    p.add_argument("--latent-size", type=int, default=16)
+    p.add_argument("--base-depth", type=int, default=32, help="width of the conv layers")
+    p.add_argument("--beta", type=float, default=1.0, help="KL weight (beta-VAE)")
+    p.add_argument("--exact-kl", action="store_true", help="analytic KL instead of Monte Carlo")
+    p.add_argument("--train-subset", type=int, default=None, help="use the first N training images")
+    p.add_argument("--test-subset", type=int, default=None, help="use the first N test images")
+    p.add_argument("--synthetic", type=int, default=0, metavar="N",
+                   help="train on N generated digits instead of MNIST (smoke tests)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_data_options(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="test -ELBO and the IWAE bound of a trained run")
+    p.add_argument("run_dir")
+    p.add_argument("--iwae-samples", type=int, default=5000, help="K of the IWAE bound (0: none)")
+    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--chunk-size", type=int, default=500, help="IWAE samples per example at once")
+    p.add_argument("--test-subset", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="JSON output (default RUN_DIR/eval.json)")
+    p.add_argument("--no-progress", action="store_true")
+    _add_data_options(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("sample", help="PNG grids: prior samples, reconstructions, loss curve")
+    p.add_argument("run_dir")
+    p.add_argument("--n", type=int, default=10, help="images per row")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="output directory (default RUN_DIR)")
+    _add_data_options(p)
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("regression", help="the 1-D probabilistic regression demo (four PNGs)")
+    p.add_argument("--out", default="runs/regression")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_regression)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from .data import MNISTError
+    from .training import NonFiniteLossError
+
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except NonFiniteLossError as err:
+        print(f"problayers: {err}", file=sys.stderr)
+        return 1
+    except (ValueError, MNISTError) as err:
+        # User mistakes (bad option values, missing or corrupt data, a foreign checkpoint).
+        parser.exit(2, f"problayers: error: {err}\n")
+    except KeyboardInterrupt:
+        parser.exit(130, "problayers: interrupted\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

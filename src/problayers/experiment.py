@@ -1,0 +1,197 @@
+"""The VAE training job: MNIST, a registered model, the generic trainer, test metrics, pictures.
+
+``train(config, run_dir)`` writes into ``run_dir``: ``config.json``, ``checkpoint.pt`` (atomic,
+every epoch), ``metrics.jsonl`` (per epoch: train loss/recon/KL, test -ELBO/recon/KL, seconds,
+images/s) and the final pictures. ``resume(run_dir)`` continues a run from its last complete
+checkpoint; ``load_run(run_dir)`` gives the trained model back for evaluation and sampling.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import data as mnist
+from .checkpoint import CheckpointError, load_checkpoint, write_json
+from .evaluation import evaluate
+from .models import VAE, ModelConfig, build_model, vae_loss
+from .training import CHECKPOINT, Trainer, TrainerConfig
+
+__all__ = ["EVAL_SEED", "RunConfig", "load_run", "load_test_images", "resolve_device", "resume", "train"]
+
+CONFIG = "config.json"
+#: Seed of the sampling inside per-epoch test evaluation (fixed: epochs are comparable).
+EVAL_SEED = 1234
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that defines a training run (saved as ``config.json``)."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    epochs: int = 15
+    batch_size: int = 256
+    lr: float = 1e-3
+    seed: int = 0
+    device: str = "auto"
+    data_dir: str | None = None  # None: $PROBLAYERS_MNIST_DIR, the cache, or a download
+    synthetic: int = 0  # > 0: train on this many generated digits instead of MNIST (tests, demos)
+    train_subset: int | None = None  # use only the first N training images
+    test_subset: int | None = None  # ... and the first N test images
+    eval_batch_size: int = 500
+    log_every: int = 25
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "eval_batch_size", "log_every"):
+            _positive_int(name, getattr(self, name))
+        for name in ("train_subset", "test_subset"):
+            if getattr(self, name) is not None:
+                _positive_int(name, getattr(self, name))
+        if not isinstance(self.synthetic, int) or self.synthetic < 0:
+            raise ValueError(f"synthetic: expected an int >= 0, got {self.synthetic!r}")
+        if not isinstance(self.lr, (int, float)) or not self.lr > 0:
+            raise ValueError(f"lr: expected a number > 0, got {self.lr!r}")
+        resolve_device(self.device)
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> RunConfig:
+        obj = dict(obj)
+        obj["model"] = ModelConfig(**obj["model"])
+        return cls(**obj)
+
+
+def _positive_int(name: str, value: Any) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name}: expected a positive int, got {value!r}")
+
+
+def resolve_device(device: str) -> torch.device:
+    """``"auto"`` -> cuda when present, else cpu; otherwise ``torch.device(device)``."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device: {device!r} was asked for but no CUDA device is available")
+    return dev
+
+
+def _images(cfg: RunConfig, split: str) -> torch.Tensor:
+    """uint8 ``(N, 28, 28)`` images of ``split`` (subset applied)."""
+    if cfg.synthetic:
+        images, _ = mnist.synthetic_mnist(cfg.synthetic, seed=cfg.seed + (split == "test"))
+    else:
+        images, _ = mnist.load_mnist(cfg.data_dir, split=split)
+    subset = cfg.train_subset if split == "train" else cfg.test_subset
+    return images[:subset] if subset else images
+
+
+def load_test_images(cfg: RunConfig, device: torch.device) -> torch.Tensor:
+    """The test set binarized once with the fixed seed: float ``(N, 1, 28, 28)`` on ``device``."""
+    return mnist.binarize_fixed(_images(cfg, "test")).to(device)
+
+
+def test_metrics(model: VAE, test_x: torch.Tensor, batch_size: int) -> dict[str, float]:
+    """Test -ELBO and its parts (analytic KL), with the sampling seeded by ``EVAL_SEED``."""
+    was_training = model.training
+    model.eval()
+    devices = [test_x.device] if test_x.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(EVAL_SEED)
+        out = evaluate(model.encode, model.decode, model.prior(), test_x, batch_size=batch_size)
+    model.train(was_training)
+    return {"test_neg_elbo": out["neg_elbo"], "test_recon": out["recon"], "test_kl": out["kl"]}
+
+
+def _setup(cfg: RunConfig, run_dir: Path) -> Trainer:
+    torch.manual_seed(cfg.seed)
+    device = resolve_device(cfg.device)
+    train_u8 = _images(cfg, "train").to(device)
+    test_x = load_test_images(cfg, device)
+    batches = mnist.EpochBatches(train_u8, min(cfg.batch_size, len(train_u8)), seed=cfg.seed)
+    model = build_model(cfg.model).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    return Trainer(
+        model,
+        optimizer,
+        vae_loss,
+        batches.epoch,
+        TrainerConfig(epochs=cfg.epochs, log_every=cfg.log_every, progress=cfg.progress),
+        evaluate=lambda m, epoch: test_metrics(m, test_x, cfg.eval_batch_size),
+        run_dir=run_dir,
+        meta={"config": cfg.to_json()},
+    )
+
+
+def _finish(trainer: Trainer, run_dir: Path) -> list[dict[str, Any]]:
+    from .pictures import save_pictures
+
+    history = trainer.fit()
+    cfg = RunConfig.from_json(trainer.meta["config"])
+    save_pictures(trainer.model, load_test_images(cfg, next(trainer.model.parameters()).device), run_dir)
+    return history
+
+
+def train(cfg: RunConfig, run_dir: str | Path) -> list[dict[str, Any]]:
+    """Train a fresh run into ``run_dir`` (which must not hold a checkpoint already)."""
+    run_dir = Path(run_dir)
+    if (run_dir / CHECKPOINT).exists():
+        raise ValueError(f"run_dir: {run_dir} already holds a run; resume it with --resume {run_dir}")
+    trainer = _setup(cfg, run_dir)
+    write_json(run_dir / CONFIG, cfg.to_json())
+    return _finish(trainer, run_dir)
+
+
+def read_config(run_dir: str | Path) -> RunConfig:
+    path = Path(run_dir) / CONFIG
+    if not path.is_file():
+        raise ValueError(f"run_dir: {run_dir} has no {CONFIG} (not a problayers run directory)")
+    return RunConfig.from_json(json.loads(path.read_text()))
+
+
+def _check_meta(cfg: RunConfig, state: dict[str, Any], path: Path) -> None:
+    saved = json.loads(state["meta"])["config"]["model"]
+    if saved != cfg.to_json()["model"]:
+        raise CheckpointError(
+            f"checkpoint {path}: trained with model config {saved}, but this run's model config is "
+            f"{cfg.to_json()['model']}"
+        )
+
+
+def resume(run_dir: str | Path, **overrides: Any) -> list[dict[str, Any]]:
+    """Continue ``run_dir`` from its last complete checkpoint. ``overrides`` may change
+    ``epochs`` (to train longer), ``device``, ``progress`` and ``log_every``."""
+    run_dir = Path(run_dir)
+    allowed = {"epochs", "device", "progress", "log_every"}
+    if set(overrides) - allowed:
+        raise ValueError(f"resume: only {sorted(allowed)} can change, got {sorted(set(overrides) - allowed)}")
+    cfg = dataclasses.replace(read_config(run_dir), **overrides)
+    trainer = _setup(cfg, run_dir)
+    state = load_checkpoint(run_dir / CHECKPOINT)
+    _check_meta(cfg, state, run_dir / CHECKPOINT)
+    trainer.load_state_dict(state)
+    write_json(run_dir / CONFIG, cfg.to_json())
+    return _finish(trainer, run_dir)
+
+
+def load_run(run_dir: str | Path, device: str = "auto") -> tuple[VAE, RunConfig, dict[str, Any]]:
+    """The trained model of ``run_dir`` (eval mode, on ``device``), its config and history."""
+    run_dir = Path(run_dir)
+    cfg = dataclasses.replace(read_config(run_dir), device=device)
+    state = load_checkpoint(run_dir / CHECKPOINT)
+    _check_meta(cfg, state, run_dir / CHECKPOINT)
+    model = build_model(cfg.model)
+    model.load_state_dict(state["model"])
+    model.to(resolve_device(device)).eval()
+    return model, cfg, {"history": json.loads(state["history"]), "epoch": int(state["epoch"])}

@@ -1,0 +1,9 @@
+"""VAE models: the container, the registry, and the registered architectures."""
+
+from . import seed as _seed  # registers "seed"
+from .registry import MODELS, ModelConfig, build_model, register_model
+from .vae import VAE, vae_loss
+
+del _seed
+
+__all__ = ["MODELS", "VAE", "ModelConfig", "build_model", "register_model", "vae_loss"]

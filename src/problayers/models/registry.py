@@ -1,0 +1,51 @@
+"""Model configs and the registry that maps a config's ``name`` to a builder."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .vae import VAE
+
+__all__ = ["MODELS", "ModelConfig", "build_model", "register_model"]
+
+#: name -> builder ``ModelConfig -> VAE``.
+MODELS: dict[str, Callable[[ModelConfig], VAE]] = {}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """What defines a model's architecture and objective (saved with every checkpoint)."""
+
+    name: str = "seed"
+    latent_size: int = 16
+    base_depth: int = 32
+    beta: float = 1.0  # KL weight (beta-VAE)
+    exact_kl: bool = False  # analytic KL instead of Monte Carlo at the sample
+
+    def __post_init__(self) -> None:
+        if self.name not in MODELS:
+            raise ValueError(f"model name: expected one of {sorted(MODELS)}, got {self.name!r}")
+        for field in ("latent_size", "base_depth"):
+            value = getattr(self, field)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{field}: expected a positive int, got {value!r}")
+        if not isinstance(self.beta, (int, float)) or isinstance(self.beta, bool) or self.beta < 0:
+            raise ValueError(f"beta: expected a number >= 0, got {self.beta!r}")
+
+
+def register_model(name: str) -> Callable[[Callable[[ModelConfig], VAE]], Callable[[ModelConfig], VAE]]:
+    """Decorator: make ``builder`` available as ``ModelConfig(name=name)``."""
+
+    def wrap(builder: Callable[[ModelConfig], VAE]) -> Callable[[ModelConfig], VAE]:
+        if name in MODELS:
+            raise ValueError(f"model {name!r} is already registered")
+        MODELS[name] = builder
+        return builder
+
+    return wrap
+
+
+def build_model(cfg: ModelConfig) -> VAE:
+    """The model ``cfg`` describes (on the CPU, float32)."""
+    return MODELS[cfg.name](cfg)

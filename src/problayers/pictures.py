@@ -1,0 +1,91 @@
+"""PNG pictures of a trained VAE: prior samples, reconstructions, the loss curve.
+
+Image grids are assembled with tensor ops and written with Pillow; the loss curve uses
+matplotlib (Agg). Every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from .checkpoint import atomic_write
+from .models import VAE
+
+__all__ = ["image_grid", "loss_curve", "save_pictures"]
+
+PRIOR_SAMPLES = "prior_samples.png"
+RECONSTRUCTIONS = "reconstructions.png"
+LOSS_CURVE = "loss_curve.png"
+
+
+def image_grid(rows: list[torch.Tensor], path: str | Path, *, scale: int = 2, pad: int = 2) -> Path:
+    """Save rows of images as one PNG. Each row: ``(n, 1, H, W)`` (or ``(n, H, W)``) in [0, 1];
+    all rows have the same ``n``. Images are separated by ``pad`` pixels of mid-grey."""
+    from PIL import Image
+
+    if not rows:
+        raise ValueError("rows: expected at least one row of images, got none")
+    n, h, w = rows[0].shape[0], rows[0].shape[-2], rows[0].shape[-1]
+    grid = torch.full((len(rows) * (h + pad) + pad, n * (w + pad) + pad), 0.5)
+    for r, row in enumerate(rows):
+        row = row.detach().float().cpu().reshape(-1, h, w).clamp(0, 1)  # (n, H, W)
+        if row.shape[0] != n:
+            raise ValueError(f"rows: every row must have {n} images, row {r} has {row.shape[0]}")
+        for c in range(n):
+            top, left = pad + r * (h + pad), pad + c * (w + pad)
+            grid[top : top + h, left : left + w] = row[c]
+    pixels = (grid * 255).round().to(torch.uint8).numpy()
+    image = Image.fromarray(pixels, mode="L").resize((grid.shape[1] * scale, grid.shape[0] * scale),
+                                                     Image.NEAREST)
+    return atomic_write(path, lambda f: image.save(f, format="PNG"))
+
+
+@torch.no_grad()
+def save_pictures(model: VAE, test_x: torch.Tensor, out_dir: str | Path, *, n: int = 10,
+                  seed: int = 0, metrics: str | Path | None = None) -> list[Path]:
+    """The TFP notebook's pictures, into ``out_dir``:
+
+    * ``prior_samples.png``: ``n`` draws z ~ p(z) decoded, as rows sample / mode / mean;
+    * ``reconstructions.png``: the first ``n`` test digits (float ``(N, 1, 28, 28)``), then
+      their reconstructions (decoder mean at z ~ q(z|x)), sample and mode;
+    * ``loss_curve.png`` from ``metrics`` (default ``out_dir/metrics.jsonl``) if it exists.
+    """
+    out_dir = Path(out_dir)
+    was_training = model.training
+    model.eval()
+    devices = [test_x.device] if test_x.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        z = model.prior().sample((n,))  # (n, D)
+        rv = model.decode(z)  # batch (n,), event (1, 28, 28)
+        paths = [image_grid([rv.sample(), rv.mode, rv.mean], out_dir / PRIOR_SAMPLES)]
+        x = test_x[:n]
+        rv_x = model(x)
+        paths.append(image_grid([x, rv_x.mean, rv_x.sample(), rv_x.mode], out_dir / RECONSTRUCTIONS))
+    model.train(was_training)
+    metrics = Path(metrics) if metrics is not None else out_dir / "metrics.jsonl"
+    if metrics.is_file():
+        paths.append(loss_curve(metrics, out_dir / LOSS_CURVE))
+    return paths
+
+
+def loss_curve(metrics_jsonl: str | Path, path: str | Path) -> Path:
+    """Plot train loss and test -ELBO per epoch from ``metrics.jsonl`` to a PNG."""
+    from matplotlib.figure import Figure  # no pyplot: no global backend state
+
+    records = [json.loads(line) for line in Path(metrics_jsonl).read_text().splitlines() if line.strip()]
+    fig = Figure(figsize=(6, 4))
+    ax = fig.add_subplot()
+    epochs = [r["epoch"] for r in records]
+    for key, label in (("train_loss", "train loss (MC KL)"), ("test_neg_elbo", "test -ELBO")):
+        if all(key in r for r in records):
+            ax.plot(epochs, [r[key] for r in records], marker="o", label=label)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("nats")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
