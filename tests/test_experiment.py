@@ -1,0 +1,119 @@
+"""The VAE job end to end on tiny data: files, exact resume after SIGKILL, foreign checkpoints."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from problayers.checkpoint import CheckpointError
+from problayers.experiment import RunConfig, load_run, resume, train
+from problayers.models import ModelConfig
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ModelConfig(latent_size=4, base_depth=4)
+
+
+def tiny_config(**kw):
+    base = dict(model=TINY, epochs=2, batch_size=32, synthetic=128, progress=False, eval_batch_size=64)
+    base.update(kw)
+    return RunConfig(**base)
+
+
+def test_train_writes_the_run(tmp_path):
+    history = train(tiny_config(), tmp_path)
+    names = {p.name for p in tmp_path.iterdir()}
+    assert {"config.json", "checkpoint.pt", "metrics.jsonl", "prior_samples.png", "reconstructions.png",
+            "loss_curve.png"} <= names
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert records == history and [r["epoch"] for r in records] == [1, 2]
+    for key in ("train_loss", "train_recon", "train_kl", "test_neg_elbo", "test_recon", "test_kl", "seconds",
+                "images_per_s"):
+        assert all(isinstance(r[key], float) for r in records), key
+    assert RunConfig.from_json(json.loads((tmp_path / "config.json").read_text())) == tiny_config()
+    model, cfg, info = load_run(tmp_path, device="cpu")
+    assert info["epoch"] == 2 and not model.training and cfg.model == TINY
+
+
+def test_refuses_to_overwrite_a_run(tmp_path):
+    train(tiny_config(epochs=1), tmp_path)
+    with pytest.raises(ValueError, match="already holds a run"):
+        train(tiny_config(epochs=1), tmp_path)
+
+
+def test_checkpoint_from_another_model_config_is_refused(tmp_path):
+    train(tiny_config(epochs=1), tmp_path / "a")
+    cfg = json.loads((tmp_path / "a" / "config.json").read_text())
+    cfg["model"]["latent_size"] = 5
+    (tmp_path / "a" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="trained with model config"):
+        load_run(tmp_path / "a", device="cpu")
+    with pytest.raises(CheckpointError, match="trained with model config"):
+        resume(tmp_path / "a")
+
+
+def test_config_errors():
+    with pytest.raises(ValueError, match="batch_size"):
+        tiny_config(batch_size=0)
+    with pytest.raises(ValueError, match="device"):
+        tiny_config(device="tpu")
+    with pytest.raises(ValueError, match="lr"):
+        tiny_config(lr=-1.0)
+    with pytest.raises(ValueError, match="only"):
+        resume("nowhere", batch_size=3)
+
+
+def _cli(out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "problayers", "train", "--synthetic", "192", "--batch-size", "32",
+            "--latent-size", "4", "--base-depth", "4", "--no-progress", "--out", str(out), *extra]
+
+
+def _env():
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), env.get("PYTHONPATH", "")])
+    return env
+
+
+def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
+    """Kill -9 a run as soon as its first checkpoint lands (mid-epoch 2 or later), resume it,
+    and compare with an uninterrupted run: bitwise equal weights and equal metrics."""
+    epochs = "4"
+    subprocess.run([*_cli(tmp_path / "full", "--epochs", epochs)], check=True, env=_env(),
+                   capture_output=True, timeout=300)
+    proc = subprocess.Popen(_cli(tmp_path / "killed", "--epochs", epochs), env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = tmp_path / "killed" / "checkpoint.pt"
+    deadline = time.monotonic() + 240
+    while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = torch.load(ckpt, weights_only=True)["epoch"]
+    assert 1 <= done < 4, "the run was not killed mid-way"
+    subprocess.run([sys.executable, "-m", "problayers", "train", "--resume", str(tmp_path / "killed"),
+                    "--no-progress"], check=True, env=_env(), capture_output=True, timeout=300)
+    full = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=True)
+    resumed = torch.load(ckpt, weights_only=True)
+    assert resumed["epoch"] == full["epoch"] == 4
+    for name, tensor in full["model"].items():
+        assert torch.equal(tensor, resumed["model"][name]), name
+
+    def strip(path):
+        rows = [json.loads(x) for x in path.read_text().splitlines()]
+        return [{k: v for k, v in r.items() if k not in ("seconds", "images_per_s")} for r in rows]
+
+    assert strip(tmp_path / "full" / "metrics.jsonl") == strip(tmp_path / "killed" / "metrics.jsonl")
+
+
+def test_resume_can_extend_training(tmp_path):
+    train(tiny_config(epochs=1), tmp_path)
+    history = resume(tmp_path, epochs=2)
+    assert [r["epoch"] for r in history] == [1, 2]
+    assert json.loads((tmp_path / "config.json").read_text())["epochs"] == 2

@@ -1,0 +1,68 @@
+"""The VAE container, the registry, and the seed architecture."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.distributions as D
+
+import problayers as pl
+from problayers.models import MODELS, ModelConfig, build_model, register_model, vae_loss
+
+
+def test_seed_shapes_forward_backward():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig())
+    x = torch.bernoulli(torch.full((5, 1, 28, 28), 0.3))
+    q = model.encode(x)
+    assert isinstance(q, D.MultivariateNormal) and q.batch_shape == (5,) and q.event_shape == (16,)
+    rv_x = model(x)
+    assert isinstance(rv_x, D.Independent) and rv_x.batch_shape == (5,) and rv_x.event_shape == (1, 28, 28)
+    assert model.decode(torch.randn(7, 16)).batch_shape == (7,)
+    loss, metrics = vae_loss(model, x)
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters())
+    assert set(metrics) == {"recon", "kl"} and metrics["kl"] > 0
+    assert model.prior().event_shape == (16,)
+
+
+def test_vae_loss_is_nll_plus_weighted_kl():
+    torch.manual_seed(0)
+    x = torch.bernoulli(torch.full((4, 1, 28, 28), 0.3))
+    model = build_model(ModelConfig(beta=2.5, exact_kl=True))
+    loss, metrics = vae_loss(model, x)
+    q = model.encode(x)
+    exact = D.kl_divergence(q, model.prior()).mean()
+    torch.testing.assert_close(metrics["kl"], 2.5 * exact)
+    torch.testing.assert_close(loss, metrics["recon"] + metrics["kl"])
+
+
+def test_options_change_the_architecture():
+    model = build_model(ModelConfig(latent_size=4, base_depth=8))
+    assert model.encode(torch.zeros(2, 1, 28, 28)).event_shape == (4,)
+    assert sum(p.numel() for p in model.parameters()) < sum(
+        p.numel() for p in build_model(ModelConfig()).parameters()
+    )
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [({"name": "nope"}, "model name"), ({"latent_size": 0}, "latent_size"), ({"base_depth": 2.5}, "base_depth"),
+     ({"beta": -1.0}, "beta")],
+)
+def test_config_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ModelConfig(**kwargs)
+
+
+def test_registry():
+    assert "seed" in MODELS
+    with pytest.raises(ValueError, match="already registered"):
+        register_model("seed")(lambda cfg: None)
+
+
+def test_seed_written_with_library_layers():
+    model = build_model(ModelConfig())
+    assert isinstance(model.encoder[-1], pl.MultivariateNormalTriL)
+    assert isinstance(model.encoder[-1].activity_regularizer, pl.KLDivergenceRegularizer)
+    assert isinstance(model.decoder[-1], pl.IndependentBernoulli)
