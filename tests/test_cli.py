@@ -17,8 +17,11 @@ TINY = ["--latent-size", "4", "--base-depth", "4", "--batch-size", "64", "--no-p
 def run_dir(tmp_path_factory):
     from conftest import HAVE_MNIST, SHARED_MNIST
 
-    data = (["--data-dir", str(SHARED_MNIST), "--train-subset", "256", "--test-subset", "100"]
-            if HAVE_MNIST else ["--synthetic", "256"])
+    data = (
+        ["--data-dir", str(SHARED_MNIST), "--train-subset", "256", "--test-subset", "100"]
+        if HAVE_MNIST
+        else ["--synthetic", "256"]
+    )
     out = tmp_path_factory.mktemp("run") / "seed"
     assert main(["train", "--out", str(out), "--epochs", "1", *TINY, *data]) == 0
     return out
@@ -37,8 +40,24 @@ def test_train_resume_extends(run_dir, capsys):
 
 def test_evaluate(run_dir, tmp_path, capsys):
     out = tmp_path / "eval.json"
-    assert main(["evaluate", str(run_dir), "--iwae-samples", "8", "--chunk-size", "3", "--test-subset", "20",
-                 "--no-progress", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                str(run_dir),
+                "--iwae-samples",
+                "8",
+                "--chunk-size",
+                "3",
+                "--test-subset",
+                "20",
+                "--no-progress",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "IWAE NLL (K=8)" in printed and "bits/dim" in printed
     results = json.loads(out.read_text())
@@ -48,8 +67,11 @@ def test_evaluate(run_dir, tmp_path, capsys):
 
 def test_sample(run_dir, tmp_path, capsys):
     assert main(["sample", str(run_dir), "--n", "5", "--out", str(tmp_path)]) == 0
-    assert {p.name for p in tmp_path.iterdir()} == {"prior_samples.png", "reconstructions.png",
-                                                      "loss_curve.png"}
+    assert {p.name for p in tmp_path.iterdir()} == {
+        "prior_samples.png",
+        "reconstructions.png",
+        "loss_curve.png",
+    }
 
 
 @pytest.mark.parametrize(
@@ -73,7 +95,8 @@ def test_user_errors_are_one_line(argv, match, tmp_path, run_dir, capsys):
 
 
 def test_module_entry_point_help():
-    out = subprocess.run([sys.executable, "-m", "problayers", "--help"], capture_output=True, text=True,
-                         check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "problayers", "--help"], capture_output=True, text=True, check=True
+    )
     for command in ("train", "evaluate", "sample", "regression"):
         assert command in out.stdout

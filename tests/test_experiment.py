@@ -30,12 +30,26 @@ def tiny_config(**kw):
 def test_train_writes_the_run(tmp_path):
     history = train(tiny_config(), tmp_path)
     names = {p.name for p in tmp_path.iterdir()}
-    assert {"config.json", "checkpoint.pt", "metrics.jsonl", "prior_samples.png", "reconstructions.png",
-            "loss_curve.png"} <= names
+    assert {
+        "config.json",
+        "checkpoint.pt",
+        "metrics.jsonl",
+        "prior_samples.png",
+        "reconstructions.png",
+        "loss_curve.png",
+    } <= names
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert records == history and [r["epoch"] for r in records] == [1, 2]
-    for key in ("train_loss", "train_recon", "train_kl", "test_neg_elbo", "test_recon", "test_kl", "seconds",
-                "images_per_s"):
+    for key in (
+        "train_loss",
+        "train_recon",
+        "train_kl",
+        "test_neg_elbo",
+        "test_recon",
+        "test_kl",
+        "seconds",
+        "images_per_s",
+    ):
         assert all(isinstance(r[key], float) for r in records), key
     assert RunConfig.from_json(json.loads((tmp_path / "config.json").read_text())) == tiny_config()
     model, cfg, info = load_run(tmp_path, device="cpu")
@@ -71,8 +85,24 @@ def test_config_errors():
 
 
 def _cli(out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "problayers", "train", "--synthetic", "192", "--batch-size", "32",
-            "--latent-size", "4", "--base-depth", "4", "--no-progress", "--out", str(out), *extra]
+    return [
+        sys.executable,
+        "-m",
+        "problayers",
+        "train",
+        "--synthetic",
+        "192",
+        "--batch-size",
+        "32",
+        "--latent-size",
+        "4",
+        "--base-depth",
+        "4",
+        "--no-progress",
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 def _env():
@@ -85,10 +115,19 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
     """Kill -9 a run as soon as its first checkpoint lands (mid-epoch 2 or later), resume it,
     and compare with an uninterrupted run: bitwise equal weights and equal metrics."""
     epochs = "4"
-    subprocess.run([*_cli(tmp_path / "full", "--epochs", epochs)], check=True, env=_env(),
-                   capture_output=True, timeout=300)
-    proc = subprocess.Popen(_cli(tmp_path / "killed", "--epochs", epochs), env=_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [*_cli(tmp_path / "full", "--epochs", epochs)],
+        check=True,
+        env=_env(),
+        capture_output=True,
+        timeout=300,
+    )
+    proc = subprocess.Popen(
+        _cli(tmp_path / "killed", "--epochs", epochs),
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     ckpt = tmp_path / "killed" / "checkpoint.pt"
     deadline = time.monotonic() + 240
     while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
@@ -97,8 +136,13 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
     proc.wait()
     done = torch.load(ckpt, weights_only=True)["epoch"]
     assert 1 <= done < 4, "the run was not killed mid-way"
-    subprocess.run([sys.executable, "-m", "problayers", "train", "--resume", str(tmp_path / "killed"),
-                    "--no-progress"], check=True, env=_env(), capture_output=True, timeout=300)
+    subprocess.run(
+        [sys.executable, "-m", "problayers", "train", "--resume", str(tmp_path / "killed"), "--no-progress"],
+        check=True,
+        env=_env(),
+        capture_output=True,
+        timeout=300,
+    )
     full = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=True)
     resumed = torch.load(ckpt, weights_only=True)
     assert resumed["epoch"] == full["epoch"] == 4

@@ -47,8 +47,12 @@ def test_options_change_the_architecture():
 
 @pytest.mark.parametrize(
     "kwargs,match",
-    [({"name": "nope"}, "model name"), ({"latent_size": 0}, "latent_size"), ({"base_depth": 2.5}, "base_depth"),
-     ({"beta": -1.0}, "beta")],
+    [
+        ({"name": "nope"}, "model name"),
+        ({"latent_size": 0}, "latent_size"),
+        ({"base_depth": 2.5}, "base_depth"),
+        ({"beta": -1.0}, "beta"),
+    ],
 )
 def test_config_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):

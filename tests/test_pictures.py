@@ -32,8 +32,10 @@ def test_image_grid_errors(tmp_path):
 def test_save_pictures(tmp_path):
     torch.manual_seed(0)
     model = build_model(ModelConfig(latent_size=2, base_depth=4))
-    records = [{"epoch": 1, "train_loss": 200.0, "test_neg_elbo": 190.0},
-               {"epoch": 2, "train_loss": 150.0, "test_neg_elbo": 140.0}]
+    records = [
+        {"epoch": 1, "train_loss": 200.0, "test_neg_elbo": 190.0},
+        {"epoch": 2, "train_loss": 150.0, "test_neg_elbo": 140.0},
+    ]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     paths = save_pictures(model, torch.bernoulli(torch.full((6, 1, 28, 28), 0.2)), tmp_path, n=4)
     assert [p.name for p in paths] == ["prior_samples.png", "reconstructions.png", "loss_curve.png"]

@@ -66,9 +66,16 @@ def _trainer(run_dir, epochs=3, loss_fn=nll, seed=0):
     def noisy_loss(m, batch):  # uses the global RNG, like rsample
         return loss_fn(m, batch) + 0.01 * torch.randn(())
 
-    return Trainer(model, torch.optim.Adam(model.parameters(), 0.05), noisy_loss, batches,
-                   TrainerConfig(epochs=epochs, progress=False), run_dir=run_dir, meta={"m": 1},
-                   log=lambda msg: None)
+    return Trainer(
+        model,
+        torch.optim.Adam(model.parameters(), 0.05),
+        noisy_loss,
+        batches,
+        TrainerConfig(epochs=epochs, progress=False),
+        run_dir=run_dir,
+        meta={"m": 1},
+        log=lambda msg: None,
+    )
 
 
 def test_resume_matches_uninterrupted_bitwise(tmp_path):
@@ -80,7 +87,9 @@ def test_resume_matches_uninterrupted_bitwise(tmp_path):
     assert resumed.resume() == {"m": 1}
     assert resumed.epoch == 2
     resumed.fit()
-    for (name, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):
+    for (name, a), b in zip(
+        full.model.state_dict().items(), resumed.model.state_dict().values(), strict=True
+    ):
         assert torch.equal(a, b), name
     strip = lambda h: [{k: v for k, v in r.items() if k not in ("seconds", "images_per_s")} for r in h]  # noqa: E731
     assert strip(full.history) == strip(resumed.history)

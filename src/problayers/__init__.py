@@ -6,7 +6,35 @@ distribution that also acts as a tensor (see :mod:`problayers.coercible`).
 
 from . import kl as _kl  # registers the KL pairs torch.distributions lacks
 from .coercible import as_coercible, convert_to_tensor, is_coercible
-from .layers import DistributionLambda, IndependentBernoulli, IndependentNormal, MultivariateNormalTriL
+from .layers import (
+    AutoregressiveNetwork,
+    AutoregressiveTransform,
+    CategoricalMixtureOfOneHotCategorical,
+    Conv2dFlipout,
+    Conv2dReparameterization,
+    DenseFlipout,
+    DenseLocalReparameterization,
+    DenseReparameterization,
+    DenseVariational,
+    DistributionLambda,
+    IndependentBernoulli,
+    IndependentLogistic,
+    IndependentNormal,
+    IndependentPoisson,
+    Logistic,
+    MaskedAutoregressiveTransform,
+    MeanFieldNormal,
+    MixtureLogistic,
+    MixtureNormal,
+    MixtureSameFamily,
+    MultivariateNormalTriL,
+    OneHotCategorical,
+    StandardNormal,
+    VariableLayer,
+    posterior_mean_field,
+    prior_standard_normal,
+    prior_trainable,
+)
 from .losses import clear_losses, collect_losses, set_added_loss
 from .regularizers import KLDivergenceAddLoss, KLDivergenceRegularizer
 
@@ -15,16 +43,39 @@ del _kl
 __version__ = "0.1.0"
 
 __all__ = [
+    "AutoregressiveNetwork",
+    "AutoregressiveTransform",
+    "CategoricalMixtureOfOneHotCategorical",
+    "Conv2dFlipout",
+    "Conv2dReparameterization",
+    "DenseFlipout",
+    "DenseLocalReparameterization",
+    "DenseReparameterization",
+    "DenseVariational",
     "DistributionLambda",
     "IndependentBernoulli",
+    "IndependentLogistic",
     "IndependentNormal",
+    "IndependentPoisson",
     "KLDivergenceAddLoss",
     "KLDivergenceRegularizer",
+    "Logistic",
+    "MaskedAutoregressiveTransform",
+    "MeanFieldNormal",
+    "MixtureLogistic",
+    "MixtureNormal",
+    "MixtureSameFamily",
     "MultivariateNormalTriL",
+    "OneHotCategorical",
+    "StandardNormal",
+    "VariableLayer",
     "as_coercible",
     "clear_losses",
     "collect_losses",
     "convert_to_tensor",
     "is_coercible",
+    "posterior_mean_field",
+    "prior_standard_normal",
+    "prior_trainable",
     "set_added_loss",
 ]

@@ -16,9 +16,12 @@ __all__ = ["main"]
 
 
 def _add_data_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data-dir", default=None,
-                   help="directory with the four MNIST IDX files (.gz or raw); default: "
-                        "$PROBLAYERS_MNIST_DIR, then ~/.cache/problayers/mnist, then a download")
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        help="directory with the four MNIST IDX files (.gz or raw); default: "
+        "$PROBLAYERS_MNIST_DIR, then ~/.cache/problayers/mnist, then a download",
+    )
     p.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda, cuda:N")
 
 
@@ -35,18 +38,34 @@ def cmd_train(args: argparse.Namespace) -> int:
         history = resume(args.resume, **overrides)
         run_dir = args.resume
     else:
-        model = ModelConfig(name=args.model, latent_size=args.latent_size, base_depth=args.base_depth,
-                            beta=args.beta, exact_kl=args.exact_kl)
-        cfg = RunConfig(model=model, epochs=args.epochs or 15, batch_size=args.batch_size, lr=args.lr,
-                        seed=args.seed, device=args.device, data_dir=args.data_dir,
-                        synthetic=args.synthetic, train_subset=args.train_subset,
-                        test_subset=args.test_subset, progress=not args.no_progress)
+        model = ModelConfig(
+            name=args.model,
+            latent_size=args.latent_size,
+            base_depth=args.base_depth,
+            beta=args.beta,
+            exact_kl=args.exact_kl,
+        )
+        cfg = RunConfig(
+            model=model,
+            epochs=args.epochs or 15,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            seed=args.seed,
+            device=args.device,
+            data_dir=args.data_dir,
+            synthetic=args.synthetic,
+            train_subset=args.train_subset,
+            test_subset=args.test_subset,
+            progress=not args.no_progress,
+        )
         history = train(cfg, args.out)
         run_dir = args.out
     if history:
         last = history[-1]
-        print(f"epoch {last['epoch']}: test -ELBO {last['test_neg_elbo']:.2f} nats "
-              f"(recon {last['test_recon']:.2f}, KL {last['test_kl']:.2f}); run in {run_dir}")
+        print(
+            f"epoch {last['epoch']}: test -ELBO {last['test_neg_elbo']:.2f} nats "
+            f"(recon {last['test_recon']:.2f}, KL {last['test_kl']:.2f}); run in {run_dir}"
+        )
     return 0
 
 
@@ -66,9 +85,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         cfg = dataclasses.replace(cfg, test_subset=args.test_subset)
     test_x = load_test_images(cfg, next(model.parameters()).device)
     torch.manual_seed(args.seed)
-    results = evaluate(model.encode, model.decode, model.prior(), test_x, batch_size=args.batch_size,
-                       iwae_samples=args.iwae_samples, chunk_size=args.chunk_size,
-                       progress=not args.no_progress)
+    results = evaluate(
+        model.encode,
+        model.decode,
+        model.prior(),
+        test_x,
+        batch_size=args.batch_size,
+        iwae_samples=args.iwae_samples,
+        chunk_size=args.chunk_size,
+        progress=not args.no_progress,
+    )
     results.update(epoch=info["epoch"], seed=args.seed, device=str(next(model.parameters()).device))
     print(format_table(results))
     out = Path(args.out) if args.out else Path(args.run_dir) / "eval.json"
@@ -87,8 +113,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
     cfg = dataclasses.replace(cfg, test_subset=args.n, data_dir=args.data_dir or cfg.data_dir)
     test_x = load_test_images(cfg, next(model.parameters()).device)
     metrics = Path(args.run_dir) / "metrics.jsonl"
-    for path in save_pictures(model, test_x, args.out or args.run_dir, n=args.n, seed=args.seed,
-                              metrics=metrics):
+    for path in save_pictures(
+        model, test_x, args.out or args.run_dir, n=args.n, seed=args.seed, metrics=metrics
+    ):
         print(f"written {path}")
     return 0
 
@@ -120,8 +147,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exact-kl", action="store_true", help="analytic KL instead of Monte Carlo")
     p.add_argument("--train-subset", type=int, default=None, help="use the first N training images")
     p.add_argument("--test-subset", type=int, default=None, help="use the first N test images")
-    p.add_argument("--synthetic", type=int, default=0, metavar="N",
-                   help="train on N generated digits instead of MNIST (smoke tests)")
+    p.add_argument(
+        "--synthetic",
+        type=int,
+        default=0,
+        metavar="N",
+        help="train on N generated digits instead of MNIST (smoke tests)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     _add_data_options(p)
     p.set_defaults(func=cmd_train)

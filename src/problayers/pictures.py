@@ -38,14 +38,22 @@ def image_grid(rows: list[torch.Tensor], path: str | Path, *, scale: int = 2, pa
             top, left = pad + r * (h + pad), pad + c * (w + pad)
             grid[top : top + h, left : left + w] = row[c]
     pixels = (grid * 255).round().to(torch.uint8).numpy()
-    image = Image.fromarray(pixels, mode="L").resize((grid.shape[1] * scale, grid.shape[0] * scale),
-                                                     Image.NEAREST)
+    image = Image.fromarray(pixels, mode="L").resize(
+        (grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST
+    )
     return atomic_write(path, lambda f: image.save(f, format="PNG"))
 
 
 @torch.no_grad()
-def save_pictures(model: VAE, test_x: torch.Tensor, out_dir: str | Path, *, n: int = 10,
-                  seed: int = 0, metrics: str | Path | None = None) -> list[Path]:
+def save_pictures(
+    model: VAE,
+    test_x: torch.Tensor,
+    out_dir: str | Path,
+    *,
+    n: int = 10,
+    seed: int = 0,
+    metrics: str | Path | None = None,
+) -> list[Path]:
     """The TFP notebook's pictures, into ``out_dir``:
 
     * ``prior_samples.png``: ``n`` draws z ~ p(z) decoded, as rows sample / mode / mean;

@@ -223,5 +223,6 @@ def fit(
     pl.collect_losses(model, clear=True)``) or ``(loss, metrics)``. Returns one dict per epoch.
     """
     config = TrainerConfig(epochs=epochs, progress=progress)
-    return Trainer(model, optimizer, loss_fn, lambda epoch: data, config, evaluate=evaluate,
-                   log=lambda msg: None).fit()
+    return Trainer(
+        model, optimizer, loss_fn, lambda epoch: data, config, evaluate=evaluate, log=lambda msg: None
+    ).fit()

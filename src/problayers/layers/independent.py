@@ -1,17 +1,83 @@
-"""Layers whose output is ``Independent(<scalar family>, len(event_shape))``."""
+"""Layers whose output is ``Independent(<scalar family>, len(event_shape))``, and the
+``Logistic`` distribution (built from ``torch.distributions`` pieces) that one of them needs."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
+from typing import ClassVar
 
 import torch
 import torch.distributions as D
 import torch.nn.functional as F
+from torch.distributions import constraints
+from torch.distributions.transforms import AffineTransform, SigmoidTransform
+from torch.distributions.utils import broadcast_all
 
 from ..coercible import ConvertFn
 from .base import DistributionLambda, check_params, event_size, normalize_event_shape
 
-__all__ = ["IndependentBernoulli", "IndependentNormal"]
+__all__ = [
+    "IndependentBernoulli",
+    "IndependentLogistic",
+    "IndependentNormal",
+    "IndependentPoisson",
+    "Logistic",
+]
+
+
+class Logistic(D.TransformedDistribution):
+    """The logistic distribution, ``loc + scale * logit(U)`` with ``U ~ Uniform(0, 1)``.
+
+    ``torch.distributions`` has no logistic distribution; this is the
+    ``TransformedDistribution(Uniform(0, 1), [SigmoidTransform().inv, AffineTransform(loc, scale)])``
+    it is defined as, so density, CDF, sampling (reparameterized) all come from those pieces.
+    ``mean``/``mode`` (``loc``) and ``variance`` (``(pi * scale)^2 / 3``) are added so that
+    mixtures of it have moments.
+
+    Args:
+        loc: location, broadcastable with ``scale``; the broadcast shape is the ``batch_shape``.
+        scale: positive scale.
+
+    ``event_shape`` is ``()``.
+    """
+
+    arg_constraints: ClassVar[dict[str, constraints.Constraint]] = {
+        "loc": constraints.real,
+        "scale": constraints.positive,
+    }
+    support = constraints.real
+    has_rsample = True
+
+    def __init__(self, loc, scale, validate_args: bool | None = None) -> None:
+        loc, scale = broadcast_all(loc, scale)  # (*B) each
+        base = D.Uniform(torch.zeros_like(loc), torch.ones_like(loc), validate_args=validate_args)
+        transforms = [SigmoidTransform().inv, AffineTransform(loc, scale)]
+        super().__init__(base, transforms, validate_args=validate_args)
+
+    def expand(self, batch_shape, _instance=None):
+        new = self._get_checked_instance(Logistic, _instance)
+        return super().expand(batch_shape, _instance=new)
+
+    @property
+    def loc(self) -> torch.Tensor:
+        return self.transforms[-1].loc.expand(self.batch_shape)
+
+    @property
+    def scale(self) -> torch.Tensor:
+        return self.transforms[-1].scale.expand(self.batch_shape)
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.loc
+
+    @property
+    def mode(self) -> torch.Tensor:
+        return self.loc
+
+    @property
+    def variance(self) -> torch.Tensor:
+        return (math.pi * self.scale) ** 2 / 3
 
 
 class _IndependentLayer(DistributionLambda):
@@ -89,3 +155,59 @@ class IndependentNormal(_IndependentLayer):
         loc = loc.reshape(batch + shape)
         scale = F.softplus(raw_scale).reshape(batch + shape)
         return D.Independent(D.Normal(loc, scale, validate_args=validate_args), len(shape))
+
+
+class IndependentLogistic(_IndependentLayer):
+    """Independent :class:`Logistic` over ``event_shape``: ``loc`` and ``softplus`` scale.
+
+    Input: ``(*B, 2 * prod(event_shape))`` (locs, then raw scales). Output: ``batch_shape`` B,
+    ``event_shape`` ``event_shape``.
+    """
+
+    @staticmethod
+    def params_size(event_shape: int | Iterable[int] = 1) -> int:
+        """Number of inputs per example: ``2 * prod(event_shape)``."""
+        return 2 * event_size(normalize_event_shape(event_shape))
+
+    @staticmethod
+    def new(params, event_shape: int | Iterable[int] = 1, validate_args: bool = False) -> D.Independent:
+        """``(*B, 2 * prod(event_shape))`` -> ``Independent(Logistic)``, batch B, event ``event_shape``."""
+        shape = normalize_event_shape(event_shape)
+        n = event_size(shape)
+        params = check_params("IndependentLogistic", params, 2 * n)
+        loc, raw_scale = params.split(n, dim=-1)  # (*B, n) each
+        batch = params.shape[:-1]
+        loc = loc.reshape(batch + shape)  # (*B, *E)
+        scale = F.softplus(raw_scale).reshape(batch + shape)  # (*B, *E)
+        return D.Independent(Logistic(loc, scale, validate_args=validate_args), len(shape))
+
+
+class IndependentPoisson(_IndependentLayer):
+    """Independent Poisson counts over ``event_shape``, parameterized by the log rate.
+
+    Input: ``(*B, prod(event_shape))`` log rates. Output: ``batch_shape`` B, ``event_shape``
+    ``event_shape``. Its tensor value defaults to a sample (Poisson has no ``rsample``).
+    """
+
+    def __init__(
+        self,
+        event_shape: int | Iterable[int] = 1,
+        convert_to_tensor_fn: ConvertFn = "sample",
+        validate_args: bool = False,
+        activity_regularizer: Callable[[D.Distribution], torch.Tensor] | None = None,
+    ) -> None:
+        super().__init__(event_shape, convert_to_tensor_fn, validate_args, activity_regularizer)
+
+    @staticmethod
+    def params_size(event_shape: int | Iterable[int] = 1) -> int:
+        """Number of inputs per example: ``prod(event_shape)`` log rates."""
+        return event_size(normalize_event_shape(event_shape))
+
+    @staticmethod
+    def new(params, event_shape: int | Iterable[int] = 1, validate_args: bool = False) -> D.Independent:
+        """``(*B, prod(event_shape))`` log rates -> ``Independent(Poisson)``, batch B, event
+        ``event_shape``."""
+        shape = normalize_event_shape(event_shape)
+        params = check_params("IndependentPoisson", params, event_size(shape))
+        rate = params.exp().reshape(params.shape[:-1] + shape)  # (*B, *E)
+        return D.Independent(D.Poisson(rate, validate_args=validate_args), len(shape))
