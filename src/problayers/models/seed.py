@@ -39,38 +39,29 @@ def seed_vae(cfg: ModelConfig) -> VAE:
     d, w = cfg.latent_size, cfg.base_depth
     prior = D.Independent(D.Normal(torch.zeros(d), 1.0), 1)
     kl = KLDivergenceRegularizer(prior, weight=cfg.beta, use_exact_kl=cfg.exact_kl)
+    # fmt: off
     encoder = nn.Sequential(
         Shift(-0.5),
-        nn.Conv2d(1, w, 5, 1, padding=2),
-        _act(),  # (B, w, 28, 28)
-        nn.Conv2d(w, w, 5, 2, padding=2),
-        _act(),  # (B, w, 14, 14)
-        nn.Conv2d(w, 2 * w, 5, 1, padding=2),
-        _act(),  # (B, 2w, 14, 14)
-        nn.Conv2d(2 * w, 2 * w, 5, 2, padding=2),
-        _act(),  # (B, 2w, 7, 7)
-        nn.Conv2d(2 * w, 4 * d, 7),
-        _act(),  # (B, 4d, 1, 1)
+        nn.Conv2d(1, w, 5, 1, padding=2), _act(),            # (B, w, 28, 28)
+        nn.Conv2d(w, w, 5, 2, padding=2), _act(),            # (B, w, 14, 14)
+        nn.Conv2d(w, 2 * w, 5, 1, padding=2), _act(),        # (B, 2w, 14, 14)
+        nn.Conv2d(2 * w, 2 * w, 5, 2, padding=2), _act(),    # (B, 2w, 7, 7)
+        nn.Conv2d(2 * w, 4 * d, 7), _act(),                  # (B, 4d, 1, 1)
         nn.Flatten(),
         nn.Linear(4 * d, MultivariateNormalTriL.params_size(d)),
         MultivariateNormalTriL(d, activity_regularizer=kl),  # batch (B,), event (d,)
     )
     decoder = nn.Sequential(
         nn.Unflatten(1, (d, 1, 1)),
-        nn.ConvTranspose2d(d, 2 * w, 7),
-        _act(),  # (N, 2w, 7, 7)
-        nn.ConvTranspose2d(2 * w, 2 * w, 5, 1, padding=2),
-        _act(),
-        nn.ConvTranspose2d(2 * w, 2 * w, 5, 2, padding=2, output_padding=1),
-        _act(),  # 14x14
-        nn.ConvTranspose2d(2 * w, w, 5, 1, padding=2),
-        _act(),
-        nn.ConvTranspose2d(w, w, 5, 2, padding=2, output_padding=1),
-        _act(),  # (N, w, 28, 28)
-        nn.ConvTranspose2d(w, w, 5, 1, padding=2),
-        _act(),
-        nn.Conv2d(w, 1, 5, 1, padding=2),  # (N, 1, 28, 28)
+        nn.ConvTranspose2d(d, 2 * w, 7), _act(),                                      # (N, 2w, 7, 7)
+        nn.ConvTranspose2d(2 * w, 2 * w, 5, 1, padding=2), _act(),
+        nn.ConvTranspose2d(2 * w, 2 * w, 5, 2, padding=2, output_padding=1), _act(),  # (N, 2w, 14, 14)
+        nn.ConvTranspose2d(2 * w, w, 5, 1, padding=2), _act(),
+        nn.ConvTranspose2d(w, w, 5, 2, padding=2, output_padding=1), _act(),          # (N, w, 28, 28)
+        nn.ConvTranspose2d(w, w, 5, 1, padding=2), _act(),
+        nn.Conv2d(w, 1, 5, 1, padding=2),                                             # (N, 1, 28, 28)
         nn.Flatten(),
         IndependentBernoulli((1, 28, 28)),  # batch (N,), event (1, 28, 28)
     )
+    # fmt: on
     return VAE(encoder, decoder, kl)
