@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import stats
+from scipy import special, stats
 from torch import nn
 
 import problayers as pl
@@ -55,6 +55,31 @@ def _mvn_ref(params, x, d=3):
     return np.array(out)
 
 
+def _logistic_ref(params, x, n=6):
+    loc, scale = params[:, :n], _softplus(params[:, n:])
+    return stats.logistic.logpdf(x.reshape(len(x), -1), loc, scale).sum(-1)
+
+
+def _poisson_ref(params, x):
+    return stats.poisson.logpmf(x.reshape(len(x), -1), np.exp(params)).sum(-1)
+
+
+def _one_hot_ref(params, x):
+    return stats.multinomial.logpmf(x, 1, special.softmax(params, axis=-1))
+
+
+def _mixture_ref(component_ref, k, p):
+    """log sum_k softmax(logits)_k p_k(x), each component's log-density from scipy."""
+
+    def ref(params, x):
+        log_w = special.log_softmax(params[:, :k], axis=-1)  # (N, K)
+        comp = params[:, k:].reshape(len(params), k, p)  # (N, K, p)
+        comp_lp = np.stack([component_ref(comp[:, j], x) for j in range(k)], axis=-1)  # (N, K)
+        return special.logsumexp(log_w + comp_lp, axis=-1)
+
+    return ref
+
+
 CASES: list[LayerCase] = [
     LayerCase(
         "IndependentBernoulli",
@@ -88,5 +113,67 @@ CASES: list[LayerCase] = [
         (2,),
         lambda p: pl.IndependentNormal.new(p, 2),
         scipy_log_prob=lambda p, x: _normal_ref(p, x, n=2),
+    ),
+    LayerCase(
+        "IndependentLogistic",
+        lambda: pl.IndependentLogistic((3, 2)),
+        pl.IndependentLogistic.params_size((3, 2)),
+        (3, 2),
+        lambda p: pl.IndependentLogistic.new(p, (3, 2)),
+        scipy_log_prob=_logistic_ref,
+    ),
+    LayerCase(
+        "IndependentPoisson",
+        lambda: pl.IndependentPoisson((2, 3)),
+        pl.IndependentPoisson.params_size((2, 3)),
+        (2, 3),
+        lambda p: pl.IndependentPoisson.new(p, (2, 3)),
+        has_rsample=False,
+        scipy_log_prob=_poisson_ref,
+    ),
+    LayerCase(
+        "OneHotCategorical",
+        lambda: pl.OneHotCategorical(4),
+        pl.OneHotCategorical.params_size(4),
+        (4,),
+        lambda p: pl.OneHotCategorical.new(p, 4),
+        has_rsample=False,
+        scipy_log_prob=_one_hot_ref,
+    ),
+    LayerCase(
+        "CategoricalMixtureOfOneHotCategorical",
+        lambda: pl.CategoricalMixtureOfOneHotCategorical(4, 3),
+        pl.CategoricalMixtureOfOneHotCategorical.params_size(4, 3),
+        (4,),
+        lambda p: pl.CategoricalMixtureOfOneHotCategorical.new(p, 4, 3),
+        has_rsample=False,
+        scipy_log_prob=_mixture_ref(_one_hot_ref, 3, 4),
+    ),
+    LayerCase(
+        "MixtureSameFamily(IndependentNormal)",
+        lambda: pl.MixtureSameFamily(3, pl.IndependentNormal(2)),
+        pl.MixtureSameFamily.params_size(3, pl.IndependentNormal.params_size(2)),
+        (2,),
+        lambda p: pl.MixtureSameFamily.new(p, 3, pl.IndependentNormal(2)),
+        has_rsample=False,
+        scipy_log_prob=_mixture_ref(lambda p, x: _normal_ref(p, x, n=2), 3, 4),
+    ),
+    LayerCase(
+        "MixtureNormal",
+        lambda: pl.MixtureNormal(3, (2, 2)),
+        pl.MixtureNormal.params_size(3, (2, 2)),
+        (2, 2),
+        lambda p: pl.MixtureNormal.new(p, 3, (2, 2)),
+        has_rsample=False,
+        scipy_log_prob=_mixture_ref(lambda p, x: _normal_ref(p, x, n=4), 3, 8),
+    ),
+    LayerCase(
+        "MixtureLogistic",
+        lambda: pl.MixtureLogistic(2, 3),
+        pl.MixtureLogistic.params_size(2, 3),
+        (3,),
+        lambda p: pl.MixtureLogistic.new(p, 2, 3),
+        has_rsample=False,
+        scipy_log_prob=_mixture_ref(lambda p, x: _logistic_ref(p, x, n=3), 2, 6),
     ),
 ]

@@ -1,0 +1,1 @@
+"""Demos built on problayers (run through the ``problayers`` command line)."""

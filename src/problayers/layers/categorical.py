@@ -1,0 +1,102 @@
+"""Categorical layers: ``OneHotCategorical`` and a categorical mixture of them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.distributions as D
+
+from ..coercible import ConvertFn
+from ._args import positive_int as _positive_int
+from .base import DistributionLambda, check_params
+
+__all__ = ["CategoricalMixtureOfOneHotCategorical", "OneHotCategorical"]
+
+
+class OneHotCategorical(DistributionLambda):
+    """One-hot categorical over ``event_size`` classes, parameterized by logits.
+
+    Input: ``(*B, event_size)`` logits. Output: ``torch.distributions.OneHotCategorical`` with
+    ``batch_shape`` B and ``event_shape`` ``(event_size,)``; its tensor value defaults to a
+    (one-hot, floating) sample, as it has no ``rsample``.
+    """
+
+    def __init__(
+        self,
+        event_size: int,
+        convert_to_tensor_fn: ConvertFn = "sample",
+        validate_args: bool = False,
+        activity_regularizer: Callable[[D.Distribution], torch.Tensor] | None = None,
+    ) -> None:
+        super().__init__(None, convert_to_tensor_fn, activity_regularizer)
+        self.event_size = _positive_int(event_size, "event_size")
+        self.validate_args = validate_args
+
+    @staticmethod
+    def params_size(event_size: int) -> int:
+        """Number of inputs per example: ``event_size`` logits."""
+        return _positive_int(event_size, "event_size")
+
+    @staticmethod
+    def new(params, event_size: int, validate_args: bool = False) -> D.OneHotCategorical:
+        """``(*B, event_size)`` logits -> ``OneHotCategorical``, batch B, event ``(event_size,)``."""
+        k = _positive_int(event_size, "event_size")
+        params = check_params("OneHotCategorical", params, k)  # (*B, K)
+        return D.OneHotCategorical(logits=params, validate_args=validate_args)
+
+    def make_distribution(self, params) -> D.OneHotCategorical:
+        return self.new(params, self.event_size, self.validate_args)
+
+    def extra_repr(self) -> str:
+        return f"event_size={self.event_size}, {super().extra_repr()}"
+
+
+class CategoricalMixtureOfOneHotCategorical(DistributionLambda):
+    """A ``num_components`` mixture of one-hot categoricals over ``event_size`` classes.
+
+    Input: ``(*B, num_components + num_components * event_size)``: the mixture logits, then each
+    component's ``event_size`` logits (component-major). Output:
+    ``torch.distributions.MixtureSameFamily`` with ``batch_shape`` B and ``event_shape``
+    ``(event_size,)``; its tensor value defaults to a sample.
+    """
+
+    def __init__(
+        self,
+        event_size: int,
+        num_components: int,
+        convert_to_tensor_fn: ConvertFn = "sample",
+        validate_args: bool = False,
+        activity_regularizer: Callable[[D.Distribution], torch.Tensor] | None = None,
+    ) -> None:
+        super().__init__(None, convert_to_tensor_fn, activity_regularizer)
+        self.event_size = _positive_int(event_size, "event_size")
+        self.num_components = _positive_int(num_components, "num_components")
+        self.validate_args = validate_args
+
+    @staticmethod
+    def params_size(event_size: int, num_components: int) -> int:
+        """Number of inputs per example: ``num_components * (1 + event_size)``."""
+        e = _positive_int(event_size, "event_size")
+        return _positive_int(num_components, "num_components") * (1 + e)
+
+    @staticmethod
+    def new(params, event_size: int, num_components: int, validate_args: bool = False) -> D.MixtureSameFamily:
+        """``(*B, K * (1 + E))`` -> ``MixtureSameFamily(Categorical, OneHotCategorical)``, batch B,
+        event ``(E,)``."""
+        e = _positive_int(event_size, "event_size")
+        k = _positive_int(num_components, "num_components")
+        params = check_params("CategoricalMixtureOfOneHotCategorical", params, k * (1 + e))
+        mix_logits = params[..., :k]  # (*B, K)
+        comp_logits = params[..., k:].reshape((*params.shape[:-1], k, e))  # (*B, K, E)
+        return D.MixtureSameFamily(
+            D.Categorical(logits=mix_logits, validate_args=validate_args),
+            D.OneHotCategorical(logits=comp_logits, validate_args=validate_args),
+            validate_args=validate_args,
+        )
+
+    def make_distribution(self, params) -> D.MixtureSameFamily:
+        return self.new(params, self.event_size, self.num_components, self.validate_args)
+
+    def extra_repr(self) -> str:
+        return f"event_size={self.event_size}, num_components={self.num_components}, {super().extra_repr()}"

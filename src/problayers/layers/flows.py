@@ -1,0 +1,238 @@
+"""Masked autoregressive flows: the MADE network (``AutoregressiveNetwork``), the MAF bijection
+(``MaskedAutoregressiveTransform``, a ``torch.distributions.transforms.Transform``) and the layer
+``AutoregressiveTransform`` that pushes a distribution through it (``tfp.layers.AutoregressiveTransform``).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.distributions as D
+import torch.nn.functional as F
+from torch import nn
+from torch.distributions import constraints
+from torch.distributions.transforms import Transform
+
+from ..coercible import ConvertFn, TensorCoercible
+from ._args import positive_int
+from .base import DistributionLambda, normalize_event_shape
+
+__all__ = [
+    "AutoregressiveNetwork",
+    "AutoregressiveTransform",
+    "MaskedAutoregressiveTransform",
+    "MaskedLinear",
+]
+
+
+class MaskedLinear(nn.Linear):
+    """``nn.Linear`` whose weight is multiplied by a fixed 0/1 ``mask`` of shape ``(out, in)``."""
+
+    def __init__(self, mask: torch.Tensor, bias: bool = True, dtype: torch.dtype | None = None) -> None:
+        out_features, in_features = mask.shape
+        super().__init__(in_features, out_features, bias=bias, dtype=dtype)
+        self.register_buffer("mask", mask.to(self.weight.dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight * self.mask, self.bias)
+
+
+def _input_order(order, d: int) -> torch.Tensor:
+    """The degrees ``1..d`` of the inputs: ``'left-to-right'``, ``'right-to-left'``,
+    ``'random'`` or an explicit permutation of ``1..d``."""
+    if isinstance(order, str):
+        if order == "left-to-right":
+            return torch.arange(1, d + 1)
+        if order == "right-to-left":
+            return torch.arange(d, 0, -1)
+        if order == "random":
+            return torch.randperm(d) + 1
+        raise ValueError(
+            f"input_order: expected 'left-to-right', 'right-to-left', 'random' or a sequence, got {order!r}"
+        )
+    degrees = torch.as_tensor(list(order))
+    if sorted(degrees.tolist()) != list(range(1, d + 1)):
+        raise ValueError(f"input_order: expected a permutation of 1..{d}, got {list(order)!r}")
+    return degrees
+
+
+class AutoregressiveNetwork(nn.Module):
+    """MADE: a masked MLP whose output for dimension ``i`` depends only on the inputs that come
+    before ``i`` in ``input_order`` (Germain et al. 2015; ``tfp.layers.AutoregressiveNetwork``).
+
+    Args:
+        params: outputs per input dimension (2 for a MAF: shift and log-scale).
+        event_shape: the input size ``d`` (an int or a 1-tuple).
+        hidden_units: sizes of the hidden layers (default ``()``: a single masked layer).
+        input_order: ``'left-to-right'`` (default), ``'right-to-left'``, ``'random'`` or a
+            permutation of ``1..d`` (the degree of each input).
+        hidden_degrees: ``'equal'`` (default: evenly spread over ``1..d-1``) or ``'random'``.
+        activation: hidden activation (default ``torch.relu``; TFP's default is linear).
+        use_bias: whether the masked layers have biases.
+
+    Input: ``(*B, d)``. Output: ``(*B, d, params)``.
+    """
+
+    def __init__(
+        self,
+        params: int,
+        event_shape: int | Sequence[int],
+        hidden_units: Sequence[int] = (),
+        input_order: str | Sequence[int] = "left-to-right",
+        hidden_degrees: str = "equal",
+        activation: Callable[[torch.Tensor], torch.Tensor] | None = torch.relu,
+        use_bias: bool = True,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        self.params = positive_int(params, "params")
+        shape = normalize_event_shape(event_shape)
+        if len(shape) != 1:
+            raise ValueError(f"event_shape: expected a 1-D shape (d,), got {shape!r}")
+        (d,) = self.event_shape = shape
+        self.hidden_units = tuple(positive_int(h, "hidden_units") for h in hidden_units)
+        if hidden_degrees not in ("equal", "random"):
+            raise ValueError(f"hidden_degrees: expected 'equal' or 'random', got {hidden_degrees!r}")
+        if activation is not None and not callable(activation):
+            raise TypeError(f"activation: expected a callable or None, got {type(activation).__name__}")
+        self.activation = activation
+        self.register_buffer("input_degrees", _input_order(input_order, d))
+        degrees = [self.input_degrees]
+        for units in self.hidden_units:
+            if hidden_degrees == "equal":  # ceil(k (d - 1) / (units + 1)), k = 1..units
+                deg = torch.ceil(torch.arange(1, units + 1) * (d - 1) / (units + 1)).long()
+            else:
+                low = min(int(degrees[-1].min()), d - 1)
+                deg = torch.randint(low, max(d, low + 1), (units,))
+            degrees.append(deg)
+        layers = []
+        for prev, deg in itertools.pairwise(degrees):
+            mask = deg[:, None] >= prev[None, :]  # (units, prev): hidden k sees degrees <= its own
+            layers.append(MaskedLinear(mask, use_bias, dtype))
+        out_deg = self.input_degrees.repeat_interleave(self.params)  # (d * params,) d-major
+        out_mask = out_deg[:, None] > degrees[-1][None, :]  # strictly: output i sees degrees < i
+        layers.append(MaskedLinear(out_mask, use_bias, dtype))
+        self.layers = nn.ModuleList(layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 0 or x.shape[-1] != self.event_shape[0]:
+            raise ValueError(
+                f"AutoregressiveNetwork: expected input of shape (..., {self.event_shape[0]}), "
+                f"got {tuple(x.shape)}"
+            )
+        h = x  # (*B, d)
+        for layer in self.layers[:-1]:
+            h = layer(h)  # (*B, units)
+            if self.activation is not None:
+                h = self.activation(h)
+        out = self.layers[-1](h)  # (*B, d * params)
+        return out.unflatten(-1, (self.event_shape[0], self.params))  # (*B, d, params)
+
+    def extra_repr(self) -> str:
+        return f"params={self.params}, event_shape={self.event_shape}, hidden_units={self.hidden_units}"
+
+
+class MaskedAutoregressiveTransform(Transform):
+    """The MAF bijection ``y = u * exp(log_scale(y)) + shift(y)`` on ``R^d`` (event dim 1), with
+    ``shift, log_scale = made(y).unbind(-1)`` autoregressive (a :class:`AutoregressiveNetwork`
+    with ``params=2``).
+
+    The inverse ``u = (y - shift(y)) * exp(-log_scale(y))`` is one network pass; the forward
+    needs ``d`` sequential passes (pass ``i`` fixes the ``i``-th dimension in ``input_order``).
+    ``log_abs_det_jacobian(u, y) = sum(log_scale(y))`` (the Jacobian is triangular).
+    """
+
+    domain = constraints.independent(constraints.real, 1)
+    codomain = constraints.independent(constraints.real, 1)
+    bijective = True
+
+    def __init__(self, made: AutoregressiveNetwork, cache_size: int = 1) -> None:
+        super().__init__(cache_size=cache_size)
+        if not isinstance(made, AutoregressiveNetwork):
+            raise TypeError(f"made: expected an AutoregressiveNetwork, got {type(made).__name__}")
+        if made.params != 2:
+            raise ValueError(f"made: expected params=2 (shift, log_scale), got params={made.params}")
+        self.made = made
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, MaskedAutoregressiveTransform) and other.made is self.made
+
+    def __hash__(self) -> int:
+        return hash(id(self.made))
+
+    def with_cache(self, cache_size: int = 1) -> MaskedAutoregressiveTransform:
+        return (
+            self if self._cache_size == cache_size else MaskedAutoregressiveTransform(self.made, cache_size)
+        )
+
+    def _shift_log_scale(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        shift, log_scale = self.made(y).unbind(-1)  # (*B, d) each
+        return shift, log_scale
+
+    def _call(self, u: torch.Tensor) -> torch.Tensor:
+        y = torch.zeros_like(u)  # (*B, d)
+        for _ in range(self.made.event_shape[0]):
+            shift, log_scale = self._shift_log_scale(y)
+            y = u * log_scale.exp() + shift
+        return y
+
+    def _inverse(self, y: torch.Tensor) -> torch.Tensor:
+        shift, log_scale = self._shift_log_scale(y)
+        return (y - shift) * torch.exp(-log_scale)
+
+    def log_abs_det_jacobian(self, u: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        _, log_scale = self._shift_log_scale(y)
+        return log_scale.sum(-1)  # (*B)
+
+
+def _sample_with_gradient_if_possible(dist: D.Distribution) -> torch.Tensor:
+    """``rsample()`` when the distribution has one, else ``sample()`` (TFP's default)."""
+    return dist.rsample() if dist.has_rsample else dist.sample()
+
+
+class AutoregressiveTransform(DistributionLambda):
+    """Pushes the incoming distribution through a masked autoregressive flow.
+
+    Args:
+        made: an :class:`AutoregressiveNetwork` with ``params=2`` (its parameters become the
+            layer's).
+        convert_to_tensor_fn: default: ``rsample()`` where the result has one, else ``sample()``.
+
+    Input: a distribution over ``R^d`` (event ``(d,)``, or event ``()`` with batch ``(*B, d)``,
+    whose last batch dimension becomes the event). Output: ``TransformedDistribution`` with
+    ``batch_shape`` B and ``event_shape`` ``(d,)``; ``log_prob`` takes one network pass,
+    sampling ``d``.
+    """
+
+    def __init__(
+        self,
+        made: AutoregressiveNetwork,
+        convert_to_tensor_fn: ConvertFn = _sample_with_gradient_if_possible,
+        activity_regularizer: Callable[[D.Distribution], torch.Tensor] | None = None,
+    ) -> None:
+        super().__init__(None, convert_to_tensor_fn, activity_regularizer)
+        MaskedAutoregressiveTransform(made)  # checks made
+        self.made = made
+
+    def make_distribution(self, dist: D.Distribution) -> D.TransformedDistribution:
+        if not isinstance(dist, D.Distribution):
+            raise TypeError(
+                f"AutoregressiveTransform: expected a Distribution input, got {type(dist).__name__}"
+            )
+        if isinstance(dist, TensorCoercible):
+            dist = dist.distribution
+        d = self.made.event_shape[0]
+        shape = tuple(dist.batch_shape + dist.event_shape)[-1:]
+        if len(dist.event_shape) > 1 or shape != (d,):
+            raise ValueError(
+                f"AutoregressiveTransform: expected a distribution over R^{d} (event_shape ({d},)), got "
+                f"batch_shape {tuple(dist.batch_shape)} and event_shape {tuple(dist.event_shape)}"
+            )
+        # A new transform per output: its cache (sample -> base value) must not outlive the
+        # parameters it was computed with.
+        return D.TransformedDistribution(dist, [MaskedAutoregressiveTransform(self.made)])
+
+    def extra_repr(self) -> str:
+        return f"event_shape={self.made.event_shape}, {super().extra_repr()}"

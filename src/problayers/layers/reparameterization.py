@@ -1,0 +1,338 @@
+"""Weight-uncertainty layers (``tfp.layers`` ``*Reparameterization``, ``*LocalReparameterization``,
+``*Flipout``): dense and 2-D convolution layers whose kernel and bias have a posterior.
+
+The three estimators of the output, for a posterior ``q`` over the kernel ``W`` (and bias):
+
+* **reparameterization**: one ``W ~ q`` (``rsample``) per forward, shared by the batch;
+* **local reparameterization** (Gaussian posteriors only): the output's exact per-example
+  Gaussian ``Normal(op(x, E[W]), sqrt(op(x^2, Var[W])))`` is sampled instead of ``W``;
+* **Flipout**: ``op(x, E[W]) + op(x * s_in, dW) * s_out`` with one ``dW = W - E[W]`` and random
+  signs ``s_in``, ``s_out`` per example (needs a posterior symmetric about its mean).
+
+Each forward records ``kl_weight * (KL(q_W || p_W) + KL(q_b || p_b))`` with
+:func:`~problayers.set_added_loss`. Defaults (as TFP): exact KL (``kl_use_exact=True``),
+``kl_weight = 1`` (the whole KL; pass ``1 / num_train_examples`` with a batch-mean data term),
+:class:`~problayers.MeanFieldNormal` posteriors and :class:`~problayers.StandardNormal` priors
+for both kernel and bias (``bias_prior_fn=None``: no KL term for the bias). A posterior/prior
+``fn`` is ``(shape, dtype) -> nn.Module`` whose ``forward(x)`` returns a distribution with batch
+``()`` and event ``shape``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.distributions as D
+import torch.nn.functional as F
+from torch import nn
+
+from ..losses import set_added_loss
+from ._args import callable_or_none, non_negative_number, positive_int
+from .variational import MeanFieldNormal, StandardNormal, weight_distribution, weight_kl
+
+__all__ = [
+    "Conv2dFlipout",
+    "Conv2dReparameterization",
+    "DenseFlipout",
+    "DenseLocalReparameterization",
+    "DenseReparameterization",
+]
+
+WeightFn = Callable[[tuple[int, ...], torch.dtype | None], nn.Module]
+
+
+def _rademacher(shape: torch.Size, like: torch.Tensor) -> torch.Tensor:
+    """Independent random signs (+1/-1 with probability 1/2) of ``shape``."""
+    return torch.randint(0, 2, shape, device=like.device).to(like.dtype) * 2 - 1
+
+
+def _is_normal(dist: D.Distribution) -> bool:
+    base = dist.base_dist if isinstance(dist, D.Independent) else dist
+    return isinstance(base, D.Normal)
+
+
+class _WeightUncertainty(nn.Module):
+    """Posteriors/priors, KL bookkeeping and the estimator; subclasses give ``_op`` and shapes."""
+
+    def __init__(
+        self,
+        kernel_shape: tuple[int, ...],
+        bias_shape: tuple[int, ...] | None,
+        kernel_posterior_fn: WeightFn,
+        kernel_prior_fn: WeightFn,
+        bias_posterior_fn: WeightFn,
+        bias_prior_fn: WeightFn | None,
+        kl_weight: float | torch.Tensor,
+        kl_use_exact: bool,
+        activation: Callable[[torch.Tensor], torch.Tensor] | None,
+        dtype: torch.dtype | None,
+    ) -> None:
+        super().__init__()
+        for name, fn in (("kernel_posterior_fn", kernel_posterior_fn), ("kernel_prior_fn", kernel_prior_fn)):
+            if not callable(fn):
+                raise TypeError(f"{name}: expected a callable (shape, dtype) -> nn.Module")
+        callable_or_none(bias_posterior_fn, "bias_posterior_fn")
+        callable_or_none(bias_prior_fn, "bias_prior_fn")
+        self.kl_weight = non_negative_number(kl_weight, "kl_weight")
+        self.kl_use_exact = bool(kl_use_exact)
+        self.activation = callable_or_none(activation, "activation")
+        self.kernel_shape, self.bias_shape = kernel_shape, bias_shape
+        self.kernel_posterior = kernel_posterior_fn(kernel_shape, dtype)
+        self.kernel_prior = kernel_prior_fn(kernel_shape, dtype)
+        has_bias = bias_shape is not None and bias_posterior_fn is not None
+        self.bias_posterior = bias_posterior_fn(bias_shape, dtype) if has_bias else None
+        self.bias_prior = bias_prior_fn(bias_shape, dtype) if has_bias and bias_prior_fn is not None else None
+
+    # -- subclass interface ------------------------------------------------------------------
+    def _op(self, x: torch.Tensor, kernel: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def _sign_shapes(self, x: torch.Tensor, out: torch.Tensor) -> tuple[torch.Size, torch.Size]:
+        raise NotImplementedError
+
+    def _estimate(self, x, qk, qb) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """-> (output before activation, the kernel and bias samples used, or ``None``)."""
+        raise NotImplementedError
+
+    # -- shared ------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{type(self).__name__}: expected a torch.Tensor input, got {type(x).__name__}")
+        self._check_input(x)
+        name = type(self).__name__
+        qk = weight_distribution(name, "kernel posterior", self.kernel_posterior, x, self.kernel_shape)
+        pk = weight_distribution(name, "kernel prior", self.kernel_prior, x, self.kernel_shape)
+        qb = pb = None
+        if self.bias_posterior is not None:
+            qb = weight_distribution(name, "bias posterior", self.bias_posterior, x, self.bias_shape)
+        if self.bias_prior is not None:
+            pb = weight_distribution(name, "bias prior", self.bias_prior, x, self.bias_shape)
+        out, wk, wb = self._estimate(x, qk, qb)
+        kl = weight_kl(qk, pk, wk, self.kl_use_exact)
+        if pb is not None:
+            kl = kl + weight_kl(qb, pb, wb, self.kl_use_exact)
+        set_added_loss(self, "kl_divergence", self.kl_weight * kl)
+        return out if self.activation is None else self.activation(out)
+
+
+class _Reparameterization(_WeightUncertainty):
+    def _estimate(self, x, qk, qb):
+        wk = qk.rsample()  # kernel_shape
+        wb = qb.rsample() if qb is not None else None  # bias_shape
+        return self._op(x, wk, wb), wk, wb
+
+
+class _LocalReparameterization(_WeightUncertainty):
+    def _estimate(self, x, qk, qb):
+        for role, q in (("kernel", qk), ("bias", qb)):
+            if q is not None and not _is_normal(q):
+                raise TypeError(
+                    f"{type(self).__name__}: local reparameterization needs a Normal (or "
+                    f"Independent(Normal)) {role} posterior, got {type(q).__name__}"
+                )
+        mean = self._op(x, qk.mean, qb.mean if qb is not None else None)  # (*B, out)
+        var = self._op(x.square(), qk.variance, qb.variance if qb is not None else None)  # (*B, out)
+        std = var.clamp_min(torch.finfo(var.dtype).tiny).sqrt()
+        return D.Normal(mean, std, validate_args=False).rsample(), None, None
+
+
+class _Flipout(_WeightUncertainty):
+    def _estimate(self, x, qk, qb):
+        loc = qk.mean  # kernel_shape
+        wk = qk.rsample()
+        delta = wk - loc  # one perturbation, decorrelated per example by the signs
+        mean = self._op(x, loc, None)  # (*B, out)
+        s_in, s_out = self._sign_shapes(x, mean)
+        out = mean + self._op(x * _rademacher(s_in, x), delta, None) * _rademacher(s_out, x)
+        wb = None
+        if qb is not None:
+            wb = qb.rsample()  # bias_shape
+            out = out + self._bias_view(wb)
+        return out, wk, wb
+
+    def _bias_view(self, bias: torch.Tensor) -> torch.Tensor:
+        return bias
+
+
+def _dense_check(layer: _WeightUncertainty, x: torch.Tensor) -> None:
+    n = layer.kernel_shape[1]
+    if x.dim() == 0 or x.shape[-1] != n:
+        raise ValueError(f"{type(layer).__name__}: expected input of shape (..., {n}), got {tuple(x.shape)}")
+
+
+class _Dense(_WeightUncertainty):
+    """Dense layer: kernel ``(out_features, in_features)`` (``nn.Linear`` layout), bias ``(out,)``.
+    Input ``(*B, in_features)``, output ``(*B, out_features)``."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        kernel_posterior_fn: WeightFn = MeanFieldNormal,
+        kernel_prior_fn: WeightFn = StandardNormal,
+        bias_posterior_fn: WeightFn = MeanFieldNormal,
+        bias_prior_fn: WeightFn | None = StandardNormal,
+        kl_weight: float | torch.Tensor = 1.0,
+        kl_use_exact: bool = True,
+        activation: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        self.in_features = positive_int(in_features, "in_features")
+        self.out_features = positive_int(out_features, "out_features")
+        super().__init__(
+            (self.out_features, self.in_features),
+            (self.out_features,) if bias else None,
+            kernel_posterior_fn,
+            kernel_prior_fn,
+            bias_posterior_fn,
+            bias_prior_fn,
+            kl_weight,
+            kl_use_exact,
+            activation,
+            dtype,
+        )
+
+    def _op(self, x, kernel, bias):
+        return F.linear(x, kernel, bias)
+
+    def _check_input(self, x):
+        _dense_check(self, x)
+
+    def _sign_shapes(self, x, out):
+        return x.shape, out.shape
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"bias={self.bias_posterior is not None}, kl_weight={float(self.kl_weight):.3g}, "
+            f"kl_use_exact={self.kl_use_exact}"
+        )
+
+
+def _pair(value, name: str) -> tuple[int, int]:
+    pair = (value, value) if isinstance(value, int) else tuple(value)
+    if len(pair) != 2:
+        raise ValueError(f"{name}: expected an int or a pair of ints, got {value!r}")
+    return positive_int(pair[0], name), positive_int(pair[1], name)
+
+
+class _Conv2d(_WeightUncertainty):
+    """2-D convolution (``nn.Conv2d`` arguments and layout): kernel ``(out_channels,
+    in_channels // groups, kh, kw)``, bias ``(out_channels,)``. Input ``(N, C_in, H, W)`` or
+    ``(C_in, H, W)``; output ``(N, C_out, H_out, W_out)`` (resp. without ``N``), as ``nn.Conv2d``."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] = 1,
+        padding: int | tuple[int, int] | str = 0,
+        dilation: int | tuple[int, int] = 1,
+        groups: int = 1,
+        bias: bool = True,
+        kernel_posterior_fn: WeightFn = MeanFieldNormal,
+        kernel_prior_fn: WeightFn = StandardNormal,
+        bias_posterior_fn: WeightFn = MeanFieldNormal,
+        bias_prior_fn: WeightFn | None = StandardNormal,
+        kl_weight: float | torch.Tensor = 1.0,
+        kl_use_exact: bool = True,
+        activation: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        self.in_channels = positive_int(in_channels, "in_channels")
+        self.out_channels = positive_int(out_channels, "out_channels")
+        self.groups = positive_int(groups, "groups")
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(f"groups: {groups} must divide in_channels ({in_channels}) and out_channels")
+        self.kernel_size = _pair(kernel_size, "kernel_size")
+        self.stride = _pair(stride, "stride")
+        self.dilation = _pair(dilation, "dilation")
+        if isinstance(padding, str):
+            if padding not in ("same", "valid"):
+                raise ValueError(f"padding: expected 'same', 'valid', an int or a pair, got {padding!r}")
+            self.padding = padding
+        else:
+            pad = (padding, padding) if isinstance(padding, int) else tuple(padding)
+            if len(pad) != 2 or not all(isinstance(p, int) and p >= 0 for p in pad):
+                raise ValueError(f"padding: expected non-negative ints, got {padding!r}")
+            self.padding = pad
+        super().__init__(
+            (self.out_channels, self.in_channels // self.groups, *self.kernel_size),
+            (self.out_channels,) if bias else None,
+            kernel_posterior_fn,
+            kernel_prior_fn,
+            bias_posterior_fn,
+            bias_prior_fn,
+            kl_weight,
+            kl_use_exact,
+            activation,
+            dtype,
+        )
+
+    def _op(self, x, kernel, bias):
+        return F.conv2d(x, kernel, bias, self.stride, self.padding, self.dilation, self.groups)
+
+    def _check_input(self, x):
+        if x.dim() not in (3, 4) or x.shape[-3] != self.in_channels:
+            raise ValueError(
+                f"{type(self).__name__}: expected input of shape (N, {self.in_channels}, H, W) or "
+                f"({self.in_channels}, H, W), got {tuple(x.shape)}"
+            )
+
+    def _sign_shapes(self, x, out):
+        # One sign per example and channel, shared over the image (as TFP's Conv Flipout).
+        return (*x.shape[:-2], 1, 1), (*out.shape[:-2], 1, 1)
+
+    def _bias_view(self, bias):
+        return bias[:, None, None]  # (C_out, 1, 1)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+            f"padding={self.padding}, dilation={self.dilation}, groups={self.groups}, "
+            f"bias={self.bias_posterior is not None}, kl_weight={float(self.kl_weight):.3g}, "
+            f"kl_use_exact={self.kl_use_exact}"
+        )
+
+
+class DenseReparameterization(_Dense, _Reparameterization):
+    """Dense layer with a posterior over its weights; one ``W ~ q`` per forward (see module doc).
+
+    Input ``(*B, in_features)``; output ``(*B, out_features)``.
+    """
+
+
+class DenseLocalReparameterization(_Dense, _LocalReparameterization):
+    """Dense layer with a Gaussian posterior over its weights; samples each example's
+    pre-activation from its exact Gaussian (see module doc).
+
+    Input ``(*B, in_features)``; output ``(*B, out_features)``.
+    """
+
+
+class DenseFlipout(_Dense, _Flipout):
+    """Dense layer with a posterior over its weights; Flipout perturbations (see module doc).
+
+    Input ``(*B, in_features)``; output ``(*B, out_features)``.
+    """
+
+
+class Conv2dReparameterization(_Conv2d, _Reparameterization):
+    """``nn.Conv2d`` with a posterior over its kernel and bias; one sample per forward.
+
+    Input ``(N, C_in, H, W)`` or ``(C_in, H, W)``; output as ``nn.Conv2d``.
+    """
+
+
+class Conv2dFlipout(_Conv2d, _Flipout):
+    """``nn.Conv2d`` with a posterior over its kernel and bias; Flipout perturbations with one
+    sign per example and channel.
+
+    Input ``(N, C_in, H, W)`` or ``(C_in, H, W)``; output as ``nn.Conv2d``.
+    """

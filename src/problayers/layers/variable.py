@@ -1,0 +1,112 @@
+"""``VariableLayer``: a trainable tensor, whatever the input (the building block of trainable
+priors and posteriors, as ``tfp.layers.VariableLayer``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import torch
+import torch.distributions as D
+from torch import nn
+
+from ..coercible import CONVERT_TO_TENSOR_FNS, ConvertFn, as_coercible
+from ._args import callable_or_none
+from .base import normalize_event_shape
+
+__all__ = ["VariableLayer"]
+
+Initializer = str | float | torch.Tensor | Callable[[torch.Tensor], object]
+
+_NAMED_INITIALIZERS: dict[str, Callable[[torch.Tensor], object]] = {
+    "zeros": nn.init.zeros_,
+    "ones": nn.init.ones_,
+    "normal": lambda t: nn.init.normal_(t, 0.0, 0.1),
+    "uniform": lambda t: nn.init.uniform_(t, -0.05, 0.05),
+}
+
+
+class VariableLayer(nn.Module):
+    """A trainable tensor of shape ``shape``, returned whatever the input.
+
+    Args:
+        shape: the variable's shape (an int or a tuple of positive ints; ``()`` for a scalar).
+        dtype: its dtype (default: ``torch.get_default_dtype()``).
+        initializer: ``"zeros"`` (default), ``"ones"``, ``"normal"`` (std 0.1), ``"uniform"``
+            (+-0.05), a number (constant fill), a tensor broadcastable to ``shape``, or an
+            in-place initializer ``tensor -> ...`` such as ``torch.nn.init.normal_``.
+        activation: optional callable applied to the variable on each call.
+        make_distribution_fn: optional ``tensor -> Distribution``; when given, the layer returns
+            that distribution, tensor-coercible with ``convert_to_tensor_fn`` (this replaces
+            TFP's ``VariableLayer`` + ``DistributionLambda`` pair in one layer).
+        convert_to_tensor_fn: as for :class:`~problayers.DistributionLambda`.
+
+    Input: anything (ignored; e.g. the batch, so the layer fits in an ``nn.Sequential``).
+    Output: ``activation(variable)`` of shape ``shape`` (not broadcast to the batch), or the
+    distribution ``make_distribution_fn`` makes from it.
+    """
+
+    def __init__(
+        self,
+        shape: int | Iterable[int],
+        dtype: torch.dtype | None = None,
+        initializer: Initializer = "zeros",
+        activation: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        make_distribution_fn: Callable[[torch.Tensor], D.Distribution] | None = None,
+        convert_to_tensor_fn: ConvertFn = "rsample",
+    ) -> None:
+        super().__init__()
+        self.shape = normalize_event_shape(shape, "shape")
+        if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            raise TypeError(f"dtype: expected a floating torch.dtype, got {dtype!r}")
+        self.activation = callable_or_none(activation, "activation")
+        self.make_distribution_fn = callable_or_none(make_distribution_fn, "make_distribution_fn")
+        if not (callable(convert_to_tensor_fn) or convert_to_tensor_fn in CONVERT_TO_TENSOR_FNS):
+            raise ValueError(
+                f"convert_to_tensor_fn: expected one of {sorted(CONVERT_TO_TENSOR_FNS)} or a callable, "
+                f"got {convert_to_tensor_fn!r}"
+            )
+        self.convert_to_tensor_fn = convert_to_tensor_fn
+        self.variable = nn.Parameter(torch.empty(self.shape, dtype=dtype or torch.get_default_dtype()))
+        self._initialize(initializer)
+
+    def _initialize(self, initializer: Initializer) -> None:
+        with torch.no_grad():
+            if isinstance(initializer, str):
+                if initializer not in _NAMED_INITIALIZERS:
+                    raise ValueError(
+                        f"initializer: expected one of {sorted(_NAMED_INITIALIZERS)}, a number, a tensor "
+                        f"or a callable, got {initializer!r}"
+                    )
+                _NAMED_INITIALIZERS[initializer](self.variable)
+            elif isinstance(initializer, (int, float)) and not isinstance(initializer, bool):
+                self.variable.fill_(initializer)
+            elif isinstance(initializer, torch.Tensor):
+                try:
+                    self.variable.copy_(initializer.expand(self.shape))
+                except RuntimeError:
+                    raise ValueError(
+                        f"initializer: a tensor of shape {tuple(initializer.shape)} does not broadcast "
+                        f"to shape {self.shape}"
+                    ) from None
+            elif callable(initializer):
+                initializer(self.variable)
+            else:
+                raise TypeError(
+                    f"initializer: expected a name, a number, a tensor or a callable, got "
+                    f"{type(initializer).__name__}"
+                )
+
+    def forward(self, *inputs, **kwargs) -> torch.Tensor | D.Distribution:
+        value = self.variable if self.activation is None else self.activation(self.variable)
+        if self.make_distribution_fn is None:
+            return value
+        dist = self.make_distribution_fn(value)
+        if not isinstance(dist, D.Distribution):
+            raise TypeError(
+                f"VariableLayer: make_distribution_fn returned {type(dist).__name__}, "
+                "expected a torch.distributions.Distribution"
+            )
+        return as_coercible(dist, self.convert_to_tensor_fn)
+
+    def extra_repr(self) -> str:
+        return f"shape={self.shape}, dtype={self.variable.dtype}"

@@ -1,0 +1,223 @@
+"""Weight distributions and ``DenseVariational``: a dense layer whose weights are random.
+
+The posterior and prior over weights are ``nn.Module`` s whose ``forward`` (called with the
+layer's input, which the ones here ignore) returns a ``torch.distributions.Distribution``:
+
+* :class:`MeanFieldNormal` (trainable ``Independent(Normal(loc, eps + softplus(u)))``) and
+  :class:`StandardNormal` (fixed ``Independent(Normal(0, 1))``), each built from
+  ``(shape, dtype)``;
+* for ``DenseVariational``, ``make_posterior_fn``/``make_prior_fn`` take
+  ``(kernel_size, bias_size, dtype)`` as in TFP: :func:`posterior_mean_field`,
+  :func:`prior_trainable` (a :class:`~problayers.VariableLayer` loc, unit scale) and
+  :func:`prior_standard_normal`.
+
+The KL term ``kl_weight * KL(q || p)`` of the weights is recorded with
+:func:`~problayers.set_added_loss` on each forward, so :func:`~problayers.collect_losses`
+picks it up. It is the KL of the whole weight vector: with a data term averaged over a batch
+(as everywhere in problayers) pass ``kl_weight = 1 / num_train_examples`` for the ELBO.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import torch
+import torch.distributions as D
+import torch.nn.functional as F
+from torch import nn
+
+from ..losses import set_added_loss
+from ._args import callable_or_none, non_negative_number, positive_int
+from .base import normalize_event_shape
+from .variable import VariableLayer
+
+__all__ = [
+    "DenseVariational",
+    "MeanFieldNormal",
+    "StandardNormal",
+    "posterior_mean_field",
+    "prior_standard_normal",
+    "prior_trainable",
+]
+
+
+class MeanFieldNormal(nn.Module):
+    """Trainable mean-field Gaussian over a weight tensor of shape ``shape``.
+
+    ``forward(*ignored)`` returns ``Independent(Normal(loc, eps + softplus(untransformed_scale)),
+    len(shape))`` (batch ``()``, event ``shape``; eps is the dtype's machine epsilon). As TFP's
+    ``default_mean_field_normal_fn``: ``loc ~ N(0, loc_init_std)`` and ``untransformed_scale ~
+    N(untransformed_scale_init_mean, 0.1)``, i.e. a scale of about ``softplus(-3) = 0.049``.
+    """
+
+    def __init__(
+        self,
+        shape: int | Iterable[int],
+        dtype: torch.dtype | None = None,
+        loc_init_std: float = 0.1,
+        untransformed_scale_init_mean: float = -3.0,
+    ) -> None:
+        super().__init__()
+        self.shape = normalize_event_shape(shape, "shape")
+        dtype = dtype or torch.get_default_dtype()
+        self.loc = nn.Parameter(torch.randn(self.shape, dtype=dtype) * loc_init_std)
+        scale = torch.randn(self.shape, dtype=dtype) * 0.1 + untransformed_scale_init_mean
+        self.untransformed_scale = nn.Parameter(scale)
+
+    @property
+    def scale(self) -> torch.Tensor:
+        return torch.finfo(self.loc.dtype).eps + F.softplus(self.untransformed_scale)
+
+    def forward(self, *ignored) -> D.Independent:
+        return D.Independent(D.Normal(self.loc, self.scale, validate_args=False), len(self.shape))
+
+    def extra_repr(self) -> str:
+        return f"shape={self.shape}"
+
+
+class StandardNormal(nn.Module):
+    """Fixed ``Independent(Normal(0, 1), len(shape))`` over a weight tensor of shape ``shape``
+    (batch ``()``, event ``shape``); ``forward(*ignored)``. Its tensors are non-persistent
+    buffers (they follow ``.to(...)``, stay out of the ``state_dict``)."""
+
+    def __init__(self, shape: int | Iterable[int], dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        self.shape = normalize_event_shape(shape, "shape")
+        dtype = dtype or torch.get_default_dtype()
+        self.register_buffer("loc", torch.zeros(self.shape, dtype=dtype), persistent=False)
+        self.register_buffer("scale", torch.ones(self.shape, dtype=dtype), persistent=False)
+
+    def forward(self, *ignored) -> D.Independent:
+        return D.Independent(D.Normal(self.loc, self.scale, validate_args=False), len(self.shape))
+
+    def extra_repr(self) -> str:
+        return f"shape={self.shape}"
+
+
+def posterior_mean_field(kernel_size: int, bias_size: int = 0, dtype: torch.dtype | None = None) -> nn.Module:
+    """``make_posterior_fn``: a :class:`MeanFieldNormal` over the ``kernel_size + bias_size``
+    flattened weights (event ``(kernel_size + bias_size,)``)."""
+    return MeanFieldNormal(kernel_size + bias_size, dtype)
+
+
+def prior_standard_normal(
+    kernel_size: int, bias_size: int = 0, dtype: torch.dtype | None = None
+) -> nn.Module:
+    """``make_prior_fn``: a fixed :class:`StandardNormal` over the flattened weights."""
+    return StandardNormal(kernel_size + bias_size, dtype)
+
+
+def _unit_normal(loc: torch.Tensor) -> D.Independent:
+    return D.Independent(D.Normal(loc, torch.ones_like(loc), validate_args=False), 1)
+
+
+def prior_trainable(kernel_size: int, bias_size: int = 0, dtype: torch.dtype | None = None) -> nn.Module:
+    """``make_prior_fn``: ``Independent(Normal(loc, 1))`` with a trainable ``loc`` (a
+    :class:`~problayers.VariableLayer`, zero-initialized), as in TFP's regression example."""
+    return VariableLayer(kernel_size + bias_size, dtype, make_distribution_fn=_unit_normal)
+
+
+def weight_distribution(
+    layer: str, role: str, module: nn.Module, x, shape: tuple[int, ...]
+) -> D.Distribution:
+    """``module(x)``, checked to be a ``Distribution`` with batch ``()`` and event ``shape``."""
+    dist = module(x)
+    if not isinstance(dist, D.Distribution):
+        raise TypeError(f"{layer}: the {role} returned {type(dist).__name__}, expected a Distribution")
+    if tuple(dist.batch_shape) != () or tuple(dist.event_shape) != shape:
+        raise ValueError(
+            f"{layer}: expected the {role} to have batch_shape () and event_shape {shape}, got "
+            f"batch_shape {tuple(dist.batch_shape)} and event_shape {tuple(dist.event_shape)}"
+        )
+    return dist
+
+
+def weight_kl(q: D.Distribution, p: D.Distribution, w: torch.Tensor | None, exact: bool) -> torch.Tensor:
+    """``KL(q || p)`` as a 0-dim tensor: exact (``torch.distributions.kl_divergence``) or the
+    one-sample Monte Carlo ``log q(w) - log p(w)`` at ``w`` (a fresh ``q.rsample()`` if ``None``)."""
+    if exact:
+        try:
+            return D.kl_divergence(q, p).sum()
+        except NotImplementedError as err:
+            raise NotImplementedError(
+                f"kl_use_exact=True: torch.distributions has no KL formula for {type(q).__name__} || "
+                f"{type(p).__name__}; register one with torch.distributions.kl.register_kl or use "
+                "kl_use_exact=False (Monte Carlo)"
+            ) from err
+    w = q.rsample() if w is None else w
+    return (q.log_prob(w) - p.log_prob(w)).sum()
+
+
+class DenseVariational(nn.Module):
+    """Dense layer with a posterior over its weights, trained by the ELBO (``tfp.layers.DenseVariational``).
+
+    Args:
+        in_features: inputs per example.
+        units: outputs per example.
+        make_posterior_fn: ``(kernel_size, bias_size, dtype) -> nn.Module`` whose ``forward(x)``
+            returns the posterior over the ``kernel_size + bias_size`` flattened weights (batch
+            ``()``, event ``(kernel_size + bias_size,)``). Default :func:`posterior_mean_field`.
+        make_prior_fn: the same for the prior. Default :func:`prior_standard_normal`.
+        kl_weight: the recorded term is ``kl_weight * KL`` (default 1: the whole KL; pass
+            ``1 / num_train_examples`` with a batch-mean data term).
+        kl_use_exact: exact KL (``torch.distributions.kl_divergence``) instead of the default
+            one-sample estimate ``log q(w) - log p(w)`` at the weights used in this forward.
+        activation: optional callable applied to the output.
+        use_bias: whether there is a bias (``bias_size = units``, else 0).
+        dtype: the weights' dtype (default ``torch.get_default_dtype()``).
+
+    The kernel is ``w[:kernel_size].view(units, in_features)`` (``nn.Linear`` layout), the bias
+    ``w[kernel_size:]``; one weight sample ``w ~ q`` per forward is shared by the whole batch.
+
+    Input: ``(*B, in_features)``. Output: ``(*B, units)``.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        units: int,
+        make_posterior_fn: Callable[..., nn.Module] = posterior_mean_field,
+        make_prior_fn: Callable[..., nn.Module] = prior_standard_normal,
+        kl_weight: float | torch.Tensor = 1.0,
+        kl_use_exact: bool = False,
+        activation: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        use_bias: bool = True,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        self.in_features = positive_int(in_features, "in_features")
+        self.units = positive_int(units, "units")
+        for name, fn in (("make_posterior_fn", make_posterior_fn), ("make_prior_fn", make_prior_fn)):
+            if not callable(fn):
+                raise TypeError(f"{name}: expected a callable (kernel_size, bias_size, dtype) -> nn.Module")
+        self.kl_weight = non_negative_number(kl_weight, "kl_weight")
+        self.kl_use_exact = bool(kl_use_exact)
+        self.activation = callable_or_none(activation, "activation")
+        self.kernel_size = self.in_features * self.units
+        self.bias_size = self.units if use_bias else 0
+        self.posterior = make_posterior_fn(self.kernel_size, self.bias_size, dtype)
+        self.prior = make_prior_fn(self.kernel_size, self.bias_size, dtype)
+        for name, module in (("make_posterior_fn", self.posterior), ("make_prior_fn", self.prior)):
+            if not isinstance(module, nn.Module):
+                raise TypeError(f"{name}: expected it to return an nn.Module, got {type(module).__name__}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1:] != (self.in_features,):
+            raise ValueError(
+                f"DenseVariational: expected input of shape (..., {self.in_features}), got {tuple(x.shape)}"
+            )
+        shape = (self.kernel_size + self.bias_size,)
+        q = weight_distribution("DenseVariational", "posterior", self.posterior, x, shape)
+        p = weight_distribution("DenseVariational", "prior", self.prior, x, shape)
+        w = q.rsample()  # (kernel_size + bias_size,)
+        kernel = w[: self.kernel_size].view(self.units, self.in_features)  # (units, in)
+        bias = w[self.kernel_size :] if self.bias_size else None  # (units,)
+        out = F.linear(x, kernel, bias)  # (*B, units)
+        set_added_loss(self, "kl_divergence", self.kl_weight * weight_kl(q, p, w, self.kl_use_exact))
+        return out if self.activation is None else self.activation(out)
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, units={self.units}, bias={bool(self.bias_size)}, "
+            f"kl_weight={float(self.kl_weight):.3g}, kl_use_exact={self.kl_use_exact}"
+        )

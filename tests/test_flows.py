@@ -1,0 +1,184 @@
+"""MADE's autoregressive property, the MAF bijection and the ``AutoregressiveTransform`` layer."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.distributions as D
+from torch import nn
+from torch.autograd.functional import jacobian
+
+import problayers as pl
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny networks: intra-op threads only contend (tens of times slower on a busy 2-core box)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _order(made: pl.AutoregressiveNetwork) -> torch.Tensor:
+    return made.input_degrees
+
+
+# -- MADE -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("batch", [(), (5,), (2, 3)], ids=str)
+def test_made_output_shape(batch):
+    made = pl.AutoregressiveNetwork(3, 4, [8])
+    assert made(torch.randn(*batch, 4)).shape == (*batch, 4, 3)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"hidden_units": [16, 16]},
+        {"hidden_units": [16, 16], "input_order": "right-to-left"},
+        {"hidden_units": [7], "input_order": "random", "hidden_degrees": "random"},
+        {"hidden_units": [12, 9], "input_order": [3, 1, 5, 2, 4]},
+        {"hidden_units": []},
+    ],
+    ids=["left-to-right", "right-to-left", "random", "explicit", "no-hidden"],
+)
+def test_made_jacobian_is_triangular_in_the_input_order(kwargs):
+    """d out[i, p] / d x[j] is zero unless x_j comes before x_i in the order (checked with the
+    Jacobian); with tanh and 'equal' hidden degrees every allowed entry is also nonzero."""
+    torch.manual_seed(0)
+    d = 5
+    made = pl.AutoregressiveNetwork(2, d, activation=torch.tanh, **kwargs)
+    x = torch.randn(d)
+    jac = jacobian(made, x)  # (d, params, d)
+    order = _order(made)
+    allowed = order[None, :] < order[:, None]  # (i, j): x_j before x_i
+    assert (jac.abs().amax(1)[~allowed] == 0).all()
+    if kwargs.get("hidden_degrees", "equal") == "equal":
+        assert (jac.abs().amin(1)[allowed] > 0).all()
+    permuted = jac.abs().amax(1)[order.argsort()][:, order.argsort()]  # rows/cols in the order
+    assert torch.equal(permuted, permuted.tril(-1))
+
+
+def test_made_is_linear_without_activation_and_has_masked_layers():
+    made = pl.AutoregressiveNetwork(2, 3, [6], activation=None)
+    x = torch.randn(3)
+    torch.testing.assert_close(made(2 * x) - made(x), made(x) - made(torch.zeros(3)))
+    masks = [layer.mask for layer in made.layers]
+    assert [tuple(m.shape) for m in masks] == [(6, 3), (6, 6)]
+
+
+# -- the bijection ----------------------------------------------------------------------------
+
+
+def _made(d=3, seed=0):
+    torch.manual_seed(seed)
+    return pl.AutoregressiveNetwork(2, d, [16, 16], activation=torch.tanh)
+
+
+def test_forward_inverts_inverse_and_log_det_is_the_jacobians():
+    made = _made()
+    t = pl.MaskedAutoregressiveTransform(made, cache_size=0)
+    u = torch.randn(4, 3, dtype=torch.float32)
+    y = t(u)  # d sequential passes
+    torch.testing.assert_close(t.inv(y), u)  # one pass
+    torch.testing.assert_close(t(t.inv(y)), y)
+    for ui, yi in zip(u, y, strict=True):
+        _, logdet = torch.linalg.slogdet(jacobian(t, ui))
+        torch.testing.assert_close(t.log_abs_det_jacobian(ui, yi), logdet, rtol=1e-4, atol=1e-5)
+    assert t.log_abs_det_jacobian(u, y).shape == (4,)
+
+
+def test_autoregressive_transform_log_prob_is_change_of_variables():
+    """log p(x) = log p_base(f^{-1}(x)) + log |det d f^{-1} / dx| with the Jacobian from autograd."""
+    made = _made(d=4)
+    base = D.Independent(D.Normal(torch.zeros(4), torch.ones(4) * 1.5), 1)
+    dist = pl.AutoregressiveTransform(made)(base)
+    x = torch.randn(6, 4) * 2
+    inverse = pl.MaskedAutoregressiveTransform(made, cache_size=0).inv
+    expected = []
+    for xi in x:
+        _, logdet = torch.linalg.slogdet(jacobian(inverse, xi))
+        expected.append(base.log_prob(inverse(xi)) + logdet)
+    torch.testing.assert_close(dist.log_prob(x), torch.stack(expected), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "base,batch",
+    [
+        (D.Normal(torch.zeros(3), 1.0), ()),
+        (D.Normal(torch.zeros(4, 3), 1.0), (4,)),
+        (D.Independent(D.Normal(torch.zeros(2, 5, 3), 1.0), 1), (2, 5)),
+    ],
+    ids=["event-from-batch", "batch", "independent"],
+)
+def test_layer_shapes_and_sample_round_trip(base, batch):
+    made = _made()
+    dist = pl.AutoregressiveTransform(made)(base)
+    assert dist.batch_shape == batch and dist.event_shape == (3,)
+    x = dist.sample((7,))
+    assert x.shape == (7, *batch, 3)
+    assert dist.log_prob(x).shape == (7, *batch)
+    assert dist.shape == (*batch, 3)  # the tensor value: one sample
+
+
+def test_samples_carry_gradients_to_the_made():
+    made = _made()
+    out = pl.AutoregressiveTransform(made)(D.Normal(torch.zeros(3), 1.0))
+    (out * 1.0).square().sum().backward()
+    assert all(p.grad is not None for p in made.parameters())
+
+
+def test_stacked_flows_fit_a_banana_better_than_any_gaussian():
+    torch.manual_seed(0)
+    x1 = torch.randn(256)
+    data = torch.stack([x1, 0.8 * x1**2 - 0.8 + 0.3 * torch.randn(256)], -1)  # (256, 2)
+    gaussian = D.MultivariateNormal(data.mean(0), covariance_matrix=torch.cov(data.T))
+    flow = nn.Sequential(
+        pl.AutoregressiveTransform(pl.AutoregressiveNetwork(2, 2, [32, 32])),
+        pl.AutoregressiveTransform(pl.AutoregressiveNetwork(2, 2, [32, 32], input_order="right-to-left")),
+    )
+    base = D.Normal(torch.zeros(2), torch.ones(2))
+    opt = torch.optim.Adam(flow.parameters(), lr=1e-2)
+    for _ in range(120):
+        opt.zero_grad()
+        loss = -flow(base).log_prob(data).mean()
+        loss.backward()
+        opt.step()
+    gaussian_nll = -gaussian.log_prob(data).mean()  # the best Gaussian (maximum likelihood)
+    assert loss < gaussian_nll - 1.0
+
+
+# -- errors -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs,error,argument",
+    [
+        ({"params": 0, "event_shape": 3}, ValueError, "params"),
+        ({"params": 2, "event_shape": (2, 3)}, ValueError, "event_shape"),
+        ({"params": 2, "event_shape": 3, "hidden_units": [0]}, ValueError, "hidden_units"),
+        ({"params": 2, "event_shape": 3, "input_order": "middle-out"}, ValueError, "input_order"),
+        ({"params": 2, "event_shape": 3, "input_order": [1, 1, 2]}, ValueError, "input_order"),
+        ({"params": 2, "event_shape": 3, "hidden_degrees": "equal-ish"}, ValueError, "hidden_degrees"),
+        ({"params": 2, "event_shape": 3, "activation": "relu"}, TypeError, "activation"),
+    ],
+)
+def test_made_bad_arguments(kwargs, error, argument):
+    with pytest.raises(error, match=argument):
+        pl.AutoregressiveNetwork(**kwargs)
+
+
+def test_transform_errors():
+    with pytest.raises(ValueError, match=r"params=2.*params=3"):
+        pl.AutoregressiveTransform(pl.AutoregressiveNetwork(3, 2))
+    with pytest.raises(TypeError, match="made"):
+        pl.AutoregressiveTransform(nn.Linear(2, 4))
+    layer = pl.AutoregressiveTransform(pl.AutoregressiveNetwork(2, 3))
+    with pytest.raises(ValueError, match=r"AutoregressiveTransform.*R\^3.*event_shape \(4,\)"):
+        layer(D.Independent(D.Normal(torch.zeros(4), 1.0), 1))
+    with pytest.raises(TypeError, match="expected a Distribution"):
+        layer(torch.zeros(3))
+    with pytest.raises(ValueError, match=r"AutoregressiveNetwork: expected input of shape \(\.\.\., 3\)"):
+        layer.made(torch.zeros(2, 4))

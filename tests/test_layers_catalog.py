@@ -1,0 +1,264 @@
+"""Layer-specific tests of the catalog's distribution layers and ``VariableLayer`` (the generic
+ones run over ``layer_cases.CASES`` in test_layers.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.distributions as D
+from scipy import stats
+from torch import nn
+
+import problayers as pl
+
+# -- Logistic ---------------------------------------------------------------------------------
+
+
+def test_logistic_is_built_from_uniform_and_transforms_and_matches_scipy_moments():
+    loc = torch.tensor([0.5, -1.0], dtype=torch.float64)
+    scale = torch.tensor([2.0, 0.3], dtype=torch.float64)
+    dist = pl.Logistic(loc, scale)
+    assert isinstance(dist, D.TransformedDistribution) and isinstance(dist.base_dist, D.Uniform)
+    x = torch.tensor([[0.1, 3.0], [-2.0, -1.2]], dtype=torch.float64)
+    np.testing.assert_allclose(dist.cdf(x).numpy(), stats.logistic.cdf(x.numpy(), loc, scale), rtol=1e-12)
+    np.testing.assert_allclose(dist.variance.numpy(), stats.logistic.var(loc, scale), rtol=1e-12)
+    np.testing.assert_allclose(dist.mean.numpy(), stats.logistic.mean(loc, scale))
+    torch.testing.assert_close(dist.mode, loc)
+    assert dist.expand((3, 2)).batch_shape == (3, 2)
+    assert dist.expand((3, 2)).loc.shape == (3, 2)
+
+
+def test_logistic_far_tail_log_prob_is_finite():
+    # The Uniform base would give -inf at sigmoid(z) == 1; the clipped sigmoid keeps it exact.
+    dist = pl.Logistic(torch.zeros(()), torch.ones(()))
+    x = torch.tensor([-60.0, 60.0])
+    np.testing.assert_allclose(dist.log_prob(x).numpy(), stats.logistic.logpdf(x.numpy()), rtol=1e-5)
+
+
+def test_logistic_rsample_statistics():
+    torch.manual_seed(0)
+    loc = torch.tensor(1.0, requires_grad=True)
+    x = pl.Logistic(loc, torch.tensor(2.0)).rsample((20000,))
+    assert abs(x.mean().item() - 1.0) < 0.1  # std of the mean: 3.63 / sqrt(2e4) = 0.026
+    assert abs(x.var().item() / (np.pi**2 * 4 / 3) - 1) < 0.05
+    x.sum().backward()
+    assert loc.grad.item() == pytest.approx(20000.0)
+
+
+# -- Poisson, categorical -------------------------------------------------------------------------
+
+
+def test_poisson_rate_is_exp_of_params():
+    params = torch.randn(3, 4)
+    out = pl.IndependentPoisson(4)(params)
+    torch.testing.assert_close(out.mean, params.exp())
+    assert (out.tensor() == out.tensor().round()).all()
+
+
+def test_one_hot_samples_are_one_hot_and_probs_are_softmax():
+    params = torch.randn(5, 6)
+    out = pl.OneHotCategorical(6)(params)
+    assert (out.tensor().sum(-1) == 1).all() and set(out.tensor().unique().tolist()) <= {0.0, 1.0}
+    torch.testing.assert_close(out.probs, params.softmax(-1))
+
+
+def test_categorical_mixture_probabilities_are_the_mixture_of_probabilities():
+    torch.manual_seed(0)
+    params = torch.randn(2, pl.CategoricalMixtureOfOneHotCategorical.params_size(5, 3))
+    dist = pl.CategoricalMixtureOfOneHotCategorical(5, 3)(params)
+    w = params[:, :3].softmax(-1)  # (2, K)
+    p = params[:, 3:].reshape(2, 3, 5).softmax(-1)  # (2, K, E)
+    expected = (w[..., None] * p).sum(1)  # (2, E)
+    torch.testing.assert_close(dist.log_prob(torch.eye(5)[:, None, :]).exp().T, expected)
+
+
+# -- mixtures ---------------------------------------------------------------------------------
+
+
+def _direct_mixture_log_prob(params, k, component_new, x):
+    """log sum_k softmax(logits)_k p_k(x), each component built on its own from its slice."""
+    p = (params.shape[-1] - k) // k
+    log_w = params[..., :k].log_softmax(-1)  # (*B, K)
+    comps = [component_new(params[..., k + j * p : k + (j + 1) * p]).log_prob(x) for j in range(k)]
+    return torch.logsumexp(log_w + torch.stack(comps, -1), -1)  # (S, *B)
+
+
+@pytest.mark.parametrize(
+    "layer,width,component_new",
+    [
+        (pl.MixtureNormal(3, (2, 3)), 3 + 3 * 12, lambda p: pl.IndependentNormal.new(p, (2, 3))),
+        (pl.MixtureLogistic(2, 4), 2 + 2 * 8, lambda p: pl.IndependentLogistic.new(p, 4)),
+        (
+            pl.MixtureSameFamily(4, pl.IndependentPoisson(3)),
+            4 + 4 * 3,
+            lambda p: pl.IndependentPoisson.new(p, 3),
+        ),
+        (
+            pl.MixtureSameFamily(2, pl.MultivariateNormalTriL(2)),
+            2 + 2 * 5,
+            lambda p: pl.MultivariateNormalTriL.new(p, 2),
+        ),
+    ],
+    ids=["MixtureNormal", "MixtureLogistic", "MixtureSameFamily(Poisson)", "MixtureSameFamily(MVN)"],
+)
+def test_mixture_log_prob_is_a_direct_logsumexp(layer, width, component_new):
+    torch.manual_seed(3)
+    params = torch.randn(2, 3, width, dtype=torch.float64)
+    dist = layer(params)
+    assert dist.batch_shape == (2, 3)
+    x = dist.sample((4,))  # (4, 2, 3, *E)
+    expected = _direct_mixture_log_prob(params, layer.num_components, component_new, x)  # (4, 2, 3)
+    torch.testing.assert_close(dist.log_prob(x), expected)
+
+
+def test_mixture_mean_and_variance_are_the_mixture_moments():
+    torch.manual_seed(0)
+    params = torch.randn(5, pl.MixtureLogistic.params_size(3, 2), dtype=torch.float64)
+    dist = pl.MixtureLogistic(3, 2)(params)
+    w = params[:, :3].softmax(-1)[..., None]  # (5, K, 1)
+    comp = pl.IndependentLogistic.new(params[:, 3:].reshape(5, 3, 4), 2)
+    mean = (w * comp.mean).sum(1)
+    torch.testing.assert_close(dist.mean, mean)
+    torch.testing.assert_close(dist.variance, (w * (comp.variance + comp.mean**2)).sum(1) - mean**2)
+
+
+def test_mixture_same_family_component_forms():
+    params = torch.randn(7, 3 + 3 * 4)
+    by_instance = pl.MixtureSameFamily(3, pl.IndependentNormal(2))
+    by_callable = pl.MixtureSameFamily(3, lambda p: pl.IndependentNormal.new(p, 2), component_params_size=4)
+    x = by_instance(params).sample()
+    torch.testing.assert_close(by_instance(params).log_prob(x), by_callable(params).log_prob(x))
+    by_class = pl.MixtureSameFamily(3, pl.IndependentNormal)  # the class's defaults: event (1,)
+    params = torch.randn(7, 3 + 3 * 2)
+    x = by_class(params).sample()
+    torch.testing.assert_close(by_class(params).log_prob(x), pl.MixtureNormal(3, 1)(params).log_prob(x))
+    assert pl.MixtureSameFamily(2, pl.IndependentNormal).component_params_size == 2  # class defaults
+    assert pl.MixtureSameFamily(2, pl.OneHotCategorical(5)).component_params_size == 5
+    assert pl.MixtureSameFamily.params_size(3, pl.IndependentNormal(2)) == 15
+    assert pl.MixtureSameFamily.params_size(3, 4) == 15
+    assert pl.MixtureNormal.params_size(3, (2, 3)) == 3 + 3 * 12
+
+
+def test_mixture_instance_component_parameters_are_registered():
+    component = pl.DistributionLambda(lambda t: D.Normal(t[..., :1], 1.0))
+    trainable = nn.Sequential(nn.Linear(2, 2), pl.MixtureSameFamily(2, component, component_params_size=1))
+    names = [n for n, _ in trainable.named_modules()]
+    assert "1.component_layer" in names
+
+
+def test_mixture_errors_name_the_layer_expected_and_got():
+    with pytest.raises(ValueError, match=r"MixtureNormal.*\(\.\.\., 15\).*\(2, 5\)"):
+        pl.MixtureNormal(3, 2)(torch.randn(2, 5))
+    with pytest.raises(ValueError, match=r"MixtureSameFamily.*\(\.\.\., 6\).*\(4, 7\)"):
+        pl.MixtureSameFamily.new(torch.randn(4, 7), 2, pl.IndependentNormal)
+    with pytest.raises(ValueError, match=r"CategoricalMixtureOfOneHotCategorical.*\(\.\.\., 8\)"):
+        pl.CategoricalMixtureOfOneHotCategorical(3, 2)(torch.randn(2, 9))
+
+
+@pytest.mark.parametrize(
+    "make,error,argument",
+    [
+        (lambda: pl.MixtureNormal(0), ValueError, "num_components"),
+        (lambda: pl.MixtureLogistic(2.5), TypeError, "num_components"),
+        (lambda: pl.MixtureNormal(2, (0,)), ValueError, "event_shape"),
+        (lambda: pl.MixtureSameFamily(2, 3), TypeError, "component_layer"),
+        (lambda: pl.MixtureSameFamily(2, nn.Linear), TypeError, "component_layer"),
+        (lambda: pl.MixtureSameFamily(2, lambda p: p), ValueError, "component_params_size"),
+        (
+            lambda: pl.MixtureSameFamily(2, pl.IndependentNormal, component_params_size=0),
+            ValueError,
+            "component_params_size",
+        ),
+        (
+            lambda: pl.MixtureSameFamily(2, pl.IndependentNormal(3), component_params_size=4),
+            ValueError,
+            "component_params_size: got 4, but component_layer takes 6 per component",
+        ),
+        (lambda: pl.OneHotCategorical(0), ValueError, "event_size"),
+        (lambda: pl.OneHotCategorical("3"), TypeError, "event_size"),
+        (lambda: pl.CategoricalMixtureOfOneHotCategorical(3, True), TypeError, "num_components"),
+        (lambda: pl.IndependentPoisson(-1), ValueError, "event_shape"),
+        (
+            lambda: pl.IndependentLogistic(2, convert_to_tensor_fn="median"),
+            ValueError,
+            "convert_to_tensor_fn",
+        ),
+    ],
+)
+def test_bad_constructor_arguments_are_named(make, error, argument):
+    with pytest.raises(error, match=argument):
+        make()
+
+
+def test_component_layer_must_return_a_distribution():
+    layer = pl.MixtureSameFamily(2, lambda p: p, component_params_size=3)
+    with pytest.raises(TypeError, match="returned Tensor"):
+        layer(torch.randn(4, 8))
+
+
+# -- VariableLayer ----------------------------------------------------------------------------
+
+
+def test_variable_layer_returns_its_variable_whatever_the_input():
+    layer = pl.VariableLayer((2, 3), initializer="ones")
+    assert layer(torch.randn(10, 4)) is layer.variable
+    assert layer() is layer.variable
+    torch.testing.assert_close(layer("anything"), torch.ones(2, 3))
+    assert [n for n, _ in layer.named_parameters()] == ["variable"]
+
+
+@pytest.mark.parametrize(
+    "initializer,expected",
+    [
+        ("zeros", torch.zeros(3)),
+        (2.5, torch.full((3,), 2.5)),
+        (torch.tensor([1.0, 2.0, 3.0]), torch.tensor([1.0, 2.0, 3.0])),
+        (torch.tensor(4.0), torch.full((3,), 4.0)),
+        (lambda t: torch.nn.init.constant_(t, -1.0), -torch.ones(3)),
+    ],
+    ids=["name", "number", "tensor", "broadcast", "callable"],
+)
+def test_variable_layer_initializers(initializer, expected):
+    torch.testing.assert_close(pl.VariableLayer(3, initializer=initializer)(), expected)
+
+
+def test_variable_layer_dtype_activation_and_scalar():
+    layer = pl.VariableLayer(2, dtype=torch.float64, initializer=-1.0, activation=torch.exp)
+    assert layer().dtype == torch.float64
+    torch.testing.assert_close(layer(), torch.full((2,), np.exp(-1.0), dtype=torch.float64))
+    assert pl.VariableLayer(()).variable.shape == ()
+
+
+def test_variable_layer_as_a_trainable_distribution():
+    layer = pl.VariableLayer(
+        2, make_distribution_fn=lambda t: D.Independent(D.Normal(t, 1.0), 1), convert_to_tensor_fn="mean"
+    )
+    dist = layer(torch.randn(5, 7))
+    assert isinstance(dist, D.Independent) and pl.is_coercible(dist)
+    assert dist.batch_shape == () and dist.event_shape == (2,)
+    (-dist.log_prob(torch.ones(2))).backward()
+    torch.testing.assert_close(layer.variable.grad, -torch.ones(2))  # d/dloc of -log N(1; loc, 1) at 0
+
+
+@pytest.mark.parametrize(
+    "kwargs,error,argument",
+    [
+        ({"shape": 0}, ValueError, "shape"),
+        ({"shape": 2, "initializer": "glorot"}, ValueError, "initializer"),
+        ({"shape": 2, "initializer": torch.ones(3)}, ValueError, "initializer"),
+        ({"shape": 2, "initializer": object()}, TypeError, "initializer"),
+        ({"shape": 2, "dtype": torch.int64}, TypeError, "dtype"),
+        ({"shape": 2, "activation": 3}, TypeError, "activation"),
+        ({"shape": 2, "make_distribution_fn": 3}, TypeError, "make_distribution_fn"),
+        ({"shape": 2, "convert_to_tensor_fn": "median"}, ValueError, "convert_to_tensor_fn"),
+    ],
+)
+def test_variable_layer_bad_arguments(kwargs, error, argument):
+    with pytest.raises(error, match=argument):
+        pl.VariableLayer(**kwargs)
+
+
+def test_variable_layer_make_distribution_fn_must_return_a_distribution():
+    with pytest.raises(TypeError, match="make_distribution_fn returned Tensor"):
+        pl.VariableLayer(2, make_distribution_fn=lambda t: t * 2)()

@@ -1,0 +1,296 @@
+"""Weight-uncertainty layers: shapes, KL terms collected and scaled, unbiased gradients, errors."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+import torch.distributions as D
+import torch.nn.functional as F
+from torch import nn
+
+import problayers as pl
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny layers: intra-op threads only contend on a busy 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+DENSE = [pl.DenseReparameterization, pl.DenseLocalReparameterization, pl.DenseFlipout]
+CONV = [pl.Conv2dReparameterization, pl.Conv2dFlipout]
+
+
+def _spread_posteriors(layer: nn.Module, seed: int = 0) -> None:
+    """Give every MeanFieldNormal a random loc and a scale around 0.5 (a posterior worth testing)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in layer.modules():
+            if isinstance(m, pl.MeanFieldNormal):
+                m.loc.copy_(torch.randn(m.loc.shape, generator=gen))
+                m.untransformed_scale.copy_(torch.randn(m.loc.shape, generator=gen) * 0.3 - 0.4)
+
+
+# -- shapes -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cls", DENSE, ids=lambda c: c.__name__)
+@pytest.mark.parametrize("batch", [(), (4,), (2, 3)], ids=str)
+def test_dense_shapes(cls, batch):
+    layer = cls(3, 5)
+    assert layer(torch.randn(*batch, 3)).shape == (*batch, 5)
+    assert pl.DenseVariational(3, 5)(torch.randn(*batch, 3)).shape == (*batch, 5)
+
+
+@pytest.mark.parametrize("cls", CONV, ids=lambda c: c.__name__)
+def test_conv_shapes_match_nn_conv2d(cls):
+    kwargs = {"kernel_size": (3, 2), "stride": 2, "padding": 1, "dilation": 1, "groups": 2}
+    layer, ref = cls(4, 6, **kwargs), nn.Conv2d(4, 6, **kwargs)
+    x = torch.randn(2, 4, 9, 8)
+    assert layer(x).shape == ref(x).shape
+    assert layer(x[0]).shape == ref(x[0]).shape
+    assert cls(4, 6, 3, padding="same")(x).shape == (2, 6, 9, 8)
+
+
+def test_activation_float64_and_no_bias():
+    layer = pl.DenseFlipout(3, 2, bias=False, activation=torch.relu, dtype=torch.float64)
+    out = layer(torch.randn(4, 3, dtype=torch.float64))
+    assert out.dtype == torch.float64 and (out >= 0).all()
+    assert layer.bias_posterior is None and layer.bias_prior is None
+    assert pl.DenseVariational(3, 2, use_bias=False).posterior.shape == (6,)
+
+
+def test_defaults_mean_field_posterior_standard_normal_prior():
+    layer = pl.DenseReparameterization(3, 2)
+    assert isinstance(layer.kernel_posterior, pl.MeanFieldNormal)
+    assert isinstance(layer.kernel_prior, pl.StandardNormal)
+    assert layer.kl_use_exact and layer.kl_weight == 1.0
+    assert not pl.DenseVariational(3, 2).kl_use_exact
+    scale = layer.kernel_posterior().base_dist.scale
+    assert ((scale > 0.03) & (scale < 0.07)).all()  # softplus(-3 +- noise)
+    state = layer.state_dict()
+    assert "kernel_posterior.loc" in state and "kernel_prior.loc" not in state  # fixed prior: no state
+
+
+# -- KL terms ---------------------------------------------------------------------------------
+
+
+def _exact_kl(layer) -> torch.Tensor:
+    kl = D.kl_divergence(layer.kernel_posterior(), layer.kernel_prior())
+    if layer.bias_prior is not None:
+        kl = kl + D.kl_divergence(layer.bias_posterior(), layer.bias_prior())
+    return kl
+
+
+def test_kl_terms_are_collected_from_every_layer():
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        pl.DenseFlipout(3, 4, activation=torch.tanh),
+        pl.DenseLocalReparameterization(4, 4, bias_prior_fn=None),
+        pl.DenseReparameterization(4, 2),
+    )
+    model(torch.randn(5, 3))
+    expected = sum(_exact_kl(layer) for layer in model)
+    torch.testing.assert_close(pl.collect_losses(model), expected)
+    conv = pl.Conv2dFlipout(2, 3, 3)
+    conv(torch.randn(1, 2, 5, 5))
+    torch.testing.assert_close(pl.collect_losses(conv), _exact_kl(conv))
+
+
+@pytest.mark.parametrize("exact", [True, False], ids=["exact", "monte-carlo"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda w, e: pl.DenseVariational(3, 2, pl.posterior_mean_field, pl.prior_trainable, w, e),
+        lambda w, e: pl.DenseFlipout(3, 2, kl_weight=w, kl_use_exact=e),
+        lambda w, e: pl.DenseLocalReparameterization(3, 2, kl_weight=w, kl_use_exact=e),
+        lambda w, e: pl.Conv2dReparameterization(2, 2, 3, kl_weight=w, kl_use_exact=e),
+    ],
+    ids=["DenseVariational", "DenseFlipout", "DenseLocalReparameterization", "Conv2dReparameterization"],
+)
+def test_kl_term_scales_with_kl_weight(make, exact):
+    one, small = make(1.0, exact), make(0.01, exact)
+    small.load_state_dict(one.state_dict())
+    x = torch.randn(2, 2, 4, 4) if isinstance(one, pl.Conv2dReparameterization) else torch.randn(2, 3)
+    for layer in (one, small):
+        torch.manual_seed(7)
+        layer(x)
+    kl_one, kl_small = pl.collect_losses(one), pl.collect_losses(small)
+    assert kl_one.abs() > 0
+    torch.testing.assert_close(kl_small, 0.01 * kl_one, rtol=1e-5, atol=0)
+
+
+def test_monte_carlo_kl_is_unbiased():
+    """DenseVariational's default one-sample KL averages to the exact KL (4 standard errors)."""
+    torch.manual_seed(0)
+    layer = pl.DenseVariational(2, 2)
+    _spread_posteriors(layer)
+    x = torch.randn(3, 2)
+    with torch.no_grad():
+        draws = []
+        for _ in range(4000):
+            layer(x)
+            draws.append(pl.collect_losses(layer, clear=True))
+    draws = torch.stack(draws)
+    exact = D.kl_divergence(layer.posterior(), layer.prior())
+    assert abs(draws.mean() - exact) < 4 * draws.std() / 4000**0.5
+
+
+# -- unbiased gradients -----------------------------------------------------------------------
+
+
+def _dense_op(x, kernel, bias):
+    return F.linear(x, kernel, bias)
+
+
+def _conv_op(x, kernel, bias):
+    return F.conv2d(x, kernel, bias, padding=1)
+
+
+def _moments(layer):
+    """(kernel mean, kernel variance, bias mean, bias variance) of the layer's posteriors."""
+    if isinstance(layer, pl.DenseVariational):
+        q = layer.posterior()
+        k = layer.kernel_size
+        shape = (layer.units, layer.in_features)
+        return q.mean[:k].view(shape), q.variance[:k].view(shape), q.mean[k:], q.variance[k:]
+    qk, qb = layer.kernel_posterior(), layer.bias_posterior()
+    return qk.mean, qk.variance, qb.mean, qb.variance
+
+
+@pytest.mark.parametrize(
+    "make,op,x_shape",
+    [
+        (lambda: pl.DenseReparameterization(3, 2), _dense_op, (4, 3)),
+        (lambda: pl.DenseLocalReparameterization(3, 2), _dense_op, (4, 3)),
+        (lambda: pl.DenseFlipout(3, 2), _dense_op, (4, 3)),
+        (lambda: pl.DenseVariational(3, 2), _dense_op, (4, 3)),
+        (lambda: pl.Conv2dReparameterization(2, 2, 3, padding=1), _conv_op, (2, 2, 3, 3)),
+        (lambda: pl.Conv2dFlipout(2, 2, 3, padding=1), _conv_op, (2, 2, 3, 3)),
+    ],
+    ids=[
+        "DenseReparam",
+        "DenseLocalReparam",
+        "DenseFlipout",
+        "DenseVariational",
+        "Conv2dReparam",
+        "Conv2dFlipout",
+    ],
+)
+def test_gradients_are_unbiased(make, op, x_shape):
+    """The average of the estimator's gradients of ``sum (out - y)^2`` over M seeded draws
+    matches the exact gradient of its expectation
+
+        E[sum (out - y)^2] = sum (op(x, E W, E b) - y)^2 + op(x^2, Var W, Var b)
+
+    (independent Gaussian weights) within 4 Monte Carlo standard errors, per parameter."""
+    torch.manual_seed(0)
+    layer = make()
+    _spread_posteriors(layer)
+    x, y = torch.randn(x_shape), None
+    with torch.no_grad():
+        y = torch.randn_like(layer(x))
+    params = list(layer.parameters())
+
+    mk, vk, mb, vb = _moments(layer)
+    expected = ((op(x, mk, mb) - y).square() + op(x.square(), vk, vb)).sum()
+    exact = torch.cat([g.flatten() for g in torch.autograd.grad(expected, params)])
+
+    m = 1000
+    draws = []
+    for _ in range(m):
+        loss = (layer(x) - y).square().sum()
+        draws.append(torch.cat([g.flatten() for g in torch.autograd.grad(loss, params)]))
+    draws = torch.stack(draws)  # (M, P)
+    mean, se = draws.mean(0), draws.std(0) / m**0.5
+    assert (se > 0).all()
+    assert ((mean - exact).abs() <= 4 * se + 1e-5).all(), ((mean - exact) / se).abs().max()
+
+
+def test_flipout_decorrelates_examples_reparameterization_does_not():
+    torch.manual_seed(0)
+    x = torch.randn(1, 3).expand(6, 3)  # six copies of one example
+    flip, rep = pl.DenseFlipout(3, 2), pl.DenseReparameterization(3, 2)
+    _spread_posteriors(flip), _spread_posteriors(rep)
+    assert flip(x).std(0).min() > 0
+    assert rep(x).std(0).max() == 0
+
+
+# -- errors -----------------------------------------------------------------------------------
+
+
+class _LogisticPosterior(nn.Module):
+    """A symmetric, non-Gaussian posterior without a KL formula against a Normal."""
+
+    def __init__(self, shape, dtype=None):
+        super().__init__()
+        self.loc = nn.Parameter(torch.zeros(shape))
+
+    def forward(self, *ignored):
+        return D.Independent(pl.Logistic(self.loc, torch.ones_like(self.loc)), self.loc.dim())
+
+
+def test_local_reparameterization_needs_a_normal_posterior():
+    layer = pl.DenseLocalReparameterization(3, 2, kernel_posterior_fn=_LogisticPosterior, kl_use_exact=False)
+    with pytest.raises(TypeError, match=r"Normal.*kernel posterior.*Independent"):
+        layer(torch.randn(2, 3))
+    pl.DenseFlipout(3, 2, kernel_posterior_fn=_LogisticPosterior, kl_use_exact=False)(torch.randn(2, 3))
+
+
+def test_wrong_posterior_shape_is_named():
+    bad = functools.partial(lambda shape, dtype: pl.MeanFieldNormal(5))
+    with pytest.raises(ValueError, match=r"DenseReparameterization.*kernel posterior.*\(2, 3\).*\(5,\)"):
+        pl.DenseReparameterization(3, 2, kernel_posterior_fn=bad)(torch.randn(1, 3))
+    with pytest.raises(TypeError, match=r"posterior returned (Tensor|Parameter)"):
+        pl.DenseVariational(3, 2, lambda k, b, d: pl.VariableLayer(k + b))(torch.randn(1, 3))
+
+
+def test_exact_kl_without_a_formula_says_so():
+    layer = pl.DenseReparameterization(3, 2, kernel_posterior_fn=_LogisticPosterior, bias=False)
+    with pytest.raises(NotImplementedError, match=r"kl_use_exact=True.*register_kl"):
+        layer(torch.randn(2, 3))
+
+
+@pytest.mark.parametrize(
+    "make,error,argument",
+    [
+        (lambda: pl.DenseFlipout(0, 2), ValueError, "in_features"),
+        (lambda: pl.DenseReparameterization(3, 2.0), TypeError, "out_features"),
+        (lambda: pl.DenseFlipout(3, 2, kl_weight=-1.0), ValueError, "kl_weight"),
+        (lambda: pl.DenseFlipout(3, 2, kl_weight="1"), TypeError, "kl_weight"),
+        (lambda: pl.DenseFlipout(3, 2, activation="relu"), TypeError, "activation"),
+        (lambda: pl.DenseFlipout(3, 2, kernel_posterior_fn=None), TypeError, "kernel_posterior_fn"),
+        (lambda: pl.Conv2dFlipout(3, 4, 3, groups=2), ValueError, "groups"),
+        (lambda: pl.Conv2dFlipout(3, 4, (1, 2, 3)), ValueError, "kernel_size"),
+        (lambda: pl.Conv2dReparameterization(3, 4, 3, padding="full"), ValueError, "padding"),
+        (lambda: pl.Conv2dReparameterization(3, 4, 3, stride=0), ValueError, "stride"),
+        (lambda: pl.DenseVariational(3, 0), ValueError, "units"),
+        (lambda: pl.DenseVariational(3, 2, make_posterior_fn=3), TypeError, "make_posterior_fn"),
+        (lambda: pl.DenseVariational(3, 2, make_prior_fn=lambda k, b, d: 3), TypeError, "make_prior_fn"),
+    ],
+)
+def test_bad_constructor_arguments_are_named(make, error, argument):
+    with pytest.raises(error, match=argument):
+        make()
+
+
+@pytest.mark.parametrize(
+    "layer,x",
+    [
+        (pl.DenseFlipout(3, 2), torch.randn(2, 4)),
+        (pl.DenseVariational(3, 2), torch.randn(2, 4)),
+        (pl.Conv2dFlipout(3, 2, 3), torch.randn(2, 4, 5, 5)),
+        (pl.Conv2dReparameterization(3, 2, 3), torch.randn(5, 5)),
+    ],
+    ids=["dense", "variational", "conv-channels", "conv-rank"],
+)
+def test_bad_input_shape_is_named(layer, x):
+    with pytest.raises(
+        ValueError, match=rf"{type(layer).__name__}: expected input of shape.*{tuple(x.shape)}"
+    ):
+        layer(x)
