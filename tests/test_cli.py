@@ -100,3 +100,9 @@ def test_module_entry_point_help():
     )
     for command in ("train", "evaluate", "sample", "regression"):
         assert command in out.stdout
+
+
+def test_regression(tmp_path, capsys):
+    assert main(["regression", "--out", str(tmp_path), "--epochs", "30", "--no-progress"]) == 0
+    assert len(list(tmp_path.glob("*.png"))) == 4
+    assert capsys.readouterr().out.strip()

@@ -37,6 +37,7 @@ from .layers import (
 )
 from .losses import clear_losses, collect_losses, set_added_loss
 from .regularizers import KLDivergenceAddLoss, KLDivergenceRegularizer
+from .training import fit
 
 del _kl
 
@@ -73,6 +74,7 @@ __all__ = [
     "clear_losses",
     "collect_losses",
     "convert_to_tensor",
+    "fit",
     "is_coercible",
     "posterior_mean_field",
     "prior_standard_normal",
