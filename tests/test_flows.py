@@ -11,15 +11,6 @@ from torch.autograd.functional import jacobian
 import problayers as pl
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny networks: intra-op threads only contend (tens of times slower on a busy 2-core box)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _order(made: pl.AutoregressiveNetwork) -> torch.Tensor:
     return made.input_degrees
 

@@ -12,16 +12,6 @@ from torch import nn
 
 import problayers as pl
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny layers: intra-op threads only contend on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 DENSE = [pl.DenseReparameterization, pl.DenseLocalReparameterization, pl.DenseFlipout]
 CONV = [pl.Conv2dReparameterization, pl.Conv2dFlipout]
 

@@ -80,6 +80,25 @@ class Logistic(D.TransformedDistribution):
         return (math.pi * self.scale) ** 2 / 3
 
 
+def _one_per_element(layer: str, params, event_shape) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """``(*B, prod(E))`` -> ``(*B, *E)`` and ``E``, validated for ``layer``."""
+    shape = normalize_event_shape(event_shape)
+    params = check_params(layer, params, event_size(shape))
+    return params.reshape(params.shape[:-1] + shape), shape
+
+
+def _loc_softplus_scale(
+    layer: str, params, event_shape
+) -> tuple[torch.Tensor, torch.Tensor, tuple[int, ...]]:
+    """``(*B, 2 prod(E))`` -> loc ``(*B, *E)``, ``softplus`` scale ``(*B, *E)`` and ``E``."""
+    shape = normalize_event_shape(event_shape)
+    n = event_size(shape)
+    params = check_params(layer, params, 2 * n)
+    loc, raw_scale = params.split(n, dim=-1)  # (*B, n) each
+    batch = params.shape[:-1]
+    return loc.reshape(batch + shape), F.softplus(raw_scale).reshape(batch + shape), shape
+
+
 class _IndependentLayer(DistributionLambda):
     """Shared constructor: ``event_shape`` and the usual layer options."""
 
@@ -126,9 +145,7 @@ class IndependentBernoulli(_IndependentLayer):
     def new(params, event_shape: int | Iterable[int] = 1, validate_args: bool = False) -> D.Independent:
         """``(*B, prod(event_shape))`` logits -> ``Independent(Bernoulli)``, batch B, event
         ``event_shape``."""
-        shape = normalize_event_shape(event_shape)
-        params = check_params("IndependentBernoulli", params, event_size(shape))
-        logits = params.reshape(params.shape[:-1] + shape)  # (*B, *E)
+        logits, shape = _one_per_element("IndependentBernoulli", params, event_shape)  # (*B, *E)
         return D.Independent(D.Bernoulli(logits=logits, validate_args=validate_args), len(shape))
 
 
@@ -147,13 +164,7 @@ class IndependentNormal(_IndependentLayer):
     @staticmethod
     def new(params, event_shape: int | Iterable[int] = 1, validate_args: bool = False) -> D.Independent:
         """``(*B, 2 * prod(event_shape))`` -> ``Independent(Normal)``, batch B, event ``event_shape``."""
-        shape = normalize_event_shape(event_shape)
-        n = event_size(shape)
-        params = check_params("IndependentNormal", params, 2 * n)
-        loc, raw_scale = params.split(n, dim=-1)  # (*B, n) each
-        batch = params.shape[:-1]
-        loc = loc.reshape(batch + shape)
-        scale = F.softplus(raw_scale).reshape(batch + shape)
+        loc, scale, shape = _loc_softplus_scale("IndependentNormal", params, event_shape)
         return D.Independent(D.Normal(loc, scale, validate_args=validate_args), len(shape))
 
 
@@ -172,13 +183,7 @@ class IndependentLogistic(_IndependentLayer):
     @staticmethod
     def new(params, event_shape: int | Iterable[int] = 1, validate_args: bool = False) -> D.Independent:
         """``(*B, 2 * prod(event_shape))`` -> ``Independent(Logistic)``, batch B, event ``event_shape``."""
-        shape = normalize_event_shape(event_shape)
-        n = event_size(shape)
-        params = check_params("IndependentLogistic", params, 2 * n)
-        loc, raw_scale = params.split(n, dim=-1)  # (*B, n) each
-        batch = params.shape[:-1]
-        loc = loc.reshape(batch + shape)  # (*B, *E)
-        scale = F.softplus(raw_scale).reshape(batch + shape)  # (*B, *E)
+        loc, scale, shape = _loc_softplus_scale("IndependentLogistic", params, event_shape)
         return D.Independent(Logistic(loc, scale, validate_args=validate_args), len(shape))
 
 
@@ -207,7 +212,5 @@ class IndependentPoisson(_IndependentLayer):
     def new(params, event_shape: int | Iterable[int] = 1, validate_args: bool = False) -> D.Independent:
         """``(*B, prod(event_shape))`` log rates -> ``Independent(Poisson)``, batch B, event
         ``event_shape``."""
-        shape = normalize_event_shape(event_shape)
-        params = check_params("IndependentPoisson", params, event_size(shape))
-        rate = params.exp().reshape(params.shape[:-1] + shape)  # (*B, *E)
-        return D.Independent(D.Poisson(rate, validate_args=validate_args), len(shape))
+        log_rate, shape = _one_per_element("IndependentPoisson", params, event_shape)  # (*B, *E)
+        return D.Independent(D.Poisson(log_rate.exp(), validate_args=validate_args), len(shape))
