@@ -26,41 +26,56 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    """Train (or ``--resume``); under ``torchrun`` data-parallel with DDP, ``--batch-size`` global.
+
+    Data-parallel, rank 0 alone prints; an error rank 0 reports for every rank (a NaN loss, a bad
+    option or run directory checked on rank 0) ends the other ranks silently with the same status.
+    """
+    from . import distributed
     from .experiment import RunConfig, resume, train
     from .models import ModelConfig
+    from .training import NonFiniteLossError
 
-    if args.resume:
-        overrides = {"progress": not args.no_progress}
-        if args.epochs is not None:
-            overrides["epochs"] = args.epochs
-        if args.device != "auto":
-            overrides["device"] = args.device
-        history = resume(args.resume, **overrides)
-        run_dir = args.resume
-    else:
-        model = ModelConfig(
-            name=args.model,
-            latent_size=args.latent_size,
-            base_depth=args.base_depth,
-            beta=args.beta,
-            exact_kl=args.exact_kl,
-        )
-        cfg = RunConfig(
-            model=model,
-            epochs=args.epochs or 15,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            seed=args.seed,
-            device=args.device,
-            data_dir=args.data_dir,
-            synthetic=args.synthetic,
-            train_subset=args.train_subset,
-            test_subset=args.test_subset,
-            progress=not args.no_progress,
-        )
-        history = train(cfg, args.out)
-        run_dir = args.out
-    if history:
+    rank = 0
+    try:
+        with distributed.launch() as dist:
+            rank = 0 if dist is None else dist.rank
+            if args.resume:
+                overrides = {"progress": not args.no_progress}
+                if args.epochs is not None:
+                    overrides["epochs"] = args.epochs
+                if args.device != "auto":
+                    overrides["device"] = args.device
+                history = resume(args.resume, dist=dist, **overrides)
+                run_dir = args.resume
+            else:
+                model = ModelConfig(
+                    name=args.model,
+                    latent_size=args.latent_size,
+                    base_depth=args.base_depth,
+                    beta=args.beta,
+                    exact_kl=args.exact_kl,
+                )
+                cfg = RunConfig(
+                    model=model,
+                    epochs=args.epochs or 15,
+                    batch_size=args.batch_size,
+                    lr=args.lr,
+                    seed=args.seed,
+                    device=args.device,
+                    data_dir=args.data_dir,
+                    synthetic=args.synthetic,
+                    train_subset=args.train_subset,
+                    test_subset=args.test_subset,
+                    progress=not args.no_progress,
+                )
+                history = train(cfg, args.out, dist=dist)
+                run_dir = args.out
+    except (NonFiniteLossError, distributed.RankZeroError) as err:
+        if rank == 0:
+            raise
+        return 1 if isinstance(err, NonFiniteLossError) else 2  # rank 0 reports it
+    if history and rank == 0:
         last = history[-1]
         print(
             f"epoch {last['epoch']}: test -ELBO {last['test_neg_elbo']:.2f} nats "

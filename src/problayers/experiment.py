@@ -4,6 +4,14 @@
 every epoch), ``metrics.jsonl`` (per epoch: train loss/recon/KL, test -ELBO/recon/KL, seconds,
 images/s) and the final pictures. ``resume(run_dir)`` continues a run from its last complete
 checkpoint; ``load_run(run_dir)`` gives the trained model back for evaluation and sampling.
+
+Data-parallel (under ``torchrun``, see :mod:`problayers.distributed` and ``docs/distributed.md``):
+``batch_size`` is the global batch (divisible by the world size); each rank trains on its slice of
+every global batch (:class:`~problayers.data.EpochBatches` with ``rank``/``world_size``: the same
+examples and binarization as a single process); rank 0 reads the run directory (config,
+checkpoint) and hands it to the others, evaluates the whole test set (so test metrics are those a
+single process would compute for the same weights), and alone writes ``config.json``, checkpoints,
+``metrics.jsonl`` and the pictures.
 """
 
 from __future__ import annotations
@@ -17,7 +25,9 @@ from typing import Any
 import torch
 
 from . import data as mnist
+from . import distributed
 from .checkpoint import CheckpointError, load_checkpoint, write_json
+from .distributed import DistContext
 from .evaluation import evaluate
 from .models import VAE, ModelConfig, build_model, vae_loss
 from .training import CHECKPOINT, Trainer, TrainerConfig
@@ -114,23 +124,56 @@ def test_metrics(model: VAE, test_x: torch.Tensor, batch_size: int) -> dict[str,
     return {"test_neg_elbo": out["neg_elbo"], "test_recon": out["recon"], "test_kl": out["kl"]}
 
 
-def _setup(cfg: RunConfig, run_dir: Path) -> Trainer:
+def _dist(dist: DistContext | None) -> DistContext | None:
+    """The process group to train in: ``dist``, else the one :func:`distributed.init_from_env`
+    set up (torchrun), else ``None`` (single-process); a world of one is single-process."""
+    dist = dist if dist is not None else distributed.current()
+    return dist if dist is not None and dist.world_size > 1 else None
+
+
+def _on_main(dist: DistContext | None, fn: Any) -> Any:
+    """``fn()`` on rank 0, its result (or its error) on every rank."""
+    return fn() if dist is None else dist.run_on_main(fn)
+
+
+def _check_parallel(cfg: RunConfig, dist: DistContext | None) -> None:
+    if dist is not None:
+        distributed.check_global_batch(cfg.batch_size, dist.world_size)
+        distributed.check_device_spec(cfg.device, dist.local_world_size)
+
+
+def _setup(cfg: RunConfig, run_dir: Path, dist: DistContext | None = None) -> Trainer:
     torch.manual_seed(cfg.seed)
-    device = resolve_device(cfg.device)
-    train_u8 = _images(cfg, "train").to(device)
-    test_x = load_test_images(cfg, device)
-    batches = mnist.EpochBatches(train_u8, min(cfg.batch_size, len(train_u8)), seed=cfg.seed)
+    rank, world = (0, 1) if dist is None else (dist.rank, dist.world_size)
+    device = resolve_device(cfg.device) if dist is None else dist.device_for(cfg.device)
+    if dist is None:
+        train_u8 = _images(cfg, "train").to(device)
+        test_x = load_test_images(cfg, device)
+    else:
+        with dist.local_main_first():  # a download happens once per machine
+            train_u8 = _images(cfg, "train").to(device)
+            test_x = load_test_images(cfg, device) if dist.is_main else None  # rank 0 evaluates
+    batch_size = min(cfg.batch_size, len(train_u8))
+    if dist is not None:
+        distributed.check_global_batch(batch_size, world)
+    batches = mnist.EpochBatches(train_u8, batch_size, seed=cfg.seed, rank=rank, world_size=world)
     model = build_model(cfg.model).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+
+    def evaluate_fn(model: torch.nn.Module, epoch: int) -> dict[str, float]:
+        # Rank 0 evaluates the whole test set; the other ranks wait for its record.
+        return {} if test_x is None else test_metrics(model, test_x, cfg.eval_batch_size)
+
     return Trainer(
         model,
         optimizer,
         vae_loss,
         batches.epoch,
         TrainerConfig(epochs=cfg.epochs, log_every=cfg.log_every, progress=cfg.progress),
-        evaluate=lambda m, epoch: test_metrics(m, test_x, cfg.eval_batch_size),
+        evaluate=evaluate_fn,
         run_dir=run_dir,
         meta={"config": cfg.to_json()},
+        dist=dist,
     )
 
 
@@ -138,18 +181,29 @@ def _finish(trainer: Trainer, run_dir: Path) -> list[dict[str, Any]]:
     from .pictures import save_pictures
 
     history = trainer.fit()
-    cfg = RunConfig.from_json(trainer.meta["config"])
-    save_pictures(trainer.model, load_test_images(cfg, next(trainer.model.parameters()).device), run_dir)
+    if trainer.is_main:
+        cfg = RunConfig.from_json(trainer.meta["config"])
+        save_pictures(trainer.model, load_test_images(cfg, next(trainer.model.parameters()).device), run_dir)
     return history
 
 
-def train(cfg: RunConfig, run_dir: str | Path) -> list[dict[str, Any]]:
-    """Train a fresh run into ``run_dir`` (which must not hold a checkpoint already)."""
+def train(cfg: RunConfig, run_dir: str | Path, *, dist: DistContext | None = None) -> list[dict[str, Any]]:
+    """Train a fresh run into ``run_dir`` (which must not hold a checkpoint already).
+
+    ``dist``: the process group to train data-parallel in (default: the one torchrun's
+    environment set up through :func:`problayers.distributed.launch`, if any)."""
     run_dir = Path(run_dir)
-    if (run_dir / CHECKPOINT).exists():
-        raise ValueError(f"run_dir: {run_dir} already holds a run; resume it with --resume {run_dir}")
-    trainer = _setup(cfg, run_dir)
-    write_json(run_dir / CONFIG, cfg.to_json())
+    dist = _dist(dist)
+
+    def check() -> None:
+        if (run_dir / CHECKPOINT).exists():
+            raise ValueError(f"run_dir: {run_dir} already holds a run; resume it with --resume {run_dir}")
+        _check_parallel(cfg, dist)
+
+    _on_main(dist, check)
+    trainer = _setup(cfg, run_dir, dist)
+    if trainer.is_main:
+        write_json(run_dir / CONFIG, cfg.to_json())
     return _finish(trainer, run_dir)
 
 
@@ -169,19 +223,30 @@ def _check_meta(cfg: RunConfig, state: dict[str, Any], path: Path) -> None:
         )
 
 
-def resume(run_dir: str | Path, **overrides: Any) -> list[dict[str, Any]]:
+def resume(run_dir: str | Path, *, dist: DistContext | None = None, **overrides: Any) -> list[dict[str, Any]]:
     """Continue ``run_dir`` from its last complete checkpoint. ``overrides`` may change
-    ``epochs`` (to train longer), ``device``, ``progress`` and ``log_every``."""
+    ``epochs`` (to train longer), ``device``, ``progress`` and ``log_every``.
+
+    The checkpoint may come from any number of processes (``dist``: as for :func:`train`); the
+    random streams continue as :meth:`~problayers.training.Trainer.load_state_dict` says."""
     run_dir = Path(run_dir)
     allowed = {"epochs", "device", "progress", "log_every"}
     if set(overrides) - allowed:
         raise ValueError(f"resume: only {sorted(allowed)} can change, got {sorted(set(overrides) - allowed)}")
-    cfg = dataclasses.replace(read_config(run_dir), **overrides)
-    trainer = _setup(cfg, run_dir)
-    state = load_checkpoint(run_dir / CHECKPOINT)
-    _check_meta(cfg, state, run_dir / CHECKPOINT)
+    dist = _dist(dist)
+
+    def read() -> tuple[RunConfig, dict[str, Any]]:
+        cfg = dataclasses.replace(read_config(run_dir), **overrides)
+        _check_parallel(cfg, dist)
+        state = load_checkpoint(run_dir / CHECKPOINT)
+        _check_meta(cfg, state, run_dir / CHECKPOINT)
+        return cfg, state
+
+    cfg, state = _on_main(dist, read)  # rank 0 reads the run directory, the others get it
+    trainer = _setup(cfg, run_dir, dist)
     trainer.load_state_dict(state)
-    write_json(run_dir / CONFIG, cfg.to_json())
+    if trainer.is_main:
+        write_json(run_dir / CONFIG, cfg.to_json())
     return _finish(trainer, run_dir)
 
 

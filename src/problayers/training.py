@@ -5,6 +5,16 @@ metrics on the device (a host sync only every ``log_every`` steps, for the progr
 non-finite check), calls ``evaluate`` after each epoch, and, with a run directory, writes after
 each epoch an atomic checkpoint (model, optimizer, RNG states, history) and ``metrics.jsonl``.
 A run resumed from its checkpoint continues exactly where it stopped (same batches, same RNG).
+
+Data-parallel (``dist``, a :class:`~problayers.distributed.DistContext`): the model is wrapped in
+``DistributedDataParallel`` and ``loss_fn`` gets the wrapped model, so gradients are averaged over
+the ranks in ``backward``; each rank's ``batches(epoch)`` must yield its shard of every global
+batch, the same number of steps on every rank. The metric sums are all-reduced (one collective
+per logging point, with a per-rank non-finite flag, so a NaN on any rank stops every rank at the
+same step); ``evaluate`` runs on every rank and rank 0's record is the epoch's record; rank 0 alone
+writes the checkpoint (the unwrapped model's ``state_dict``, every rank's RNG state) and
+``metrics.jsonl``, logs and calls ``on_epoch_end``. A checkpoint resumes on any number of
+processes; see :meth:`Trainer.load_state_dict` for the random streams.
 """
 
 from __future__ import annotations
@@ -16,12 +26,15 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from .checkpoint import atomic_write, load_checkpoint, save_checkpoint
+
+if TYPE_CHECKING:
+    from .distributed import DistContext
 
 __all__ = ["NonFiniteLossError", "Trainer", "TrainerConfig", "fit"]
 
@@ -57,7 +70,7 @@ class Trainer:
     """Train ``model`` with ``optimizer`` on ``batches(epoch)`` for ``config.epochs`` epochs.
 
     Args:
-        model, optimizer: as usual.
+        model, optimizer: as usual (``model`` may already be a ``DistributedDataParallel``).
         loss_fn: ``(model, batch) -> loss`` or ``-> (loss, {name: 0-dim tensor})``.
         batches: ``epoch -> iterable of batches`` (epoch counts from 0); deterministic per
             epoch if resumed runs must match uninterrupted ones.
@@ -66,7 +79,13 @@ class Trainer:
         run_dir: where the checkpoint and ``metrics.jsonl`` go (``None``: nothing written).
         meta: JSON-able description stored in each checkpoint (e.g. the run's config).
         on_epoch_end: ``(trainer, record)`` after each epoch's checkpoint (e.g. pictures).
-        step_fn: replaces the default step ``(batch) -> (loss, metrics)`` (e.g. a compiled one).
+        step_fn: replaces the default step ``(batch) -> (loss, metrics)`` (e.g. a compiled one;
+            data-parallel, it must run the forward through ``trainer.train_model``).
+        dist: the process group's :class:`~problayers.distributed.DistContext` for data-parallel
+            training (``None``: single-process). With it, ``loss_fn`` is called with the
+            ``DistributedDataParallel`` wrapper, ``evaluate`` is called on every rank (rank 0's
+            result is recorded: a sharded evaluation reduces inside ``evaluate``), and
+            ``on_epoch_end`` and ``log`` run on rank 0 only.
     """
 
     def __init__(
@@ -83,8 +102,21 @@ class Trainer:
         on_epoch_end: Callable[[Trainer, dict[str, Any]], None] | None = None,
         step_fn: Callable[[Any], tuple[torch.Tensor, dict[str, torch.Tensor]]] | None = None,
         log: Callable[[str], None] | None = None,
+        dist: DistContext | None = None,
     ) -> None:
-        self.model, self.optimizer, self.loss_fn = model, optimizer, loss_fn
+        self.dist = dist if dist is not None and dist.world_size > 1 else None
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            if self.dist is None:
+                raise ValueError(
+                    "model: a DistributedDataParallel model needs dist= (problayers.distributed.launch()) "
+                    "so that metrics are reduced and rank 0 alone writes"
+                )
+            self.model, self.train_model = model.module, model
+        elif self.dist is not None:
+            self.model, self.train_model = model, self.dist.wrap(model)
+        else:
+            self.model = self.train_model = model
+        self.optimizer, self.loss_fn = optimizer, loss_fn
         self.batches, self.config, self.evaluate = batches, config, evaluate
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.meta = meta or {}
@@ -93,14 +125,29 @@ class Trainer:
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         self.epoch = 0  # epochs completed
         self.history: list[dict[str, Any]] = []
+        if self.dist is not None:
+            self.dist.split_rng()  # ranks > 0 draw their own noise (a resume restores theirs)
+
+    @property
+    def rank(self) -> int:
+        return 0 if self.dist is None else self.dist.rank
+
+    @property
+    def world_size(self) -> int:
+        return 1 if self.dist is None else self.dist.world_size
+
+    @property
+    def is_main(self) -> bool:
+        """True on rank 0 (and single-process): the process that writes, logs and prints."""
+        return self.rank == 0
 
     # -- one step -------------------------------------------------------------------------
     def step(self, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """One optimizer step on ``batch``; returns the detached loss and metrics."""
         self.optimizer.zero_grad(set_to_none=True)
-        out = self.loss_fn(self.model, batch)
+        out = self.loss_fn(self.train_model, batch)
         loss, metrics = out if isinstance(out, tuple) else (out, {})
-        loss.backward()
+        loss.backward()  # data-parallel: DDP averages the gradients over the ranks here
         self.optimizer.step()
         return loss.detach(), metrics
 
@@ -111,20 +158,23 @@ class Trainer:
             record = self.train_epoch(self.epoch)
             if self.evaluate is not None:
                 record.update(self.evaluate(self.model, self.epoch))
+            if self.dist is not None:
+                record = self.dist.broadcast_object(record)  # rank 0's record, on every rank
             self.epoch += 1
             self.history.append(record)
             if self.run_dir is not None:
                 self.save()
-            self.log(" ".join(f"{k}={_fmt(v)}" for k, v in record.items()))
-            if self.on_epoch_end is not None:
-                self.on_epoch_end(self, record)
+            if self.is_main:
+                self.log(" ".join(f"{k}={_fmt(v)}" for k, v in record.items()))
+                if self.on_epoch_end is not None:
+                    self.on_epoch_end(self, record)
         return self.history
 
     def train_epoch(self, epoch: int) -> dict[str, Any]:
-        self.model.train()
+        self.train_model.train()
         bar = None
         batches = self.batches(epoch)
-        if self.config.progress:
+        if self.config.progress and self.is_main:
             from tqdm.auto import tqdm
 
             total = len(batches) if hasattr(batches, "__len__") else None
@@ -140,65 +190,140 @@ class Trainer:
             steps += 1
             images += _batch_size(batch)
             if steps % self.config.log_every == 0:
-                means = self._means(sums, steps, epoch)
+                means, _ = self._means(sums, steps, epoch, images)
                 if bar is not None:
                     bar.set_postfix({k: f"{v:.2f}" for k, v in means.items()})
         if steps == 0:
             raise ValueError(f"batches({epoch}) yielded no batch")
-        means = self._means(sums, steps, epoch)  # one sync per epoch at least
+        means, images = self._means(sums, steps, epoch, images)  # one sync per epoch at least
         seconds = time.perf_counter() - start
         if bar is not None:
             bar.close()
         record: dict[str, Any] = {"epoch": epoch + 1}
         record.update({f"train_{k}": v for k, v in means.items()})
         record.update(seconds=seconds, images_per_s=images / seconds, steps=steps)
+        if self.dist is not None:
+            record["world_size"] = self.world_size
         return record
 
-    def _means(self, sums: dict[str, torch.Tensor], steps: int, epoch: int) -> dict[str, float]:
+    def _means(
+        self, sums: dict[str, torch.Tensor], steps: int, epoch: int, images: int
+    ) -> tuple[dict[str, float], int]:
+        """The metrics' means over the steps so far (over all ranks) and the images seen (by
+        all ranks); raises :class:`NonFiniteLossError` (on every rank) if a loss is not finite."""
         stacked = torch.stack([v.float() for v in sums.values()]) / steps
-        means = dict(zip(sums, stacked.tolist(), strict=True))
-        if not math.isfinite(means["loss"]):
+        if self.dist is None:
+            means = dict(zip(sums, stacked.tolist(), strict=True))
+            bad: list[int] = []
+        else:
+            # One all-reduce per logging point: [per-rank means..., images, non-finite flag per rank].
+            dtype = torch.float32 if stacked.device.type == "mps" else torch.float64
+            flags = torch.zeros(self.world_size, dtype=dtype, device=stacked.device)
+            flags[self.rank] = (~torch.isfinite(stacked[0])).to(dtype)
+            count = torch.tensor([images], dtype=dtype, device=stacked.device)
+            reduced = self.dist.all_reduce_sum(torch.cat([stacked.to(dtype), count, flags])).tolist()
+            n = len(sums)
+            means = {k: v / self.world_size for k, v in zip(sums, reduced[:n], strict=True)}
+            images = round(reduced[n])
+            bad = [r for r, flag in enumerate(reduced[n + 1 :]) if flag]
+        if bad or not math.isfinite(means["loss"]):
+            where = ""
+            if self.dist is not None and bad:
+                where = f" on rank(s) {', '.join(map(str, bad))} of {self.world_size}"
+            elif self.dist is not None:  # no rank's own loss: only their sum overflowed
+                where = f" (summed over {self.world_size} ranks)"
             raise NonFiniteLossError(
-                f"loss is {means['loss']} in epoch {epoch + 1} (within its first {steps} steps); "
-                f"training stopped, the last good checkpoint (epoch {self.epoch}) is kept"
+                f"loss is {means['loss']}{where} in epoch {epoch + 1} (within its first {steps} steps); "
+                f"training stopped{' on every rank' if where else ''}, "
+                f"the last good checkpoint (epoch {self.epoch}) is kept"
             )
-        return means
+        return means, images
 
     # -- checkpoints ----------------------------------------------------------------------
+    def _device(self) -> torch.device:
+        param = next(self.model.parameters(), None)
+        return param.device if param is not None else torch.device("cpu")
+
     def state_dict(self) -> dict[str, Any]:
+        """The checkpoint. Data-parallel, every rank must call it (it gathers the RNG states)."""
         state = {
             "epoch": self.epoch,
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "model": self.model.state_dict(),  # the unwrapped model: no "module." prefix
+            "optimizer": self.optimizer.state_dict(),  # the same on every rank
             "rng_cpu": torch.get_rng_state(),
             "history": json.dumps(self.history),
             "meta": json.dumps(self.meta),
+            "world_size": self.world_size,
         }
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            state["rng_cuda"] = torch.cuda.get_rng_state_all()
+        if self.dist is None:
+            if torch.cuda.is_available() and torch.cuda.is_initialized():
+                state["rng_cuda"] = torch.cuda.get_rng_state_all()
+            return state
+        device = self._device()
+        mine = {
+            "cpu": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+        }
+        ranks = self.dist.all_gather_object(mine)
+        state["rng_cpu"] = ranks[0]["cpu"]
+        state["rng_cpu_ranks"] = [r["cpu"] for r in ranks]
+        if device.type == "cuda":
+            state["rng_cuda_ranks"] = [r["cuda"] for r in ranks]
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
+        """Restore a checkpoint written with any number of processes.
+
+        Model and optimizer are the same on every rank. Random streams: on the world size the
+        checkpoint was written with, every rank gets its own stream back (the run continues as
+        if uninterrupted); on another world size, rank 0 continues rank 0's stream and the other
+        ranks derive theirs from it (:meth:`~problayers.distributed.DistContext.split_rng`), so
+        the run continues from the checkpoint reproducibly but not bitwise like an uninterrupted
+        run (the reparameterization noise of an example depends on the rank that draws it).
+        """
+        model_state = state["model"]
+        torch.nn.modules.utils.consume_prefix_in_state_dict_if_present(model_state, "module.")
+        self.model.load_state_dict(model_state)
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch = int(state["epoch"])
         self.history = json.loads(state["history"])
-        torch.set_rng_state(state["rng_cpu"])
-        cuda = state.get("rng_cuda")
-        if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(cuda)
+        saved_world = int(state.get("world_size", 1))
+        rank, device = self.rank, self._device()
+        same = saved_world == self.world_size
+        cpu_ranks = state.get("rng_cpu_ranks")
+        torch.set_rng_state(cpu_ranks[rank] if same and cpu_ranks is not None else state["rng_cpu"])
+        if device.type == "cuda" and "rng_cuda_ranks" in state:
+            cuda_ranks = state["rng_cuda_ranks"]
+            torch.cuda.set_rng_state(cuda_ranks[rank] if same else cuda_ranks[0], device)
+        else:
+            cuda = state.get("rng_cuda")
+            if cuda is not None and torch.cuda.is_available():
+                if self.dist is None and len(cuda) == torch.cuda.device_count():
+                    torch.cuda.set_rng_state_all(cuda)
+                elif device.type == "cuda" and device.index < len(cuda):
+                    torch.cuda.set_rng_state(cuda[device.index], device)
+        if self.dist is not None and not same:
+            self.dist.split_rng()
 
     def save(self) -> None:
-        """Write the checkpoint, then ``metrics.jsonl`` from the same history, atomically."""
+        """Write the checkpoint, then ``metrics.jsonl`` from the same history, atomically (rank 0;
+        data-parallel, every rank must call it)."""
         assert self.run_dir is not None
-        save_checkpoint(self.run_dir / CHECKPOINT, self.state_dict())
+        state = self.state_dict()
+        if not self.is_main:
+            return
+        save_checkpoint(self.run_dir / CHECKPOINT, state)
         lines = "".join(json.dumps(r) + "\n" for r in self.history).encode()
         atomic_write(self.run_dir / METRICS, lambda f: f.write(lines))
 
     def resume(self, path: str | Path | None = None) -> dict[str, Any]:
-        """Load the last complete checkpoint (default ``run_dir/checkpoint.pt``); returns its meta."""
+        """Load the last complete checkpoint (default ``run_dir/checkpoint.pt``); returns its meta.
+        Data-parallel, rank 0 reads the file and broadcasts it (only rank 0 needs the run directory)."""
         path = Path(path) if path is not None else self.run_dir / CHECKPOINT
-        state = load_checkpoint(path)
+        if self.dist is None:
+            state = load_checkpoint(path)
+        else:
+            state = self.dist.run_on_main(lambda: load_checkpoint(path))
         self.load_state_dict(state)
         return json.loads(state["meta"])
 

@@ -1,0 +1,453 @@
+"""Data-parallel training (torch.distributed, gloo on CPU): DDP gradients equal one process's on the
+global batch, 2 processes match 1, a NaN on one rank stops all, resume across world sizes.
+
+End-to-end tests launch ``python -m torch.distributed.run --nproc-per-node 2 ...`` (torchrun) as a
+subprocess; unit-level ones start 2 processes with ``torch.multiprocessing`` and the same
+environment variables torchrun sets.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import traceback
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from torch import nn
+
+import problayers as pl
+from problayers import distributed
+from problayers.training import NonFiniteLossError, Trainer, TrainerConfig
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = [
+    "--latent-size",
+    "4",
+    "--base-depth",
+    "4",
+    "--synthetic",
+    "128",
+    "--batch-size",
+    "32",
+    "--no-progress",
+]
+
+# Two processes vs one, on the deterministic model below: same data, same initial weights, and
+# DDP's averaged gradient is the gradient of the global batch's mean loss, so the runs differ only
+# by float32 rounding (two half-batch means averaged vs one full-batch mean, the all-reduce's
+# order, conv kernels on other batch shapes). Measured over 3 epochs of 4 steps: 1.1e-7 relative on
+# the per-epoch metrics, 2.7e-7 on the weights (max |diff| / max |w| per tensor), i.e. a few float32
+# ulps. RTOL = 1e-5 leaves ~50x margin for other CPUs, yet a DDP that does not average (each rank
+# stepping on its own half batch) misses it by far: 5e-3 on the metrics (the KL terms), 0.1 on the
+# weights.
+RTOL = 1e-5
+
+# The CLI with one more model: the seed VAE whose encoder hands the decoder the posterior *mean*
+# (no reparameterization noise; run with --exact-kl so the KL is analytic): a training step is then
+# a deterministic function of the batch and the weights, whatever the number of processes.
+DETERMINISTIC_CLI = """
+import sys
+from problayers.cli import main
+from problayers.models import register_model
+from problayers.models.seed import seed_vae
+
+@register_model("seed-mean")
+def seed_mean(cfg):
+    vae = seed_vae(cfg)
+    vae.encoder[-1].convert_to_tensor_fn = "mean"
+    return vae
+
+sys.exit(main())
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(name, None)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), env.get("PYTHONPATH", "")])
+    return env
+
+
+def _torchrun(nproc: int, *args: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        str(nproc),
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        str(_free_port()),
+        *args,
+    ]
+
+
+def _run(cmd: list[str], timeout: float = 120) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+def _proc_state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return "X"
+
+
+def _descendants(pid: int) -> list[int]:
+    """The processes below ``pid`` (Linux /proc), children before grandchildren."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(0), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def _rows(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+METRICS = ("train_loss", "train_recon", "train_kl", "test_neg_elbo", "test_recon", "test_kl")
+
+
+def _assert_same_run(a: Path, b: Path) -> float:
+    """Metrics per epoch (relative) and final weights (relative to each tensor's largest entry) of
+    runs ``a`` and ``b`` agree to ``RTOL``; returns the largest relative difference seen."""
+    rows_a, rows_b = _rows(a), _rows(b)
+    assert [r["epoch"] for r in rows_a] == [r["epoch"] for r in rows_b]
+    worst = 0.0
+    for ra, rb in zip(rows_a, rows_b, strict=True):
+        for key in METRICS:
+            rel = abs(ra[key] - rb[key]) / max(abs(ra[key]), 1e-12)
+            worst = max(worst, rel)
+            assert rel <= RTOL, (ra["epoch"], key, ra[key], rb[key])
+    wa = torch.load(a / "checkpoint.pt", weights_only=True)["model"]
+    wb = torch.load(b / "checkpoint.pt", weights_only=True)["model"]
+    assert list(wa) == list(wb)  # unwrapped: no "module." prefix
+    for name in wa:
+        rel = ((wa[name] - wb[name]).abs().max() / wa[name].abs().max().clamp_min(1e-12)).item()
+        worst = max(worst, rel)
+        assert rel <= RTOL, (name, rel)
+    return worst
+
+
+# ----------------------------------------------------------------------------- no processes
+def test_environment_detection(monkeypatch):
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    assert distributed.env_ranks() is None
+    assert distributed.init_from_env() is None  # plain `python -m problayers`: single-process
+    with distributed.launch() as ctx:
+        assert ctx is None
+    env = {"RANK": "1", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"}
+    assert distributed.env_ranks(env) == (1, 4, 1, 2)
+    with pytest.raises(ValueError, match="LOCAL_RANK not set"):
+        distributed.env_ranks({"RANK": "0", "WORLD_SIZE": "2"})
+    with pytest.raises(ValueError, match="inconsistent"):
+        distributed.env_ranks({"RANK": "2", "WORLD_SIZE": "2", "LOCAL_RANK": "0"})
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert distributed.init_from_env() is None  # torchrun --nproc-per-node 1: single-process
+
+
+def test_global_batch_and_device_checks():
+    distributed.check_global_batch(64, 4)
+    match = r"global batch and must be divisible .* \(world size 4\); use e.g. 60 or 64"
+    with pytest.raises(ValueError, match=match):
+        distributed.check_global_batch(62, 4)
+    distributed.check_device_spec("cuda", 8)
+    distributed.check_device_spec("cuda:0", 1)
+    with pytest.raises(ValueError, match="--device cuda"):
+        distributed.check_device_spec("cuda:1", 2)
+
+
+# ----------------------------------------------------------------------------- unit level, 2 processes
+def _spawn(fn, tmp_path: Path, nprocs: int = 2) -> list[dict]:
+    """Run ``fn(rank, world_size, out_dir)`` in ``nprocs`` processes joined in a gloo group through
+    the torchrun environment variables; returns what each rank wrote to ``out_dir/rank{r}.json``."""
+    port = _free_port()
+    mp.start_processes(_worker, args=(nprocs, port, fn, str(tmp_path)), nprocs=nprocs, start_method="spawn")
+    return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(nprocs)]
+
+
+def _worker(rank: int, world: int, port: int, fn, out_dir: str) -> None:
+    os.environ.update(
+        RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world),
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+    )  # fmt: skip
+    torch.set_num_threads(1)
+    ctx = distributed.init_from_env(timeout=timedelta(seconds=60))  # a hang fails, not blocks
+    assert ctx is not None and ctx.rank == rank and ctx.world_size == world
+    try:
+        result = fn(ctx, Path(out_dir))
+    except BaseException:
+        result = {"error": traceback.format_exc()}
+    finally:
+        distributed.shutdown()
+    (Path(out_dir) / f"rank{rank}.json").write_text(json.dumps(result))
+
+
+def _deterministic_vae(beta: float):
+    from problayers.models import ModelConfig, build_model
+
+    torch.manual_seed(0)
+    vae = build_model(ModelConfig(latent_size=4, base_depth=4, beta=beta, exact_kl=True))
+    vae.encoder[-1].convert_to_tensor_fn = "mean"  # no noise: gradients are deterministic
+    return vae
+
+
+def _gradients(ctx, out_dir):
+    from problayers.data import EpochBatches, synthetic_mnist
+    from problayers.models import vae_loss
+
+    images, _ = synthetic_mnist(64, seed=0)
+    x = next(iter(EpochBatches(images, 16, seed=0).epoch(0)))  # the global batch (16, 1, 28, 28)
+    shard = next(iter(EpochBatches(images, 16, seed=0, rank=ctx.rank, world_size=2).epoch(0)))
+    assert torch.equal(shard, x[8 * ctx.rank : 8 * ctx.rank + 8])
+    out = {}
+    for beta in (1.0, 200.0):  # 200: the encoder's gradient is mostly the KL added in the forward
+        model = _deterministic_vae(beta)
+        single, local = copy.deepcopy(model), copy.deepcopy(model)
+        ddp = ctx.wrap(model)
+        loss, metrics = vae_loss(ddp, shard)  # the forward through DDP; the KL found through it
+        assert metrics["kl"] > 0
+        loss.backward()  # DDP averages the two ranks' gradients
+        vae_loss(single, x)[0].backward()  # one process, the global batch
+        vae_loss(local, shard)[0].backward()  # this rank alone (what no averaging would give)
+        worst_ddp = worst_local = 0.0
+        for name, p in model.named_parameters():
+            ref = dict(single.named_parameters())[name].grad
+            scale = ref.abs().max().item() + 1e-12
+            worst_ddp = max(worst_ddp, (p.grad - ref).abs().max().item() / scale)
+            alone = dict(local.named_parameters())[name].grad
+            worst_local = max(worst_local, (alone - ref).abs().max().item() / scale)
+        grads = torch.cat([p.grad.flatten() for p in model.parameters()])
+        digest = hashlib.sha256(grads.numpy().tobytes()).hexdigest()
+        out[str(beta)] = {"ddp": worst_ddp, "local": worst_local, "digest": digest}
+    return out
+
+
+def test_ddp_gradient_is_the_global_batch_gradient(tmp_path):
+    """DDP's averaged gradient of ``vae_loss`` (reconstruction + the KL the encoder adds inside the
+    forward) on each rank's half batch equals one process's gradient on the global batch."""
+    results = _spawn(_gradients, tmp_path)
+    for r in results:
+        assert "error" not in r, r.get("error")
+        for beta, worst in r.items():
+            assert worst["ddp"] < 1e-4, (beta, worst)  # float32 rounding only (seen: ~7e-6)
+            assert worst["local"] > 0.1, (beta, worst)  # the check has power (seen: ~0.85)
+    for beta in results[0]:  # every rank holds the same averaged gradient, bitwise
+        assert results[0][beta]["digest"] == results[1][beta]["digest"]
+
+
+def _nan_on_rank_one(ctx, out_dir):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 2), pl.IndependentNormal(1))
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 3, generator=g), torch.randn(64, 1, generator=g)
+    step = {"n": 0}
+    seen = set()
+
+    def batches(epoch):  # this rank's half of 4 global batches of 16
+        lo = 8 * ctx.rank
+        return [(x[i + lo : i + lo + 8], y[i + lo : i + lo + 8]) for i in range(0, 64, 16)]
+
+    def loss_fn(m, batch):
+        seen.add(type(m).__name__)
+        step["n"] += 1
+        nll = -m(batch[0]).log_prob(batch[1]).mean()
+        return nll * float("nan") if ctx.rank == 1 and step["n"] == 6 else nll  # epoch 2, step 2
+
+    trainer = Trainer(
+        model,
+        torch.optim.Adam(model.parameters(), 0.01),
+        loss_fn,
+        batches,
+        TrainerConfig(epochs=3, log_every=2, progress=False),
+        run_dir=out_dir / "run",
+        log=lambda msg: None,
+        dist=ctx,
+    )
+    try:
+        trainer.fit()
+        message = None
+    except NonFiniteLossError as err:
+        message = str(err)
+    state = torch.load(out_dir / "run" / "checkpoint.pt", weights_only=True) if ctx.is_main else None
+    return {
+        "message": message,
+        "steps": step["n"],
+        "models": sorted(seen),
+        "checkpoint": None
+        if state is None
+        else {
+            "epoch": state["epoch"],
+            "world_size": state["world_size"],
+            "keys": sorted(state["model"]),
+            "rng_ranks_differ": not torch.equal(*state["rng_cpu_ranks"]),
+            "finite": all(bool(torch.isfinite(t).all()) for t in state["model"].values()),
+        },
+    }
+
+
+def test_nan_on_one_rank_stops_every_rank(tmp_path):
+    r0, r1 = _spawn(_nan_on_rank_one, tmp_path)
+    assert "error" not in r0 and "error" not in r1, r0.get("error") or r1.get("error")
+    assert r0["message"] == r1["message"]  # both ranks stop, at the same point, with one message
+    assert "loss is nan on rank(s) 1 of 2 in epoch 2 (within its first 2 steps)" in r0["message"]
+    assert "training stopped on every rank, the last good checkpoint (epoch 1) is kept" in r0["message"]
+    assert r0["steps"] == r1["steps"] == 6  # at the first logging point after the NaN (log_every 2)
+    assert r0["models"] == ["DistributedDataParallel"]  # loss_fn got the DDP wrapper
+    ckpt = r0["checkpoint"]
+    assert ckpt["epoch"] == 1 and ckpt["world_size"] == 2 and ckpt["finite"] and ckpt["rng_ranks_differ"]
+    assert ckpt["keys"] == ["0.bias", "0.weight"]  # the unwrapped model's names
+    assert r1["checkpoint"] is None  # rank 0 alone writes
+    assert not any(name.startswith(".") for name in os.listdir(tmp_path / "run"))  # no temp files
+
+
+def _bad_batch(ctx, out_dir):
+    from problayers.experiment import RunConfig, train
+    from problayers.models import ModelConfig
+
+    tiny = ModelConfig(latent_size=4, base_depth=4)
+    cfg = RunConfig(model=tiny, batch_size=31, synthetic=64, epochs=1, progress=False)
+    try:
+        train(cfg, out_dir / "run", dist=ctx)
+    except Exception as err:
+        return {"type": type(err).__name__, "message": str(err)}
+    return {"type": None}
+
+
+def test_global_batch_not_divisible_is_a_clear_error(tmp_path):
+    r0, r1 = _spawn(_bad_batch, tmp_path)
+    assert r0["type"] == "ValueError"
+    assert "divisible by the number of processes (world size 2)" in r0["message"]
+    assert r1["type"] == "RankZeroError"  # rank 0 reports it; rank 1 stops quietly
+    assert not (tmp_path / "run").exists()
+
+
+# ----------------------------------------------------------------------------- end to end, torchrun
+@pytest.fixture(scope="module")
+def deterministic(tmp_path_factory):
+    """The deterministic CLI and a single-process reference run of it (3 epochs of 4 steps)."""
+    root = tmp_path_factory.mktemp("ddp")
+    script = root / "deterministic_cli.py"
+    script.write_text(DETERMINISTIC_CLI)
+    args = ["train", "--model", "seed-mean", "--exact-kl", *TINY]
+    _run([sys.executable, str(script), *args, "--epochs", "3", "--out", str(root / "ref")])
+    return script, args, root / "ref"
+
+
+def test_two_processes_match_one(deterministic, tmp_path):
+    script, args, ref = deterministic
+    proc = _run(_torchrun(2, str(script), *args, "--epochs", "3", "--out", str(tmp_path / "ddp")))
+    assert proc.stdout.count("epoch 3: test -ELBO") == 1  # rank 0 alone prints
+    _assert_same_run(ref, tmp_path / "ddp")
+    rows = _rows(tmp_path / "ddp")
+    assert all(r["world_size"] == 2 and r["steps"] == 4 for r in rows)
+    assert {p.name for p in (tmp_path / "ddp").iterdir()} == {p.name for p in ref.iterdir()}
+
+
+def test_single_process_checkpoint_resumes_on_two(deterministic, tmp_path):
+    script, args, ref = deterministic
+    run = tmp_path / "run"
+    _run([sys.executable, str(script), *args, "--epochs", "1", "--out", str(run)])
+    first = _rows(run)
+    _run(_torchrun(2, str(script), "train", "--resume", str(run), "--epochs", "3", "--no-progress"))
+    rows = _rows(run)
+    assert rows[0] == first[0] and "world_size" not in rows[0]
+    assert [r.get("world_size") for r in rows[1:]] == [2, 2]
+    _assert_same_run(ref, run)  # continues from the checkpoint: as if never interrupted
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds torchrun's workers in /proc")
+def test_two_process_run_killed_then_resumed_on_one(tmp_path):
+    """SIGKILL the torchrun process group once the first checkpoint lands (mid-epoch 2 or later);
+    resume on a single process from that checkpoint."""
+    run = tmp_path / "run"
+    proc = subprocess.Popen(
+        _torchrun(2, "-m", "problayers", "train", *TINY, "--epochs", "4", "--out", str(run)),
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its own process group: torchrun and both workers
+    )
+    ckpt = run / "checkpoint.pt"
+    deadline = time.monotonic() + 90
+    while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    # torchrun starts each worker in a session of its own: kill the whole tree, as a crash would.
+    tree = [proc.pid, *_descendants(proc.pid)]
+    for pid in tree:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)  # torchrun's group, then each worker's
+    proc.wait()
+    for pid in tree[1:]:
+        while Path(f"/proc/{pid}").exists() and "Z" not in _proc_state(pid):
+            time.sleep(0.01)
+    state = torch.load(ckpt, weights_only=True)
+    done = state["epoch"]
+    assert 1 <= done < 4, "the run was not killed mid-way"
+    assert state["world_size"] == 2 and len(state["rng_cpu_ranks"]) == 2
+    before = json.loads(state["history"])
+
+    out = _run([sys.executable, "-m", "problayers", "train", "--resume", str(run), "--no-progress"])
+    assert "epoch 4: test -ELBO" in out.stdout
+    final = torch.load(ckpt, weights_only=True)
+    assert final["epoch"] == 4 and final["world_size"] == 1 and "rng_cpu_ranks" not in final
+    rows = _rows(run)
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
+    assert rows[:done] == before  # the 2-process epochs are kept as they were
+    assert all(r["world_size"] == 2 for r in rows[:done]) and all("world_size" not in r for r in rows[done:])
+    assert all(r["steps"] == 4 for r in rows)  # global batch 32 either way: 128 / 32 steps
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"]
+
+
+def test_resume_on_the_same_world_size_is_bitwise(tmp_path):
+    """Each rank gets its own random stream back: 1 + 1 epochs on 2 processes equal 2 epochs."""
+    cmd = ["-m", "problayers", "train", *TINY]
+    _run(_torchrun(2, *cmd, "--epochs", "2", "--out", str(tmp_path / "full")))
+    _run(_torchrun(2, *cmd, "--epochs", "1", "--out", str(tmp_path / "part")))
+    resume = ["-m", "problayers", "train", "--resume", str(tmp_path / "part"), "--epochs", "2"]
+    _run(_torchrun(2, *resume, "--no-progress"))
+    full = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=True)
+    part = torch.load(tmp_path / "part" / "checkpoint.pt", weights_only=True)
+    assert part["epoch"] == full["epoch"] == 2
+    for name, tensor in full["model"].items():
+        assert torch.equal(tensor, part["model"][name]), name
+
+    def strip(run_dir):
+        return [{k: v for k, v in r.items() if k not in ("seconds", "images_per_s")} for r in _rows(run_dir)]
+
+    assert strip(tmp_path / "full") == strip(tmp_path / "part")
