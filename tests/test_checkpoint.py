@@ -53,3 +53,14 @@ def test_missing_and_garbage(tmp_path):
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="cannot be read"):
         load_checkpoint(tmp_path / "bad.pt")
+
+
+def test_files_get_the_usual_permissions(tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        path = atomic_write(tmp_path / "p.bin", lambda f: f.write(b"x"))
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644
