@@ -1,0 +1,45 @@
+"""Training images for the benchmarks, with numpy only (the TFP worker runs in another venv).
+
+``load_images(data_dir, n, seed)``: uint8 ``(n, 28, 28)``: the first ``n`` MNIST training images
+from ``data_dir`` (IDX files, ``.gz`` or raw), or, with ``data_dir=None``, synthetic images:
+pixels 255 with probability 0.13 (MNIST's mean ink), else 0, from ``numpy`` seeded ``seed``.
+"""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["describe", "load_images"]
+
+TRAIN_IMAGES = "train-images-idx3-ubyte"
+
+
+def _read_idx_images(path: Path) -> np.ndarray:
+    raw = path.read_bytes()
+    if path.suffix == ".gz":
+        raw = gzip.decompress(raw)
+    magic, n, rows, cols = np.frombuffer(raw[:16], dtype=">u4")
+    if magic != 0x803:
+        raise ValueError(f"{path}: not an IDX image file (magic {magic:#x})")
+    return np.frombuffer(raw[16:], dtype=np.uint8).reshape(int(n), int(rows), int(cols))
+
+
+def load_images(data_dir: str | None, n: int, seed: int = 0) -> np.ndarray:
+    if data_dir:
+        base = Path(data_dir) / TRAIN_IMAGES
+        path = base if base.is_file() else base.with_name(TRAIN_IMAGES + ".gz")
+        if not path.is_file():
+            raise FileNotFoundError(f"{base}[.gz]: not found")
+        images = _read_idx_images(path)[:n]
+        return np.ascontiguousarray(images)
+    rng = np.random.default_rng(seed)
+    return (rng.random((n, 28, 28)) < 0.13).astype(np.uint8) * np.uint8(255)
+
+
+def describe(data_dir: str | None, n: int) -> str:
+    if data_dir:
+        return f"MNIST training images from {data_dir} (first {n}), binarized per batch"
+    return f"synthetic images ({n}, 28x28; pixels 255 w.p. 0.13, else 0), binarized per batch"

@@ -1,0 +1,400 @@
+"""A faster training step: ``torch.compile``, bf16 autocast and channels_last, as options.
+
+``make_train_step(model, optimizer, loss_fn, ...)`` returns ``step(batch) -> (loss, metrics)``
+that does what :meth:`problayers.training.Trainer.step` does (zero_grad, ``loss_fn(model, batch)``,
+backward, ``optimizer.step()``) and can be handed to the trainer as its ``step_fn``::
+
+    step = make_train_step(model, optimizer, vae_loss, compile=True, channels_last=True)
+    Trainer(model, optimizer, vae_loss, batches, config, step_fn=step)
+
+The step never reads a value back to the host (no ``.item()``, no data-dependent Python
+branching), so on a GPU it only queues work; the trainer syncs when it logs.
+
+Options (each can be combined with the others; :func:`fastest_defaults` picks per device):
+
+``compile``
+    ``torch.compile`` of ``loss_fn(model, batch)`` (forward and, through AOTAutograd, its
+    backward; the optimizer step stays eager). Distribution layers normally graph-break:
+    ``as_coercible`` re-classes the distribution (``out.__class__ = ...``), which dynamo does not
+    support, so the seed VAE compiles into 5 graphs with the layers' Python in between. During a
+    compiled step, every layer that uses :class:`~problayers.DistributionLambda`'s own
+    ``forward`` runs an equivalent traceable one instead (``make_distribution`` -> the pure
+    static ``new(params)`` path, the same tensor-coercible class built with ``object.__new__``,
+    the same activity regularizer recorded with ``set_added_loss``), and the whole loss becomes
+    one graph, with the same maths. Layers that override ``forward`` keep it (and graph-break).
+    Random draws: on torch 2.13 the posterior's ``rsample`` (``normal_``) is not lowered by
+    inductor, so the compiled step draws the very numbers eager draws and the loss trajectory
+    matches eager to float rounding (1e-7 relative, measured). An inductor that generates
+    random numbers itself (its ``aten.rand*`` lowerings; ``fallback_random=False``) draws other
+    ``z`` from the same distribution, still seeded from torch's generator (reproducible,
+    resumable); ``torch._inductor.config.fallback_random = True`` restores eager's draws.
+    The first step compiles (tens of seconds on a CPU); a new batch shape recompiles once
+    (e.g. a last, smaller batch). Needs a C++ compiler on the CPU (gcc) and Triton on CUDA.
+    On the CPU, torch 2.13's inductor writes boolean masks slowly with its explicit AVX-512
+    code (``x > 0`` into a bool tensor: 45 ms for 6.4M elements, eager 2.4 ms, measured), and a
+    training graph saves each leaky_relu's ``x > 0`` mask for the backward: compiled steps ran
+    10% slower than eager. A compiled step on the CPU therefore runs inductor with
+    ``cpp.vec_isa_ok=False`` (gcc's own vectorization; the mask kernel takes 2.6 ms), which
+    brings it level with eager + channels_last, not faster: convolutions (oneDNN, the same
+    kernels as eager) are ~90% of the step. Hence ``fastest_defaults("cpu")`` leaves it off.
+    Known failures: torch 2.11's inductor crashed in ``convolution_backward`` with a stride
+    assertion when combined with ``channels_last``; on torch 2.13 (CPU) the combination
+    trains and matches eager (``tests/test_fastpath.py``), not yet checked on a GPU.
+    torch 2.13 emits two warnings from its own code while compiling (a ``FutureWarning`` on
+    ``torch._prims_common.check`` from inductor's ``diagonal`` lowering, a ``DeprecationWarning``
+    on ``torch.jit.script_method`` when inductor is imported); the step silences those two.
+    ``torch.compile`` keys its cache on the code, so each new ``TrainStep(compile=True)`` in one
+    process adds a compiled entry; past ``torch._dynamo.config.recompile_limit`` (8) dynamo
+    stops compiling and runs eagerly: call ``torch.compiler.reset()`` between many models.
+
+``precision``
+    ``"fp32"`` (default) or ``"bf16"``: the loss runs under ``torch.autocast(bfloat16)``, so
+    convolutions and linear layers compute in bf16 (weights, gradients and the optimizer stay
+    fp32). The distribution maths stay fp32: each distribution layer (and each
+    :class:`~problayers.KLDivergenceAddLoss`) runs with autocast off on inputs cast to fp32, so
+    the MultivariateNormal's ``scale_tril``, its ``rsample``, ``log_prob`` and the KL term
+    are fp32 (without this, ``rsample``'s matmul runs in bf16 and the KL's
+    ``solve_triangular`` fails: it has no bf16 kernel on the CPU). The loss's own
+    ``log_prob`` of the decoder's Bernoulli is ``binary_cross_entropy_with_logits``, which
+    autocast keeps in fp32; other maths written in ``loss_fn`` runs under autocast's rules.
+    bf16 changes the numbers (about 3 significant digits in the convolutions): losses agree
+    with fp32 to about 1% per step, not bitwise. CUDA needs a GPU with bf16
+    (``torch.cuda.is_bf16_supported()``); on a CPU without AVX512-BF16/AMX it is slower.
+
+``channels_last``
+    Converts the model's 4-D parameters to ``torch.channels_last`` (in place: the parameters
+    stay the same objects, so the optimizer is unaffected) and each 4-D floating batch tensor,
+    so convolutions run NHWC (oneDNN on the CPU, cuDNN/tensor cores on the GPU). Values and
+    ``state_dict`` contents are unchanged (only strides).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import warnings
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import coercible as _coercible
+from .layers.base import DistributionLambda
+from .losses import set_added_loss
+from .regularizers import KLDivergenceAddLoss
+
+__all__ = [
+    "PRECISIONS",
+    "TrainStep",
+    "bf16_autocast",
+    "configure_cpu_threads",
+    "fastest_defaults",
+    "make_train_step",
+]
+
+#: The accepted values of ``precision``.
+PRECISIONS = ("fp32", "bf16")
+
+# Warnings torch 2.13 emits from its own code while compiling (harmless, nothing a user can
+# change): inductor's lowering of aten.diagonal calls a deprecated helper, and importing inductor
+# imports torch.utils.mkldnn, which uses torch.jit.script_method.
+_TORCH_INTERNAL_WARNINGS = (
+    (r"`torch\._prims_common\.check` is deprecated", FutureWarning),
+    (r"`torch\.jit\.script_method` is deprecated", DeprecationWarning),
+)
+
+
+@contextlib.contextmanager
+def _torch_internal_warnings_silenced() -> Iterator[None]:
+    with warnings.catch_warnings():
+        for message, category in _TORCH_INTERNAL_WARNINGS:
+            warnings.filterwarnings("ignore", message=message, category=category)
+        yield
+
+
+def _check_bool(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name}: expected True or False, got {value!r}")
+    return value
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    for tensor in model.parameters():
+        return tensor.device
+    for tensor in model.buffers():
+        return tensor.device
+    return torch.device("cpu")
+
+
+def _to_fp32(value: Any) -> Any:
+    """bf16/fp16 tensors (in tuples/lists) -> fp32; anything else (fp64 too) unchanged."""
+    if isinstance(value, torch.Tensor) and value.dtype in (torch.bfloat16, torch.float16):
+        return value.float()
+    if isinstance(value, (list, tuple)) and not hasattr(value, "_fields"):
+        return type(value)(_to_fp32(v) for v in value)
+    return value
+
+
+def _channels_last(batch: Any) -> Any:
+    """4-D floating tensors of ``batch`` (a tensor, or a tuple/list/dict of them) in channels_last."""
+    if isinstance(batch, torch.Tensor):
+        if batch.dim() == 4 and batch.is_floating_point():
+            return batch.contiguous(memory_format=torch.channels_last)
+        return batch
+    if isinstance(batch, (list, tuple)) and not hasattr(batch, "_fields"):
+        return type(batch)(_channels_last(b) for b in batch)
+    if isinstance(batch, dict):
+        return {k: _channels_last(v) for k, v in batch.items()}
+    return batch
+
+
+def _traceable_forward(layer: DistributionLambda, fp32: str | None) -> Callable[..., Any]:
+    """``DistributionLambda.forward`` of ``layer`` written so that dynamo traces it in one graph.
+
+    Same steps as the library's forward: ``make_distribution`` (the static ``new(params)``),
+    the tensor-coercible subclass of the distribution's class with the same state, the activity
+    regularizer recorded under the same name. Only the object's construction differs
+    (``object.__new__`` + ``__dict__`` instead of ``copy.copy`` + ``__class__`` assignment).
+    With ``fp32`` (a device type), it runs with autocast off on inputs cast to fp32.
+    """
+
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        with torch.autocast(fp32, enabled=False) if fp32 else contextlib.nullcontext():
+            if fp32:
+                args, kwargs = _to_fp32(args), {k: _to_fp32(v) for k, v in kwargs.items()}
+            dist = layer.make_distribution(*args, **kwargs)
+            if not isinstance(dist, torch.distributions.Distribution):
+                raise TypeError(
+                    f"{type(layer).__name__}: make_distribution_fn returned {type(dist).__name__}, "
+                    "expected a torch.distributions.Distribution"
+                )
+            if isinstance(dist, _coercible.TensorCoercible):
+                dist = dist.distribution
+            fn = _coercible._resolve_convert_fn(layer.convert_to_tensor_fn, dist)
+            out = object.__new__(_coercible._coercible_class(type(dist)))
+            out.__dict__.update(dist.__dict__)
+            out._tc_fn = fn
+            out._tc_value = None
+            if layer.activity_regularizer is not None:
+                set_added_loss(layer, "activity_regularizer", layer.activity_regularizer(out))
+        return out
+
+    return forward
+
+
+def _fp32_forward(forward: Callable[..., Any], device_type: str) -> Callable[..., Any]:
+    """``forward`` run with autocast off, on its floating inputs cast to fp32."""
+
+    @functools.wraps(forward)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        with torch.autocast(device_type, enabled=False):
+            return forward(*_to_fp32(args), **{k: _to_fp32(v) for k, v in kwargs.items()})
+
+    return wrapped
+
+
+def _replacement_forwards(model: nn.Module, *, traceable: bool, fp32: str | None) -> dict[nn.Module, Any]:
+    """module -> the forward it runs during a step (only modules that need one)."""
+    out: dict[nn.Module, Any] = {}
+    for module in model.modules():
+        own = "forward" in module.__dict__  # already patched by the user: leave its forward alone
+        if (
+            traceable
+            and not own
+            and isinstance(module, DistributionLambda)
+            and type(module).forward is DistributionLambda.forward
+        ):
+            out[module] = _traceable_forward(module, fp32)
+        elif fp32 and isinstance(module, (DistributionLambda, KLDivergenceAddLoss)):
+            out[module] = _fp32_forward(module.forward, fp32)
+    return out
+
+
+_MISSING = object()
+
+
+@contextlib.contextmanager
+def _forwards_replaced(forwards: dict[nn.Module, Any]) -> Iterator[None]:
+    """Install the replacement forwards as instance attributes for the duration of a step."""
+    saved = []
+    try:
+        for module, forward in forwards.items():
+            saved.append((module, module.__dict__.get("forward", _MISSING)))
+            module.__dict__["forward"] = forward
+        yield
+    finally:
+        for module, previous in reversed(saved):
+            if previous is _MISSING:
+                module.__dict__.pop("forward", None)
+            else:
+                module.__dict__["forward"] = previous
+
+
+@contextlib.contextmanager
+def bf16_autocast(model: nn.Module) -> Iterator[None]:
+    """``precision="bf16"`` outside a training step (e.g. around evaluation): bf16 autocast on the
+    model's device, with the model's distribution layers run in fp32 (autocast off, fp32 inputs)
+    for the duration of the block. Changes the numbers like bf16 training does (see above)."""
+    device_type = _model_device(model).type
+    forwards = _replacement_forwards(model, traceable=False, fp32=device_type)
+    with torch.autocast(device_type, dtype=torch.bfloat16), _forwards_replaced(forwards):
+        yield
+
+
+class TrainStep:
+    """``step(batch) -> (loss.detach(), metrics)``: one optimizer step (see the module docstring).
+
+    Built by :func:`make_train_step`; ``options`` records ``compile``, ``precision`` and
+    ``channels_last``. Outside a call the model is exactly the library's (the replacement
+    forwards are installed only during the step), so evaluation and checkpoints see no change.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        loss_fn: Callable[[nn.Module, Any], Any],
+        *,
+        compile: bool,
+        precision: str,
+        channels_last: bool,
+    ) -> None:
+        self.model, self.optimizer, self.loss_fn = model, optimizer, loss_fn
+        self.options = {"compile": compile, "precision": precision, "channels_last": channels_last}
+        self.device = _model_device(model)
+        self._autocast = precision == "bf16"
+        self._forwards = _replacement_forwards(
+            model, traceable=compile, fp32=self.device.type if self._autocast else None
+        )
+        self._compiled = None
+        self._inductor_config: Any = contextlib.nullcontext()
+        if compile:
+            with _torch_internal_warnings_silenced():
+                self._compiled = torch.compile(self._forward_loss)
+                if self.device.type == "cpu":
+                    # See the module docstring (compile): vectorized bool-mask stores are slow.
+                    self._inductor_config = torch._inductor.config.patch({"cpp.vec_isa_ok": False})
+        self.steps = 0
+
+    def _forward_loss(self, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        if self._autocast:
+            with torch.autocast(self.device.type, dtype=torch.bfloat16):
+                out = self.loss_fn(self.model, batch)
+        else:
+            out = self.loss_fn(self.model, batch)
+        loss, metrics = out if isinstance(out, tuple) else (out, {})
+        return loss, metrics
+
+    def __call__(self, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        if self.options["channels_last"]:
+            batch = _channels_last(batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        with _torch_internal_warnings_silenced(), self._inductor_config:
+            # The first step runs eagerly: it creates what dynamo cannot trace the creation of
+            # (the layers' tensor-coercible classes, their added-loss stores); compiled from the 2nd.
+            forward_loss = self._compiled if self._compiled is not None and self.steps else self._forward_loss
+            with _forwards_replaced(self._forwards):
+                loss, metrics = forward_loss(batch)
+            loss.backward()
+        self.optimizer.step()
+        self.steps += 1
+        return loss.detach(), metrics
+
+    def __repr__(self) -> str:
+        opts = ", ".join(f"{k}={v!r}" for k, v in self.options.items())
+        return f"TrainStep({opts}, device={self.device})"
+
+
+def make_train_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: Callable[[nn.Module, Any], Any],
+    *,
+    compile: bool = False,
+    precision: str = "fp32",
+    channels_last: bool = False,
+) -> TrainStep:
+    """A training step ``step(batch) -> (loss.detach(), metrics)`` for the trainer's ``step_fn``.
+
+    Args:
+        model: the model, already on its device (its parameters' device is the step's).
+        optimizer: an optimizer over the model's parameters.
+        loss_fn: ``(model, batch) -> loss`` or ``-> (loss, {name: 0-dim tensor})``, as for
+            :class:`~problayers.training.Trainer` (e.g. :func:`problayers.models.vae_loss`).
+        compile: ``torch.compile`` the loss (forward + backward) in one graph; see the module
+            docstring for what it changes (random draws) and its costs (first-step compile).
+        precision: ``"fp32"`` or ``"bf16"`` (autocast for convolutions and linear layers; the
+            distribution maths stay fp32).
+        channels_last: convert the model's 4-D parameters (now, in place) and each batch to
+            ``torch.channels_last``.
+
+    Returns:
+        A :class:`TrainStep`. Same semantics as the trainer's default step with ``compile=False``,
+        ``precision="fp32"``, ``channels_last=False`` (bitwise the same computation).
+
+    Raises:
+        TypeError: ``model``, ``optimizer`` or ``loss_fn`` of the wrong kind.
+        ValueError: an option of the wrong type or value (naming the argument), or bf16 on a
+            device without it.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"optimizer: expected a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    if not callable(loss_fn):
+        raise TypeError(f"loss_fn: expected a callable (model, batch) -> loss, got {type(loss_fn).__name__}")
+    _check_bool("compile", compile)
+    _check_bool("channels_last", channels_last)
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision: expected one of {list(PRECISIONS)}, got {precision!r}")
+    device = _model_device(model)
+    if precision == "bf16":
+        if device.type not in ("cpu", "cuda"):
+            raise ValueError(f"precision='bf16': supported on cpu and cuda devices, the model is on {device}")
+        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise ValueError(f"precision='bf16': {torch.cuda.get_device_name(device)} does not support bf16")
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    return TrainStep(
+        model, optimizer, loss_fn, compile=compile, precision=precision, channels_last=channels_last
+    )
+
+
+def configure_cpu_threads(n: int | None = None) -> int:
+    """Set torch's intra-op CPU threads to ``n`` (``None``: the CPUs this process may run on);
+    returns the number set. Leaves the inter-op pool alone (it cannot change once used)."""
+    if n is None:
+        try:
+            n = len(os.sched_getaffinity(0))
+        except AttributeError:  # not on Linux
+            n = os.cpu_count() or 1
+    elif isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n: expected a positive int or None, got {n!r}")
+    torch.set_num_threads(n)
+    return n
+
+
+def fastest_defaults(device: str | torch.device) -> dict[str, Any]:
+    """The :func:`make_train_step` options that train the seed VAE fastest on ``device`` while
+    keeping the test -ELBO within 0.5 nats of fp32 eager.
+
+    CPU (measured on a 2-core Xeon with AVX-512 and AVX512-BF16 but no AMX, torch 2.13; see
+    ``docs/benchmarks.md``): ``channels_last=True`` only, +11% over eager. ``compile`` gains
+    nothing there (convolutions are ~90% of the step; see above) and bf16 autocast was 20-35%
+    slower (oneDNN's bf16 convolutions without AMX). fp32 options keep the maths of eager.
+    CUDA (not yet measured; the issue's plan, to be confirmed with ``benchmarks/bench_train.py``
+    and ``benchmarks/check_nats.py`` on a GPU): ``compile=True``, ``channels_last=True`` and
+    ``precision="bf16"`` where the GPU supports it. Other devices: no option.
+    """
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device: expected a torch device or its name, got {device!r}") from None
+    if dev.type == "cpu":
+        return {"compile": False, "precision": "fp32", "channels_last": True}
+    if dev.type == "cuda":
+        bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        return {"compile": True, "precision": "bf16" if bf16 else "fp32", "channels_last": True}
+    return {"compile": False, "precision": "fp32", "channels_last": False}

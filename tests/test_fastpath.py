@@ -1,0 +1,310 @@
+"""The fast training step (problayers.fastpath): same training as the default step, options,
+errors. Tiny models on the CPU; the seed-model compile checks are marked slow."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.distributions as D
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import problayers as pl
+from problayers.evaluation import evaluate
+from problayers.fastpath import (
+    PRECISIONS,
+    TrainStep,
+    bf16_autocast,
+    configure_cpu_threads,
+    fastest_defaults,
+    make_train_step,
+)
+from problayers.models import VAE, ModelConfig, build_model, vae_loss
+from problayers.training import Trainer, TrainerConfig
+
+
+def tiny_vae() -> VAE:
+    """Dense VAE on 4x4 images: MultivariateNormalTriL(2) with a Monte Carlo KL regularizer,
+    IndependentBernoulli((1, 4, 4)) decoder."""
+    prior = D.Independent(D.Normal(torch.zeros(2), 1.0), 1)
+    kl = pl.KLDivergenceRegularizer(prior)
+    encoder = nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(16, 8),
+        nn.LeakyReLU(0.2),
+        nn.Linear(8, pl.MultivariateNormalTriL.params_size(2)),
+        pl.MultivariateNormalTriL(2, activity_regularizer=kl),
+    )
+    decoder = nn.Sequential(
+        nn.Linear(2, 8), nn.LeakyReLU(0.2), nn.Linear(8, 16), pl.IndependentBernoulli((1, 4, 4))
+    )
+    return VAE(encoder, decoder, kl)
+
+
+def small_seed() -> VAE:
+    """The seed architecture (28x28 convolutions) at width 4, latent 2."""
+    return build_model(ModelConfig(latent_size=2, base_depth=4))
+
+
+def batches(shape: tuple[int, ...], n: int = 4, seed: int = 1) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.rand(shape, generator=g) < 0.3).float() for _ in range(n)]
+
+
+def trajectory(make_model, data, *, step_kwargs=None, seed=0, lr=1e-2):
+    """Losses of one step per batch, from the same initial weights and sampling seed; with
+    ``step_kwargs=None`` the trainer's default step."""
+    torch.manual_seed(seed)
+    model = make_model()
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    if step_kwargs is None:
+        trainer = Trainer(model, optimizer, vae_loss, lambda e: data, TrainerConfig(progress=False))
+        step = trainer.step
+    else:
+        step = make_train_step(model, optimizer, vae_loss, **step_kwargs)
+    torch.manual_seed(seed + 1)
+    losses = torch.stack([step(x)[0] for x in data])
+    return losses, model
+
+
+@pytest.fixture
+def fresh_dynamo():
+    torch.compiler.reset()
+    torch._dynamo.utils.counters.clear()
+    yield
+    torch.compiler.reset()
+
+
+# ------------------------------------------------------------------------------- same training
+def test_default_options_are_the_trainer_step_bitwise():
+    data = batches((8, 1, 28, 28), n=3)
+    ref, ref_model = trajectory(small_seed, data)
+    got, model = trajectory(small_seed, data, step_kwargs={})
+    assert torch.equal(ref, got)
+    for a, b in zip(ref_model.parameters(), model.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_step_returns_detached_loss_and_metrics():
+    torch.manual_seed(0)
+    model = tiny_vae()
+    step = make_train_step(model, torch.optim.SGD(model.parameters(), lr=0.1), vae_loss)
+    loss, metrics = step(batches((8, 1, 4, 4), n=1)[0])
+    assert loss.dim() == 0 and not loss.requires_grad
+    assert set(metrics) == {"recon", "kl"}
+    assert torch.allclose(loss, metrics["recon"] + metrics["kl"])
+    assert isinstance(step, TrainStep) and step.options == {
+        "compile": False,
+        "precision": "fp32",
+        "channels_last": False,
+    }
+
+
+def test_channels_last_same_trajectory():
+    data = batches((8, 1, 28, 28), n=3)
+    ref, _ = trajectory(small_seed, data)
+    got, model = trajectory(small_seed, data, step_kwargs={"channels_last": True})
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-4)
+    conv = model.encoder[1]
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_bf16_close_to_fp32_and_distribution_maths_in_fp32():
+    # bf16 keeps ~3 significant digits in the convolutions: per-step losses (~550 nats) agree
+    # with fp32 to 1% (measured: ~0.01%), not bitwise.
+    data = batches((8, 1, 28, 28), n=3)
+    ref, _ = trajectory(small_seed, data)
+    torch.manual_seed(0)
+    model = small_seed()
+    seen = {}
+    model.decoder[1].register_forward_hook(lambda m, i, o: seen.update(conv=o.dtype))
+    model.encoder[-1].register_forward_hook(
+        lambda m, i, q: seen.update(scale_tril=q.scale_tril.dtype, z=pl.convert_to_tensor(q).dtype)
+    )
+    model.decoder[-1].register_forward_hook(lambda m, i, p: seen.update(logits=p.base_dist.logits.dtype))
+    step = make_train_step(model, torch.optim.Adam(model.parameters(), lr=1e-2), vae_loss, precision="bf16")
+    torch.manual_seed(1)
+    got = torch.stack([step(x)[0] for x in data])
+    torch.testing.assert_close(got, ref, rtol=1e-2, atol=0.0)
+    assert got.dtype == torch.float32
+    assert seen["conv"] == torch.bfloat16  # the convolutions ran in bf16 ...
+    assert seen == {
+        "conv": torch.bfloat16,
+        "scale_tril": torch.float32,
+        "z": torch.float32,
+        "logits": torch.float32,
+    }  # ... the distributions' maths in fp32
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def test_bf16_autocast_evaluation_close_to_fp32():
+    torch.manual_seed(0)
+    model = small_seed().eval()
+    x = batches((16, 1, 28, 28), n=1)[0]
+    kwargs = {"batch_size": 8, "iwae_samples": 4}
+    torch.manual_seed(5)
+    ref = evaluate(model.encode, model.decode, model.prior(), x, **kwargs)
+    torch.manual_seed(5)
+    with bf16_autocast(model):
+        got = evaluate(model.encode, model.decode, model.prior(), x, **kwargs)
+    assert got["neg_elbo"] == pytest.approx(ref["neg_elbo"], rel=1e-2)
+    assert got["iwae_nll"] == pytest.approx(ref["iwae_nll"], rel=1e-2)
+    assert all("forward" not in m.__dict__ for m in model.modules())
+
+
+def test_trainer_runs_with_the_fast_step():
+    torch.manual_seed(0)
+    model = small_seed()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    step = make_train_step(model, optimizer, vae_loss, channels_last=True, precision="bf16")
+    data = batches((8, 1, 28, 28), n=2)
+    history = Trainer(
+        model, optimizer, vae_loss, lambda e: data, TrainerConfig(epochs=1, progress=False), step_fn=step
+    ).fit()
+    assert history[0]["steps"] == 2 and torch.isfinite(torch.tensor(history[0]["train_loss"]))
+
+
+# ------------------------------------------------------------------------------- the step's hygiene
+class _HostSyncs(TorchDispatchMode):
+    """Counts ops that copy a value to the host (``.item()``, ``bool(t)``, ``float(t)``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten._local_scalar_dense.default:
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _without_prior_validation(model: VAE) -> VAE:
+    prior = model.regularizer.prior
+    prior._validate_args = prior.base_dist._validate_args = False
+    return model
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"channels_last": True}, {"precision": "bf16"}])
+def test_no_host_sync_in_the_step(kwargs):
+    torch.manual_seed(0)
+    model = _without_prior_validation(small_seed())  # see the next test
+    step = make_train_step(model, torch.optim.SGD(model.parameters(), lr=1e-3), vae_loss, **kwargs)
+    x = batches((4, 1, 28, 28), n=1)[0]
+    with _HostSyncs() as mode:
+        step(x)
+    assert mode.count == 0
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the seed model's prior N(0, I) validates its samples (validate_args defaults to True): "
+    "`torch._is_all_true` reads a bool back to the host in every KL term, a GPU sync per step; "
+    "fix in models/seed.py: D.Normal(..., validate_args=False) and D.Independent(..., validate_args=False)",
+)
+def test_seed_model_step_has_no_host_sync():
+    torch.manual_seed(0)
+    model = small_seed()
+    step = make_train_step(model, torch.optim.SGD(model.parameters(), lr=1e-3), vae_loss)
+    with _HostSyncs() as mode:
+        step(batches((4, 1, 28, 28), n=1)[0])
+    assert mode.count == 0
+
+
+def test_model_is_the_librarys_outside_the_step_even_after_an_error():
+    torch.manual_seed(0)
+    model = tiny_vae()
+    calls = []
+
+    def failing(model, x):
+        calls.append(model.encoder[-1].__dict__.get("forward"))
+        raise RuntimeError("boom")
+
+    step = make_train_step(model, torch.optim.SGD(model.parameters(), lr=0.1), failing, precision="bf16")
+    with pytest.raises(RuntimeError, match="boom"):
+        step(batches((8, 1, 4, 4), n=1)[0])
+    assert calls[0] is not None  # replaced during the step ...
+    assert all("forward" not in m.__dict__ for m in model.modules())  # ... restored after
+    assert not torch.is_autocast_enabled("cpu")
+
+
+# ------------------------------------------------------------------------------- compile
+def test_compile_one_graph_same_trajectory_as_eager(fresh_dynamo):
+    # With fallback_random, inductor draws the same random numbers as eager, so the compiled
+    # step reproduces the eager trajectory to float rounding. The first step runs eagerly.
+    data = batches((8, 1, 4, 4), n=3)
+    ref, _ = trajectory(tiny_vae, data)
+    with torch._inductor.config.patch(fallback_random=True):
+        got, _ = trajectory(tiny_vae, data, step_kwargs={"compile": True})
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+    counters = torch._dynamo.utils.counters
+    assert counters["stats"]["unique_graphs"] == 1
+    assert not counters["graph_break"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_compile_seed_model(fresh_dynamo, channels_last):
+    # torch 2.11's inductor crashed (convolution_backward stride assertion) on channels_last +
+    # compile; on 2.13 the seed model trains and matches eager.
+    data = batches((8, 1, 28, 28), n=3)
+    ref, _ = trajectory(small_seed, data, step_kwargs={"channels_last": channels_last})
+    with torch._inductor.config.patch(fallback_random=True):
+        got, _ = trajectory(small_seed, data, step_kwargs={"compile": True, "channels_last": channels_last})
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-3)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+
+
+@pytest.mark.slow
+def test_compile_bf16_channels_last_seed_model(fresh_dynamo):
+    data = batches((8, 1, 28, 28), n=3)
+    ref, _ = trajectory(small_seed, data)
+    kwargs = {"compile": True, "channels_last": True, "precision": "bf16"}
+    got, _ = trajectory(small_seed, data, step_kwargs=kwargs)
+    torch.testing.assert_close(got, ref, rtol=2e-2, atol=0.0)  # other random draws: looser
+
+
+# ------------------------------------------------------------------------------- options and helpers
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"compile": "yes"}, "compile"),
+        ({"compile": 1}, "compile"),
+        ({"channels_last": None}, "channels_last"),
+        ({"precision": "fp16"}, "precision"),
+        ({"precision": "bfloat16"}, "precision"),
+    ],
+)
+def test_option_errors_name_the_argument(kwargs, name):
+    model = tiny_vae()
+    with pytest.raises(ValueError, match=f"^{name}"):
+        make_train_step(model, torch.optim.SGD(model.parameters(), lr=0.1), vae_loss, **kwargs)
+
+
+def test_argument_type_errors():
+    model = tiny_vae()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(TypeError, match=r"^model"):
+        make_train_step(lambda x: x, opt, vae_loss)
+    with pytest.raises(TypeError, match=r"^optimizer"):
+        make_train_step(model, None, vae_loss)
+    with pytest.raises(TypeError, match=r"^loss_fn"):
+        make_train_step(model, opt, "vae_loss")
+
+
+def test_configure_cpu_threads():
+    assert configure_cpu_threads(1) == 1 and torch.get_num_threads() == 1
+    n = configure_cpu_threads(None)
+    assert n >= 1 and torch.get_num_threads() == n
+    for bad in (0, -1, 1.5, True, "2"):
+        with pytest.raises(ValueError, match=r"^n"):
+            configure_cpu_threads(bad)
+
+
+def test_fastest_defaults():
+    cpu = fastest_defaults("cpu")
+    assert set(cpu) == {"compile", "precision", "channels_last"} and cpu["precision"] in PRECISIONS
+    assert fastest_defaults(torch.device("cpu")) == cpu
+    model = tiny_vae()
+    make_train_step(model, torch.optim.SGD(model.parameters(), lr=0.1), vae_loss, **cpu)
+    with pytest.raises(ValueError, match=r"^device"):
+        fastest_defaults("tpu-ish")
