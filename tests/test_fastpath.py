@@ -195,12 +195,6 @@ def test_no_host_sync_in_the_step(kwargs):
     assert mode.count == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the seed model's prior N(0, I) validates its samples (validate_args defaults to True): "
-    "`torch._is_all_true` reads a bool back to the host in every KL term, a GPU sync per step; "
-    "fix in models/seed.py: D.Normal(..., validate_args=False) and D.Independent(..., validate_args=False)",
-)
 def test_seed_model_step_has_no_host_sync():
     torch.manual_seed(0)
     model = small_seed()

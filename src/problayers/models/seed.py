@@ -37,7 +37,8 @@ def seed_vae(cfg: ModelConfig) -> VAE:
     """Encoder (1, 28, 28) -> MultivariateNormalTriL(latent) with a KL regularizer to N(0, I);
     decoder latent -> IndependentBernoulli((1, 28, 28)). ``cfg.base_depth`` is the width (32)."""
     d, w = cfg.latent_size, cfg.base_depth
-    prior = D.Independent(D.Normal(torch.zeros(d), 1.0), 1)
+    # No argument validation: it would read a bool back from the device in every KL term.
+    prior = D.Independent(D.Normal(torch.zeros(d), 1.0, validate_args=False), 1, validate_args=False)
     kl = KLDivergenceRegularizer(prior, weight=cfg.beta, use_exact_kl=cfg.exact_kl)
     # fmt: off
     encoder = nn.Sequential(
