@@ -31,6 +31,15 @@ def test_train(run_dir, capsys):
     assert (run_dir / "checkpoint.pt").is_file() and (run_dir / "metrics.jsonl").is_file()
 
 
+def test_train_fast_step_flags(tmp_path):
+    out = tmp_path / "fast"
+    assert (
+        main(["train", "--out", str(out), "--epochs", "1", "--synthetic", "128", "--channels-last", *TINY])
+        == 0
+    )
+    assert json.loads((out / "config.json").read_text())["channels_last"] is True
+
+
 def test_train_resume_extends(run_dir, capsys):
     assert main(["train", "--resume", str(run_dir), "--epochs", "2", "--no-progress"]) == 0
     assert "epoch 2: test -ELBO" in capsys.readouterr().out

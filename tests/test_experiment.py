@@ -161,3 +161,13 @@ def test_resume_can_extend_training(tmp_path):
     history = resume(tmp_path, epochs=2)
     assert [r["epoch"] for r in history] == [1, 2]
     assert json.loads((tmp_path / "config.json").read_text())["epochs"] == 2
+
+
+def test_fast_step_options(tmp_path):
+    history = train(tiny_config(epochs=1, channels_last=True), tmp_path)
+    assert history[0]["test_neg_elbo"] > 0
+    assert json.loads((tmp_path / "config.json").read_text())["channels_last"] is True
+    with pytest.raises(ValueError, match="precision"):
+        tiny_config(precision="fp16")
+    with pytest.raises(ValueError, match="compile"):
+        tiny_config(compile="yes")

@@ -54,6 +54,10 @@ class RunConfig:
     train_subset: int | None = None  # use only the first N training images
     test_subset: int | None = None  # ... and the first N test images
     eval_batch_size: int = 500
+    # The fast step's options (problayers.fastpath.make_train_step; single-process only for now).
+    compile: bool = False
+    precision: str = "fp32"
+    channels_last: bool = False
     log_every: int = 25
     progress: bool = True
 
@@ -65,6 +69,11 @@ class RunConfig:
                 _positive_int(name, getattr(self, name))
         if not isinstance(self.synthetic, int) or self.synthetic < 0:
             raise ValueError(f"synthetic: expected an int >= 0, got {self.synthetic!r}")
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision: expected 'fp32' or 'bf16', got {self.precision!r}")
+        for name in ("compile", "channels_last"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name}: expected True or False, got {getattr(self, name)!r}")
         if not isinstance(self.lr, (int, float)) or not self.lr > 0:
             raise ValueError(f"lr: expected a number > 0, got {self.lr!r}")
         resolve_device(self.device)
@@ -160,6 +169,18 @@ def _setup(cfg: RunConfig, run_dir: Path, dist: DistContext | None = None) -> Tr
     model = build_model(cfg.model).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
 
+    step_fn = None
+    if cfg.compile or cfg.precision != "fp32" or cfg.channels_last:
+        if dist is not None:
+            raise ValueError(
+                "compile/precision/channels_last: the fast step is single-process for now; "
+                "drop these options for data-parallel training"
+            )
+        from .fastpath import make_train_step
+
+        step_fn = make_train_step(model, optimizer, vae_loss, compile=cfg.compile, precision=cfg.precision,
+                                  channels_last=cfg.channels_last)
+
     def evaluate_fn(model: torch.nn.Module, epoch: int) -> dict[str, float]:
         # Rank 0 evaluates the whole test set; the other ranks wait for its record.
         return {} if test_x is None else test_metrics(model, test_x, cfg.eval_batch_size)
@@ -174,6 +195,7 @@ def _setup(cfg: RunConfig, run_dir: Path, dist: DistContext | None = None) -> Tr
         run_dir=run_dir,
         meta={"config": cfg.to_json()},
         dist=dist,
+        step_fn=step_fn,
     )
 
 
