@@ -214,6 +214,10 @@ def _worker(rank: int, world: int, port: int, fn, out_dir: str) -> None:
     except BaseException:
         result = {"error": traceback.format_exc()}
     finally:
+        # Meet before tearing the group down: a rank that destroys its gloo group while its peer
+        # is still finishing can abort the peer ("terminate called without an active exception").
+        with contextlib.suppress(Exception):
+            torch.distributed.barrier()
         distributed.shutdown()
     (Path(out_dir) / f"rank{rank}.json").write_text(json.dumps(result))
 
