@@ -100,15 +100,20 @@ def _loc_softplus_scale(
 
 
 class _IndependentLayer(DistributionLambda):
-    """Shared constructor: ``event_shape`` and the usual layer options."""
+    """Shared constructor: ``event_shape`` and the usual layer options. ``convert_to_tensor_fn``
+    defaults to the class's ``default_convert_to_tensor_fn``."""
+
+    default_convert_to_tensor_fn: ConvertFn = "rsample"
 
     def __init__(
         self,
         event_shape: int | Iterable[int] = 1,
-        convert_to_tensor_fn: ConvertFn = "rsample",
+        convert_to_tensor_fn: ConvertFn | None = None,
         validate_args: bool = False,
         activity_regularizer: Callable[[D.Distribution], torch.Tensor] | None = None,
     ) -> None:
+        if convert_to_tensor_fn is None:
+            convert_to_tensor_fn = self.default_convert_to_tensor_fn
         super().__init__(None, convert_to_tensor_fn, activity_regularizer)
         self.event_shape = normalize_event_shape(event_shape)
         self.validate_args = validate_args
@@ -127,14 +132,7 @@ class IndependentBernoulli(_IndependentLayer):
     ``event_shape``. Its tensor value defaults to a sample (Bernoulli has no ``rsample``).
     """
 
-    def __init__(
-        self,
-        event_shape: int | Iterable[int] = 1,
-        convert_to_tensor_fn: ConvertFn = "sample",
-        validate_args: bool = False,
-        activity_regularizer: Callable[[D.Distribution], torch.Tensor] | None = None,
-    ) -> None:
-        super().__init__(event_shape, convert_to_tensor_fn, validate_args, activity_regularizer)
+    default_convert_to_tensor_fn: ConvertFn = "sample"  # no rsample
 
     @staticmethod
     def params_size(event_shape: int | Iterable[int] = 1) -> int:
@@ -194,14 +192,7 @@ class IndependentPoisson(_IndependentLayer):
     ``event_shape``. Its tensor value defaults to a sample (Poisson has no ``rsample``).
     """
 
-    def __init__(
-        self,
-        event_shape: int | Iterable[int] = 1,
-        convert_to_tensor_fn: ConvertFn = "sample",
-        validate_args: bool = False,
-        activity_regularizer: Callable[[D.Distribution], torch.Tensor] | None = None,
-    ) -> None:
-        super().__init__(event_shape, convert_to_tensor_fn, validate_args, activity_regularizer)
+    default_convert_to_tensor_fn: ConvertFn = "sample"  # no rsample
 
     @staticmethod
     def params_size(event_shape: int | Iterable[int] = 1) -> int:
