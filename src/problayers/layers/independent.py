@@ -147,17 +147,21 @@ class IndependentBernoulli(_IndependentLayer):
         return D.Independent(D.Bernoulli(logits=logits, validate_args=validate_args), len(shape))
 
 
-class IndependentNormal(_IndependentLayer):
-    """Independent Normal over ``event_shape``: ``loc`` and ``softplus`` scale.
-
-    Input: ``(*B, 2 * prod(event_shape))`` (locs, then raw scales). Output: ``batch_shape`` B,
-    ``event_shape`` ``event_shape``.
-    """
+class _LocScaleLayer(_IndependentLayer):
+    """A location-scale family over ``event_shape``: locs, then raw (softplus) scales."""
 
     @staticmethod
     def params_size(event_shape: int | Iterable[int] = 1) -> int:
         """Number of inputs per example: ``2 * prod(event_shape)``."""
         return 2 * event_size(normalize_event_shape(event_shape))
+
+
+class IndependentNormal(_LocScaleLayer):
+    """Independent Normal over ``event_shape``: ``loc`` and ``softplus`` scale.
+
+    Input: ``(*B, 2 * prod(event_shape))`` (locs, then raw scales). Output: ``batch_shape`` B,
+    ``event_shape`` ``event_shape``.
+    """
 
     @staticmethod
     def new(params, event_shape: int | Iterable[int] = 1, validate_args: bool = False) -> D.Independent:
@@ -166,17 +170,12 @@ class IndependentNormal(_IndependentLayer):
         return D.Independent(D.Normal(loc, scale, validate_args=validate_args), len(shape))
 
 
-class IndependentLogistic(_IndependentLayer):
+class IndependentLogistic(_LocScaleLayer):
     """Independent :class:`Logistic` over ``event_shape``: ``loc`` and ``softplus`` scale.
 
     Input: ``(*B, 2 * prod(event_shape))`` (locs, then raw scales). Output: ``batch_shape`` B,
     ``event_shape`` ``event_shape``.
     """
-
-    @staticmethod
-    def params_size(event_shape: int | Iterable[int] = 1) -> int:
-        """Number of inputs per example: ``2 * prod(event_shape)``."""
-        return 2 * event_size(normalize_event_shape(event_shape))
 
     @staticmethod
     def new(params, event_shape: int | Iterable[int] = 1, validate_args: bool = False) -> D.Independent:
