@@ -48,7 +48,17 @@ REPO = HERE.parent
 TFP_VENV = REPO / ".tfp-venv"
 TFP_PACKAGES = ["tensorflow-cpu==2.18.*", "tf-keras==2.18.*", "tensorflow-probability==0.25.*"]
 BASE_CONFIGS = ("eager", "handwritten", "fast", "tfp")
-FAST_OPTIONS = {"compile": "compile", "cl": "channels_last", "bf16": "precision", "fused": "fused_adam"}
+FAST_OPTIONS = {
+    "compile": "compile",
+    "cg": "compile_mode",  # compile with mode="reduce-overhead" (CUDA graphs)
+    "cl": "channels_last",
+    "bf16": "precision",
+    "fused": "fused_adam",  # Adam(fused=True): built by the benchmark, not a step option
+    "bench": "cudnn_benchmark",  # torch.backends.cudnn.benchmark = True: set by the benchmark
+    "graph": "cuda_graph",  # the whole step as one CUDA graph (with Adam(fused=True))
+}
+# Options the benchmark applies itself (not make_train_step's).
+OUTSIDE_STEP = ("fused_adam", "cudnn_benchmark")
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -76,22 +86,27 @@ def cpu_model() -> str:
 
 def fast_options(config: str, device: str) -> dict[str, Any]:
     """``fast`` -> fastest_defaults(device); ``fast-compile+cl+bf16`` -> those options."""
-    if config == "fast":
+    if config == "fast":  # as `problayers train --fast`: on CUDA also fused Adam and cudnn.benchmark
         from problayers.fastpath import fastest_defaults
 
-        return fastest_defaults(device)
+        extra = {"fused_adam": True, "cudnn_benchmark": True} if device.startswith("cuda") else {}
+        return {**fastest_defaults(device), **extra}
     opts: dict[str, Any] = {"compile": False, "precision": "fp32", "channels_last": False}
     names = config.split("-", 1)[1]
     for name in [] if names == "none" else names.split("+"):
         if name not in FAST_OPTIONS:
             raise ValueError(f"--configs: {config!r}: unknown option {name!r} (use {sorted(FAST_OPTIONS)})")
-        opts[FAST_OPTIONS[name]] = "bf16" if name == "bf16" else True
+        value: Any = {"bf16": "bf16", "cg": "reduce-overhead"}.get(name, True)
+        opts[FAST_OPTIONS[name]] = value
+        if name == "cg":
+            opts["compile"] = True
     return opts
 
 
-def _split_fused(opts: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+def _split_outside(opts: dict[str, Any]) -> tuple[dict[str, Any], dict[str, bool]]:
+    """(make_train_step's options, {fused_adam, cudnn_benchmark} the benchmark applies)."""
     opts = dict(opts)
-    return opts, bool(opts.pop("fused_adam", False))
+    return opts, {name: bool(opts.pop(name, False)) for name in OUTSIDE_STEP}
 
 
 def check_config(config: str) -> str:
@@ -141,10 +156,16 @@ def _problayers(config, images_u8, args, device) -> tuple[Callable[[], Any], dic
     from problayers.models import ModelConfig, build_model, vae_loss
     from problayers.training import Trainer, TrainerConfig
 
-    opts, fused = _split_fused(fast_options(config, device.type)) if config != "eager" else ({}, False)
+    opts, outside = _split_outside(fast_options(config, device.type) if config != "eager" else {})
+    fused = outside["fused_adam"] or bool(opts.get("cuda_graph"))
+    if outside["cudnn_benchmark"]:
+        torch.backends.cudnn.benchmark = True
     torch.manual_seed(args.seed)
     model = build_model(ModelConfig()).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, **({"fused": True} if fused else {}))
+    graph = bool(opts.get("cuda_graph"))
+    optimizer = torch.optim.Adam(
+        model.parameters(), lr=1e-3, **({"fused": True, "capturable": graph} if fused else {})
+    )
     data = EpochBatches(images_u8, args.batch_size, seed=args.seed)
 
     def batches() -> Iterator[Any]:
@@ -158,7 +179,7 @@ def _problayers(config, images_u8, args, device) -> tuple[Callable[[], Any], dic
     if config != "eager":
         from problayers.fastpath import make_train_step
 
-        info["options"] = {**opts, **({"fused_adam": True} if fused else {})}
+        info["options"] = {**opts, **{k: v for k, v in outside.items() if v}}
         step_fn = make_train_step(model, optimizer, vae_loss, **opts)
     trainer = Trainer(
         model, optimizer, vae_loss, lambda e: data.epoch(e), TrainerConfig(progress=False), step_fn=step_fn
@@ -215,6 +236,8 @@ def run_torch_worker(args) -> dict[str, Any]:
     if device.type == "cuda":
         result["peak_cuda_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
         result["gpu"] = torch.cuda.get_device_name(device)
+    if args.sync_debug and device.type == "cuda":
+        result["syncs"] = _find_syncs(step, device)
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
 
@@ -224,9 +247,41 @@ def run_torch_worker(args) -> dict[str, Any]:
                 loss = step()
             float(loss)
             _sync(device)
+        averages = prof.key_averages()
         sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
-        result["profile"] = prof.key_averages().table(sort_by=sort, row_limit=20, max_name_column_width=45)
+        result["profile"] = averages.table(sort_by=sort, row_limit=25, max_name_column_width=55)
+        if device.type == "cuda":  # the host side too: launches, copies, synchronizations
+            result["profile"] += "\n" + averages.table(
+                sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=55
+            )
     return result
+
+
+def _find_syncs(step: Callable[[], Any], device) -> list[str]:
+    """Host-device synchronizations in 3 steps (``torch.cuda.set_sync_debug_mode``): the Python
+    stack of each distinct one."""
+    import traceback
+    import warnings
+
+    import torch
+
+    seen: dict[str, int] = {}
+
+    def record(message, category, filename, lineno, file=None, line=None):
+        stack = "".join(traceback.format_stack(limit=12)[:-1])
+        seen[stack] = seen.get(stack, 0) + 1
+
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.showwarning = record
+            for _ in range(3):
+                step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    _sync(device)
+    return [f"{count} x in 3 steps:\n{stack}" for stack, count in seen.items()]
 
 
 # ------------------------------------------------------------------------------------------ orchestration
@@ -256,6 +311,8 @@ def _worker_command(config: str, args) -> list[str] | None:
     cmd += common
     if args.profile and config in args.profile_configs:
         cmd += ["--profile", str(args.profile)]
+    if args.sync_debug:
+        cmd += ["--sync-debug"]
     return cmd
 
 
@@ -399,6 +456,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="also profile STEPS steps of each config in --profile-configs (torch.profiler)",
     )
     p.add_argument("--profile-configs", default="eager,handwritten,fast")
+    p.add_argument(
+        "--sync-debug",
+        action="store_true",
+        help="CUDA: list the host-device synchronizations of 3 steps (after the timed windows)",
+    )
     p.add_argument("--timeout", type=float, default=3600, help="seconds per configuration")
     p.add_argument("--setup-tfp", action="store_true", help="create .tfp-venv with TensorFlow/TFP and exit")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -445,6 +507,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"# {r['config']}: make_train_step options {r['options']}")
         if "failed" in r:
             print(f"# {r['config']} failed:\n" + "\n".join(r["stderr_tail"]))
+        if "syncs" in r:
+            print(f"\n# {r['config']}: {len(r['syncs'])} distinct host-device synchronization(s)")
+            for text in r["syncs"]:
+                print(text)
         if "profile" in r:
             print(f"\n# profile of {r['config']} ({args.profile} steps):\n{r['profile']}")
     if args.json_out:

@@ -29,7 +29,7 @@ HERE = Path(__file__).resolve().parent
 
 def train_one(config: str, args, train_u8, test_x) -> list[dict[str, Any]]:
     import torch
-    from bench_train import fast_options
+    from bench_train import _split_outside, fast_options
 
     from problayers.data import EpochBatches
     from problayers.evaluation import evaluate
@@ -38,14 +38,18 @@ def train_one(config: str, args, train_u8, test_x) -> list[dict[str, Any]]:
     from problayers.training import Trainer, TrainerConfig
 
     device = train_u8.device
+    opts, outside = _split_outside(fast_options(config, device.type) if config != "eager" else {})
+    torch.backends.cudnn.benchmark = outside["cudnn_benchmark"]
     torch.manual_seed(args.seed)
     model = build_model(ModelConfig()).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    fused = outside["fused_adam"] or bool(opts.get("cuda_graph"))
+    graph = bool(opts.get("cuda_graph"))
+    optimizer = torch.optim.Adam(
+        model.parameters(), lr=1e-3, **({"fused": True, "capturable": graph} if fused else {})
+    )
     batches = EpochBatches(train_u8, args.batch_size, seed=args.seed)
     step_fn = None
     if config != "eager":
-        opts = fast_options(config, device.type)
-        opts.pop("fused_adam", None)
         step_fn = make_train_step(model, optimizer, vae_loss, **opts)
 
     def test_metrics(m, epoch):

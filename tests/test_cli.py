@@ -40,6 +40,16 @@ def test_train_fast_step_flags(tmp_path):
     assert json.loads((out / "config.json").read_text())["channels_last"] is True
 
 
+def test_train_fast_and_schedule_flags(tmp_path):
+    out = tmp_path / "fast"
+    argv = ["train", "--out", str(out), "--epochs", "1", "--synthetic", "128", "--device", "cpu", *TINY]
+    assert main([*argv, "--fast", "--lr-schedule", "cosine"]) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    # --fast on the CPU: fastest_defaults("cpu") (channels_last only)
+    assert cfg["lr_schedule"] == "cosine" and cfg["channels_last"] is True
+    assert not (cfg["compile"] or cfg["cuda_graph"] or cfg["fused_adam"]) and cfg["precision"] == "fp32"
+
+
 def test_train_resume_extends(run_dir, capsys):
     assert main(["train", "--resume", str(run_dir), "--epochs", "2", "--no-progress"]) == 0
     assert "epoch 2: test -ELBO" in capsys.readouterr().out
@@ -74,6 +84,15 @@ def test_evaluate(run_dir, tmp_path, capsys):
     assert results["iwae_nll"] <= results["neg_elbo"] + 5.0  # IWAE is the tighter bound (MC noise aside)
 
 
+def test_evaluate_bf16_channels_last(run_dir, tmp_path, capsys):
+    out = tmp_path / "eval.json"
+    argv = ["evaluate", str(run_dir), "--iwae-samples", "4", "--test-subset", "10", "--no-progress"]
+    assert main([*argv, "--precision", "bf16", "--channels-last", "--out", str(out)]) == 0
+    results = json.loads(out.read_text())
+    assert results["precision"] == "bf16" and results["channels_last"] is True
+    assert results["seconds"] > 0 and results["num_examples"] == 10
+
+
 def test_sample(run_dir, tmp_path, capsys):
     assert main(["sample", str(run_dir), "--n", "5", "--out", str(tmp_path)]) == 0
     assert {p.name for p in tmp_path.iterdir()} == {
@@ -92,6 +111,7 @@ def test_sample(run_dir, tmp_path, capsys):
         (["evaluate", "{tmp}"], "not a problayers run directory"),
         (["sample", "{tmp}"], "not a problayers run directory"),
         (["evaluate", "RUN", "--iwae-samples", "-1"], "iwae_samples"),
+        (["train", "--cuda-graph", "--device", "cpu", "--synthetic", "64", "--out", "{tmp}/x"], "cuda_graph"),
     ],
 )
 def test_user_errors_are_one_line(argv, match, tmp_path, run_dir, capsys):

@@ -163,6 +163,29 @@ def test_resume_can_extend_training(tmp_path):
     assert json.loads((tmp_path / "config.json").read_text())["epochs"] == 2
 
 
+def test_lr_schedule(tmp_path):
+    history = train(tiny_config(epochs=2, lr_schedule="onecycle"), tmp_path)
+    assert len(history) == 2
+    assert json.loads((tmp_path / "config.json").read_text())["lr_schedule"] == "onecycle"
+    with pytest.raises(ValueError, match=r"^epochs: the run's lr_schedule 'onecycle'"):
+        resume(tmp_path, epochs=3)  # the schedule spans the run's 2 epochs
+    with pytest.raises(ValueError, match=r"^lr_schedule"):
+        tiny_config(lr_schedule="linear")
+
+
+def test_cuda_only_options_on_cpu(tmp_path):
+    with pytest.raises(ValueError, match=r"^cuda_graph: needs a CUDA device"):
+        train(tiny_config(device="cpu", cuda_graph=True), tmp_path / "a")
+    with pytest.raises(ValueError, match=r"^fused_adam: needs a CUDA device"):
+        train(tiny_config(device="cpu", fused_adam=True), tmp_path / "b")
+    with pytest.raises(ValueError, match=r"^compile_mode='reduce-overhead' needs compile=True"):
+        tiny_config(compile_mode="reduce-overhead")
+    with pytest.raises(ValueError, match=r"^compile_mode"):
+        tiny_config(compile=True, compile_mode="fastest")
+    with pytest.raises(ValueError, match=r"^cuda_graph"):
+        tiny_config(cuda_graph=1)
+
+
 def test_fast_step_options(tmp_path):
     history = train(tiny_config(epochs=1, channels_last=True), tmp_path)
     assert history[0]["test_neg_elbo"] > 0

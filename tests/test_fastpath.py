@@ -262,6 +262,10 @@ def test_compile_bf16_channels_last_seed_model(fresh_dynamo):
     ("kwargs", "name"),
     [
         ({"compile": "yes"}, "compile"),
+        ({"compile_mode": "fastest", "compile": True}, "compile_mode"),
+        ({"compile_mode": "reduce-overhead"}, "compile_mode"),
+        ({"cuda_graph": 1}, "cuda_graph"),
+        ({"cuda_graph": True}, "cuda_graph"),  # the model is on the CPU
         ({"compile": 1}, "compile"),
         ({"channels_last": None}, "channels_last"),
         ({"precision": "fp16"}, "precision"),
@@ -296,9 +300,12 @@ def test_configure_cpu_threads():
 
 def test_fastest_defaults():
     cpu = fastest_defaults("cpu")
-    assert set(cpu) == {"compile", "precision", "channels_last"} and cpu["precision"] in PRECISIONS
+    assert set(cpu) == {"compile", "precision", "channels_last", "cuda_graph"}
+    assert cpu["precision"] in PRECISIONS and cpu["cuda_graph"] is False
     assert fastest_defaults(torch.device("cpu")) == cpu
     model = tiny_vae()
     make_train_step(model, torch.optim.SGD(model.parameters(), lr=0.1), vae_loss, **cpu)
     with pytest.raises(ValueError, match=r"^device"):
         fastest_defaults("tpu-ish")
+    cuda = fastest_defaults("cuda")  # what it would pick, without a GPU too
+    assert cuda["cuda_graph"] is True and cuda["channels_last"] is True and cuda["compile"] is False

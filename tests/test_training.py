@@ -10,6 +10,7 @@ import torch.distributions as D
 from torch import nn
 
 import problayers as pl
+from problayers.checkpoint import CheckpointError
 from problayers.training import NonFiniteLossError, Trainer, TrainerConfig, fit
 
 
@@ -54,10 +55,14 @@ def test_fit_collects_added_kl_losses():
     assert history[-1]["train_kl"] > 0
 
 
-def _trainer(run_dir, epochs=3, loss_fn=nll, seed=0):
+def _trainer(run_dir, epochs=3, loss_fn=nll, seed=0, schedule=False):
     torch.manual_seed(seed)
     model = make_model()
     data = regression_data()
+    optimizer = torch.optim.Adam(model.parameters(), 0.05)
+    scheduler = None
+    if schedule:  # 4 steps per epoch, over 4 epochs
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.05, total_steps=16)
 
     def batches(epoch):  # deterministic per epoch, as the MNIST batches are
         g = torch.Generator().manual_seed(100 + epoch)
@@ -68,22 +73,25 @@ def _trainer(run_dir, epochs=3, loss_fn=nll, seed=0):
 
     return Trainer(
         model,
-        torch.optim.Adam(model.parameters(), 0.05),
+        optimizer,
         noisy_loss,
         batches,
         TrainerConfig(epochs=epochs, progress=False),
         run_dir=run_dir,
         meta={"m": 1},
         log=lambda msg: None,
+        scheduler=scheduler,
     )
 
 
-def test_resume_matches_uninterrupted_bitwise(tmp_path):
-    full = _trainer(tmp_path / "a", epochs=4)
+@pytest.mark.parametrize("schedule", [False, True], ids=["constant-lr", "onecycle"])
+def test_resume_matches_uninterrupted_bitwise(tmp_path, schedule):
+    full = _trainer(tmp_path / "a", epochs=4, schedule=schedule)
     full.fit()
-    part = _trainer(tmp_path / "b", epochs=2)
+    part = _trainer(tmp_path / "b", epochs=2, schedule=schedule)
     part.fit()
-    resumed = _trainer(tmp_path / "b", epochs=4, seed=99)  # different init: all comes from the checkpoint
+    # different init: all comes from the checkpoint
+    resumed = _trainer(tmp_path / "b", epochs=4, seed=99, schedule=schedule)
     assert resumed.resume() == {"m": 1}
     assert resumed.epoch == 2
     resumed.fit()
@@ -95,6 +103,28 @@ def test_resume_matches_uninterrupted_bitwise(tmp_path):
     assert strip(full.history) == strip(resumed.history)
     lines = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3, 4]
+
+
+def test_scheduler_steps_once_per_optimizer_step(tmp_path):
+    trainer = _trainer(None, epochs=2, schedule=True)
+    trainer.fit()
+    assert trainer.scheduler.last_epoch == 8  # 2 epochs x 4 batches
+    assert "scheduler" in trainer.state_dict()
+
+
+def test_scheduler_errors(tmp_path):
+    model = make_model()
+    optimizer = torch.optim.Adam(model.parameters(), 0.05)
+    other = torch.optim.Adam(make_model().parameters(), 0.05)
+    args = (model, optimizer, nll, lambda e: regression_data())
+    with pytest.raises(TypeError, match=r"^scheduler"):
+        Trainer(*args, scheduler="cosine")
+    with pytest.raises(ValueError, match=r"^scheduler"):
+        Trainer(*args, scheduler=torch.optim.lr_scheduler.StepLR(other, 1))
+    plain = _trainer(tmp_path / "c", epochs=1)
+    plain.fit()
+    with pytest.raises(CheckpointError, match="without a learning-rate scheduler"):
+        _trainer(tmp_path / "c", epochs=4, schedule=True).resume()
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):

@@ -56,6 +56,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                     beta=args.beta,
                     exact_kl=args.exact_kl,
                 )
+                fast = _fast_options(args)
                 cfg = RunConfig(
                     model=model,
                     epochs=args.epochs or 15,
@@ -68,9 +69,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                     train_subset=args.train_subset,
                     test_subset=args.test_subset,
                     progress=not args.no_progress,
-                    compile=args.compile,
-                    precision=args.precision,
-                    channels_last=args.channels_last,
+                    lr_schedule=args.lr_schedule,
+                    **fast,
                 )
                 history = train(cfg, args.out, dist=dist)
                 run_dir = args.out
@@ -87,8 +87,34 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fast_options(args: argparse.Namespace) -> dict:
+    """RunConfig's step options from ``--fast`` (the device's fastest defaults) and the explicit
+    flags (which add to them)."""
+    opts = {"compile": False, "compile_mode": None, "precision": "fp32", "channels_last": False,
+            "fused_adam": False, "cuda_graph": False}  # fmt: skip
+    if args.fast:
+        from .experiment import resolve_device
+        from .fastpath import fastest_defaults
+
+        device = resolve_device(args.device)
+        opts.update(fastest_defaults(device))
+        opts["fused_adam"] = device.type == "cuda"
+    if args.compile:
+        opts["compile"] = True
+    if args.compile_mode is not None:
+        opts["compile"], opts["compile_mode"] = True, args.compile_mode
+    if args.precision is not None:
+        opts["precision"] = args.precision
+    opts["channels_last"] = opts["channels_last"] or args.channels_last
+    opts["fused_adam"] = opts["fused_adam"] or args.fused_adam
+    opts["cuda_graph"] = opts["cuda_graph"] or args.cuda_graph
+    return opts
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    import contextlib
     import dataclasses
+    import time
 
     import torch
 
@@ -102,18 +128,34 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.test_subset is not None:
         cfg = dataclasses.replace(cfg, test_subset=args.test_subset)
     test_x = load_test_images(cfg, next(model.parameters()).device)
+    if args.channels_last:
+        model.to(memory_format=torch.channels_last)
+    precision = contextlib.nullcontext()
+    if args.precision == "bf16":
+        from .fastpath import bf16_autocast
+
+        precision = bf16_autocast(model)
     torch.manual_seed(args.seed)
-    results = evaluate(
-        model.encode,
-        model.decode,
-        model.prior(),
-        test_x,
-        batch_size=args.batch_size,
-        iwae_samples=args.iwae_samples,
-        chunk_size=args.chunk_size,
-        progress=not args.no_progress,
+    start = time.perf_counter()
+    with precision:
+        results = evaluate(
+            model.encode,
+            model.decode,
+            model.prior(),
+            test_x,
+            batch_size=args.batch_size,
+            iwae_samples=args.iwae_samples,
+            chunk_size=args.chunk_size,
+            progress=not args.no_progress,
+        )
+    results.update(
+        epoch=info["epoch"],
+        seed=args.seed,
+        device=str(next(model.parameters()).device),
+        precision=args.precision,
+        channels_last=args.channels_last,
+        seconds=time.perf_counter() - start,
     )
-    results.update(epoch=info["epoch"], seed=args.seed, device=str(next(model.parameters()).device))
     print(format_table(results))
     out = Path(args.out) if args.out else Path(args.run_dir) / "eval.json"
     write_json(out, results)
@@ -172,11 +214,42 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="train on N generated digits instead of MNIST (smoke tests)",
     )
+    p.add_argument(
+        "--lr-schedule",
+        choices=["constant", "cosine", "onecycle"],
+        default="constant",
+        help="learning-rate schedule over the run, peak --lr (default constant)",
+    )
+    p.add_argument(
+        "--fast",
+        action="store_true",
+        help="the device's fastest step options (problayers.fastpath.fastest_defaults; "
+        "on CUDA also fused Adam); the flags below add to them",
+    )
     p.add_argument("--compile", action="store_true", help="torch.compile the training step")
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
-                   help="bf16: autocast convolutions (distribution maths stay fp32)")
-    p.add_argument("--channels-last", action="store_true",
-                   help="NHWC convolutions (measured +13%% images/s on the CPU, docs/benchmarks.md)")
+    p.add_argument(
+        "--compile-mode",
+        choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
+        default=None,
+        help="torch.compile mode (implies --compile; reduce-overhead: CUDA graphs)",
+    )
+    p.add_argument(
+        "--precision",
+        choices=["fp32", "bf16"],
+        default=None,
+        help="bf16: autocast convolutions (distribution maths stay fp32); default fp32",
+    )
+    p.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="NHWC convolutions (measured +13%% images/s on the CPU, docs/benchmarks.md)",
+    )
+    p.add_argument("--fused-adam", action="store_true", help="torch.optim.Adam(fused=True) (CUDA)")
+    p.add_argument(
+        "--cuda-graph",
+        action="store_true",
+        help="capture the whole step as one CUDA graph (CUDA; not with --compile)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     _add_data_options(p)
     p.set_defaults(func=cmd_train)
@@ -189,6 +262,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-subset", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="JSON output (default RUN_DIR/eval.json)")
+    p.add_argument(
+        "--precision",
+        choices=["fp32", "bf16"],
+        default="fp32",
+        help="bf16: autocast convolutions (distribution maths stay fp32)",
+    )
+    p.add_argument("--channels-last", action="store_true", help="NHWC convolutions")
     p.add_argument("--no-progress", action="store_true")
     _add_data_options(p)
     p.set_defaults(func=cmd_evaluate)

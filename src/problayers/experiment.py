@@ -30,6 +30,7 @@ from .checkpoint import CheckpointError, load_checkpoint, write_json
 from .distributed import DistContext
 from .evaluation import evaluate
 from .models import VAE, ModelConfig, build_model, vae_loss
+from .schedules import make_scheduler
 from .training import CHECKPOINT, Trainer, TrainerConfig
 
 __all__ = ["EVAL_SEED", "RunConfig", "load_run", "load_test_images", "resolve_device", "resume", "train"]
@@ -54,10 +55,14 @@ class RunConfig:
     train_subset: int | None = None  # use only the first N training images
     test_subset: int | None = None  # ... and the first N test images
     eval_batch_size: int = 500
+    lr_schedule: str = "constant"  # a key of problayers.schedules.LR_SCHEDULES
     # The fast step's options (problayers.fastpath.make_train_step; single-process only for now).
     compile: bool = False
+    compile_mode: str | None = None
     precision: str = "fp32"
     channels_last: bool = False
+    fused_adam: bool = False  # torch.optim.Adam(fused=True) (CUDA)
+    cuda_graph: bool = False  # the whole step as one CUDA graph (implies fused Adam)
     log_every: int = 25
     progress: bool = True
 
@@ -71,7 +76,18 @@ class RunConfig:
             raise ValueError(f"synthetic: expected an int >= 0, got {self.synthetic!r}")
         if self.precision not in ("fp32", "bf16"):
             raise ValueError(f"precision: expected 'fp32' or 'bf16', got {self.precision!r}")
-        for name in ("compile", "channels_last"):
+        from .fastpath import COMPILE_MODES
+        from .schedules import LR_SCHEDULES
+
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule: expected one of {sorted(LR_SCHEDULES)}, got {self.lr_schedule!r}")
+        if self.compile_mode not in COMPILE_MODES:
+            raise ValueError(
+                f"compile_mode: expected one of {list(COMPILE_MODES)}, got {self.compile_mode!r}"
+            )
+        if self.compile_mode is not None and not self.compile:
+            raise ValueError(f"compile_mode={self.compile_mode!r} needs compile=True")
+        for name in ("compile", "channels_last", "fused_adam", "cuda_graph"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}: expected True or False, got {getattr(self, name)!r}")
         if not isinstance(self.lr, (int, float)) or not self.lr > 0:
@@ -167,19 +183,35 @@ def _setup(cfg: RunConfig, run_dir: Path, dist: DistContext | None = None) -> Tr
         distributed.check_global_batch(batch_size, world)
     batches = mnist.EpochBatches(train_u8, batch_size, seed=cfg.seed, rank=rank, world_size=world)
     model = build_model(cfg.model).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    fused = cfg.fused_adam or cfg.cuda_graph
+    if fused and device.type != "cuda":
+        name = "cuda_graph" if cfg.cuda_graph else "fused_adam"
+        raise ValueError(f"{name}: needs a CUDA device, the run is on {device}")
+    extra = {"fused": True, "capturable": cfg.cuda_graph} if fused else {}
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, **extra)
+    scheduler = make_scheduler(cfg.lr_schedule, optimizer, cfg.epochs * len(batches))
 
     step_fn = None
-    if cfg.compile or cfg.precision != "fp32" or cfg.channels_last:
+    if cfg.compile or cfg.precision != "fp32" or cfg.channels_last or cfg.cuda_graph:
         if dist is not None:
             raise ValueError(
-                "compile/precision/channels_last: the fast step is single-process for now; "
+                "compile/precision/channels_last/cuda_graph: the fast step is single-process for now; "
                 "drop these options for data-parallel training"
             )
         from .fastpath import make_train_step
 
-        step_fn = make_train_step(model, optimizer, vae_loss, compile=cfg.compile, precision=cfg.precision,
-                                  channels_last=cfg.channels_last)
+        if device.type == "cuda":  # let cuDNN time its algorithms for the step's fixed shapes
+            torch.backends.cudnn.benchmark = True
+        step_fn = make_train_step(
+            model,
+            optimizer,
+            vae_loss,
+            compile=cfg.compile,
+            precision=cfg.precision,
+            channels_last=cfg.channels_last,
+            compile_mode=cfg.compile_mode,
+            cuda_graph=cfg.cuda_graph,
+        )
 
     def evaluate_fn(model: torch.nn.Module, epoch: int) -> dict[str, float]:
         # Rank 0 evaluates the whole test set; the other ranks wait for its record.
@@ -196,6 +228,7 @@ def _setup(cfg: RunConfig, run_dir: Path, dist: DistContext | None = None) -> Tr
         meta={"config": cfg.to_json()},
         dist=dist,
         step_fn=step_fn,
+        scheduler=scheduler,
     )
 
 
@@ -258,7 +291,13 @@ def resume(run_dir: str | Path, *, dist: DistContext | None = None, **overrides:
     dist = _dist(dist)
 
     def read() -> tuple[RunConfig, dict[str, Any]]:
-        cfg = dataclasses.replace(read_config(run_dir), **overrides)
+        saved = read_config(run_dir)
+        cfg = dataclasses.replace(saved, **overrides)
+        if cfg.epochs != saved.epochs and cfg.lr_schedule != "constant":
+            raise ValueError(
+                f"epochs: the run's lr_schedule {cfg.lr_schedule!r} spans its {saved.epochs} epochs; "
+                f"it cannot be resumed for {cfg.epochs}"
+            )
         _check_parallel(cfg, dist)
         state = load_checkpoint(run_dir / CHECKPOINT)
         _check_meta(cfg, state, run_dir / CHECKPOINT)

@@ -75,7 +75,7 @@ import functools
 import os
 import warnings
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -85,7 +85,11 @@ from .layers.base import DistributionLambda
 from .losses import set_added_loss
 from .regularizers import KLDivergenceAddLoss
 
+if TYPE_CHECKING:
+    from .cudagraph import CUDAGraphStep
+
 __all__ = [
+    "COMPILE_MODES",
     "PRECISIONS",
     "TrainStep",
     "bf16_autocast",
@@ -96,6 +100,8 @@ __all__ = [
 
 #: The accepted values of ``precision``.
 PRECISIONS = ("fp32", "bf16")
+#: The accepted values of ``compile_mode`` (``torch.compile``'s modes; ``None``: its default).
+COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 # Warnings torch 2.13 emits from its own code while compiling (harmless, nothing a user can
 # change): inductor's lowering of aten.diagonal calls a deprecated helper, and importing inductor
@@ -260,19 +266,23 @@ class TrainStep:
         compile: bool,
         precision: str,
         channels_last: bool,
+        compile_mode: str | None = None,
     ) -> None:
         self.model, self.optimizer, self.loss_fn = model, optimizer, loss_fn
         self.options = {"compile": compile, "precision": precision, "channels_last": channels_last}
+        if compile_mode is not None:
+            self.options["compile_mode"] = compile_mode
         self.device = _model_device(model)
         self._autocast = precision == "bf16"
         self._forwards = _replacement_forwards(
             model, traceable=compile, fp32=self.device.type if self._autocast else None
         )
+        self.autocast_cache = True
         self._compiled = None
         self._inductor_config: Any = contextlib.nullcontext()
         if compile:
             with _torch_internal_warnings_silenced():
-                self._compiled = torch.compile(self._forward_loss)
+                self._compiled = torch.compile(self._forward_loss, mode=compile_mode)
                 if self.device.type == "cpu":
                     # See the module docstring (compile): vectorized bool-mask stores are slow.
                     self._inductor_config = torch._inductor.config.patch({"cpp.vec_isa_ok": False})
@@ -280,7 +290,8 @@ class TrainStep:
 
     def _forward_loss(self, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if self._autocast:
-            with torch.autocast(self.device.type, dtype=torch.bfloat16):
+            # No autocast weight cache inside a CUDA graph capture (torch.cuda.graphs' rule).
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, cache_enabled=self.autocast_cache):
                 out = self.loss_fn(self.model, batch)
         else:
             out = self.loss_fn(self.model, batch)
@@ -288,8 +299,14 @@ class TrainStep:
         return loss, metrics
 
     def __call__(self, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        if self.options["channels_last"]:
-            batch = _channels_last(batch)
+        return self.run(self.prepare(batch))
+
+    def prepare(self, batch: Any) -> Any:
+        """The batch as the step consumes it (channels_last where that option is on)."""
+        return _channels_last(batch) if self.options["channels_last"] else batch
+
+    def run(self, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """One step on a prepared batch (what a CUDA graph captures)."""
         self.optimizer.zero_grad(set_to_none=True)
         with _torch_internal_warnings_silenced(), self._inductor_config:
             # The first step runs eagerly: it creates what dynamo cannot trace the creation of
@@ -315,7 +332,9 @@ def make_train_step(
     compile: bool = False,
     precision: str = "fp32",
     channels_last: bool = False,
-) -> TrainStep:
+    compile_mode: str | None = None,
+    cuda_graph: bool = False,
+) -> TrainStep | CUDAGraphStep:
     """A training step ``step(batch) -> (loss.detach(), metrics)`` for the trainer's ``step_fn``.
 
     Args:
@@ -329,6 +348,16 @@ def make_train_step(
             distribution maths stay fp32).
         channels_last: convert the model's 4-D parameters (now, in place) and each batch to
             ``torch.channels_last``.
+        compile_mode: ``torch.compile``'s ``mode`` when ``compile`` is on (one of
+            :data:`COMPILE_MODES`; ``"reduce-overhead"`` replays the step's kernels as CUDA graphs
+            on a GPU). Outputs of a CUDA-graph step are overwritten by the next step: use (or
+            clone) the returned loss and metrics before the next call, as the trainer does.
+        cuda_graph: capture the whole step (forward, backward and ``optimizer.step()``) in one
+            CUDA graph and replay it (:class:`~problayers.cudagraph.CUDAGraphStep`): no Python
+            or launch cost per step. CUDA only, not with ``compile``; the optimizer must be
+            built with ``capturable=True`` (e.g. ``Adam(params, fused=True, capturable=True)``).
+            Same semantics as the step it captures; its outputs are overwritten by the next
+            step, as with ``compile_mode``.
 
     Returns:
         A :class:`TrainStep`. Same semantics as the trainer's default step with ``compile=False``,
@@ -349,7 +378,25 @@ def make_train_step(
     _check_bool("channels_last", channels_last)
     if precision not in PRECISIONS:
         raise ValueError(f"precision: expected one of {list(PRECISIONS)}, got {precision!r}")
+    if compile_mode not in COMPILE_MODES:
+        raise ValueError(f"compile_mode: expected one of {list(COMPILE_MODES)}, got {compile_mode!r}")
+    if compile_mode is not None and not compile:
+        raise ValueError(f"compile_mode={compile_mode!r} needs compile=True")
+    _check_bool("cuda_graph", cuda_graph)
     device = _model_device(model)
+    if cuda_graph:
+        if device.type != "cuda":
+            raise ValueError(f"cuda_graph=True: needs a model on a CUDA device, the model is on {device}")
+        if compile:
+            raise ValueError(
+                "cuda_graph=True: not with compile=True "
+                "(compile_mode='reduce-overhead' graphs a compiled step)"
+            )
+        if not all(group.get("capturable") for group in optimizer.param_groups):
+            raise ValueError(
+                "cuda_graph=True: the optimizer's step must be capturable: build it with capturable=True, "
+                f"e.g. Adam(params, fused=True, capturable=True) (got {type(optimizer).__name__} without it)"
+            )
     if precision == "bf16":
         if device.type not in ("cpu", "cuda"):
             raise ValueError(f"precision='bf16': supported on cpu and cuda devices, the model is on {device}")
@@ -357,9 +404,20 @@ def make_train_step(
             raise ValueError(f"precision='bf16': {torch.cuda.get_device_name(device)} does not support bf16")
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    return TrainStep(
-        model, optimizer, loss_fn, compile=compile, precision=precision, channels_last=channels_last
+    step = TrainStep(
+        model,
+        optimizer,
+        loss_fn,
+        compile=compile,
+        precision=precision,
+        channels_last=channels_last,
+        compile_mode=compile_mode,
     )
+    if cuda_graph:
+        from .cudagraph import CUDAGraphStep
+
+        return CUDAGraphStep(step)
+    return step
 
 
 def configure_cpu_threads(n: int | None = None) -> int:
@@ -378,23 +436,27 @@ def configure_cpu_threads(n: int | None = None) -> int:
 
 def fastest_defaults(device: str | torch.device) -> dict[str, Any]:
     """The :func:`make_train_step` options that train the seed VAE fastest on ``device`` while
-    keeping the test -ELBO within 0.5 nats of fp32 eager.
+    keeping the test -ELBO within 0.5 nats of fp32 eager (measurements: ``docs/benchmarks.md``).
 
-    CPU (measured on a 2-core Xeon with AVX-512 and AVX512-BF16 but no AMX, torch 2.13; see
-    ``docs/benchmarks.md``): ``channels_last=True`` only, +11% over eager. ``compile`` gains
-    nothing there (convolutions are ~90% of the step; see above) and bf16 autocast was 20-35%
-    slower (oneDNN's bf16 convolutions without AMX). fp32 options keep the maths of eager.
-    CUDA (not yet measured; the issue's plan, to be confirmed with ``benchmarks/bench_train.py``
-    and ``benchmarks/check_nats.py`` on a GPU): ``compile=True``, ``channels_last=True`` and
-    ``precision="bf16"`` where the GPU supports it. Other devices: no option.
+    CPU (2-core Xeon with AVX-512 and AVX512-BF16 but no AMX, torch 2.13): ``channels_last``
+    only, +11% over eager. ``compile`` gains nothing there (convolutions are ~90% of the step)
+    and bf16 autocast was 20-35% slower (oneDNN's bf16 convolutions without AMX).
+    CUDA (H100, torch 2.11): ``cuda_graph`` + ``channels_last`` + ``precision="bf16"``: 4.4x
+    eager at batch 256 (an eager step there is bound by the host: ~280 kernel launches for
+    ~2-4 ms of GPU work); 15 epochs gave 98.7 nats against 100.0 and 100.7 for two fp32 eager
+    runs. ``compile`` (with or without CUDA graphs) was slower than eager there: the seed VAE
+    compiled into several graphs with guards and copies in between. bf16 falls back to fp32 on
+    a GPU without bf16. ``cuda_graph`` needs a capturable optimizer
+    (``Adam(params, fused=True, capturable=True)``). Other devices: no option.
     """
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError):
         raise ValueError(f"device: expected a torch device or its name, got {device!r}") from None
+    plain = {"compile": False, "precision": "fp32", "channels_last": False, "cuda_graph": False}
     if dev.type == "cpu":
-        return {"compile": False, "precision": "fp32", "channels_last": True}
+        return {**plain, "channels_last": True}
     if dev.type == "cuda":
         bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-        return {"compile": True, "precision": "bf16" if bf16 else "fp32", "channels_last": True}
-    return {"compile": False, "precision": "fp32", "channels_last": False}
+        return {**plain, "precision": "bf16" if bf16 else "fp32", "channels_last": True, "cuda_graph": True}
+    return plain

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from .checkpoint import atomic_write, load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, atomic_write, load_checkpoint, save_checkpoint
 
 if TYPE_CHECKING:
     from .distributed import DistContext
@@ -81,6 +81,8 @@ class Trainer:
         on_epoch_end: ``(trainer, record)`` after each epoch's checkpoint (e.g. pictures).
         step_fn: replaces the default step ``(batch) -> (loss, metrics)`` (e.g. a compiled one;
             data-parallel, it must run the forward through ``trainer.train_model``).
+        scheduler: a ``torch.optim.lr_scheduler`` of ``optimizer``, stepped after every optimizer
+            step (whatever ``step_fn``); its state is part of the checkpoint.
         dist: the process group's :class:`~problayers.distributed.DistContext` for data-parallel
             training (``None``: single-process). With it, ``loss_fn`` is called with the
             ``DistributedDataParallel`` wrapper, ``evaluate`` is called on every rank (rank 0's
@@ -103,7 +105,17 @@ class Trainer:
         step_fn: Callable[[Any], tuple[torch.Tensor, dict[str, torch.Tensor]]] | None = None,
         log: Callable[[str], None] | None = None,
         dist: DistContext | None = None,
+        scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     ) -> None:
+        if scheduler is not None:
+            if not isinstance(scheduler, torch.optim.lr_scheduler.LRScheduler):
+                raise TypeError(
+                    "scheduler: expected a torch.optim.lr_scheduler.LRScheduler, "
+                    f"got {type(scheduler).__name__}"
+                )
+            if scheduler.optimizer is not optimizer:
+                raise ValueError("scheduler: it schedules another optimizer than the trainer's")
+        self.scheduler = scheduler
         self.dist = dist if dist is not None and dist.world_size > 1 else None
         if isinstance(model, nn.parallel.DistributedDataParallel):
             if self.dist is None:
@@ -185,6 +197,8 @@ class Trainer:
         start = time.perf_counter()
         for batch in batches:
             loss, metrics = self.step_fn(batch)
+            if self.scheduler is not None:
+                self.scheduler.step()
             for name, value in (("loss", loss), *metrics.items()):
                 sums[name] = sums[name] + value if name in sums else value.clone()
             steps += 1
@@ -255,6 +269,8 @@ class Trainer:
             "meta": json.dumps(self.meta),
             "world_size": self.world_size,
         }
+        if self.scheduler is not None:
+            state["scheduler"] = self.scheduler.state_dict()
         if self.dist is None:
             if torch.cuda.is_available() and torch.cuda.is_initialized():
                 state["rng_cuda"] = torch.cuda.get_rng_state_all()
@@ -285,6 +301,12 @@ class Trainer:
         torch.nn.modules.utils.consume_prefix_in_state_dict_if_present(model_state, "module.")
         self.model.load_state_dict(model_state)
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None:
+            if "scheduler" not in state:
+                raise CheckpointError(
+                    "checkpoint: written without a learning-rate scheduler, resumed with one"
+                )
+            self.scheduler.load_state_dict(state["scheduler"])
         self.epoch = int(state["epoch"])
         self.history = json.loads(state["history"])
         saved_world = int(state.get("world_size", 1))

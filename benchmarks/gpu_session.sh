@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# The GPU measurements of docs/benchmarks.md, as run on a lent H100 (device tool): a checkout with
+# MNIST at $MNIST (default .gpudata/mnist), the machine's own python3 with torch + CUDA, the
+# package from src/ (no install). Results and logs go to $OUT (default runs/gpu).
+#
+#   bash benchmarks/gpu_session.sh STAGE...     # stages: env seed iwae-probe sweep ...
+set -uo pipefail
+cd "$(dirname "$0")/.."
+MNIST=${MNIST:-.gpudata/mnist}
+OUT=${OUT:-runs/gpu}
+PY=${PY:-python3}
+RUNS=${RUNS:-/tmp/problayers-runs}
+mkdir -p "$OUT" "$RUNS"
+export PYTHONPATH=src:benchmarks${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+
+stage() { echo; echo "=== $1 ($(date -u +%H:%M:%S))"; }
+
+for s in "$@"; do
+  case "$s" in
+    env)
+      stage env
+      nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
+      $PY -c 'import torch,sys; print(sys.version.split()[0], torch.__version__, torch.version.cuda, torch.backends.cudnn.version(), torch.cuda.get_device_name())'
+      lscpu | grep -m1 'Model name'
+      ;;
+    seed)  # the seed configuration as a user runs it (eager fp32, batch 256, 15 epochs)
+      stage seed
+      rm -rf "$RUNS/seed-gpu"
+      timeout 400 $PY -m problayers train --data-dir "$MNIST" --out "$RUNS/seed-gpu" --device cuda --no-progress
+      cp "$RUNS/seed-gpu/metrics.jsonl" "$OUT/seed-gpu-metrics.jsonl"
+      cp "$RUNS/seed-gpu/config.json" "$OUT/seed-gpu-config.json"
+      tar czf "$OUT/seed-gpu-pictures.tgz" -C "$RUNS/seed-gpu" $(cd "$RUNS/seed-gpu" && ls *.png)
+      ;;
+    iwae-probe)  # IWAE time on 500 test images, K=1000 (extrapolated to 10k x 5000), fp32 / bf16+cl
+      stage iwae-probe
+      for flags in "" "--channels-last" "--bf16 --channels-last"; do
+        timeout 200 $PY benchmarks/bench_iwae.py --device cuda --run-dir "$RUNS/seed-gpu" \
+          --data-dir "$MNIST" --n 500 --k 1000 --batch-size 100 --chunk-size 500 --repeats 1 $flags
+      done
+      ;;
+    sweep)  # throughput side by side, batch 256
+      stage sweep
+      timeout 560 $PY benchmarks/bench_train.py --device cuda --data-dir "$MNIST" --steps 50 --windows 5 \
+        --warmup 10 --timeout 200 --json "$OUT/bench-cuda.json" \
+        --configs "${SWEEP:-eager,handwritten,fast-bench,fast-cl+bench,fast-bf16+cl+bench,fast-compile+bf16+fused+bench,fast-cg+bf16+fused+bench}"
+      ;;
+    profile)  # where a step's time goes (torch.profiler) and its host-device synchronizations
+      stage profile
+      timeout 400 $PY benchmarks/bench_train.py --device cuda --data-dir "$MNIST" --steps 30 --windows 3 \
+        --warmup 10 --timeout 150 --profile 20 --sync-debug --json "$OUT/profile-cuda.json" \
+        --configs "${PROFILE:-eager,fast-cl+bench,fast-cg+bf16+cl+fused+bench}" \
+        --profile-configs "${PROFILE:-eager,fast-cl+bench,fast-cg+bf16+cl+fused+bench}"
+      ;;
+    sweep1024)  # the same at batch 1024
+      stage sweep1024
+      timeout 500 $PY benchmarks/bench_train.py --device cuda --data-dir "$MNIST" --steps 20 --windows 5 \
+        --warmup 10 --timeout 200 --batch-size 1024 --json "$OUT/bench-cuda-b1024.json" \
+        --configs "${SWEEP1024:-eager,handwritten,fast-cl+bench,fast-bf16+cl+bench,fast-compile+bf16+cl+fused+bench}"
+      ;;
+    seed-exact)  # the seed configuration with the analytic KL, then its IWAE-5000 on the 10k test set
+      stage seed-exact
+      rm -rf "$RUNS/seed-exact"
+      timeout 300 $PY -m problayers train --data-dir "$MNIST" --out "$RUNS/seed-exact" --device cuda \
+        --exact-kl --no-progress
+      cp "$RUNS/seed-exact/metrics.jsonl" "$OUT/seed-exact-metrics.jsonl"
+      timeout 240 $PY -m problayers evaluate "$RUNS/seed-exact" --data-dir "$MNIST" --device cuda \
+        --iwae-samples 5000 --batch-size 100 --chunk-size 500 --precision bf16 --channels-last --no-progress \
+        --out "$OUT/seed-exact-eval-iwae5000-bf16.json"
+      ;;
+    graphbench)  # the whole-step CUDA graph, side by side with eager and hand-written, batch 256 and 1024
+      stage graphbench
+      for b in 256 1024; do
+        timeout 300 $PY benchmarks/bench_train.py --device cuda --data-dir "$MNIST" --steps 40 --windows 5 \
+          --warmup 10 --timeout 120 --batch-size $b --json "$OUT/bench-graph-b$b.json" \
+          --configs "${GRAPHBENCH:-eager,handwritten,fast-bf16+cl+bench,fast-graph+cl+bench,fast-graph+bf16+cl+bench}"
+      done
+      ;;
+    fastruns)  # 15-epoch seed runs with fast options (nats vs the eager run of stage seed)
+      stage fastruns
+      for flags in "--cuda-graph --channels-last --precision bf16" "--cuda-graph --channels-last"; do
+        name=$(echo "$flags" | tr -d ' -')
+        rm -rf "$RUNS/$name"
+        timeout 200 $PY -m problayers train --data-dir "$MNIST" --out "$RUNS/$name" --device cuda --no-progress $flags
+        cp "$RUNS/$name/metrics.jsonl" "$OUT/fast-$name-metrics.jsonl"
+      done
+      ;;
+    seed-iwae)  # the seed run of stage seed: IWAE-5000 on the 10k test images (bf16 + channels_last)
+      stage seed-iwae
+      timeout 240 $PY -m problayers evaluate "$RUNS/seed-gpu" --data-dir "$MNIST" --device cuda \
+        --iwae-samples 5000 --batch-size 100 --chunk-size 500 --precision bf16 --channels-last --no-progress \
+        --out "$OUT/seed-gpu-eval-iwae5000-bf16.json"
+      ;;
+    ttq)  # time to quality: larger batch, higher peak rate, one-cycle schedule
+      stage ttq
+      for recipe in ${TTQ:-1024:3e-3:20}; do
+        set -- $(echo "$recipe" | tr ':' ' ')
+        rm -rf "$RUNS/ttq"
+        timeout 200 $PY -m problayers train --data-dir "$MNIST" --out "$RUNS/ttq" --device cuda --no-progress \
+          --batch-size "$1" --lr "$2" --epochs "$3" --lr-schedule onecycle ${TTQ_FLAGS:---channels-last --fused-adam}
+        cp "$RUNS/ttq/metrics.jsonl" "$OUT/ttq-$1-$2-$3-metrics.jsonl"
+      done
+      ;;
+    *) echo "unknown stage $s" >&2; exit 2 ;;
+  esac
+done

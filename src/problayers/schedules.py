@@ -1,0 +1,68 @@
+"""Learning-rate schedules of a training run, by name (``RunConfig.lr_schedule``, ``--lr-schedule``).
+
+Each entry of :data:`LR_SCHEDULES` builds a ``torch.optim.lr_scheduler`` (or ``None``) for an
+optimizer whose ``lr`` is the peak rate, stepped once per optimizer step over ``total_steps``:
+
+``constant``
+    no scheduler: ``lr`` throughout (the seed configuration).
+``cosine``
+    linear warm-up from ``lr / 25`` over the first 5% of the steps, then cosine decay to 0.
+``onecycle``
+    ``torch.optim.lr_scheduler.OneCycleLR`` (warm-up over 30% of the steps from ``lr / 25``,
+    cosine annealing to ``lr / 1e4``: torch's defaults) with the optimizer's momentum left alone
+    (``cycle_momentum=False``: a CUDA-graph step fixes Adam's betas at capture).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+
+__all__ = ["LR_SCHEDULES", "make_scheduler"]
+
+Scheduler = torch.optim.lr_scheduler.LRScheduler
+WARMUP_FRACTION = 0.05
+WARMUP_START = 1 / 25
+
+
+def _constant(optimizer: torch.optim.Optimizer, total_steps: int) -> Scheduler | None:
+    return None
+
+
+def _cosine(optimizer: torch.optim.Optimizer, total_steps: int) -> Scheduler:
+    warmup = max(1, round(WARMUP_FRACTION * total_steps))
+
+    def factor(step: int) -> float:  # multiplies the optimizer's lr after `step` steps
+        if step < warmup:
+            return WARMUP_START + (1 - WARMUP_START) * step / warmup
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        return 0.5 * (1 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _onecycle(optimizer: torch.optim.Optimizer, total_steps: int) -> Scheduler:
+    peak = [group["lr"] for group in optimizer.param_groups]
+    return torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=peak, total_steps=total_steps, cycle_momentum=False
+    )
+
+
+#: name -> ``(optimizer, total_steps) -> scheduler or None``.
+LR_SCHEDULES: dict[str, Callable[[torch.optim.Optimizer, int], Scheduler | None]] = {
+    "constant": _constant,
+    "cosine": _cosine,
+    "onecycle": _onecycle,
+}
+
+
+def make_scheduler(name: str, optimizer: torch.optim.Optimizer, total_steps: int) -> Scheduler | None:
+    """The schedule ``name`` (a key of :data:`LR_SCHEDULES`) for ``optimizer`` over ``total_steps``
+    optimizer steps (``>= 1``); ``None`` for ``"constant"``."""
+    if name not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule: expected one of {sorted(LR_SCHEDULES)}, got {name!r}")
+    if not isinstance(total_steps, int) or isinstance(total_steps, bool) or total_steps < 1:
+        raise ValueError(f"total_steps: expected a positive int, got {total_steps!r}")
+    return LR_SCHEDULES[name](optimizer, total_steps)

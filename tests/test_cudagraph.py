@@ -1,0 +1,96 @@
+"""The whole-step CUDA graph (problayers.cudagraph, ``make_train_step(cuda_graph=True)``).
+
+Needs a GPU: skipped on CPU-only machines (CI), run on a lent GPU with
+``python3 -m pytest tests/test_cudagraph.py`` (see docs/benchmarks.md). The option errors that
+need no GPU are tested in tests/test_fastpath.py."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from problayers.cudagraph import CUDAGraphStep
+from problayers.fastpath import make_train_step
+from problayers.models import vae_loss
+from test_fastpath import batches, small_seed
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def graphed(lr=1e-3, **kwargs):
+    torch.manual_seed(0)
+    model = small_seed().cuda()
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr, fused=True, capturable=True)
+    return model, optimizer, make_train_step(model, optimizer, vae_loss, cuda_graph=True, **kwargs)
+
+
+def cuda_batches(n, batch=16, seed=1):
+    return [x.cuda() for x in batches((batch, 1, 28, 28), n=n, seed=seed)]
+
+
+def test_captures_after_warmup_and_trains():
+    _, _, step = graphed(lr=3e-3)
+    assert isinstance(step, CUDAGraphStep) and step.options["cuda_graph"] is True
+    data = cuda_batches(1)[0]
+    losses = []
+    for i in range(40):
+        loss, metrics = step(data)
+        losses.append(float(loss))
+        assert step.captured == (i >= 3)  # 3 warm-up steps, then capture
+        assert set(metrics) == {"recon", "kl"}
+    assert step.replays == 37
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert sum(losses[-5:]) / 5 < sum(losses[3:8]) / 5 - 1.0  # replays keep training
+
+
+def test_replays_draw_new_random_numbers():
+    _, _, step = graphed(lr=0.0)  # no learning: the loss varies only through z ~ q
+    data = cuda_batches(1)[0]
+    losses = {float(step(data)[0]) for _ in range(10)}
+    assert len(losses) > 5
+
+
+def test_learning_rate_changes_reach_the_graph():
+    model, optimizer, step = graphed(lr=1e-3)
+    data = cuda_batches(1)[0]
+    for _ in range(5):
+        step(data)
+    assert step.captured
+    optimizer.param_groups[0]["lr"] = 0.0  # as a scheduler would set it
+    before = [p.detach().clone() for p in model.parameters()]
+    step(data)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    optimizer.param_groups[0]["lr"] = 1e-3
+    step(data)
+    assert not all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    assert isinstance(optimizer.param_groups[0]["lr"], float)  # the group keeps its own value
+
+
+def test_other_batch_shape_runs_the_ordinary_step():
+    _, _, step = graphed()
+    for x in cuda_batches(5):
+        step(x)
+    replays = step.replays
+    loss, _ = step(cuda_batches(1, batch=8)[0])
+    assert torch.isfinite(loss) and step.replays == replays
+
+
+def test_bf16_channels_last():
+    _, _, step = graphed(precision="bf16", channels_last=True)
+    for x in cuda_batches(6):
+        loss, _ = step(x)
+    assert step.captured and torch.isfinite(loss)
+
+
+def test_optimizer_must_be_capturable():
+    model = small_seed().cuda()
+    with pytest.raises(ValueError, match="capturable=True"):
+        make_train_step(model, torch.optim.Adam(model.parameters(), fused=True), vae_loss, cuda_graph=True)
+    with pytest.raises(ValueError, match="not with compile=True"):
+        make_train_step(
+            model,
+            torch.optim.Adam(model.parameters(), capturable=True),
+            vae_loss,
+            cuda_graph=True,
+            compile=True,
+        )
