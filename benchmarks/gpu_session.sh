@@ -100,6 +100,24 @@ for s in "$@"; do
         cp "$RUNS/ttq/metrics.jsonl" "$OUT/ttq-$1-$2-$3-metrics.jsonl"
       done
       ;;
+    gputests)  # the tests that need a GPU (skipped in CI)
+      stage gputests
+      timeout 200 $PY -m pytest -q -p no:cacheprovider tests/test_cudagraph.py tests/test_data.py
+      ;;
+    fast)  # `problayers train --fast` (fastest_defaults('cuda')), the seed configuration otherwise
+      stage fast
+      rm -rf "$RUNS/fast"
+      timeout 200 $PY -m problayers train --data-dir "$MNIST" --out "$RUNS/fast" --device cuda --no-progress --fast
+      cp "$RUNS/fast/metrics.jsonl" "$OUT/fast-metrics.jsonl"
+      cp "$RUNS/fast/config.json" "$OUT/fast-config.json"
+      ;;
+    ttq-fast)  # time to quality with --fast: batch 1024, one-cycle to 3e-3, 20 epochs
+      stage ttq-fast
+      rm -rf "$RUNS/ttq-fast"
+      timeout 200 $PY -m problayers train --data-dir "$MNIST" --out "$RUNS/ttq-fast" --device cuda --no-progress \
+        --fast --batch-size 1024 --lr 3e-3 --lr-schedule onecycle --epochs 20
+      cp "$RUNS/ttq-fast/metrics.jsonl" "$OUT/ttq-fast-metrics.jsonl"
+      ;;
     *) echo "unknown stage $s" >&2; exit 2 ;;
   esac
 done
