@@ -118,6 +118,16 @@ for s in "$@"; do
         --fast --batch-size 1024 --lr 3e-3 --lr-schedule onecycle --epochs 20
       cp "$RUNS/ttq-fast/metrics.jsonl" "$OUT/ttq-fast-metrics.jsonl"
       ;;
+    init)  # Keras' initialization (as TFP's example) against PyTorch's, with --fast, seeds 0 and 1
+      stage init
+      for run in "keras 0" "keras 1" "torch 1"; do
+        set -- $run
+        rm -rf "$RUNS/init-$1-$2"
+        timeout 60 $PY -m problayers train --data-dir "$MNIST" --out "$RUNS/init-$1-$2" --device cuda --no-progress \
+          --fast --init "$1" --seed "$2" | tail -1
+        cp "$RUNS/init-$1-$2/metrics.jsonl" "$OUT/init-$1-seed$2-metrics.jsonl"
+      done
+      ;;
     *) echo "unknown stage $s" >&2; exit 2 ;;
   esac
 done

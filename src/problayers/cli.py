@@ -55,6 +55,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                     base_depth=args.base_depth,
                     beta=args.beta,
                     exact_kl=args.exact_kl,
+                    init=args.init,
                 )
                 fast = _fast_options(args)
                 cfg = RunConfig(
@@ -205,6 +206,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base-depth", type=int, default=32, help="width of the conv layers")
     p.add_argument("--beta", type=float, default=1.0, help="KL weight (beta-VAE)")
     p.add_argument("--exact-kl", action="store_true", help="analytic KL instead of Monte Carlo")
+    p.add_argument(
+        "--init",
+        choices=["torch", "keras"],
+        default="torch",
+        help="weight initialization: PyTorch's (default) or Keras' (Glorot uniform, zero bias) as TFP's",
+    )
     p.add_argument("--train-subset", type=int, default=None, help="use the first N training images")
     p.add_argument("--test-subset", type=int, default=None, help="use the first N test images")
     p.add_argument(

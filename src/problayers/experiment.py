@@ -271,7 +271,11 @@ def read_config(run_dir: str | Path) -> RunConfig:
 
 def _check_meta(cfg: RunConfig, state: dict[str, Any], path: Path) -> None:
     saved = json.loads(state["meta"])["config"]["model"]
-    if saved != cfg.to_json()["model"]:
+    try:
+        same = ModelConfig(**saved) == cfg.model  # fields added since are compared at their defaults
+    except (TypeError, ValueError):
+        same = False
+    if not same:
         raise CheckpointError(
             f"checkpoint {path}: trained with model config {saved}, but this run's model config is "
             f"{cfg.to_json()['model']}"

@@ -5,12 +5,29 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from torch import nn
+
 from .vae import VAE
 
-__all__ = ["MODELS", "ModelConfig", "build_model", "register_model"]
+__all__ = ["INITS", "MODELS", "ModelConfig", "build_model", "register_model"]
 
 #: name -> builder ``ModelConfig -> VAE``.
 MODELS: dict[str, Callable[[ModelConfig], VAE]] = {}
+
+
+def _keras_init(model: nn.Module) -> None:
+    """Keras' defaults, as in TFP's example: Glorot-uniform weights, zero biases, for every
+    convolution, transposed convolution and linear layer."""
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
+            nn.init.xavier_uniform_(module.weight)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+
+
+#: name -> ``model -> None`` (in place) run after the builder: ``"torch"`` keeps PyTorch's own
+#: initialization of each layer, ``"keras"`` re-initializes as Keras (and so the TFP example) does.
+INITS: dict[str, Callable[[nn.Module], None]] = {"torch": lambda model: None, "keras": _keras_init}
 
 
 @dataclass(frozen=True)
@@ -22,6 +39,7 @@ class ModelConfig:
     base_depth: int = 32
     beta: float = 1.0  # KL weight (beta-VAE)
     exact_kl: bool = False  # analytic KL instead of Monte Carlo at the sample
+    init: str = "torch"  # a key of INITS
 
     def __post_init__(self) -> None:
         if self.name not in MODELS:
@@ -32,6 +50,8 @@ class ModelConfig:
                 raise ValueError(f"{field}: expected a positive int, got {value!r}")
         if not isinstance(self.beta, (int, float)) or isinstance(self.beta, bool) or self.beta < 0:
             raise ValueError(f"beta: expected a number >= 0, got {self.beta!r}")
+        if self.init not in INITS:
+            raise ValueError(f"init: expected one of {sorted(INITS)}, got {self.init!r}")
 
 
 def register_model(name: str) -> Callable[[Callable[[ModelConfig], VAE]], Callable[[ModelConfig], VAE]]:
@@ -47,5 +67,7 @@ def register_model(name: str) -> Callable[[Callable[[ModelConfig], VAE]], Callab
 
 
 def build_model(cfg: ModelConfig) -> VAE:
-    """The model ``cfg`` describes (on the CPU, float32)."""
-    return MODELS[cfg.name](cfg)
+    """The model ``cfg`` describes (on the CPU, float32), initialized as ``cfg.init`` says."""
+    model = MODELS[cfg.name](cfg)
+    INITS[cfg.init](model)
+    return model
