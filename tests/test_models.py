@@ -70,3 +70,31 @@ def test_seed_written_with_library_layers():
     assert isinstance(model.encoder[-1], pl.MultivariateNormalTriL)
     assert isinstance(model.encoder[-1].activity_regularizer, pl.KLDivergenceRegularizer)
     assert isinstance(model.decoder[-1], pl.IndependentBernoulli)
+
+
+def test_keras_init_glorot_weights_zero_biases():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(latent_size=4, base_depth=8, init="keras"))
+    layers = [
+        m
+        for m in model.modules()
+        if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d, torch.nn.ConvTranspose2d))
+    ]
+    assert len(layers) == 13  # encoder: 5 convs + linear; decoder: 6 transposed convs + conv
+    for layer in layers:
+        assert torch.count_nonzero(layer.bias) == 0
+        fan_in, fan_out = torch.nn.init._calculate_fan_in_and_fan_out(layer.weight)
+        bound = (6.0 / (fan_in + fan_out)) ** 0.5
+        assert layer.weight.abs().max() <= bound
+        assert layer.weight.abs().max() > 0.8 * bound  # uniform over the whole range, not smaller
+    torch.manual_seed(0)
+    default = build_model(ModelConfig(latent_size=4, base_depth=8))
+    assert any(torch.count_nonzero(m.bias) > 0 for m in default.modules() if isinstance(m, torch.nn.Linear))
+
+
+def test_init_errors_and_old_configs_without_init():
+    with pytest.raises(ValueError, match=r"^init"):
+        ModelConfig(init="he")
+    assert ModelConfig(
+        **{"name": "seed", "latent_size": 16, "base_depth": 32, "beta": 1.0, "exact_kl": False}
+    ) == (ModelConfig())
