@@ -50,6 +50,40 @@ def test_train_fast_and_schedule_flags(tmp_path):
     assert not (cfg["compile"] or cfg["cuda_graph"] or cfg["fused_adam"]) and cfg["precision"] == "fp32"
 
 
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        ([], {"channels_last": True}),  # --fast is the default: fastest_defaults("cpu")
+        (["--no-fast"], {}),  # the plain eager step
+        (["--compile"], {"compile": True}),  # a step flag alone: that flag only
+        (["--fast", "--compile"], {"compile": True, "channels_last": True}),  # flags add to --fast
+    ],
+)
+def test_train_step_defaults(tmp_path, flags, expected):
+    out = tmp_path / "run"
+    argv = ["train", "--out", str(out), "--epochs", "1", "--synthetic", "64", "--device", "cpu", *TINY]
+    if "--compile" in flags:  # keep the (slow) compilation out: only the resolved config matters here
+        from problayers.cli import _fast_options, build_parser
+
+        args = build_parser().parse_args([*argv, *flags])
+        got = _fast_options(args, data_parallel=False)
+    else:
+        assert main([*argv, *flags]) == 0
+        got = json.loads((out / "config.json").read_text())
+    plain = {"compile": False, "channels_last": False, "cuda_graph": False, "fused_adam": False}
+    assert {k: got[k] for k in plain} == {**plain, **expected}
+    assert got["precision"] == "fp32"
+
+
+def test_train_fast_is_off_for_data_parallel_runs_unless_asked():
+    from problayers.cli import _fast_options, build_parser
+
+    args = build_parser().parse_args(["train", "--device", "cpu"])
+    assert _fast_options(args, data_parallel=True)["channels_last"] is False
+    args = build_parser().parse_args(["train", "--device", "cpu", "--fast"])
+    assert _fast_options(args, data_parallel=True)["channels_last"] is True  # then train() refuses
+
+
 def test_train_resume_extends(run_dir, capsys):
     assert main(["train", "--resume", str(run_dir), "--epochs", "2", "--no-progress"]) == 0
     assert "epoch 2: test -ELBO" in capsys.readouterr().out

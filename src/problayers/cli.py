@@ -57,7 +57,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                     exact_kl=args.exact_kl,
                     init=args.init,
                 )
-                fast = _fast_options(args)
+                fast = _fast_options(args, data_parallel=dist is not None and dist.world_size > 1)
                 cfg = RunConfig(
                     model=model,
                     epochs=args.epochs or 15,
@@ -88,12 +88,24 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _fast_options(args: argparse.Namespace) -> dict:
-    """RunConfig's step options from ``--fast`` (the device's fastest defaults) and the explicit
-    flags (which add to them)."""
+def _fast_options(args: argparse.Namespace, data_parallel: bool) -> dict:
+    """RunConfig's step options. ``--fast`` (the default when no step flag is given and the run is
+    single-process): the device's fastest defaults (``problayers.fastpath.fastest_defaults``; on
+    CUDA also fused Adam), to which explicit flags add. With step flags but no ``--fast``: those
+    flags alone. ``--no-fast`` or a data-parallel run: the plain eager step plus explicit flags."""
     opts = {"compile": False, "compile_mode": None, "precision": "fp32", "channels_last": False,
             "fused_adam": False, "cuda_graph": False}  # fmt: skip
-    if args.fast:
+    flags = (
+        args.compile,
+        args.compile_mode,
+        args.precision,
+        args.channels_last,
+        args.fused_adam,
+        args.cuda_graph,
+    )
+    explicit = any(flag not in (None, False) for flag in flags)
+    fast = args.fast if args.fast is not None else not (explicit or data_parallel)
+    if fast:
         from .experiment import resolve_device
         from .fastpath import fastest_defaults
 
@@ -229,9 +241,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--fast",
-        action="store_true",
-        help="the device's fastest step options (problayers.fastpath.fastest_defaults; "
-        "on CUDA also fused Adam); the flags below add to them",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="the device's fastest step options (problayers.fastpath.fastest_defaults: on a GPU the "
+        "whole step as one CUDA graph + channels_last + bf16 + fused Adam, on a CPU channels_last); "
+        "the default unless a step flag below is given or the run is data-parallel; --no-fast: the "
+        "plain eager step",
     )
     p.add_argument("--compile", action="store_true", help="torch.compile the training step")
     p.add_argument(

@@ -282,9 +282,16 @@ def _check_meta(cfg: RunConfig, state: dict[str, Any], path: Path) -> None:
         )
 
 
+#: The step options of the plain eager step (what a data-parallel resume of a fast run uses).
+_EAGER_STEP = {"compile": False, "compile_mode": None, "precision": "fp32", "channels_last": False,
+               "cuda_graph": False}  # fmt: skip
+
+
 def resume(run_dir: str | Path, *, dist: DistContext | None = None, **overrides: Any) -> list[dict[str, Any]]:
     """Continue ``run_dir`` from its last complete checkpoint. ``overrides`` may change
-    ``epochs`` (to train longer), ``device``, ``progress`` and ``log_every``.
+    ``epochs`` (to train longer), ``device``, ``progress`` and ``log_every``. A run trained with
+    the (single-process) fast step and resumed data-parallel continues with the eager step (the
+    step options change how a step runs, not the model; ``config.json`` is updated).
 
     The checkpoint may come from any number of processes (``dist``: as for :func:`train`); the
     random streams continue as :meth:`~problayers.training.Trainer.load_state_dict` says."""
@@ -297,6 +304,8 @@ def resume(run_dir: str | Path, *, dist: DistContext | None = None, **overrides:
     def read() -> tuple[RunConfig, dict[str, Any]]:
         saved = read_config(run_dir)
         cfg = dataclasses.replace(saved, **overrides)
+        if dist is not None:  # the fast step is single-process: data-parallel, the eager step
+            cfg = dataclasses.replace(cfg, **_EAGER_STEP)
         if cfg.epochs != saved.epochs and cfg.lr_schedule != "constant":
             raise ValueError(
                 f"epochs: the run's lr_schedule {cfg.lr_schedule!r} spans its {saved.epochs} epochs; "
