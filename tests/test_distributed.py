@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import gc
 import hashlib
 import json
 import os
@@ -213,13 +214,18 @@ def _worker(rank: int, world: int, port: int, fn, out_dir: str) -> None:
         result = fn(ctx, Path(out_dir))
     except BaseException:
         result = {"error": traceback.format_exc()}
-    finally:
-        # Meet before tearing the group down: a rank that destroys its gloo group while its peer
-        # is still finishing can abort the peer ("terminate called without an active exception").
-        with contextlib.suppress(Exception):
-            torch.distributed.barrier()
-        distributed.shutdown()
     (Path(out_dir) / f"rank{rank}.json").write_text(json.dumps(result))
+    # Meet before tearing the group down: a rank that destroys its gloo group while its peer is
+    # still finishing can abort the peer ("terminate called without an active exception"); and
+    # leave without interpreter finalization, during which gloo's worker threads can still drop
+    # tensors and abort the process (pytorch/pytorch#179291): the results are written already.
+    gc.collect()
+    with contextlib.suppress(Exception):
+        torch.distributed.barrier()
+    distributed.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _deterministic_vae(beta: float):
