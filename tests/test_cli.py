@@ -127,6 +127,18 @@ def test_evaluate_bf16_channels_last(run_dir, tmp_path, capsys):
     assert results["seconds"] > 0 and results["num_examples"] == 10
 
 
+def test_evaluate_fast_default_and_no_fast(run_dir, tmp_path):
+    argv = ["evaluate", str(run_dir), "--iwae-samples", "2", "--test-subset", "10", "--no-progress"]
+    assert main([*argv, "--device", "cpu", "--out", str(tmp_path / "a.json")]) == 0
+    fast = json.loads((tmp_path / "a.json").read_text())
+    assert fast["channels_last"] is True and fast["precision"] == "fp32"  # the CPU's fast settings
+    assert main([*argv, "--device", "cpu", "--no-fast", "--out", str(tmp_path / "b.json")]) == 0
+    plain = json.loads((tmp_path / "b.json").read_text())
+    assert plain["channels_last"] is False and plain["precision"] == "fp32"
+    # same seed, same weights: the layout changes only the summation order
+    assert abs(fast["neg_elbo"] - plain["neg_elbo"]) < 1e-3 * abs(plain["neg_elbo"])
+
+
 def test_sample(run_dir, tmp_path, capsys):
     assert main(["sample", str(run_dir), "--n", "5", "--out", str(tmp_path)]) == 0
     assert {p.name for p in tmp_path.iterdir()} == {
