@@ -86,11 +86,10 @@ def cpu_model() -> str:
 
 def fast_options(config: str, device: str) -> dict[str, Any]:
     """``fast`` -> fastest_defaults(device); ``fast-compile+cl+bf16`` -> those options."""
-    if config == "fast":  # as `problayers train --fast`: on CUDA also fused Adam and cudnn.benchmark
-        from problayers.fastpath import fastest_defaults
+    if config == "fast":  # as `problayers train --fast` (which also sets cudnn.benchmark on CUDA)
+        from problayers.experiment import step_options
 
-        extra = {"fused_adam": True, "cudnn_benchmark": True} if device.startswith("cuda") else {}
-        return {**fastest_defaults(device), **extra}
+        return {**step_options(True, device), "cudnn_benchmark": device.startswith("cuda")}
     opts: dict[str, Any] = {"compile": False, "precision": "fp32", "channels_last": False}
     names = config.split("-", 1)[1]
     for name in [] if names == "none" else names.split("+"):

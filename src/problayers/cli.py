@@ -93,8 +93,8 @@ def _fast_options(args: argparse.Namespace, data_parallel: bool) -> dict:
     single-process): the device's fastest defaults (``problayers.fastpath.fastest_defaults``; on
     CUDA also fused Adam), to which explicit flags add. With step flags but no ``--fast``: those
     flags alone. ``--no-fast`` or a data-parallel run: the plain eager step plus explicit flags."""
-    opts = {"compile": False, "compile_mode": None, "precision": "fp32", "channels_last": False,
-            "fused_adam": False, "cuda_graph": False}  # fmt: skip
+    from .experiment import step_options
+
     flags = (
         args.compile,
         args.compile_mode,
@@ -105,13 +105,7 @@ def _fast_options(args: argparse.Namespace, data_parallel: bool) -> dict:
     )
     explicit = any(flag not in (None, False) for flag in flags)
     fast = args.fast if args.fast is not None else not (explicit or data_parallel)
-    if fast:
-        from .experiment import resolve_device
-        from .fastpath import fastest_defaults
-
-        device = resolve_device(args.device)
-        opts.update(fastest_defaults(device))
-        opts["fused_adam"] = device.type == "cuda"
+    opts = step_options(fast, args.device)
     if args.compile:
         opts["compile"] = True
     if args.compile_mode is not None:

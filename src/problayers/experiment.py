@@ -33,7 +33,17 @@ from .models import VAE, ModelConfig, build_model, vae_loss
 from .schedules import make_scheduler
 from .training import CHECKPOINT, Trainer, TrainerConfig
 
-__all__ = ["EVAL_SEED", "RunConfig", "load_run", "load_test_images", "resolve_device", "resume", "train"]
+__all__ = [
+    "EVAL_SEED",
+    "STEP_OPTIONS",
+    "RunConfig",
+    "load_run",
+    "load_test_images",
+    "resolve_device",
+    "resume",
+    "step_options",
+    "train",
+]
 
 CONFIG = "config.json"
 #: Seed of the sampling inside per-epoch test evaluation (fixed: epochs are comparable).
@@ -74,11 +84,11 @@ class RunConfig:
                 _positive_int(name, getattr(self, name))
         if not isinstance(self.synthetic, int) or self.synthetic < 0:
             raise ValueError(f"synthetic: expected an int >= 0, got {self.synthetic!r}")
-        if self.precision not in ("fp32", "bf16"):
-            raise ValueError(f"precision: expected 'fp32' or 'bf16', got {self.precision!r}")
-        from .fastpath import COMPILE_MODES
+        from .fastpath import COMPILE_MODES, PRECISIONS
         from .schedules import LR_SCHEDULES
 
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision: expected one of {list(PRECISIONS)}, got {self.precision!r}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule: expected one of {sorted(LR_SCHEDULES)}, got {self.lr_schedule!r}")
         if self.compile_mode not in COMPILE_MODES:
@@ -102,6 +112,23 @@ class RunConfig:
         obj = dict(obj)
         obj["model"] = ModelConfig(**obj["model"])
         return cls(**obj)
+
+
+#: RunConfig's fields that choose how a training step runs, not what it computes.
+STEP_OPTIONS = ("compile", "compile_mode", "precision", "channels_last", "fused_adam", "cuda_graph")
+
+
+def step_options(fast: bool, device: str = "auto") -> dict[str, Any]:
+    """RunConfig's :data:`STEP_OPTIONS`: their defaults (the plain eager step), or with ``fast``
+    the device's fastest (:func:`problayers.fastpath.fastest_defaults`, and fused Adam on CUDA)."""
+    defaults = {f.name: f.default for f in dataclasses.fields(RunConfig)}
+    opts = {name: defaults[name] for name in STEP_OPTIONS}
+    if fast:
+        from .fastpath import fastest_defaults
+
+        dev = resolve_device(device)
+        opts.update(fastest_defaults(dev), fused_adam=dev.type == "cuda")
+    return opts
 
 
 def _positive_int(name: str, value: Any) -> None:
@@ -282,11 +309,6 @@ def _check_meta(cfg: RunConfig, state: dict[str, Any], path: Path) -> None:
         )
 
 
-#: The step options of the plain eager step (what a data-parallel resume of a fast run uses).
-_EAGER_STEP = {"compile": False, "compile_mode": None, "precision": "fp32", "channels_last": False,
-               "cuda_graph": False}  # fmt: skip
-
-
 def resume(run_dir: str | Path, *, dist: DistContext | None = None, **overrides: Any) -> list[dict[str, Any]]:
     """Continue ``run_dir`` from its last complete checkpoint. ``overrides`` may change
     ``epochs`` (to train longer), ``device``, ``progress`` and ``log_every``. A run trained with
@@ -305,7 +327,7 @@ def resume(run_dir: str | Path, *, dist: DistContext | None = None, **overrides:
         saved = read_config(run_dir)
         cfg = dataclasses.replace(saved, **overrides)
         if dist is not None:  # the fast step is single-process: data-parallel, the eager step
-            cfg = dataclasses.replace(cfg, **_EAGER_STEP)
+            cfg = dataclasses.replace(cfg, **step_options(fast=False))
         if cfg.epochs != saved.epochs and cfg.lr_schedule != "constant":
             raise ValueError(
                 f"epochs: the run's lr_schedule {cfg.lr_schedule!r} spans its {saved.epochs} epochs; "
