@@ -148,10 +148,28 @@ def test_sample(run_dir, tmp_path, capsys):
     }
 
 
+def test_weight_averaging_flags(tmp_path):
+    out = tmp_path / "ema"
+    argv = ["train", "--out", str(out), "--epochs", "1", "--synthetic", "128", "--ema-decay", "0.9", *TINY]
+    assert main(argv) == 0
+    assert json.loads((out / "config.json").read_text())["ema_decay"] == 0.9
+    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert "online_test_neg_elbo" in history[-1]
+    evaluate = ["evaluate", str(out), "--iwae-samples", "2", "--no-progress", "--no-fast"]
+    assert main([*evaluate, "--out", str(tmp_path / "a.json")]) == 0
+    assert main([*evaluate, "--online-weights", "--out", str(tmp_path / "o.json")]) == 0
+    averaged, online = (json.loads((tmp_path / f"{n}.json").read_text()) for n in "ao")
+    assert (averaged["weights"], online["weights"]) == ("ema 0.9", "online")
+    assert averaged["neg_elbo"] != online["neg_elbo"]
+    assert main(["sample", str(out), "--n", "3", "--online-weights", "--out", str(tmp_path / "s")]) == 0
+    assert (tmp_path / "s" / "prior_samples.png").is_file()
+
+
 @pytest.mark.parametrize(
     "argv,match",
     [
         (["train", "--data-dir", "/nonexistent/mnist", "--out", "{tmp}/x"], "PROBLAYERS_MNIST_DIR"),
+        (["train", "--ema-decay", "1", "--synthetic", "8", "--out", "{tmp}/x"], "ema_decay"),
         (["train", "--batch-size", "0", "--synthetic", "8", "--out", "{tmp}/x"], "batch_size"),
         (["train", "--device", "tpu", "--out", "{tmp}/x"], "device"),
         (["evaluate", "{tmp}"], "not a problayers run directory"),

@@ -194,3 +194,25 @@ def test_fast_step_options(tmp_path):
         tiny_config(precision="fp16")
     with pytest.raises(ValueError, match="compile"):
         tiny_config(compile="yes")
+
+
+def test_weight_averaging(tmp_path):
+    from problayers.experiment import load_test_images, test_metrics
+
+    history = train(tiny_config(epochs=2, ema_decay=0.9), tmp_path)
+    assert {"test_neg_elbo", "online_test_neg_elbo"} <= set(history[-1])
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    averaged, cfg, _ = load_run(tmp_path, device="cpu")
+    online, _, _ = load_run(tmp_path, device="cpu", online=True)
+    for name, tensor in averaged.state_dict().items():
+        assert torch.equal(tensor, state["averaged"][f"module.{name}"]), name
+    for name, tensor in online.state_dict().items():
+        assert torch.equal(tensor, state["model"][name]), name
+    # The run's reported metrics are those of the averaged weights it saved.
+    test_x = load_test_images(cfg, torch.device("cpu"))
+    last = history[-1]
+    assert test_metrics(averaged, test_x, cfg.eval_batch_size)["test_neg_elbo"] == last["test_neg_elbo"]
+    assert test_metrics(online, test_x, cfg.eval_batch_size)["test_neg_elbo"] == last["online_test_neg_elbo"]
+    assert len(resume(tmp_path, epochs=3)) == 3
+    with pytest.raises(ValueError, match=r"^ema_decay: expected a number in \(0, 1\), got 1.0"):
+        tiny_config(ema_decay=1.0)

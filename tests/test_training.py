@@ -10,6 +10,7 @@ import torch.distributions as D
 from torch import nn
 
 import problayers as pl
+from problayers.averaging import EMA
 from problayers.checkpoint import CheckpointError
 from problayers.training import NonFiniteLossError, Trainer, TrainerConfig, fit
 
@@ -55,7 +56,7 @@ def test_fit_collects_added_kl_losses():
     assert history[-1]["train_kl"] > 0
 
 
-def _trainer(run_dir, epochs=3, loss_fn=nll, seed=0, schedule=False):
+def _trainer(run_dir, epochs=3, loss_fn=nll, seed=0, schedule=False, ema=False, evaluate=None):
     torch.manual_seed(seed)
     model = make_model()
     data = regression_data()
@@ -81,24 +82,34 @@ def _trainer(run_dir, epochs=3, loss_fn=nll, seed=0, schedule=False):
         meta={"m": 1},
         log=lambda msg: None,
         scheduler=scheduler,
+        averaged=EMA(model, 0.8) if ema else None,
+        evaluate=evaluate,
     )
 
 
-@pytest.mark.parametrize("schedule", [False, True], ids=["constant-lr", "onecycle"])
-def test_resume_matches_uninterrupted_bitwise(tmp_path, schedule):
-    full = _trainer(tmp_path / "a", epochs=4, schedule=schedule)
+@pytest.mark.parametrize(
+    "schedule, ema", [(False, False), (True, False), (False, True)], ids=["constant-lr", "onecycle", "ema"]
+)
+def test_resume_matches_uninterrupted_bitwise(tmp_path, schedule, ema):
+    full = _trainer(tmp_path / "a", epochs=4, schedule=schedule, ema=ema)
     full.fit()
-    part = _trainer(tmp_path / "b", epochs=2, schedule=schedule)
+    part = _trainer(tmp_path / "b", epochs=2, schedule=schedule, ema=ema)
     part.fit()
     # different init: all comes from the checkpoint
-    resumed = _trainer(tmp_path / "b", epochs=4, seed=99, schedule=schedule)
+    resumed = _trainer(tmp_path / "b", epochs=4, seed=99, schedule=schedule, ema=ema)
     assert resumed.resume() == {"m": 1}
     assert resumed.epoch == 2
     resumed.fit()
     for (name, a), b in zip(
-        full.model.state_dict().items(), resumed.model.state_dict().values(), strict=True
+        full.state_dict()["model"].items(), resumed.state_dict()["model"].values(), strict=True
     ):
         assert torch.equal(a, b), name
+    if ema:
+        assert resumed.averaged.updates == full.averaged.updates == 16
+        for (name, a), b in zip(
+            full.averaged.state_dict().items(), resumed.averaged.state_dict().values(), strict=True
+        ):
+            assert a == b if name.endswith("_extra_state") else torch.equal(a, b), name
     strip = lambda h: [{k: v for k, v in r.items() if k not in ("seconds", "images_per_s")} for r in h]  # noqa: E731
     assert strip(full.history) == strip(resumed.history)
     lines = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
@@ -125,6 +136,29 @@ def test_scheduler_errors(tmp_path):
     plain.fit()
     with pytest.raises(CheckpointError, match="without a learning-rate scheduler"):
         _trainer(tmp_path / "c", epochs=4, schedule=True).resume()
+
+
+def test_weight_averaging_is_evaluated_and_checkpointed(tmp_path):
+    seen = []
+
+    def evaluate(model, epoch):
+        seen.append(model)
+        return {"test_loss": float(epoch)}
+
+    trainer = _trainer(tmp_path / "e", epochs=2, ema=True, evaluate=evaluate)
+    history = trainer.fit()
+    assert trainer.averaged.updates == 8  # once per optimizer step
+    # The averaged model gives the epoch's metrics, the trained one the online_ ones.
+    assert seen == [trainer.averaged.module, trainer.model] * 2
+    assert trainer.result_model is trainer.averaged.module
+    assert {"test_loss", "online_test_loss"} <= set(history[-1])
+    assert "averaged" in trainer.state_dict()
+    assert not torch.equal(trainer.averaged.module[0].weight, trainer.model[0].weight)
+    plain = _trainer(tmp_path / "p", epochs=1)
+    plain.fit()
+    assert plain.result_model is plain.model
+    with pytest.raises(CheckpointError, match="without weight averaging"):
+        _trainer(tmp_path / "p", epochs=2, ema=True).resume()
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):

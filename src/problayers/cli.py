@@ -71,6 +71,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                     test_subset=args.test_subset,
                     progress=not args.no_progress,
                     lr_schedule=args.lr_schedule,
+                    ema_decay=args.ema_decay,
                     **fast,
                 )
                 history = train(cfg, args.out, dist=dist)
@@ -129,7 +130,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluation import evaluate, format_table
     from .experiment import load_run, load_test_images
 
-    model, cfg, info = load_run(args.run_dir, device=args.device)
+    model, cfg, info = load_run(args.run_dir, device=args.device, online=args.online_weights)
     if args.data_dir is not None:
         cfg = dataclasses.replace(cfg, data_dir=args.data_dir)
     if args.test_subset is not None:
@@ -166,6 +167,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         )
     results.update(
         epoch=info["epoch"],
+        weights="online" if args.online_weights or cfg.ema_decay is None else f"ema {cfg.ema_decay}",
         seed=args.seed,
         device=str(next(model.parameters()).device),
         precision=args.precision,
@@ -185,7 +187,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from .experiment import load_run, load_test_images
     from .pictures import save_pictures
 
-    model, cfg, _ = load_run(args.run_dir, device=args.device)
+    model, cfg, _ = load_run(args.run_dir, device=args.device, online=args.online_weights)
     cfg = dataclasses.replace(cfg, test_subset=args.n, data_dir=args.data_dir or cfg.data_dir)
     test_x = load_test_images(cfg, next(model.parameters()).device)
     metrics = Path(args.run_dir) / "metrics.jsonl"
@@ -194,6 +196,14 @@ def cmd_sample(args: argparse.Namespace) -> int:
     ):
         print(f"written {path}")
     return 0
+
+
+def _add_weights_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--online-weights",
+        action="store_true",
+        help="a run trained with --ema-decay: use its last weights instead of their average",
+    )
 
 
 def cmd_regression(args: argparse.Namespace) -> int:
@@ -241,6 +251,14 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["constant", "cosine", "onecycle"],
         default="constant",
         help="learning-rate schedule over the run, peak --lr (default constant)",
+    )
+    p.add_argument(
+        "--ema-decay",
+        type=float,
+        default=None,
+        metavar="D",
+        help="also keep an exponential moving average of the weights (decay D, e.g. 0.998) and "
+        "report, evaluate and sample with it (default: none, the last weights)",
     )
     p.add_argument(
         "--fast",
@@ -301,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="bf16: autocast convolutions (distribution maths stay fp32)",
     )
     p.add_argument("--channels-last", action="store_true", help="NHWC convolutions")
+    _add_weights_option(p)
     p.add_argument("--no-progress", action="store_true")
     _add_data_options(p)
     p.set_defaults(func=cmd_evaluate)
@@ -308,6 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sample", help="PNG grids: prior samples, reconstructions, loss curve")
     p.add_argument("run_dir")
     p.add_argument("--n", type=int, default=10, help="images per row")
+    _add_weights_option(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="output directory (default RUN_DIR)")
     _add_data_options(p)

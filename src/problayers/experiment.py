@@ -26,6 +26,7 @@ import torch
 
 from . import data as mnist
 from . import distributed
+from .averaging import EMA, check_decay
 from .checkpoint import CheckpointError, load_checkpoint, write_json
 from .distributed import DistContext
 from .evaluation import evaluate
@@ -66,6 +67,7 @@ class RunConfig:
     test_subset: int | None = None  # ... and the first N test images
     eval_batch_size: int = 500
     lr_schedule: str = "constant"  # a key of problayers.schedules.LR_SCHEDULES
+    ema_decay: float | None = None  # evaluate an EMA of the weights (problayers.averaging.EMA)
     # The fast step's options (problayers.fastpath.make_train_step; single-process only for now).
     compile: bool = False
     compile_mode: str | None = None
@@ -102,6 +104,8 @@ class RunConfig:
                 raise ValueError(f"{name}: expected True or False, got {getattr(self, name)!r}")
         if not isinstance(self.lr, (int, float)) or not self.lr > 0:
             raise ValueError(f"lr: expected a number > 0, got {self.lr!r}")
+        if self.ema_decay is not None:
+            check_decay(self.ema_decay, "ema_decay")
         resolve_device(self.device)
 
     def to_json(self) -> dict[str, Any]:
@@ -217,6 +221,7 @@ def _setup(cfg: RunConfig, run_dir: Path, dist: DistContext | None = None) -> Tr
     extra = {"fused": True, "capturable": cfg.cuda_graph} if fused else {}
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, **extra)
     scheduler = make_scheduler(cfg.lr_schedule, optimizer, cfg.epochs * len(batches))
+    averaged = EMA(model, cfg.ema_decay) if cfg.ema_decay is not None else None
 
     step_fn = None
     if cfg.compile or cfg.precision != "fp32" or cfg.channels_last or cfg.cuda_graph:
@@ -256,6 +261,7 @@ def _setup(cfg: RunConfig, run_dir: Path, dist: DistContext | None = None) -> Tr
         dist=dist,
         step_fn=step_fn,
         scheduler=scheduler,
+        averaged=averaged,
     )
 
 
@@ -265,7 +271,8 @@ def _finish(trainer: Trainer, run_dir: Path) -> list[dict[str, Any]]:
     history = trainer.fit()
     if trainer.is_main:
         cfg = RunConfig.from_json(trainer.meta["config"])
-        save_pictures(trainer.model, load_test_images(cfg, next(trainer.model.parameters()).device), run_dir)
+        model = trainer.result_model
+        save_pictures(model, load_test_images(cfg, next(model.parameters()).device), run_dir)
     return history
 
 
@@ -346,13 +353,21 @@ def resume(run_dir: str | Path, *, dist: DistContext | None = None, **overrides:
     return _finish(trainer, run_dir)
 
 
-def load_run(run_dir: str | Path, device: str = "auto") -> tuple[VAE, RunConfig, dict[str, Any]]:
-    """The trained model of ``run_dir`` (eval mode, on ``device``), its config and history."""
+def load_run(
+    run_dir: str | Path, device: str = "auto", *, online: bool = False
+) -> tuple[VAE, RunConfig, dict[str, Any]]:
+    """The trained model of ``run_dir`` (eval mode, on ``device``), its config and history.
+
+    A run trained with ``ema_decay`` gives its averaged weights (those its test metrics are
+    of), or with ``online=True`` the last iterate of training."""
     run_dir = Path(run_dir)
     cfg = dataclasses.replace(read_config(run_dir), device=device)
     state = load_checkpoint(run_dir / CHECKPOINT)
     _check_meta(cfg, state, run_dir / CHECKPOINT)
     model = build_model(cfg.model)
-    model.load_state_dict(state["model"])
+    weights = state["model"]
+    if "averaged" in state and not online:  # EMA.state_dict(): the weights under "module."
+        weights = {k[len("module.") :]: v for k, v in state["averaged"].items() if k.startswith("module.")}
+    model.load_state_dict(weights)
     model.to(resolve_device(device)).eval()
     return model, cfg, {"history": json.loads(state["history"]), "epoch": int(state["epoch"])}

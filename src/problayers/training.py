@@ -34,6 +34,7 @@ from torch import nn
 from .checkpoint import CheckpointError, atomic_write, load_checkpoint, save_checkpoint
 
 if TYPE_CHECKING:
+    from .averaging import EMA
     from .distributed import DistContext
 
 __all__ = ["NonFiniteLossError", "Trainer", "TrainerConfig", "fit"]
@@ -83,6 +84,11 @@ class Trainer:
             data-parallel, it must run the forward through ``trainer.train_model``).
         scheduler: a ``torch.optim.lr_scheduler`` of ``optimizer``, stepped after every optimizer
             step (whatever ``step_fn``); its state is part of the checkpoint.
+        averaged: an :class:`~problayers.averaging.EMA` of ``model``, updated after every
+            optimizer step (after the scheduler) and part of the checkpoint. ``evaluate`` is
+            then called with the averaged model (its metrics are the epoch's) and with the
+            trained one (recorded with the prefix ``online_``); :attr:`result_model` is the
+            averaged model.
         dist: the process group's :class:`~problayers.distributed.DistContext` for data-parallel
             training (``None``: single-process). With it, ``loss_fn`` is called with the
             ``DistributedDataParallel`` wrapper, ``evaluate`` is called on every rank (rank 0's
@@ -106,6 +112,7 @@ class Trainer:
         log: Callable[[str], None] | None = None,
         dist: DistContext | None = None,
         scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+        averaged: EMA | None = None,
     ) -> None:
         if scheduler is not None:
             if not isinstance(scheduler, torch.optim.lr_scheduler.LRScheduler):
@@ -116,6 +123,7 @@ class Trainer:
             if scheduler.optimizer is not optimizer:
                 raise ValueError("scheduler: it schedules another optimizer than the trainer's")
         self.scheduler = scheduler
+        self.averaged = averaged
         self.dist = dist if dist is not None and dist.world_size > 1 else None
         if isinstance(model, nn.parallel.DistributedDataParallel):
             if self.dist is None:
@@ -139,6 +147,11 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         if self.dist is not None:
             self.dist.split_rng()  # ranks > 0 draw their own noise (a resume restores theirs)
+
+    @property
+    def result_model(self) -> nn.Module:
+        """The model the run's results are of: the averaged one if any, else the trained one."""
+        return self.averaged.module if self.averaged is not None else self.model
 
     @property
     def rank(self) -> int:
@@ -169,7 +182,10 @@ class Trainer:
         while self.epoch < self.config.epochs:
             record = self.train_epoch(self.epoch)
             if self.evaluate is not None:
-                record.update(self.evaluate(self.model, self.epoch))
+                record.update(self.evaluate(self.result_model, self.epoch))
+                if self.averaged is not None:
+                    online = self.evaluate(self.model, self.epoch)
+                    record.update({f"online_{k}": v for k, v in online.items()})
             if self.dist is not None:
                 record = self.dist.broadcast_object(record)  # rank 0's record, on every rank
             self.epoch += 1
@@ -199,6 +215,8 @@ class Trainer:
             loss, metrics = self.step_fn(batch)
             if self.scheduler is not None:
                 self.scheduler.step()
+            if self.averaged is not None:
+                self.averaged.update(self.model)
             for name, value in (("loss", loss), *metrics.items()):
                 sums[name] = sums[name] + value if name in sums else value.clone()
             steps += 1
@@ -271,6 +289,8 @@ class Trainer:
         }
         if self.scheduler is not None:
             state["scheduler"] = self.scheduler.state_dict()
+        if self.averaged is not None:
+            state["averaged"] = self.averaged.state_dict()
         if self.dist is None:
             if torch.cuda.is_available() and torch.cuda.is_initialized():
                 state["rng_cuda"] = torch.cuda.get_rng_state_all()
@@ -307,6 +327,10 @@ class Trainer:
                     "checkpoint: written without a learning-rate scheduler, resumed with one"
                 )
             self.scheduler.load_state_dict(state["scheduler"])
+        if self.averaged is not None:
+            if "averaged" not in state:
+                raise CheckpointError("checkpoint: written without weight averaging, resumed with it")
+            self.averaged.load_state_dict(state["averaged"])
         self.epoch = int(state["epoch"])
         self.history = json.loads(state["history"])
         saved_world = int(state.get("world_size", 1))
