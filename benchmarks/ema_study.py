@@ -1,0 +1,87 @@
+"""Which EMA decay? One training run, the test -ELBO of several weight averages after each epoch.
+
+Trains one run exactly as ``problayers train`` would with the same options (the same setup
+code, so the trained weights, ``online`` below, are those of that command), and keeps, next to
+it, an :class:`~problayers.averaging.EMA` of the weights for each decay in ``--decays``, updated
+after every optimizer step. After each epoch it records the test -ELBO of the trained weights
+(``test_neg_elbo``) and of each average (``ema<decay>_test_neg_elbo``, same seeded evaluation) in
+the run directory's ``metrics.jsonl``, and prints a table at the end.
+
+Example (the study behind docs/results/ema-study-cpu/, 2-core CPU, about 35 minutes)::
+
+    python benchmarks/ema_study.py --data-dir ../shared/data/mnist --out runs/ema-study \\
+        --decays 0.99,0.995,0.998,0.999
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--out", required=True, help="run directory (must not hold a run)")
+    p.add_argument("--decays", default="0.99,0.995,0.998,0.999")
+    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lr-schedule", default="constant")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--fast", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--train-subset", type=int, default=None)
+    p.add_argument("--test-subset", type=int, default=None)
+    p.add_argument("--synthetic", type=int, default=0)
+    args = p.parse_args(argv)
+
+    from problayers import experiment
+    from problayers.averaging import EMA
+    from problayers.checkpoint import write_json
+
+    decays = [float(d) for d in args.decays.split(",")]
+    cfg = experiment.RunConfig(
+        epochs=args.epochs,
+        seed=args.seed,
+        lr_schedule=args.lr_schedule,
+        device=args.device,
+        data_dir=args.data_dir,
+        train_subset=args.train_subset,
+        test_subset=args.test_subset,
+        synthetic=args.synthetic,
+        progress=False,
+        **experiment.step_options(args.fast, args.device),
+    )
+    run_dir = Path(args.out)
+    if (run_dir / "checkpoint.pt").exists():
+        raise SystemExit(f"--out: {run_dir} already holds a run")
+    trainer = experiment._setup(cfg, run_dir)  # the CLI's own setup: same weights, batches, noise
+    emas = {d: EMA(trainer.model, d) for d in decays}
+    step, evaluate = trainer.step_fn, trainer.evaluate
+
+    def step_and_average(batch):
+        out = step(batch)
+        for ema in emas.values():
+            ema.update(trainer.model)
+        return out
+
+    def evaluate_all(model, epoch):
+        record = evaluate(model, epoch)
+        for d, ema in emas.items():
+            record[f"ema{d}_test_neg_elbo"] = evaluate(ema.module, epoch)["test_neg_elbo"]
+        return record
+
+    trainer.step_fn, trainer.evaluate = step_and_average, evaluate_all
+    write_json(run_dir / "config.json", {**cfg.to_json(), "ema_study_decays": decays})
+    history = trainer.fit()
+
+    columns = ["test_neg_elbo"] + [f"ema{d}_test_neg_elbo" for d in decays]
+    print("epoch  online  " + "  ".join(f"ema {d}" for d in decays))
+    for r in history:
+        print(f"{r['epoch']:5d}  " + "  ".join(f"{r[c]:7.2f}" for c in columns))
+    print(json.dumps({"lr_schedule": cfg.lr_schedule, "final": {c: history[-1][c] for c in columns}}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
