@@ -75,6 +75,15 @@ def test_train_step_defaults(tmp_path, flags, expected):
     assert got["precision"] == "fp32"
 
 
+def test_lr_schedule_choices_are_the_registry():
+    from problayers.cli import build_parser
+    from problayers.schedules import LR_SCHEDULES
+
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    (action,) = [a for a in train._actions if a.dest == "lr_schedule"]
+    assert sorted(action.choices) == sorted(LR_SCHEDULES)
+
+
 def test_train_fast_is_off_for_data_parallel_runs_unless_asked():
     from problayers.cli import _fast_options, build_parser
 

@@ -43,6 +43,18 @@ def test_cosine_warms_up_then_decays_to_zero():
     assert lrs[-1] < 1e-6
 
 
+def test_wsd_warms_up_holds_then_decays_linearly_to_zero():
+    lrs, _ = rates("wsd", 200)
+    assert lrs[0] == pytest.approx(1e-3 / 25)
+    assert all(a < b for a, b in itertools.pairwise(lrs[:11]))  # warm-up: 5% of 200 steps
+    assert lrs[10:160] == pytest.approx([1e-3] * 150)  # stable until the last 20%
+    decay = lrs[160:]
+    assert all(a > b for a, b in itertools.pairwise(decay))
+    steps = [a - b for a, b in itertools.pairwise(decay)]
+    assert steps == pytest.approx([1e-3 / 40] * 39)  # linear: 40 steps to 0
+    assert lrs[-1] == pytest.approx(1e-3 / 40)  # the last step's rate; 0 after it
+
+
 def test_onecycle_peaks_at_30_percent_and_keeps_adams_betas():
     lrs, optimizer = rates("onecycle", 100)
     assert lrs[0] == pytest.approx(1e-3 / 25)
@@ -53,7 +65,7 @@ def test_onecycle_peaks_at_30_percent_and_keeps_adams_betas():
 
 
 def test_registry_names():
-    assert set(LR_SCHEDULES) == {"constant", "cosine", "onecycle"}
+    assert set(LR_SCHEDULES) == {"constant", "cosine", "onecycle", "wsd"}
 
 
 @pytest.mark.parametrize(
@@ -69,7 +81,7 @@ def test_errors_name_the_argument(name, total, match):
 def test_scheduler_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
     from problayers.checkpoint import load_checkpoint, save_checkpoint
 
-    for name in ("cosine", "onecycle"):
+    for name in ("cosine", "onecycle", "wsd"):
         lrs, _ = rates(name, 40)
         model = torch.nn.Linear(2, 1)
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)

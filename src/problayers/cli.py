@@ -248,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--lr-schedule",
-        choices=["constant", "cosine", "onecycle"],
+        choices=["constant", "cosine", "onecycle", "wsd"],
         default="constant",
         help="learning-rate schedule over the run, peak --lr (default constant)",
     )

@@ -7,6 +7,9 @@ optimizer whose ``lr`` is the peak rate, stepped once per optimizer step over ``
     no scheduler: ``lr`` throughout (the seed configuration).
 ``cosine``
     linear warm-up from ``lr / 25`` over the first 5% of the steps, then cosine decay to 0.
+``wsd``
+    warm-up, stable, decay: the same warm-up, then ``lr`` until the last 20% of the steps, which
+    decay linearly to 0 (the "cooldown" schedule of Hägele et al. 2024, arXiv:2405.18392).
 ``onecycle``
     ``torch.optim.lr_scheduler.OneCycleLR`` (warm-up over 30% of the steps from ``lr / 25``,
     cosine annealing to ``lr / 1e4``: torch's defaults) with the optimizer's momentum left alone
@@ -25,6 +28,7 @@ __all__ = ["LR_SCHEDULES", "make_scheduler"]
 Scheduler = torch.optim.lr_scheduler.LRScheduler
 WARMUP_FRACTION = 0.05
 WARMUP_START = 1 / 25
+DECAY_FRACTION = 0.2  # wsd: the share of the steps that decays to 0
 
 
 def _constant(optimizer: torch.optim.Optimizer, total_steps: int) -> Scheduler | None:
@@ -43,6 +47,20 @@ def _cosine(optimizer: torch.optim.Optimizer, total_steps: int) -> Scheduler:
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def _wsd(optimizer: torch.optim.Optimizer, total_steps: int) -> Scheduler:
+    warmup = max(1, round(WARMUP_FRACTION * total_steps))
+    decay_start = max(warmup, total_steps - round(DECAY_FRACTION * total_steps))
+
+    def factor(step: int) -> float:  # multiplies the optimizer's lr after `step` steps
+        if step < warmup:
+            return WARMUP_START + (1 - WARMUP_START) * step / warmup
+        if step < decay_start:
+            return 1.0
+        return max(0.0, (total_steps - step) / max(1, total_steps - decay_start))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
 def _onecycle(optimizer: torch.optim.Optimizer, total_steps: int) -> Scheduler:
     peak = [group["lr"] for group in optimizer.param_groups]
     return torch.optim.lr_scheduler.OneCycleLR(
@@ -54,6 +72,7 @@ def _onecycle(optimizer: torch.optim.Optimizer, total_steps: int) -> Scheduler:
 LR_SCHEDULES: dict[str, Callable[[torch.optim.Optimizer, int], Scheduler | None]] = {
     "constant": _constant,
     "cosine": _cosine,
+    "wsd": _wsd,
     "onecycle": _onecycle,
 }
 
