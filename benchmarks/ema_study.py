@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--lr-schedule", default="constant")
+    p.add_argument("--init", default="torch", help="ModelConfig.init")
     p.add_argument("--device", default="auto")
     p.add_argument("--fast", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--train-subset", type=int, default=None)
@@ -38,9 +39,11 @@ def main(argv: list[str] | None = None) -> int:
     from problayers import experiment
     from problayers.averaging import EMA
     from problayers.checkpoint import write_json
+    from problayers.models import ModelConfig
 
     decays = [float(d) for d in args.decays.split(",")]
     cfg = experiment.RunConfig(
+        model=ModelConfig(init=args.init),
         epochs=args.epochs,
         seed=args.seed,
         lr_schedule=args.lr_schedule,

@@ -92,9 +92,36 @@ def test_keras_init_glorot_weights_zero_biases():
     assert any(torch.count_nonzero(m.bias) > 0 for m in default.modules() if isinstance(m, torch.nn.Linear))
 
 
+def test_he_init_gains_and_activation_scale():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(init="he"))
+    enc, dec = model.encoder, model.decoder
+    # (layer, its true fan-in, gain): before a LeakyReLU(0.2) sqrt(2 / 1.04), else 1
+    leaky = (2.0 / (1 + 0.2**2)) ** 0.5
+    cases = [(enc[1], 1 * 25, leaky), (enc[9], 2 * 32 * 49, leaky), (enc[12], 64, 1.0)]
+    cases += [(dec[1], 16 * 49, leaky), (dec[3], 64 * 25, leaky), (dec[13], 32 * 25, 1.0)]
+    for layer, fan_in, gain in cases:
+        assert torch.count_nonzero(layer.bias) == 0
+        expected = gain / fan_in**0.5
+        assert layer.weight.std().item() == pytest.approx(expected, rel=0.1 if fan_in > 100 else 0.3)
+    # The point of it: PyTorch's default initialization shrinks the encoder's activations
+    # layer after layer (0.4x to 0.6x per layer here); He's keeps their scale.
+    x = torch.bernoulli(torch.full((64, 1, 28, 28), 0.3))
+
+    def feature_std(m):
+        h = enc[0](x)
+        for layer in list(m.encoder)[1:12]:
+            h = layer(h)
+        return h.std().item()  # after the 5th convolution and its activation
+
+    torch.manual_seed(0)
+    default = build_model(ModelConfig())
+    assert feature_std(model) > 0.3 and feature_std(default) < 0.05
+
+
 def test_init_errors_and_old_configs_without_init():
     with pytest.raises(ValueError, match=r"^init"):
-        ModelConfig(init="he")
+        ModelConfig(init="glorot")
     assert ModelConfig(
         **{"name": "seed", "latent_size": 16, "base_depth": 32, "beta": 1.0, "exact_kl": False}
     ) == (ModelConfig())

@@ -233,9 +233,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exact-kl", action="store_true", help="analytic KL instead of Monte Carlo")
     p.add_argument(
         "--init",
-        choices=["torch", "keras"],
+        choices=["torch", "keras", "he"],
         default="torch",
-        help="weight initialization: PyTorch's (default) or Keras' (Glorot uniform, zero bias) as TFP's",
+        help="weight initialization: PyTorch's (default), Keras' (Glorot uniform, zero bias) as "
+        "TFP's, or He's for the leaky ReLUs",
     )
     p.add_argument("--train-subset", type=int, default=None, help="use the first N training images")
     p.add_argument("--test-subset", type=int, default=None, help="use the first N test images")

@@ -25,9 +25,41 @@ def _keras_init(model: nn.Module) -> None:
                 nn.init.zeros_(module.bias)
 
 
+_WEIGHTED = (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)
+
+
+def _he_init(model: nn.Module) -> None:
+    """He et al. (2015): normal weights of variance ``gain**2 / fan_in``, zero biases, so that
+    activations keep their scale through the depth. A layer followed (in an ``nn.Sequential``)
+    by ``LeakyReLU(a)`` or ``ReLU`` gets ``torch.nn.init``'s gain for it, any other layer gain 1.
+    ``fan_in`` is the number of inputs of each output: for a transposed convolution torch's
+    ``fan_out`` of the weight (``in_channels * k * k``)."""
+    slopes: dict[nn.Module, float] = {}  # layer -> negative slope of the activation after it
+    for seq in model.modules():
+        if isinstance(seq, nn.Sequential):
+            layers = list(seq)
+            for layer, nxt in zip(layers, layers[1:], strict=False):
+                if isinstance(nxt, (nn.LeakyReLU, nn.ReLU)):
+                    slopes[layer] = getattr(nxt, "negative_slope", 0.0)
+    for module in model.modules():
+        if isinstance(module, _WEIGHTED):
+            mode = "fan_out" if isinstance(module, nn.ConvTranspose2d) else "fan_in"
+            if module in slopes:
+                nn.init.kaiming_normal_(module.weight, a=slopes[module], mode=mode, nonlinearity="leaky_relu")
+            else:
+                nn.init.kaiming_normal_(module.weight, mode=mode, nonlinearity="linear")
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+
+
 #: name -> ``model -> None`` (in place) run after the builder: ``"torch"`` keeps PyTorch's own
-#: initialization of each layer, ``"keras"`` re-initializes as Keras (and so the TFP example) does.
-INITS: dict[str, Callable[[nn.Module], None]] = {"torch": lambda model: None, "keras": _keras_init}
+#: initialization of each layer, ``"keras"`` re-initializes as Keras (and so the TFP example) does,
+#: ``"he"`` as He et al. for the model's (leaky) ReLUs.
+INITS: dict[str, Callable[[nn.Module], None]] = {
+    "torch": lambda model: None,
+    "keras": _keras_init,
+    "he": _he_init,
+}
 
 
 @dataclass(frozen=True)
