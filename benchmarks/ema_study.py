@@ -21,13 +21,14 @@ from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
     p.add_argument("--data-dir", default=None)
     p.add_argument("--out", required=True, help="run directory (must not hold a run)")
     p.add_argument("--decays", default="0.99,0.995,0.998,0.999")
     p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--lr-schedule", default="constant")
+    p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--init", default="torch", help="ModelConfig.init")
     p.add_argument("--device", default="auto")
     p.add_argument("--fast", action=argparse.BooleanOptionalAction, default=True)
@@ -47,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         epochs=args.epochs,
         seed=args.seed,
         lr_schedule=args.lr_schedule,
+        lr=args.lr,
         device=args.device,
         data_dir=args.data_dir,
         train_subset=args.train_subset,

@@ -10,7 +10,10 @@ counter lives on the host, and the update is the same ``torch._foreach_lerp_`` t
 
 The decay warms up as in TensorFlow's ``ExponentialMovingAverage(num_updates=...)``: after
 ``n`` updates it is ``min(decay, (1 + n) / (10 + n))``, so the average forgets the untrained
-initial weights quickly instead of keeping ``decay ** n`` of them.
+initial weights quickly instead of keeping ``decay ** n`` of them. Until about
+``10 / (1 - decay)`` updates the warm-up decay is the smaller one, and the average then covers
+roughly the last tenth of the updates so far (its memory ``1 / (1 - d)`` is about ``n / 9``):
+in a 15-epoch MNIST run at batch 256 (3,510 steps) every decay above 0.997 acts the same.
 """
 
 from __future__ import annotations
