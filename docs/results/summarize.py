@@ -6,9 +6,11 @@ arguments, the ten runs of the seed configuration as specified (docs/quality.md)
 
 from __future__ import annotations
 
+import itertools
 import json
 import statistics
 import sys
+from pathlib import Path
 
 SEED_CONFIG = [
     "docs/results/seed-gpu-run1/metrics.jsonl",
@@ -27,16 +29,18 @@ SEED_CONFIG = [
 def main(paths: list[str]) -> None:
     finals, slopes, rises = [], [], []
     for path in paths:
-        curve = [json.loads(line)["test_neg_elbo"] for line in open(path)]
+        curve = [json.loads(line)["test_neg_elbo"] for line in Path(path).read_text().splitlines()]
         finals.append(curve[-1])
         slopes.append((curve[-6] - curve[-1]) / 5)
-        rises.append(max(b - a for a, b in zip(curve[-6:], curve[-5:])))
+        rises.append(max(b - a for a, b in itertools.pairwise(curve[-6:])))
         print(f"{curve[-1]:7.2f}  {path}")
     print(f"runs {len(finals)}  mean {statistics.mean(finals):.2f}", end="")
     if len(finals) > 1:
         print(f"  sd {statistics.stdev(finals):.2f}", end="")
-    print(f"  range {min(finals):.2f}-{max(finals):.2f}  fall per epoch over the last 5: "
-          f"{statistics.mean(slopes):.2f}  largest rise between epochs: {max(rises):.2f}")
+    print(
+        f"  range {min(finals):.2f}-{max(finals):.2f}  fall per epoch over the last 5: "
+        f"{statistics.mean(slopes):.2f}  largest rise between epochs: {max(rises):.2f}"
+    )
 
 
 if __name__ == "__main__":
