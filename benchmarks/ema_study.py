@@ -80,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         return record
 
     trainer.step_fn, trainer.evaluate = step_and_average, evaluate_all
-    write_json(run_dir / "config.json", {**cfg.to_json(), "ema_study_decays": decays})
+    write_json(run_dir / "config.json", cfg.to_json())  # a run directory `problayers evaluate` reads
+    write_json(run_dir / "ema_study.json", {"decays": decays})
     history = trainer.fit()
 
     columns = ["test_neg_elbo"] + [f"ema{d}_test_neg_elbo" for d in decays]
