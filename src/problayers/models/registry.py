@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -37,8 +38,7 @@ def _he_init(model: nn.Module) -> None:
     slopes: dict[nn.Module, float] = {}  # layer -> negative slope of the activation after it
     for seq in model.modules():
         if isinstance(seq, nn.Sequential):
-            layers = list(seq)
-            for layer, nxt in zip(layers, layers[1:], strict=False):
+            for layer, nxt in itertools.pairwise(seq):
                 if isinstance(nxt, (nn.LeakyReLU, nn.ReLU)):
                     slopes[layer] = getattr(nxt, "negative_slope", 0.0)
     for module in model.modules():
