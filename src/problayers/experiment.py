@@ -367,7 +367,9 @@ def load_run(
     model = build_model(cfg.model)
     weights = state["model"]
     if "averaged" in state and not online:  # EMA.state_dict(): the weights under "module."
-        weights = {k[len("module.") :]: v for k, v in state["averaged"].items() if k.startswith("module.")}
+        weights = dict(state["averaged"])
+        weights.pop("_extra_state", None)  # EMA's update count and decay
+        torch.nn.modules.utils.consume_prefix_in_state_dict_if_present(weights, "module.")
     model.load_state_dict(weights)
     model.to(resolve_device(device)).eval()
     return model, cfg, {"history": json.loads(state["history"]), "epoch": int(state["epoch"])}
