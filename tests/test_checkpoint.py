@@ -1,13 +1,29 @@
-"""Atomic files and safe checkpoint loading."""
+"""Atomic files (disk full, read-only, in the way, directory fsync, stale temporaries) and safe
+checkpoint loading (crafted pickles, garbage, wrong structure)."""
 
 from __future__ import annotations
 
+import errno
+import os
 import pickle
+import signal
+import stat
 
 import pytest
 import torch
 
-from problayers.checkpoint import CheckpointError, atomic_write, load_checkpoint, save_checkpoint, write_json
+from problayers import checkpoint
+from problayers.checkpoint import (
+    CheckpointError,
+    atomic_write,
+    check_finite,
+    check_state_dict,
+    load_checkpoint,
+    remove_stale_temps,
+    save_checkpoint,
+    write_json,
+)
+from problayers.errors import Terminated, WriteError, sigterm_raises
 
 
 def test_failed_write_keeps_old_file_and_leaves_no_temp(tmp_path):
@@ -33,31 +49,236 @@ def test_checkpoint_round_trip(tmp_path):
     assert (tmp_path / "x.json").read_text().strip().startswith("{")
 
 
+class _DiskFull:
+    """A patched writer: the file accepts ``room`` bytes, then fails with ENOSPC."""
+
+    def __init__(self, room):
+        self.room = room
+
+    def __call__(self, real_fdopen):
+        outer = self
+
+        def fdopen(fd, mode="r", *args, **kwargs):
+            f = real_fdopen(fd, mode, *args, **kwargs)
+            real_write = f.write
+
+            class Full:
+                def write(self, data):
+                    if len(data) > outer.room:
+                        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                    outer.room -= len(data)
+                    return real_write(data)
+
+                def __getattr__(self, name):
+                    return getattr(f, name)
+
+                def __enter__(self):
+                    return self
+
+                def __exit__(self, *exc):
+                    f.close()
+
+            return Full()
+
+        return fdopen
+
+
+@pytest.mark.parametrize(
+    "writer",
+    [
+        lambda p: save_checkpoint(p, {"w": torch.zeros(10_000)}),  # torch.save hides the OSError
+        lambda p: write_json(p, {"x": list(range(10_000))}),
+        lambda p: atomic_write(p, lambda f: f.write(b"x" * 100_000)),
+    ],
+    ids=["checkpoint", "json", "bytes"],
+)
+def test_disk_full_is_one_line_and_leaves_the_old_file(tmp_path, monkeypatch, writer):
+    path = tmp_path / "out.bin"
+    path.write_bytes(b"old")
+    monkeypatch.setattr(checkpoint.os, "fdopen", _DiskFull(room=500)(os.fdopen))
+    with pytest.raises(WriteError) as info:
+        writer(path)
+    msg = str(info.value)
+    assert str(path) in msg and "No space left on device (ENOSPC)" in msg and "\n" not in msg
+    assert info.value.errno == errno.ENOSPC
+    assert path.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.bin"]
+
+
+def test_pictures_on_a_full_disk(tmp_path, monkeypatch):
+    from problayers.pictures import image_grid
+
+    monkeypatch.setattr(checkpoint.os, "fdopen", _DiskFull(room=10)(os.fdopen))
+    with pytest.raises(WriteError, match="No space left on device"):
+        image_grid([torch.rand(3, 1, 28, 28)], tmp_path / "g.png")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_fsync_error_is_a_write_error(tmp_path, monkeypatch):
+    def failing(fd):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(checkpoint.os, "fsync", failing)
+    with pytest.raises(WriteError, match=r"f\.bin: cannot write: Input/output error \(EIO\)"):
+        atomic_write(tmp_path / "f.bin", lambda f: f.write(b"x"))
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "where, phrase",
+    [
+        ("file/sub/x.json", "(?i)not a directory"),  # under a file
+        ("adir", "it is a directory"),
+        ("/dev/null", "not a regular file"),
+    ],
+)
+def test_targets_in_the_way(tmp_path, where, phrase):
+    (tmp_path / "file").write_text("")
+    (tmp_path / "adir").mkdir()
+    target = where if where.startswith("/") else tmp_path / where
+    with pytest.raises(WriteError, match=phrase) as info:
+        write_json(target, {})
+    assert str(target) in str(info.value)
+    assert stat.S_ISCHR(os.stat("/dev/null").st_mode)  # untouched
+
+
+@pytest.mark.parametrize("code", [errno.EROFS, errno.EACCES])
+def test_read_only_or_forbidden_directory(tmp_path, monkeypatch, code):
+    def mkstemp(**kwargs):
+        raise OSError(code, os.strerror(code), str(tmp_path / ".x.tmp"))
+
+    monkeypatch.setattr(checkpoint.tempfile, "mkstemp", mkstemp)
+    with pytest.raises(WriteError) as info:
+        write_json(tmp_path / "x.json", {})
+    assert str(tmp_path / "x.json") in str(info.value) and errno.errorcode[code] in str(info.value)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions")
+def test_real_read_only_directory(tmp_path):
+    tmp_path.chmod(0o555)
+    try:
+        with pytest.raises(WriteError, match="Permission denied"):
+            write_json(tmp_path / "x.json", {})
+    finally:
+        tmp_path.chmod(0o755)
+
+
+def test_directory_is_fsynced_after_the_rename(tmp_path, monkeypatch):
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append("dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file")
+        real_fsync(fd)
+
+    def replace(a, b):
+        events.append("replace")
+        real_replace(a, b)
+
+    monkeypatch.setattr(checkpoint.os, "fsync", fsync)
+    monkeypatch.setattr(checkpoint.os, "replace", replace)
+    atomic_write(tmp_path / "f.bin", lambda f: f.write(b"x"))
+    assert events == ["file", "replace", "dir"]
+
+
+def test_stale_temporaries_are_removed(tmp_path):
+    keep = [tmp_path / "checkpoint.pt", tmp_path / ".hidden", tmp_path / "x.tmp"]
+    for p in keep:
+        p.write_bytes(b"")
+    stale = [tmp_path / ".checkpoint.pt.a1b2_c3d.tmp", tmp_path / ".metrics.jsonl.zzzzzzzz.tmp"]
+    for p in stale:
+        p.write_bytes(b"partial")
+    assert sorted(remove_stale_temps(tmp_path)) == sorted(stale)
+    assert sorted(tmp_path.iterdir()) == sorted(keep)
+
+
+def test_sigterm_during_a_write_leaves_no_temp(tmp_path):
+    path = tmp_path / "c.pt"
+    save_checkpoint(path, {"w": torch.zeros(3)})
+
+    def killed(f):
+        f.write(b"partial")
+        os.kill(os.getpid(), signal.SIGTERM)
+        f.write(b"never")
+
+    with pytest.raises(Terminated), sigterm_raises():
+        atomic_write(path, killed)
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
+    assert torch.equal(load_checkpoint(path)["w"], torch.zeros(3))
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
 class Evil:
     def __reduce__(self):
         return (print, ("code ran",))
 
 
-def test_load_runs_no_code(tmp_path, capsys):
+def test_load_runs_no_code_and_gives_no_unsafe_advice(tmp_path, capsys):
     path = tmp_path / "evil.pt"
     with open(path, "wb") as f:
         torch.save({"x": Evil()}, f, pickle_module=pickle)
-    with pytest.raises(CheckpointError, match="cannot be read"):
+    with pytest.raises(CheckpointError) as info:
         load_checkpoint(path)
+    msg = str(info.value)
+    assert "not a problayers checkpoint" in msg and "refused to load code" in msg and str(path) in msg
+    assert "weights_only" not in msg and "\n" not in msg
     assert "code ran" not in capsys.readouterr().out
 
 
-def test_missing_and_garbage(tmp_path):
+@pytest.mark.parametrize(
+    "content, phrase",
+    [
+        (b"not a checkpoint", "corrupt or truncated"),
+        (b"", "corrupt or truncated"),
+        (None, "got a list"),  # a list saved instead of a dict
+        ("tensor", "got a Tensor"),
+    ],
+)
+def test_garbage_and_wrong_types(tmp_path, content, phrase):
+    path = tmp_path / "bad.pt"
+    if content is None:
+        torch.save([torch.zeros(2)], path)
+    elif content == "tensor":
+        torch.save(torch.zeros(2), path)
+    else:
+        path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=phrase) as info:
+        load_checkpoint(path)
+    assert "\n" not in str(info.value) and "not a problayers checkpoint" in str(info.value)
+
+
+def test_truncated_checkpoint(tmp_path):
+    path = tmp_path / "c.pt"
+    save_checkpoint(path, {"w": torch.zeros(1000)})
+    path.write_bytes(path.read_bytes()[:-300])
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        load_checkpoint(path)
+
+
+def test_missing(tmp_path):
     with pytest.raises(CheckpointError, match="no such file"):
         load_checkpoint(tmp_path / "nope.pt")
-    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match="cannot be read"):
-        load_checkpoint(tmp_path / "bad.pt")
+
+
+def test_state_dict_checks():
+    module = torch.nn.Linear(2, 3)
+    good = module.state_dict()
+    check_state_dict(module, good, "model", "c.pt")
+    cases = {
+        "missing 'bias'": {"weight": good["weight"]},
+        "unexpected 'extra'": {**good, "extra": torch.zeros(1)},
+        r"'weight': expected shape \(3, 2\), got \(2, 3\)": {**good, "weight": torch.zeros(2, 3)},
+        "expected a tensor, got a list": {**good, "bias": [0.0, 0.0, 0.0]},
+        "must be a dict of tensors, got a list": [good["weight"]],
+    }
+    for phrase, state in cases.items():
+        with pytest.raises(CheckpointError, match=phrase):
+            check_state_dict(module, state, "model", "c.pt")
+    with pytest.raises(CheckpointError, match=r"'weight' holds 1 non-finite"):
+        check_finite({**good, "weight": torch.tensor([1.0, float("nan")])}, "weight", "c.pt")
 
 
 def test_files_get_the_usual_permissions(tmp_path):
-    import os
-
     old = os.umask(0o022)
     try:
         path = atomic_write(tmp_path / "p.bin", lambda f: f.write(b"x"))

@@ -179,21 +179,54 @@ def test_weight_averaging_flags(tmp_path):
     [
         (["train", "--data-dir", "/nonexistent/mnist", "--out", "{tmp}/x"], "PROBLAYERS_MNIST_DIR"),
         (["train", "--ema-decay", "1", "--synthetic", "8", "--out", "{tmp}/x"], "ema_decay"),
-        (["train", "--batch-size", "0", "--synthetic", "8", "--out", "{tmp}/x"], "batch_size"),
+        (["train", "--batch-size", "0", "--synthetic", "8", "--out", "{tmp}/x"], "--batch-size"),
+        (["train", "--batch-size", "999", "--synthetic", "8", "--out", "{tmp}/x"], "batch_size"),
+        (["train", "--epochs", "0", "--synthetic", "8", "--out", "{tmp}/x"], "argument --epochs"),
+        (["train", "--lr", "nan", "--synthetic", "8", "--out", "{tmp}/x"], "argument --lr"),
+        (["train", "--synthetic", "8", "--out", ""], "--out: expected a directory, got an empty path"),
+        (["train", "--synthetic", "8", "--out", "/dev/null"], "got an existing file"),
+        (["train", "--synthetic", "8", "--out", "{tmp}/f/sub"], "a parent is a file"),
+        (["train", "--device", "meta", "--synthetic", "8", "--out", "{tmp}/x"], "device"),
+        (["evaluate", "RUN", "--device", "meta"], "device"),
         (["train", "--device", "tpu", "--out", "{tmp}/x"], "device"),
         (["evaluate", "{tmp}"], "not a problayers run directory"),
         (["sample", "{tmp}"], "not a problayers run directory"),
-        (["evaluate", "RUN", "--iwae-samples", "-1"], "iwae_samples"),
-        (["train", "--cuda-graph", "--device", "cpu", "--synthetic", "64", "--out", "{tmp}/x"], "cuda_graph"),
+        (["evaluate", "RUN", "--iwae-samples", "-1"], "--iwae-samples"),
+        (["evaluate", "RUN", "--out", "RUN/checkpoint.pt"], "one of the run's own files"),
+        (["evaluate", "RUN", "--out", "RUN/config.json"], "one of the run's own files"),
+        (["evaluate", "RUN", "--out", "RUN/metrics.jsonl"], "one of the run's own files"),
+        (["sample", "RUN", "--out", "RUN/checkpoint.pt"], "one of the run's own files"),
+        (["train", "--resume", "RUN", "--lr-schedule", "cosine"], "--lr-schedule cannot change on resume"),
+        (["train", "--resume", "RUN", "--batch-size", "8"], "--batch-size cannot change on resume"),
+        (["train", "--resume", "RUN", "--out", "{tmp}/x"], "--out cannot change on resume"),
+        (
+            [
+                "train",
+                "--cuda-graph",
+                "--device",
+                "cpu",
+                "--synthetic",
+                "64",
+                "--batch-size",
+                "32",
+                "--out",
+                "{tmp}/x",
+            ],
+            "cuda_graph",
+        ),
     ],
 )
 def test_user_errors_are_one_line(argv, match, tmp_path, run_dir, capsys):
+    (tmp_path / "f").write_text("a file")
     argv = [a.replace("{tmp}", str(tmp_path)).replace("RUN", str(run_dir)) for a in argv]
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
     with pytest.raises(SystemExit) as exc:
         main(argv)
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("problayers: error:") and match in err and "\n" not in err
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == before  # untouched
+    assert not (tmp_path / "x").exists() or not any((tmp_path / "x").iterdir())
 
 
 def test_module_entry_point_help():

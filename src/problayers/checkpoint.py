@@ -1,14 +1,23 @@
 """Atomic files and checkpoints that load without code execution.
 
-Every file is written to a temporary file in the same directory, flushed and fsynced, then
-renamed over the target (``os.replace``), so a crash leaves the old file or the new one, never a
-torn one. Checkpoints are ``torch.save`` files read back with ``torch.load(weights_only=True)``.
+Every file is written to a temporary file in the same directory (``.NAME.XXXXXXXX.tmp``),
+flushed and fsynced, renamed over the target (``os.replace``), and the directory is fsynced, so
+a crash leaves the old file or the new one, never a torn one, and the rename survives a power
+loss. A failed write (disk full, permission denied...) raises :class:`~problayers.errors.WriteError`
+naming the file and leaves neither a changed target nor a temporary file; temporaries a SIGKILL
+left behind are removed by :func:`remove_stale_temps` (``train``/``resume`` call it under the
+run's lock). Checkpoints are ``torch.save`` files read back with ``torch.load(weights_only=True)``;
+a file holding anything but tensors and plain data is refused, never unpickled with code.
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import math
 import os
+import pickle
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -16,7 +25,22 @@ from typing import IO, Any
 
 import torch
 
-__all__ = ["CheckpointError", "atomic_write", "load_checkpoint", "save_checkpoint", "write_json"]
+from .errors import WriteError, one_line, os_reason
+
+__all__ = [
+    "CheckpointError",
+    "atomic_write",
+    "check_finite",
+    "check_state_dict",
+    "fsync_dir",
+    "load_checkpoint",
+    "remove_stale_temps",
+    "save_checkpoint",
+    "write_json",
+]
+
+#: The temporary files of :func:`atomic_write`: ``.NAME.XXXXXXXX.tmp`` (mkstemp's 8 characters).
+TEMP_PATTERN = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]{8}\.tmp$")
 
 
 class CheckpointError(ValueError):
@@ -29,22 +53,100 @@ def _umask() -> int:
     return mask
 
 
+def fsync_dir(directory: str | os.PathLike) -> None:
+    """fsync a directory (its entries: a rename in it survives a power loss). Filesystems that
+    cannot fsync a directory (EINVAL, ENOTSUP) are skipped."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return  # e.g. Windows; nothing to sync through
+    try:
+        os.fsync(fd)
+    except OSError as err:
+        if err.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
+
+
+def _make_parent(path: Path) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise WriteError(f"{path}: cannot write: {path.parent} is not a directory", errno.ENOTDIR) from None
+    except OSError as err:
+        where = err.filename or path.parent
+        raise WriteError(
+            f"{path}: cannot create the directory {where}: {os_reason(err)}", err.errno
+        ) from None
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> Path:
-    """Write ``path`` atomically: ``write(fileobj)`` fills a temp file that then replaces it."""
+    """Write ``path`` atomically: ``write(fileobj)`` fills a temp file that then replaces it.
+
+    An OS error (disk full, no permission, read-only filesystem, ``path`` a directory...) raises
+    :class:`~problayers.errors.WriteError` naming ``path``; the old file stays, no temp is left."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    _make_parent(path)
+    if path.is_dir():
+        raise WriteError(f"{path}: cannot write: it is a directory", errno.EISDIR)
+    if path.exists() and not path.is_file():  # e.g. /dev/null: never replace a device or pipe
+        raise WriteError(f"{path}: cannot write: it exists and is not a regular file", errno.EINVAL)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise WriteError(f"{path}: cannot write in {path.parent}: {os_reason(err)}", err.errno) from None
+    tracked: _Tracked | None = None
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
         with os.fdopen(fd, "wb") as f:
-            write(f)
+            tracked = _Tracked(f)
+            write(tracked)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+        fsync_dir(path.parent)
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        # torch.save's C++ writer turns a failed write (e.g. ENOSPC) into a RuntimeError: the
+        # OSError the file raised is the cause to report
+        cause = exc if isinstance(exc, OSError) else (tracked.error if tracked is not None else None)
+        if cause is not None and not isinstance(exc, (WriteError, KeyboardInterrupt)):
+            raise WriteError(f"{path}: cannot write: {os_reason(cause)}", cause.errno) from None
         raise
     return path
+
+
+class _Tracked:
+    """A file object that remembers the OSError its ``write`` raised (for writers that wrap it)."""
+
+    def __init__(self, f: IO[bytes]) -> None:
+        self._f, self.error = f, None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self._f.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._f, name)
+
+
+def remove_stale_temps(directory: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files :func:`atomic_write` leaves when killed (SIGKILL, power loss)
+    between creating and renaming them. Call it only while no other process writes there (under
+    the run's lock). Returns the removed paths."""
+    removed = []
+    directory = Path(directory)
+    if not directory.is_dir():
+        return removed
+    for entry in directory.iterdir():
+        if TEMP_PATTERN.match(entry.name) and entry.is_file():
+            entry.unlink(missing_ok=True)
+            removed.append(entry)
+    return removed
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
@@ -59,11 +161,97 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint with ``weights_only=True`` (no code runs); clear error if unusable."""
+    """Load a checkpoint with ``weights_only=True`` (no code runs); a one-line
+    :class:`CheckpointError` if it is missing, unreadable, not a dict, or holds Python objects
+    (a crafted or foreign pickle is refused, never loaded with ``weights_only=False``)."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path}: no such file")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # torch raises several types for a bad file
-        raise CheckpointError(f"checkpoint {path}: cannot be read ({type(err).__name__}: {err})") from None
+        if not path.is_file():
+            raise CheckpointError(f"checkpoint {path}: no such file")
+        return _as_dict(torch.load(path, map_location=map_location, weights_only=True), path)
+    except CheckpointError:
+        raise
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(f"checkpoint {path}: {_unpickling_fault(str(err))}") from None
+    except PermissionError as err:
+        raise CheckpointError(f"checkpoint {path}: cannot be read: {os_reason(err)}") from None
+    except OSError as err:  # e.g. EINVAL from a seek past the end of a truncated file
+        raise CheckpointError(
+            f"checkpoint {path}: not a problayers checkpoint (cannot be read: corrupt or truncated; "
+            f"{os_reason(err)})"
+        ) from None
+    except Exception as err:  # torch raises several types for a corrupt or truncated file
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(
+            f"checkpoint {path}: not a problayers checkpoint (cannot be read: corrupt or truncated; "
+            f"{type(err).__name__}: {one_line(first)[:200]})"
+        ) from None
+
+
+def _unpickling_fault(text: str) -> str:
+    """What torch's weights-only unpickler refused, in our words: torch's own text advises
+    ``weights_only=False``, which must never be done for a file of unknown origin."""
+    found = re.search(r"GLOBAL ([\w.]+)", text)
+    if found or "Unsupported global" in text or "Unsupported class" in text:
+        what = f" such as {found.group(1)}" if found else ""
+        return (
+            f"not a problayers checkpoint (it holds Python objects{what}, not only tensors and plain "
+            "data); refused to load code from it"
+        )
+    reason = text.split("WeightsUnpickler error:", 1)[-1].strip().splitlines()
+    detail = one_line(reason[0])[:120] if reason and "WeightsUnpickler" in text else one_line(text)[:120]
+    return f"not a problayers checkpoint (cannot be read: corrupt or truncated; {detail})"
+
+
+def _as_dict(state: Any, path: Path) -> dict[str, Any]:
+    if not isinstance(state, dict):
+        raise CheckpointError(
+            f"checkpoint {path}: not a problayers checkpoint (expected a dict of named states, "
+            f"got a {type(state).__name__})"
+        )
+    return state
+
+
+def _names(keys: list[str], limit: int = 4) -> str:
+    shown = ", ".join(repr(k) for k in keys[:limit])
+    return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+def check_state_dict(module: torch.nn.Module, state: Any, what: str, source: str) -> None:
+    """Raise a one-line :class:`CheckpointError` unless ``state`` is a state dict that
+    ``module.load_state_dict`` accepts exactly: the same keys, tensors of the same shapes."""
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{source}: {what} must be a dict of tensors, got a {type(state).__name__}")
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in state]
+    extra = [k for k in state if k not in expected]
+    if missing or extra:
+        parts = [
+            f"missing {_names(missing)}" if missing else "",
+            f"unexpected {_names(extra)}" if extra else "",
+        ]
+        raise CheckpointError(f"{source}: {what} does not fit the model: {'; '.join(p for p in parts if p)}")
+    for key, want in expected.items():
+        got = state[key]
+        if not isinstance(want, torch.Tensor):
+            continue  # e.g. an _extra_state object
+        if not isinstance(got, torch.Tensor):
+            raise CheckpointError(f"{source}: {what} {key!r}: expected a tensor, got a {type(got).__name__}")
+        if got.shape != want.shape:
+            raise CheckpointError(
+                f"{source}: {what} {key!r}: expected shape {tuple(want.shape)}, got {tuple(got.shape)}"
+            )
+
+
+def check_finite(state: dict[str, Any], what: str, source: str) -> None:
+    """Raise a one-line :class:`CheckpointError` if a floating tensor of ``state`` holds NaN/inf."""
+    for key, value in state.items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and value.numel():
+            if not bool(torch.isfinite(value).all()):
+                bad = int((~torch.isfinite(value)).sum())
+                raise CheckpointError(
+                    f"{source}: {what} {key!r} holds {bad} non-finite value(s) (NaN or inf): the "
+                    "run diverged or the file was damaged; refusing to use it"
+                )
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise CheckpointError(f"{source}: {what} {key!r} is {value}; expected a finite number")

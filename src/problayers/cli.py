@@ -1,8 +1,10 @@
 """The ``problayers`` command line: ``train``, ``evaluate``, ``sample``, ``regression``.
 
-Each subcommand is a function ``(args) -> int`` in the ``COMMANDS`` table. User mistakes
-(bad options, missing data, a foreign checkpoint) print one line ``problayers: error: ...`` and
-exit with status 2, without a traceback.
+Each subcommand is a function ``(args) -> int``. Every fault ends in one line on stderr and a
+non-zero status, without a traceback (:mod:`problayers.errors`): 2 for user mistakes (bad
+options, missing or foreign data, a damaged checkpoint or ``config.json``, a run directory in
+use), 1 for the environment (disk full, permission denied) or a diverged run, 130/143 for
+SIGINT/SIGTERM. ``--debug`` or ``PROBLAYERS_DEBUG=1`` shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -13,6 +15,45 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 __all__ = ["main"]
+
+#: What ``train --resume`` may be given besides the run (the rest is the run's config.json).
+RESUME_OPTIONS = ("resume", "epochs", "lr", "device", "data_dir", "no_progress", "debug")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``problayers: error: argument --epochs: ...``."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"problayers: error: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
+def _int_at_least(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
+        return value
+
+    parse.__name__ = f"int >= {minimum}"
+    return parse
+
+
+_positive = _int_at_least(1)
+
+
+def _number(text: str) -> float:
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
 
 
 def _add_data_options(p: argparse.ArgumentParser) -> None:
@@ -41,12 +82,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         with distributed.launch() as dist:
             rank = 0 if dist is None else dist.rank
             if args.resume:
-                overrides = {"progress": not args.no_progress}
-                if args.epochs is not None:
-                    overrides["epochs"] = args.epochs
-                if args.device != "auto":
-                    overrides["device"] = args.device
-                history = resume(args.resume, dist=dist, **overrides)
+                history = resume(args.resume, dist=dist, **_resume_overrides(args))
                 run_dir = args.resume
             else:
                 model = ModelConfig(
@@ -60,7 +96,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                 fast = _fast_options(args, data_parallel=dist is not None and dist.world_size > 1)
                 cfg = RunConfig(
                     model=model,
-                    epochs=args.epochs or 15,
+                    epochs=15 if args.epochs is None else args.epochs,
                     batch_size=args.batch_size,
                     lr=args.lr,
                     seed=args.seed,
@@ -87,6 +123,33 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"(recon {last['test_recon']:.2f}, KL {last['test_kl']:.2f}); run in {run_dir}"
         )
     return 0
+
+
+def _resume_overrides(args: argparse.Namespace) -> dict:
+    """What ``--resume`` changes: only the options given on the command line, and only those of
+    :data:`RESUME_OPTIONS` (any other one is refused, never silently ignored)."""
+    given = getattr(args, "given", set())
+    refused = sorted(given - set(RESUME_OPTIONS))
+    if refused:
+        flags = ", ".join("--" + name.replace("_", "-") for name in refused)
+        raise ValueError(
+            f"--resume {args.resume}: {flags} cannot change on resume (the run's config.json fixes them); "
+            "--epochs (the total), --lr (constant schedule), --device, --data-dir and --no-progress can"
+        )
+    overrides: dict = {"progress": not args.no_progress}
+    for name in ("epochs", "lr", "device", "data_dir"):
+        if name in given:
+            overrides[name] = getattr(args, name)
+    return overrides
+
+
+def _given_options(argv: Sequence[str]) -> set[str]:
+    """The destinations of the options actually on the command line (not defaulted)."""
+    parser = build_parser()
+    for sub in parser._subparsers._group_actions[0].choices.values():  # type: ignore[union-attr]
+        for action in sub._actions:
+            action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv))) - {"command", "func"}
 
 
 def _fast_options(args: argparse.Namespace, data_parallel: bool) -> dict:
@@ -129,7 +192,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .checkpoint import write_json
     from .evaluation import evaluate, format_table
     from .experiment import load_run, load_test_images
+    from .rundir import check_output
 
+    out = Path(args.run_dir) / "eval.json" if args.out is None else args.out
+    out = check_output(out, args.run_dir, "--out")  # never over the run's own files
     model, cfg, info = load_run(args.run_dir, device=args.device, online=args.online_weights)
     if args.data_dir is not None:
         cfg = dataclasses.replace(cfg, data_dir=args.data_dir)
@@ -175,7 +241,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         seconds=time.perf_counter() - start,
     )
     print(format_table(results))
-    out = Path(args.out) if args.out else Path(args.run_dir) / "eval.json"
     write_json(out, results)
     print(f"written {out}")
     return 0
@@ -186,14 +251,16 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     from .experiment import load_run, load_test_images
     from .pictures import save_pictures
+    from .rundir import check_output, prepare_run_dir
 
+    out_dir = args.run_dir if args.out is None else args.out
+    check_output(out_dir, args.run_dir, "--out")
     model, cfg, _ = load_run(args.run_dir, device=args.device, online=args.online_weights)
     cfg = dataclasses.replace(cfg, test_subset=args.n, data_dir=args.data_dir or cfg.data_dir)
     test_x = load_test_images(cfg, next(model.parameters()).device)
     metrics = Path(args.run_dir) / "metrics.jsonl"
-    for path in save_pictures(
-        model, test_x, args.out or args.run_dir, n=args.n, seed=args.seed, metrics=metrics
-    ):
+    out_dir = prepare_run_dir(out_dir, "--out")
+    for path in save_pictures(model, test_x, out_dir, n=args.n, seed=args.seed, metrics=metrics):
         print(f"written {path}")
     return 0
 
@@ -216,20 +283,28 @@ def cmd_regression(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="problayers", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="problayers", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--debug", action="store_true", help="show the traceback of an error (also: PROBLAYERS_DEBUG=1)"
+    )
 
-    p = sub.add_parser("train", help="train a VAE on binarized MNIST (the seed model by default)")
+    p = sub.add_parser(
+        "train", parents=[common], help="train a VAE on binarized MNIST (the seed model by default)"
+    )
     p.add_argument("--out", default="runs/seed", help="run directory (default runs/seed)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR from its last checkpoint")
-    p.add_argument("--epochs", type=int, default=None, help="epochs (default 15; with --resume: total)")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument(
+        "--epochs", type=_positive, default=None, help="epochs (default 15; with --resume: the total)"
+    )
+    p.add_argument("--batch-size", type=_positive, default=256)
+    p.add_argument("--lr", type=_number, default=1e-3, help="(peak) learning rate; may change on --resume")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--model", default="seed", help="registered model name (default seed)")
-    p.add_argument("--latent-size", type=int, default=16)
-    p.add_argument("--base-depth", type=int, default=32, help="width of the conv layers")
-    p.add_argument("--beta", type=float, default=1.0, help="KL weight (beta-VAE)")
+    p.add_argument("--latent-size", type=_positive, default=16)
+    p.add_argument("--base-depth", type=_positive, default=32, help="width of the conv layers")
+    p.add_argument("--beta", type=_number, default=1.0, help="KL weight (beta-VAE)")
     p.add_argument("--exact-kl", action="store_true", help="analytic KL instead of Monte Carlo")
     p.add_argument(
         "--init",
@@ -238,11 +313,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="weight initialization: PyTorch's (default), Keras' (Glorot uniform, zero bias) as "
         "TFP's, or He's for the leaky ReLUs",
     )
-    p.add_argument("--train-subset", type=int, default=None, help="use the first N training images")
-    p.add_argument("--test-subset", type=int, default=None, help="use the first N test images")
+    p.add_argument("--train-subset", type=_positive, default=None, help="use the first N training images")
+    p.add_argument("--test-subset", type=_positive, default=None, help="use the first N test images")
     p.add_argument(
         "--synthetic",
-        type=int,
+        type=_int_at_least(0),
         default=0,
         metavar="N",
         help="train on N generated digits instead of MNIST (smoke tests)",
@@ -298,14 +373,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_options(p)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("evaluate", help="test -ELBO and the IWAE bound of a trained run")
+    p = sub.add_parser("evaluate", parents=[common], help="test -ELBO and the IWAE bound of a trained run")
     p.add_argument("run_dir")
-    p.add_argument("--iwae-samples", type=int, default=5000, help="K of the IWAE bound (0: none)")
-    p.add_argument("--batch-size", type=int, default=100)
-    p.add_argument("--chunk-size", type=int, default=500, help="IWAE samples per example at once")
-    p.add_argument("--test-subset", type=int, default=None)
+    p.add_argument(
+        "--iwae-samples", type=_int_at_least(0), default=5000, help="K of the IWAE bound (0: none)"
+    )
+    p.add_argument("--batch-size", type=_positive, default=100)
+    p.add_argument("--chunk-size", type=_positive, default=500, help="IWAE samples per example at once")
+    p.add_argument("--test-subset", type=_positive, default=None)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None, help="JSON output (default RUN_DIR/eval.json)")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="JSON output (default RUN_DIR/eval.json; never one of the run's own files)",
+    )
     p.add_argument(
         "--fast",
         action=argparse.BooleanOptionalAction,
@@ -325,18 +406,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_options(p)
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("sample", help="PNG grids: prior samples, reconstructions, loss curve")
+    p = sub.add_parser(
+        "sample", parents=[common], help="PNG grids: prior samples, reconstructions, loss curve"
+    )
     p.add_argument("run_dir")
-    p.add_argument("--n", type=int, default=10, help="images per row")
+    p.add_argument("--n", type=_positive, default=10, help="images per row")
     _add_weights_option(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="output directory (default RUN_DIR)")
     _add_data_options(p)
     p.set_defaults(func=cmd_sample)
 
-    p = sub.add_parser("regression", help="the 1-D probabilistic regression demo (four PNGs)")
+    p = sub.add_parser(
+        "regression", parents=[common], help="the 1-D probabilistic regression demo (four PNGs)"
+    )
     p.add_argument("--out", default="runs/regression")
-    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--epochs", type=_positive, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_regression)
@@ -344,23 +429,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; every error ends in one line on stderr and ``SystemExit`` with a
+    non-zero status (see :mod:`problayers.errors`), or a traceback with ``--debug``."""
+    from .errors import debug_requested, describe, sigterm_raises
+
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
-    from .data import MNISTError
-    from .training import NonFiniteLossError
-
+    args.given = _given_options(argv)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
-        return func(args)
-    except NonFiniteLossError as err:
-        print(f"problayers: {err}", file=sys.stderr)
-        return 1
-    except (ValueError, MNISTError) as err:
-        # User mistakes (bad option values, missing or corrupt data, a foreign checkpoint).
-        parser.exit(2, f"problayers: error: {err}\n")
-    except KeyboardInterrupt:
-        parser.exit(130, "problayers: interrupted\n")
-    return 0
+        with sigterm_raises():
+            return func(args)
+    except SystemExit:
+        raise
+    except BaseException as err:
+        if debug_requested(args.debug):
+            raise
+        code, line = describe(err)
+        parser.exit(code, line + "\n")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +27,14 @@ import torch
 
 from . import data as mnist
 from . import distributed
-from .averaging import EMA, check_decay
-from .checkpoint import CheckpointError, load_checkpoint, write_json
+from .averaging import EMA
+from .checkpoint import check_state_dict, load_checkpoint, remove_stale_temps, write_json
 from .distributed import DistContext
 from .evaluation import evaluate
-from .models import VAE, ModelConfig, build_model, vae_loss
+from .models import VAE, build_model, vae_loss
+from .runconfig import STEP_OPTIONS, RunConfig, resolve_device, step_options
+from .rundir import CONFIG, check_consistent, check_run_state, prepare_run_dir, read_config
+from .runlock import RunLock
 from .schedules import make_scheduler
 from .training import CHECKPOINT, Trainer, TrainerConfig
 
@@ -40,117 +44,17 @@ __all__ = [
     "RunConfig",
     "load_run",
     "load_test_images",
+    "read_config",
     "resolve_device",
     "resume",
     "step_options",
     "train",
 ]
 
-CONFIG = "config.json"
 #: Seed of the sampling inside per-epoch test evaluation (fixed: epochs are comparable).
 EVAL_SEED = 1234
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    """Everything that defines a training run (saved as ``config.json``)."""
-
-    model: ModelConfig = field(default_factory=ModelConfig)
-    epochs: int = 15
-    batch_size: int = 256
-    lr: float = 1e-3
-    seed: int = 0
-    device: str = "auto"
-    data_dir: str | None = None  # None: $PROBLAYERS_MNIST_DIR, the cache, or a download
-    synthetic: int = 0  # > 0: train on this many generated digits instead of MNIST (tests, demos)
-    train_subset: int | None = None  # use only the first N training images
-    test_subset: int | None = None  # ... and the first N test images
-    eval_batch_size: int = 500
-    lr_schedule: str = "constant"  # a key of problayers.schedules.LR_SCHEDULES
-    ema_decay: float | None = None  # evaluate an EMA of the weights (problayers.averaging.EMA)
-    # The fast step's options (problayers.fastpath.make_train_step; single-process only for now).
-    compile: bool = False
-    compile_mode: str | None = None
-    precision: str = "fp32"
-    channels_last: bool = False
-    fused_adam: bool = False  # torch.optim.Adam(fused=True) (CUDA)
-    cuda_graph: bool = False  # the whole step as one CUDA graph (implies fused Adam)
-    log_every: int = 25
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "eval_batch_size", "log_every"):
-            _positive_int(name, getattr(self, name))
-        for name in ("train_subset", "test_subset"):
-            if getattr(self, name) is not None:
-                _positive_int(name, getattr(self, name))
-        if not isinstance(self.synthetic, int) or self.synthetic < 0:
-            raise ValueError(f"synthetic: expected an int >= 0, got {self.synthetic!r}")
-        from .fastpath import COMPILE_MODES, PRECISIONS
-        from .schedules import LR_SCHEDULES
-
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision: expected one of {list(PRECISIONS)}, got {self.precision!r}")
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise ValueError(f"lr_schedule: expected one of {sorted(LR_SCHEDULES)}, got {self.lr_schedule!r}")
-        if self.compile_mode not in COMPILE_MODES:
-            raise ValueError(
-                f"compile_mode: expected one of {list(COMPILE_MODES)}, got {self.compile_mode!r}"
-            )
-        if self.compile_mode is not None and not self.compile:
-            raise ValueError(f"compile_mode={self.compile_mode!r} needs compile=True")
-        for name in ("compile", "channels_last", "fused_adam", "cuda_graph"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name}: expected True or False, got {getattr(self, name)!r}")
-        if not isinstance(self.lr, (int, float)) or not self.lr > 0:
-            raise ValueError(f"lr: expected a number > 0, got {self.lr!r}")
-        if self.ema_decay is not None:
-            check_decay(self.ema_decay, "ema_decay")
-        resolve_device(self.device)
-
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_json(cls, obj: dict[str, Any]) -> RunConfig:
-        obj = dict(obj)
-        obj["model"] = ModelConfig(**obj["model"])
-        return cls(**obj)
-
-
-#: RunConfig's fields that choose how a training step runs, not what it computes.
-STEP_OPTIONS = ("compile", "compile_mode", "precision", "channels_last", "fused_adam", "cuda_graph")
-
-
-def step_options(fast: bool, device: str = "auto") -> dict[str, Any]:
-    """RunConfig's :data:`STEP_OPTIONS`: their defaults (the plain eager step), or with ``fast``
-    the device's fastest (:func:`problayers.fastpath.fastest_defaults`, and fused Adam on CUDA)."""
-    defaults = {f.name: f.default for f in dataclasses.fields(RunConfig)}
-    opts = {name: defaults[name] for name in STEP_OPTIONS}
-    if fast:
-        from .fastpath import fastest_defaults
-
-        dev = resolve_device(device)
-        opts.update(fastest_defaults(dev), fused_adam=dev.type == "cuda")
-    return opts
-
-
-def _positive_int(name: str, value: Any) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name}: expected a positive int, got {value!r}")
-
-
-def resolve_device(device: str) -> torch.device:
-    """``"auto"`` -> cuda when present, else cpu; otherwise ``torch.device(device)``."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device: {device!r} was asked for but no CUDA device is available")
-    return dev
+#: What ``resume`` may change (the rest defines the run and is refused).
+RESUME_OVERRIDES = ("epochs", "lr", "device", "data_dir", "progress", "log_every")
 
 
 def _images(cfg: RunConfig, split: str) -> torch.Tensor:
@@ -209,10 +113,11 @@ def _setup(cfg: RunConfig, run_dir: Path, dist: DistContext | None = None) -> Tr
         with dist.local_main_first():  # a download happens once per machine
             train_u8 = _images(cfg, "train").to(device)
             test_x = load_test_images(cfg, device) if dist.is_main else None  # rank 0 evaluates
-    batch_size = min(cfg.batch_size, len(train_u8))
-    if dist is not None:
-        distributed.check_global_batch(batch_size, world)
-    batches = mnist.EpochBatches(train_u8, batch_size, seed=cfg.seed, rank=rank, world_size=world)
+    if cfg.batch_size > len(train_u8):
+        raise ValueError(
+            f"batch_size: expected at most the {len(train_u8)} training images, got {cfg.batch_size}"
+        )
+    batches = mnist.EpochBatches(train_u8, cfg.batch_size, seed=cfg.seed, rank=rank, world_size=world)
     model = build_model(cfg.model).to(device)
     fused = cfg.fused_adam or cfg.cuda_graph
     if fused and device.type != "cuda":
@@ -276,81 +181,120 @@ def _finish(trainer: Trainer, run_dir: Path) -> list[dict[str, Any]]:
     return history
 
 
+def _absolute_data(cfg: RunConfig) -> RunConfig:
+    """``cfg`` with its ``data_dir`` absolute (a run must not depend on the directory it ran in)."""
+    if not cfg.data_dir:
+        return cfg
+    return dataclasses.replace(cfg, data_dir=str(Path(cfg.data_dir).expanduser().resolve()))
+
+
+@contextmanager
+def _locked(
+    run_dir: str | Path, dist: DistContext | None, check: Callable[[], Any], *, create: bool = False
+) -> Iterator[Any]:
+    """Rank 0 checks ``run_dir`` (``create``: makes it), takes its lock, removes stale
+    temporaries and runs ``check``, whose result (or error) every rank gets; the lock is held
+    until the block ends."""
+    lock = RunLock(run_dir)
+
+    def locked_check() -> Any:
+        if create:
+            prepare_run_dir(run_dir, "--out")
+        lock.acquire()
+        try:
+            remove_stale_temps(run_dir)
+            return check()
+        except BaseException:
+            lock.release()
+            raise
+
+    try:
+        yield _on_main(dist, locked_check)
+    finally:
+        lock.release()
+
+
 def train(cfg: RunConfig, run_dir: str | Path, *, dist: DistContext | None = None) -> list[dict[str, Any]]:
-    """Train a fresh run into ``run_dir`` (which must not hold a checkpoint already).
+    """Train a fresh run into ``run_dir`` (which must not hold a checkpoint already), holding
+    its lock (:class:`~problayers.runlock.RunLock`) while it runs.
 
     ``dist``: the process group to train data-parallel in (default: the one torchrun's
     environment set up through :func:`problayers.distributed.launch`, if any)."""
-    run_dir = Path(run_dir)
     dist = _dist(dist)
+    cfg = _absolute_data(cfg)
+    given, run_dir = run_dir, Path(run_dir).expanduser()
 
     def check() -> None:
         if (run_dir / CHECKPOINT).exists():
             raise ValueError(f"run_dir: {run_dir} already holds a run; resume it with --resume {run_dir}")
         _check_parallel(cfg, dist)
 
-    _on_main(dist, check)
-    trainer = _setup(cfg, run_dir, dist)
-    if trainer.is_main:
-        write_json(run_dir / CONFIG, cfg.to_json())
-    return _finish(trainer, run_dir)
-
-
-def read_config(run_dir: str | Path) -> RunConfig:
-    path = Path(run_dir) / CONFIG
-    if not path.is_file():
-        raise ValueError(f"run_dir: {run_dir} has no {CONFIG} (not a problayers run directory)")
-    return RunConfig.from_json(json.loads(path.read_text()))
-
-
-def _check_meta(cfg: RunConfig, state: dict[str, Any], path: Path) -> None:
-    saved = json.loads(state["meta"])["config"]["model"]
-    try:
-        same = ModelConfig(**saved) == cfg.model  # fields added since are compared at their defaults
-    except (TypeError, ValueError):
-        same = False
-    if not same:
-        raise CheckpointError(
-            f"checkpoint {path}: trained with model config {saved}, but this run's model config is "
-            f"{cfg.to_json()['model']}"
-        )
+    with _locked(given, dist, check, create=True):  # given: "" is refused, not taken as "."
+        trainer = _setup(cfg, run_dir, dist)
+        if trainer.is_main:
+            write_json(run_dir / CONFIG, cfg.to_json())
+        return _finish(trainer, run_dir)
 
 
 def resume(run_dir: str | Path, *, dist: DistContext | None = None, **overrides: Any) -> list[dict[str, Any]]:
-    """Continue ``run_dir`` from its last complete checkpoint. ``overrides`` may change
-    ``epochs`` (to train longer), ``device``, ``progress`` and ``log_every``. A run trained with
-    the (single-process) fast step and resumed data-parallel continues with the eager step (the
-    step options change how a step runs, not the model; ``config.json`` is updated).
+    """Continue ``run_dir`` from its last complete checkpoint, holding its lock. ``overrides``
+    may change ``epochs`` (the total, at least the epochs done; a run with an ``lr_schedule``
+    keeps its epochs), ``lr`` (a constant schedule only; the optimizer continues at it),
+    ``device``, ``data_dir``, ``progress`` and ``log_every``; a change of epochs, lr, device or
+    data is recorded in ``config.json``'s ``resumed`` list. A run trained with the
+    (single-process) fast step and resumed data-parallel continues with the eager step (the step
+    options change how a step runs, not the model; ``config.json`` is updated).
 
     The checkpoint may come from any number of processes (``dist``: as for :func:`train`); the
     random streams continue as :meth:`~problayers.training.Trainer.load_state_dict` says."""
+    refused = sorted(set(overrides) - set(RESUME_OVERRIDES))
+    if refused:
+        raise ValueError(
+            f"resume: only {sorted(RESUME_OVERRIDES)} can change, got {refused} (they define the run)"
+        )
     run_dir = Path(run_dir)
-    allowed = {"epochs", "device", "progress", "log_every"}
-    if set(overrides) - allowed:
-        raise ValueError(f"resume: only {sorted(allowed)} can change, got {sorted(set(overrides) - allowed)}")
     dist = _dist(dist)
 
     def read() -> tuple[RunConfig, dict[str, Any]]:
         saved = read_config(run_dir)
-        cfg = dataclasses.replace(saved, **overrides)
+        path = run_dir / CHECKPOINT
+        state = load_checkpoint(path)
+        check_run_state(state, str(path), training=True)
+        done = state["epoch"]
+        check_consistent(saved, json.loads(state["meta"])["config"], done, str(path))
+        cfg = _absolute_data(dataclasses.replace(saved, **overrides))
+        if cfg.epochs < done:
+            raise ValueError(
+                f"epochs: the run has trained {done} epochs; expected a total >= {done}, got {cfg.epochs}"
+            )
+        if cfg.lr_schedule != "constant":
+            for name in ("epochs", "lr"):
+                if getattr(cfg, name) != getattr(saved, name):
+                    raise ValueError(
+                        f"{name}: the run's lr_schedule {cfg.lr_schedule!r} spans its {saved.epochs} "
+                        f"epochs at peak lr {saved.lr}; it cannot be resumed with {name} {getattr(cfg, name)}"
+                    )
+        changed = {
+            k: getattr(cfg, k)
+            for k in ("epochs", "lr", "device", "data_dir")
+            if getattr(cfg, k) != getattr(saved, k)
+        }
+        if changed:
+            cfg = dataclasses.replace(cfg, resumed=(*saved.resumed, {"at_epoch": done, **changed}))
         if dist is not None:  # the fast step is single-process: data-parallel, the eager step
             cfg = dataclasses.replace(cfg, **step_options(fast=False))
-        if cfg.epochs != saved.epochs and cfg.lr_schedule != "constant":
-            raise ValueError(
-                f"epochs: the run's lr_schedule {cfg.lr_schedule!r} spans its {saved.epochs} epochs; "
-                f"it cannot be resumed for {cfg.epochs}"
-            )
         _check_parallel(cfg, dist)
-        state = load_checkpoint(run_dir / CHECKPOINT)
-        _check_meta(cfg, state, run_dir / CHECKPOINT)
         return cfg, state
 
-    cfg, state = _on_main(dist, read)  # rank 0 reads the run directory, the others get it
-    trainer = _setup(cfg, run_dir, dist)
-    trainer.load_state_dict(state)
-    if trainer.is_main:
-        write_json(run_dir / CONFIG, cfg.to_json())
-    return _finish(trainer, run_dir)
+    with _locked(run_dir, dist, read) as (cfg, state):  # rank 0 reads, the others get it
+        trainer = _setup(cfg, run_dir, dist)
+        trainer.load_state_dict(state, source=str(run_dir / CHECKPOINT))
+        for group in trainer.optimizer.param_groups:  # --lr on resume (constant schedule)
+            if trainer.scheduler is None:
+                group["lr"] = cfg.lr
+        if trainer.is_main:
+            write_json(run_dir / CONFIG, cfg.to_json())
+        return _finish(trainer, run_dir)
 
 
 def load_run(
@@ -358,18 +302,23 @@ def load_run(
 ) -> tuple[VAE, RunConfig, dict[str, Any]]:
     """The trained model of ``run_dir`` (eval mode, on ``device``), its config and history.
 
-    A run trained with ``ema_decay`` gives its averaged weights (those its test metrics are
-    of), or with ``online=True`` the last iterate of training."""
+    The checkpoint is validated first (structure, metadata, shapes, finite weights): a damaged
+    or foreign one raises a one-line :class:`~problayers.checkpoint.CheckpointError`. A run
+    trained with ``ema_decay`` gives its averaged weights (those its test metrics are of), or
+    with ``online=True`` the last iterate of training."""
     run_dir = Path(run_dir)
     cfg = dataclasses.replace(read_config(run_dir), device=device)
-    state = load_checkpoint(run_dir / CHECKPOINT)
-    _check_meta(cfg, state, run_dir / CHECKPOINT)
+    path = run_dir / CHECKPOINT
+    state = load_checkpoint(path)
+    saved = check_run_state(state, str(path))
+    check_consistent(cfg, saved, state["epoch"], str(path))
     model = build_model(cfg.model)
-    weights = state["model"]
+    weights, what = state["model"], "model"
     if "averaged" in state and not online:  # EMA.state_dict(): the weights under "module."
-        weights = dict(state["averaged"])
+        weights, what = dict(state["averaged"]), "averaged"
         weights.pop("_extra_state", None)  # EMA's update count and decay
         torch.nn.modules.utils.consume_prefix_in_state_dict_if_present(weights, "module.")
+    check_state_dict(model, weights, what, str(path))
     model.load_state_dict(weights)
     model.to(resolve_device(device)).eval()
-    return model, cfg, {"history": json.loads(state["history"]), "epoch": int(state["epoch"])}
+    return model, cfg, {"history": json.loads(state["history"]), "epoch": state["epoch"]}

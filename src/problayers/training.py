@@ -46,7 +46,7 @@ METRICS = "metrics.jsonl"
 
 
 class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
+    """The loss became NaN or infinite; the last good checkpoint (if any) is kept."""
 
 
 @dataclass(frozen=True)
@@ -264,10 +264,15 @@ class Trainer:
                 where = f" on rank(s) {', '.join(map(str, bad))} of {self.world_size}"
             elif self.dist is not None:  # no rank's own loss: only their sum overflowed
                 where = f" (summed over {self.world_size} ranks)"
+            if self.run_dir is None:
+                kept = "nothing was saved (no run directory)"
+            elif self.epoch == 0:
+                kept = "no checkpoint was written (no epoch completed)"
+            else:
+                kept = f"the last good checkpoint (epoch {self.epoch}) is kept"
             raise NonFiniteLossError(
                 f"loss is {means['loss']}{where} in epoch {epoch + 1} (within its first {steps} steps); "
-                f"training stopped{' on every rank' if where else ''}, "
-                f"the last good checkpoint (epoch {self.epoch}) is kept"
+                f"training stopped{' on every rank' if where else ''}, {kept}"
             )
         return means, images
 
@@ -307,7 +312,7 @@ class Trainer:
             state["rng_cuda_ranks"] = [r["cuda"] for r in ranks]
         return state
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any], source: str = "checkpoint") -> None:
         """Restore a checkpoint written with any number of processes.
 
         Model and optimizer are the same on every rank. Random streams: on the world size the
@@ -317,19 +322,27 @@ class Trainer:
         the run continues from the checkpoint reproducibly but not bitwise like an uninterrupted
         run (the reparameterization noise of an example depends on the rank that draws it).
         """
-        model_state = state["model"]
+        from .trainstate import check_trainer_state
+
+        check_trainer_state(self, state, source)  # one-line CheckpointError if it does not fit
+        model_state = dict(state["model"])
         torch.nn.modules.utils.consume_prefix_in_state_dict_if_present(model_state, "module.")
         self.model.load_state_dict(model_state)
-        self.optimizer.load_state_dict(state["optimizer"])
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (ValueError, KeyError, TypeError, RuntimeError) as err:
+            raise CheckpointError(
+                f"{source}: optimizer: does not fit ({' '.join(str(err).split())})"
+            ) from None
         if self.scheduler is not None:
             if "scheduler" not in state:
                 raise CheckpointError(
-                    "checkpoint: written without a learning-rate scheduler, resumed with one"
+                    f"{source}: written without a learning-rate scheduler, resumed with one"
                 )
             self.scheduler.load_state_dict(state["scheduler"])
         if self.averaged is not None:
             if "averaged" not in state:
-                raise CheckpointError("checkpoint: written without weight averaging, resumed with it")
+                raise CheckpointError(f"{source}: written without weight averaging, resumed with it")
             self.averaged.load_state_dict(state["averaged"])
         self.epoch = int(state["epoch"])
         self.history = json.loads(state["history"])
@@ -370,7 +383,7 @@ class Trainer:
             state = load_checkpoint(path)
         else:
             state = self.dist.run_on_main(lambda: load_checkpoint(path))
-        self.load_state_dict(state)
+        self.load_state_dict(state, source=str(path))
         return json.loads(state["meta"])
 
 

@@ -1,0 +1,123 @@
+"""The one error path of the command line: exceptions that carry a one-line message, and how the
+CLI turns any exception into an exit status and one line on stderr.
+
+* ``2``: the inputs are wrong (an option, a run directory, a checkpoint, a ``config.json``, the
+  data): ``problayers: error: <what>: expected <this>, got <that>``.
+* ``1``: the environment failed (disk full, permission denied, read-only filesystem), training
+  diverged (a non-finite loss), or an unforeseen internal error.
+* ``130`` / ``143``: interrupted by SIGINT / SIGTERM (cleanly: no temporary files are left).
+
+No traceback is printed unless ``--debug`` is given or ``PROBLAYERS_DEBUG=1`` is set.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import os
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+__all__ = [
+    "DEBUG_ENV",
+    "ProblayersError",
+    "RunDirError",
+    "Terminated",
+    "WriteError",
+    "debug_requested",
+    "describe",
+    "one_line",
+    "os_reason",
+    "sigterm_raises",
+]
+
+DEBUG_ENV = "PROBLAYERS_DEBUG"
+
+
+class ProblayersError(Exception):
+    """A fault of the user or of the environment, with a one-line message naming the file or
+    option, what was expected and what was got."""
+
+
+class RunDirError(ProblayersError, ValueError):
+    """A run directory (``--out``, ``--resume``, ``evaluate RUN``) that cannot be used."""
+
+
+class WriteError(ProblayersError, OSError):
+    """A file could not be written (disk full, permission denied, read-only filesystem...).
+    ``errno`` is the underlying error's; the target file is unchanged and no temporary is left."""
+
+    def __init__(self, message: str, errno: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class Terminated(KeyboardInterrupt):
+    """Raised in the main thread when the process receives SIGTERM (handled like Ctrl-C)."""
+
+
+def one_line(text: object) -> str:
+    """``text`` with its whitespace (newlines included) collapsed to single spaces."""
+    return " ".join(str(text).split())
+
+
+def os_reason(err: OSError) -> str:
+    """``No space left on device (ENOSPC)``: an OS error's reason, without the file name."""
+    code = getattr(err, "errno", None)
+    name = _errno.errorcode.get(code, "") if isinstance(code, int) else ""
+    text = err.strerror or one_line(err) or type(err).__name__
+    return f"{text} ({name})" if name else text
+
+
+def debug_requested(flag: bool = False) -> bool:
+    return flag or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+def describe(err: BaseException) -> tuple[int, str]:
+    """The exit status and the one line the CLI prints for ``err``."""
+    from .checkpoint import CheckpointError
+    from .data import MNISTError
+    from .training import NonFiniteLossError
+
+    if isinstance(err, Terminated):
+        return 143, "problayers: terminated (SIGTERM); the last complete checkpoint, if any, is kept"
+    if isinstance(err, KeyboardInterrupt):
+        return 130, "problayers: interrupted; the last complete checkpoint, if any, is kept"
+    if isinstance(err, NonFiniteLossError):
+        return 1, f"problayers: {one_line(err)}"
+    if isinstance(err, WriteError):
+        return 1, f"problayers: error: {one_line(err)}"
+    if isinstance(err, (ValueError, MNISTError, CheckpointError, ProblayersError)):
+        return 2, f"problayers: error: {one_line(err)}"
+    if isinstance(err, OSError):
+        where = f"{err.filename}: " if getattr(err, "filename", None) else ""
+        return 1, f"problayers: error: {where}{os_reason(err)}"
+    return 1, (
+        f"problayers: internal error: {type(err).__name__}: {one_line(err)[:500]} "
+        f"(set {DEBUG_ENV}=1 or pass --debug for the traceback)"
+    )
+
+
+@contextmanager
+def sigterm_raises() -> Iterator[None]:
+    """Within the block SIGTERM raises :class:`Terminated` in the main thread (like SIGINT's
+    KeyboardInterrupt), so ``finally`` blocks and the atomic writers clean up; a second SIGTERM
+    while the first is being handled is ignored. Outside the main thread: no change."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -1,0 +1,181 @@
+"""What defines a training run: :class:`RunConfig` (saved as the run's ``config.json``), its
+strict reading back from JSON, the step options and the device names."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .averaging import check_decay
+from .models import ModelConfig
+
+__all__ = ["MAX_EPOCHS", "STEP_OPTIONS", "RunConfig", "resolve_device", "step_options"]
+
+#: The most epochs a run may have (a larger number in a config or checkpoint is refused as corrupt).
+MAX_EPOCHS = 100_000
+#: The keys a ``config.json`` must have (the others default, for files of older versions).
+REQUIRED = ("model", "epochs", "batch_size", "lr", "seed")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that defines a training run (saved as ``config.json``)."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    epochs: int = 15
+    batch_size: int = 256
+    lr: float = 1e-3
+    seed: int = 0
+    device: str = "auto"
+    data_dir: str | None = None  # None: $PROBLAYERS_MNIST_DIR, the cache, or a download
+    synthetic: int = 0  # > 0: train on this many generated digits instead of MNIST (tests, demos)
+    train_subset: int | None = None  # use only the first N training images
+    test_subset: int | None = None  # ... and the first N test images
+    eval_batch_size: int = 500
+    lr_schedule: str = "constant"  # a key of problayers.schedules.LR_SCHEDULES
+    ema_decay: float | None = None  # evaluate an EMA of the weights (problayers.averaging.EMA)
+    # The fast step's options (problayers.fastpath.make_train_step; single-process only for now).
+    compile: bool = False
+    compile_mode: str | None = None
+    precision: str = "fp32"
+    channels_last: bool = False
+    fused_adam: bool = False  # torch.optim.Adam(fused=True) (CUDA)
+    cuda_graph: bool = False  # the whole step as one CUDA graph (implies fused Adam)
+    log_every: int = 25
+    progress: bool = True
+    # One entry per resume that changed a setting: {"at_epoch": N, "epochs": ..., "lr": ...}.
+    resumed: tuple[dict[str, Any], ...] = ()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.model, ModelConfig):
+            raise ValueError(f"model: expected a ModelConfig, got {self.model!r}")
+        for name in ("epochs", "batch_size", "eval_batch_size", "log_every"):
+            _positive_int(name, getattr(self, name))
+        if self.epochs > MAX_EPOCHS:
+            raise ValueError(f"epochs: expected at most {MAX_EPOCHS}, got {self.epochs}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise ValueError(f"seed: expected an int, got {self.seed!r}")
+        for name in ("train_subset", "test_subset"):
+            if getattr(self, name) is not None:
+                _positive_int(name, getattr(self, name))
+        if not isinstance(self.synthetic, int) or isinstance(self.synthetic, bool) or self.synthetic < 0:
+            raise ValueError(f"synthetic: expected an int >= 0, got {self.synthetic!r}")
+        if self.data_dir is not None and not isinstance(self.data_dir, str):
+            raise ValueError(f"data_dir: expected a path string or null, got {self.data_dir!r}")
+        from .fastpath import COMPILE_MODES, PRECISIONS
+        from .schedules import LR_SCHEDULES
+
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision: expected one of {list(PRECISIONS)}, got {self.precision!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule: expected one of {sorted(LR_SCHEDULES)}, got {self.lr_schedule!r}")
+        if self.compile_mode not in COMPILE_MODES:
+            raise ValueError(
+                f"compile_mode: expected one of {list(COMPILE_MODES)}, got {self.compile_mode!r}"
+            )
+        if self.compile_mode is not None and not self.compile:
+            raise ValueError(f"compile_mode={self.compile_mode!r} needs compile=True")
+        for name in ("compile", "channels_last", "fused_adam", "cuda_graph", "progress"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name}: expected True or False, got {getattr(self, name)!r}")
+        lr = self.lr
+        if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not 0 < lr < float("inf"):
+            raise ValueError(f"lr: expected a number > 0, got {self.lr!r}")
+        if self.ema_decay is not None:
+            check_decay(self.ema_decay, "ema_decay")
+        if not isinstance(self.resumed, tuple) or not all(isinstance(r, dict) for r in self.resumed):
+            raise ValueError(f"resumed: expected a list of objects, got {self.resumed!r}")
+        if not isinstance(self.device, str):
+            raise ValueError(f"device: expected a string, got {self.device!r}")
+        resolve_device(self.device)
+
+    def to_json(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["resumed"] = list(out["resumed"])
+        return out
+
+    @classmethod
+    def from_json(cls, obj: Any, source: str = "config") -> RunConfig:
+        """The config of ``obj`` (a parsed ``config.json``); a one-line ``ValueError`` naming
+        ``source`` for anything but an object with the known keys and valid values."""
+        if not isinstance(obj, dict):
+            raise ValueError(f"{source}: expected a JSON object of run settings, got {_kind(obj)}")
+        known = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(obj) - set(known))
+        if unknown:
+            raise ValueError(f"{source}: unknown key(s) {unknown}; expected keys among {known}")
+        missing = [k for k in REQUIRED if k not in obj]
+        if missing:
+            raise ValueError(f"{source}: missing key(s) {missing}")
+        model = obj["model"]
+        model_keys = [f.name for f in dataclasses.fields(ModelConfig)]
+        if not isinstance(model, dict):
+            raise ValueError(
+                f"{source}: model: expected an object with keys {model_keys}, got {_kind(model)}"
+            )
+        unknown = sorted(set(model) - set(model_keys))
+        if unknown:
+            raise ValueError(f"{source}: model: unknown key(s) {unknown}; expected keys among {model_keys}")
+        values = dict(obj)
+        if isinstance(values.get("resumed"), list):
+            values["resumed"] = tuple(values["resumed"])
+        try:
+            values["model"] = ModelConfig(**model)
+            return cls(**values)
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"{source}: {err}") from None
+
+
+def _kind(obj: Any) -> str:
+    return "null" if obj is None else f"{type(obj).__name__} {obj!r}"[:80]
+
+
+#: RunConfig's fields that choose how a training step runs, not what it computes.
+STEP_OPTIONS = ("compile", "compile_mode", "precision", "channels_last", "fused_adam", "cuda_graph")
+
+
+def step_options(fast: bool, device: str = "auto") -> dict[str, Any]:
+    """RunConfig's :data:`STEP_OPTIONS`: their defaults (the plain eager step), or with ``fast``
+    the device's fastest (:func:`problayers.fastpath.fastest_defaults`, and fused Adam on CUDA)."""
+    defaults = {f.name: f.default for f in dataclasses.fields(RunConfig)}
+    opts = {name: defaults[name] for name in STEP_OPTIONS}
+    if fast:
+        from .fastpath import fastest_defaults
+
+        dev = resolve_device(device)
+        opts.update(fastest_defaults(dev), fused_adam=dev.type == "cuda")
+    return opts
+
+
+def _positive_int(name: str, value: Any) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name}: expected a positive int, got {value!r}")
+
+
+_DEVICES = "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"
+
+
+def resolve_device(device: str) -> torch.device:
+    """``"auto"`` -> cuda when present, else cpu; otherwise ``torch.device(device)`` for a cpu,
+    cuda or mps device that exists (``meta`` and the like cannot train or evaluate)."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device: expected {_DEVICES}, got {device!r}") from None
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device: expected {_DEVICES}, got {device!r}")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device: {device!r} was asked for but no CUDA device is available")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device: {device!r} was asked for but there are {torch.cuda.device_count()} CUDA devices"
+            )
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device: {device!r} was asked for but MPS is not available")
+    return dev

@@ -1,0 +1,145 @@
+"""A run directory's files, checked: where a run may be written, its ``config.json`` read
+strictly, its checkpoint's metadata validated, and outputs kept off the run's own files."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from .checkpoint import CheckpointError, check_finite
+from .errors import RunDirError, os_reason
+from .runconfig import MAX_EPOCHS, RunConfig
+
+__all__ = [
+    "CONFIG",
+    "OWN_FILES",
+    "check_consistent",
+    "check_output",
+    "check_run_state",
+    "prepare_run_dir",
+    "read_config",
+]
+
+CONFIG = "config.json"
+#: The files that make a run: nothing but ``train``/``resume`` may write them.
+OWN_FILES = (CONFIG, "checkpoint.pt", "metrics.jsonl", ".lock")
+
+
+def prepare_run_dir(run_dir: str | os.PathLike, option: str = "--out") -> Path:
+    """``run_dir`` as a directory that exists (created if needed), or a one-line
+    :class:`~problayers.errors.RunDirError` naming ``option``."""
+    if os.fspath(run_dir) == "":
+        raise RunDirError(f"{option}: expected a directory, got an empty path")
+    path = Path(run_dir).expanduser()
+    if path.exists() and not path.is_dir():
+        raise RunDirError(f"{option} {path}: expected a directory, got an existing file")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise RunDirError(f"{option} {path}: expected a directory, but a parent is a file") from None
+    except OSError as err:
+        raise RunDirError(f"{option} {path}: cannot create the directory: {os_reason(err)}") from None
+    return path
+
+
+def read_config(run_dir: str | os.PathLike) -> RunConfig:
+    """The run's ``config.json``, strictly: a one-line ``ValueError`` naming the file if it is
+    missing, not JSON, or not a valid :class:`RunConfig`."""
+    run_dir = Path(run_dir)
+    path = run_dir / CONFIG
+    try:
+        if not run_dir.is_dir():
+            raise RunDirError(f"run_dir: {run_dir} is not a directory (not a problayers run directory)")
+        if not path.is_file():
+            raise RunDirError(f"run_dir: {run_dir} has no {CONFIG} (not a problayers run directory)")
+        text = path.read_bytes().decode()
+    except OSError as err:
+        raise RunDirError(f"{path}: cannot be read ({os_reason(err)})") from None
+    except UnicodeDecodeError:
+        raise RunDirError(f"{path}: not a problayers config (not UTF-8 text)") from None
+    try:
+        obj = json.loads(text)
+    except ValueError as err:
+        raise RunDirError(f"{path}: not valid JSON ({err})") from None
+    return RunConfig.from_json(obj, source=str(path))
+
+
+def _json_field(state: dict[str, Any], key: str, kind: type, source: str) -> Any:
+    raw = state.get(key)
+    try:
+        value = json.loads(raw) if isinstance(raw, str) else None
+    except ValueError:
+        value = None
+    if not isinstance(value, kind):
+        raise CheckpointError(
+            f"{source}: not a problayers checkpoint ({key!r}: expected a JSON {kind.__name__})"
+        )
+    return value
+
+
+def check_run_state(state: dict[str, Any], source: str, *, training: bool = False) -> dict[str, Any]:
+    """Validate a run checkpoint's structure and metadata (``training``: also what a resume
+    needs); returns its saved config (JSON). One-line :class:`CheckpointError` otherwise."""
+    required = ["epoch", "model", "history", "meta"] + (["optimizer", "rng_cpu"] if training else [])
+    missing = [k for k in required if k not in state]
+    if missing:
+        raise CheckpointError(
+            f"{source}: not a problayers checkpoint (missing {', '.join(map(repr, missing))})"
+        )
+    meta = _json_field(state, "meta", dict, source)
+    saved = meta.get("config")
+    if not isinstance(saved, dict) or not isinstance(saved.get("model"), dict):
+        raise CheckpointError(f"{source}: not a problayers checkpoint (its meta has no run config)")
+    epochs = saved.get("epochs")
+    if not isinstance(epochs, int) or isinstance(epochs, bool) or not 1 <= epochs <= MAX_EPOCHS:
+        raise CheckpointError(
+            f"{source}: its config's epochs: expected an int in 1..{MAX_EPOCHS}, got {epochs!r}"
+        )
+    epoch = state["epoch"]
+    if not isinstance(epoch, int) or isinstance(epoch, bool) or not 0 <= epoch <= epochs:
+        raise CheckpointError(
+            f"{source}: epoch: expected an int in 0..{epochs} (its run's epochs), got {epoch!r}"
+        )
+    history = _json_field(state, "history", list, source)
+    if len(history) != epoch:
+        raise CheckpointError(f"{source}: holds {len(history)} epochs of history but says epoch {epoch}")
+    for key in ("model", "averaged"):
+        if key in state:
+            if not isinstance(state[key], dict):
+                raise CheckpointError(
+                    f"{source}: {key}: expected a dict of tensors, got a {type(state[key]).__name__}"
+                )
+            check_finite(state[key], "weight" if key == "model" else "averaged weight", source)
+    return saved
+
+
+def check_consistent(cfg: RunConfig, saved: dict[str, Any], epoch: int, source: str) -> None:
+    """The checkpoint's model config is the run's, and it has not trained past its config."""
+    from .models import ModelConfig
+
+    try:
+        same = ModelConfig(**saved["model"]) == cfg.model  # fields added since compare at their defaults
+    except (TypeError, ValueError):
+        same = False
+    if not same:
+        raise CheckpointError(
+            f"{source}: trained with model config {saved['model']}, but this run's model config is "
+            f"{cfg.to_json()['model']}"
+        )
+    if epoch > cfg.epochs:
+        raise CheckpointError(
+            f"{source}: has trained {epoch} epochs, but the run's {CONFIG} says {cfg.epochs}"
+        )
+
+
+def check_output(out: str | os.PathLike, run_dir: str | os.PathLike, option: str) -> Path:
+    """``out`` unless it is one of the run's own files (``config.json``, the checkpoint...)."""
+    if os.fspath(out) == "":
+        raise RunDirError(f"{option}: expected a file path, got an empty path")
+    out = Path(out).expanduser()
+    own = {(Path(run_dir) / name).resolve() for name in OWN_FILES}
+    if out.resolve() in own:
+        raise RunDirError(f"{option} {out}: is one of the run's own files; choose another path")
+    return out
