@@ -1,0 +1,428 @@
+"""The promises of docs/reliability.md: one-line errors for malformed runs, the run lock,
+SIGTERM, stale temporaries, resume rules, disk-full runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from problayers import checkpoint
+from problayers.cli import main
+from problayers.runlock import LOCK, RunLock
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["--latent-size", "4", "--base-depth", "4", "--batch-size", "32", "--no-progress", "--no-fast"]
+EVAL = ["--iwae-samples", "0", "--test-subset", "10", "--no-progress"]
+
+
+def _env(**extra):
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", **extra)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), env.get("PYTHONPATH", "")])
+    return env
+
+
+def _cli(*argv):
+    return [sys.executable, "-m", "problayers", *argv]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "run"
+    assert main(["train", "--out", str(out), "--epochs", "2", "--synthetic", "96", *TINY]) == 0
+    return out
+
+
+@pytest.fixture
+def run(trained, tmp_path):
+    """A fresh copy of the trained run (tests may damage it)."""
+    return Path(shutil.copytree(trained, tmp_path / "run"))
+
+
+def fails(argv, capsys, code=2):
+    """Run the CLI, expect exit ``code`` and one line on stderr; return that line."""
+    capsys.readouterr()  # what earlier commands printed
+    with pytest.raises(SystemExit) as info:
+        main([str(a) for a in argv])
+    assert info.value.code == code
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "Traceback" not in err, err
+    return err
+
+
+# --------------------------------------------------------------------- malformed checkpoints
+class Evil:
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+def _edit(key=None, value=None, drop=None, meta_epochs=None):
+    def edit(state):
+        if drop:
+            state.pop(drop)
+        if key:
+            state[key] = value(state) if callable(value) else value
+        if meta_epochs is not None:
+            meta = json.loads(state["meta"])
+            meta["config"]["epochs"] = meta_epochs
+            state["meta"] = json.dumps(meta)
+        return state
+
+    return edit
+
+
+def _first(state):
+    return next(iter(state["model"]))
+
+
+CHECKPOINTS = {
+    "wrong shape": (
+        _edit("model", lambda s: {**s["model"], _first(s): torch.zeros(3)}),
+        "expected shape",
+    ),
+    "extra key": (_edit("model", lambda s: {**s["model"], "extra.weight": torch.zeros(1)}), "unexpected"),
+    "missing key": (_edit("model", lambda s: dict(list(s["model"].items())[1:])), "missing"),
+    "state is a list": (lambda s: [s["model"]], "got a list"),
+    "state is a tensor": (lambda s: torch.zeros(2), "got a Tensor"),
+    "no model": (_edit(drop="model"), "missing 'model'"),
+    "no meta": (_edit(drop="meta"), "missing 'meta'"),
+    "meta not JSON": (_edit("meta", "{oops"), "'meta': expected a JSON dict"),
+    "NaN weights": (
+        _edit("model", lambda s: {k: v * float("nan") for k, v in s["model"].items()}),
+        "non-finite",
+    ),
+    "epoch -5": (_edit("epoch", -5), "epoch: expected an int in 0..2"),
+    "epoch as text": (_edit("epoch", "2"), "epoch: expected an int"),
+    "epochs 10**30": (_edit(meta_epochs=10**30), "epochs: expected an int in 1..100000"),
+    "history short": (_edit("history", "[]"), "holds 0 epochs of history"),
+}
+RESUME_ONLY = {
+    "bad RNG state": (
+        _edit("rng_cpu", torch.zeros(7, dtype=torch.uint8)),
+        "rng_cpu: expected a CPU random state",
+    ),
+    "no RNG state": (_edit(drop="rng_cpu"), "missing 'rng_cpu'"),
+    "optimizer shapes": (
+        _edit(
+            "optimizer",
+            lambda s: {
+                **s["optimizer"],
+                "state": {
+                    i: {**e, "exp_avg": torch.zeros(1, 1, 1, 1, 1)}
+                    for i, e in s["optimizer"]["state"].items()
+                },
+            },
+        ),
+        "optimizer: exp_avg of parameter 0",
+    ),
+    "optimizer a list": (_edit("optimizer", []), "optimizer: expected an optimizer state dict"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CHECKPOINTS) + sorted(RESUME_ONLY))
+def test_malformed_checkpoint_is_one_line(run, case, capsys):
+    edit, phrase = {**CHECKPOINTS, **RESUME_ONLY}[case]
+    path = run / "checkpoint.pt"
+    torch.save(edit(torch.load(path, weights_only=True)), path)
+    before = path.read_bytes()
+    commands = [["train", "--resume", run]]
+    if case in CHECKPOINTS:
+        commands += [["evaluate", run, *EVAL], ["sample", run, "--out", run.parent / "pics"]]
+    for argv in commands:
+        err = fails(argv, capsys)
+        assert err.startswith("problayers: error:") and phrase in err and str(path) in err, err
+    assert path.read_bytes() == before and not (run / LOCK).exists()
+    assert not (run / "eval.json").exists() and not (run.parent / "pics").exists()
+
+
+@pytest.mark.parametrize("content", ["garbage", "crafted", "empty", "truncated"])
+def test_foreign_checkpoint_files(run, content, capsys):
+    path = run / "checkpoint.pt"
+    if content == "crafted":
+        with open(path, "wb") as f:
+            torch.save({"model": Evil()}, f, pickle_module=pickle)
+    else:
+        data = {"garbage": b"\x80\x02not torch", "empty": b"", "truncated": path.read_bytes()[:2000]}
+        path.write_bytes(data[content])
+    for argv in (["evaluate", run, *EVAL], ["train", "--resume", run]):
+        err = fails(argv, capsys)
+        assert "not a problayers checkpoint" in err and "weights_only" not in err
+        if content == "crafted":
+            assert "refused to load code" in err and ("os.system" in err or "posix.system" in err)
+
+
+CONFIGS = {
+    "unknown key": (
+        '{"model": {}, "epochs": 2, "batch_size": 32, "lr": 0.001, "seed": 0, "x": 1}',
+        "unknown key",
+    ),
+    "null": ("null", "got null"),
+    "list": ("[1, 2]", "got list"),
+    "empty object": ("{}", "missing key(s) ['model', 'epochs', 'batch_size', 'lr', 'seed']"),
+    "model as a string": (
+        '{"model": "seed", "epochs": 2, "batch_size": 32, "lr": 0.001, "seed": 0}',
+        "model: expected an object",
+    ),
+    "unknown model key": (
+        '{"model": {"depth": 3}, "epochs": 2, "batch_size": 32, "lr": 0.001, "seed": 0}',
+        "model: unknown key",
+    ),
+    "not JSON": ("{epochs: 2", "not valid JSON"),
+    "epochs 10**30": (None, "epochs: expected at most 100000"),
+    "epochs null": (None, "epochs: expected a positive int, got None"),
+    "not UTF-8": (b"\xff\xfe", "not UTF-8"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CONFIGS))
+def test_malformed_config_is_one_line(run, case, capsys):
+    text, phrase = CONFIGS[case]
+    path = run / "config.json"
+    if text is None:
+        cfg = json.loads(path.read_text())
+        cfg["epochs"] = 10**30 if "30" in case else None
+        text = json.dumps(cfg)
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    for argv in (["evaluate", run, *EVAL], ["sample", run], ["train", "--resume", run]):
+        err = fails(argv, capsys)
+        assert phrase in err and str(path) in err, err
+
+
+def test_debug_shows_the_traceback(run, monkeypatch, capsys):
+    (run / "config.json").write_text("[]")
+    with pytest.raises(ValueError, match="got list"):
+        main(["evaluate", str(run), "--debug"])
+    monkeypatch.setenv("PROBLAYERS_DEBUG", "1")
+    with pytest.raises(ValueError, match="got list"):
+        main(["evaluate", str(run)])
+
+
+def test_internal_errors_are_one_line_too(monkeypatch, capsys, tmp_path):
+    import problayers.experiment
+
+    def broken(*args, **kwargs):
+        raise TypeError("something\nunforeseen")
+
+    monkeypatch.setattr(problayers.experiment, "load_run", broken)
+    err = fails(["evaluate", tmp_path], capsys, code=1)
+    assert "internal error: TypeError: something unforeseen" in err and "PROBLAYERS_DEBUG=1" in err
+
+
+# ------------------------------------------------------------------------- outputs and OS faults
+def test_disk_full_while_training_is_one_line(tmp_path, monkeypatch, capsys):
+    from test_checkpoint import _DiskFull
+
+    monkeypatch.setattr(checkpoint.os, "fdopen", _DiskFull(room=20_000)(os.fdopen))  # lock, config fit
+    out = tmp_path / "run"
+    err = fails(["train", "--out", out, "--epochs", "1", "--synthetic", "64", *TINY], capsys, code=1)
+    assert f"{out / 'checkpoint.pt'}: cannot write: No space left on device (ENOSPC)" in err
+    assert sorted(p.name for p in out.iterdir()) == ["config.json"]  # no temp, no lock, no checkpoint
+
+
+def test_disk_full_while_evaluating(run, monkeypatch, capsys):
+    from test_checkpoint import _DiskFull
+
+    monkeypatch.setattr(checkpoint.os, "fdopen", _DiskFull(room=10)(os.fdopen))
+    err = fails(["evaluate", run, *EVAL, "--out", run / "e.json"], capsys, code=1)
+    assert f"{run / 'e.json'}: cannot write: No space left on device" in err
+    assert not list(run.glob(".*.tmp")) and not (run / "e.json").exists()
+
+
+def test_unwritable_run_directory(tmp_path, monkeypatch, capsys):
+    import errno
+
+    real_open = os.open
+
+    def read_only(path, flags, *args):
+        if str(path).endswith(LOCK):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", read_only)
+    out = tmp_path / "ro"
+    err = fails(["train", "--out", out, "--synthetic", "64", *TINY], capsys)
+    assert f"run directory {out}: cannot write there (Read-only file system (EROFS))" in err
+
+
+def test_evaluate_and_sample_default_outputs(run, capsys):
+    names = {p.name: p.read_bytes() for p in run.iterdir() if p.suffix in (".pt", ".json", ".jsonl")}
+    assert main(["evaluate", str(run), *EVAL]) == 0
+    assert (run / "eval.json").is_file()
+    assert main(["sample", str(run), "--n", "3"]) == 0
+    for name, data in names.items():
+        assert (run / name).read_bytes() == data, name
+
+
+# --------------------------------------------------------------------------------- the lock
+HOLD = (
+    "import sys; from problayers.runlock import RunLock\n"
+    "with RunLock(sys.argv[1]):\n"
+    "    print('locked', flush=True); sys.stdin.read()\n"
+)
+
+
+def test_a_held_lock_refuses_a_second_train_or_resume(run, tmp_path):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(run)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env=_env(),
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        owner = json.loads((run / LOCK).read_text())
+        assert owner["pid"] == holder.pid and owner["host"] == socket.gethostname()
+        for argv in (
+            ["train", "--resume", str(run), "--epochs", "3"],
+            ["train", "--out", str(run), "--synthetic", "64"],
+        ):
+            done = subprocess.run(
+                _cli(*argv, "--no-progress"), env=_env(), capture_output=True, text=True, timeout=120
+            )
+            assert done.returncode == 2, done.stderr
+            err = done.stderr.strip()
+            assert "\n" not in err and f"in use by process {holder.pid} on {socket.gethostname()}" in err
+        assert json.loads((run / "config.json").read_text())["epochs"] == 2
+    finally:
+        holder.communicate("", timeout=30)
+    assert holder.returncode == 0 and not (run / LOCK).exists()
+
+
+def test_two_trains_on_one_out(tmp_path):
+    out = tmp_path / "same"
+    argv = _cli("train", "--out", str(out), "--epochs", "1", "--synthetic", "64", *TINY)
+    procs = [
+        subprocess.Popen(argv, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+    for p in procs:
+        p.stdout.close()
+        p.stderr.close()
+    codes = sorted(code for code, _ in results)
+    assert codes == [0, 2], results
+    (err,) = [err for code, err in results if code == 2]
+    assert "in use by process" in err or "already holds a run" in err
+    assert not (out / LOCK).exists() and not list(out.glob(".*.tmp"))
+
+
+def test_stale_and_foreign_locks(run, capsys):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    lock = run / LOCK
+    lock.write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname(), "start": "1"}))
+    with RunLock(run) as held:  # the owner is gone: taken over
+        assert json.loads(lock.read_text()) == held.owner
+    assert not lock.exists()
+    lock.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "start": "reused"}))
+    with RunLock(run):  # this PID, but another process's start time: a reused PID
+        pass
+    lock.write_text(json.dumps({"pid": 1, "host": "elsewhere", "since": "t"}))
+    err = fails(["train", "--resume", run, "--epochs", "3"], capsys)
+    assert "in use by process 1 on elsewhere" in err and f"remove {lock}" in err
+    lock.write_text("")  # being written by another process right now
+    with pytest.raises(ValueError, match="in use"):
+        RunLock(run).acquire()
+    old = time.time() - 3600
+    os.utime(lock, (old, old))  # ... or left half-written an hour ago
+    with RunLock(run):
+        pass
+    assert not lock.exists()
+
+
+# -------------------------------------------------------------------- SIGTERM, temporaries
+def test_sigterm_stops_cleanly(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        _cli("train", "--out", str(out), "--epochs", "1000", "--synthetic", "128", *TINY),
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 240
+    while not (out / "checkpoint.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.3)  # somewhere in the next epoch (a step, an evaluation, a checkpoint write)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert err.strip().splitlines()[-1].startswith("problayers: terminated (SIGTERM)")
+    assert not list(out.glob(".*")), list(out.glob(".*"))  # no temporary file, no lock
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert 1 <= state["epoch"] < 1000 and len(json.loads(state["history"])) == state["epoch"]
+
+
+def test_resume_removes_stale_temporaries(run):
+    stale = [run / ".checkpoint.pt.k1ll3d_x.tmp", run / ".metrics.jsonl.abcdefgh.tmp"]
+    for p in stale:
+        p.write_bytes(b"half a file")
+    assert main(["train", "--resume", str(run), "--epochs", "3", "--no-progress"]) == 0
+    assert not any(p.exists() for p in stale) and not list(run.glob(".*"))
+
+
+# ------------------------------------------------------------------------------- resume rules
+def test_resume_records_a_new_lr(run, capsys):
+    assert main(["train", "--resume", str(run), "--epochs", "3", "--lr", "5e-4", "--no-progress"]) == 0
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["lr"] == 5e-4 and cfg["epochs"] == 3
+    assert cfg["resumed"] == [{"at_epoch": 2, "epochs": 3, "lr": 5e-4}]
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert [g["lr"] for g in state["optimizer"]["param_groups"]] == [5e-4]
+    assert json.loads(state["meta"])["config"] == cfg  # config.json and checkpoint agree
+
+
+def test_resume_refusals(run, capsys):
+    before = (run / "config.json").read_bytes()
+    err = fails(["train", "--resume", run, "--epochs", "1"], capsys)
+    assert "epochs: the run has trained 2 epochs; expected a total >= 2, got 1" in err
+    for flags, name in (
+        (["--seed", "3"], "--seed"),
+        (["--model", "seed"], "--model"),
+        (["--ema-decay", "0.9"], "--ema-decay"),
+    ):
+        assert f"{name} cannot change on resume" in fails(["train", "--resume", run, *flags], capsys)
+    assert (run / "config.json").read_bytes() == before
+
+
+def test_resume_with_a_schedule_keeps_its_lr_and_epochs(tmp_path, capsys):
+    out = tmp_path / "cos"
+    assert (
+        main(
+            [
+                "train",
+                "--out",
+                str(out),
+                "--epochs",
+                "1",
+                "--synthetic",
+                "64",
+                "--lr-schedule",
+                "cosine",
+                *TINY,
+            ]
+        )
+        == 0
+    )
+    assert "lr: the run's lr_schedule 'cosine'" in fails(["train", "--resume", out, "--lr", "1e-4"], capsys)
+
+
+def test_data_dir_is_stored_absolute(tmp_path, monkeypatch):
+    from problayers.data import synthetic_mnist, write_mnist_split
+
+    write_mnist_split(tmp_path / "mnist", *synthetic_mnist(64, 0), "train")
+    write_mnist_split(tmp_path / "mnist", *synthetic_mnist(16, 1), "test")
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--out", "r", "--epochs", "1", "--data-dir", "mnist", *TINY]) == 0
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["data_dir"] == str(tmp_path / "mnist")
