@@ -31,6 +31,11 @@ class LayerCase:
     extra: dict = field(default_factory=dict)
 
 
+def normal_2(t):
+    """A module-level make_distribution_fn (so models built with it pickle)."""
+    return pl.IndependentNormal.new(t, 2)
+
+
 def _softplus(x):
     return np.logaddexp(0.0, x)
 
@@ -108,7 +113,7 @@ CASES: list[LayerCase] = [
     ),
     LayerCase(
         "DistributionLambda(Normal)",
-        lambda: pl.DistributionLambda(lambda t: pl.IndependentNormal.new(t, 2)),
+        lambda: pl.DistributionLambda(normal_2),
         4,
         (2,),
         lambda p: pl.IndependentNormal.new(p, 2),
@@ -177,3 +182,88 @@ CASES: list[LayerCase] = [
         scipy_log_prob=_mixture_ref(lambda p, x: _logistic_ref(p, x, n=3), 2, 6),
     ),
 ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Models around every layer of the catalog, for the PyTorch-tool tests (compile, autocast,
+# deepcopy, pickle): input -> output (a distribution or a tensor), and a scalar loss of it that
+# reaches every parameter (added losses included).
+@dataclass(frozen=True)
+class ModelCase:
+    name: str
+    make_model: Callable[[], nn.Module]
+    input_shape: tuple[int, ...]  # per example
+    #: the output is a distribution (loss: -log_prob at fixed values + its tensor value's sum)
+    distribution: bool = True
+
+
+def _head(case: LayerCase) -> Callable[[], nn.Module]:
+    return lambda: nn.Sequential(nn.Linear(5, case.params_size), case.make_layer())
+
+
+def _std_normal(d: int):
+    import torch
+    import torch.distributions as D
+
+    return D.Independent(D.Normal(torch.zeros(d), torch.ones(d)), 1)
+
+
+def _model_cases() -> list[ModelCase]:
+    cases = [ModelCase(c.name, _head(c), (5,)) for c in CASES]
+    mvn = pl.MultivariateNormalTriL
+    cases += [
+        ModelCase(
+            "MultivariateNormalTriL+KLDivergenceRegularizer",
+            lambda: nn.Sequential(
+                nn.Linear(5, mvn.params_size(3)),
+                mvn(3, activity_regularizer=pl.KLDivergenceRegularizer(_std_normal(3), weight=0.5)),
+            ),
+            (5,),
+        ),
+        ModelCase(
+            "IndependentNormal+KLDivergenceRegularizer(exact)",
+            lambda: nn.Sequential(
+                nn.Linear(5, pl.IndependentNormal.params_size(3)),
+                pl.IndependentNormal(
+                    3, activity_regularizer=pl.KLDivergenceRegularizer(_std_normal(3), use_exact_kl=True)
+                ),
+            ),
+            (5,),
+        ),
+        ModelCase(
+            "KLDivergenceAddLoss",
+            lambda: nn.Sequential(
+                nn.Linear(5, pl.IndependentNormal.params_size(3)),
+                pl.IndependentNormal(3),
+                pl.KLDivergenceAddLoss(_std_normal(3)),
+            ),
+            (5,),
+        ),
+        ModelCase(
+            "AutoregressiveTransform",
+            lambda: nn.Sequential(
+                nn.Linear(5, pl.IndependentNormal.params_size(3)),
+                pl.IndependentNormal(3),
+                pl.AutoregressiveTransform(pl.AutoregressiveNetwork(2, 3, hidden_units=(8,))),
+            ),
+            (5,),
+        ),
+        ModelCase(
+            "VariableLayer",
+            lambda: pl.VariableLayer(4, initializer="normal", make_distribution_fn=normal_2),
+            (5,),
+        ),
+        ModelCase("DenseVariational", lambda: pl.DenseVariational(5, 3), (5,), distribution=False),
+        ModelCase("DenseReparameterization", lambda: pl.DenseReparameterization(5, 3), (5,), False),
+        ModelCase("DenseLocalReparameterization", lambda: pl.DenseLocalReparameterization(5, 3), (5,), False),
+        ModelCase("DenseFlipout", lambda: pl.DenseFlipout(5, 3), (5,), distribution=False),
+        ModelCase("Conv2dReparameterization", lambda: pl.Conv2dReparameterization(2, 3, 3), (2, 5, 5), False),
+        ModelCase("Conv2dFlipout", lambda: pl.Conv2dFlipout(2, 3, 3, padding=1), (2, 5, 5), False),
+        ModelCase(
+            "AutoregressiveNetwork", lambda: pl.AutoregressiveNetwork(2, 5, hidden_units=(8,)), (5,), False
+        ),
+    ]
+    return cases
+
+
+MODEL_CASES: list[ModelCase] = _model_cases()

@@ -59,7 +59,7 @@ def test_repeated_forwards_do_not_double_count():
     m(x)
     m(x)
     assert torch.equal(pl.collect_losses(m), first)  # replaced, not accumulated
-    assert len(m[1].__dict__["_problayers_added_losses"]) == 1
+    assert len(m[1].__dict__["_problayers_added_losses"].terms) == 1
 
 
 def test_no_grad_and_clear():

@@ -7,14 +7,25 @@ tensor computed once by ``convert_to_tensor_fn`` and cached:
 
 * inside any torch function (``torch.*``, ``torch.nn.functional.*``, ``nn`` layers) through
   ``__torch_function__``;
-* with arithmetic and comparison operators, indexing and ``numpy.asarray``;
-* for tensor attributes and methods the distribution does not have (``.shape``, ``.flatten()``,
-  ``.view()``, ``.to()``, ``.dtype``, ...), through ``__getattr__``.
+* with arithmetic, comparison and bitwise operators, indexing and ``numpy.asarray``;
+* for tensor attributes and methods the distribution does not have (``.flatten()``,
+  ``.view()``, ``.to()``, ...), through ``__getattr__``.
 
+``.shape``, ``.dtype``, ``.device`` and ``.ndim`` are known without drawing the value for the
+named convert functions (``batch_shape + event_shape``, the parameters' dtype and device).
 Where a name means something on both ``Tensor`` and ``Distribution`` (``mean``, ``mode``,
 ``variance``, ``stddev``, ``expand``, ``sample``, ``entropy``, ...) the distribution's meaning
-wins. ``convert_to_tensor(x)`` (or ``x.tensor()``) gives the tensor explicitly, e.g.
-``x.tensor().mean()`` for the tensor's mean.
+wins. ``convert_to_tensor(x)`` (or ``x.tensor()``) gives the tensor explicitly.
+
+Why it is built this way (see docs/design.md): the object is made with ``object.__new__`` of a
+cached subclass and a copy of the distribution's ``__dict__`` (no ``__class__`` assignment, no
+mutation of a type), so ``torch.compile`` traces a layer's forward without a graph break.
+Under ``torch.autocast`` the distribution's own maths (sampling, ``log_prob``, ``entropy``,
+``cdf``, the tensor value) run in fp32 with autocast off: half-precision distribution maths
+lose the digits a likelihood needs, and some of it has no bf16 kernel at all
+(``triangular_solve`` on the CPU). Outputs pickle as the same coercible class (the named
+convert function by name, a callable by reference) and ``copy.deepcopy`` gives a copy detached
+from the autograd graph, as ``torch.save`` would.
 
 Caveat: a distribution that calls a clashing method on its parameters (``MultivariateNormal``
 calls ``loc.expand``) needs ``convert_to_tensor(x)`` as that parameter.
@@ -34,11 +45,13 @@ __all__ = [
     "CONVERT_TO_TENSOR_FNS",
     "TensorCoercible",
     "as_coercible",
+    "autocast_device",
     "convert_to_tensor",
+    "fp32_inputs",
     "is_coercible",
 ]
 
-ConvertFn = str | Callable[[D.Distribution], torch.Tensor]
+ConvertFn = str | Callable[[D.Distribution], Any]
 
 #: The named ways of turning a distribution into its tensor value.
 CONVERT_TO_TENSOR_FNS: dict[str, Callable[[D.Distribution], torch.Tensor]] = {
@@ -46,10 +59,35 @@ CONVERT_TO_TENSOR_FNS: dict[str, Callable[[D.Distribution], torch.Tensor]] = {
     "sample": lambda d: d.sample(),
     "mean": lambda d: d.mean,
     "mode": lambda d: d.mode,
+    "stddev": lambda d: d.stddev,
+    "variance": lambda d: d.variance,
 }
 
+_HALF = (torch.bfloat16, torch.float16)
+_AUTOCAST_DEVICES = ("cuda", "cpu", "xpu", "mps")
 
-def _resolve_convert_fn(fn: ConvertFn, dist: D.Distribution) -> Callable[[D.Distribution], torch.Tensor]:
+
+def autocast_device() -> str | None:
+    """The device type whose ``torch.autocast`` is on here (``None`` outside autocast)."""
+    for device_type in _AUTOCAST_DEVICES:
+        if torch.is_autocast_enabled(device_type):
+            return device_type
+    return None
+
+
+def fp32_inputs(value: Any) -> Any:
+    """bf16/fp16 tensors (also inside tuples, lists and dicts, and coercibles' values) -> fp32;
+    anything else (fp64 too) unchanged."""
+    if isinstance(value, torch.Tensor):
+        return value.float() if value.dtype in _HALF else value
+    if isinstance(value, (list, tuple)) and not hasattr(value, "_fields"):
+        return type(value)(fp32_inputs(v) for v in value)
+    if isinstance(value, dict):
+        return {k: fp32_inputs(v) for k, v in value.items()}
+    return value
+
+
+def _resolve_convert_fn(fn: ConvertFn, dist: D.Distribution) -> Callable[[D.Distribution], Any]:
     """Validate ``convert_to_tensor_fn`` once, at construction, with a clear error."""
     if callable(fn):
         return fn
@@ -60,7 +98,8 @@ def _resolve_convert_fn(fn: ConvertFn, dist: D.Distribution) -> Callable[[D.Dist
         )
     if fn == "rsample" and not dist.has_rsample:
         raise ValueError(
-            f"convert_to_tensor_fn='rsample': {type(dist).__name__} has no reparameterized sampler "
+            f"convert_to_tensor_fn='rsample': {getattr(dist, '_tc_base', type(dist)).__name__} has no "
+            "reparameterized sampler "
             "(has_rsample is False); use 'sample', 'mean', 'mode' or a callable"
         )
     return CONVERT_TO_TENSOR_FNS[fn]
@@ -94,25 +133,77 @@ def _binary(op: Callable[[Any, Any], Any], reflected: bool = False) -> Callable[
     return lambda self, other: op(self.tensor(), convert_to_tensor(other))
 
 
+def _first_floating_tensor(obj: Any, depth: int = 0) -> torch.Tensor | None:
+    """A floating tensor of a distribution's state (its parameters; base distributions and
+    transforms searched too): the dtype and device its samples have."""
+    if depth > 4:
+        return None
+    items = obj.values() if isinstance(obj, dict) else obj if isinstance(obj, (list, tuple)) else None
+    if items is None:
+        items = vars(obj).values() if isinstance(obj, (D.Distribution, D.Transform)) else ()
+    nested = []
+    for value in items:
+        if isinstance(value, torch.Tensor) and value.is_floating_point():
+            return value
+        if isinstance(value, (D.Distribution, D.Transform, list, tuple)):
+            nested.append(value)
+    for value in nested:
+        found = _first_floating_tensor(value, depth + 1)
+        if found is not None:
+            return found
+    return None
+
+
+def _graph_tensors(obj: Any, out: list[torch.Tensor], depth: int = 0) -> list[torch.Tensor]:
+    """The non-leaf tensors of a distribution's state (nested distributions and transforms too)."""
+    if depth > 16:
+        return out
+    if isinstance(obj, torch.Tensor):
+        if obj.grad_fn is not None:
+            out.append(obj)
+    elif isinstance(obj, dict):
+        for value in obj.values():
+            _graph_tensors(value, out, depth + 1)
+    elif isinstance(obj, (list, tuple)):
+        for value in obj:
+            _graph_tensors(value, out, depth + 1)
+    elif isinstance(obj, (D.Distribution, D.Transform)):
+        _graph_tensors(vars(obj), out, depth + 1)
+    return out
+
+
 class TensorCoercible:
     """Mixin placed in front of a ``Distribution`` class by :func:`as_coercible`.
 
     Not instantiated directly. ``tensor()`` computes (once) and returns the cached value;
-    ``convert_to_tensor_fn`` is what computes it.
+    ``convert_to_tensor_fn`` is what computes it. ``distribution`` gives the plain distribution.
     """
 
-    _tc_fn: Callable[[D.Distribution], torch.Tensor]
+    #: The distribution class this coercible class extends (set per cached subclass).
+    _tc_base: type
+    _tc_fn: Callable[[D.Distribution], Any]
+    _tc_name: str | None
     _tc_value: torch.Tensor | None
 
+    # -- the tensor value --------------------------------------------------------------------
     def tensor(self) -> torch.Tensor:
-        """The cached tensor value (computed by ``convert_to_tensor_fn`` on first use)."""
+        """The cached tensor value (computed by ``convert_to_tensor_fn`` on first use, in fp32
+        with autocast off under ``torch.autocast``)."""
         if self._tc_value is None:
-            value = self._tc_fn(self)
+            device_type = autocast_device()
+            if device_type is None:
+                value = self._tc_fn(self)
+            else:
+                with torch.autocast(device_type, enabled=False):
+                    value = self._tc_fn(self)
             if isinstance(value, TensorCoercible):
                 value = value.tensor()
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                like = _first_floating_tensor(self)
+                value = torch.as_tensor(value, dtype=like.dtype if like is not None else None)
             if not isinstance(value, torch.Tensor):
                 raise TypeError(
-                    f"convert_to_tensor_fn must return a torch.Tensor, got {type(value).__name__}"
+                    f"convert_to_tensor_fn must return a torch.Tensor or a number, got {type(value).__name__}"
                 )
             self._tc_value = value
         return self._tc_value
@@ -120,10 +211,103 @@ class TensorCoercible:
     @property
     def distribution(self) -> D.Distribution:
         """A plain (not tensor-coercible) copy of the wrapped distribution."""
-        plain = object.__new__(type(self).__mro__[2])
+        plain = object.__new__(self._tc_base)
         plain.__dict__.update({k: v for k, v in self.__dict__.items() if not k.startswith("_tc_")})
         return plain
 
+    def _known(self) -> bool:
+        """Whether shape/dtype/device follow from the distribution without the value."""
+        return self._tc_value is None and self._tc_name is not None
+
+    @property
+    def shape(self) -> torch.Size:
+        """The tensor value's shape (``batch_shape + event_shape`` for the named functions,
+        known without drawing)."""
+        if self._known():
+            return self.batch_shape + self.event_shape
+        return self.tensor().shape
+
+    @property
+    def ndim(self) -> int:
+        """``len(self.shape)``."""
+        return len(self.shape)
+
+    def dim(self) -> int:
+        """``len(self.shape)``, as ``Tensor.dim``."""
+        return len(self.shape)
+
+    def size(self, dim: int | None = None) -> torch.Size | int:
+        """``self.shape`` (or one entry of it), as ``Tensor.size``."""
+        return self.shape if dim is None else self.shape[dim]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The tensor value's dtype (the parameters' for the named functions, without drawing;
+        ``torch.int64`` for a ``Categorical``'s sample or mode)."""
+        if self._known():
+            if isinstance(self, D.Categorical) and self._tc_name in ("sample", "mode"):
+                return torch.int64
+            like = _first_floating_tensor(self)
+            if like is not None:
+                return like.dtype
+        return self.tensor().dtype
+
+    @property
+    def device(self) -> torch.device:
+        """The tensor value's device (the parameters' for the named functions, without drawing)."""
+        if self._known():
+            like = _first_floating_tensor(self)
+            if like is not None:
+                return like.device
+        return self.tensor().device
+
+    # -- the distribution's maths in fp32 under autocast ---------------------------------------
+    def rsample(self, sample_shape: torch.Size | tuple[int, ...] = ()) -> torch.Tensor:
+        device_type = autocast_device()
+        if device_type is None:
+            return super().rsample(sample_shape)
+        with torch.autocast(device_type, enabled=False):
+            return super().rsample(sample_shape)
+
+    def sample(self, sample_shape: torch.Size | tuple[int, ...] = ()) -> torch.Tensor:
+        device_type = autocast_device()
+        if device_type is None:
+            return super().sample(sample_shape)
+        with torch.autocast(device_type, enabled=False):
+            return super().sample(sample_shape)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        value = convert_to_tensor(value)
+        device_type = autocast_device()
+        if device_type is None:
+            return super().log_prob(value)
+        with torch.autocast(device_type, enabled=False):
+            return super().log_prob(fp32_inputs(value))
+
+    def cdf(self, value: torch.Tensor) -> torch.Tensor:
+        value = convert_to_tensor(value)
+        device_type = autocast_device()
+        if device_type is None:
+            return super().cdf(value)
+        with torch.autocast(device_type, enabled=False):
+            return super().cdf(fp32_inputs(value))
+
+    def icdf(self, value: torch.Tensor) -> torch.Tensor:
+        value = convert_to_tensor(value)
+        device_type = autocast_device()
+        if device_type is None:
+            return super().icdf(value)
+        with torch.autocast(device_type, enabled=False):
+            return super().icdf(fp32_inputs(value))
+
+    def entropy(self) -> torch.Tensor:
+        device_type = autocast_device()
+        if device_type is None:
+            return super().entropy()
+        with torch.autocast(device_type, enabled=False):
+            return super().entropy()
+
+    # -- acting as a tensor ---------------------------------------------------------------------
     @classmethod
     def __torch_function__(cls, func, types, args=(), kwargs=None):
         args = convert_to_tensor(tuple(args))
@@ -154,6 +338,9 @@ class TensorCoercible:
     def __abs__(self):
         return abs(self.tensor())
 
+    def __invert__(self):
+        return ~self.tensor()
+
     __add__ = _binary(operator.add)
     __radd__ = _binary(operator.add, reflected=True)
     __sub__ = _binary(operator.sub)
@@ -170,13 +357,50 @@ class TensorCoercible:
     __rpow__ = _binary(operator.pow, reflected=True)
     __matmul__ = _binary(operator.matmul)
     __rmatmul__ = _binary(operator.matmul, reflected=True)
+    __and__ = _binary(operator.and_)
+    __rand__ = _binary(operator.and_, reflected=True)
+    __or__ = _binary(operator.or_)
+    __ror__ = _binary(operator.or_, reflected=True)
+    __xor__ = _binary(operator.xor)
+    __rxor__ = _binary(operator.xor, reflected=True)
     __lt__ = _binary(operator.lt)
     __le__ = _binary(operator.le)
     __gt__ = _binary(operator.gt)
     __ge__ = _binary(operator.ge)
 
+    # -- copying and pickling ------------------------------------------------------------------
+    def __reduce__(self):
+        state = {k: v for k, v in self.__dict__.items() if not k.startswith("_tc_")}
+        fn = self._tc_name if self._tc_name is not None else self._tc_fn
+        return _rebuild, (self._tc_base, state, fn, self._tc_value)
+
+    def __deepcopy__(self, memo: dict) -> TensorCoercible:
+        # A copy detached from the autograd graph (deepcopy refuses non-leaf tensors).
+        for tensor in _graph_tensors(self.__dict__, []):
+            if id(tensor) not in memo:
+                memo[id(tensor)] = tensor.detach().clone()
+        new = object.__new__(type(self))
+        memo[id(self)] = new
+        for key, value in self.__dict__.items():
+            new.__dict__[key] = copy.deepcopy(value, memo)
+        return new
+
     def __repr__(self) -> str:
-        return f"TensorCoercible({self.distribution!r})"
+        how = self._tc_name or getattr(self._tc_fn, "__name__", "a callable")
+        drawn = "drawn" if self._tc_value is not None else "not drawn yet"
+        shape = (
+            tuple(self._tc_value.shape)
+            if self._tc_value is not None
+            else (tuple(self.batch_shape + self.event_shape) if self._tc_name is not None else "?")
+        )
+        return f"TensorCoercible({self.distribution!r}, tensor: {how}, shape {shape}, {drawn})"
+
+
+def _rebuild(base: type, state: dict, fn: ConvertFn, value: torch.Tensor | None) -> D.Distribution:
+    """Unpickle a tensor-coercible distribution (see ``TensorCoercible.__reduce__``)."""
+    out = _new_coercible(base, state, fn)
+    out._tc_value = value
+    return out
 
 
 def _scalars_like(tensors: tuple) -> tuple:
@@ -205,12 +429,34 @@ _CLASS_CACHE: dict[type, type] = {}
 
 
 def _coercible_class(dist_cls: type) -> type:
+    """The cached ``TensorCoercible`` subclass of ``dist_cls`` (made once per class; the
+    ``type`` call carries ``__module__`` so that no attribute of a type is set afterwards)."""
     cls = _CLASS_CACHE.get(dist_cls)
     if cls is None:
-        cls = type(f"_TensorCoercible{dist_cls.__name__}", (TensorCoercible, dist_cls), {})
-        cls.__module__ = __name__
+        name = f"_TensorCoercible{dist_cls.__name__}"
+        cls = type(name, (TensorCoercible, dist_cls), {"__module__": __name__, "_tc_base": dist_cls})
         _CLASS_CACHE[dist_cls] = cls
     return cls
+
+
+def _warm_class_cache() -> None:
+    """Make the coercible class of every ``torch.distributions`` class up front: a compiled
+    graph then never sees the cache change (which would recompile it once)."""
+    for value in vars(D).values():
+        if isinstance(value, type) and issubclass(value, D.Distribution) and value is not D.Distribution:
+            _coercible_class(value)
+
+
+_warm_class_cache()
+
+
+def _new_coercible(base: type, state: dict, convert_to_tensor_fn: ConvertFn) -> D.Distribution:
+    out = object.__new__(_coercible_class(base))
+    out.__dict__.update(state)
+    out._tc_fn = _resolve_convert_fn(convert_to_tensor_fn, out)
+    out._tc_name = convert_to_tensor_fn if isinstance(convert_to_tensor_fn, str) else None
+    out._tc_value = None
+    return out
 
 
 def as_coercible(dist: D.Distribution, convert_to_tensor_fn: ConvertFn = "rsample") -> D.Distribution:
@@ -219,21 +465,22 @@ def as_coercible(dist: D.Distribution, convert_to_tensor_fn: ConvertFn = "rsampl
     Args:
         dist: any ``torch.distributions.Distribution`` with ``batch_shape`` B and ``event_shape`` E.
         convert_to_tensor_fn: ``"rsample"`` (default; gradients flow through the
-            reparameterized sample), ``"sample"``, ``"mean"``, ``"mode"``, or a callable
-            ``Distribution -> Tensor``.
+            reparameterized sample), ``"sample"``, ``"mean"``, ``"mode"``, ``"stddev"``,
+            ``"variance"``, or a callable ``Distribution -> Tensor`` (or a number).
 
     Returns:
         An instance of a subclass of ``type(dist)`` with the same state (``batch_shape`` B,
         ``event_shape`` E) whose tensor value, of shape ``B + E`` for the named functions, is
-        computed lazily on first use and cached.
+        computed lazily on first use and cached. ``dist`` itself is not changed.
+
+    Example::
+
+        >>> q = as_coercible(D.Normal(torch.zeros(3), 1.0), "mean")
+        >>> q.shape, (q + 1).tolist()
+        (torch.Size([3]), [1.0, 1.0, 1.0])
     """
     if not isinstance(dist, D.Distribution):
         raise TypeError(f"dist: expected a torch.distributions.Distribution, got {type(dist).__name__}")
-    if isinstance(dist, TensorCoercible):
-        dist = dist.distribution
-    fn = _resolve_convert_fn(convert_to_tensor_fn, dist)
-    out = copy.copy(dist)
-    out.__class__ = _coercible_class(type(dist))
-    out._tc_fn = fn
-    out._tc_value = None
-    return out
+    base = dist._tc_base if isinstance(dist, TensorCoercible) else type(dist)
+    state = {k: v for k, v in dist.__dict__.items() if not k.startswith("_tc_")}
+    return _new_coercible(base, state, convert_to_tensor_fn)

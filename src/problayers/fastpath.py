@@ -15,52 +15,28 @@ Options (each can be combined with the others, except ``cuda_graph`` with ``comp
 
 ``compile``
     ``torch.compile`` of ``loss_fn(model, batch)`` (forward and, through AOTAutograd, its
-    backward; the optimizer step stays eager). Distribution layers normally graph-break:
-    ``as_coercible`` re-classes the distribution (``out.__class__ = ...``), which dynamo does not
-    support, so the seed VAE compiles into 5 graphs with the layers' Python in between. During a
-    compiled step, every layer that uses :class:`~problayers.DistributionLambda`'s own
-    ``forward`` runs an equivalent traceable one instead (``make_distribution`` -> the pure
-    static ``new(params)`` path, the same tensor-coercible class built with ``object.__new__``,
-    the same activity regularizer recorded with ``set_added_loss``), and the whole loss becomes
-    one graph, with the same maths. Layers that override ``forward`` keep it (and graph-break).
+    backward; the optimizer step stays eager). The layers' own forwards trace into one graph
+    (no replacement: a user's own ``torch.compile`` of the same model gets the same graph).
     Random draws: on torch 2.13 the posterior's ``rsample`` (``normal_``) is not lowered by
-    inductor, so the compiled step draws the very numbers eager draws and the loss trajectory
-    matches eager to float rounding (1e-7 relative, measured). An inductor that generates
-    random numbers itself (its ``aten.rand*`` lowerings; ``fallback_random=False``) draws other
-    ``z`` from the same distribution, still seeded from torch's generator (reproducible,
-    resumable); ``torch._inductor.config.fallback_random = True`` restores eager's draws.
-    The first step compiles (tens of seconds on a CPU); a new batch shape recompiles once
-    (e.g. a last, smaller batch). Needs a C++ compiler on the CPU (gcc) and Triton on CUDA.
-    On the CPU, torch 2.13's inductor writes boolean masks slowly with its explicit AVX-512
-    code (``x > 0`` into a bool tensor: 45 ms for 6.4M elements, eager 2.4 ms, measured), and a
-    training graph saves each leaky_relu's ``x > 0`` mask for the backward: compiled steps ran
-    10% slower than eager. A compiled step on the CPU therefore runs inductor with
-    ``cpp.vec_isa_ok=False`` (gcc's own vectorization; the mask kernel takes 2.6 ms), which
-    brings it level with eager + channels_last, not faster: convolutions (oneDNN, the same
-    kernels as eager) are ~90% of the step. Hence ``fastest_defaults("cpu")`` leaves it off.
-    Known failures: torch 2.11's inductor crashed in ``convolution_backward`` with a stride
-    assertion when combined with ``channels_last``; on torch 2.13 (CPU) the combination
-    trains and matches eager (``tests/test_fastpath.py``), not yet checked on a GPU.
-    torch 2.13 emits two warnings from its own code while compiling (a ``FutureWarning`` on
-    ``torch._prims_common.check`` from inductor's ``diagonal`` lowering, a ``DeprecationWarning``
-    on ``torch.jit.script_method`` when inductor is imported); the step silences those two.
-    ``torch.compile`` keys its cache on the code, so each new ``TrainStep(compile=True)`` in one
-    process adds a compiled entry; past ``torch._dynamo.config.recompile_limit`` (8) dynamo
-    stops compiling and runs eagerly: call ``torch.compiler.reset()`` between many models.
+    inductor, so the compiled step draws the very numbers eager draws. An inductor that
+    generates random numbers itself (``fallback_random=False``) draws other ``z`` from the same
+    distribution, still seeded from torch's generator; ``torch._inductor.config.fallback_random
+    = True`` restores eager's draws. The first step compiles (tens of seconds on a CPU); a new
+    batch shape recompiles once. Needs a C++ compiler on the CPU (gcc) and Triton on CUDA.
+    On the CPU the step runs inductor with ``cpp.vec_isa_ok=False``: torch 2.13's explicit
+    AVX-512 code writes the boolean masks a leaky ReLU saves for its backward slowly
+    (docs/benchmarks.md). torch 2.13 emits two warnings from its own code while compiling (a
+    ``FutureWarning`` on ``torch._prims_common.check``, a ``DeprecationWarning`` on
+    ``torch.jit.script_method``); the step silences those two.
 
 ``precision``
     ``"fp32"`` (default) or ``"bf16"``: the loss runs under ``torch.autocast(bfloat16)``, so
     convolutions and linear layers compute in bf16 (weights, gradients and the optimizer stay
-    fp32). The distribution maths stay fp32: each distribution layer (and each
-    :class:`~problayers.KLDivergenceAddLoss`) runs with autocast off on inputs cast to fp32, so
-    the MultivariateNormal's ``scale_tril``, its ``rsample``, ``log_prob`` and the KL term
-    are fp32 (without this, ``rsample``'s matmul runs in bf16 and the KL's
-    ``solve_triangular`` fails: it has no bf16 kernel on the CPU). The loss's own
-    ``log_prob`` of the decoder's Bernoulli is ``binary_cross_entropy_with_logits``, which
-    autocast keeps in fp32; other maths written in ``loss_fn`` runs under autocast's rules.
-    bf16 changes the numbers (about 3 significant digits in the convolutions): losses agree
-    with fp32 to about 1% per step, not bitwise. CUDA needs a GPU with bf16
-    (``torch.cuda.is_bf16_supported()``); on a CPU without AVX512-BF16/AMX it is slower.
+    fp32). The distribution maths stay fp32 because the layers themselves build and evaluate
+    their distributions in fp32 under autocast (:mod:`problayers.coercible`), for this step as
+    for a user's own ``torch.autocast``. bf16 changes the numbers (about 3 significant digits
+    in the convolutions): losses agree with fp32 to about 1% per step, not bitwise. CUDA needs
+    a GPU with bf16 (``torch.cuda.is_bf16_supported()``).
 
 ``cuda_graph``
     The whole step (``zero_grad``, forward, backward, ``optimizer.step()``) captured as one CUDA
@@ -87,14 +63,6 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from .step_forwards import (
-    bf16_autocast,
-    channels_last_batch,
-    forwards_replaced,
-    model_device,
-    replacement_forwards,
-)
-
 if TYPE_CHECKING:
     from .cudagraph import CUDAGraphStep
 
@@ -106,6 +74,7 @@ __all__ = [
     "configure_cpu_threads",
     "fastest_defaults",
     "make_train_step",
+    "model_device",
 ]
 
 #: The accepted values of ``precision``.
@@ -130,6 +99,34 @@ def _torch_internal_warnings_silenced() -> Iterator[None]:
         yield
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter (else buffer; else the CPU)."""
+    for tensor in model.parameters():
+        return tensor.device
+    for tensor in model.buffers():
+        return tensor.device
+    return torch.device("cpu")
+
+
+def channels_last_batch(batch: Any) -> Any:
+    """4-D floating tensors of ``batch`` (a tensor, or a tuple/list/dict of them) in channels_last."""
+    if isinstance(batch, torch.Tensor):
+        if batch.dim() == 4 and batch.is_floating_point():
+            return batch.contiguous(memory_format=torch.channels_last)
+        return batch
+    if isinstance(batch, (list, tuple)) and not hasattr(batch, "_fields"):
+        return type(batch)(channels_last_batch(b) for b in batch)
+    if isinstance(batch, dict):
+        return {k: channels_last_batch(v) for k, v in batch.items()}
+    return batch
+
+
+def bf16_autocast(model: nn.Module) -> torch.autocast:
+    """``torch.autocast`` with bf16 on ``model``'s device (``precision="bf16"`` outside a step,
+    e.g. around evaluation); the layers keep their distribution maths in fp32 by themselves."""
+    return torch.autocast(model_device(model).type, dtype=torch.bfloat16)
+
+
 def _check_bool(name: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise ValueError(f"{name}: expected True or False, got {value!r}")
@@ -140,8 +137,7 @@ class TrainStep:
     """``step(batch) -> (loss.detach(), metrics)``: one optimizer step (see the module docstring).
 
     Built by :func:`make_train_step`; ``options`` records ``compile``, ``precision`` and
-    ``channels_last``. Outside a call the model is exactly the library's (the replacement
-    forwards are installed only during the step), so evaluation and checkpoints see no change.
+    ``channels_last``. The model runs its own forward: nothing of it is replaced.
     """
 
     def __init__(
@@ -161,9 +157,6 @@ class TrainStep:
             self.options["compile_mode"] = compile_mode
         self.device = model_device(model)
         self._autocast = precision == "bf16"
-        self._forwards = replacement_forwards(
-            model, traceable=compile, fp32=self.device.type if self._autocast else None
-        )
         self.autocast_cache = True
         self._compiled = None
         self._inductor_config: Any = contextlib.nullcontext()
@@ -196,11 +189,8 @@ class TrainStep:
         """One step on a prepared batch (what a CUDA graph captures)."""
         self.optimizer.zero_grad(set_to_none=True)
         with _torch_internal_warnings_silenced(), self._inductor_config:
-            # The first step runs eagerly: it creates what dynamo cannot trace the creation of
-            # (the layers' tensor-coercible classes, their added-loss stores); compiled from the 2nd.
-            forward_loss = self._compiled if self._compiled is not None and self.steps else self._forward_loss
-            with forwards_replaced(self._forwards):
-                loss, metrics = forward_loss(batch)
+            forward_loss = self._compiled if self._compiled is not None else self._forward_loss
+            loss, metrics = forward_loss(batch)
             loss.backward()
         self.optimizer.step()
         self.steps += 1

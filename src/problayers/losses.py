@@ -8,17 +8,81 @@ Each term is a 0-dim tensor already reduced like the data term (mean over the ba
 ``torch.no_grad()`` the terms carry no graph. ``collect_losses(model, clear=True)`` (what the
 trainer uses) also drops the stored terms, so no graph outlives its training step.
 
+The terms live in a small per-module store that ``copy.deepcopy``, pickling and
+``torch.save`` of the module copy as empty (a recorded term holds the autograd graph of the
+forward that made it, which neither can copy): ``copy.deepcopy(model)`` and
+``torch.optim.swa_utils.AveragedModel(model)`` work after any forward. The library's layers
+create their store in ``__init__``, so ``torch.compile`` traces the recording without a graph
+break. Inside :func:`added_losses_skipped` no layer computes or records a term (what
+:func:`problayers.export` uses: an exported encoder draws no sample for a KL).
+
 Caveat: a layer applied several times in one forward keeps the term of its last call only.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 from torch import nn
 
-__all__ = ["clear_losses", "collect_losses", "set_added_loss"]
+__all__ = [
+    "added_losses_enabled",
+    "added_losses_skipped",
+    "clear_losses",
+    "collect_losses",
+    "init_added_losses",
+    "set_added_loss",
+]
 
 _ATTR = "_problayers_added_losses"
+_SKIP = [False]
+
+
+class _AddedLosses:
+    """A module's recorded terms, ``name -> 0-dim tensor``. Copies (``copy.copy``,
+    ``copy.deepcopy``, pickle) are empty stores: the terms belong to one forward pass."""
+
+    __slots__ = ("terms",)
+
+    def __init__(self) -> None:
+        self.terms: dict[str, torch.Tensor] = {}
+
+    def __copy__(self) -> _AddedLosses:
+        return _AddedLosses()
+
+    def __deepcopy__(self, memo: dict) -> _AddedLosses:
+        return _AddedLosses()
+
+    def __reduce__(self):
+        return _AddedLosses, ()
+
+
+def init_added_losses(module: nn.Module) -> None:
+    """Give ``module`` its (empty) store of added losses; call in ``__init__`` of a layer that
+    records terms, so that recording under ``torch.compile`` mutates an existing object."""
+    if not isinstance(module.__dict__.get(_ATTR), _AddedLosses):
+        # Plain attribute (not a buffer): never saved in a state_dict.
+        object.__setattr__(module, _ATTR, _AddedLosses())
+
+
+def added_losses_enabled() -> bool:
+    """Whether layers compute and record their added losses (False inside
+    :func:`added_losses_skipped`)."""
+    return not _SKIP[0]
+
+
+@contextlib.contextmanager
+def added_losses_skipped() -> Iterator[None]:
+    """Within the block, layers neither compute nor record added losses (e.g. while exporting
+    or serving a model: no KL term, no sample drawn for it)."""
+    previous = _SKIP[0]
+    _SKIP[0] = True
+    try:
+        yield
+    finally:
+        _SKIP[0] = previous
 
 
 def set_added_loss(module: nn.Module, name: str, value: torch.Tensor) -> None:
@@ -30,17 +94,16 @@ def set_added_loss(module: nn.Module, name: str, value: torch.Tensor) -> None:
         )
     store = module.__dict__.get(_ATTR)
     if store is None:
-        store = {}
-        # Plain attribute (not a buffer): never saved in a state_dict.
-        object.__setattr__(module, _ATTR, store)
-    store[name] = value
+        init_added_losses(module)
+        store = module.__dict__[_ATTR]
+    store.terms[name] = value
 
 
 def _stores(model: nn.Module):
     for module in model.modules():
         store = module.__dict__.get(_ATTR)
-        if store:
-            yield store
+        if store is not None and store.terms:
+            yield store.terms
 
 
 def collect_losses(model: nn.Module, *, clear: bool = False) -> torch.Tensor:
@@ -52,7 +115,12 @@ def collect_losses(model: nn.Module, *, clear: bool = False) -> torch.Tensor:
 
     Returns:
         A 0-dim tensor (zero, on the model's device, when no layer recorded a term).
+
+    Raises:
+        TypeError: ``model`` is not an ``nn.Module``.
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"collect_losses: expected an nn.Module, got {type(model).__name__}")
     terms = []
     for store in _stores(model):
         terms.extend(store.values())
@@ -69,5 +137,7 @@ def collect_losses(model: nn.Module, *, clear: bool = False) -> torch.Tensor:
 
 def clear_losses(model: nn.Module) -> None:
     """Drop every recorded added loss in ``model`` (and the graphs they hold)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"clear_losses: expected an nn.Module, got {type(model).__name__}")
     for store in _stores(model):
         store.clear()

@@ -14,8 +14,8 @@ import torch
 import torch.distributions as D
 from torch import nn
 
-from .coercible import TensorCoercible, convert_to_tensor
-from .losses import set_added_loss
+from .coercible import TensorCoercible, _first_floating_tensor, autocast_device, convert_to_tensor
+from .losses import added_losses_enabled, init_added_losses, set_added_loss
 
 __all__ = ["KLDivergenceAddLoss", "KLDivergenceRegularizer", "distribution_to"]
 
@@ -35,8 +35,19 @@ def distribution_to(dist: D.Distribution, device: torch.device, dtype: torch.dty
     return out
 
 
+def _map_tensors(dist: D.Distribution, fn: Callable[[torch.Tensor], torch.Tensor]) -> D.Distribution:
+    """A copy of ``dist`` with ``fn`` applied to its tensors (base distributions too)."""
+    out = copy.copy(dist)
+    for name, value in vars(dist).items():
+        if isinstance(value, torch.Tensor):
+            setattr(out, name, fn(value))
+        elif isinstance(value, D.Distribution):
+            setattr(out, name, _map_tensors(value, fn))
+    return out
+
+
 def _class_name(dist: D.Distribution) -> str:
-    cls = type(dist).__mro__[2] if isinstance(dist, TensorCoercible) else type(dist)
+    cls = dist._tc_base if isinstance(dist, TensorCoercible) else type(dist)
     return cls.__name__
 
 
@@ -96,15 +107,34 @@ class KLDivergenceRegularizer(nn.Module):
         if not isinstance(prior, D.Distribution):
             raise TypeError(f"prior: the callable returned {type(prior).__name__}, not a Distribution")
         if isinstance(self.prior, D.Distribution):
+            ref = _first_floating_tensor(prior)
+            if ref is None or (ref.device == like.device and ref.dtype == like.dtype):
+                return prior
             key = (like.device, like.dtype)
             if key not in self._moved:
                 self._moved[key] = distribution_to(prior, like.device, like.dtype)
             prior = self._moved[key]
         return prior
 
+    def _apply(self, fn, recurse: bool = True):
+        # A Distribution prior moves with the model (``model.to(device)``, ``.double()``), as a
+        # buffer would: a compiled graph then finds it where the data is, with nothing to cache.
+        super()._apply(fn, recurse)
+        if isinstance(self.prior, D.Distribution):
+            self.prior = _map_tensors(self.prior, fn)
+            self._moved = {}
+        return self
+
     def forward(self, q: D.Distribution) -> torch.Tensor:
         if not isinstance(q, D.Distribution):
             raise TypeError(f"KLDivergenceRegularizer: expected a Distribution, got {type(q).__name__}")
+        device_type = autocast_device()
+        if device_type is None:
+            return self._kl(q)
+        with torch.autocast(device_type, enabled=False):  # the KL in fp32, as the layers' maths
+            return self._kl(q)
+
+    def _kl(self, q: D.Distribution) -> torch.Tensor:
         if self.use_exact_kl:
             ref = q.mean if isinstance(q.mean, torch.Tensor) else convert_to_tensor(q)
             prior = self.resolve_prior(ref)
@@ -144,7 +174,9 @@ class KLDivergenceAddLoss(nn.Module):
         self.regularizer = KLDivergenceRegularizer(
             prior, weight, use_exact_kl, test_points_fn, test_points_reduce_axis
         )
+        init_added_losses(self)
 
     def forward(self, q: D.Distribution) -> D.Distribution:
-        set_added_loss(self, "kl_divergence", self.regularizer(q))
+        if added_losses_enabled():
+            set_added_loss(self, "kl_divergence", self.regularizer(q))
         return q

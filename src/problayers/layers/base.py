@@ -15,8 +15,15 @@ import torch
 import torch.distributions as D
 from torch import nn
 
-from ..coercible import CONVERT_TO_TENSOR_FNS, ConvertFn, as_coercible, convert_to_tensor
-from ..losses import set_added_loss
+from ..coercible import (
+    CONVERT_TO_TENSOR_FNS,
+    ConvertFn,
+    as_coercible,
+    autocast_device,
+    convert_to_tensor,
+    fp32_inputs,
+)
+from ..losses import added_losses_enabled, init_added_losses, set_added_loss
 
 __all__ = ["DistributionLambda", "check_params", "event_size", "normalize_event_shape"]
 
@@ -95,6 +102,7 @@ class DistributionLambda(nn.Module):
         self.make_distribution_fn = make_distribution_fn
         self.convert_to_tensor_fn = convert_to_tensor_fn
         self.activity_regularizer = activity_regularizer
+        init_added_losses(self)
 
     def make_distribution(self, *args, **kwargs) -> D.Distribution:
         if self.make_distribution_fn is None:
@@ -102,6 +110,14 @@ class DistributionLambda(nn.Module):
         return self.make_distribution_fn(*args, **kwargs)
 
     def forward(self, *args, **kwargs) -> D.Distribution:
+        device_type = autocast_device()
+        if device_type is None:
+            return self._forward(args, kwargs)
+        # Under autocast the distribution is built (and its regularizer evaluated) in fp32.
+        with torch.autocast(device_type, enabled=False):
+            return self._forward(fp32_inputs(args), fp32_inputs(kwargs))
+
+    def _forward(self, args: tuple, kwargs: dict) -> D.Distribution:
         dist = self.make_distribution(*args, **kwargs)
         if not isinstance(dist, D.Distribution):
             raise TypeError(
@@ -109,7 +125,7 @@ class DistributionLambda(nn.Module):
                 "expected a torch.distributions.Distribution"
             )
         out = as_coercible(dist, self.convert_to_tensor_fn)
-        if self.activity_regularizer is not None:
+        if self.activity_regularizer is not None and added_losses_enabled():
             set_added_loss(self, "activity_regularizer", self.activity_regularizer(out))
         return out
 

@@ -11,10 +11,10 @@ import torch
 import torch.distributions as D
 import torch.nn.functional as F
 from torch.distributions import constraints
-from torch.distributions.transforms import AffineTransform, SigmoidTransform
+from torch.distributions.transforms import AffineTransform, SigmoidTransform, Transform
 from torch.distributions.utils import broadcast_all
 
-from ..coercible import ConvertFn
+from ..coercible import ConvertFn, _coercible_class
 from .base import DistributionLambda, check_params, event_size, normalize_event_shape
 
 __all__ = [
@@ -24,6 +24,29 @@ __all__ = [
     "IndependentPoisson",
     "Logistic",
 ]
+
+
+class _LogitTransform(Transform):
+    """``SigmoidTransform``'s inverse as a transform of its own: ``SigmoidTransform().inv`` is an
+    ``_InverseTransform`` that loses its forward transform when pickled or deep-copied (torch
+    drops ``_inv`` in ``Transform.__getstate__``). The maths are torch's, with the roles swapped."""
+
+    domain = constraints.unit_interval
+    codomain = constraints.real
+    bijective = True
+    sign = +1
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, _LogitTransform)
+
+    def _call(self, x: torch.Tensor) -> torch.Tensor:
+        return SigmoidTransform._inverse(self, x)
+
+    def _inverse(self, y: torch.Tensor) -> torch.Tensor:
+        return SigmoidTransform._call(self, y)
+
+    def log_abs_det_jacobian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return -SigmoidTransform.log_abs_det_jacobian(self, y, x)
 
 
 class Logistic(D.TransformedDistribution):
@@ -52,7 +75,7 @@ class Logistic(D.TransformedDistribution):
     def __init__(self, loc, scale, validate_args: bool | None = None) -> None:
         loc, scale = broadcast_all(loc, scale)  # (*B) each
         base = D.Uniform(torch.zeros_like(loc), torch.ones_like(loc), validate_args=validate_args)
-        transforms = [SigmoidTransform().inv, AffineTransform(loc, scale)]
+        transforms = [_LogitTransform(), AffineTransform(loc, scale)]
         super().__init__(base, transforms, validate_args=validate_args)
 
     def expand(self, batch_shape, _instance=None):
@@ -78,6 +101,9 @@ class Logistic(D.TransformedDistribution):
     @property
     def variance(self) -> torch.Tensor:
         return (math.pi * self.scale) ** 2 / 3
+
+
+_coercible_class(Logistic)  # its coercible class made up front, as torch's (see coercible.py)
 
 
 def _one_per_element(layer: str, params, event_shape) -> tuple[torch.Tensor, tuple[int, ...]]:

@@ -27,7 +27,7 @@ import torch.distributions as D
 import torch.nn.functional as F
 from torch import nn
 
-from ..losses import set_added_loss
+from ..losses import added_losses_enabled, init_added_losses, set_added_loss
 from ._args import callable_or_none, non_negative_number, positive_int
 from .variational import MeanFieldNormal, StandardNormal, weight_distribution, weight_kl
 
@@ -69,6 +69,7 @@ class _WeightUncertainty(nn.Module):
         dtype: torch.dtype | None,
     ) -> None:
         super().__init__()
+        init_added_losses(self)
         for name, fn in (("kernel_posterior_fn", kernel_posterior_fn), ("kernel_prior_fn", kernel_prior_fn)):
             if not callable(fn):
                 raise TypeError(f"{name}: expected a callable (shape, dtype) -> nn.Module")
@@ -112,10 +113,11 @@ class _WeightUncertainty(nn.Module):
         if self.bias_prior is not None:
             pb = weight_distribution(name, "bias prior", self.bias_prior, x, self.bias_shape)
         out, wk, wb = self._estimate(x, qk, qb)
-        kl = weight_kl(qk, pk, wk, self.kl_use_exact)
-        if pb is not None:
-            kl = kl + weight_kl(qb, pb, wb, self.kl_use_exact)
-        set_added_loss(self, "kl_divergence", self.kl_weight * kl)
+        if added_losses_enabled():
+            kl = weight_kl(qk, pk, wk, self.kl_use_exact)
+            if pb is not None:
+                kl = kl + weight_kl(qb, pb, wb, self.kl_use_exact)
+            set_added_loss(self, "kl_divergence", self.kl_weight * kl)
         return out if self.activation is None else self.activation(out)
 
 

@@ -26,7 +26,7 @@ import torch.distributions as D
 import torch.nn.functional as F
 from torch import nn
 
-from ..losses import set_added_loss
+from ..losses import added_losses_enabled, init_added_losses, set_added_loss
 from ._args import callable_or_none, non_negative_number, positive_int
 from .base import normalize_event_shape
 from .variable import VariableLayer
@@ -185,6 +185,7 @@ class DenseVariational(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        init_added_losses(self)
         self.in_features = positive_int(in_features, "in_features")
         self.units = positive_int(units, "units")
         for name, fn in (("make_posterior_fn", make_posterior_fn), ("make_prior_fn", make_prior_fn)):
@@ -213,7 +214,8 @@ class DenseVariational(nn.Module):
         kernel = w[: self.kernel_size].view(self.units, self.in_features)  # (units, in)
         bias = w[self.kernel_size :] if self.bias_size else None  # (units,)
         out = F.linear(x, kernel, bias)  # (*B, units)
-        set_added_loss(self, "kl_divergence", self.kl_weight * weight_kl(q, p, w, self.kl_use_exact))
+        if added_losses_enabled():
+            set_added_loss(self, "kl_divergence", self.kl_weight * weight_kl(q, p, w, self.kl_use_exact))
         return out if self.activation is None else self.activation(out)
 
     def extra_repr(self) -> str:

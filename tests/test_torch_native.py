@@ -1,0 +1,186 @@
+"""The layers with the tools PyTorch users reach for: torch.compile (fullgraph, no graph break,
+same numbers as eager), torch.autocast, copy.deepcopy / AveragedModel and pickle.
+
+Every model of the catalog (tests/layer_cases.py MODEL_CASES) goes through each test. The
+compile tests use the ``aot_eager`` backend: it runs dynamo and AOTAutograd (what decides
+whether a model traces into one graph, forward and backward) without inductor's C++ build, so
+the whole catalog stays seconds; tests/test_fastpath.py compiles with inductor.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import pickle
+
+import pytest
+import torch
+from torch import nn
+
+import problayers as pl
+from layer_cases import MODEL_CASES, ModelCase
+
+BATCH_SHAPES = [(4,), (2, 3)]
+
+
+@pytest.fixture
+def fresh_dynamo():
+    torch.compiler.reset()
+    torch._dynamo.utils.counters.clear()
+    yield
+    torch.compiler.reset()
+
+
+def _batch_shapes(case: ModelCase):
+    return BATCH_SHAPES[:1] if len(case.input_shape) > 1 else BATCH_SHAPES
+
+
+def _setup(case: ModelCase, batch_shape):
+    torch.manual_seed(0)
+    model = case.make_model()
+    x = torch.randn(*batch_shape, *case.input_shape)
+    values = None
+    if case.distribution:
+        with torch.no_grad():
+            values = model(x).sample()
+        pl.clear_losses(model)
+    return model, x, values
+
+
+def _loss(case: ModelCase, model: nn.Module, x, values, out=None):
+    out = model(x) if out is None else out
+    if case.distribution:
+        loss = -out.log_prob(values).mean() + 0.1 * pl.convert_to_tensor(out).float().mean()
+    else:
+        loss = out.pow(2).mean()
+    return loss + pl.collect_losses(model, clear=True)
+
+
+def _loss_and_grads(fn, model, x):
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(1)
+    loss = fn(x)
+    loss.backward()
+    return loss.detach(), [p.grad.clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("case", MODEL_CASES, ids=lambda c: c.name)
+def test_compile_fullgraph_equals_eager(case, fresh_dynamo):
+    for batch_shape in _batch_shapes(case):
+        model, x, values = _setup(case, batch_shape)
+
+        def fn(x, model=model, values=values):
+            return _loss(case, model, x, values)
+
+        ref, ref_grads = _loss_and_grads(fn, model, x)
+        compiled = torch.compile(fn, backend="aot_eager", fullgraph=True)
+        got, got_grads = _loss_and_grads(compiled, model, x)
+        torch.testing.assert_close(got, ref)
+        for g, r in zip(got_grads, ref_grads, strict=True):
+            torch.testing.assert_close(g, r)
+
+
+@pytest.mark.parametrize("case", MODEL_CASES, ids=lambda c: c.name)
+def test_no_graph_break(case, fresh_dynamo):
+    model, x, values = _setup(case, (4,))
+    explanation = torch._dynamo.explain(lambda x: _loss(case, model, x, values))(x)
+    assert explanation.graph_break_count == 0, [b.reason for b in explanation.break_reasons]
+    assert explanation.graph_count == 1
+
+
+def test_sixteen_heads_compile_once_and_dynamic_batch_does_not_recompile(fresh_dynamo):
+    class Heads(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.trunk = nn.Linear(5, 16 * 4)
+            self.heads = nn.ModuleList(pl.IndependentNormal(2) for _ in range(16))
+
+        def forward(self, x):
+            params = self.trunk(x).chunk(16, dim=-1)
+            return sum(head(p).log_prob(torch.zeros(2)).mean() for head, p in zip(self.heads, params, strict=True))
+
+    model = Heads()
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True, dynamic=True)
+    for batch in (4, 5, 7, 4):
+        out = compiled(torch.randn(batch, 5))
+        torch.testing.assert_close(out, model(torch.randn(batch, 5)) * 0 + out)  # runs
+    counters = torch._dynamo.utils.counters
+    assert counters["stats"]["unique_graphs"] == 1
+    assert not counters["recompiles"]
+
+
+def test_marked_dynamic_batch_does_not_recompile(fresh_dynamo):
+    model = nn.Sequential(
+        nn.Linear(5, pl.MultivariateNormalTriL.params_size(3)), pl.MultivariateNormalTriL(3)
+    )
+    compiled = torch.compile(lambda x: model(x).log_prob(torch.zeros(3)), backend="aot_eager", fullgraph=True)
+    for batch in (4, 6, 9):
+        x = torch.randn(batch, 5)
+        torch._dynamo.mark_dynamic(x, 0)
+        torch.testing.assert_close(compiled(x), model(x).log_prob(torch.zeros(3)))
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+
+
+@pytest.mark.parametrize("case", MODEL_CASES, ids=lambda c: c.name)
+def test_autocast_bf16_forward_and_backward(case):
+    model, x, values = _setup(case, (4,))
+    ref, _ = _loss_and_grads(lambda x: _loss(case, model, x, values), model, x)
+
+    def under_autocast(x):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(x)
+            loss = _loss(case, model, x, values, out)
+            if case.distribution:  # the layer built and evaluates its distribution in fp32
+                assert out.log_prob(values).dtype == torch.float32
+                assert pl.convert_to_tensor(out).dtype in (torch.float32, torch.int64)
+            return loss
+
+    got, grads = _loss_and_grads(under_autocast, model, x)
+    assert got.dtype == torch.float32
+    assert all(torch.isfinite(g).all() for g in grads)
+    # bf16 keeps ~3 significant digits in the linear/conv layers; the rest is fp32.
+    torch.testing.assert_close(got, ref, rtol=5e-2, atol=5e-2)
+
+
+def test_user_autocast_with_multivariate_normal_tril_kl():
+    # The failure users met: triangular_solve has no bf16 kernel on the CPU.
+    prior = pl.layers.multivariate.D.MultivariateNormal(torch.zeros(3), torch.eye(3))
+    layer = pl.MultivariateNormalTriL(
+        3, activity_regularizer=pl.KLDivergenceRegularizer(prior, use_exact_kl=True)
+    )
+    model = nn.Sequential(nn.Linear(5, pl.MultivariateNormalTriL.params_size(3)), layer)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        q = model(torch.randn(4, 5))
+        kl = pl.collect_losses(model, clear=True)
+        lp = q.log_prob(q.rsample()) + q.entropy()
+    assert kl.dtype == lp.dtype == torch.float32
+    (kl + lp.sum()).backward()
+
+
+@pytest.mark.parametrize("case", MODEL_CASES, ids=lambda c: c.name)
+def test_deepcopy_pickle_and_averaged_model_after_a_forward(case):
+    model, x, values = _setup(case, (4,))
+    out = model(x)  # added losses recorded and not cleared: they hold the graph
+    if case.distribution:
+        out.tensor()  # drawn before copying: the copies keep the value
+    twin = copy.deepcopy(model)
+    averaged = torch.optim.swa_utils.AveragedModel(model)
+    restored = pickle.loads(pickle.dumps(model))
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    for other in (twin, averaged.module, restored):
+        for (name, p), (other_name, q) in zip(
+            model.state_dict().items(), other.state_dict().items(), strict=True
+        ):
+            assert name == other_name and torch.equal(p, q)
+        assert pl.collect_losses(other).item() == 0.0  # copies carry no recorded terms
+    if case.distribution:
+        for copied in (copy.deepcopy(out), pickle.loads(pickle.dumps(out))):
+            assert type(copied) is type(out) and pl.is_coercible(copied)
+            torch.testing.assert_close(copied.log_prob(values), out.log_prob(values).detach())
+            torch.testing.assert_close(copied.tensor(), out.tensor().detach())
+        buffer = io.BytesIO()
+        torch.save(out, buffer)
+        buffer.seek(0)
+        loaded = torch.load(buffer, weights_only=False)
+        torch.testing.assert_close(loaded.log_prob(values), out.log_prob(values).detach())
