@@ -188,3 +188,38 @@ def test_empty_epoch_is_an_error():
     model = make_model()
     with pytest.raises(ValueError, match="no batch"):
         fit(model, [], nll, torch.optim.SGD(model.parameters(), 0.1))
+
+
+def test_non_finite_loss_in_the_first_epoch_says_no_checkpoint(tmp_path):
+    def nan_loss(m, batch):
+        return nll(m, batch) * float("nan")
+
+    with pytest.raises(NonFiniteLossError, match=r"no checkpoint was written \(no epoch completed\)"):
+        _trainer(tmp_path, epochs=2, loss_fn=nan_loss).fit()
+    assert not (tmp_path / "checkpoint.pt").exists()
+    with pytest.raises(NonFiniteLossError, match="nothing was saved"):
+        _trainer(None, epochs=2, loss_fn=nan_loss).fit()
+
+
+@pytest.mark.parametrize(
+    "edit, phrase",
+    [
+        (lambda s: s.pop("rng_cpu"), "missing 'rng_cpu'"),
+        (lambda s: s.update(epoch=7), r"epoch: expected an int in 0\.\.3"),
+        (lambda s: s.update(epoch=True), "epoch: expected an int"),
+        (lambda s: s.update(history="not json"), "history/meta"),
+        (lambda s: s.update(history="[]"), "history/meta"),
+        (lambda s: s.update(rng_cpu=torch.zeros(3)), "rng_cpu: expected a CPU random state"),
+        (lambda s: s["model"].update({"0.weight": torch.zeros(1)}), r"'0.weight': expected shape \(2, 3\)"),
+        (lambda s: s["optimizer"].update(param_groups=[]), "0 parameter groups"),
+        (lambda s: s.update(world_size=0), "world_size"),
+    ],
+)
+def test_resume_validates_the_checkpoint(tmp_path, edit, phrase):
+    _trainer(tmp_path, epochs=1).fit()
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    edit(state)
+    torch.save(state, tmp_path / "checkpoint.pt")
+    with pytest.raises(CheckpointError, match=phrase) as info:
+        _trainer(tmp_path, epochs=3).resume()
+    assert str(tmp_path / "checkpoint.pt") in str(info.value) and "\n" not in str(info.value)
