@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import re
 import struct
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from problayers import data, download
+from problayers import data, download, idx
 from problayers.data import (
     MNIST_ENV_VAR,
     MNIST_FILES,
@@ -376,3 +377,95 @@ def test_shared_mnist_copy(monkeypatch):
     assert y[:10].tolist() == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]
     assert torch.bincount(y).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
     assert int(x.max()) == 255 and int(x.min()) == 0
+
+
+# ------------------------------------------------------------------------ streaming, bounds, counts
+def _write(path: Path, raw: bytes) -> Path:
+    path.write_bytes(gzip.compress(raw) if path.name.endswith(".gz") else raw)
+    return path
+
+
+def test_gzip_bomb_is_not_decompressed(tmp_path):
+    """A .gz whose header declares 1000 images but that expands to 256 MiB: refused after
+    reading the declared 784 kB (+1 byte), with memory bounded by the header's claim."""
+    import tracemalloc
+    import zlib
+
+    path = tmp_path / f"{TRAIN_IMAGES}.gz"
+    comp = zlib.compressobj(1, zlib.DEFLATED, 31)  # gzip container
+    with open(path, "wb") as f:
+        f.write(comp.compress(idx_bytes(2051, (1000, 28, 28), b"")))
+        zeros = bytes(16 << 20)
+        for _ in range(16):
+            f.write(comp.compress(zeros))
+        f.write(comp.flush())
+    assert path.stat().st_size < 2 << 20
+    tracemalloc.start()
+    try:
+        with pytest.raises(MNISTFormatError, match="trailing data: the header declares 1000 images"):
+            data.read_idx_images(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20, peak  # the declared 784 kB and gzip's buffers, not 256 MiB
+
+
+def test_header_claiming_too_much_is_refused_before_reading(tmp_path):
+    path = _write(tmp_path / TRAIN_IMAGES, idx_bytes(2051, (2**31, 28, 28), b""))
+    with pytest.raises(MNISTFormatError, match=r"declares 2147483648 images; an MNIST file holds at most"):
+        data.read_idx_images(path)
+
+
+@pytest.mark.parametrize("split, count, phrase", [
+    ("train", 10000, "count of MNIST's test set: are the train and test files swapped?"),
+    ("test", 60000, "count of MNIST's train set: are the test and train files swapped?"),
+    ("train", 50000, "MNIST's train set has 60000 (not MNIST's file)"),
+    ("test", 20000, "MNIST's test set has 10000 (not MNIST's file)"),
+])
+def test_known_counts_are_checked_from_the_header(tmp_path, monkeypatch, split, count, phrase):
+    # Header-only files: the count is refused before the (absent) payload is read.
+    images, labels = data.SPLITS[split]
+    _write(tmp_path / f"{images}.gz", idx_bytes(2051, (count, 28, 28), b""))
+    _write(tmp_path / f"{labels}.gz", idx_bytes(2049, (count,), b""))
+    with pytest.raises(MNISTFormatError, match=re.escape(phrase)) as info:
+        read_mnist_split(tmp_path, split)
+    assert str(tmp_path / f"{images}.gz") in str(info.value) and "\n" not in str(info.value)
+    monkeypatch.setenv(data.ANY_COUNT_ENV, "1")  # the explicit allow: the count passes, the file is short
+    with pytest.raises(MNISTFormatError, match="truncated"):
+        read_mnist_split(tmp_path, split)
+
+
+def test_small_generated_sets_and_official_counts_pass(tmp_path):
+    make_dir(tmp_path, n_train=9, n_test=9)
+    assert len(read_mnist_split(tmp_path, "train")[0]) == 9
+    check = idx._count_check("train")
+    check(tmp_path, 60000)  # MNIST's own count
+    check(tmp_path, idx.SMALL_SET - 1)
+
+
+def test_unreadable_data_directory_is_one_line(tmp_path, monkeypatch):
+    import errno
+
+    d = make_dir(tmp_path / "d")
+
+    def denied(self):
+        raise PermissionError(errno.EACCES, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "is_file", denied)
+    with pytest.raises(MNISTNotFoundError, match=r"cannot be looked up \(Permission denied \(EACCES") as info:
+        load_mnist(d)
+    assert str(d) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_unreadable_data_file_is_one_line(tmp_path, monkeypatch):
+    import errno
+
+    d = make_dir(tmp_path / "d")
+
+    def denied(path, mode="rb"):
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    monkeypatch.setattr(idx.gzip, "open", denied)
+    with pytest.raises(MNISTNotFoundError, match=r"cannot be read \(Permission denied") as info:
+        read_mnist_split(d, "train")
+    assert f"{TRAIN_IMAGES}.gz" in str(info.value)

@@ -426,3 +426,33 @@ def test_data_dir_is_stored_absolute(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(["train", "--out", "r", "--epochs", "1", "--data-dir", "mnist", *TINY]) == 0
     assert json.loads((tmp_path / "r" / "config.json").read_text())["data_dir"] == str(tmp_path / "mnist")
+
+
+# ------------------------------------------------------------------------------------ data
+def test_swapped_mnist_files_fail_the_cli(tmp_path, capsys):
+    import gzip
+    import struct
+
+    for name, count, magic in (
+        ("train-images-idx3-ubyte", 10000, 2051),  # MNIST's test count under the training name
+        ("train-labels-idx1-ubyte", 10000, 2049),
+        ("t10k-images-idx3-ubyte", 60000, 2051),
+        ("t10k-labels-idx1-ubyte", 60000, 2049),
+    ):
+        dims = (count, 28, 28) if magic == 2051 else (count,)
+        header = struct.pack(f">{1 + len(dims)}I", magic, *dims)
+        (tmp_path / f"{name}.gz").write_bytes(gzip.compress(header))  # the header is enough
+    err = fails(["train", "--out", tmp_path / "r", "--data-dir", tmp_path, *TINY], capsys)
+    assert "are the train and test files swapped?" in err and "train-images-idx3-ubyte.gz" in err
+    assert not (tmp_path / "r" / LOCK).exists() and not (tmp_path / "r" / "config.json").exists()
+
+
+def test_unreadable_data_dir_fails_the_cli(tmp_path, monkeypatch, capsys):
+    import errno
+
+    def denied(self):
+        raise PermissionError(errno.EACCES, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "is_file", denied)
+    err = fails(["train", "--out", tmp_path / "r", "--data-dir", tmp_path, *TINY], capsys)
+    assert f"{tmp_path}" in err and "Permission denied (EACCES)" in err
