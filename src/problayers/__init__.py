@@ -6,6 +6,7 @@ distribution that also acts as a tensor (see :mod:`problayers.coercible`).
 
 from . import kl as _kl  # registers the KL pairs torch.distributions lacks
 from .coercible import as_coercible, convert_to_tensor, is_coercible
+from .exporting import DistributionParams, export
 from .layers import (
     AutoregressiveNetwork,
     AutoregressiveTransform,
@@ -54,6 +55,7 @@ __all__ = [
     "DenseReparameterization",
     "DenseVariational",
     "DistributionLambda",
+    "DistributionParams",
     "IndependentBernoulli",
     "IndependentLogistic",
     "IndependentNormal",
@@ -74,6 +76,7 @@ __all__ = [
     "clear_losses",
     "collect_losses",
     "convert_to_tensor",
+    "export",
     "fit",
     "is_coercible",
     "posterior_mean_field",

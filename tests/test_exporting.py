@@ -1,0 +1,125 @@
+"""Exporting encoders and decoders whose output is a distribution (problayers.exporting):
+torch.export with a dynamic batch, torch.export.save/load, torch.jit.trace and ONNX (run with
+onnxruntime); the exported program draws nothing and records no KL."""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import pytest
+import torch
+import torch.distributions as D
+from torch import nn
+
+import problayers as pl
+from problayers.exporting import DistributionParams, ExportedDistribution
+
+RANDOM_OPS = ("normal", "rand", "bernoulli", "exponential", "uniform", "poisson", "multinomial")
+
+
+def decoder():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 6), pl.IndependentBernoulli((2, 3)))
+
+
+def encoder():
+    torch.manual_seed(0)
+    prior = D.Independent(D.Normal(torch.zeros(3), 1.0), 1)
+    mvn = pl.MultivariateNormalTriL
+    return nn.Sequential(
+        nn.Linear(5, mvn.params_size(3)), mvn(3, activity_regularizer=pl.KLDivergenceRegularizer(prior))
+    )
+
+
+def flow_encoder():
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Linear(5, pl.IndependentNormal.params_size(3)),
+        pl.IndependentNormal(3),
+        pl.AutoregressiveTransform(pl.AutoregressiveNetwork(2, 3, hidden_units=(8,))),
+    )
+
+
+def test_exported_decoder_log_prob_equals_eager_over_batch_sizes():
+    model = decoder()
+    exported = pl.export(model, (torch.zeros(4, 2),))
+    assert isinstance(exported, ExportedDistribution)
+    for batch in (1, 3, 9):
+        z = torch.randn(batch, 2)
+        x = torch.bernoulli(torch.full((batch, 2, 3), 0.5))
+        got, ref = exported(z), model(z)
+        assert type(got) is type(ref) and got.batch_shape == (batch,) and got.event_shape == (2, 3)
+        torch.testing.assert_close(got.log_prob(x), ref.log_prob(x), rtol=0, atol=1e-6)
+    code = exported.program.graph_module.code
+    assert not [op for op in RANDOM_OPS if op in code]
+
+
+@pytest.mark.parametrize("make", [encoder, flow_encoder], ids=["MultivariateNormalTriL+KL", "flow"])
+def test_exported_encoder_draws_nothing_and_records_no_kl(make):
+    model = make()
+    exported = pl.export(model, (torch.zeros(4, 5),))
+    code = exported.program.graph_module.code
+    assert not [op for op in RANDOM_OPS if op in code]  # no sample, no Monte Carlo KL
+    x, v = torch.randn(7, 5), torch.randn(7, 3)
+    pl.clear_losses(model)
+    q = exported(x)
+    assert pl.collect_losses(model).item() == 0.0
+    torch.testing.assert_close(q.log_prob(v), model(x).log_prob(v), rtol=1e-5, atol=1e-5)
+
+
+def test_saved_program_loads_and_rebuilds():
+    model = decoder()
+    exported = pl.export(model, (torch.zeros(4, 2),))
+    buffer = io.BytesIO()
+    torch.export.save(exported.program, buffer)
+    buffer.seek(0)
+    program = torch.export.load(buffer)
+    z, x = torch.randn(5, 2), torch.bernoulli(torch.full((5, 2, 3), 0.5))
+    (logits,) = program.module()(z)
+    # What a server does with the parameters: the layer's pure static constructor.
+    rebuilt = pl.IndependentBernoulli.new(logits, (2, 3))
+    torch.testing.assert_close(rebuilt.log_prob(x), model(z).log_prob(x), rtol=0, atol=1e-6)
+
+
+def test_jit_trace_of_the_parameters():
+    model = encoder()
+    params = DistributionParams(model, torch.zeros(4, 5))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch 2.13 deprecates jit.trace
+        traced = torch.jit.trace(params, (torch.zeros(4, 5),))
+    x, v = torch.randn(6, 5), torch.randn(6, 3)
+    q = params.rebuild(traced(x))
+    torch.testing.assert_close(q.log_prob(v), model(x).log_prob(v), rtol=1e-5, atol=1e-5)
+
+
+def test_onnx_export_runs_in_onnxruntime_with_a_dynamic_batch():
+    pytest.importorskip("onnxscript")
+    ort = pytest.importorskip("onnxruntime")
+    model = decoder().eval()  # as torch.onnx.export asks
+    params = DistributionParams(model, torch.zeros(4, 2)).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch's own exporter code
+        warnings.simplefilter("ignore", DeprecationWarning)
+        program = torch.onnx.export(
+            params,
+            (torch.zeros(4, 2),),
+            dynamo=True,
+            dynamic_shapes={"args": ({0: torch.export.Dim("batch")},)},
+            verbose=False,
+        )
+    session = ort.InferenceSession(program.model_proto.SerializeToString())
+    z, x = torch.randn(7, 2), torch.bernoulli(torch.full((7, 2, 3), 0.5))
+    (logits,) = session.run(None, {session.get_inputs()[0].name: z.numpy()})
+    got = params.rebuild((torch.from_numpy(logits),))
+    torch.testing.assert_close(got.log_prob(x), model(z).log_prob(x), rtol=1e-5, atol=1e-5)
+
+
+def test_clear_errors():
+    with pytest.raises(TypeError, match="output must be the output of a problayers distribution layer"):
+        DistributionParams(nn.Linear(2, 3), torch.zeros(4, 2))
+    with pytest.raises(TypeError, match="args: expected a tuple"):
+        pl.export(decoder(), torch.zeros(4, 2))
+    with pytest.raises(TypeError, match=r"module: expected an nn\.Module"):
+        DistributionParams(lambda x: x, torch.zeros(1))
