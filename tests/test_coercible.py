@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import problayers as pl
+from problayers import as_coercible
 
 
 def normal(shape=(4, 3), fn="rsample", requires_grad=False):
@@ -136,3 +137,60 @@ def test_kl_dispatch_and_repr():
     prior = D.Independent(D.Normal(torch.zeros(3), 1.0), 1)
     torch.testing.assert_close(D.kl_divergence(d, prior), D.kl_divergence(d.distribution, prior))
     assert repr(d).startswith("TensorCoercible(Independent(")
+
+
+# ------------------------------------------------------------------ shape without drawing, repr
+@pytest.mark.parametrize("fn", ["rsample", "sample", "mean", "mode", "stddev", "variance"])
+def test_shape_dtype_device_known_without_drawing(fn):
+    dist = D.Independent(D.Normal(torch.zeros(4, 3, dtype=torch.float64), 1.0), 1)
+    out = as_coercible(dist, fn)
+    state = torch.random.get_rng_state()
+    assert out.shape == (4, 3) and out.ndim == 2 and out.dim() == 2 and out.size(-1) == 3
+    assert out.dtype == torch.float64 and out.device == torch.device("cpu")
+    assert "not drawn yet" in repr(out)
+    assert torch.equal(torch.random.get_rng_state(), state)  # nothing drawn
+    assert out._tc_value is None
+    assert out.tensor().shape == out.shape and out.tensor().dtype == out.dtype
+
+
+def test_categorical_sample_dtype_is_int64_without_drawing():
+    out = as_coercible(D.Categorical(logits=torch.zeros(5, 3)), "sample")
+    assert out.dtype == torch.int64 and out.shape == (5,)
+    assert out.tensor().dtype == torch.int64
+
+
+def test_callable_convert_fn_draws_for_its_shape():
+    out = as_coercible(D.Normal(torch.zeros(2), 1.0), lambda d: d.sample((3,)))
+    assert out.shape == (3, 2)  # only the callable knows: computed
+    assert out._tc_value is not None
+
+
+def test_repr_names_distribution_function_and_shape():
+    out = as_coercible(D.Normal(torch.zeros(2, 5), 1.0), "mean")
+    text = repr(out)
+    assert "Normal(loc: torch.Size([2, 5])" in text and "mean" in text and "(2, 5)" in text
+    out.tensor()
+    assert "drawn" in repr(out) and "not drawn" not in repr(out)
+
+
+def test_pickle_keeps_class_value_and_named_fn():
+    import pickle
+
+    out = as_coercible(D.Normal(torch.zeros(3), 1.0), "sample")
+    value = out.tensor()
+    back = pickle.loads(pickle.dumps(out))
+    assert type(back) is type(out) and torch.equal(back.tensor(), value)
+    assert back._tc_name == "sample" and isinstance(back, D.Normal)
+
+
+def test_convert_fn_may_return_a_number():
+    out = as_coercible(D.Normal(torch.zeros(3), 1.0), lambda d: 2.0)
+    assert torch.equal(out + 1, torch.tensor(3.0))
+
+
+def test_bitwise_operators():
+    out = as_coercible(D.Bernoulli(probs=torch.tensor([1.0, 0.0])), lambda d: d.sample().bool())
+    assert (out & torch.tensor([True, True])).tolist() == [True, False]
+    assert (out | torch.tensor([False, True])).tolist() == [True, True]
+    assert (out ^ torch.tensor([True, True])).tolist() == [False, True]
+    assert (~out).tolist() == [False, True]

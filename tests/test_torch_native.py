@@ -97,7 +97,9 @@ def test_sixteen_heads_compile_once_and_dynamic_batch_does_not_recompile(fresh_d
 
         def forward(self, x):
             params = self.trunk(x).chunk(16, dim=-1)
-            return sum(head(p).log_prob(torch.zeros(2)).mean() for head, p in zip(self.heads, params, strict=True))
+            return sum(
+                head(p).log_prob(torch.zeros(2)).mean() for head, p in zip(self.heads, params, strict=True)
+            )
 
     model = Heads()
     compiled = torch.compile(model, backend="aot_eager", fullgraph=True, dynamic=True)
@@ -184,3 +186,23 @@ def test_deepcopy_pickle_and_averaged_model_after_a_forward(case):
         buffer.seek(0)
         loaded = torch.load(buffer, weights_only=False)
         torch.testing.assert_close(loaded.log_prob(values), out.log_prob(values).detach())
+
+
+def test_seed_vae_forward_loss_backward_is_one_graph_equal_to_eager(fresh_dynamo):
+    from problayers.models import ModelConfig, build_model, vae_loss
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(latent_size=2, base_depth=4))  # the seed architecture, narrow
+    x = (torch.rand(3, 1, 28, 28) < 0.3).float()
+
+    def loss(x):
+        return vae_loss(model, x)[0]
+
+    explanation = torch._dynamo.explain(loss)(x)
+    assert (explanation.graph_count, explanation.graph_break_count) == (1, 0)
+    pl.clear_losses(model)
+    ref, ref_grads = _loss_and_grads(loss, model, x)
+    got, got_grads = _loss_and_grads(torch.compile(loss, backend="aot_eager", fullgraph=True), model, x)
+    torch.testing.assert_close(got, ref)
+    for g, r in zip(got_grads, ref_grads, strict=True):
+        torch.testing.assert_close(g, r)
