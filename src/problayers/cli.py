@@ -196,6 +196,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     out = Path(args.run_dir) / "eval.json" if args.out is None else args.out
     out = check_output(out, args.run_dir, "--out")  # never over the run's own files
+    if out.is_dir():
+        raise ValueError(f"--out {out}: expected a JSON file path, got a directory")
     model, cfg, info = load_run(args.run_dir, device=args.device, online=args.online_weights)
     if args.data_dir is not None:
         cfg = dataclasses.replace(cfg, data_dir=args.data_dir)

@@ -1,8 +1,9 @@
 """Download the MNIST ``.gz`` files from public mirrors (stdlib ``urllib`` only).
 
 Each file is streamed into a temporary file in the destination directory, checked against its official
-MD5 and only then moved into place with ``os.replace``; a failed or corrupt transfer leaves nothing
-behind, and the next mirror is tried. Mirrors and checksums are parameters so tests can use a local server.
+MD5 and only then moved into place with ``os.replace`` (and the directory fsynced); a failed, corrupt
+or interrupted (SIGINT, SIGTERM) transfer leaves nothing behind, and the next mirror is tried. Mirrors
+and checksums are parameters so tests can use a local server.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import urllib.request
 from collections.abc import Iterable
 from pathlib import Path
 
+from problayers.checkpoint import fsync_dir
 from problayers.data import _HINT, MNIST_FILES, MNISTDownloadError
 
 __all__ = ["MNIST_MD5", "MNIST_MIRRORS", "download_file", "download_mnist"]
@@ -65,6 +67,7 @@ def download_file(url: str, dest: str | os.PathLike, md5: str, *, timeout: float
         if digest.hexdigest() != md5.lower():
             raise _BadTransfer(f"MD5 mismatch: got {digest.hexdigest()}, expected {md5.lower()}")
         os.replace(tmp, dest)
+        fsync_dir(dest.parent)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

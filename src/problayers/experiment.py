@@ -3,7 +3,10 @@
 ``train(config, run_dir)`` writes into ``run_dir``: ``config.json``, ``checkpoint.pt`` (atomic,
 every epoch), ``metrics.jsonl`` (per epoch: train loss/recon/KL, test -ELBO/recon/KL, seconds,
 images/s) and the final pictures. ``resume(run_dir)`` continues a run from its last complete
-checkpoint; ``load_run(run_dir)`` gives the trained model back for evaluation and sampling.
+checkpoint; ``load_run(run_dir)`` gives the trained model back for evaluation and sampling, after
+validating the checkpoint. ``train`` and ``resume`` hold the run directory's lock
+(:mod:`problayers.runlock`) and first remove the temporaries a killed run left; see
+``docs/reliability.md`` for what is promised.
 
 Data-parallel (under ``torchrun``, see :mod:`problayers.distributed` and ``docs/distributed.md``):
 ``batch_size`` is the global batch (divisible by the world size); each rank trains on its slice of
@@ -30,6 +33,7 @@ from . import distributed
 from .averaging import EMA
 from .checkpoint import check_state_dict, load_checkpoint, remove_stale_temps, write_json
 from .distributed import DistContext
+from .errors import RunDirError
 from .evaluation import evaluate
 from .models import VAE, build_model, vae_loss
 from .runconfig import STEP_OPTIONS, RunConfig, resolve_device, step_options
@@ -200,6 +204,8 @@ def _locked(
     def locked_check() -> Any:
         if create:
             prepare_run_dir(run_dir, "--out")
+        elif not Path(run_dir).is_dir():
+            raise RunDirError(f"run_dir: {run_dir} is not a directory (not a problayers run directory)")
         lock.acquire()
         try:
             remove_stale_temps(run_dir)

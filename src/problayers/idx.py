@@ -214,7 +214,8 @@ def read_mnist_split(directory: str | os.PathLike, split: str = "train") -> tupl
 
 
 def write_idx(path: str | os.PathLike, array: np.ndarray | torch.Tensor) -> Path:
-    """Write a uint8 array as an IDX file (gzipped when ``path`` ends with ``.gz``); returns the path.
+    """Write a uint8 array as an IDX file (gzipped when ``path`` ends with ``.gz``), atomically;
+    returns the path.
 
     ``array``: uint8 of shape (N,) (labels, magic 2049) or (N, H, W) (images, magic 2051).
     """
@@ -222,9 +223,11 @@ def write_idx(path: str | os.PathLike, array: np.ndarray | torch.Tensor) -> Path
     if arr.dtype != np.uint8 or arr.ndim not in (1, 3):
         raise ValueError(f"array must be uint8 of shape (N,) or (N, H, W); got {arr.dtype} {arr.shape}")
     data = struct.pack(f">{1 + arr.ndim}I", 0x800 | arr.ndim, *arr.shape) + arr.tobytes()
+    from .checkpoint import atomic_write
+
     path = Path(path)
-    path.write_bytes(gzip.compress(data, mtime=0) if path.name.endswith(".gz") else data)
-    return path
+    blob = gzip.compress(data, mtime=0) if path.name.endswith(".gz") else data
+    return atomic_write(path, lambda f: f.write(blob))
 
 
 def write_mnist_split(directory: str | os.PathLike, images: np.ndarray | torch.Tensor,

@@ -84,7 +84,13 @@ def loss_curve(metrics_jsonl: str | Path, path: str | Path) -> Path:
     """Plot train loss and test -ELBO per epoch from ``metrics.jsonl`` to a PNG."""
     from matplotlib.figure import Figure  # no pyplot: no global backend state
 
-    records = [json.loads(line) for line in Path(metrics_jsonl).read_text().splitlines() if line.strip()]
+    try:
+        text = Path(metrics_jsonl).read_text()
+        records = [json.loads(line) for line in text.splitlines() if line.strip()]
+        if not all(isinstance(r, dict) and "epoch" in r for r in records):
+            raise ValueError("a line is not an epoch record")
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(f"{metrics_jsonl}: expected JSON lines of epoch records ({err})") from None
     fig = Figure(figsize=(6, 4))
     ax = fig.add_subplot()
     epochs = [r["epoch"] for r in records]
