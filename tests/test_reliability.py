@@ -325,6 +325,14 @@ def test_stale_and_foreign_locks(run, capsys):
     with RunLock(run) as held:  # the owner is gone: taken over
         assert json.loads(lock.read_text()) == held.owner
     assert not lock.exists()
+    zombie = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    zombie.kill()  # killed, not yet reaped: a zombie still answers kill(pid, 0)
+    while "Z" not in Path(f"/proc/{zombie.pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]:
+        time.sleep(0.01)
+    lock.write_text(json.dumps({"pid": zombie.pid, "host": socket.gethostname()}))
+    with RunLock(run):
+        pass
+    zombie.wait()
     lock.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "start": "reused"}))
     with RunLock(run):  # this PID, but another process's start time: a reused PID
         pass

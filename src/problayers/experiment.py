@@ -19,8 +19,11 @@ single process would compute for the same weights), and alone writes ``config.js
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import json
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -194,16 +197,28 @@ def _absolute_data(cfg: RunConfig) -> RunConfig:
 
 @contextmanager
 def _locked(
-    run_dir: str | Path, dist: DistContext | None, check: Callable[[], Any], *, create: bool = False
+    run_dir: str | Path,
+    dist: DistContext | None,
+    check: Callable[[], Any],
+    *,
+    create: bool = False,
+    before: Callable[[], Any] | None = None,
 ) -> Iterator[Any]:
-    """Rank 0 checks ``run_dir`` (``create``: makes it), takes its lock, removes stale
-    temporaries and runs ``check``, whose result (or error) every rank gets; the lock is held
-    until the block ends."""
+    """Rank 0 runs ``before`` (option checks), checks ``run_dir`` (``create``: makes it), takes
+    its lock, removes stale temporaries and runs ``check``, whose result (or error) every rank
+    gets; the lock is held until the block ends. A directory made here that is still empty
+    then (the run failed before writing anything) is removed again."""
     lock = RunLock(run_dir)
+    made = []
 
     def locked_check() -> Any:
+        if before is not None:
+            before()
         if create:
-            prepare_run_dir(run_dir, "--out")
+            existed = os.fspath(run_dir) == "" or Path(run_dir).expanduser().is_dir()
+            path = prepare_run_dir(run_dir, "--out")
+            if not existed:
+                made.append(path)
         elif not Path(run_dir).is_dir():
             raise RunDirError(f"run_dir: {run_dir} is not a directory (not a problayers run directory)")
         lock.acquire()
@@ -218,6 +233,9 @@ def _locked(
         yield _on_main(dist, locked_check)
     finally:
         lock.release()
+        for path in made:
+            with contextlib.suppress(OSError):
+                path.rmdir()  # only if empty
 
 
 def train(cfg: RunConfig, run_dir: str | Path, *, dist: DistContext | None = None) -> list[dict[str, Any]]:
@@ -233,9 +251,9 @@ def train(cfg: RunConfig, run_dir: str | Path, *, dist: DistContext | None = Non
     def check() -> None:
         if (run_dir / CHECKPOINT).exists():
             raise ValueError(f"run_dir: {run_dir} already holds a run; resume it with --resume {run_dir}")
-        _check_parallel(cfg, dist)
 
-    with _locked(given, dist, check, create=True):  # given: "" is refused, not taken as "."
+    options = functools.partial(_check_parallel, cfg, dist)  # before the directory is made
+    with _locked(given, dist, check, create=True, before=options):  # "" is refused, not taken as "."
         trainer = _setup(cfg, run_dir, dist)
         if trainer.is_main:
             write_json(run_dir / CONFIG, cfg.to_json())
