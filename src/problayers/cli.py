@@ -14,56 +14,12 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-__all__ = ["main"]
+from .cliparser import build_parser
+
+__all__ = ["build_parser", "main"]
 
 #: What ``train --resume`` may be given besides the run (the rest is the run's config.json).
 RESUME_OPTIONS = ("resume", "epochs", "lr", "device", "data_dir", "no_progress", "debug")
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse with one-line errors: ``problayers: error: argument --epochs: ...``."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"problayers: error: {' '.join(message.split())} (see {self.prog} --help)\n")
-
-
-def _int_at_least(minimum: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
-        return value
-
-    parse.__name__ = f"int >= {minimum}"
-    return parse
-
-
-_positive = _int_at_least(1)
-
-
-def _number(text: str) -> float:
-    import math
-
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
-    return value
-
-
-def _add_data_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--data-dir",
-        default=None,
-        help="directory with the four MNIST IDX files (.gz or raw); default: "
-        "$PROBLAYERS_MNIST_DIR, then ~/.cache/problayers/mnist, then a download",
-    )
-    p.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda, cuda:N")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -149,7 +105,7 @@ def _given_options(argv: Sequence[str]) -> set[str]:
     for sub in parser._subparsers._group_actions[0].choices.values():  # type: ignore[union-attr]
         for action in sub._actions:
             action.default = argparse.SUPPRESS
-    return set(vars(parser.parse_args(argv))) - {"command", "func"}
+    return set(vars(parser.parse_args(argv))) - {"command"}
 
 
 def _fast_options(args: argparse.Namespace, data_parallel: bool) -> dict:
@@ -267,14 +223,6 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_weights_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--online-weights",
-        action="store_true",
-        help="a run trained with --ema-decay: use its last weights instead of their average",
-    )
-
-
 def cmd_regression(args: argparse.Namespace) -> int:
     from .demos import regression
 
@@ -284,150 +232,12 @@ def cmd_regression(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="problayers", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--debug", action="store_true", help="show the traceback of an error (also: PROBLAYERS_DEBUG=1)"
-    )
-
-    p = sub.add_parser(
-        "train", parents=[common], help="train a VAE on binarized MNIST (the seed model by default)"
-    )
-    p.add_argument("--out", default="runs/seed", help="run directory (default runs/seed)")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR from its last checkpoint")
-    p.add_argument(
-        "--epochs", type=_positive, default=None, help="epochs (default 15; with --resume: the total)"
-    )
-    p.add_argument("--batch-size", type=_positive, default=256)
-    p.add_argument("--lr", type=_number, default=1e-3, help="(peak) learning rate; may change on --resume")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--model", default="seed", help="registered model name (default seed)")
-    p.add_argument("--latent-size", type=_positive, default=16)
-    p.add_argument("--base-depth", type=_positive, default=32, help="width of the conv layers")
-    p.add_argument("--beta", type=_number, default=1.0, help="KL weight (beta-VAE)")
-    p.add_argument("--exact-kl", action="store_true", help="analytic KL instead of Monte Carlo")
-    p.add_argument(
-        "--init",
-        choices=["torch", "keras", "he"],
-        default="torch",
-        help="weight initialization: PyTorch's (default), Keras' (Glorot uniform, zero bias) as "
-        "TFP's, or He's for the leaky ReLUs",
-    )
-    p.add_argument("--train-subset", type=_positive, default=None, help="use the first N training images")
-    p.add_argument("--test-subset", type=_positive, default=None, help="use the first N test images")
-    p.add_argument(
-        "--synthetic",
-        type=_int_at_least(0),
-        default=0,
-        metavar="N",
-        help="train on N generated digits instead of MNIST (smoke tests)",
-    )
-    p.add_argument(
-        "--lr-schedule",
-        choices=["constant", "cosine", "onecycle", "wsd"],
-        default="constant",
-        help="learning-rate schedule over the run, peak --lr (default constant)",
-    )
-    p.add_argument(
-        "--ema-decay",
-        type=float,
-        default=None,
-        metavar="D",
-        help="also keep an exponential moving average of the weights (decay D, e.g. 0.998) and "
-        "report, evaluate and sample with it (default: none, the last weights)",
-    )
-    p.add_argument(
-        "--fast",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="the device's fastest step options (problayers.fastpath.fastest_defaults: on a GPU the "
-        "whole step as one CUDA graph + channels_last + bf16 + fused Adam, on a CPU channels_last); "
-        "the default unless a step flag below is given or the run is data-parallel; --no-fast: the "
-        "plain eager step",
-    )
-    p.add_argument("--compile", action="store_true", help="torch.compile the training step")
-    p.add_argument(
-        "--compile-mode",
-        choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
-        default=None,
-        help="torch.compile mode (implies --compile; reduce-overhead: CUDA graphs)",
-    )
-    p.add_argument(
-        "--precision",
-        choices=["fp32", "bf16"],
-        default=None,
-        help="bf16: autocast convolutions (distribution maths stay fp32); default fp32",
-    )
-    p.add_argument(
-        "--channels-last",
-        action="store_true",
-        help="NHWC convolutions (measured +13%% images/s on the CPU, docs/benchmarks.md)",
-    )
-    p.add_argument("--fused-adam", action="store_true", help="torch.optim.Adam(fused=True) (CUDA)")
-    p.add_argument(
-        "--cuda-graph",
-        action="store_true",
-        help="capture the whole step as one CUDA graph (CUDA; not with --compile)",
-    )
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    _add_data_options(p)
-    p.set_defaults(func=cmd_train)
-
-    p = sub.add_parser("evaluate", parents=[common], help="test -ELBO and the IWAE bound of a trained run")
-    p.add_argument("run_dir")
-    p.add_argument(
-        "--iwae-samples", type=_int_at_least(0), default=5000, help="K of the IWAE bound (0: none)"
-    )
-    p.add_argument("--batch-size", type=_positive, default=100)
-    p.add_argument("--chunk-size", type=_positive, default=500, help="IWAE samples per example at once")
-    p.add_argument("--test-subset", type=_positive, default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--out",
-        default=None,
-        help="JSON output (default RUN_DIR/eval.json; never one of the run's own files)",
-    )
-    p.add_argument(
-        "--fast",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="channels_last, and bf16 on a GPU (the default unless --precision or --channels-last "
-        "is given); --no-fast: fp32, the layout as trained",
-    )
-    p.add_argument(
-        "--precision",
-        choices=["fp32", "bf16"],
-        default=None,
-        help="bf16: autocast convolutions (distribution maths stay fp32)",
-    )
-    p.add_argument("--channels-last", action="store_true", help="NHWC convolutions")
-    _add_weights_option(p)
-    p.add_argument("--no-progress", action="store_true")
-    _add_data_options(p)
-    p.set_defaults(func=cmd_evaluate)
-
-    p = sub.add_parser(
-        "sample", parents=[common], help="PNG grids: prior samples, reconstructions, loss curve"
-    )
-    p.add_argument("run_dir")
-    p.add_argument("--n", type=_positive, default=10, help="images per row")
-    _add_weights_option(p)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None, help="output directory (default RUN_DIR)")
-    _add_data_options(p)
-    p.set_defaults(func=cmd_sample)
-
-    p = sub.add_parser(
-        "regression", parents=[common], help="the 1-D probabilistic regression demo (four PNGs)"
-    )
-    p.add_argument("--out", default="runs/regression")
-    p.add_argument("--epochs", type=_positive, default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=cmd_regression)
-    return parser
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "train": cmd_train,
+    "evaluate": cmd_evaluate,
+    "sample": cmd_sample,
+    "regression": cmd_regression,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -439,7 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.given = _given_options(argv)
-    func: Callable[[argparse.Namespace], int] = args.func
+    func: Callable[[argparse.Namespace], int] = COMMANDS[args.command]
     try:
         with sigterm_raises():
             return func(args)
