@@ -67,16 +67,29 @@ def event_size(event_shape: tuple[int, ...]) -> int:
 class DistributionLambda(nn.Module):
     """A layer whose output is a distribution that also acts as a tensor.
 
+    The base of every distribution layer (``tfp.layers.DistributionLambda``): ``forward`` calls
+    ``make_distribution_fn`` (or a subclass's ``make_distribution``) and makes the result
+    tensor-coercible (:func:`~problayers.as_coercible`), so it can feed the next layer directly.
+
     Args:
-        make_distribution_fn: ``(*inputs) -> Distribution``.
+        make_distribution_fn: ``(*inputs) -> Distribution``. Default ``None``: a subclass
+            overrides ``make_distribution`` instead.
         convert_to_tensor_fn: how the output becomes a tensor when one is needed:
-            ``"rsample"`` (default), ``"sample"``, ``"mean"``, ``"mode"`` or a callable.
+            ``"rsample"`` (default; gradients flow through the sample), ``"sample"``, ``"mean"``,
+            ``"mode"``, ``"stddev"``, ``"variance"`` or a callable ``Distribution -> Tensor``.
         activity_regularizer: optional ``Distribution -> 0-dim tensor`` (e.g.
             :class:`~problayers.KLDivergenceRegularizer`); its value on each output is recorded
-            as an added loss (:func:`~problayers.collect_losses`).
+            as an added loss (:func:`~problayers.collect_losses`). Default ``None``: none.
 
     Input: whatever ``make_distribution_fn`` takes. Output: a tensor-coercible distribution with
-    the batch/event shapes ``make_distribution_fn`` gives.
+    the ``batch_shape``/``event_shape`` ``make_distribution_fn`` gives.
+
+    Example::
+
+        >>> layer = pl.DistributionLambda(lambda t: D.Normal(t, 1.0), convert_to_tensor_fn="mean")
+        >>> out = layer(torch.zeros(4, 3))
+        >>> out.batch_shape, out.event_shape, (out + 1).shape
+        (torch.Size([4, 3]), torch.Size([]), torch.Size([4, 3]))
     """
 
     def __init__(

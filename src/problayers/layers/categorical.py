@@ -17,9 +17,25 @@ __all__ = ["CategoricalMixtureOfOneHotCategorical", "OneHotCategorical"]
 class OneHotCategorical(DistributionLambda):
     """One-hot categorical over ``event_size`` classes, parameterized by logits.
 
-    Input: ``(*B, event_size)`` logits. Output: ``torch.distributions.OneHotCategorical`` with
-    ``batch_shape`` B and ``event_shape`` ``(event_size,)``; its tensor value defaults to a
-    (one-hot, floating) sample, as it has no ``rsample``.
+    Args:
+        event_size: the number of classes.
+        convert_to_tensor_fn: how the output becomes a tensor (see
+            :class:`~problayers.DistributionLambda`); default ``"sample"``, a one-hot floating
+            sample, as the distribution has no ``rsample``.
+        validate_args: passed to the distribution (default ``False``: no argument checks).
+        activity_regularizer: optional ``Distribution -> 0-dim tensor`` recorded as an added
+            loss on each output (default ``None``: none).
+
+    Input: ``(*B, params_size(event_size))`` = ``(*B, event_size)`` logits. Output: a
+    tensor-coercible ``torch.distributions.OneHotCategorical`` with ``batch_shape`` B and
+    ``event_shape`` ``(event_size,)``.
+
+    Example::
+
+        >>> layer = pl.OneHotCategorical(4)
+        >>> out = layer(torch.zeros(2, pl.OneHotCategorical.params_size(4)))
+        >>> out.batch_shape, out.event_shape, out.shape
+        (torch.Size([2]), torch.Size([4]), torch.Size([2, 4]))
     """
 
     def __init__(
@@ -55,10 +71,29 @@ class OneHotCategorical(DistributionLambda):
 class CategoricalMixtureOfOneHotCategorical(DistributionLambda):
     """A ``num_components`` mixture of one-hot categoricals over ``event_size`` classes.
 
-    Input: ``(*B, num_components + num_components * event_size)``: the mixture logits, then each
-    component's ``event_size`` logits (component-major). Output:
-    ``torch.distributions.MixtureSameFamily`` with ``batch_shape`` B and ``event_shape``
-    ``(event_size,)``; its tensor value defaults to a sample.
+    Args:
+        event_size: the number of classes.
+        num_components: K, the number of mixture components.
+        convert_to_tensor_fn: how the output becomes a tensor (see
+            :class:`~problayers.DistributionLambda`); default ``"sample"`` (a mixture has no
+            ``rsample``).
+        validate_args: passed to the distributions (default ``False``: no argument checks).
+        activity_regularizer: optional ``Distribution -> 0-dim tensor`` recorded as an added
+            loss on each output (default ``None``: none).
+
+    Input: ``(*B, params_size(event_size, num_components))`` = ``(*B, num_components * (1 +
+    event_size))``: the mixture logits, then each component's ``event_size`` logits
+    (component-major). Output: a tensor-coercible ``torch.distributions.MixtureSameFamily``
+    (``Categorical`` mixing ``OneHotCategorical``) with ``batch_shape`` B and ``event_shape``
+    ``(event_size,)``.
+
+    Example::
+
+        >>> pl.CategoricalMixtureOfOneHotCategorical.params_size(event_size=3, num_components=2)
+        8
+        >>> out = pl.CategoricalMixtureOfOneHotCategorical(3, 2)(torch.zeros(5, 8))
+        >>> out.batch_shape, out.event_shape
+        (torch.Size([5]), torch.Size([3]))
     """
 
     def __init__(

@@ -59,8 +59,9 @@ def _input_order(order, d: int) -> torch.Tensor:
 
 
 class AutoregressiveNetwork(nn.Module):
-    """MADE: a masked MLP whose output for dimension ``i`` depends only on the inputs that come
-    before ``i`` in ``input_order`` (Germain et al. 2015; ``tfp.layers.AutoregressiveNetwork``).
+    """MADE: a masked MLP whose outputs for dimension ``i`` see only the inputs before ``i``.
+
+    "Before" is in ``input_order`` (Germain et al. 2015; ``tfp.layers.AutoregressiveNetwork``).
 
     Args:
         params: outputs per input dimension (2 for a MAF: shift and log-scale).
@@ -69,10 +70,19 @@ class AutoregressiveNetwork(nn.Module):
         input_order: ``'left-to-right'`` (default), ``'right-to-left'``, ``'random'`` or a
             permutation of ``1..d`` (the degree of each input).
         hidden_degrees: ``'equal'`` (default: evenly spread over ``1..d-1``) or ``'random'``.
-        activation: hidden activation (default ``torch.relu``; TFP's default is linear).
-        use_bias: whether the masked layers have biases.
+        activation: hidden activation (default ``torch.relu``; TFP's default is linear);
+            ``None`` for none.
+        use_bias: whether the masked layers have biases (default ``True``).
+        dtype: the weights' dtype (default ``None``: ``torch.get_default_dtype()``).
 
-    Input: ``(*B, d)``. Output: ``(*B, d, params)``.
+    Input: ``(*B, d)``. Output: a tensor of shape ``(*B, d, params)``; ``out[..., i, :]``
+    depends only on the inputs of lower degree than input ``i``.
+
+    Example::
+
+        >>> made = pl.AutoregressiveNetwork(params=2, event_shape=3, hidden_units=(8,))
+        >>> made(torch.zeros(5, 3)).shape
+        torch.Size([5, 3, 2])
     """
 
     def __init__(
@@ -135,13 +145,32 @@ class AutoregressiveNetwork(nn.Module):
 
 
 class MaskedAutoregressiveTransform(Transform):
-    """The MAF bijection ``y = u * exp(log_scale(y)) + shift(y)`` on ``R^d`` (event dim 1), with
-    ``shift, log_scale = made(y).unbind(-1)`` autoregressive (a :class:`AutoregressiveNetwork`
+    """The MAF bijection ``y = u * exp(log_scale(y)) + shift(y)`` on ``R^d`` (event dim 1).
+
+    ``shift, log_scale = made(y).unbind(-1)`` are autoregressive (a :class:`AutoregressiveNetwork`
     with ``params=2``).
 
     The inverse ``u = (y - shift(y)) * exp(-log_scale(y))`` is one network pass; the forward
     needs ``d`` sequential passes (pass ``i`` fixes the ``i``-th dimension in ``input_order``).
     ``log_abs_det_jacobian(u, y) = sum(log_scale(y))`` (the Jacobian is triangular).
+
+    Args:
+        made: an :class:`AutoregressiveNetwork` with ``params=2`` (shift, log-scale); the
+            transform holds it, not a copy, so training ``made`` changes the transform.
+        cache_size: ``torch.distributions.transforms.Transform``'s cache: ``1`` (default) keeps
+            the last ``(u, y)`` pair, so the ``log_prob`` of a fresh sample needs no inversion;
+            ``0`` keeps none.
+
+    Input: ``u`` of shape ``(*B, d)``. Output: ``y`` of shape ``(*B, d)``;
+    ``log_abs_det_jacobian`` has shape ``(*B)``.
+
+    Example::
+
+        >>> maf = pl.MaskedAutoregressiveTransform(pl.AutoregressiveNetwork(2, 3, hidden_units=(8,)))
+        >>> u = torch.zeros(5, 3)
+        >>> y = maf(u)
+        >>> y.shape, maf.log_abs_det_jacobian(u, y).shape
+        (torch.Size([5, 3]), torch.Size([5]))
     """
 
     domain = constraints.independent(constraints.real, 1)
@@ -195,15 +224,30 @@ def _sample_with_gradient_if_possible(dist: D.Distribution) -> torch.Tensor:
 class AutoregressiveTransform(DistributionLambda):
     """Pushes the incoming distribution through a masked autoregressive flow.
 
+    The output is ``TransformedDistribution(input, [MaskedAutoregressiveTransform(made)])``
+    (``tfp.layers.AutoregressiveTransform``): a MAF on top of whatever distribution the
+    previous layer returns.
+
     Args:
-        made: an :class:`AutoregressiveNetwork` with ``params=2`` (its parameters become the
-            layer's).
-        convert_to_tensor_fn: default: ``rsample()`` where the result has one, else ``sample()``.
+        made: an :class:`AutoregressiveNetwork` with ``params=2`` and ``event_shape`` ``(d,)``
+            (its parameters become the layer's).
+        convert_to_tensor_fn: how the output becomes a tensor (see
+            :class:`~problayers.DistributionLambda`); default: ``rsample()`` where the result has
+            one, else ``sample()``.
+        activity_regularizer: optional ``Distribution -> 0-dim tensor`` recorded as an added
+            loss on each output (default ``None``: none).
 
     Input: a distribution over ``R^d`` (event ``(d,)``, or event ``()`` with batch ``(*B, d)``,
-    whose last batch dimension becomes the event). Output: ``TransformedDistribution`` with
-    ``batch_shape`` B and ``event_shape`` ``(d,)``; ``log_prob`` takes one network pass,
-    sampling ``d``.
+    whose last batch dimension becomes the event). Output: a tensor-coercible
+    ``TransformedDistribution`` with ``batch_shape`` B and ``event_shape`` ``(d,)``;
+    ``log_prob`` takes one network pass, sampling ``d``.
+
+    Example::
+
+        >>> flow = pl.AutoregressiveTransform(pl.AutoregressiveNetwork(2, 3, hidden_units=(8,)))
+        >>> out = flow(D.Independent(D.Normal(torch.zeros(4, 3), 1.0), 1))
+        >>> out.batch_shape, out.event_shape, out.log_prob(torch.zeros(4, 3)).shape
+        (torch.Size([4]), torch.Size([3]), torch.Size([4]))
     """
 
     def __init__(

@@ -61,8 +61,18 @@ class Logistic(D.TransformedDistribution):
     Args:
         loc: location, broadcastable with ``scale``; the broadcast shape is the ``batch_shape``.
         scale: positive scale.
+        validate_args: torch's argument checks (default ``None``: torch's global default, see
+            ``torch.distributions.Distribution.set_default_validate_args``).
 
-    ``event_shape`` is ``()``.
+    ``batch_shape`` is the broadcast shape of ``loc`` and ``scale``; ``event_shape`` is ``()``.
+
+    Example::
+
+        >>> dist = pl.Logistic(torch.zeros(2), torch.ones(2))
+        >>> dist.batch_shape, dist.event_shape, dist.rsample((5,)).shape
+        (torch.Size([2]), torch.Size([]), torch.Size([5, 2]))
+        >>> dist.log_prob(torch.zeros(2))  # log(1/4): the density at loc is 1 / (4 scale)
+        tensor([-1.3863, -1.3863])
     """
 
     arg_constraints: ClassVar[dict[str, constraints.Constraint]] = {
@@ -154,8 +164,26 @@ class _IndependentLayer(DistributionLambda):
 class IndependentBernoulli(_IndependentLayer):
     """Pixel-independent Bernoulli over ``event_shape``, parameterized by logits.
 
-    Input: ``(*B, prod(event_shape))`` logits. Output: ``batch_shape`` B, ``event_shape``
-    ``event_shape``. Its tensor value defaults to a sample (Bernoulli has no ``rsample``).
+    Args:
+        event_shape: the shape of one example (an int or a tuple of positive ints; default 1).
+        convert_to_tensor_fn: how the output becomes a tensor (see
+            :class:`~problayers.DistributionLambda`); default ``None``:
+            ``"sample"`` (Bernoulli has no ``rsample``).
+        validate_args: passed to the distribution (default ``False``: no argument checks).
+        activity_regularizer: optional ``Distribution -> 0-dim tensor`` (e.g.
+            :class:`~problayers.KLDivergenceRegularizer`) recorded as an added loss on each
+            output (default ``None``: none).
+
+    Input: ``(*B, params_size(event_shape))`` = ``(*B, prod(event_shape))`` logits. Output: a
+    tensor-coercible ``Independent(Bernoulli)`` with ``batch_shape`` B and ``event_shape``
+    ``event_shape``.
+
+    Example::
+
+        >>> layer = pl.IndependentBernoulli((2, 3))
+        >>> out = layer(torch.zeros(4, pl.IndependentBernoulli.params_size((2, 3))))
+        >>> out.batch_shape, out.event_shape, out.log_prob(torch.zeros(4, 2, 3)).shape
+        (torch.Size([4]), torch.Size([2, 3]), torch.Size([4]))
     """
 
     default_convert_to_tensor_fn: ConvertFn = "sample"  # no rsample
@@ -185,8 +213,28 @@ class _LocScaleLayer(_IndependentLayer):
 class IndependentNormal(_LocScaleLayer):
     """Independent Normal over ``event_shape``: ``loc`` and ``softplus`` scale.
 
-    Input: ``(*B, 2 * prod(event_shape))`` (locs, then raw scales). Output: ``batch_shape`` B,
-    ``event_shape`` ``event_shape``.
+    Args:
+        event_shape: the shape of one example (an int or a tuple of positive ints; default 1).
+        convert_to_tensor_fn: how the output becomes a tensor (see
+            :class:`~problayers.DistributionLambda`); default ``None``:
+            ``"rsample"`` (gradients flow through the sample).
+        validate_args: passed to the distribution (default ``False``: no argument checks).
+        activity_regularizer: optional ``Distribution -> 0-dim tensor`` (e.g.
+            :class:`~problayers.KLDivergenceRegularizer`) recorded as an added loss on each
+            output (default ``None``: none).
+
+    Input: ``(*B, params_size(event_shape))`` = ``(*B, 2 * prod(event_shape))``: the locs, then
+    the raw scales (``scale = softplus(raw)``). Output: a tensor-coercible
+    ``Independent(Normal)`` with ``batch_shape`` B and ``event_shape`` ``event_shape``.
+
+    Example::
+
+        >>> pl.IndependentNormal.params_size(3)
+        6
+        >>> model = nn.Sequential(nn.Linear(5, 6), pl.IndependentNormal(3))
+        >>> out = model(torch.zeros(4, 5))
+        >>> out.batch_shape, out.event_shape, out.shape
+        (torch.Size([4]), torch.Size([3]), torch.Size([4, 3]))
     """
 
     @staticmethod
@@ -199,8 +247,26 @@ class IndependentNormal(_LocScaleLayer):
 class IndependentLogistic(_LocScaleLayer):
     """Independent :class:`Logistic` over ``event_shape``: ``loc`` and ``softplus`` scale.
 
-    Input: ``(*B, 2 * prod(event_shape))`` (locs, then raw scales). Output: ``batch_shape`` B,
-    ``event_shape`` ``event_shape``.
+    Args:
+        event_shape: the shape of one example (an int or a tuple of positive ints; default 1).
+        convert_to_tensor_fn: how the output becomes a tensor (see
+            :class:`~problayers.DistributionLambda`); default ``None``:
+            ``"rsample"`` (gradients flow through the sample).
+        validate_args: passed to the distribution (default ``False``: no argument checks).
+        activity_regularizer: optional ``Distribution -> 0-dim tensor`` (e.g.
+            :class:`~problayers.KLDivergenceRegularizer`) recorded as an added loss on each
+            output (default ``None``: none).
+
+    Input: ``(*B, params_size(event_shape))`` = ``(*B, 2 * prod(event_shape))``: the locs, then
+    the raw scales (``scale = softplus(raw)``). Output: a tensor-coercible
+    ``Independent(Logistic)`` with ``batch_shape`` B and ``event_shape`` ``event_shape``.
+
+    Example::
+
+        >>> layer = pl.IndependentLogistic((2, 2))
+        >>> out = layer(torch.zeros(3, pl.IndependentLogistic.params_size((2, 2))))
+        >>> out.batch_shape, out.event_shape, out.mean.shape
+        (torch.Size([3]), torch.Size([2, 2]), torch.Size([3, 2, 2]))
     """
 
     @staticmethod
@@ -213,8 +279,25 @@ class IndependentLogistic(_LocScaleLayer):
 class IndependentPoisson(_IndependentLayer):
     """Independent Poisson counts over ``event_shape``, parameterized by the log rate.
 
-    Input: ``(*B, prod(event_shape))`` log rates. Output: ``batch_shape`` B, ``event_shape``
-    ``event_shape``. Its tensor value defaults to a sample (Poisson has no ``rsample``).
+    Args:
+        event_shape: the shape of one example (an int or a tuple of positive ints; default 1).
+        convert_to_tensor_fn: how the output becomes a tensor (see
+            :class:`~problayers.DistributionLambda`); default ``None``:
+            ``"sample"`` (Poisson has no ``rsample``).
+        validate_args: passed to the distribution (default ``False``: no argument checks).
+        activity_regularizer: optional ``Distribution -> 0-dim tensor`` (e.g.
+            :class:`~problayers.KLDivergenceRegularizer`) recorded as an added loss on each
+            output (default ``None``: none).
+
+    Input: ``(*B, params_size(event_shape))`` = ``(*B, prod(event_shape))`` log rates
+    (``rate = exp(params)``). Output: a tensor-coercible ``Independent(Poisson)`` with
+    ``batch_shape`` B and ``event_shape`` ``event_shape``.
+
+    Example::
+
+        >>> out = pl.IndependentPoisson(3)(torch.zeros(2, pl.IndependentPoisson.params_size(3)))
+        >>> out.batch_shape, out.event_shape, out.mean
+        (torch.Size([2]), torch.Size([3]), tensor([[1., 1., 1.], [1., 1., 1.]]))
     """
 
     default_convert_to_tensor_fn: ConvertFn = "sample"  # no rsample

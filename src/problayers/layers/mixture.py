@@ -99,16 +99,33 @@ class MixtureSameFamily(_MixtureLayer):
     """A ``num_components`` mixture of the distributions ``component_layer`` makes.
 
     Args:
-        num_components: K.
+        num_components: K, the number of mixture components.
         component_layer: a layer class with static ``params_size``/``new`` (e.g.
             ``IndependentNormal``, used with its defaults), a layer instance (e.g.
-            ``IndependentNormal((2, 3))``), or a callable ``params -> Distribution``.
-        component_params_size: p, the component layer's inputs per component; inferred from
-            the class/instance where possible (required otherwise).
-        convert_to_tensor_fn: default ``"sample"`` (mixtures have no ``rsample``).
+            ``IndependentNormal((2, 3))``; an ``nn.Module``'s parameters become this layer's),
+            or a callable ``params (*B, K, p) -> Distribution`` with batch ``(*B, K)``.
+        component_params_size: p, the component layer's inputs per component. Default ``None``:
+            inferred from the class/instance (an error where it cannot be).
+        convert_to_tensor_fn: how the output becomes a tensor (see
+            :class:`~problayers.DistributionLambda`); default ``"sample"`` (a mixture has no
+            ``rsample``).
+        validate_args: passed to the distributions (default ``False``: no argument checks).
+        activity_regularizer: optional ``Distribution -> 0-dim tensor`` recorded as an added
+            loss on each output (default ``None``: none).
 
-    Input: ``(*B, K + K * p)``. Output: ``torch.distributions.MixtureSameFamily`` with
-    ``batch_shape`` B and the component's ``event_shape``.
+    Input: ``(*B, params_size(K, p))`` = ``(*B, K + K * p)``: the mixture logits, then each
+    component's p parameters (component-major). Output: a tensor-coercible
+    ``torch.distributions.MixtureSameFamily`` with ``batch_shape`` B and the component's
+    ``event_shape``.
+
+    Example::
+
+        >>> layer = pl.MixtureSameFamily(2, pl.IndependentNormal(3))
+        >>> layer.component_params_size, pl.MixtureSameFamily.params_size(2, pl.IndependentNormal(3))
+        (6, 14)
+        >>> out = layer(torch.zeros(4, 14))
+        >>> out.batch_shape, out.event_shape
+        (torch.Size([4]), torch.Size([3]))
     """
 
     def __init__(
@@ -214,9 +231,28 @@ class _IndependentMixture(_MixtureLayer):
 class MixtureNormal(_IndependentMixture):
     """A ``num_components`` mixture of :class:`IndependentNormal` over ``event_shape``.
 
-    Input: ``(*B, K + K * 2 * prod(event_shape))``: mixture logits, then per component the
-    locs and raw (softplus) scales. Output: ``MixtureSameFamily`` with ``batch_shape`` B and
-    ``event_shape`` ``event_shape``; its tensor value defaults to a sample.
+    Args:
+        num_components: K, the number of mixture components.
+        event_shape: the shape of one example (an int or a tuple of positive ints; default 1).
+        convert_to_tensor_fn: how the output becomes a tensor (see
+            :class:`~problayers.DistributionLambda`); default ``"sample"`` (a mixture has no
+            ``rsample``).
+        validate_args: passed to the distributions (default ``False``: no argument checks).
+        activity_regularizer: optional ``Distribution -> 0-dim tensor`` recorded as an added
+            loss on each output (default ``None``: none).
+
+    Input: ``(*B, params_size(K, event_shape))`` = ``(*B, K + K * 2 * prod(event_shape))``: the
+    mixture logits, then per component the locs and raw (softplus) scales. Output: a
+    tensor-coercible ``MixtureSameFamily`` (``Categorical`` mixing ``IndependentNormal`` outputs) with
+    ``batch_shape`` B and ``event_shape`` ``event_shape``.
+
+    Example::
+
+        >>> pl.MixtureNormal.params_size(num_components=2, event_shape=3)
+        14
+        >>> out = pl.MixtureNormal(2, 3)(torch.zeros(4, 14))
+        >>> out.batch_shape, out.event_shape, out.log_prob(torch.zeros(4, 3)).shape
+        (torch.Size([4]), torch.Size([3]), torch.Size([4]))
     """
 
     _component = IndependentNormal
@@ -225,9 +261,27 @@ class MixtureNormal(_IndependentMixture):
 class MixtureLogistic(_IndependentMixture):
     """A ``num_components`` mixture of :class:`IndependentLogistic` over ``event_shape``.
 
-    Input: ``(*B, K + K * 2 * prod(event_shape))``: mixture logits, then per component the
-    locs and raw (softplus) scales. Output: ``MixtureSameFamily`` with ``batch_shape`` B and
-    ``event_shape`` ``event_shape``; its tensor value defaults to a sample.
+    Args:
+        num_components: K, the number of mixture components.
+        event_shape: the shape of one example (an int or a tuple of positive ints; default 1).
+        convert_to_tensor_fn: how the output becomes a tensor (see
+            :class:`~problayers.DistributionLambda`); default ``"sample"`` (a mixture has no
+            ``rsample``).
+        validate_args: passed to the distributions (default ``False``: no argument checks).
+        activity_regularizer: optional ``Distribution -> 0-dim tensor`` recorded as an added
+            loss on each output (default ``None``: none).
+
+    Input: ``(*B, params_size(K, event_shape))`` = ``(*B, K + K * 2 * prod(event_shape))``: the
+    mixture logits, then per component the locs and raw (softplus) scales. Output: a
+    tensor-coercible ``MixtureSameFamily`` (``Categorical`` mixing ``IndependentLogistic`` outputs) with
+    ``batch_shape`` B and ``event_shape`` ``event_shape``.
+
+    Example::
+
+        >>> layer = pl.MixtureLogistic(3, (2, 2))
+        >>> out = layer(torch.zeros(5, pl.MixtureLogistic.params_size(3, (2, 2))))
+        >>> out.batch_shape, out.event_shape, out.mean.shape
+        (torch.Size([5]), torch.Size([2, 2]), torch.Size([5, 2, 2]))
     """
 
     _component = IndependentLogistic

@@ -30,9 +30,27 @@ def fill_scale_tril(raw: torch.Tensor, d: int, diag_shift: float = DIAG_SHIFT) -
 class MultivariateNormalTriL(DistributionLambda):
     """Full-covariance Gaussian of dimension ``event_size``.
 
-    Input: ``(*B, event_size + event_size * (event_size + 1) / 2)``: the mean, then the lower
-    triangle of the scale (softplus diagonal plus 1e-5). Output: ``MultivariateNormal`` with
-    ``batch_shape`` B and ``event_shape`` ``(event_size,)``.
+    Args:
+        event_size: d, the dimension (an int or a 1-tuple).
+        convert_to_tensor_fn: how the output becomes a tensor (see
+            :class:`~problayers.DistributionLambda`); default ``"rsample"`` (gradients flow
+            through the sample).
+        validate_args: passed to the distribution (default ``False``: no argument checks).
+        activity_regularizer: optional ``Distribution -> 0-dim tensor`` recorded as an added
+            loss on each output (default ``None``: none).
+
+    Input: ``(*B, params_size(d))`` = ``(*B, d + d * (d + 1) / 2)``: the mean, then the lower
+    triangle of the scale, row by row (softplus diagonal plus 1e-5, so it is positive
+    definite). Output: a tensor-coercible ``MultivariateNormal`` with ``batch_shape`` B and
+    ``event_shape`` ``(d,)``.
+
+    Example::
+
+        >>> pl.MultivariateNormalTriL.params_size(3)
+        9
+        >>> out = pl.MultivariateNormalTriL(3)(torch.zeros(4, 9))
+        >>> out.batch_shape, out.event_shape, out.scale_tril.shape
+        (torch.Size([4]), torch.Size([3]), torch.Size([4, 3, 3]))
     """
 
     def __init__(

@@ -30,19 +30,33 @@ class VariableLayer(nn.Module):
 
     Args:
         shape: the variable's shape (an int or a tuple of positive ints; ``()`` for a scalar).
-        dtype: its dtype (default: ``torch.get_default_dtype()``).
+        dtype: its floating dtype (default ``None``: ``torch.get_default_dtype()``).
         initializer: ``"zeros"`` (default), ``"ones"``, ``"normal"`` (std 0.1), ``"uniform"``
             (+-0.05), a number (constant fill), a tensor broadcastable to ``shape``, or an
             in-place initializer ``tensor -> ...`` such as ``torch.nn.init.normal_``.
-        activation: optional callable applied to the variable on each call.
+        activation: optional callable applied to the variable on each call (default ``None``:
+            the variable itself).
         make_distribution_fn: optional ``tensor -> Distribution``; when given, the layer returns
             that distribution, tensor-coercible with ``convert_to_tensor_fn`` (this replaces
-            TFP's ``VariableLayer`` + ``DistributionLambda`` pair in one layer).
-        convert_to_tensor_fn: as for :class:`~problayers.DistributionLambda`.
+            TFP's ``VariableLayer`` + ``DistributionLambda`` pair in one layer). Default
+            ``None``: the layer returns the tensor.
+        convert_to_tensor_fn: as for :class:`~problayers.DistributionLambda` (default
+            ``"rsample"``); used only with ``make_distribution_fn``.
 
     Input: anything (ignored; e.g. the batch, so the layer fits in an ``nn.Sequential``).
-    Output: ``activation(variable)`` of shape ``shape`` (not broadcast to the batch), or the
-    distribution ``make_distribution_fn`` makes from it.
+    Output: ``activation(variable)``, a tensor of shape ``shape`` (not broadcast to the batch),
+    or the tensor-coercible distribution ``make_distribution_fn`` makes from it (with the
+    ``batch_shape``/``event_shape`` that function gives).
+
+    Example::
+
+        >>> layer = pl.VariableLayer(3, initializer=1.0)
+        >>> layer(torch.zeros(8, 5)).tolist()
+        [1.0, 1.0, 1.0]
+        >>> prior = pl.VariableLayer(3, make_distribution_fn=lambda t: D.Independent(D.Normal(t, 1.0), 1))
+        >>> q = prior(torch.zeros(8, 5))
+        >>> q.batch_shape, q.event_shape
+        (torch.Size([]), torch.Size([3]))
     """
 
     def __init__(
