@@ -304,37 +304,209 @@ class _Conv2d(_WeightUncertainty):
 
 
 class DenseReparameterization(_Dense, _Reparameterization):
-    """Dense layer with a posterior over its weights; one ``W ~ q`` per forward (see module doc).
+    """Dense layer with a posterior over its weights; one ``W ~ q`` per forward.
 
-    Input ``(*B, in_features)``; output ``(*B, out_features)``.
+    One reparameterized kernel (and bias) sample per forward is shared by the whole batch
+    (``tfp.layers.DenseReparameterization``; see the module doc).
+
+    Args:
+        in_features: inputs per example.
+        out_features: outputs per example (the kernel has shape ``(out_features,
+            in_features)``, as ``nn.Linear``'s weight).
+        bias: whether the layer has a bias (default ``True``).
+        kernel_posterior_fn: ``(shape, dtype) -> nn.Module`` whose ``forward(x)`` returns the
+            kernel's posterior (batch ``()``, event ``shape``); default
+            :class:`~problayers.MeanFieldNormal`.
+        kernel_prior_fn: the same for the kernel's prior; default
+            :class:`~problayers.StandardNormal` (fixed ``N(0, 1)``).
+        bias_posterior_fn: the same for the bias's posterior; default
+            :class:`~problayers.MeanFieldNormal`; ``None``: no bias.
+        bias_prior_fn: the same for the bias's prior; default
+            :class:`~problayers.StandardNormal`; ``None``: no KL term for the bias.
+        kl_weight: the recorded added loss is ``kl_weight * KL`` (default 1: the whole KL; pass
+            ``1 / num_train_examples`` with a batch-mean data term).
+        kl_use_exact: exact KL (``torch.distributions.kl_divergence``, default ``True``) or the
+            one-sample Monte Carlo estimate ``log q(w) - log p(w)`` (``False``).
+        activation: optional callable applied to the output (default ``None``: linear).
+        dtype: the weights' dtype (default ``None``: ``torch.get_default_dtype()``).
+
+    Input: ``(*B, in_features)``. Output: a tensor of shape ``(*B, out_features)``; each
+    forward records ``kl_weight * KL`` (kernel and bias) as an added loss
+    (:func:`~problayers.collect_losses`).
+
+    Example::
+
+        >>> layer = pl.DenseReparameterization(4, 2, kl_weight=1 / 1000)
+        >>> layer(torch.zeros(8, 4)).shape, pl.collect_losses(layer).shape
+        (torch.Size([8, 2]), torch.Size([]))
     """
 
 
 class DenseLocalReparameterization(_Dense, _LocalReparameterization):
-    """Dense layer with a Gaussian posterior over its weights; samples each example's
-    pre-activation from its exact Gaussian (see module doc).
+    """Dense layer with a Gaussian posterior over its weights; local reparameterization.
 
-    Input ``(*B, in_features)``; output ``(*B, out_features)``.
+    Each example's pre-activation is drawn from its exact Gaussian instead of sampling the
+    weights, independently per example (lower-variance gradients than one ``W`` shared by the
+    batch), from two products per forward: the mean and the variance
+    (``tfp.layers.DenseLocalReparameterization``; see the module doc).
+
+    Args:
+        in_features: inputs per example.
+        out_features: outputs per example (the kernel has shape ``(out_features,
+            in_features)``, as ``nn.Linear``'s weight).
+        bias: whether the layer has a bias (default ``True``).
+        kernel_posterior_fn: ``(shape, dtype) -> nn.Module`` whose ``forward(x)`` returns the
+            kernel's posterior (batch ``()``, event ``shape``); default
+            :class:`~problayers.MeanFieldNormal` (the kernel and bias posteriors must be
+            ``Normal`` or ``Independent(Normal)``).
+        kernel_prior_fn: the same for the kernel's prior; default
+            :class:`~problayers.StandardNormal` (fixed ``N(0, 1)``).
+        bias_posterior_fn: the same for the bias's posterior; default
+            :class:`~problayers.MeanFieldNormal`; ``None``: no bias.
+        bias_prior_fn: the same for the bias's prior; default
+            :class:`~problayers.StandardNormal`; ``None``: no KL term for the bias.
+        kl_weight: the recorded added loss is ``kl_weight * KL`` (default 1: the whole KL; pass
+            ``1 / num_train_examples`` with a batch-mean data term).
+        kl_use_exact: exact KL (``torch.distributions.kl_divergence``, default ``True``) or the
+            one-sample Monte Carlo estimate ``log q(w) - log p(w)`` (``False``).
+        activation: optional callable applied to the output (default ``None``: linear).
+        dtype: the weights' dtype (default ``None``: ``torch.get_default_dtype()``).
+
+    Input: ``(*B, in_features)``. Output: a tensor of shape ``(*B, out_features)``; each
+    forward records ``kl_weight * KL`` (kernel and bias) as an added loss
+    (:func:`~problayers.collect_losses`).
+
+    Example::
+
+        >>> layer = pl.DenseLocalReparameterization(4, 2, kl_weight=1 / 1000)
+        >>> layer(torch.zeros(8, 4)).shape, pl.collect_losses(layer).shape
+        (torch.Size([8, 2]), torch.Size([]))
     """
 
 
 class DenseFlipout(_Dense, _Flipout):
-    """Dense layer with a posterior over its weights; Flipout perturbations (see module doc).
+    """Dense layer with a posterior over its weights; Flipout perturbations.
 
-    Input ``(*B, in_features)``; output ``(*B, out_features)``.
+    One weight perturbation per forward, decorrelated per example by random signs
+    (``tfp.layers.DenseFlipout``; see the module doc).
+
+    Args:
+        in_features: inputs per example.
+        out_features: outputs per example (the kernel has shape ``(out_features,
+            in_features)``, as ``nn.Linear``'s weight).
+        bias: whether the layer has a bias (default ``True``).
+        kernel_posterior_fn: ``(shape, dtype) -> nn.Module`` whose ``forward(x)`` returns the
+            kernel's posterior (batch ``()``, event ``shape``); default
+            :class:`~problayers.MeanFieldNormal` (it must be symmetric about its mean).
+        kernel_prior_fn: the same for the kernel's prior; default
+            :class:`~problayers.StandardNormal` (fixed ``N(0, 1)``).
+        bias_posterior_fn: the same for the bias's posterior; default
+            :class:`~problayers.MeanFieldNormal`; ``None``: no bias.
+        bias_prior_fn: the same for the bias's prior; default
+            :class:`~problayers.StandardNormal`; ``None``: no KL term for the bias.
+        kl_weight: the recorded added loss is ``kl_weight * KL`` (default 1: the whole KL; pass
+            ``1 / num_train_examples`` with a batch-mean data term).
+        kl_use_exact: exact KL (``torch.distributions.kl_divergence``, default ``True``) or the
+            one-sample Monte Carlo estimate ``log q(w) - log p(w)`` (``False``).
+        activation: optional callable applied to the output (default ``None``: linear).
+        dtype: the weights' dtype (default ``None``: ``torch.get_default_dtype()``).
+
+    Input: ``(*B, in_features)``. Output: a tensor of shape ``(*B, out_features)``; each
+    forward records ``kl_weight * KL`` (kernel and bias) as an added loss
+    (:func:`~problayers.collect_losses`).
+
+    Example::
+
+        >>> layer = pl.DenseFlipout(4, 2, kl_weight=1 / 1000)
+        >>> layer(torch.zeros(8, 4)).shape, pl.collect_losses(layer).shape
+        (torch.Size([8, 2]), torch.Size([]))
     """
 
 
 class Conv2dReparameterization(_Conv2d, _Reparameterization):
     """``nn.Conv2d`` with a posterior over its kernel and bias; one sample per forward.
 
-    Input ``(N, C_in, H, W)`` or ``(C_in, H, W)``; output as ``nn.Conv2d``.
+    One reparameterized kernel (and bias) sample per forward is shared by the whole batch
+    (``tfp.layers.Convolution2DReparameterization``; see the module doc).
+
+    Args:
+        in_channels: ``C_in``, the input's channels.
+        out_channels: ``C_out``, the output's channels.
+        kernel_size: the kernel's ``(kh, kw)`` (an int for both).
+        stride: as ``nn.Conv2d`` (default 1).
+        padding: ``"same"``, ``"valid"``, an int or a pair (default 0), as ``nn.Conv2d``.
+        dilation: as ``nn.Conv2d`` (default 1).
+        groups: as ``nn.Conv2d`` (default 1); must divide ``in_channels`` and ``out_channels``.
+        bias: whether the layer has a bias (default ``True``).
+        kernel_posterior_fn: ``(shape, dtype) -> nn.Module`` whose ``forward(x)`` returns the
+            kernel's posterior (batch ``()``, event ``shape``); default
+            :class:`~problayers.MeanFieldNormal`.
+        kernel_prior_fn: the same for the kernel's prior; default
+            :class:`~problayers.StandardNormal` (fixed ``N(0, 1)``).
+        bias_posterior_fn: the same for the bias's posterior; default
+            :class:`~problayers.MeanFieldNormal`; ``None``: no bias.
+        bias_prior_fn: the same for the bias's prior; default
+            :class:`~problayers.StandardNormal`; ``None``: no KL term for the bias.
+        kl_weight: the recorded added loss is ``kl_weight * KL`` (default 1: the whole KL; pass
+            ``1 / num_train_examples`` with a batch-mean data term).
+        kl_use_exact: exact KL (``torch.distributions.kl_divergence``, default ``True``) or the
+            one-sample Monte Carlo estimate ``log q(w) - log p(w)`` (``False``).
+        activation: optional callable applied to the output (default ``None``: linear).
+        dtype: the weights' dtype (default ``None``: ``torch.get_default_dtype()``).
+
+    Input: ``(N, C_in, H, W)`` or ``(C_in, H, W)``. Output: a tensor of shape ``(N, C_out,
+    H_out, W_out)`` (resp. without ``N``), ``H_out``/``W_out`` as ``nn.Conv2d``'s; each forward
+    records ``kl_weight * KL`` (kernel and bias) as an added loss
+    (:func:`~problayers.collect_losses`).
+
+    Example::
+
+        >>> layer = pl.Conv2dReparameterization(1, 4, kernel_size=3, padding=1)
+        >>> layer(torch.zeros(2, 1, 8, 8)).shape, pl.collect_losses(layer).shape
+        (torch.Size([2, 4, 8, 8]), torch.Size([]))
     """
 
 
 class Conv2dFlipout(_Conv2d, _Flipout):
-    """``nn.Conv2d`` with a posterior over its kernel and bias; Flipout perturbations with one
-    sign per example and channel.
+    """``nn.Conv2d`` with a posterior over its kernel and bias; Flipout perturbations.
 
-    Input ``(N, C_in, H, W)`` or ``(C_in, H, W)``; output as ``nn.Conv2d``.
+    One kernel perturbation per forward, decorrelated per example by random signs (one per
+    example and channel, shared over the image); the kernel's posterior must be symmetric about
+    its mean (``tfp.layers.Convolution2DFlipout``; see the module doc).
+
+    Args:
+        in_channels: ``C_in``, the input's channels.
+        out_channels: ``C_out``, the output's channels.
+        kernel_size: the kernel's ``(kh, kw)`` (an int for both).
+        stride: as ``nn.Conv2d`` (default 1).
+        padding: ``"same"``, ``"valid"``, an int or a pair (default 0), as ``nn.Conv2d``.
+        dilation: as ``nn.Conv2d`` (default 1).
+        groups: as ``nn.Conv2d`` (default 1); must divide ``in_channels`` and ``out_channels``.
+        bias: whether the layer has a bias (default ``True``).
+        kernel_posterior_fn: ``(shape, dtype) -> nn.Module`` whose ``forward(x)`` returns the
+            kernel's posterior (batch ``()``, event ``shape``); default
+            :class:`~problayers.MeanFieldNormal`.
+        kernel_prior_fn: the same for the kernel's prior; default
+            :class:`~problayers.StandardNormal` (fixed ``N(0, 1)``).
+        bias_posterior_fn: the same for the bias's posterior; default
+            :class:`~problayers.MeanFieldNormal`; ``None``: no bias.
+        bias_prior_fn: the same for the bias's prior; default
+            :class:`~problayers.StandardNormal`; ``None``: no KL term for the bias.
+        kl_weight: the recorded added loss is ``kl_weight * KL`` (default 1: the whole KL; pass
+            ``1 / num_train_examples`` with a batch-mean data term).
+        kl_use_exact: exact KL (``torch.distributions.kl_divergence``, default ``True``) or the
+            one-sample Monte Carlo estimate ``log q(w) - log p(w)`` (``False``).
+        activation: optional callable applied to the output (default ``None``: linear).
+        dtype: the weights' dtype (default ``None``: ``torch.get_default_dtype()``).
+
+    Input: ``(N, C_in, H, W)`` or ``(C_in, H, W)``. Output: a tensor of shape ``(N, C_out,
+    H_out, W_out)`` (resp. without ``N``), ``H_out``/``W_out`` as ``nn.Conv2d``'s; each forward
+    records ``kl_weight * KL`` (kernel and bias) as an added loss
+    (:func:`~problayers.collect_losses`).
+
+    Example::
+
+        >>> layer = pl.Conv2dFlipout(1, 4, kernel_size=3, padding=1)
+        >>> layer(torch.zeros(2, 1, 8, 8)).shape, pl.collect_losses(layer).shape
+        (torch.Size([2, 4, 8, 8]), torch.Size([]))
     """

@@ -48,6 +48,24 @@ class MeanFieldNormal(nn.Module):
     len(shape))`` (batch ``()``, event ``shape``; eps is the dtype's machine epsilon). As TFP's
     ``default_mean_field_normal_fn``: ``loc ~ N(0, loc_init_std)`` and ``untransformed_scale ~
     N(untransformed_scale_init_mean, 0.1)``, i.e. a scale of about ``softplus(-3) = 0.049``.
+
+    Args:
+        shape: the weight tensor's shape (an int or a tuple of positive ints).
+        dtype: the parameters' dtype (default ``None``: ``torch.get_default_dtype()``).
+        loc_init_std: the standard deviation of the ``loc`` initialization (default 0.1).
+        untransformed_scale_init_mean: the mean of the ``untransformed_scale`` initialization
+            (default -3.0: a small initial scale, so the weights start near their means).
+
+    Input: anything (ignored; the weight layers pass their input). Output: an
+    ``Independent(Normal)`` (not tensor-coercible) with ``batch_shape`` ``()`` and
+    ``event_shape`` ``shape``.
+
+    Example::
+
+        >>> q = pl.MeanFieldNormal((2, 3))
+        >>> w = q(torch.zeros(5, 3))
+        >>> w.batch_shape, w.event_shape, w.rsample().shape
+        (torch.Size([]), torch.Size([2, 3]), torch.Size([2, 3]))
     """
 
     def __init__(
@@ -76,9 +94,24 @@ class MeanFieldNormal(nn.Module):
 
 
 class StandardNormal(nn.Module):
-    """Fixed ``Independent(Normal(0, 1), len(shape))`` over a weight tensor of shape ``shape``
-    (batch ``()``, event ``shape``); ``forward(*ignored)``. Its tensors are non-persistent
-    buffers (they follow ``.to(...)``, stay out of the ``state_dict``)."""
+    """Fixed ``Independent(Normal(0, 1), len(shape))`` over a weight tensor of shape ``shape``.
+
+    The default prior of the weight layers. Its tensors are non-persistent buffers (they follow
+    ``.to(...)``, stay out of the ``state_dict``).
+
+    Args:
+        shape: the weight tensor's shape (an int or a tuple of positive ints).
+        dtype: the buffers' dtype (default ``None``: ``torch.get_default_dtype()``).
+
+    Input: anything (ignored). Output: an ``Independent(Normal)`` (not tensor-coercible) with
+    ``batch_shape`` ``()`` and ``event_shape`` ``shape``.
+
+    Example::
+
+        >>> p = pl.StandardNormal((2, 3))
+        >>> p().batch_shape, p().event_shape, p().mean.abs().sum().item()
+        (torch.Size([]), torch.Size([2, 3]), 0.0)
+    """
 
     def __init__(self, shape: int | Iterable[int], dtype: torch.dtype | None = None) -> None:
         super().__init__()
@@ -95,15 +128,46 @@ class StandardNormal(nn.Module):
 
 
 def posterior_mean_field(kernel_size: int, bias_size: int = 0, dtype: torch.dtype | None = None) -> nn.Module:
-    """``make_posterior_fn``: a :class:`MeanFieldNormal` over the ``kernel_size + bias_size``
-    flattened weights (event ``(kernel_size + bias_size,)``)."""
+    """``make_posterior_fn`` of :class:`DenseVariational`: a trainable mean-field Gaussian.
+
+    Args:
+        kernel_size: the number of kernel weights.
+        bias_size: the number of bias weights (default 0: no bias).
+        dtype: the parameters' dtype (default ``None``: ``torch.get_default_dtype()``).
+
+    Returns:
+        A :class:`MeanFieldNormal` over the ``kernel_size + bias_size`` flattened weights: input
+        ignored, output ``batch_shape`` ``()`` and ``event_shape`` ``(kernel_size + bias_size,)``.
+
+    Example::
+
+        >>> q = pl.posterior_mean_field(6, 2)
+        >>> q(torch.zeros(5, 3)).event_shape
+        torch.Size([8])
+    """
     return MeanFieldNormal(kernel_size + bias_size, dtype)
 
 
 def prior_standard_normal(
     kernel_size: int, bias_size: int = 0, dtype: torch.dtype | None = None
 ) -> nn.Module:
-    """``make_prior_fn``: a fixed :class:`StandardNormal` over the flattened weights."""
+    """``make_prior_fn`` of :class:`DenseVariational`: a fixed standard normal (the default).
+
+    Args:
+        kernel_size: the number of kernel weights.
+        bias_size: the number of bias weights (default 0: no bias).
+        dtype: the buffers' dtype (default ``None``: ``torch.get_default_dtype()``).
+
+    Returns:
+        A :class:`StandardNormal` over the ``kernel_size + bias_size`` flattened weights: input
+        ignored, output ``batch_shape`` ``()`` and ``event_shape`` ``(kernel_size + bias_size,)``.
+
+    Example::
+
+        >>> p = pl.prior_standard_normal(6, 2)
+        >>> p(torch.zeros(5, 3)).event_shape, len(list(p.parameters()))
+        (torch.Size([8]), 0)
+    """
     return StandardNormal(kernel_size + bias_size, dtype)
 
 
@@ -112,8 +176,27 @@ def _unit_normal(loc: torch.Tensor) -> D.Independent:
 
 
 def prior_trainable(kernel_size: int, bias_size: int = 0, dtype: torch.dtype | None = None) -> nn.Module:
-    """``make_prior_fn``: ``Independent(Normal(loc, 1))`` with a trainable ``loc`` (a
-    :class:`~problayers.VariableLayer`, zero-initialized), as in TFP's regression example."""
+    """``make_prior_fn`` of :class:`DenseVariational`: ``Independent(Normal(loc, 1))``, ``loc`` trainable.
+
+    As in TFP's regression example: a prior learnt with the model (empirical Bayes).
+
+    Args:
+        kernel_size: the number of kernel weights.
+        bias_size: the number of bias weights (default 0: no bias).
+        dtype: the ``loc``'s dtype (default ``None``: ``torch.get_default_dtype()``).
+
+    Returns:
+        A :class:`~problayers.VariableLayer` with a zero-initialized ``loc`` of shape
+        ``(kernel_size + bias_size,)``: input ignored, output a tensor-coercible
+        ``Independent(Normal)`` with ``batch_shape`` ``()`` and ``event_shape``
+        ``(kernel_size + bias_size,)``.
+
+    Example::
+
+        >>> p = pl.prior_trainable(6, 2)
+        >>> p(torch.zeros(5, 3)).event_shape, sum(t.numel() for t in p.parameters())
+        (torch.Size([8]), 8)
+    """
     return VariableLayer(kernel_size + bias_size, dtype, make_distribution_fn=_unit_normal)
 
 
@@ -161,15 +244,23 @@ class DenseVariational(nn.Module):
         kl_weight: the recorded term is ``kl_weight * KL`` (default 1: the whole KL; pass
             ``1 / num_train_examples`` with a batch-mean data term).
         kl_use_exact: exact KL (``torch.distributions.kl_divergence``) instead of the default
-            one-sample estimate ``log q(w) - log p(w)`` at the weights used in this forward.
-        activation: optional callable applied to the output.
-        use_bias: whether there is a bias (``bias_size = units``, else 0).
-        dtype: the weights' dtype (default ``torch.get_default_dtype()``).
+            (``False``) one-sample estimate ``log q(w) - log p(w)`` at the weights used in this
+            forward.
+        activation: optional callable applied to the output (default ``None``: linear).
+        use_bias: whether there is a bias (default ``True``: ``bias_size = units``; else 0).
+        dtype: the weights' dtype (default ``None``: ``torch.get_default_dtype()``).
 
     The kernel is ``w[:kernel_size].view(units, in_features)`` (``nn.Linear`` layout), the bias
     ``w[kernel_size:]``; one weight sample ``w ~ q`` per forward is shared by the whole batch.
 
-    Input: ``(*B, in_features)``. Output: ``(*B, units)``.
+    Input: ``(*B, in_features)``. Output: a tensor of shape ``(*B, units)``; each forward
+    records ``kl_weight * KL`` as an added loss (:func:`~problayers.collect_losses`).
+
+    Example::
+
+        >>> layer = pl.DenseVariational(3, 2, make_prior_fn=pl.prior_trainable, kl_weight=1 / 100)
+        >>> layer(torch.zeros(5, 3)).shape, pl.collect_losses(layer).shape
+        (torch.Size([5, 2]), torch.Size([]))
     """
 
     def __init__(
