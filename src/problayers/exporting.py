@@ -111,9 +111,10 @@ class DistributionParams(nn.Module):
         *example_args, **example_kwargs: one example input, run once (no gradients, no added
             losses) to find which layer makes the output.
 
-    ``forward(*args)``: the module's input -> a tuple of tensors, the distribution layer's
-    tensor inputs (shape ``(*B, params_size)`` for the catalog's layers). ``rebuild(params)``
-    -> the distribution (tensor-coercible, the layer's ``convert_to_tensor_fn``), batch B.
+    Input: the module's input. Output: a tuple of tensors, the distribution layer's tensor
+    inputs (shape ``(*B, params_size)`` for the catalog's layers); ``rebuild(params)`` turns
+    them back into the distribution (tensor-coercible, the layer's ``convert_to_tensor_fn``)
+    with ``batch_shape`` B and the module's ``event_shape``.
 
     Example::
 

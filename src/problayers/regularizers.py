@@ -54,21 +54,34 @@ def _class_name(dist: D.Distribution) -> str:
 class KLDivergenceRegularizer(nn.Module):
     """``weight * KL(q || prior)``, averaged over the batch, of a layer's output ``q``.
 
+    Used as a distribution layer's ``activity_regularizer`` (``tfp.layers.KLDivergenceRegularizer``):
+    the layer records its value on each output as an added loss (the ELBO's KL term).
+
     Args:
         prior: a ``Distribution`` (moved to the output's device and dtype as needed), a
             zero-argument callable returning one, or an ``nn.Module`` whose ``forward()``
-            returns one (a trainable prior: its parameters become the layer's).
-        weight: scales the term exactly (``weight != 1`` gives a beta-VAE).
+            returns one (a trainable prior: its parameters become the layer's). Its
+            ``batch_shape``/``event_shape`` must broadcast with ``q``'s.
+        weight: scales the term exactly (default 1; ``weight != 1`` gives a beta-VAE).
         use_exact_kl: ``torch.distributions.kl_divergence`` (a clear error where torch has no
-            formula for the pair) instead of the Monte Carlo estimate
+            formula for the pair) instead of the default (``False``) Monte Carlo estimate
             ``log q(z) - log prior(z)`` at ``z = test_points_fn(q)``.
         test_points_fn: ``q -> z``; default: ``q``'s cached tensor value, so the KL is computed
             at the very sample the next layer consumes.
         test_points_reduce_axis: axes of ``log q(z) - log prior(z)`` that are sample axes of
             ``z`` (averaged first). The result is then averaged over the remaining (batch) axes,
-            so for the scalar it returns this only documents what the axes mean.
+            so for the scalar it returns this only documents what the axes mean. Default
+            ``()``: none.
 
-    Call: ``q`` with batch shape B and event shape E -> a 0-dim tensor.
+    Input: a distribution ``q`` with ``batch_shape`` B and ``event_shape`` E (a layer's
+    output). Output: a 0-dim tensor, ``weight`` times the KL averaged over B.
+
+    Example::
+
+        >>> prior = D.Independent(D.Normal(torch.zeros(2), 1.0), 1)
+        >>> kl = pl.KLDivergenceRegularizer(prior, use_exact_kl=True)
+        >>> kl(D.Independent(D.Normal(torch.ones(4, 2), 1.0), 1))  # KL(N(1, 1) || N(0, 1)) = 1/2 per dim
+        tensor(1.)
     """
 
     def __init__(
@@ -158,8 +171,28 @@ class KLDivergenceRegularizer(nn.Module):
 class KLDivergenceAddLoss(nn.Module):
     """Pass-through layer that records ``KLDivergenceRegularizer(...)(q)`` as an added loss.
 
-    Takes the same arguments as :class:`KLDivergenceRegularizer`. Input: a distribution
-    ``q`` (batch B, event E); output: ``q`` itself, unchanged.
+    The layer form of :class:`KLDivergenceRegularizer` (``tfp.layers.KLDivergenceAddLoss``),
+    placed after a distribution layer in an ``nn.Sequential``.
+
+    Args:
+        prior: the prior, as for :class:`KLDivergenceRegularizer` (a ``Distribution``, a
+            zero-argument callable returning one, or an ``nn.Module`` returning one).
+        weight: scales the term (default 1).
+        use_exact_kl: exact KL instead of the default (``False``) Monte Carlo estimate.
+        test_points_fn: ``q -> z`` for the Monte Carlo estimate (default: ``q``'s tensor value).
+        test_points_reduce_axis: sample axes of ``z`` (default ``()``: none).
+
+    Input: a distribution ``q`` with ``batch_shape`` B and ``event_shape`` E. Output: ``q``
+    itself, unchanged; ``weight`` times the KL averaged over B is recorded as an added loss
+    (:func:`~problayers.collect_losses`).
+
+    Example::
+
+        >>> prior = D.Independent(D.Normal(torch.zeros(2), 1.0), 1)
+        >>> model = nn.Sequential(nn.Linear(3, 4), pl.IndependentNormal(2), pl.KLDivergenceAddLoss(prior))
+        >>> q = model(torch.zeros(5, 3))
+        >>> q.batch_shape, q.event_shape, pl.collect_losses(model).shape
+        (torch.Size([5]), torch.Size([2]), torch.Size([]))
     """
 
     def __init__(
