@@ -11,6 +11,7 @@ from __future__ import annotations
 import doctest
 import importlib
 import inspect
+import pkgutil
 import re
 
 import pytest
@@ -21,22 +22,9 @@ from torch import nn
 import problayers as pl
 import problayers.layers
 
-#: Modules whose docstring examples run here.
+#: Modules whose docstring examples run here: every module of the layers package, and these.
 DOCTEST_MODULES = [
-    *(
-        f"problayers.layers.{name}"
-        for name in (
-            "base",
-            "categorical",
-            "flows",
-            "independent",
-            "mixture",
-            "multivariate",
-            "reparameterization",
-            "variable",
-            "variational",
-        )
-    ),
+    *(f"problayers.layers.{info.name}" for info in pkgutil.iter_modules(problayers.layers.__path__)),
     "problayers.regularizers",
     "problayers.coercible",
     "problayers.exporting",
