@@ -23,7 +23,7 @@ from problayers.checkpoint import (
     save_checkpoint,
     write_json,
 )
-from problayers.errors import Terminated, WriteError, sigterm_raises
+from problayers.errors import Terminated, WriteError, sigterm_deferred, sigterm_raises
 
 
 def test_failed_write_keeps_old_file_and_leaves_no_temp(tmp_path):
@@ -206,6 +206,21 @@ def test_sigterm_during_a_write_leaves_no_temp(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
     assert torch.equal(load_checkpoint(path)["w"], torch.zeros(3))
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
+def test_sigterm_in_a_critical_section_is_raised_after_it(tmp_path):
+    done = []
+    with pytest.raises(Terminated), sigterm_raises():
+        with sigterm_deferred():  # e.g. a checkpoint and its metrics.jsonl: both or neither
+            os.kill(os.getpid(), signal.SIGTERM)
+            write_json(tmp_path / "a.json", {})
+            done.append("a")
+            write_json(tmp_path / "b.json", {})
+            done.append("b")
+        done.append("after the section")
+    assert done == ["a", "b"] and sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "b.json"]
+    with sigterm_raises(), sigterm_deferred():  # no signal, nothing raised
+        pass
 
 
 class Evil:

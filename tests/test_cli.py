@@ -200,6 +200,8 @@ def test_weight_averaging_flags(tmp_path):
         (["evaluate", "RUN", "--out", "{tmp}"], "got a directory"),
         (["evaluate", "RUN", "--out", ""], "got an empty path"),
         (["train", "--resume", "{tmp}/nope"], "is not a directory"),
+        (["regression", "--out", ""], "--out: expected a directory, got an empty path"),
+        (["regression", "--out", "{tmp}/f"], "got an existing file"),
         (["train", "--resume", "{tmp}"], "has no config.json"),
         (["train", "--resume", "RUN", "--lr-schedule", "cosine"], "--lr-schedule cannot change on resume"),
         (["train", "--resume", "RUN", "--batch-size", "8"], "--batch-size cannot change on resume"),

@@ -225,7 +225,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 def cmd_regression(args: argparse.Namespace) -> int:
     from .demos import regression
+    from .rundir import prepare_run_dir
 
+    prepare_run_dir(args.out, "--out")  # "" is refused, not taken as the current directory
     results = regression.run(args.out, epochs=args.epochs, seed=args.seed, show_progress=not args.no_progress)
     for name, value in results.items():
         print(f"{name}: {value}")

@@ -28,6 +28,7 @@ __all__ = [
     "describe",
     "one_line",
     "os_reason",
+    "sigterm_deferred",
     "sigterm_raises",
 ]
 
@@ -101,11 +102,33 @@ def describe(err: BaseException) -> tuple[int, str]:
     )
 
 
+_deferring = [0]  # depth of sigterm_deferred blocks
+_pending = [False]  # a SIGTERM arrived inside one
+
+
+@contextmanager
+def sigterm_deferred() -> Iterator[None]:
+    """A critical section (e.g. writing a checkpoint and its ``metrics.jsonl``): a SIGTERM that
+    arrives inside is held back and raised as :class:`Terminated` when the block ends, so the
+    block's files are all written or none is. Without :func:`sigterm_raises`: no effect."""
+    _deferring[0] += 1
+    try:
+        yield
+    except BaseException:
+        _deferring[0] -= 1
+        raise
+    _deferring[0] -= 1
+    if _deferring[0] == 0 and _pending[0]:
+        _pending[0] = False
+        raise Terminated()
+
+
 @contextmanager
 def sigterm_raises() -> Iterator[None]:
     """Within the block SIGTERM raises :class:`Terminated` in the main thread (like SIGINT's
-    KeyboardInterrupt), so ``finally`` blocks and the atomic writers clean up; a second SIGTERM
-    while the first is being handled is ignored. Outside the main thread: no change."""
+    KeyboardInterrupt), so ``finally`` blocks and the atomic writers clean up; inside a
+    :func:`sigterm_deferred` block it is raised when that block ends. A second SIGTERM while the
+    first is being handled is ignored. Outside the main thread: no change."""
     import threading
 
     if threading.current_thread() is not threading.main_thread():
@@ -114,6 +137,9 @@ def sigterm_raises() -> Iterator[None]:
 
     def handler(signum: int, frame: object) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if _deferring[0]:
+            _pending[0] = True
+            return
         raise Terminated()
 
     previous = signal.signal(signal.SIGTERM, handler)
@@ -121,3 +147,4 @@ def sigterm_raises() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+        _pending[0] = False

@@ -100,10 +100,14 @@ class RunLock:
             raise RunDirError(
                 f"run directory {self.run_dir}: cannot write there ({os_reason(err)})"
             ) from None
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(self.owner) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(json.dumps(self.owner) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+        except BaseException:  # e.g. disk full, SIGTERM: leave no half-written lock
+            self.path.unlink(missing_ok=True)
+            raise
         from .checkpoint import fsync_dir
 
         fsync_dir(self.run_dir)

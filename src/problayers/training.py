@@ -371,9 +371,12 @@ class Trainer:
         state = self.state_dict()
         if not self.is_main:
             return
-        save_checkpoint(self.run_dir / CHECKPOINT, state)
+        from .errors import sigterm_deferred
+
         lines = "".join(json.dumps(r) + "\n" for r in self.history).encode()
-        atomic_write(self.run_dir / METRICS, lambda f: f.write(lines))
+        with sigterm_deferred():  # a SIGTERM now: both files are written, then the run stops
+            save_checkpoint(self.run_dir / CHECKPOINT, state)
+            atomic_write(self.run_dir / METRICS, lambda f: f.write(lines))
 
     def resume(self, path: str | Path | None = None) -> dict[str, Any]:
         """Load the last complete checkpoint (default ``run_dir/checkpoint.pt``); returns its meta.
