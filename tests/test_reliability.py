@@ -426,6 +426,18 @@ def test_resume_with_a_schedule_keeps_its_lr_and_epochs(tmp_path, capsys):
     assert "lr: the run's lr_schedule 'cosine'" in fails(["train", "--resume", out, "--lr", "1e-4"], capsys)
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_gpu_run_is_read_and_resumed_without_a_gpu(run, capsys):
+    cfg = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**cfg, "device": "cuda"}))  # as trained on a GPU
+    assert main(["evaluate", str(run), *EVAL, "--device", "cpu"]) == 0
+    err = fails(["train", "--resume", run, "--epochs", "3"], capsys)
+    assert "device: 'cuda' was asked for but no CUDA device is available" in err
+    assert main(["train", "--resume", str(run), "--epochs", "3", "--device", "cpu", "--no-progress"]) == 0
+    resumed = json.loads((run / "config.json").read_text())["resumed"]
+    assert resumed == [{"at_epoch": 2, "epochs": 3, "device": "cpu"}]
+
+
 def test_data_dir_is_stored_absolute(tmp_path, monkeypatch):
     from problayers.data import synthetic_mnist, write_mnist_split
 

@@ -104,7 +104,9 @@ def _on_main(dist: DistContext | None, fn: Any) -> Any:
 
 
 def _check_parallel(cfg: RunConfig, dist: DistContext | None) -> None:
-    if dist is not None:
+    if dist is None:
+        resolve_device(cfg.device)  # it exists here (config.json may come from another machine)
+    else:
         distributed.check_global_batch(cfg.batch_size, dist.world_size)
         distributed.check_device_spec(cfg.device, dist.local_world_size)
 
@@ -331,6 +333,7 @@ def load_run(
     trained with ``ema_decay`` gives its averaged weights (those its test metrics are of), or
     with ``online=True`` the last iterate of training."""
     run_dir = Path(run_dir)
+    resolve_device(device)
     cfg = dataclasses.replace(read_config(run_dir), device=device)
     path = run_dir / CHECKPOINT
     state = load_checkpoint(path)

@@ -88,9 +88,7 @@ class RunConfig:
             check_decay(self.ema_decay, "ema_decay")
         if not isinstance(self.resumed, tuple) or not all(isinstance(r, dict) for r in self.resumed):
             raise ValueError(f"resumed: expected a list of objects, got {self.resumed!r}")
-        if not isinstance(self.device, str):
-            raise ValueError(f"device: expected a string, got {self.device!r}")
-        resolve_device(self.device)
+        _device_name(self.device)  # its availability is checked where it is used (resolve_device)
 
     def to_json(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -158,20 +156,34 @@ def _positive_int(name: str, value: Any) -> None:
 _DEVICES = "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"
 
 
-def resolve_device(device: str) -> torch.device:
-    """``"auto"`` -> cuda when present, else cpu; otherwise ``torch.device(device)`` for a cpu,
-    cuda or mps device that exists (``meta`` and the like cannot train or evaluate)."""
+def _device_name(device: Any) -> torch.device | None:
+    """``torch.device(device)`` (None for ``"auto"``) if it names a cpu, cuda or mps device
+    (``meta`` and the like cannot train or evaluate); whether it exists is not checked here, so
+    a run trained on a GPU can be read, evaluated and resumed elsewhere with another device."""
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return None
+    if not isinstance(device, str):
+        raise ValueError(f"device: expected {_DEVICES}, got {device!r}")
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError):
         raise ValueError(f"device: expected {_DEVICES}, got {device!r}") from None
     if dev.type not in ("cpu", "cuda", "mps"):
         raise ValueError(f"device: expected {_DEVICES}, got {device!r}")
+    return dev
+
+
+def resolve_device(device: str) -> torch.device:
+    """``"auto"`` -> cuda when present, else cpu; otherwise ``torch.device(device)`` for a cpu,
+    cuda or mps device that exists."""
+    dev = _device_name(device)
+    if dev is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"device: {device!r} was asked for but no CUDA device is available")
+            raise ValueError(
+                f"device: {device!r} was asked for but no CUDA device is available (choose one with --device)"
+            )
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise ValueError(
                 f"device: {device!r} was asked for but there are {torch.cuda.device_count()} CUDA devices"
