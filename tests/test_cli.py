@@ -199,6 +199,7 @@ def test_weight_averaging_flags(tmp_path):
         (["sample", "RUN", "--out", "/dev/null"], "got an existing file"),
         (["evaluate", "RUN", "--out", "{tmp}"], "got a directory"),
         (["evaluate", "RUN", "--out", ""], "got an empty path"),
+        (["sample", "RUN", "--out", ""], "got an empty path"),
         (["train", "--resume", "{tmp}/nope"], "is not a directory"),
         (["regression", "--out", ""], "--out: expected a directory, got an empty path"),
         (["regression", "--out", "{tmp}/f"], "got an existing file"),

@@ -315,8 +315,8 @@ def resume(run_dir: str | Path, *, dist: DistContext | None = None, **overrides:
     with _locked(run_dir, dist, read) as (cfg, state):  # rank 0 reads, the others get it
         trainer = _setup(cfg, run_dir, dist)
         trainer.load_state_dict(state, source=str(run_dir / CHECKPOINT))
-        for group in trainer.optimizer.param_groups:  # --lr on resume (constant schedule)
-            if trainer.scheduler is None:
+        if trainer.scheduler is None:  # --lr on resume (a constant schedule; others refuse it)
+            for group in trainer.optimizer.param_groups:
                 group["lr"] = cfg.lr
         if trainer.is_main:
             write_json(run_dir / CONFIG, cfg.to_json())

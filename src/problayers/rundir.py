@@ -137,7 +137,7 @@ def check_consistent(cfg: RunConfig, saved: dict[str, Any], epoch: int, source: 
 def check_output(out: str | os.PathLike, run_dir: str | os.PathLike, option: str) -> Path:
     """``out`` unless it is one of the run's own files (``config.json``, the checkpoint...)."""
     if os.fspath(out) == "":
-        raise RunDirError(f"{option}: expected a file path, got an empty path")
+        raise RunDirError(f"{option}: expected a path, got an empty path")
     out = Path(out).expanduser()
     own = {(Path(run_dir) / name).resolve() for name in OWN_FILES}
     if out.resolve() in own:
