@@ -145,3 +145,20 @@ def test_all_mirrors_fail(served, tmp_path):
 def test_missing_md5_refused(tmp_path):
     with pytest.raises(ValueError, match="no checksum for t10k-images-idx3-ubyte"):
         download_mnist(tmp_path, ["t10k-images-idx3-ubyte"], mirrors=["http://127.0.0.1:1/"], md5s={})
+
+
+def test_stale_partial_downloads_are_removed(served, tmp_path):
+    import os
+    import time
+
+    base, md5s = served
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    stale = cache / ".t10k-images-idx3-ubyte.gz.abc123.part"
+    fresh = cache / ".train-labels-idx1-ubyte.gz.x.part"
+    stale.write_bytes(b"killed mid-transfer")
+    fresh.write_bytes(b"another download, in progress")
+    old = time.time() - 2 * download.STALE_PART_S
+    os.utime(stale, (old, old))
+    resolve_mnist_dir(cache_dir=cache, mirrors=[base + "/mnist"], md5s=md5s, timeout=10)
+    assert not stale.exists() and fresh.exists()

@@ -8,11 +8,13 @@ and checksums are parameters so tests can use a local server.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import logging
 import os
 import tempfile
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterable
@@ -82,6 +84,19 @@ def _describe(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
+#: A ``.part`` file not written to for this long is left by a killed download (an active one
+#: writes every chunk): removed before downloading again.
+STALE_PART_S = 600.0
+
+
+def _remove_stale_parts(directory: Path) -> None:
+    now = time.time()
+    for part in directory.glob(".*.part"):
+        with contextlib.suppress(OSError):
+            if now - part.stat().st_mtime > STALE_PART_S:
+                part.unlink()
+
+
 def download_mnist(directory: str | os.PathLike, names: Iterable[str] = MNIST_FILES, *,
                    mirrors: Iterable[str] | None = None, md5s: dict[str, str] | None = None,
                    timeout: float = 60.0) -> Path:
@@ -104,6 +119,7 @@ def download_mnist(directory: str | os.PathLike, names: Iterable[str] = MNIST_FI
     except OSError as exc:
         raise MNISTDownloadError(f"cannot create the MNIST cache {directory} ({_describe(exc)}); "
                                  f"{_HINT}") from exc
+    _remove_stale_parts(directory)
     for name in names:
         failures = []
         for mirror in mirrors:
