@@ -101,16 +101,27 @@ def test_error_names_layer_expected_and_got():
         pl.MultivariateNormalTriL(3)(torch.randn(2, 8))
 
 
-def test_mvn_tril_scale_structure():
+@pytest.mark.parametrize(
+    "order,diagonal",
+    # where each order keeps the diagonal: TFP's fill_triangular puts the last parameter at
+    # (0, 0)... read from its layout [[4], [8, 9], [7, 6, 5], [3, 2, 1, 0]] for d=4
+    [("tfp", [4, 9, 5, 0]), ("rows", [0, 2, 5, 9])],
+)
+def test_mvn_tril_scale_structure(order, diagonal):
     d = 4
     params = torch.randn(6, pl.MultivariateNormalTriL.params_size(d))
-    tril = pl.MultivariateNormalTriL.new(params, d).scale_tril
+    tril = pl.MultivariateNormalTriL.new(params, d, tril_order=order).scale_tril
     assert torch.equal(tril, tril.tril())
     diag = tril.diagonal(dim1=-2, dim2=-1)
     assert (diag > 0).all()
-    raw_diag = torch.nn.functional.softplus(params[:, d:][:, [0, 2, 5, 9]]) + 1e-5
+    raw_diag = torch.nn.functional.softplus(params[:, d:][:, diagonal]) + 1e-5
     torch.testing.assert_close(diag, raw_diag)
     assert pl.MultivariateNormalTriL.params_size(16) == 16 + 136
+
+
+def test_mvn_tril_order_is_checked():
+    with pytest.raises(ValueError, match="tril_order: expected one of"):
+        pl.MultivariateNormalTriL(3, tril_order="columns")
 
 
 def test_bernoulli_default_value_is_sample_and_rsample_is_refused():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 import torch.distributions as D
@@ -125,3 +127,16 @@ def test_init_errors_and_old_configs_without_init():
     assert ModelConfig(
         **{"name": "seed", "latent_size": 16, "base_depth": 32, "beta": 1.0, "exact_kl": False}
     ) == (ModelConfig())
+
+
+def test_saved_configs_before_tril_order_keep_the_row_order():
+    from problayers.models import ModelConfig, build_model
+
+    new = ModelConfig()
+    assert new.tril_order == "tfp"  # new models read their scale as TFP does
+    old = ModelConfig.from_dict({"name": "seed", "latent_size": 2, "base_depth": 4})  # a 0.1 config
+    assert old.tril_order == "rows"
+    assert ModelConfig.from_dict(dataclasses.asdict(new)) == new
+    assert build_model(old).encoder[-1].tril_order == "rows"
+    with pytest.raises(ValueError, match="tril_order"):
+        ModelConfig(tril_order="cols")

@@ -28,26 +28,14 @@ FILL_TRIANGULAR: dict = FIXTURE["fill_triangular"]
 TOL = {"rtol": 1e-6, "atol": 1e-6}
 QUANTITIES = ("log_prob", "mean", "stddev", "variance", "entropy", "covariance", "scale_tril")
 
-MVN_ORDER = pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="issue 16: MultivariateNormalTriL parameter order differs from TFP's fill_triangular",
-)
-LOGISTIC_ENTROPY = pytest.mark.xfail(
-    strict=True,
-    raises=NotImplementedError,
-    reason="problayers' Logistic (a TransformedDistribution) has no entropy; TFP's is log(scale) + 2",
-)
-
 
 def _f64(x) -> torch.Tensor:
     return torch.tensor(x, dtype=torch.float64)
 
 
-def _tfp_order(spec: dict) -> dict:
+def _rows_order(spec: dict) -> dict:
     """A MultivariateNormalTriL spec with its scale parameters moved from TFP's fill_triangular
-    order to problayers' row-by-row (``torch.tril_indices``) order: the same distribution, if
-    the parameter order is the only difference."""
+    order to the row-by-row (``torch.tril_indices``) order of ``tril_order="rows"``."""
     d = spec["args"]["event_size"]
     index = torch.tensor(FILL_TRIANGULAR[str(d)]["tfp_index_at_tril_indices"])
     params = _f64(spec["params"])
@@ -55,7 +43,7 @@ def _tfp_order(spec: dict) -> dict:
     return {**spec, "params": torch.cat([loc, raw[..., index]], dim=-1).tolist()}
 
 
-def build(spec: dict) -> D.Distribution:
+def build(spec: dict, tril_order: str = "tfp") -> D.Distribution:
     """The problayers distribution for a fixture spec, made as a port of the TFP call would."""
     layer, args = spec["layer"], spec["args"]
     if layer == "standard_normal_mvn":
@@ -67,8 +55,10 @@ def build(spec: dict) -> D.Distribution:
     params = _f64(spec["params"])
     if layer in ("IndependentBernoulli", "IndependentNormal", "IndependentLogistic", "IndependentPoisson"):
         return getattr(pl, layer).new(params, tuple(args["event_shape"]))
-    if layer in ("MultivariateNormalTriL", "OneHotCategorical"):
-        return getattr(pl, layer).new(params, args["event_size"])
+    if layer == "MultivariateNormalTriL":
+        return pl.MultivariateNormalTriL.new(params, args["event_size"], tril_order=tril_order)
+    if layer == "OneHotCategorical":
+        return pl.OneHotCategorical.new(params, args["event_size"])
     if layer == "CategoricalMixtureOfOneHotCategorical":
         return pl.CategoricalMixtureOfOneHotCategorical.new(
             params, args["event_size"], args["num_components"]
@@ -106,19 +96,11 @@ def quantity(dist: D.Distribution, name: str, case: dict) -> torch.Tensor:
     return getattr(dist, name)  # mean, stddev, variance, scale_tril: properties in torch
 
 
-def _marks(case: dict, name: str) -> list:
-    if case["layer"] == "MultivariateNormalTriL" and name != "mean":  # the mean comes first, unpermuted
-        return [MVN_ORDER]
-    if case["layer"] == "IndependentLogistic" and name == "entropy":
-        return [LOGISTIC_ENTROPY]
-    return []
-
-
 def _quantity_params():
     for case_name, case in CASES.items():
         for name in QUANTITIES:
             if name in case:
-                yield pytest.param(case_name, name, id=f"{case_name}-{name}", marks=_marks(case, name))
+                yield pytest.param(case_name, name, id=f"{case_name}-{name}")
 
 
 def test_fixture_header():
@@ -157,10 +139,10 @@ def _mvn_tfp_order_params():
 
 
 @pytest.mark.parametrize(("case_name", "name"), list(_mvn_tfp_order_params()))
-def test_mvn_tril_matches_tfp_after_reordering(case_name, name):
-    """The recorded fill_triangular permutation is the whole MultivariateNormalTriL difference."""
+def test_mvn_tril_rows_order_is_the_same_family_reordered(case_name, name):
+    """``tril_order="rows"`` (problayers 0.1) is TFP's order with the parameters permuted."""
     case = CASES[case_name]
-    dist = build(_tfp_order(case))
+    dist = build(_rows_order(case), tril_order="rows")
     torch.testing.assert_close(quantity(dist, name, case), _f64(case[name]), **TOL)
 
 
@@ -172,6 +154,8 @@ def test_fill_triangular_record_is_a_permutation(d):
     rows, cols = torch.tril_indices(int(d), int(d))
     matrix = torch.tensor(record["matrix"])
     assert matrix[rows, cols].tolist() == record["tfp_index_at_tril_indices"]
+    filled = pl.layers.multivariate.fill_triangular(torch.arange(n, dtype=torch.float64), int(d))
+    assert filled[rows, cols].tolist() == record["tfp_index_at_tril_indices"]  # TFP's layout
 
 
 def _involves_mvn(entry: dict) -> bool:
@@ -180,11 +164,10 @@ def _involves_mvn(entry: dict) -> bool:
 
 def _kl_params():
     for name, entry in KL.items():
-        marks = [MVN_ORDER] if _involves_mvn(entry) else []
-        yield pytest.param(name, None, id=name, marks=marks)
+        yield pytest.param(name, None, id=name)
         if entry["q"]["layer"] == "standard_normal_mvn":  # the VAE's prior, Independent(Normal(0, 1), 1)
             q = {**entry["q"], "layer": "standard_normal_independent"}
-            yield pytest.param(name, q, id=f"{name}-prior_as_Independent_Normal", marks=marks)
+            yield pytest.param(name, q, id=f"{name}-prior_as_Independent_Normal")
 
 
 @pytest.mark.parametrize(("name", "q_spec"), list(_kl_params()))
@@ -195,7 +178,8 @@ def test_kl_divergence(name, q_spec):
 
 
 @pytest.mark.parametrize("name", [name for name, entry in KL.items() if _involves_mvn(entry)])
-def test_kl_divergence_mvn_tril_after_reordering(name):
+def test_kl_divergence_mvn_tril_rows_order_reordered(name):
     entry = KL[name]
-    p, q = (_tfp_order(s) if s["layer"] == "MultivariateNormalTriL" else s for s in (entry["p"], entry["q"]))
-    torch.testing.assert_close(D.kl_divergence(build(p), build(q)), _f64(entry["kl"]), **TOL)
+    p, q = (_rows_order(s) if s["layer"] == "MultivariateNormalTriL" else s for s in (entry["p"], entry["q"]))
+    kl = D.kl_divergence(build(p, tril_order="rows"), build(q, tril_order="rows"))
+    torch.testing.assert_close(kl, _f64(entry["kl"]), **TOL)

@@ -121,7 +121,7 @@ class RunConfig:
         if isinstance(values.get("resumed"), list):
             values["resumed"] = tuple(values["resumed"])
         try:
-            values["model"] = ModelConfig(**model)
+            values["model"] = ModelConfig.from_dict(model)
             return cls(**values)
         except (ValueError, TypeError) as err:
             raise ValueError(f"{source}: {err}") from None

@@ -120,7 +120,7 @@ def check_consistent(cfg: RunConfig, saved: dict[str, Any], epoch: int, source: 
     from .models import ModelConfig
 
     try:
-        same = ModelConfig(**saved["model"]) == cfg.model  # fields added since compare at their defaults
+        same = ModelConfig.from_dict(saved["model"]) == cfg.model  # fields added since: as saved runs meant
     except (TypeError, ValueError):
         same = False
     if not same:

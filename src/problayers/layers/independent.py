@@ -112,6 +112,10 @@ class Logistic(D.TransformedDistribution):
     def variance(self) -> torch.Tensor:
         return (math.pi * self.scale) ** 2 / 3
 
+    def entropy(self) -> torch.Tensor:
+        # The logistic density's entropy, log(scale) + 2 (torch has no logistic distribution).
+        return self.scale.log() + 2
+
 
 _coercible_class(Logistic)  # its coercible class made up front, as torch's (see coercible.py)
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from ..layers.multivariate import TRIL_ORDERS
 from .vae import VAE
 
 __all__ = ["INITS", "MODELS", "ModelConfig", "build_model", "register_model"]
@@ -72,6 +73,17 @@ class ModelConfig:
     beta: float = 1.0  # KL weight (beta-VAE)
     exact_kl: bool = False  # analytic KL instead of Monte Carlo at the sample
     init: str = "torch"  # a key of INITS
+    #: how MultivariateNormalTriL reads its scale parameters (``layers.multivariate.TRIL_ORDERS``):
+    #: TFP's order for new models; configs saved before the field existed mean ``"rows"``.
+    tril_order: str = "tfp"
+
+    @classmethod
+    def from_dict(cls, saved: dict) -> ModelConfig:
+        """The config a saved ``dict`` (config.json, a checkpoint) describes. A config written
+        before ``tril_order`` existed was trained with the row-by-row order, and keeps it."""
+        if not isinstance(saved, dict):
+            raise TypeError(f"model config: expected a dict, got {type(saved).__name__}")
+        return cls(**{"tril_order": "rows", **saved})
 
     def __post_init__(self) -> None:
         if self.name not in MODELS:
@@ -84,6 +96,8 @@ class ModelConfig:
             raise ValueError(f"beta: expected a number >= 0, got {self.beta!r}")
         if self.init not in INITS:
             raise ValueError(f"init: expected one of {sorted(INITS)}, got {self.init!r}")
+        if self.tril_order not in TRIL_ORDERS:
+            raise ValueError(f"tril_order: expected one of {list(TRIL_ORDERS)}, got {self.tril_order!r}")
 
 
 def register_model(name: str) -> Callable[[Callable[[ModelConfig], VAE]], Callable[[ModelConfig], VAE]]:

@@ -50,7 +50,8 @@ def seed_vae(cfg: ModelConfig) -> VAE:
         nn.Conv2d(2 * w, 4 * d, 7), _act(),                  # (B, 4d, 1, 1)
         nn.Flatten(),
         nn.Linear(4 * d, MultivariateNormalTriL.params_size(d)),
-        MultivariateNormalTriL(d, activity_regularizer=kl),  # batch (B,), event (d,)
+        # batch (B,), event (d,)
+        MultivariateNormalTriL(d, activity_regularizer=kl, tril_order=cfg.tril_order),
     )
     decoder = nn.Sequential(
         nn.Unflatten(1, (d, 1, 1)),
