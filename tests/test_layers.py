@@ -83,17 +83,50 @@ def test_integer_params_rejected():
         pl.IndependentNormal.new(torch.ones(3, 2, dtype=torch.long), 1)
 
 
-@pytest.mark.parametrize("shape", [0, -1, (2, 0), (1.5,)])
+@pytest.mark.parametrize("shape", [0, -1, (2, 0)])
 def test_bad_event_shape(shape):
     with pytest.raises(ValueError, match="event_shape"):
         pl.IndependentBernoulli(shape)
 
 
-def test_bad_event_shape_type():
-    with pytest.raises(TypeError, match="event_shape"):
-        pl.IndependentNormal(object())
+@pytest.mark.parametrize("shape", [object(), (1.5,), "16", 2.0, True, [2, "a"]])
+def test_bad_event_shape_type(shape):
+    with pytest.raises(TypeError, match="event_shape: expected a positive int or a tuple of them, got"):
+        pl.IndependentNormal(shape)
+
+
+def test_event_size_is_one_int():
     with pytest.raises(ValueError, match="event_size"):
         pl.MultivariateNormalTriL(0)
+    with pytest.raises(
+        ValueError, match=r"event_size: expected one positive int \(the dimension\), got \(4, 4\)"
+    ):
+        pl.MultivariateNormalTriL((4, 4))
+    with pytest.raises(TypeError, match="event_size: .* got str '16'"):
+        pl.MultivariateNormalTriL("16")
+
+
+@pytest.mark.parametrize("size", [np.int64(3), np.int32(3), torch.tensor(3), (np.int64(3),), 3])
+def test_integer_like_sizes(size):
+    assert pl.IndependentNormal(size).event_shape == (3,)
+    assert pl.MultivariateNormalTriL(size).event_size == 3
+    if not isinstance(size, tuple):
+        assert pl.OneHotCategorical(size).event_size == 3
+    assert pl.IndependentNormal.params_size(size) == 6 and pl.MultivariateNormalTriL.params_size(size) == 9
+    assert pl.MixtureNormal(np.int64(2), size).num_components == 2
+
+
+def test_default_event_shape_is_scalar_as_tfp():
+    layer = pl.IndependentNormal()
+    assert layer.event_shape == () and pl.IndependentNormal.params_size() == 2
+    out = layer(torch.randn(4, 2))
+    assert out.batch_shape == (4,) and out.event_shape == ()
+    y = torch.randn(4)
+    assert out.log_prob(y).shape == (4,)  # one density per target, not their sum
+    torch.testing.assert_close(out.log_prob(y), out.base_dist.log_prob(y))
+    for cls in (pl.IndependentBernoulli, pl.IndependentLogistic, pl.IndependentPoisson):
+        assert cls().event_shape == ()
+    assert pl.MixtureNormal(3).event_shape == () and pl.MixtureLogistic(3).event_shape == ()
 
 
 def test_error_names_layer_expected_and_got():

@@ -129,10 +129,11 @@ def test_mixture_same_family_component_forms():
     by_callable = pl.MixtureSameFamily(3, lambda p: pl.IndependentNormal.new(p, 2), component_params_size=4)
     x = by_instance(params).sample()
     torch.testing.assert_close(by_instance(params).log_prob(x), by_callable(params).log_prob(x))
-    by_class = pl.MixtureSameFamily(3, pl.IndependentNormal)  # the class's defaults: event (1,)
+    by_class = pl.MixtureSameFamily(3, pl.IndependentNormal)  # the class's defaults: event ()
     params = torch.randn(7, 3 + 3 * 2)
     x = by_class(params).sample()
-    torch.testing.assert_close(by_class(params).log_prob(x), pl.MixtureNormal(3, 1)(params).log_prob(x))
+    assert by_class(params).event_shape == () and x.shape == (7,)
+    torch.testing.assert_close(by_class(params).log_prob(x), pl.MixtureNormal(3)(params).log_prob(x))
     assert pl.MixtureSameFamily(2, pl.IndependentNormal).component_params_size == 2  # class defaults
     assert pl.MixtureSameFamily(2, pl.OneHotCategorical(5)).component_params_size == 5
     assert pl.MixtureSameFamily.params_size(3, pl.IndependentNormal(2)) == 15

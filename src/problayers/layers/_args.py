@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
+import operator
+
 import torch
 
-__all__ = ["callable_or_none", "non_negative_number", "positive_int"]
+__all__ = ["callable_or_none", "integer", "non_negative_number", "positive_int"]
+
+
+def integer(value, name: str, what: str = "a positive int") -> int:
+    """``value`` as an ``int``: Python and numpy integers and 0-dim integer tensors are accepted
+    (``operator.index``); ``bool``, strings, floats and anything else raise naming ``name``."""
+    if isinstance(value, (bool, str, bytes)):
+        raise TypeError(f"{name}: expected {what}, got {type(value).__name__} {value!r}")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name}: expected {what}, got {type(value).__name__} {value!r}"[:160]) from None
 
 
 def positive_int(value, name: str) -> int:
-    """``value`` if it is a positive ``int``; ``TypeError``/``ValueError`` naming ``name`` otherwise."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name}: expected a positive int, got {type(value).__name__}")
+    """``value`` as a positive ``int`` (integer-likes accepted, see :func:`integer`);
+    ``TypeError``/``ValueError`` naming ``name`` otherwise."""
+    value = integer(value, name)
     if value <= 0:
         raise ValueError(f"{name}: expected a positive int, got {value}")
     return value

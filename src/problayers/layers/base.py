@@ -24,25 +24,42 @@ from ..coercible import (
     fp32_inputs,
 )
 from ..losses import added_losses_enabled, init_added_losses, set_added_loss
+from ._args import integer
 
-__all__ = ["DistributionLambda", "check_params", "event_size", "normalize_event_shape"]
+__all__ = [
+    "DistributionLambda",
+    "check_params",
+    "event_size",
+    "normalize_event_shape",
+    "normalize_event_size",
+]
 
 
 def normalize_event_shape(event_shape: int | Iterable[int], name: str = "event_shape") -> tuple[int, ...]:
-    """``int`` or iterable of positive ints -> ``tuple``; anything else raises with ``name``."""
-    if isinstance(event_shape, bool):
-        raise TypeError(f"{name}: expected a positive int or a tuple of them, got {event_shape!r}")
-    if isinstance(event_shape, int):
-        event_shape = (event_shape,)
+    """An int or an iterable of positive ints (numpy integers and 0-dim integer tensors too) ->
+    ``tuple``; ``()`` is a scalar event. Anything else raises naming ``name``."""
+    what = "a positive int or a tuple of them"
+    if isinstance(event_shape, (str, bytes, bool)):
+        raise TypeError(f"{name}: expected {what}, got {type(event_shape).__name__} {event_shape!r}")
+    if (isinstance(event_shape, torch.Tensor) and event_shape.dim() == 0) or not hasattr(
+        event_shape, "__iter__"
+    ):
+        event_shape = (integer(event_shape, name, what),)
     try:
-        shape = tuple(event_shape)
+        shape = tuple(integer(n, name, what) for n in event_shape)
     except TypeError:
-        raise TypeError(
-            f"{name}: expected a positive int or a tuple of them, got {type(event_shape).__name__}"
-        ) from None
-    if not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape):
+        raise TypeError(f"{name}: expected {what}, got {event_shape!r}"[:160]) from None
+    if not all(n > 0 for n in shape):
         raise ValueError(f"{name}: expected positive ints, got {shape!r}")
     return shape
+
+
+def normalize_event_size(value, name: str = "event_size") -> int:
+    """One positive int (or a 1-tuple of one), e.g. ``MultivariateNormalTriL``'s dimension."""
+    shape = normalize_event_shape(value, name)
+    if len(shape) != 1:
+        raise ValueError(f"{name}: expected one positive int (the dimension), got {shape!r}")
+    return shape[0]
 
 
 def check_params(layer: str, params, expected: int) -> torch.Tensor:

@@ -147,7 +147,7 @@ class _IndependentLayer(DistributionLambda):
 
     def __init__(
         self,
-        event_shape: int | Iterable[int] = 1,
+        event_shape: int | Iterable[int] = (),
         convert_to_tensor_fn: ConvertFn | None = None,
         validate_args: bool = False,
         activity_regularizer: Callable[[D.Distribution], torch.Tensor] | None = None,
@@ -169,7 +169,8 @@ class IndependentBernoulli(_IndependentLayer):
     """Pixel-independent Bernoulli over ``event_shape``, parameterized by logits.
 
     Args:
-        event_shape: the shape of one example (an int or a tuple of positive ints; default 1).
+        event_shape: the shape of one example (an int or a tuple of positive ints; default
+            ``()``: a scalar event, as in TFP).
         convert_to_tensor_fn: how the output becomes a tensor (see
             :class:`~problayers.DistributionLambda`); default ``None``:
             ``"sample"`` (Bernoulli has no ``rsample``).
@@ -193,12 +194,12 @@ class IndependentBernoulli(_IndependentLayer):
     default_convert_to_tensor_fn: ConvertFn = "sample"  # no rsample
 
     @staticmethod
-    def params_size(event_shape: int | Iterable[int] = 1) -> int:
+    def params_size(event_shape: int | Iterable[int] = ()) -> int:
         """Number of inputs per example: ``prod(event_shape)`` logits."""
         return event_size(normalize_event_shape(event_shape))
 
     @staticmethod
-    def new(params, event_shape: int | Iterable[int] = 1, validate_args: bool = False) -> D.Independent:
+    def new(params, event_shape: int | Iterable[int] = (), validate_args: bool = False) -> D.Independent:
         """``(*B, prod(event_shape))`` logits -> ``Independent(Bernoulli)``, batch B, event
         ``event_shape``."""
         logits, shape = _one_per_element("IndependentBernoulli", params, event_shape)  # (*B, *E)
@@ -209,7 +210,7 @@ class _LocScaleLayer(_IndependentLayer):
     """A location-scale family over ``event_shape``: locs, then raw (softplus) scales."""
 
     @staticmethod
-    def params_size(event_shape: int | Iterable[int] = 1) -> int:
+    def params_size(event_shape: int | Iterable[int] = ()) -> int:
         """Number of inputs per example: ``2 * prod(event_shape)``."""
         return 2 * event_size(normalize_event_shape(event_shape))
 
@@ -218,7 +219,8 @@ class IndependentNormal(_LocScaleLayer):
     """Independent Normal over ``event_shape``: ``loc`` and ``softplus`` scale.
 
     Args:
-        event_shape: the shape of one example (an int or a tuple of positive ints; default 1).
+        event_shape: the shape of one example (an int or a tuple of positive ints; default
+            ``()``: a scalar event, as in TFP).
         convert_to_tensor_fn: how the output becomes a tensor (see
             :class:`~problayers.DistributionLambda`); default ``None``:
             ``"rsample"`` (gradients flow through the sample).
@@ -242,7 +244,7 @@ class IndependentNormal(_LocScaleLayer):
     """
 
     @staticmethod
-    def new(params, event_shape: int | Iterable[int] = 1, validate_args: bool = False) -> D.Independent:
+    def new(params, event_shape: int | Iterable[int] = (), validate_args: bool = False) -> D.Independent:
         """``(*B, 2 * prod(event_shape))`` -> ``Independent(Normal)``, batch B, event ``event_shape``."""
         loc, scale, shape = _loc_softplus_scale("IndependentNormal", params, event_shape)
         return D.Independent(D.Normal(loc, scale, validate_args=validate_args), len(shape))
@@ -252,7 +254,8 @@ class IndependentLogistic(_LocScaleLayer):
     """Independent :class:`Logistic` over ``event_shape``: ``loc`` and ``softplus`` scale.
 
     Args:
-        event_shape: the shape of one example (an int or a tuple of positive ints; default 1).
+        event_shape: the shape of one example (an int or a tuple of positive ints; default
+            ``()``: a scalar event, as in TFP).
         convert_to_tensor_fn: how the output becomes a tensor (see
             :class:`~problayers.DistributionLambda`); default ``None``:
             ``"rsample"`` (gradients flow through the sample).
@@ -274,7 +277,7 @@ class IndependentLogistic(_LocScaleLayer):
     """
 
     @staticmethod
-    def new(params, event_shape: int | Iterable[int] = 1, validate_args: bool = False) -> D.Independent:
+    def new(params, event_shape: int | Iterable[int] = (), validate_args: bool = False) -> D.Independent:
         """``(*B, 2 * prod(event_shape))`` -> ``Independent(Logistic)``, batch B, event ``event_shape``."""
         loc, scale, shape = _loc_softplus_scale("IndependentLogistic", params, event_shape)
         return D.Independent(Logistic(loc, scale, validate_args=validate_args), len(shape))
@@ -284,7 +287,8 @@ class IndependentPoisson(_IndependentLayer):
     """Independent Poisson counts over ``event_shape``, parameterized by the log rate.
 
     Args:
-        event_shape: the shape of one example (an int or a tuple of positive ints; default 1).
+        event_shape: the shape of one example (an int or a tuple of positive ints; default
+            ``()``: a scalar event, as in TFP).
         convert_to_tensor_fn: how the output becomes a tensor (see
             :class:`~problayers.DistributionLambda`); default ``None``:
             ``"sample"`` (Poisson has no ``rsample``).
@@ -307,12 +311,12 @@ class IndependentPoisson(_IndependentLayer):
     default_convert_to_tensor_fn: ConvertFn = "sample"  # no rsample
 
     @staticmethod
-    def params_size(event_shape: int | Iterable[int] = 1) -> int:
+    def params_size(event_shape: int | Iterable[int] = ()) -> int:
         """Number of inputs per example: ``prod(event_shape)`` log rates."""
         return event_size(normalize_event_shape(event_shape))
 
     @staticmethod
-    def new(params, event_shape: int | Iterable[int] = 1, validate_args: bool = False) -> D.Independent:
+    def new(params, event_shape: int | Iterable[int] = (), validate_args: bool = False) -> D.Independent:
         """``(*B, prod(event_shape))`` log rates -> ``Independent(Poisson)``, batch B, event
         ``event_shape``."""
         log_rate, shape = _one_per_element("IndependentPoisson", params, event_shape)  # (*B, *E)

@@ -192,7 +192,7 @@ class _IndependentMixture(_MixtureLayer):
     def __init__(
         self,
         num_components: int,
-        event_shape: int | Iterable[int] = 1,
+        event_shape: int | Iterable[int] = (),
         convert_to_tensor_fn: ConvertFn = "sample",
         validate_args: bool = False,
         activity_regularizer: Callable[[D.Distribution], torch.Tensor] | None = None,
@@ -201,14 +201,14 @@ class _IndependentMixture(_MixtureLayer):
         self.event_shape = normalize_event_shape(event_shape)
 
     @classmethod
-    def params_size(cls, num_components: int, event_shape: int | Iterable[int] = 1) -> int:
+    def params_size(cls, num_components: int, event_shape: int | Iterable[int] = ()) -> int:
         """``K + K * 2 * prod(event_shape)``."""
         k = positive_int(num_components, "num_components")
         return k + k * cls._component.params_size(event_shape)
 
     @classmethod
     def new(
-        cls, params, num_components: int, event_shape: int | Iterable[int] = 1, validate_args: bool = False
+        cls, params, num_components: int, event_shape: int | Iterable[int] = (), validate_args: bool = False
     ) -> D.MixtureSameFamily:
         """``(*B, params_size(K, event_shape))`` -> ``MixtureSameFamily``, batch B, event
         ``event_shape``."""
@@ -233,7 +233,8 @@ class MixtureNormal(_IndependentMixture):
 
     Args:
         num_components: K, the number of mixture components.
-        event_shape: the shape of one example (an int or a tuple of positive ints; default 1).
+        event_shape: the shape of one example (an int or a tuple of positive ints; default
+            ``()``: a scalar event, as in TFP).
         convert_to_tensor_fn: how the output becomes a tensor (see
             :class:`~problayers.DistributionLambda`); default ``"sample"`` (a mixture has no
             ``rsample``).
@@ -263,7 +264,8 @@ class MixtureLogistic(_IndependentMixture):
 
     Args:
         num_components: K, the number of mixture components.
-        event_shape: the shape of one example (an int or a tuple of positive ints; default 1).
+        event_shape: the shape of one example (an int or a tuple of positive ints; default
+            ``()``: a scalar event, as in TFP).
         convert_to_tensor_fn: how the output becomes a tensor (see
             :class:`~problayers.DistributionLambda`); default ``"sample"`` (a mixture has no
             ``rsample``).

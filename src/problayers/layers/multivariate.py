@@ -9,7 +9,7 @@ import torch.distributions as D
 import torch.nn.functional as F
 
 from ..coercible import ConvertFn
-from .base import DistributionLambda, check_params, normalize_event_shape
+from .base import DistributionLambda, check_params, normalize_event_size
 
 __all__ = ["TRIL_ORDERS", "MultivariateNormalTriL", "fill_scale_tril", "fill_triangular"]
 
@@ -89,7 +89,7 @@ class MultivariateNormalTriL(DistributionLambda):
         tril_order: str = "tfp",
     ) -> None:
         super().__init__(None, convert_to_tensor_fn, activity_regularizer)
-        (self.event_size,) = normalize_event_shape(event_size, "event_size")
+        self.event_size = normalize_event_size(event_size)
         self.validate_args = validate_args
         if tril_order not in TRIL_ORDERS:
             raise ValueError(f"tril_order: expected one of {list(TRIL_ORDERS)}, got {tril_order!r}")
@@ -98,7 +98,7 @@ class MultivariateNormalTriL(DistributionLambda):
     @staticmethod
     def params_size(event_size: int) -> int:
         """Number of inputs per example: ``d + d(d+1)/2``."""
-        (d,) = normalize_event_shape(event_size, "event_size")
+        d = normalize_event_size(event_size)
         return d + d * (d + 1) // 2
 
     @staticmethod
@@ -107,7 +107,7 @@ class MultivariateNormalTriL(DistributionLambda):
     ) -> D.MultivariateNormal:
         """``(*B, params_size(d))`` -> ``MultivariateNormal``, batch B, event ``(d,)``; the scale
         parameters fill the triangle in ``tril_order`` (default TFP's)."""
-        (d,) = normalize_event_shape(event_size, "event_size")
+        d = normalize_event_size(event_size)
         params = check_params("MultivariateNormalTriL", params, MultivariateNormalTriL.params_size(d))
         loc, raw = params[..., :d], params[..., d:]  # (*B, d), (*B, d(d+1)/2)
         scale_tril = fill_scale_tril(raw, d, order=tril_order)  # (*B, d, d)
