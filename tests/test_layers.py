@@ -102,7 +102,7 @@ def test_event_size_is_one_int():
         ValueError, match=r"event_size: expected one positive int \(the dimension\), got \(4, 4\)"
     ):
         pl.MultivariateNormalTriL((4, 4))
-    with pytest.raises(TypeError, match="event_size: .* got str '16'"):
+    with pytest.raises(TypeError, match=r"event_size: .* got str '16'"):
         pl.MultivariateNormalTriL("16")
 
 
