@@ -262,6 +262,46 @@ def _model_cases() -> list[ModelCase]:
         ModelCase(
             "AutoregressiveNetwork", lambda: pl.AutoregressiveNetwork(2, 5, hidden_units=(8,)), (5,), False
         ),
+        ModelCase("Conv1dReparameterization", lambda: pl.Conv1dReparameterization(2, 3, 3), (2, 6), False),
+        ModelCase("Conv1dFlipout", lambda: pl.Conv1dFlipout(2, 3, 3, padding=1), (2, 6), False),
+        ModelCase(
+            "Conv3dReparameterization", lambda: pl.Conv3dReparameterization(2, 3, 2), (2, 3, 3, 3), False
+        ),
+        ModelCase("Conv3dFlipout", lambda: pl.Conv3dFlipout(2, 3, 3, padding="same"), (2, 3, 3, 3), False),
+        ModelCase(
+            "Conv2dFlipout(reflect)",
+            lambda: pl.Conv2dFlipout(2, 3, 3, padding=1, padding_mode="reflect"),
+            (2, 4, 4),
+            False,
+        ),
+        ModelCase(
+            "ConvTranspose1dReparameterization",
+            lambda: pl.ConvTranspose1dReparameterization(2, 3, 3, stride=2),
+            (2, 4),
+            False,
+        ),
+        ModelCase(
+            "ConvTranspose2dReparameterization",
+            lambda: pl.ConvTranspose2dReparameterization(2, 3, 3, stride=2, output_padding=1),
+            (2, 3, 3),
+            False,
+        ),
+        ModelCase(
+            "ConvTranspose3dReparameterization",
+            lambda: pl.ConvTranspose3dReparameterization(2, 3, 2),
+            (2, 2, 2, 2),
+            False,
+        ),
+        ModelCase(
+            "ConvTranspose1dFlipout", lambda: pl.ConvTranspose1dFlipout(2, 3, 3, padding=1), (2, 4), False
+        ),
+        ModelCase(
+            "ConvTranspose2dFlipout",
+            lambda: pl.ConvTranspose2dFlipout(2, 4, 3, stride=2, groups=2),
+            (2, 3, 3),
+            False,
+        ),
+        ModelCase("ConvTranspose3dFlipout", lambda: pl.ConvTranspose3dFlipout(2, 3, 2), (2, 2, 2, 2), False),
     ]
     return cases
 

@@ -142,6 +142,18 @@ def _conv_op(x, kernel, bias):
     return F.conv2d(x, kernel, bias, padding=1)
 
 
+def _conv1d_op(x, kernel, bias):
+    return F.conv1d(x, kernel, bias, padding=1)
+
+
+def _conv_transpose2d_op(x, kernel, bias):
+    return F.conv_transpose2d(x, kernel, bias, stride=2)
+
+
+def _conv_transpose3d_op(x, kernel, bias):
+    return F.conv_transpose3d(x, kernel, bias)
+
+
 def _moments(layer):
     """(kernel mean, kernel variance, bias mean, bias variance) of the layer's posteriors."""
     if isinstance(layer, pl.DenseVariational):
@@ -162,6 +174,10 @@ def _moments(layer):
         (lambda: pl.DenseVariational(3, 2), _dense_op, (4, 3)),
         (lambda: pl.Conv2dReparameterization(2, 2, 3, padding=1), _conv_op, (2, 2, 3, 3)),
         (lambda: pl.Conv2dFlipout(2, 2, 3, padding=1), _conv_op, (2, 2, 3, 3)),
+        (lambda: pl.Conv1dFlipout(2, 2, 3, padding=1), _conv1d_op, (3, 2, 4)),
+        (lambda: pl.ConvTranspose2dReparameterization(2, 2, 2, stride=2), _conv_transpose2d_op, (2, 2, 2, 2)),
+        (lambda: pl.ConvTranspose2dFlipout(2, 2, 2, stride=2), _conv_transpose2d_op, (2, 2, 2, 2)),
+        (lambda: pl.ConvTranspose3dFlipout(2, 2, 2), _conv_transpose3d_op, (2, 2, 2, 2, 2)),
     ],
     ids=[
         "DenseReparam",
@@ -170,6 +186,10 @@ def _moments(layer):
         "DenseVariational",
         "Conv2dReparam",
         "Conv2dFlipout",
+        "Conv1dFlipout",
+        "ConvTranspose2dReparam",
+        "ConvTranspose2dFlipout",
+        "ConvTranspose3dFlipout",
     ],
 )
 def test_gradients_are_unbiased(make, op, x_shape):

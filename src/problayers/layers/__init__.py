@@ -2,6 +2,20 @@
 
 from .base import DistributionLambda
 from .categorical import CategoricalMixtureOfOneHotCategorical, OneHotCategorical
+from .convolutional import (
+    Conv1dFlipout,
+    Conv1dReparameterization,
+    Conv2dFlipout,
+    Conv2dReparameterization,
+    Conv3dFlipout,
+    Conv3dReparameterization,
+    ConvTranspose1dFlipout,
+    ConvTranspose1dReparameterization,
+    ConvTranspose2dFlipout,
+    ConvTranspose2dReparameterization,
+    ConvTranspose3dFlipout,
+    ConvTranspose3dReparameterization,
+)
 from .flows import AutoregressiveNetwork, AutoregressiveTransform, MaskedAutoregressiveTransform
 from .independent import (
     IndependentBernoulli,
@@ -13,8 +27,6 @@ from .independent import (
 from .mixture import MixtureLogistic, MixtureNormal, MixtureSameFamily
 from .multivariate import MultivariateNormalTriL
 from .reparameterization import (
-    Conv2dFlipout,
-    Conv2dReparameterization,
     DenseFlipout,
     DenseLocalReparameterization,
     DenseReparameterization,
@@ -33,8 +45,18 @@ __all__ = [
     "AutoregressiveNetwork",
     "AutoregressiveTransform",
     "CategoricalMixtureOfOneHotCategorical",
+    "Conv1dFlipout",
+    "Conv1dReparameterization",
     "Conv2dFlipout",
     "Conv2dReparameterization",
+    "Conv3dFlipout",
+    "Conv3dReparameterization",
+    "ConvTranspose1dFlipout",
+    "ConvTranspose1dReparameterization",
+    "ConvTranspose2dFlipout",
+    "ConvTranspose2dReparameterization",
+    "ConvTranspose3dFlipout",
+    "ConvTranspose3dReparameterization",
     "DenseFlipout",
     "DenseLocalReparameterization",
     "DenseReparameterization",

@@ -1,5 +1,6 @@
 """Weight-uncertainty layers (``tfp.layers`` ``*Reparameterization``, ``*LocalReparameterization``,
-``*Flipout``): dense and 2-D convolution layers whose kernel and bias have a posterior.
+``*Flipout``): the shared machinery and the dense layers whose kernel and bias have a posterior
+(the convolutions are in :mod:`problayers.layers.convolutional`).
 
 The three estimators of the output, for a posterior ``q`` over the kernel ``W`` (and bias):
 
@@ -32,8 +33,6 @@ from ._args import callable_or_none, non_negative_number, positive_int
 from .variational import MeanFieldNormal, StandardNormal, weight_distribution, weight_kl
 
 __all__ = [
-    "Conv2dFlipout",
-    "Conv2dReparameterization",
     "DenseFlipout",
     "DenseLocalReparameterization",
     "DenseReparameterization",
@@ -216,93 +215,6 @@ class _Dense(_WeightUncertainty):
         )
 
 
-def _pair(value, name: str) -> tuple[int, int]:
-    pair = (value, value) if isinstance(value, int) else tuple(value)
-    if len(pair) != 2:
-        raise ValueError(f"{name}: expected an int or a pair of ints, got {value!r}")
-    return positive_int(pair[0], name), positive_int(pair[1], name)
-
-
-class _Conv2d(_WeightUncertainty):
-    """2-D convolution (``nn.Conv2d`` arguments and layout): kernel ``(out_channels,
-    in_channels // groups, kh, kw)``, bias ``(out_channels,)``. Input ``(N, C_in, H, W)`` or
-    ``(C_in, H, W)``; output ``(N, C_out, H_out, W_out)`` (resp. without ``N``), as ``nn.Conv2d``."""
-
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size: int | tuple[int, int],
-        stride: int | tuple[int, int] = 1,
-        padding: int | tuple[int, int] | str = 0,
-        dilation: int | tuple[int, int] = 1,
-        groups: int = 1,
-        bias: bool = True,
-        kernel_posterior_fn: WeightFn = MeanFieldNormal,
-        kernel_prior_fn: WeightFn = StandardNormal,
-        bias_posterior_fn: WeightFn = MeanFieldNormal,
-        bias_prior_fn: WeightFn | None = StandardNormal,
-        kl_weight: float | torch.Tensor = 1.0,
-        kl_use_exact: bool = True,
-        activation: Callable[[torch.Tensor], torch.Tensor] | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> None:
-        self.in_channels = positive_int(in_channels, "in_channels")
-        self.out_channels = positive_int(out_channels, "out_channels")
-        self.groups = positive_int(groups, "groups")
-        if in_channels % groups or out_channels % groups:
-            raise ValueError(f"groups: {groups} must divide in_channels ({in_channels}) and out_channels")
-        self.kernel_size = _pair(kernel_size, "kernel_size")
-        self.stride = _pair(stride, "stride")
-        self.dilation = _pair(dilation, "dilation")
-        if isinstance(padding, str):
-            if padding not in ("same", "valid"):
-                raise ValueError(f"padding: expected 'same', 'valid', an int or a pair, got {padding!r}")
-            self.padding = padding
-        else:
-            pad = (padding, padding) if isinstance(padding, int) else tuple(padding)
-            if len(pad) != 2 or not all(isinstance(p, int) and p >= 0 for p in pad):
-                raise ValueError(f"padding: expected non-negative ints, got {padding!r}")
-            self.padding = pad
-        super().__init__(
-            (self.out_channels, self.in_channels // self.groups, *self.kernel_size),
-            (self.out_channels,) if bias else None,
-            kernel_posterior_fn,
-            kernel_prior_fn,
-            bias_posterior_fn,
-            bias_prior_fn,
-            kl_weight,
-            kl_use_exact,
-            activation,
-            dtype,
-        )
-
-    def _op(self, x, kernel, bias):
-        return F.conv2d(x, kernel, bias, self.stride, self.padding, self.dilation, self.groups)
-
-    def _check_input(self, x):
-        if x.dim() not in (3, 4) or x.shape[-3] != self.in_channels:
-            raise ValueError(
-                f"{type(self).__name__}: expected input of shape (N, {self.in_channels}, H, W) or "
-                f"({self.in_channels}, H, W), got {tuple(x.shape)}"
-            )
-
-    def _sign_shapes(self, x, out):
-        # One sign per example and channel, shared over the image (as TFP's Conv Flipout).
-        return (*x.shape[:-2], 1, 1), (*out.shape[:-2], 1, 1)
-
-    def _bias_view(self, bias):
-        return bias[:, None, None]  # (C_out, 1, 1)
-
-    def extra_repr(self) -> str:
-        return (
-            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-            f"padding={self.padding}, dilation={self.dilation}, groups={self.groups}, "
-            f"bias={self.bias_posterior is not None}, kl_weight={float(self.kl_weight):.3g}, "
-            f"kl_use_exact={self.kl_use_exact}"
-        )
-
-
 class DenseReparameterization(_Dense, _Reparameterization):
     """Dense layer with a posterior over its weights; one ``W ~ q`` per forward.
 
@@ -423,90 +335,10 @@ class DenseFlipout(_Dense, _Flipout):
     """
 
 
-class Conv2dReparameterization(_Conv2d, _Reparameterization):
-    """``nn.Conv2d`` with a posterior over its kernel and bias; one sample per forward.
+def __getattr__(name: str):
+    # Conv2dReparameterization/Conv2dFlipout lived here: old imports and pickles still find them.
+    if name in ("Conv2dFlipout", "Conv2dReparameterization"):
+        from . import convolutional
 
-    One reparameterized kernel (and bias) sample per forward is shared by the whole batch
-    (``tfp.layers.Convolution2DReparameterization``; see the module doc).
-
-    Args:
-        in_channels: ``C_in``, the input's channels.
-        out_channels: ``C_out``, the output's channels.
-        kernel_size: the kernel's ``(kh, kw)`` (an int for both).
-        stride: as ``nn.Conv2d`` (default 1).
-        padding: ``"same"``, ``"valid"``, an int or a pair (default 0), as ``nn.Conv2d``.
-        dilation: as ``nn.Conv2d`` (default 1).
-        groups: as ``nn.Conv2d`` (default 1); must divide ``in_channels`` and ``out_channels``.
-        bias: whether the layer has a bias (default ``True``).
-        kernel_posterior_fn: ``(shape, dtype) -> nn.Module`` whose ``forward(x)`` returns the
-            kernel's posterior (batch ``()``, event ``shape``); default
-            :class:`~problayers.MeanFieldNormal`.
-        kernel_prior_fn: the same for the kernel's prior; default
-            :class:`~problayers.StandardNormal` (fixed ``N(0, 1)``).
-        bias_posterior_fn: the same for the bias's posterior; default
-            :class:`~problayers.MeanFieldNormal`; ``None``: no bias.
-        bias_prior_fn: the same for the bias's prior; default
-            :class:`~problayers.StandardNormal`; ``None``: no KL term for the bias.
-        kl_weight: the recorded added loss is ``kl_weight * KL`` (default 1: the whole KL; pass
-            ``1 / num_train_examples`` with a batch-mean data term).
-        kl_use_exact: exact KL (``torch.distributions.kl_divergence``, default ``True``) or the
-            one-sample Monte Carlo estimate ``log q(w) - log p(w)`` (``False``).
-        activation: optional callable applied to the output (default ``None``: linear).
-        dtype: the weights' dtype (default ``None``: ``torch.get_default_dtype()``).
-
-    Input: ``(N, C_in, H, W)`` or ``(C_in, H, W)``. Output: a tensor of shape ``(N, C_out,
-    H_out, W_out)`` (resp. without ``N``), ``H_out``/``W_out`` as ``nn.Conv2d``'s; each forward
-    records ``kl_weight * KL`` (kernel and bias) as an added loss
-    (:func:`~problayers.collect_losses`).
-
-    Example::
-
-        >>> layer = pl.Conv2dReparameterization(1, 4, kernel_size=3, padding=1)
-        >>> layer(torch.zeros(2, 1, 8, 8)).shape, pl.collect_losses(layer).shape
-        (torch.Size([2, 4, 8, 8]), torch.Size([]))
-    """
-
-
-class Conv2dFlipout(_Conv2d, _Flipout):
-    """``nn.Conv2d`` with a posterior over its kernel and bias; Flipout perturbations.
-
-    One kernel perturbation per forward, decorrelated per example by random signs (one per
-    example and channel, shared over the image); the kernel's posterior must be symmetric about
-    its mean (``tfp.layers.Convolution2DFlipout``; see the module doc).
-
-    Args:
-        in_channels: ``C_in``, the input's channels.
-        out_channels: ``C_out``, the output's channels.
-        kernel_size: the kernel's ``(kh, kw)`` (an int for both).
-        stride: as ``nn.Conv2d`` (default 1).
-        padding: ``"same"``, ``"valid"``, an int or a pair (default 0), as ``nn.Conv2d``.
-        dilation: as ``nn.Conv2d`` (default 1).
-        groups: as ``nn.Conv2d`` (default 1); must divide ``in_channels`` and ``out_channels``.
-        bias: whether the layer has a bias (default ``True``).
-        kernel_posterior_fn: ``(shape, dtype) -> nn.Module`` whose ``forward(x)`` returns the
-            kernel's posterior (batch ``()``, event ``shape``); default
-            :class:`~problayers.MeanFieldNormal`.
-        kernel_prior_fn: the same for the kernel's prior; default
-            :class:`~problayers.StandardNormal` (fixed ``N(0, 1)``).
-        bias_posterior_fn: the same for the bias's posterior; default
-            :class:`~problayers.MeanFieldNormal`; ``None``: no bias.
-        bias_prior_fn: the same for the bias's prior; default
-            :class:`~problayers.StandardNormal`; ``None``: no KL term for the bias.
-        kl_weight: the recorded added loss is ``kl_weight * KL`` (default 1: the whole KL; pass
-            ``1 / num_train_examples`` with a batch-mean data term).
-        kl_use_exact: exact KL (``torch.distributions.kl_divergence``, default ``True``) or the
-            one-sample Monte Carlo estimate ``log q(w) - log p(w)`` (``False``).
-        activation: optional callable applied to the output (default ``None``: linear).
-        dtype: the weights' dtype (default ``None``: ``torch.get_default_dtype()``).
-
-    Input: ``(N, C_in, H, W)`` or ``(C_in, H, W)``. Output: a tensor of shape ``(N, C_out,
-    H_out, W_out)`` (resp. without ``N``), ``H_out``/``W_out`` as ``nn.Conv2d``'s; each forward
-    records ``kl_weight * KL`` (kernel and bias) as an added loss
-    (:func:`~problayers.collect_losses`).
-
-    Example::
-
-        >>> layer = pl.Conv2dFlipout(1, 4, kernel_size=3, padding=1)
-        >>> layer(torch.zeros(2, 1, 8, 8)).shape, pl.collect_losses(layer).shape
-        (torch.Size([2, 4, 8, 8]), torch.Size([]))
-    """
+        return getattr(convolutional, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,396 @@
+"""Weight-uncertainty convolutions in 1, 2 and 3 dimensions, and their transposed counterparts
+(``tfp.layers.Convolution{1,2,3}DReparameterization`` / ``...Flipout``; TFP has no transposed
+ones): ``nn.Conv{1,2,3}d`` / ``nn.ConvTranspose{1,2,3}d`` whose kernel and bias have a posterior.
+
+The estimators, the posterior/prior ``fn`` arguments and the recorded KL term are those of
+:mod:`problayers.layers.reparameterization`. The kernel has ``nn.Conv{n}d``'s layout ``(C_out,
+C_in // groups, *k)``, resp. ``nn.ConvTranspose{n}d``'s ``(C_in, C_out // groups, *k)``; the
+bias is ``(C_out,)``. Flipout's random signs are one per example and channel, shared over the
+spatial dimensions (as TFP's convolutional Flipout), for the input and for the output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from ._args import positive_int
+from .reparameterization import WeightFn, _Flipout, _Reparameterization, _WeightUncertainty
+from .variational import MeanFieldNormal, StandardNormal
+
+__all__ = [
+    "Conv1dFlipout",
+    "Conv1dReparameterization",
+    "Conv2dFlipout",
+    "Conv2dReparameterization",
+    "Conv3dFlipout",
+    "Conv3dReparameterization",
+    "ConvTranspose1dFlipout",
+    "ConvTranspose1dReparameterization",
+    "ConvTranspose2dFlipout",
+    "ConvTranspose2dReparameterization",
+    "ConvTranspose3dFlipout",
+    "ConvTranspose3dReparameterization",
+]
+
+_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+_CONV_T = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
+_COUNT = {1: "a tuple of one int", 2: "a pair of ints", 3: "a triple of ints"}
+_SPATIAL = {1: "L", 2: "H, W", 3: "D, H, W"}
+_KERNEL = {
+    1: "``(k,)`` (an int or a 1-tuple)",
+    2: "``(kh, kw)`` (an int for both)",
+    3: "``(kd, kh, kw)`` (an int for all three)",
+}
+_PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+
+
+def _ints(value, n: int, name: str, low: int = 1) -> tuple[int, ...]:
+    """``value`` (an int, or ``n`` ints) as a tuple of ``n`` ints ``>= low``; raise naming ``name``."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        ints = (value,) * n
+    elif isinstance(value, (tuple, list)):
+        ints = tuple(value)
+    else:
+        raise TypeError(f"{name}: expected an int or {_COUNT[n]}, got {type(value).__name__}")
+    if len(ints) != n:
+        raise ValueError(f"{name}: expected an int or {_COUNT[n]}, got {value!r}")
+    for v in ints:
+        if low == 1:
+            positive_int(v, name)
+        elif isinstance(v, bool) or not isinstance(v, int) or v < low:
+            raise ValueError(f"{name}: expected non-negative ints, got {value!r}")
+    return ints
+
+
+class _ConvBase(_WeightUncertainty):
+    """Shared by the convolutions: channel/kernel checks, input check, Flipout's signs, repr."""
+
+    spatial_dims: int  # 1, 2 or 3
+    transposed = False
+
+    def _channels(self, in_channels, out_channels, kernel_size, stride, dilation, groups) -> None:
+        self.in_channels = positive_int(in_channels, "in_channels")
+        self.out_channels = positive_int(out_channels, "out_channels")
+        self.groups = positive_int(groups, "groups")
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(f"groups: {groups} must divide in_channels ({in_channels}) and out_channels")
+        self.kernel_size = _ints(kernel_size, self.spatial_dims, "kernel_size")
+        self.stride = _ints(stride, self.spatial_dims, "stride")
+        self.dilation = _ints(dilation, self.spatial_dims, "dilation")
+
+    def _check_input(self, x):
+        n, c = self.spatial_dims, self.in_channels
+        if x.dim() not in (n + 1, n + 2) or x.shape[-n - 1] != c:
+            raise ValueError(
+                f"{type(self).__name__}: expected input of shape (N, {c}, {_SPATIAL[n]}) or "
+                f"({c}, {_SPATIAL[n]}), got {tuple(x.shape)}"
+            )
+
+    def _sign_shapes(self, x, out):
+        # One sign per example and channel, shared over the spatial dims (as TFP's Conv Flipout).
+        ones = (1,) * self.spatial_dims
+        return (*x.shape[: -self.spatial_dims], *ones), (*out.shape[: -self.spatial_dims], *ones)
+
+    def _bias_view(self, bias):
+        return bias.view(-1, *(1,) * self.spatial_dims)  # (C_out, 1, ..., 1)
+
+    def _extra(self) -> str:
+        return ""
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+            f"padding={self.padding}, {self._extra()}dilation={self.dilation}, groups={self.groups}, "
+            f"bias={self.bias_posterior is not None}, kl_weight={float(self.kl_weight):.3g}, "
+            f"kl_use_exact={self.kl_use_exact}"
+        )
+
+
+class _Conv(_ConvBase):
+    """N-d convolution (``nn.Conv{n}d`` arguments and layout)."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, ...],
+        stride: int | tuple[int, ...] = 1,
+        padding: int | tuple[int, ...] | str = 0,
+        dilation: int | tuple[int, ...] = 1,
+        groups: int = 1,
+        bias: bool = True,
+        kernel_posterior_fn: WeightFn = MeanFieldNormal,
+        kernel_prior_fn: WeightFn = StandardNormal,
+        bias_posterior_fn: WeightFn = MeanFieldNormal,
+        bias_prior_fn: WeightFn | None = StandardNormal,
+        kl_weight: float | torch.Tensor = 1.0,
+        kl_use_exact: bool = True,
+        activation: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        dtype: torch.dtype | None = None,
+        *,
+        padding_mode: str = "zeros",
+    ) -> None:
+        self._channels(in_channels, out_channels, kernel_size, stride, dilation, groups)
+        if isinstance(padding, str):
+            if padding not in ("same", "valid"):
+                raise ValueError(f"padding: expected 'same', 'valid', an int or ints, got {padding!r}")
+            if padding == "same" and any(s != 1 for s in self.stride):
+                raise ValueError(f"padding: 'same' needs stride 1 (as nn.Conv*d), got stride {self.stride}")
+            self.padding = padding
+        else:
+            self.padding = _ints(padding, self.spatial_dims, "padding", low=0)
+        if padding_mode not in _PADDING_MODES:
+            raise ValueError(f"padding_mode: expected one of {_PADDING_MODES}, got {padding_mode!r}")
+        self.padding_mode = padding_mode
+        # F.pad's (last dim first) padding for the non-zero modes, as nn.Conv{n}d's.
+        if padding == "valid":
+            pads = [(0, 0)] * self.spatial_dims
+        elif padding == "same":
+            totals = [d * (k - 1) for d, k in zip(self.dilation, self.kernel_size, strict=True)]
+            pads = [(t // 2, t - t // 2) for t in totals]
+        else:
+            pads = [(p, p) for p in self.padding]
+        self._pad = tuple(p for pair in reversed(pads) for p in pair)
+        super().__init__(
+            (self.out_channels, self.in_channels // self.groups, *self.kernel_size),
+            (self.out_channels,) if bias else None,
+            kernel_posterior_fn,
+            kernel_prior_fn,
+            bias_posterior_fn,
+            bias_prior_fn,
+            kl_weight,
+            kl_use_exact,
+            activation,
+            dtype,
+        )
+
+    def _op(self, x, kernel, bias):
+        conv = _CONV[self.spatial_dims]
+        if self.padding_mode == "zeros":
+            return conv(x, kernel, bias, self.stride, self.padding, self.dilation, self.groups)
+        x = F.pad(x, self._pad, mode=self.padding_mode)  # (N, C_in, *padded)
+        return conv(x, kernel, bias, self.stride, 0, self.dilation, self.groups)
+
+    def _extra(self) -> str:
+        return "" if self.padding_mode == "zeros" else f"padding_mode={self.padding_mode!r}, "
+
+
+class _ConvTranspose(_ConvBase):
+    """N-d transposed convolution (``nn.ConvTranspose{n}d`` arguments, their order and layout)."""
+
+    transposed = True
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, ...],
+        stride: int | tuple[int, ...] = 1,
+        padding: int | tuple[int, ...] = 0,
+        output_padding: int | tuple[int, ...] = 0,
+        groups: int = 1,
+        bias: bool = True,
+        dilation: int | tuple[int, ...] = 1,
+        kernel_posterior_fn: WeightFn = MeanFieldNormal,
+        kernel_prior_fn: WeightFn = StandardNormal,
+        bias_posterior_fn: WeightFn = MeanFieldNormal,
+        bias_prior_fn: WeightFn | None = StandardNormal,
+        kl_weight: float | torch.Tensor = 1.0,
+        kl_use_exact: bool = True,
+        activation: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        self._channels(in_channels, out_channels, kernel_size, stride, dilation, groups)
+        self.padding = _ints(padding, self.spatial_dims, "padding", low=0)
+        self.output_padding = _ints(output_padding, self.spatial_dims, "output_padding", low=0)
+        for p, s, d in zip(self.output_padding, self.stride, self.dilation, strict=True):
+            if p >= max(s, d):
+                raise ValueError(
+                    f"output_padding: each must be smaller than its stride or dilation, got "
+                    f"{self.output_padding} (stride {self.stride}, dilation {self.dilation})"
+                )
+        super().__init__(
+            (self.in_channels, self.out_channels // self.groups, *self.kernel_size),
+            (self.out_channels,) if bias else None,
+            kernel_posterior_fn,
+            kernel_prior_fn,
+            bias_posterior_fn,
+            bias_prior_fn,
+            kl_weight,
+            kl_use_exact,
+            activation,
+            dtype,
+        )
+
+    def _op(self, x, kernel, bias):
+        conv = _CONV_T[self.spatial_dims]
+        return conv(
+            x, kernel, bias, self.stride, self.padding, self.output_padding, self.groups, self.dilation
+        )
+
+    def _extra(self) -> str:
+        return f"output_padding={self.output_padding}, "
+
+
+_WEIGHT_ARGS = """\
+    kernel_posterior_fn: ``(shape, dtype) -> nn.Module`` whose ``forward(x)`` returns the
+        kernel's posterior (batch ``()``, event ``shape``); default
+        :class:`~problayers.MeanFieldNormal`{symmetric}.
+    kernel_prior_fn: the same for the kernel's prior; default
+        :class:`~problayers.StandardNormal` (fixed ``N(0, 1)``).
+    bias_posterior_fn: the same for the bias's posterior; default
+        :class:`~problayers.MeanFieldNormal`; ``None``: no bias.
+    bias_prior_fn: the same for the bias's prior; default
+        :class:`~problayers.StandardNormal`; ``None``: no KL term for the bias.
+    kl_weight: the recorded added loss is ``kl_weight * KL`` (default 1: the whole KL; pass
+        ``1 / num_train_examples`` with a batch-mean data term).
+    kl_use_exact: exact KL (``torch.distributions.kl_divergence``, default ``True``) or the
+        one-sample Monte Carlo estimate ``log q(w) - log p(w)`` (``False``).
+    activation: optional callable applied to the output (default ``None``: linear).
+    dtype: the weights' dtype (default ``None``: ``torch.get_default_dtype()``).
+"""
+
+# (n, transposed) -> (constructor, example input shape, example output shape)
+_EXAMPLES = {
+    (1, False): ("1, 4, kernel_size=3, padding=1", (2, 1, 8), (2, 4, 8)),
+    (2, False): ("1, 4, kernel_size=3, padding=1", (2, 1, 8, 8), (2, 4, 8, 8)),
+    (3, False): ("1, 4, kernel_size=3, padding=1", (2, 1, 4, 4, 4), (2, 4, 4, 4, 4)),
+    (1, True): ("4, 1, kernel_size=2, stride=2", (2, 4, 8), (2, 1, 16)),
+    (2, True): ("4, 1, kernel_size=2, stride=2", (2, 4, 4, 4), (2, 1, 8, 8)),
+    (3, True): ("4, 1, kernel_size=2, stride=2", (2, 4, 2, 2, 2), (2, 1, 4, 4, 4)),
+}
+
+
+def _document(cls: type) -> type:
+    """Write the docstring of a public convolution from its dimensions, kind and estimator."""
+    n, transposed, flipout = cls.spatial_dims, cls.transposed, issubclass(cls, _Flipout)
+    ref = f"nn.ConvTranspose{n}d" if transposed else f"nn.Conv{n}d"
+    if flipout:
+        summary = f"``{ref}`` with a posterior over its kernel and bias; Flipout perturbations."
+        how = (
+            "One kernel perturbation per forward, decorrelated per example by random signs (one per\n"
+            "example and channel, shared over the spatial dimensions); the kernel's posterior must be\n"
+            "symmetric about its mean"
+        )
+        tfp = f"Convolution{n}DFlipout"
+    else:
+        summary = f"``{ref}`` with a posterior over its kernel and bias; one sample per forward."
+        how = "One reparameterized kernel (and bias) sample per forward is shared by the whole batch"
+        tfp = f"Convolution{n}DReparameterization"
+    tfp = "no TFP counterpart" if transposed else f"``tfp.layers.{tfp}``"
+    sp = _SPATIAL[n]
+    out_sp = ", ".join(f"{d}_out" for d in sp.split(", "))
+    layout = "(C_in, C_out // groups, *k)" if transposed else "(C_out, C_in // groups, *k)"
+    args = [
+        "    in_channels: ``C_in``, the input's channels.",
+        "    out_channels: ``C_out``, the output's channels.",
+        f"    kernel_size: the kernel's {_KERNEL[n]}; the kernel has shape",
+        f"        ``{layout}``.",
+        f"    stride: as ``{ref}`` (default 1).",
+    ]
+    if transposed:
+        args += [
+            f"    padding: an int or {_COUNT[n]} (default 0), as ``{ref}`` (it crops the output).",
+            f"    output_padding: added to one side of the output (default 0), as ``{ref}``; each",
+            "        must be smaller than its stride or its dilation.",
+            f"    groups: as ``{ref}`` (default 1); must divide ``in_channels`` and ``out_channels``.",
+            "    bias: whether the layer has a bias (default ``True``).",
+            f"    dilation: as ``{ref}`` (default 1).",
+        ]
+    else:
+        args += [
+            f'    padding: ``"same"`` (stride 1), ``"valid"``, an int or {_COUNT[n]} (default 0), as',
+            f"        ``{ref}``.",
+            f"    dilation: as ``{ref}`` (default 1).",
+            f"    groups: as ``{ref}`` (default 1); must divide ``in_channels`` and ``out_channels``.",
+            "    bias: whether the layer has a bias (default ``True``).",
+        ]
+    weight_args = _WEIGHT_ARGS.format(symmetric=" (it must be symmetric about its mean)" if flipout else "")
+    args.append(weight_args.rstrip("\n"))
+    if not transposed:
+        args.append(
+            '    padding_mode: keyword-only; ``"zeros"`` (default), ``"reflect"``, ``"replicate"``\n'
+            f'        or ``"circular"``, as ``{ref}``.'
+        )
+    make, x_shape, y_shape = _EXAMPLES[n, transposed]
+    cls.__doc__ = f"""{summary}
+
+{how} ({tfp}; see the module doc).
+
+Args:
+{chr(10).join(args)}
+
+Input: ``(N, C_in, {sp})`` or ``(C_in, {sp})``. Output: a tensor of shape ``(N, C_out,
+{out_sp})`` (resp. without ``N``), the sizes as ``{ref}``'s; each forward records
+``kl_weight * KL`` (kernel and bias) as an added loss (:func:`~problayers.collect_losses`).
+
+Example::
+
+    >>> layer = pl.{cls.__name__}({make})
+    >>> layer(torch.zeros{x_shape}).shape, pl.collect_losses(layer).shape
+    (torch.Size({list(y_shape)}), torch.Size([]))
+"""
+    return cls
+
+
+@_document
+class Conv1dReparameterization(_Conv, _Reparameterization):
+    spatial_dims = 1
+
+
+@_document
+class Conv1dFlipout(_Conv, _Flipout):
+    spatial_dims = 1
+
+
+@_document
+class Conv2dReparameterization(_Conv, _Reparameterization):
+    spatial_dims = 2
+
+
+@_document
+class Conv2dFlipout(_Conv, _Flipout):
+    spatial_dims = 2
+
+
+@_document
+class Conv3dReparameterization(_Conv, _Reparameterization):
+    spatial_dims = 3
+
+
+@_document
+class Conv3dFlipout(_Conv, _Flipout):
+    spatial_dims = 3
+
+
+@_document
+class ConvTranspose1dReparameterization(_ConvTranspose, _Reparameterization):
+    spatial_dims = 1
+
+
+@_document
+class ConvTranspose1dFlipout(_ConvTranspose, _Flipout):
+    spatial_dims = 1
+
+
+@_document
+class ConvTranspose2dReparameterization(_ConvTranspose, _Reparameterization):
+    spatial_dims = 2
+
+
+@_document
+class ConvTranspose2dFlipout(_ConvTranspose, _Flipout):
+    spatial_dims = 2
+
+
+@_document
+class ConvTranspose3dReparameterization(_ConvTranspose, _Reparameterization):
+    spatial_dims = 3
+
+
+@_document
+class ConvTranspose3dFlipout(_ConvTranspose, _Flipout):
+    spatial_dims = 3
