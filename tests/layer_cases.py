@@ -302,6 +302,20 @@ def _model_cases() -> list[ModelCase]:
             False,
         ),
         ModelCase("ConvTranspose3dFlipout", lambda: pl.ConvTranspose3dFlipout(2, 3, 2), (2, 2, 2, 2), False),
+        ModelCase(
+            "to_bayesian(Linear, flipout, prior=0.5)",
+            lambda: pl.to_bayesian(
+                nn.Sequential(nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 3)), estimator="flipout", prior=0.5
+            ),
+            (5,),
+            False,
+        ),
+        ModelCase(
+            "to_bayesian(Conv1d, ConvTranspose1d)",
+            lambda: pl.to_bayesian(nn.Sequential(nn.Conv1d(2, 3, 3), nn.ReLU(), nn.ConvTranspose1d(3, 2, 3))),
+            (2, 6),
+            False,
+        ),
     ]
     return cases
 

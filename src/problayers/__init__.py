@@ -5,6 +5,7 @@ distribution that also acts as a tensor (see :mod:`problayers.coercible`).
 """
 
 from . import kl as _kl  # registers the KL pairs torch.distributions lacks
+from .bayesian import to_bayesian
 from .coercible import as_coercible, convert_to_tensor, is_coercible
 from .exporting import DistributionParams, export
 from .layers import (
@@ -103,4 +104,5 @@ __all__ = [
     "prior_standard_normal",
     "prior_trainable",
     "set_added_loss",
+    "to_bayesian",
 ]

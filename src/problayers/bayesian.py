@@ -1,0 +1,247 @@
+"""``to_bayesian``: a trained network's ``nn.Linear`` / ``nn.Conv*d`` / ``nn.ConvTranspose*d`` as
+their weight-uncertainty twins, their posterior means at the trained weights (as Bayesian-Torch's
+``dnn_to_bnn`` with MOPED-style initialization).
+
+The twins are the layers of :mod:`problayers.layers.reparameterization` and
+:mod:`problayers.layers.convolutional`; each records ``kl_weight * KL(q || p)`` of its kernel and
+bias on each forward, which :func:`~problayers.collect_losses` picks up. Train the converted
+network on the ELBO: the data term (a batch mean) plus ``collect_losses(model)``, with
+``kl_weight = 1 / num_train_examples``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Iterable
+
+import torch
+import torch.distributions as D
+from torch import nn
+
+from .layers.convolutional import (
+    Conv1dFlipout,
+    Conv1dReparameterization,
+    Conv2dFlipout,
+    Conv2dReparameterization,
+    Conv3dFlipout,
+    Conv3dReparameterization,
+    ConvTranspose1dFlipout,
+    ConvTranspose1dReparameterization,
+    ConvTranspose2dFlipout,
+    ConvTranspose2dReparameterization,
+    ConvTranspose3dFlipout,
+    ConvTranspose3dReparameterization,
+)
+from .layers.reparameterization import DenseFlipout, DenseReparameterization
+from .layers.variational import MeanFieldNormal, StandardNormal
+
+__all__ = ["to_bayesian"]
+
+#: nn class -> (the reparameterization twin, the Flipout twin)
+_TWINS: dict[type[nn.Module], tuple[type[nn.Module], type[nn.Module]]] = {
+    nn.Linear: (DenseReparameterization, DenseFlipout),
+    nn.Conv1d: (Conv1dReparameterization, Conv1dFlipout),
+    nn.Conv2d: (Conv2dReparameterization, Conv2dFlipout),
+    nn.Conv3d: (Conv3dReparameterization, Conv3dFlipout),
+    nn.ConvTranspose1d: (ConvTranspose1dReparameterization, ConvTranspose1dFlipout),
+    nn.ConvTranspose2d: (ConvTranspose2dReparameterization, ConvTranspose2dFlipout),
+    nn.ConvTranspose3d: (ConvTranspose3dReparameterization, ConvTranspose3dFlipout),
+}
+_ESTIMATORS = ("reparameterization", "flipout")
+
+
+class _ZeroMeanNormal(nn.Module):
+    """Fixed ``Independent(Normal(0, scale), len(shape))`` (non-persistent buffers)."""
+
+    def __init__(self, shape: tuple[int, ...], dtype: torch.dtype | None, scale: float) -> None:
+        super().__init__()
+        self.shape = tuple(shape)
+        dtype = dtype or torch.get_default_dtype()
+        self.register_buffer("loc", torch.zeros(self.shape, dtype=dtype), persistent=False)
+        self.register_buffer("scale", torch.full(self.shape, float(scale), dtype=dtype), persistent=False)
+
+    def forward(self, *ignored) -> D.Independent:
+        return D.Independent(D.Normal(self.loc, self.scale, validate_args=False), len(self.shape))
+
+    def extra_repr(self) -> str:
+        return f"shape={self.shape}, scale={float(self.scale.flatten()[0]) if self.scale.numel() else 0:.3g}"
+
+
+class _PriorFn:
+    """``(shape, dtype) -> _ZeroMeanNormal(shape, dtype, scale)`` (a picklable prior fn)."""
+
+    def __init__(self, scale: float) -> None:
+        self.scale = scale
+
+    def __call__(self, shape, dtype=None) -> nn.Module:
+        return _ZeroMeanNormal(shape, dtype, self.scale)
+
+
+def _inverse_softplus(y: float) -> float:
+    return y + math.log(-math.expm1(-y))  # softplus(x) = y, stable for small and large y
+
+
+def _init_posterior(posterior: nn.Module, weight: torch.Tensor, init_scale: float, where: str) -> None:
+    if not isinstance(posterior, MeanFieldNormal):
+        raise TypeError(
+            f"to_bayesian: {where}: expected a MeanFieldNormal posterior, got {type(posterior).__name__}"
+        )
+    eps = torch.finfo(posterior.loc.dtype).eps
+    with torch.no_grad():
+        posterior.loc.copy_(weight)
+        posterior.untransformed_scale.fill_(_inverse_softplus(max(init_scale - eps, eps)))
+
+
+def _twin(module: nn.Module, cls: type[nn.Module], weights: dict, where: str, init_scale: float) -> nn.Module:
+    """``module``'s variational twin of class ``cls``; posterior means at its weight and bias."""
+    w, b = module.weight, module.bias
+    if isinstance(module, nn.Linear):
+        twin = cls(module.in_features, module.out_features, b is not None, **weights, dtype=w.dtype)
+    elif isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d):
+        args = (module.kernel_size, module.stride, module.padding, module.dilation, module.groups)
+        twin = cls(
+            module.in_channels,
+            module.out_channels,
+            *args,
+            b is not None,
+            **weights,
+            dtype=w.dtype,
+            padding_mode=module.padding_mode,
+        )
+    else:
+        args = (module.kernel_size, module.stride, module.padding, module.output_padding, module.groups)
+        twin = cls(
+            module.in_channels,
+            module.out_channels,
+            *args,
+            b is not None,
+            module.dilation,
+            **weights,
+            dtype=w.dtype,
+        )
+    twin.to(w.device)
+    _init_posterior(twin.kernel_posterior, w, init_scale, where)
+    if b is not None:
+        _init_posterior(twin.bias_posterior, b, init_scale, where)
+    return twin.train(module.training)
+
+
+def to_bayesian(
+    model: nn.Module,
+    *,
+    kl_weight: float | torch.Tensor = 1.0,
+    estimator: str = "reparameterization",
+    prior: float | Callable[[tuple[int, ...], torch.dtype | None], nn.Module] = 1.0,
+    init_scale: float = 1e-3,
+    kl_use_exact: bool = True,
+    skip: Iterable[str] = (),
+    inplace: bool = False,
+) -> nn.Module:
+    """A network whose ``nn.Linear``/``nn.Conv*d``/``nn.ConvTranspose*d`` have weight uncertainty.
+
+    Every module whose type is exactly ``nn.Linear``, ``nn.Conv1d``/``2d``/``3d`` or
+    ``nn.ConvTranspose1d``/``2d``/``3d`` is replaced by its twin (``DenseReparameterization``,
+    ``Conv2dFlipout``, ... with the same arguments, ``padding_mode`` included) whose
+    :class:`~problayers.MeanFieldNormal` posteriors have their means at the module's weight and
+    bias and a scale of ``init_scale``: at ``init_scale -> 0`` the converted network computes
+    what the original did. Subclasses (e.g. ``nn.MultiheadAttention``'s ``out_proj``, lazy or
+    parametrized modules) are left as they are; a module shared by several parents stays shared.
+    The twins are on the module's device and dtype and in its train/eval mode.
+
+    Differences from Bayesian-Torch's ``dnn_to_bnn``: the initial posterior scale is
+    ``init_scale`` for every weight (not ``delta * |w|``); the prior is fixed and zero-mean
+    unless ``prior`` is a module factory.
+
+    Args:
+        model: the (trained) network.
+        kl_weight: each twin records ``kl_weight * KL`` (default 1: the whole KL; pass
+            ``1 / num_train_examples`` with a batch-mean data term).
+        estimator: ``"reparameterization"`` (default: one weight sample per forward, shared by
+            the batch) or ``"flipout"`` (decorrelated per example by random signs).
+        prior: a positive number, the scale of a fixed ``Normal(0, prior)`` for every weight
+            (default 1: the standard normal), or a ``(shape, dtype) -> nn.Module`` prior fn
+            (e.g. :class:`~problayers.StandardNormal`), for kernels and biases.
+        init_scale: the posteriors' initial standard deviation (default ``1e-3``).
+        kl_use_exact: exact KL (default ``True``) or the one-sample Monte Carlo estimate.
+        skip: qualified names (``model.named_modules()``'s) of modules to keep deterministic;
+            they and their submodules are left as they are.
+        inplace: convert ``model`` itself (``True``) or a deep copy of it (default ``False``:
+            ``model`` is unchanged). A ``model`` that is itself a ``nn.Linear``/``Conv`` is
+            replaced either way: use the returned module.
+
+    Returns:
+        The converted network (``model`` itself with ``inplace=True``, unless it was replaced).
+
+    Example::
+
+        >>> net = nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 1))
+        >>> bnn = pl.to_bayesian(net, kl_weight=1 / 100, estimator="flipout")
+        >>> [type(m).__name__ for m in bnn], bnn(torch.zeros(5, 3)).shape
+        (['DenseFlipout', 'ReLU', 'DenseFlipout'], torch.Size([5, 1]))
+        >>> pl.collect_losses(bnn).shape, type(net[0]).__name__
+        (torch.Size([]), 'Linear')
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
+    if estimator not in _ESTIMATORS:
+        raise ValueError(f"estimator: expected one of {_ESTIMATORS}, got {estimator!r}")
+    if isinstance(init_scale, bool) or not isinstance(init_scale, int | float) or not init_scale > 0:
+        raise ValueError(f"init_scale: expected a positive number, got {init_scale!r}")
+    if isinstance(prior, int | float) and not isinstance(prior, bool):
+        if not prior > 0:
+            raise ValueError(
+                f"prior: expected a positive scale or a (shape, dtype) -> nn.Module, got {prior!r}"
+            )
+        prior_fn = StandardNormal if prior == 1 else _PriorFn(float(prior))
+    elif callable(prior):
+        prior_fn = prior
+    else:
+        raise TypeError(
+            f"prior: expected a positive scale or a (shape, dtype) -> nn.Module, got {type(prior).__name__}"
+        )
+    if isinstance(skip, str):
+        raise TypeError("skip: expected an iterable of module names, got a str")
+    skip = set(skip)
+    names = {name for name, _ in model.named_modules()}
+    unknown = sorted(skip - names)
+    if unknown:
+        raise ValueError(f"skip: no module named {unknown[0]!r} in the model")
+    weights = {
+        "kernel_posterior_fn": MeanFieldNormal,
+        "kernel_prior_fn": prior_fn,
+        "bias_posterior_fn": MeanFieldNormal,
+        "bias_prior_fn": prior_fn,
+        "kl_weight": kl_weight,
+        "kl_use_exact": kl_use_exact,
+    }
+    index = _ESTIMATORS.index(estimator)
+    converted: dict[int, nn.Module] = {}  # id(original) -> twin: shared modules stay shared
+
+    def convert(module: nn.Module, name: str) -> nn.Module | None:
+        twins = _TWINS.get(type(module))
+        if twins is None or name in skip:
+            return None
+        if id(module) not in converted:
+            converted[id(module)] = _twin(module, twins[index], weights, name or "model", init_scale)
+        return converted[id(module)]
+
+    def walk(module: nn.Module, prefix: str) -> None:
+        for child_name, child in list(module.named_children()):
+            name = f"{prefix}{child_name}"
+            if name in skip:
+                continue
+            twin = convert(child, name)
+            if twin is not None:
+                setattr(module, child_name, twin)
+            else:
+                walk(child, f"{name}.")
+
+    if not inplace:
+        model = copy.deepcopy(model)
+    top = convert(model, "")
+    if top is not None:
+        return top
+    if "" not in skip:
+        walk(model, "")
+    return model
