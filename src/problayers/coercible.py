@@ -55,6 +55,9 @@ ConvertFn = str | Callable[[D.Distribution], Any]
 
 #: The named ways of turning a distribution into its tensor value.
 CONVERT_TO_TENSOR_FNS: dict[str, Callable[[D.Distribution], torch.Tensor]] = {
+    # TFP's default (its ``sample`` is reparameterized where it can be): rsample() where the
+    # distribution has one, else sample().
+    "auto": lambda d: d.rsample() if d.has_rsample else d.sample(),
     "rsample": lambda d: d.rsample(),
     "sample": lambda d: d.sample(),
     "mean": lambda d: d.mean,
@@ -100,7 +103,7 @@ def _resolve_convert_fn(fn: ConvertFn, dist: D.Distribution) -> Callable[[D.Dist
         raise ValueError(
             f"convert_to_tensor_fn='rsample': {getattr(dist, '_tc_base', type(dist)).__name__} has no "
             "reparameterized sampler "
-            "(has_rsample is False); use 'sample', 'mean', 'mode' or a callable"
+            "(has_rsample is False); use 'auto', 'sample', 'mean', 'mode' or a callable"
         )
     return CONVERT_TO_TENSOR_FNS[fn]
 
@@ -465,8 +468,9 @@ def as_coercible(dist: D.Distribution, convert_to_tensor_fn: ConvertFn = "rsampl
     Args:
         dist: any ``torch.distributions.Distribution`` with ``batch_shape`` B and ``event_shape`` E.
         convert_to_tensor_fn: ``"rsample"`` (default; gradients flow through the
-            reparameterized sample), ``"sample"``, ``"mean"``, ``"mode"``, ``"stddev"``,
-            ``"variance"``, or a callable ``Distribution -> Tensor`` (or a number).
+            reparameterized sample), ``"auto"`` (``rsample`` where the distribution has one,
+            else ``sample``: TFP's default), ``"sample"``, ``"mean"``, ``"mode"``,
+            ``"stddev"``, ``"variance"``, or a callable ``Distribution -> Tensor`` (or a number).
 
     Returns:
         An instance of a subclass of ``type(dist)`` with the same state (``batch_shape`` B,

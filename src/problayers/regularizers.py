@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import copy
+import inspect
 from collections.abc import Callable, Sequence
 
 import torch
@@ -46,6 +47,30 @@ def _map_tensors(dist: D.Distribution, fn: Callable[[torch.Tensor], torch.Tensor
     return out
 
 
+def _forward_takes_an_argument(module: nn.Module) -> bool:
+    """Whether ``module.forward`` accepts one positional argument (decided once, at init)."""
+    try:
+        signature = inspect.signature(module.forward)
+    except (TypeError, ValueError):
+        return True
+    for parameter in signature.parameters.values():
+        if parameter.kind in (
+            parameter.POSITIONAL_ONLY,
+            parameter.POSITIONAL_OR_KEYWORD,
+            parameter.VAR_POSITIONAL,
+        ):
+            return True
+    return False
+
+
+def _check_event_shapes(q: D.Distribution, prior: D.Distribution) -> None:
+    if q.event_shape != prior.event_shape:
+        raise ValueError(
+            f"KLDivergenceRegularizer: the prior's event_shape {tuple(prior.event_shape)} differs from "
+            f"the posterior's {tuple(q.event_shape)} ({_class_name(prior)} vs {_class_name(q)})"
+        )
+
+
 def _class_name(dist: D.Distribution) -> str:
     cls = dist._tc_base if isinstance(dist, TensorCoercible) else type(dist)
     return cls.__name__
@@ -58,10 +83,14 @@ class KLDivergenceRegularizer(nn.Module):
     the layer records its value on each output as an added loss (the ELBO's KL term).
 
     Args:
-        prior: a ``Distribution`` (moved to the output's device and dtype as needed), a
-            zero-argument callable returning one, or an ``nn.Module`` whose ``forward()``
-            returns one (a trainable prior: its parameters become the layer's). Its
-            ``batch_shape``/``event_shape`` must broadcast with ``q``'s.
+        prior: a ``Distribution`` (it moves with the model, and to the output's device and
+            dtype as needed), an ``nn.Module`` returning one (a trainable prior: its parameters
+            become the layer's), or a zero-argument callable returning one. An ``nn.Module``
+            whose ``forward`` takes an argument is called with ``q`` (the regularizer's input,
+            as the weight layers call their priors with theirs), so ``nn.Sequential(
+            VariableLayer(...), DistributionLambda(...))`` works; one whose ``forward`` takes
+            none is called with nothing. Its ``event_shape`` must be ``q``'s and its
+            ``batch_shape`` must broadcast with ``q``'s.
         weight: scales the term exactly (default 1; ``weight != 1`` gives a beta-VAE).
         use_exact_kl: ``torch.distributions.kl_divergence`` (a clear error where torch has no
             formula for the pair) instead of the default (``False``) Monte Carlo estimate
@@ -69,9 +98,9 @@ class KLDivergenceRegularizer(nn.Module):
         test_points_fn: ``q -> z``; default: ``q``'s cached tensor value, so the KL is computed
             at the very sample the next layer consumes.
         test_points_reduce_axis: axes of ``log q(z) - log prior(z)`` that are sample axes of
-            ``z`` (averaged first). The result is then averaged over the remaining (batch) axes,
-            so for the scalar it returns this only documents what the axes mean. Default
-            ``()``: none.
+            ``z`` (averaged first); ``None``: all axes (TFP's meaning). The result is then
+            averaged over the remaining (batch) axes, so for the scalar it returns this only
+            documents what the axes mean. Default ``()``: none.
 
     Input: a distribution ``q`` with ``batch_shape`` B and ``event_shape`` E (a layer's
     output). Output: a 0-dim tensor, ``weight`` times the KL averaged over B.
@@ -90,7 +119,7 @@ class KLDivergenceRegularizer(nn.Module):
         weight: float | torch.Tensor = 1.0,
         use_exact_kl: bool = False,
         test_points_fn: Callable[[D.Distribution], torch.Tensor] = convert_to_tensor,
-        test_points_reduce_axis: int | Sequence[int] = (),
+        test_points_reduce_axis: int | Sequence[int] | None = (),
     ) -> None:
         super().__init__()
         if not (isinstance(prior, (D.Distribution, nn.Module)) or callable(prior)):
@@ -107,18 +136,34 @@ class KLDivergenceRegularizer(nn.Module):
         self.use_exact_kl = bool(use_exact_kl)
         self.test_points_fn = test_points_fn
         axes = test_points_reduce_axis
-        self.test_points_reduce_axis = (axes,) if isinstance(axes, int) else tuple(axes)
+        if axes is None:
+            self.test_points_reduce_axis = None
+        elif isinstance(axes, int) and not isinstance(axes, bool):
+            self.test_points_reduce_axis = (axes,)
+        else:
+            try:
+                self.test_points_reduce_axis = tuple(int(a) for a in axes)
+            except (TypeError, ValueError):
+                raise TypeError(
+                    f"test_points_reduce_axis: expected an int, a tuple of ints or None, got {axes!r}"
+                ) from None
+        self._prior_takes_input = isinstance(prior, nn.Module) and _forward_takes_an_argument(prior)
         self._moved: dict[tuple[torch.device, torch.dtype], D.Distribution] = {}
 
-    def resolve_prior(self, like: torch.Tensor) -> D.Distribution:
-        """The prior as a ``Distribution`` on ``like``'s device and dtype."""
-        prior = (
-            self.prior()
-            if (isinstance(self.prior, nn.Module) or not isinstance(self.prior, D.Distribution))
-            else self.prior
-        )
+    def resolve_prior(self, like: torch.Tensor, q: D.Distribution | None = None) -> D.Distribution:
+        """The prior as a ``Distribution`` on ``like``'s device and dtype (an ``nn.Module`` prior
+        that takes an input is called with ``q``, else with ``like``)."""
+        if isinstance(self.prior, D.Distribution):
+            prior = self.prior
+        elif self._prior_takes_input:
+            prior = self.prior(q if q is not None else like)
+        else:
+            prior = self.prior()
         if not isinstance(prior, D.Distribution):
-            raise TypeError(f"prior: the callable returned {type(prior).__name__}, not a Distribution")
+            raise TypeError(
+                f"KLDivergenceRegularizer: prior: the {type(self.prior).__name__} returned "
+                f"{type(prior).__name__}, not a Distribution"
+            )
         if isinstance(self.prior, D.Distribution):
             ref = _first_floating_tensor(prior)
             if ref is None or (ref.device == like.device and ref.dtype == like.dtype):
@@ -150,7 +195,8 @@ class KLDivergenceRegularizer(nn.Module):
     def _kl(self, q: D.Distribution) -> torch.Tensor:
         if self.use_exact_kl:
             ref = q.mean if isinstance(q.mean, torch.Tensor) else convert_to_tensor(q)
-            prior = self.resolve_prior(ref)
+            prior = self.resolve_prior(ref, q)
+            _check_event_shapes(q, prior)
             try:
                 kl = D.kl_divergence(q, prior)  # (*B)
             except NotImplementedError as err:
@@ -161,11 +207,12 @@ class KLDivergenceRegularizer(nn.Module):
                 ) from err
         else:
             z = convert_to_tensor(self.test_points_fn(q))  # (*S, *B, *E)
-            prior = self.resolve_prior(z)
+            prior = self.resolve_prior(z, q)
+            _check_event_shapes(q, prior)
             kl = q.log_prob(z) - prior.log_prob(z)  # (*S, *B)
             if self.test_points_reduce_axis:
                 kl = kl.mean(dim=self.test_points_reduce_axis)
-        return self.weight * kl.mean()
+        return self.weight * kl.mean()  # test_points_reduce_axis=None: all axes, the same mean
 
 
 class KLDivergenceAddLoss(nn.Module):

@@ -8,6 +8,7 @@ distribution (:mod:`problayers.coercible`). Layers with parameters also have a s
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterable
 
@@ -62,6 +63,35 @@ def normalize_event_size(value, name: str = "event_size") -> int:
     return shape[0]
 
 
+class params_size_of:
+    """Decorator for a layer's ``params_size``: static on the class, as in tfp.layers
+    (``IndependentNormal.params_size((1, 28, 28))``); on an instance called without arguments
+    it uses that instance's settings (``layer.params_size()``), named by ``settings``.
+    ``bind_class`` passes the class first, as ``classmethod`` does. ``torch.compile`` does not
+    trace through this descriptor: a layer's ``new`` computes its size without it."""
+
+    def __init__(self, *settings: str, bind_class: bool = False) -> None:
+        self.settings, self.bind_class = settings, bind_class
+
+    def __call__(self, fn: Callable[..., int]) -> params_size_of:
+        self.fn = fn
+        self.__doc__ = fn.__doc__
+        return self
+
+    def __get__(self, obj, cls) -> Callable[..., int]:
+        fn = functools.partial(self.fn, cls) if self.bind_class else self.fn
+        if obj is None:
+            return fn
+
+        def bound(*args, **kwargs) -> int:
+            if args or kwargs:
+                return fn(*args, **kwargs)
+            return fn(*(getattr(obj, name) for name in self.settings))
+
+        bound.__doc__ = self.fn.__doc__
+        return bound
+
+
 def check_params(layer: str, params, expected: int) -> torch.Tensor:
     """Coerce ``params`` to a tensor of shape ``(*batch, expected)`` or raise naming ``layer``."""
     params = convert_to_tensor(params)
@@ -91,9 +121,11 @@ class DistributionLambda(nn.Module):
     Args:
         make_distribution_fn: ``(*inputs) -> Distribution``. Default ``None``: a subclass
             overrides ``make_distribution`` instead.
-        convert_to_tensor_fn: how the output becomes a tensor when one is needed:
-            ``"rsample"`` (default; gradients flow through the sample), ``"sample"``, ``"mean"``,
-            ``"mode"``, ``"stddev"``, ``"variance"`` or a callable ``Distribution -> Tensor``.
+        convert_to_tensor_fn: how the output becomes a tensor when one is needed: ``"auto"``
+            (default, as TFP: ``rsample()`` where the distribution has one, so gradients flow
+            through the sample, else ``sample()``), ``"rsample"``, ``"sample"``, ``"mean"``,
+            ``"mode"``, ``"stddev"``, ``"variance"`` or a callable ``Distribution -> Tensor``
+            (or a number).
         activity_regularizer: optional ``Distribution -> 0-dim tensor`` (e.g.
             :class:`~problayers.KLDivergenceRegularizer`); its value on each output is recorded
             as an added loss (:func:`~problayers.collect_losses`). Default ``None``: none.
@@ -112,7 +144,7 @@ class DistributionLambda(nn.Module):
     def __init__(
         self,
         make_distribution_fn: Callable[..., D.Distribution] | None = None,
-        convert_to_tensor_fn: ConvertFn = "rsample",
+        convert_to_tensor_fn: ConvertFn = "auto",
         activity_regularizer: Callable[[D.Distribution], torch.Tensor] | None = None,
     ) -> None:
         super().__init__()

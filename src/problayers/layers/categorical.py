@@ -7,11 +7,45 @@ from collections.abc import Callable
 import torch
 import torch.distributions as D
 
-from ..coercible import ConvertFn
+from ..coercible import ConvertFn, _coercible_class
 from ._args import positive_int as _positive_int
-from .base import DistributionLambda, check_params
+from .base import DistributionLambda, check_params, params_size_of
 
-__all__ = ["CategoricalMixtureOfOneHotCategorical", "OneHotCategorical"]
+__all__ = ["CategoricalMixtureOfOneHotCategorical", "OneHotCategorical", "OneHotCategoricalMixture"]
+
+
+class OneHotCategoricalMixture(D.MixtureSameFamily):
+    """``MixtureSameFamily(Categorical, OneHotCategorical)`` with TFP's ``log_mean``.
+
+    Args:
+        mixture_distribution: ``Categorical`` over the K components, batch B.
+        component_distribution: ``OneHotCategorical`` over E classes, batch ``(*B, K)``.
+        validate_args: passed to ``MixtureSameFamily``.
+
+    Input: as ``torch.distributions.MixtureSameFamily``. Output: batch B, event ``(E,)``.
+    ``log_mean()``: ``(*B, E)``, the log of the mixture's mean (its class probabilities).
+
+    Example::
+
+        >>> mix = pl.layers.categorical.OneHotCategoricalMixture(
+        ...     D.Categorical(logits=torch.zeros(2)), D.OneHotCategorical(logits=torch.zeros(2, 3)))
+        >>> mix.log_mean().exp()
+        tensor([0.3333, 0.3333, 0.3333])
+    """
+
+    def log_mean(self) -> torch.Tensor:
+        """``log E[x]`` (``(*B, E)``): logsumexp over K of the mixture's and components' log-probs,
+        the numerically stable form of ``log(mean)``."""
+        log_w = self.mixture_distribution.logits.unsqueeze(-1)  # (*B, K, 1), normalized by torch
+        log_p = self.component_distribution.logits  # (*B, K, E), normalized
+        return torch.logsumexp(log_w + log_p, dim=-2)  # (*B, E)
+
+    def expand(self, batch_shape, _instance=None):
+        new = self._get_checked_instance(OneHotCategoricalMixture, _instance)
+        return super().expand(batch_shape, _instance=new)
+
+
+_coercible_class(OneHotCategoricalMixture)  # made up front, as torch's (see coercible.py)
 
 
 class OneHotCategorical(DistributionLambda):
@@ -49,7 +83,7 @@ class OneHotCategorical(DistributionLambda):
         self.event_size = _positive_int(event_size, "event_size")
         self.validate_args = validate_args
 
-    @staticmethod
+    @params_size_of("event_size")
     def params_size(event_size: int) -> int:
         """Number of inputs per example: ``event_size`` logits."""
         return _positive_int(event_size, "event_size")
@@ -83,9 +117,9 @@ class CategoricalMixtureOfOneHotCategorical(DistributionLambda):
 
     Input: ``(*B, params_size(event_size, num_components))`` = ``(*B, num_components * (1 +
     event_size))``: the mixture logits, then each component's ``event_size`` logits
-    (component-major). Output: a tensor-coercible ``torch.distributions.MixtureSameFamily``
-    (``Categorical`` mixing ``OneHotCategorical``) with ``batch_shape`` B and ``event_shape``
-    ``(event_size,)``.
+    (component-major). Output: a tensor-coercible :class:`OneHotCategoricalMixture` (a
+    ``torch.distributions.MixtureSameFamily``, ``Categorical`` mixing ``OneHotCategorical``,
+    with ``log_mean()`` as in TFP) with ``batch_shape`` B and ``event_shape`` ``(event_size,)``.
 
     Example::
 
@@ -109,22 +143,24 @@ class CategoricalMixtureOfOneHotCategorical(DistributionLambda):
         self.num_components = _positive_int(num_components, "num_components")
         self.validate_args = validate_args
 
-    @staticmethod
+    @params_size_of("event_size", "num_components")
     def params_size(event_size: int, num_components: int) -> int:
         """Number of inputs per example: ``num_components * (1 + event_size)``."""
         e = _positive_int(event_size, "event_size")
         return _positive_int(num_components, "num_components") * (1 + e)
 
     @staticmethod
-    def new(params, event_size: int, num_components: int, validate_args: bool = False) -> D.MixtureSameFamily:
-        """``(*B, K * (1 + E))`` -> ``MixtureSameFamily(Categorical, OneHotCategorical)``, batch B,
-        event ``(E,)``."""
+    def new(
+        params, event_size: int, num_components: int, validate_args: bool = False
+    ) -> OneHotCategoricalMixture:
+        """``(*B, K * (1 + E))`` -> :class:`OneHotCategoricalMixture` (a ``MixtureSameFamily`` of
+        ``Categorical`` and ``OneHotCategorical`` with ``log_mean``), batch B, event ``(E,)``."""
         e = _positive_int(event_size, "event_size")
         k = _positive_int(num_components, "num_components")
         params = check_params("CategoricalMixtureOfOneHotCategorical", params, k * (1 + e))
         mix_logits = params[..., :k]  # (*B, K)
         comp_logits = params[..., k:].reshape((*params.shape[:-1], k, e))  # (*B, K, E)
-        return D.MixtureSameFamily(
+        return OneHotCategoricalMixture(
             D.Categorical(logits=mix_logits, validate_args=validate_args),
             D.OneHotCategorical(logits=comp_logits, validate_args=validate_args),
             validate_args=validate_args,

@@ -216,11 +216,6 @@ class MaskedAutoregressiveTransform(Transform):
         return log_scale.sum(-1)  # (*B)
 
 
-def _sample_with_gradient_if_possible(dist: D.Distribution) -> torch.Tensor:
-    """``rsample()`` when the distribution has one, else ``sample()`` (TFP's default)."""
-    return dist.rsample() if dist.has_rsample else dist.sample()
-
-
 class AutoregressiveTransform(DistributionLambda):
     """Pushes the incoming distribution through a masked autoregressive flow.
 
@@ -232,8 +227,8 @@ class AutoregressiveTransform(DistributionLambda):
         made: an :class:`AutoregressiveNetwork` with ``params=2`` and ``event_shape`` ``(d,)``
             (its parameters become the layer's).
         convert_to_tensor_fn: how the output becomes a tensor (see
-            :class:`~problayers.DistributionLambda`); default: ``rsample()`` where the result has
-            one, else ``sample()``.
+            :class:`~problayers.DistributionLambda`); default ``"auto"``: ``rsample()`` where the
+            result has one, else ``sample()``.
         activity_regularizer: optional ``Distribution -> 0-dim tensor`` recorded as an added
             loss on each output (default ``None``: none).
 
@@ -253,7 +248,7 @@ class AutoregressiveTransform(DistributionLambda):
     def __init__(
         self,
         made: AutoregressiveNetwork,
-        convert_to_tensor_fn: ConvertFn = _sample_with_gradient_if_possible,
+        convert_to_tensor_fn: ConvertFn = "auto",
         activity_regularizer: Callable[[D.Distribution], torch.Tensor] | None = None,
     ) -> None:
         super().__init__(None, convert_to_tensor_fn, activity_regularizer)

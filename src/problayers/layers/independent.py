@@ -15,7 +15,7 @@ from torch.distributions.transforms import AffineTransform, SigmoidTransform, Tr
 from torch.distributions.utils import broadcast_all
 
 from ..coercible import ConvertFn, _coercible_class
-from .base import DistributionLambda, check_params, event_size, normalize_event_shape
+from .base import DistributionLambda, check_params, event_size, normalize_event_shape, params_size_of
 
 __all__ = [
     "IndependentBernoulli",
@@ -193,7 +193,7 @@ class IndependentBernoulli(_IndependentLayer):
 
     default_convert_to_tensor_fn: ConvertFn = "sample"  # no rsample
 
-    @staticmethod
+    @params_size_of("event_shape")
     def params_size(event_shape: int | Iterable[int] = ()) -> int:
         """Number of inputs per example: ``prod(event_shape)`` logits."""
         return event_size(normalize_event_shape(event_shape))
@@ -206,13 +206,19 @@ class IndependentBernoulli(_IndependentLayer):
         return D.Independent(D.Bernoulli(logits=logits, validate_args=validate_args), len(shape))
 
 
+def loc_scale_params_size(event_shape: int | Iterable[int] = ()) -> int:
+    """``2 * prod(event_shape)``: a location-scale layer's inputs per example (a plain function,
+    which the mixtures call while a forward may be traced)."""
+    return 2 * event_size(normalize_event_shape(event_shape))
+
+
 class _LocScaleLayer(_IndependentLayer):
     """A location-scale family over ``event_shape``: locs, then raw (softplus) scales."""
 
-    @staticmethod
+    @params_size_of("event_shape")
     def params_size(event_shape: int | Iterable[int] = ()) -> int:
         """Number of inputs per example: ``2 * prod(event_shape)``."""
-        return 2 * event_size(normalize_event_shape(event_shape))
+        return loc_scale_params_size(event_shape)
 
 
 class IndependentNormal(_LocScaleLayer):
@@ -310,7 +316,7 @@ class IndependentPoisson(_IndependentLayer):
 
     default_convert_to_tensor_fn: ConvertFn = "sample"  # no rsample
 
-    @staticmethod
+    @params_size_of("event_shape")
     def params_size(event_shape: int | Iterable[int] = ()) -> int:
         """Number of inputs per example: ``prod(event_shape)`` log rates."""
         return event_size(normalize_event_shape(event_shape))

@@ -15,8 +15,8 @@ import torch.distributions as D
 
 from ..coercible import ConvertFn, TensorCoercible
 from ._args import positive_int
-from .base import DistributionLambda, check_params, normalize_event_shape
-from .independent import IndependentLogistic, IndependentNormal
+from .base import DistributionLambda, check_params, normalize_event_shape, params_size_of
+from .independent import IndependentLogistic, IndependentNormal, loc_scale_params_size
 
 __all__ = ["MixtureLogistic", "MixtureNormal", "MixtureSameFamily"]
 
@@ -155,7 +155,7 @@ class MixtureSameFamily(_MixtureLayer):
             self.component_layer = component_layer  # its parameters become this layer's
         self.component_params_size = size
 
-    @staticmethod
+    @params_size_of("num_components", "component_params_size")
     def params_size(num_components: int, component_params_size) -> int:
         """``K + K * p``; ``component_params_size`` is ``p`` or a layer class/instance to infer it from."""
         k = positive_int(num_components, "num_components")
@@ -200,11 +200,11 @@ class _IndependentMixture(_MixtureLayer):
         super().__init__(num_components, convert_to_tensor_fn, validate_args, activity_regularizer)
         self.event_shape = normalize_event_shape(event_shape)
 
-    @classmethod
-    def params_size(cls, num_components: int, event_shape: int | Iterable[int] = ()) -> int:
+    @params_size_of("num_components", "event_shape")
+    def params_size(num_components: int, event_shape: int | Iterable[int] = ()) -> int:
         """``K + K * 2 * prod(event_shape)``."""
         k = positive_int(num_components, "num_components")
-        return k + k * cls._component.params_size(event_shape)
+        return k + k * loc_scale_params_size(event_shape)
 
     @classmethod
     def new(
@@ -218,7 +218,7 @@ class _IndependentMixture(_MixtureLayer):
         def component(p: torch.Tensor) -> D.Distribution:  # (*B, K, p) -> batch (*B, K), event E
             return cls._component.new(p, shape, validate_args)
 
-        size = cls._component.params_size(shape)
+        size = loc_scale_params_size(shape)
         return _mixture(cls.__name__, params, k, size, component, validate_args)
 
     def make_distribution(self, params) -> D.MixtureSameFamily:

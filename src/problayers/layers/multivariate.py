@@ -9,7 +9,7 @@ import torch.distributions as D
 import torch.nn.functional as F
 
 from ..coercible import ConvertFn
-from .base import DistributionLambda, check_params, normalize_event_size
+from .base import DistributionLambda, check_params, normalize_event_size, params_size_of
 
 __all__ = ["TRIL_ORDERS", "MultivariateNormalTriL", "fill_scale_tril", "fill_triangular"]
 
@@ -95,7 +95,7 @@ class MultivariateNormalTriL(DistributionLambda):
             raise ValueError(f"tril_order: expected one of {list(TRIL_ORDERS)}, got {tril_order!r}")
         self.tril_order = tril_order
 
-    @staticmethod
+    @params_size_of("event_size")
     def params_size(event_size: int) -> int:
         """Number of inputs per example: ``d + d(d+1)/2``."""
         d = normalize_event_size(event_size)
@@ -108,7 +108,7 @@ class MultivariateNormalTriL(DistributionLambda):
         """``(*B, params_size(d))`` -> ``MultivariateNormal``, batch B, event ``(d,)``; the scale
         parameters fill the triangle in ``tril_order`` (default TFP's)."""
         d = normalize_event_size(event_size)
-        params = check_params("MultivariateNormalTriL", params, MultivariateNormalTriL.params_size(d))
+        params = check_params("MultivariateNormalTriL", params, d + d * (d + 1) // 2)  # params_size(d)
         loc, raw = params[..., :d], params[..., d:]  # (*B, d), (*B, d(d+1)/2)
         scale_tril = fill_scale_tril(raw, d, order=tril_order)  # (*B, d, d)
         return D.MultivariateNormal(loc, scale_tril=scale_tril, validate_args=validate_args)

@@ -41,7 +41,7 @@ class VariableLayer(nn.Module):
             TFP's ``VariableLayer`` + ``DistributionLambda`` pair in one layer). Default
             ``None``: the layer returns the tensor.
         convert_to_tensor_fn: as for :class:`~problayers.DistributionLambda` (default
-            ``"rsample"``); used only with ``make_distribution_fn``.
+            ``"auto"``); used only with ``make_distribution_fn``.
 
     Input: anything (ignored; e.g. the batch, so the layer fits in an ``nn.Sequential``).
     Output: ``activation(variable)``, a tensor of shape ``shape`` (not broadcast to the batch),
@@ -66,7 +66,7 @@ class VariableLayer(nn.Module):
         initializer: Initializer = "zeros",
         activation: Callable[[torch.Tensor], torch.Tensor] | None = None,
         make_distribution_fn: Callable[[torch.Tensor], D.Distribution] | None = None,
-        convert_to_tensor_fn: ConvertFn = "rsample",
+        convert_to_tensor_fn: ConvertFn = "auto",
     ) -> None:
         super().__init__()
         self.shape = normalize_event_shape(shape, "shape")

@@ -1,0 +1,107 @@
+"""TFP's semantics where a port depends on them (issue 16): the DistributionLambda default,
+params_size on an instance, log_mean, test_points_reduce_axis=None, the nn.Module prior
+convention, and the regularizer's errors for priors that cannot be one."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.distributions as D
+from torch import nn
+
+import problayers as pl
+
+
+def test_distribution_lambda_default_samples_where_there_is_no_rsample():
+    # TFP's default convert_to_tensor_fn is `sample`, reparameterized where possible.
+    bern = pl.DistributionLambda(lambda t: D.Bernoulli(logits=t))(torch.zeros(3))
+    assert set(bern.tensor().tolist()) <= {0.0, 1.0}
+    mix = pl.DistributionLambda(
+        lambda t: D.MixtureSameFamily(D.Categorical(logits=t), D.Normal(torch.zeros(2), 1.0))
+    )(torch.zeros(2))
+    assert mix.shape == () and torch.isfinite(mix.tensor())
+    loc = torch.zeros(3, requires_grad=True)
+    normal = pl.DistributionLambda(lambda t: D.Normal(t, 1.0))(loc)
+    normal.tensor().sum().backward()  # rsample: the gradient reaches the parameters
+    assert torch.equal(loc.grad, torch.ones(3))
+
+
+def test_params_size_on_an_instance_uses_its_settings():
+    assert pl.IndependentNormal((1, 28, 28)).params_size() == 2 * 784
+    assert pl.IndependentNormal.params_size((1, 28, 28)) == 2 * 784  # static, as in tfp.layers
+    assert pl.IndependentBernoulli((2, 3)).params_size() == 6
+    assert pl.MultivariateNormalTriL(4).params_size() == 4 + 10
+    assert pl.OneHotCategorical(5).params_size() == 5
+    assert pl.CategoricalMixtureOfOneHotCategorical(4, 3).params_size() == 15
+    assert pl.MixtureNormal(3, (2,)).params_size() == 3 + 3 * 4
+    assert pl.MixtureSameFamily(3, pl.IndependentNormal(2)).params_size() == 15
+    assert pl.IndependentNormal((1, 28, 28)).params_size(3) == 6  # arguments still win
+
+
+def test_log_mean_of_the_one_hot_mixture():
+    torch.manual_seed(0)
+    params = torch.randn(4, pl.CategoricalMixtureOfOneHotCategorical.params_size(5, 3))
+    out = pl.CategoricalMixtureOfOneHotCategorical(5, 3)(params)
+    weights = out.mixture_distribution.probs.unsqueeze(-1)  # (4, 3, 1)
+    direct = (weights * out.component_distribution.probs).sum(-2).log()  # log of the mean, (4, 5)
+    torch.testing.assert_close(out.log_mean(), direct)
+    torch.testing.assert_close(out.log_mean().exp(), out.mean)
+    assert isinstance(out, D.MixtureSameFamily)
+
+
+def test_test_points_reduce_axis_none_means_all_axes():
+    torch.manual_seed(0)
+    prior = D.Independent(D.Normal(torch.zeros(2), 1.0), 1)
+    q = pl.as_coercible(D.Independent(D.Normal(torch.randn(4, 2), 1.0), 1), lambda d: d.rsample((5,)))
+    everything = pl.KLDivergenceRegularizer(prior, test_points_reduce_axis=None)(q)
+    samples_first = pl.KLDivergenceRegularizer(prior, test_points_reduce_axis=0)(q)
+    torch.testing.assert_close(everything, samples_first)
+    with pytest.raises(TypeError, match="test_points_reduce_axis: expected an int"):
+        pl.KLDivergenceRegularizer(prior, test_points_reduce_axis="x")
+
+
+def test_a_module_prior_is_called_with_the_posterior():
+    # TFP's trainable prior, VariableLayer + DistributionLambda, as an nn.Sequential.
+    prior = nn.Sequential(
+        pl.VariableLayer(2, initializer="zeros"),
+        pl.DistributionLambda(lambda loc: D.Independent(D.Normal(loc, 1.0), 1)),
+    )
+    seen = []
+
+    class Recording(nn.Module):
+        def forward(self, q):
+            seen.append(q)
+            return D.Independent(D.Normal(torch.zeros(2), 1.0), 1)
+
+    q = pl.IndependentNormal(2)(torch.zeros(4, 4))
+    kl = pl.KLDivergenceRegularizer(prior, use_exact_kl=True)(q)
+    kl.backward()
+    assert prior[0].variable.grad is not None  # the prior is trained
+    pl.KLDivergenceRegularizer(Recording())(q)
+    assert seen == [q]
+
+    class NoInput(nn.Module):
+        def forward(self):
+            return D.Independent(D.Normal(torch.zeros(2), 1.0), 1)
+
+    assert torch.isfinite(pl.KLDivergenceRegularizer(NoInput())(q))
+
+
+def test_priors_that_cannot_be_one_are_named_at_the_regularizer():
+    q = pl.IndependentNormal(3)(torch.zeros(4, 6))
+    with pytest.raises(TypeError, match="KLDivergenceRegularizer: prior: the Linear returned Tensor"):
+        pl.KLDivergenceRegularizer(nn.Linear(3, 3))(q)
+    wrong = D.Independent(D.Normal(torch.zeros(4), 1.0), 1)
+    with pytest.raises(ValueError, match=r"prior's event_shape \(4,\) differs from the posterior's \(3,\)"):
+        pl.KLDivergenceRegularizer(wrong)(q)
+    with pytest.raises(ValueError, match="event_shape"):
+        pl.KLDivergenceRegularizer(wrong, use_exact_kl=True)(q)
+    with pytest.raises(TypeError, match=r"prior: expected a torch\.distributions\.Distribution"):
+        pl.KLDivergenceRegularizer(3)
+
+
+def test_collect_losses_of_something_else_is_a_clear_error():
+    with pytest.raises(TypeError, match=r"collect_losses: expected an nn\.Module, got str"):
+        pl.collect_losses("x")
+    with pytest.raises(TypeError, match=r"clear_losses: expected an nn\.Module, got int"):
+        pl.clear_losses(3)
