@@ -316,6 +316,23 @@ def _model_cases() -> list[ModelCase]:
             (2, 6),
             False,
         ),
+        ModelCase(
+            "Conv1dFlipout(default_mean_field_normal_fn)",
+            lambda: pl.Conv1dFlipout(2, 3, 3, kernel_posterior_fn=pl.default_mean_field_normal_fn()),
+            (2, 6),
+            False,
+        ),
+        ModelCase(
+            "DenseReparameterization(default_mean_field_normal_fn(is_singular))",
+            lambda: pl.DenseReparameterization(
+                5,
+                3,
+                kernel_posterior_fn=pl.default_mean_field_normal_fn(is_singular=True),
+                kernel_prior_fn=pl.default_multivariate_normal_fn,
+            ),
+            (5,),
+            False,
+        ),
     ]
     return cases
 

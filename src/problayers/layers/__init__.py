@@ -16,6 +16,7 @@ from .convolutional import (
     ConvTranspose3dFlipout,
     ConvTranspose3dReparameterization,
 )
+from .defaults import default_loc_scale_fn, default_mean_field_normal_fn, default_multivariate_normal_fn
 from .flows import AutoregressiveNetwork, AutoregressiveTransform, MaskedAutoregressiveTransform
 from .independent import (
     IndependentBernoulli,
@@ -76,6 +77,9 @@ __all__ = [
     "OneHotCategorical",
     "StandardNormal",
     "VariableLayer",
+    "default_loc_scale_fn",
+    "default_mean_field_normal_fn",
+    "default_multivariate_normal_fn",
     "posterior_mean_field",
     "prior_standard_normal",
     "prior_trainable",
