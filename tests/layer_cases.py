@@ -333,6 +333,16 @@ def _model_cases() -> list[ModelCase]:
             (5,),
             False,
         ),
+        ModelCase(
+            "VariationalGaussianProcess",
+            lambda: pl.VariationalGaussianProcess(5, 4, mean_fn="constant", kl_weight=0.1),
+            (5,),
+        ),
+        ModelCase(
+            "VariationalGaussianProcess(joint)",
+            lambda: nn.Sequential(nn.Flatten(0, -2), pl.VariationalGaussianProcess(5, 4, joint=True)),
+            (5,),
+        ),
     ]
     return cases
 

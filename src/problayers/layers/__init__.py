@@ -18,6 +18,7 @@ from .convolutional import (
 )
 from .defaults import default_loc_scale_fn, default_mean_field_normal_fn, default_multivariate_normal_fn
 from .flows import AutoregressiveNetwork, AutoregressiveTransform, MaskedAutoregressiveTransform
+from .gaussian_process import VariationalGaussianProcess
 from .independent import (
     IndependentBernoulli,
     IndependentLogistic,
@@ -77,6 +78,7 @@ __all__ = [
     "OneHotCategorical",
     "StandardNormal",
     "VariableLayer",
+    "VariationalGaussianProcess",
     "default_loc_scale_fn",
     "default_mean_field_normal_fn",
     "default_multivariate_normal_fn",

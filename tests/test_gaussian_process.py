@@ -1,0 +1,151 @@
+"""VariationalGaussianProcess: shapes, the KL term is torch's, the predictive's limits (q(u) = p(u);
+inducing points at the inputs), gradients, errors, and a short fit of a sine."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.distributions as D
+from torch import nn
+
+import problayers as pl
+
+
+def _randomize(gp: pl.VariationalGaussianProcess, seed: int = 0) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in gp.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+
+
+def test_shapes():
+    gp = pl.VariationalGaussianProcess(3, 6)
+    out = gp(torch.randn(5, 3))
+    assert isinstance(out, D.Independent) and pl.is_coercible(out)
+    assert (
+        out.batch_shape == (5,) and out.event_shape == (1,) and out.log_prob(torch.zeros(5, 1)).shape == (5,)
+    )
+    assert gp(torch.randn(2, 4, 3)).batch_shape == (2, 4)
+    assert pl.convert_to_tensor(gp(torch.randn(7, 3))).shape == (7, 1)
+    joint = pl.VariationalGaussianProcess(3, 6, joint=True, dtype=torch.float64)
+    out = joint(torch.randn(5, 3, dtype=torch.float64))
+    assert isinstance(out, D.MultivariateNormal) and out.batch_shape == () and out.event_shape == (5,)
+    assert out.mean.dtype == torch.float64
+    assert gp.prior().event_shape == gp.variational_distribution().event_shape == (6,)
+
+
+def test_kl_term_is_torchs_kl_divergence():
+    torch.manual_seed(0)
+    gp = pl.VariationalGaussianProcess(2, 5, mean_fn="constant", kl_weight=0.25)
+    _randomize(gp)
+    gp(torch.randn(4, 2))
+    expected = D.kl_divergence(gp.variational_distribution(), gp.prior())
+    assert expected > 0
+    torch.testing.assert_close(pl.collect_losses(gp), 0.25 * expected)
+
+
+def test_q_equal_to_the_prior_predicts_the_prior():
+    """q(u) = p(u): the predictive is the GP prior, N(mean_fn(x), k(x, x) + noise), at the
+    inducing points (there the mean is the mean function's) and elsewhere; the KL is 0."""
+    torch.manual_seed(0)
+    gp = pl.VariationalGaussianProcess(2, 6, mean_fn="constant", dtype=torch.float64, jitter=1e-8)
+    _randomize(gp)
+    prior = gp.prior()
+    with torch.no_grad():
+        gp.mean_constant.fill_(0.7)
+        gp.variational_loc.copy_(gp.mean(gp.inducing_points))
+        tril = gp._prior_tril()
+        raw = torch.tril(tril, -1) + torch.diag(torch.log(torch.expm1(tril.diagonal())))  # softplus^-1
+        gp.untransformed_variational_scale.copy_(raw)
+    z = gp.inducing_points.detach()
+    x = torch.cat([z, torch.randn(3, 2, dtype=torch.float64)])
+    out = gp(x)
+    torch.testing.assert_close(out.mean, torch.full((9, 1), 0.7, dtype=torch.float64))
+    noise = gp.observation_noise_variance.detach()
+    var = (gp.amplitude.square() + noise).detach().expand(9, 1)
+    torch.testing.assert_close(out.variance, var)
+    torch.testing.assert_close(pl.collect_losses(gp), torch.zeros((), dtype=torch.float64), atol=1e-6, rtol=0)
+    gp.joint = True
+    cov = (gp.kernel(x, x) + (noise + gp.jitter) * torch.eye(9, dtype=torch.float64)).detach()
+    torch.testing.assert_close(gp(x).covariance_matrix, cov)
+    del prior
+
+
+def test_inducing_points_at_the_inputs_predict_q():
+    """Z = x: the latent predictive is q(u) itself: mean m, covariance S S^T (plus the noise)."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 2, dtype=torch.float64)
+    gp = pl.VariationalGaussianProcess(2, 4, inducing_points=x, joint=True, jitter=0.0, dtype=torch.float64)
+    _randomize(gp)
+    with torch.no_grad():
+        gp.inducing_points.copy_(x)
+    out = gp(x)
+    q = gp.variational_distribution()
+    torch.testing.assert_close(out.mean, q.mean)
+    eye = torch.eye(4, dtype=torch.float64)
+    torch.testing.assert_close(
+        out.covariance_matrix, q.covariance_matrix + gp.observation_noise_variance * eye
+    )
+
+
+def test_gradients_reach_every_parameter_and_callable_mean():
+    torch.manual_seed(0)
+    gp = pl.VariationalGaussianProcess(2, 4, mean_fn=nn.Sequential(nn.Linear(2, 1), nn.Flatten(0)))
+    out = gp(torch.randn(6, 2))
+    (-out.log_prob(torch.randn(6, 1)).mean() + pl.collect_losses(gp)).backward()
+    names = [n for n, p in gp.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not names
+    assert {n.split(".")[0] for n, _ in gp.named_parameters()} >= {"mean_fn", "inducing_points"}
+
+
+def test_fit_a_sine():
+    torch.manual_seed(0)
+    x = torch.linspace(-3, 3, 20)[:, None]
+    y = torch.sin(x)
+    gp = pl.VariationalGaussianProcess(
+        1, 8, inducing_points=torch.linspace(-3, 3, 8)[:, None], kl_weight=1 / 20
+    )
+    opt = torch.optim.Adam(gp.parameters(), lr=0.05)
+    for _ in range(200):
+        opt.zero_grad()
+        (-gp(x).log_prob(y).mean() + pl.collect_losses(gp, clear=True)).backward()
+        opt.step()
+    grid = torch.linspace(-2.8, 2.8, 57)[:, None]
+    with torch.no_grad():
+        mean = gp(grid).mean
+        assert (mean - torch.sin(grid)).abs().max() < 0.1
+        assert gp(torch.tensor([[9.0]])).stddev > 3 * gp(torch.tensor([[0.0]])).stddev  # far: the prior
+
+
+@pytest.mark.parametrize(
+    "kwargs,error,argument",
+    [
+        ({"input_dim": 0}, ValueError, "input_dim"),
+        ({"num_inducing_points": 2.0}, TypeError, "num_inducing_points"),
+        ({"inducing_points": torch.zeros(3, 2)}, ValueError, "inducing_points"),
+        ({"mean_fn": "linear"}, ValueError, "mean_fn"),
+        ({"mean_fn": 3}, TypeError, "mean_fn"),
+        ({"amplitude": 0.0}, ValueError, "amplitude"),
+        ({"length_scale": -1}, ValueError, "length_scale"),
+        ({"observation_noise_variance": 0}, ValueError, "observation_noise_variance"),
+        ({"variational_scale": "1"}, ValueError, "variational_scale"),
+        ({"jitter": -1e-6}, ValueError, "jitter"),
+        ({"kl_weight": -1.0}, ValueError, "kl_weight"),
+        ({"convert_to_tensor_fn": 3}, TypeError, "convert_to_tensor_fn"),
+    ],
+)
+def test_bad_arguments_are_named(kwargs, error, argument):
+    args = {"input_dim": 2, "num_inducing_points": 4, **kwargs}
+    with pytest.raises(error, match=argument):
+        pl.VariationalGaussianProcess(**args)
+
+
+@pytest.mark.parametrize(
+    "joint,x", [(False, torch.zeros(4, 3)), (True, torch.zeros(2, 4, 2)), (False, torch.zeros(()))]
+)
+def test_bad_input_shape_is_named(joint, x):
+    gp = pl.VariationalGaussianProcess(2, 4, joint=joint)
+    with pytest.raises(
+        ValueError, match=rf"VariationalGaussianProcess: expected input of shape.*{tuple(x.shape)}"
+    ):
+        gp(x)
