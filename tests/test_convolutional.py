@@ -153,3 +153,12 @@ def test_bad_input_shape_is_named(layer, x):
         ValueError, match=rf"{type(layer).__name__}: expected input of shape.*{tuple(x.shape)}"
     ):
         layer(x)
+
+
+def test_integer_likes_are_accepted():
+    np = pytest.importorskip("numpy")
+    layer = pl.Conv2dFlipout(np.int64(2), 3, (np.int64(3), 2), stride=torch.tensor(2), padding=np.int32(1))
+    assert layer.kernel_size == (3, 2) and layer.stride == (2, 2) and layer.padding == (1, 1)
+    assert all(type(v) is int for v in (*layer.kernel_size, *layer.stride, *layer.padding, layer.in_channels))
+    with pytest.raises(TypeError, match="stride"):
+        pl.ConvTranspose1dFlipout(2, 2, 3, stride=1.5)

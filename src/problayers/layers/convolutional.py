@@ -16,7 +16,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from ._args import positive_int
+from ._args import integer, positive_int
 from .reparameterization import WeightFn, _Flipout, _Reparameterization, _WeightUncertainty
 from .variational import MeanFieldNormal, StandardNormal
 
@@ -48,20 +48,16 @@ _PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 
 
 def _ints(value, n: int, name: str, low: int = 1) -> tuple[int, ...]:
-    """``value`` (an int, or ``n`` ints) as a tuple of ``n`` ints ``>= low``; raise naming ``name``."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        ints = (value,) * n
-    elif isinstance(value, (tuple, list)):
-        ints = tuple(value)
+    """``value`` (an int or ``n`` ints; integer-likes) as ``n`` ints ``>= low``; raise naming ``name``."""
+    what = f"an int or {_COUNT[n]}"
+    if isinstance(value, (tuple, list)):
+        if len(value) != n:
+            raise ValueError(f"{name}: expected {what}, got {value!r}")
+        ints = tuple(integer(v, name, what) for v in value)
     else:
-        raise TypeError(f"{name}: expected an int or {_COUNT[n]}, got {type(value).__name__}")
-    if len(ints) != n:
-        raise ValueError(f"{name}: expected an int or {_COUNT[n]}, got {value!r}")
-    for v in ints:
-        if low == 1:
-            positive_int(v, name)
-        elif isinstance(v, bool) or not isinstance(v, int) or v < low:
-            raise ValueError(f"{name}: expected non-negative ints, got {value!r}")
+        ints = (integer(value, name, what),) * n
+    if any(v < low for v in ints):
+        raise ValueError(f"{name}: expected {'positive' if low else 'non-negative'} ints, got {value!r}")
     return ints
 
 
@@ -75,7 +71,7 @@ class _ConvBase(_WeightUncertainty):
         self.in_channels = positive_int(in_channels, "in_channels")
         self.out_channels = positive_int(out_channels, "out_channels")
         self.groups = positive_int(groups, "groups")
-        if in_channels % groups or out_channels % groups:
+        if self.in_channels % self.groups or self.out_channels % self.groups:
             raise ValueError(f"groups: {groups} must divide in_channels ({in_channels}) and out_channels")
         self.kernel_size = _ints(kernel_size, self.spatial_dims, "kernel_size")
         self.stride = _ints(stride, self.spatial_dims, "stride")

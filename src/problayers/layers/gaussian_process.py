@@ -84,7 +84,7 @@ class VariationalGaussianProcess(nn.Module):
             independent marginals).
         kl_weight: the recorded added loss is ``kl_weight * KL(q(u) || p(u))`` (default 1; pass
             ``1 / num_train_examples`` with a batch-mean data term).
-        convert_to_tensor_fn: how the output becomes a tensor (default ``"rsample"``; see
+        convert_to_tensor_fn: how the output becomes a tensor (default ``"auto"``: a sample; see
             :func:`~problayers.as_coercible`).
         dtype: the parameters' dtype (default ``None``: ``torch.get_default_dtype()``).
 
@@ -118,7 +118,7 @@ class VariationalGaussianProcess(nn.Module):
         jitter: float = 1e-6,
         joint: bool = False,
         kl_weight: float | torch.Tensor = 1.0,
-        convert_to_tensor_fn: str | Callable = "rsample",
+        convert_to_tensor_fn: str | Callable = "auto",
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
