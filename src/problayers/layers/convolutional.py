@@ -274,7 +274,7 @@ def _document(cls: type) -> type:
         tfp = f"Convolution{n}DFlipout"
     else:
         summary = f"``{ref}`` with a posterior over its kernel and bias; one sample per forward."
-        how = "One reparameterized kernel (and bias) sample per forward is shared by the whole batch"
+        how = "One reparameterized kernel (and bias) sample per forward is shared by the whole\nbatch"
         tfp = f"Convolution{n}DReparameterization"
     tfp = "no TFP counterpart" if transposed else f"``tfp.layers.{tfp}``"
     sp = _SPATIAL[n]
@@ -289,7 +289,8 @@ def _document(cls: type) -> type:
     ]
     if transposed:
         args += [
-            f"    padding: an int or {_COUNT[n]} (default 0), as ``{ref}`` (it crops the output).",
+            f"    padding: an int or {_COUNT[n]} (default 0), as ``{ref}``: it crops the",
+            "        output.",
             f"    output_padding: added to one side of the output (default 0), as ``{ref}``; each",
             "        must be smaller than its stride or its dilation.",
             f"    groups: as ``{ref}`` (default 1); must divide ``in_channels`` and ``out_channels``.",
@@ -319,9 +320,10 @@ def _document(cls: type) -> type:
 Args:
 {chr(10).join(args)}
 
-Input: ``(N, C_in, {sp})`` or ``(C_in, {sp})``. Output: a tensor of shape ``(N, C_out,
-{out_sp})`` (resp. without ``N``), the sizes as ``{ref}``'s; each forward records
-``kl_weight * KL`` (kernel and bias) as an added loss (:func:`~problayers.collect_losses`).
+Input: ``(N, C_in, {sp})`` or ``(C_in, {sp})``. Output: a tensor of shape
+``(N, C_out, {out_sp})`` (resp. without ``N``), the sizes as ``{ref}``'s;
+each forward records ``kl_weight * KL`` (kernel and bias) as an added loss
+(:func:`~problayers.collect_losses`).
 
 Example::
 
