@@ -149,3 +149,11 @@ def test_bad_input_shape_is_named(joint, x):
         ValueError, match=rf"VariationalGaussianProcess: expected input of shape.*{tuple(x.shape)}"
     ):
         gp(x)
+
+
+def test_kernel_is_the_exponentiated_quadratic():
+    gp = pl.VariationalGaussianProcess(3, 4, amplitude=1.5, length_scale=0.7, dtype=torch.float64)
+    x1, x2 = torch.randn(5, 3, dtype=torch.float64), torch.randn(6, 3, dtype=torch.float64)
+    expected = 1.5**2 * torch.exp(-torch.cdist(x1, x2).square() / (2 * 0.7**2))
+    torch.testing.assert_close(gp.kernel(x1, x2), expected)
+    torch.testing.assert_close(gp.kernel(x1, x1).diagonal(), torch.full((5,), 1.5**2, dtype=torch.float64))

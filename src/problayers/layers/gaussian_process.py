@@ -189,8 +189,9 @@ class VariationalGaussianProcess(nn.Module):
 
     def kernel(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
         """The RBF kernel matrix ``k(x1, x2)``: ``(N1, d), (N2, d) -> (N1, N2)``."""
-        diff = (x1[:, None, :] - x2[None, :, :]) / self.length_scale  # (N1, N2, d)
-        return self.amplitude.square() * torch.exp(-0.5 * diff.square().sum(-1))
+        a, b = x1 / self.length_scale, x2 / self.length_scale  # (N1, d), (N2, d)
+        sq = a.square().sum(-1)[:, None] + b.square().sum(-1)[None, :] - 2 * a @ b.mT  # |a - b|^2
+        return self.amplitude.square() * torch.exp(-0.5 * sq.clamp_min(0))  # (N1, N2)
 
     def mean(self, x: torch.Tensor) -> torch.Tensor:
         """The prior mean function at ``x``: ``(N, d) -> (N,)``."""
