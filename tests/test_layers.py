@@ -185,3 +185,22 @@ def test_distribution_lambda_must_return_distribution():
         layer(torch.ones(2))
     with pytest.raises(TypeError, match="make_distribution_fn"):
         pl.DistributionLambda(3)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: pl.IndependentNormal(2, validate_args=True),
+        lambda: pl.MultivariateNormalTriL(2, validate_args=True),
+    ],
+)
+def test_validate_args_refuses_nan_parameters(make):
+    # torch's constraints refuse NaN; an infinite loc or scale satisfies `real`/`positive`.
+    layer = make()
+    params = torch.zeros(3, layer.params_size())
+    assert layer(params).batch_shape == (3,)  # finite: accepted
+    params[1, 0] = float("nan")
+    with pytest.raises(ValueError, match="Expected parameter loc"):
+        layer(params)
+    # Without validate_args (the default, as in TFP) nothing is checked: the value propagates.
+    assert not torch.isfinite(type(layer)(2)(params).mean).all()
