@@ -41,6 +41,9 @@ from typing import Any
 import torch
 import torch.distributions as D
 
+from ._state import first_floating_tensor, graph_tensors
+from .precision import autocast_device, fp32_inputs
+
 __all__ = [
     "CONVERT_TO_TENSOR_FNS",
     "TensorCoercible",
@@ -65,29 +68,6 @@ CONVERT_TO_TENSOR_FNS: dict[str, Callable[[D.Distribution], torch.Tensor]] = {
     "stddev": lambda d: d.stddev,
     "variance": lambda d: d.variance,
 }
-
-_HALF = (torch.bfloat16, torch.float16)
-_AUTOCAST_DEVICES = ("cuda", "cpu", "xpu", "mps")
-
-
-def autocast_device() -> str | None:
-    """The device type whose ``torch.autocast`` is on here (``None`` outside autocast)."""
-    for device_type in _AUTOCAST_DEVICES:
-        if torch.is_autocast_enabled(device_type):
-            return device_type
-    return None
-
-
-def fp32_inputs(value: Any) -> Any:
-    """bf16/fp16 tensors (also inside tuples, lists and dicts, and coercibles' values) -> fp32;
-    anything else (fp64 too) unchanged."""
-    if isinstance(value, torch.Tensor):
-        return value.float() if value.dtype in _HALF else value
-    if isinstance(value, (list, tuple)) and not hasattr(value, "_fields"):
-        return type(value)(fp32_inputs(v) for v in value)
-    if isinstance(value, dict):
-        return {k: fp32_inputs(v) for k, v in value.items()}
-    return value
 
 
 def _resolve_convert_fn(fn: ConvertFn, dist: D.Distribution) -> Callable[[D.Distribution], Any]:
@@ -130,49 +110,19 @@ def is_coercible(value: Any) -> bool:
     return isinstance(value, TensorCoercible)
 
 
+def _in_fp32(method: Callable[..., Any], *args: Any) -> Any:
+    """``method(*args)``, under autocast with autocast off and half-precision args cast to fp32."""
+    device_type = autocast_device()
+    if device_type is None:
+        return method(*args)
+    with torch.autocast(device_type, enabled=False):
+        return method(*fp32_inputs(args))
+
+
 def _binary(op: Callable[[Any, Any], Any], reflected: bool = False) -> Callable[[Any, Any], Any]:
     if reflected:
         return lambda self, other: op(convert_to_tensor(other), self.tensor())
     return lambda self, other: op(self.tensor(), convert_to_tensor(other))
-
-
-def _first_floating_tensor(obj: Any, depth: int = 0) -> torch.Tensor | None:
-    """A floating tensor of a distribution's state (its parameters; base distributions and
-    transforms searched too): the dtype and device its samples have."""
-    if depth > 4:
-        return None
-    items = obj.values() if isinstance(obj, dict) else obj if isinstance(obj, (list, tuple)) else None
-    if items is None:
-        items = vars(obj).values() if isinstance(obj, (D.Distribution, D.Transform)) else ()
-    nested = []
-    for value in items:
-        if isinstance(value, torch.Tensor) and value.is_floating_point():
-            return value
-        if isinstance(value, (D.Distribution, D.Transform, list, tuple)):
-            nested.append(value)
-    for value in nested:
-        found = _first_floating_tensor(value, depth + 1)
-        if found is not None:
-            return found
-    return None
-
-
-def _graph_tensors(obj: Any, out: list[torch.Tensor], depth: int = 0) -> list[torch.Tensor]:
-    """The non-leaf tensors of a distribution's state (nested distributions and transforms too)."""
-    if depth > 16:
-        return out
-    if isinstance(obj, torch.Tensor):
-        if obj.grad_fn is not None:
-            out.append(obj)
-    elif isinstance(obj, dict):
-        for value in obj.values():
-            _graph_tensors(value, out, depth + 1)
-    elif isinstance(obj, (list, tuple)):
-        for value in obj:
-            _graph_tensors(value, out, depth + 1)
-    elif isinstance(obj, (D.Distribution, D.Transform)):
-        _graph_tensors(vars(obj), out, depth + 1)
-    return out
 
 
 class TensorCoercible:
@@ -202,7 +152,7 @@ class TensorCoercible:
             if isinstance(value, TensorCoercible):
                 value = value.tensor()
             if isinstance(value, (int, float)) and not isinstance(value, bool):
-                like = _first_floating_tensor(self)
+                like = first_floating_tensor(self)
                 value = torch.as_tensor(value, dtype=like.dtype if like is not None else None)
             if not isinstance(value, torch.Tensor):
                 raise TypeError(
@@ -250,7 +200,7 @@ class TensorCoercible:
         if self._known():
             if isinstance(self, D.Categorical) and self._tc_name in ("sample", "mode"):
                 return torch.int64
-            like = _first_floating_tensor(self)
+            like = first_floating_tensor(self)
             if like is not None:
                 return like.dtype
         return self.tensor().dtype
@@ -259,56 +209,29 @@ class TensorCoercible:
     def device(self) -> torch.device:
         """The tensor value's device (the parameters' for the named functions, without drawing)."""
         if self._known():
-            like = _first_floating_tensor(self)
+            like = first_floating_tensor(self)
             if like is not None:
                 return like.device
         return self.tensor().device
 
     # -- the distribution's maths in fp32 under autocast ---------------------------------------
     def rsample(self, sample_shape: torch.Size | tuple[int, ...] = ()) -> torch.Tensor:
-        device_type = autocast_device()
-        if device_type is None:
-            return super().rsample(sample_shape)
-        with torch.autocast(device_type, enabled=False):
-            return super().rsample(sample_shape)
+        return _in_fp32(super().rsample, sample_shape)
 
     def sample(self, sample_shape: torch.Size | tuple[int, ...] = ()) -> torch.Tensor:
-        device_type = autocast_device()
-        if device_type is None:
-            return super().sample(sample_shape)
-        with torch.autocast(device_type, enabled=False):
-            return super().sample(sample_shape)
+        return _in_fp32(super().sample, sample_shape)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
-        value = convert_to_tensor(value)
-        device_type = autocast_device()
-        if device_type is None:
-            return super().log_prob(value)
-        with torch.autocast(device_type, enabled=False):
-            return super().log_prob(fp32_inputs(value))
+        return _in_fp32(super().log_prob, convert_to_tensor(value))
 
     def cdf(self, value: torch.Tensor) -> torch.Tensor:
-        value = convert_to_tensor(value)
-        device_type = autocast_device()
-        if device_type is None:
-            return super().cdf(value)
-        with torch.autocast(device_type, enabled=False):
-            return super().cdf(fp32_inputs(value))
+        return _in_fp32(super().cdf, convert_to_tensor(value))
 
     def icdf(self, value: torch.Tensor) -> torch.Tensor:
-        value = convert_to_tensor(value)
-        device_type = autocast_device()
-        if device_type is None:
-            return super().icdf(value)
-        with torch.autocast(device_type, enabled=False):
-            return super().icdf(fp32_inputs(value))
+        return _in_fp32(super().icdf, convert_to_tensor(value))
 
     def entropy(self) -> torch.Tensor:
-        device_type = autocast_device()
-        if device_type is None:
-            return super().entropy()
-        with torch.autocast(device_type, enabled=False):
-            return super().entropy()
+        return _in_fp32(super().entropy)
 
     # -- acting as a tensor ---------------------------------------------------------------------
     @classmethod
@@ -379,7 +302,7 @@ class TensorCoercible:
 
     def __deepcopy__(self, memo: dict) -> TensorCoercible:
         # A copy detached from the autograd graph (deepcopy refuses non-leaf tensors).
-        for tensor in _graph_tensors(self.__dict__, []):
+        for tensor in graph_tensors(self.__dict__, []):
             if id(tensor) not in memo:
                 memo[id(tensor)] = tensor.detach().clone()
         new = object.__new__(type(self))

@@ -15,8 +15,10 @@ import torch
 import torch.distributions as D
 from torch import nn
 
-from .coercible import TensorCoercible, _first_floating_tensor, autocast_device, convert_to_tensor
+from ._state import first_floating_tensor
+from .coercible import TensorCoercible, convert_to_tensor
 from .losses import added_losses_enabled, init_added_losses, set_added_loss
+from .precision import autocast_device
 
 __all__ = ["KLDivergenceAddLoss", "KLDivergenceRegularizer", "distribution_to"]
 
@@ -165,7 +167,7 @@ class KLDivergenceRegularizer(nn.Module):
                 f"{type(prior).__name__}, not a Distribution"
             )
         if isinstance(self.prior, D.Distribution):
-            ref = _first_floating_tensor(prior)
+            ref = first_floating_tensor(prior)
             if ref is None or (ref.device == like.device and ref.dtype == like.dtype):
                 return prior
             key = (like.device, like.dtype)

@@ -1,0 +1,49 @@
+"""Walks over a distribution's state (its ``__dict__``, base distributions and transforms)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.distributions as D
+
+__all__ = ["first_floating_tensor", "graph_tensors"]
+
+
+def first_floating_tensor(obj: Any, depth: int = 0) -> torch.Tensor | None:
+    """A floating tensor of a distribution's state (its parameters; base distributions and
+    transforms searched too): the dtype and device its samples have."""
+    if depth > 4:
+        return None
+    items = obj.values() if isinstance(obj, dict) else obj if isinstance(obj, (list, tuple)) else None
+    if items is None:
+        items = vars(obj).values() if isinstance(obj, (D.Distribution, D.Transform)) else ()
+    nested = []
+    for value in items:
+        if isinstance(value, torch.Tensor) and value.is_floating_point():
+            return value
+        if isinstance(value, (D.Distribution, D.Transform, list, tuple)):
+            nested.append(value)
+    for value in nested:
+        found = first_floating_tensor(value, depth + 1)
+        if found is not None:
+            return found
+    return None
+
+
+def graph_tensors(obj: Any, out: list[torch.Tensor], depth: int = 0) -> list[torch.Tensor]:
+    """The non-leaf tensors of a distribution's state (nested distributions and transforms too)."""
+    if depth > 16:
+        return out
+    if isinstance(obj, torch.Tensor):
+        if obj.grad_fn is not None:
+            out.append(obj)
+    elif isinstance(obj, dict):
+        for value in obj.values():
+            graph_tensors(value, out, depth + 1)
+    elif isinstance(obj, (list, tuple)):
+        for value in obj:
+            graph_tensors(value, out, depth + 1)
+    elif isinstance(obj, (D.Distribution, D.Transform)):
+        graph_tensors(vars(obj), out, depth + 1)
+    return out

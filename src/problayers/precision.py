@@ -1,0 +1,33 @@
+"""Precision of the distribution maths: under ``torch.autocast`` the layers build and evaluate
+their distributions in fp32, with autocast off (see :mod:`problayers.coercible`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+__all__ = ["autocast_device", "fp32_inputs"]
+
+_HALF = (torch.bfloat16, torch.float16)
+_AUTOCAST_DEVICES = ("cuda", "cpu", "xpu", "mps")
+
+
+def autocast_device() -> str | None:
+    """The device type whose ``torch.autocast`` is on here (``None`` outside autocast)."""
+    for device_type in _AUTOCAST_DEVICES:
+        if torch.is_autocast_enabled(device_type):
+            return device_type
+    return None
+
+
+def fp32_inputs(value: Any) -> Any:
+    """bf16/fp16 tensors (also inside tuples, lists and dicts, and coercibles' values) -> fp32;
+    anything else (fp64 too) unchanged."""
+    if isinstance(value, torch.Tensor):
+        return value.float() if value.dtype in _HALF else value
+    if isinstance(value, (list, tuple)) and not hasattr(value, "_fields"):
+        return type(value)(fp32_inputs(v) for v in value)
+    if isinstance(value, dict):
+        return {k: fp32_inputs(v) for k, v in value.items()}
+    return value
