@@ -51,7 +51,7 @@ def build(model: str):
     import problayers as pl
 
     if model == "seed":
-        from problayers.models import ModelConfig, build_model
+        from problayers.vae.models import ModelConfig, build_model
 
         return build_model(ModelConfig()), (1, 28, 28), 256
     if model not in MLP_SIZES:

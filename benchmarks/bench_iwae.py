@@ -1,4 +1,4 @@
-"""Time of ``problayers evaluate``'s IWAE bound: ``problayers.evaluation.evaluate`` with
+"""Time of ``problayers evaluate``'s IWAE bound: ``problayers.vae.evaluation.evaluate`` with
 ``iwae_samples=K`` on ``N`` test images, as the CLI calls it.
 
 The seed model is a fresh one (seed ``--seed``) or a trained run's (``--run-dir``): the time does
@@ -32,7 +32,7 @@ HERE = Path(__file__).resolve().parent
 
 
 def _test_images(args, device):
-    from problayers import data as mnist
+    from problayers.vae import data as mnist
 
     if args.data_dir:
         images, _ = mnist.load_mnist(args.data_dir, split="test", download=False)
@@ -48,11 +48,11 @@ def _model(args, device):
     import torch
 
     if args.run_dir:
-        from problayers.experiment import load_run
+        from problayers.vae.experiment import load_run
 
         model, _, _ = load_run(args.run_dir, device=str(device))
         return model
-    from problayers.models import ModelConfig, build_model
+    from problayers.vae.models import ModelConfig, build_model
 
     torch.manual_seed(args.seed)
     return build_model(ModelConfig()).to(device).eval()
@@ -85,8 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(HERE.parent / "src"))  # run from a checkout without installing
     import torch
 
-    from problayers.evaluation import evaluate
-    from problayers.fastpath import bf16_autocast
+    from problayers.train.fastpath import bf16_autocast
+    from problayers.vae.evaluation import evaluate
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)

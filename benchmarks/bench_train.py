@@ -87,7 +87,7 @@ def cpu_model() -> str:
 def fast_options(config: str, device: str) -> dict[str, Any]:
     """``fast`` -> fastest_defaults(device); ``fast-compile+cl+bf16`` -> those options."""
     if config == "fast":  # as `problayers train --fast` (which also sets cudnn.benchmark on CUDA)
-        from problayers.experiment import step_options
+        from problayers.vae.experiment import step_options
 
         return {**step_options(True, device), "cudnn_benchmark": device.startswith("cuda")}
     opts: dict[str, Any] = {"compile": False, "precision": "fp32", "channels_last": False}
@@ -151,9 +151,9 @@ def _handwritten(images_u8, args, device) -> tuple[Callable[[], Any], dict[str, 
 def _problayers(config, images_u8, args, device) -> tuple[Callable[[], Any], dict[str, Any]]:
     import torch
 
-    from problayers.data import EpochBatches
-    from problayers.models import ModelConfig, build_model, vae_loss
-    from problayers.training import Trainer, TrainerConfig
+    from problayers.train.trainer import Trainer, TrainerConfig
+    from problayers.vae.data import EpochBatches
+    from problayers.vae.models import ModelConfig, build_model, vae_loss
 
     opts, outside = _split_outside(fast_options(config, device.type) if config != "eager" else {})
     fused = outside["fused_adam"] or bool(opts.get("cuda_graph"))
@@ -176,7 +176,7 @@ def _problayers(config, images_u8, args, device) -> tuple[Callable[[], Any], dic
     info: dict[str, Any] = {"parameters": sum(p.numel() for p in model.parameters())}
     step_fn = None
     if config != "eager":
-        from problayers.fastpath import make_train_step
+        from problayers.train.fastpath import make_train_step
 
         info["options"] = {**opts, **{k: v for k, v in outside.items() if v}}
         step_fn = make_train_step(model, optimizer, vae_loss, **opts)

@@ -31,11 +31,11 @@ def train_one(config: str, args, train_u8, test_x) -> list[dict[str, Any]]:
     import torch
     from bench_train import _split_outside, fast_options
 
-    from problayers.data import EpochBatches
-    from problayers.evaluation import evaluate
-    from problayers.fastpath import make_train_step
-    from problayers.models import ModelConfig, build_model, vae_loss
-    from problayers.training import Trainer, TrainerConfig
+    from problayers.train.fastpath import make_train_step
+    from problayers.train.trainer import Trainer, TrainerConfig
+    from problayers.vae.data import EpochBatches
+    from problayers.vae.evaluation import evaluate
+    from problayers.vae.models import ModelConfig, build_model, vae_loss
 
     device = train_u8.device
     opts, outside = _split_outside(fast_options(config, device.type) if config != "eager" else {})
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     sys.path[:0] = [str(HERE.parent / "src"), str(HERE)]
     import torch
 
-    from problayers import data as mnist
+    from problayers.vae import data as mnist
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)

@@ -2,7 +2,7 @@
 
 Trains one run exactly as ``problayers train`` would with the same options (the same setup
 code, so the trained weights, ``online`` below, are those of that command), and keeps, next to
-it, an :class:`~problayers.averaging.EMA` of the weights for each decay in ``--decays``, updated
+it, an :class:`~problayers.train.averaging.EMA` of the weights for each decay in ``--decays``, updated
 after every optimizer step. After each epoch it records the test -ELBO of the trained weights
 (``test_neg_elbo``) and of each average (``ema<decay>_test_neg_elbo``, same seeded evaluation) in
 the run directory's ``metrics.jsonl``, and prints a table at the end.
@@ -12,7 +12,7 @@ Example (docs/results/ema-study-cpu/, 2-core CPU, about 35 minutes; docs/quality
     python benchmarks/ema_study.py --data-dir ../shared/data/mnist --out runs/cos2e3 \
         --lr 2e-3 --lr-schedule cosine --decays 0.999
 
-With the decay's warm-up (:mod:`problayers.averaging`) every decay above ~0.997 averages the
+With the decay's warm-up (:mod:`problayers.train.averaging`) every decay above ~0.997 averages the
 same in a 3,510-step run, so several decays are only worth comparing below that.
 """
 
@@ -40,10 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--synthetic", type=int, default=0)
     args = p.parse_args(argv)
 
-    from problayers import experiment
-    from problayers.averaging import EMA
-    from problayers.checkpoint import write_json
-    from problayers.models import ModelConfig
+    from problayers.train.averaging import EMA
+    from problayers.train.checkpoint import write_json
+    from problayers.vae import experiment
+    from problayers.vae.models import ModelConfig
 
     decays = [float(d) for d in args.decays.split(",")]
     cfg = experiment.RunConfig(

@@ -1,7 +1,7 @@
 """The seed VAE written by hand in plain PyTorch + ``torch.distributions`` (no problayers):
 the no-library floor of ``bench_train.py``.
 
-Same architecture as ``problayers.models.seed`` (TFP's example): encoder convs -> dense ->
+Same architecture as ``problayers.vae.models.seed`` (TFP's example): encoder convs -> dense ->
 MultivariateNormal(loc, scale_tril) with softplus(.) + 1e-5 on the diagonal; decoder transposed
 convs -> Bernoulli logits. Same loss: ``-Independent(Bernoulli(logits), 3).log_prob(x).mean()``
 plus the Monte Carlo KL ``mean(log q(z) - log N(z; 0, I))`` at the ``z = q.rsample()`` that is

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
-from problayers.averaging import EMA
+from problayers.train.averaging import EMA
 
 
 def small_model():

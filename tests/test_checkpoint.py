@@ -12,8 +12,8 @@ import stat
 import pytest
 import torch
 
-from problayers import checkpoint
-from problayers.checkpoint import (
+from problayers.train import checkpoint
+from problayers.train.checkpoint import (
     CheckpointError,
     atomic_write,
     check_finite,
@@ -23,7 +23,7 @@ from problayers.checkpoint import (
     save_checkpoint,
     write_json,
 )
-from problayers.errors import Terminated, WriteError, sigterm_deferred, sigterm_raises
+from problayers.train.errors import Terminated, WriteError, sigterm_deferred, sigterm_raises
 
 
 def test_failed_write_keeps_old_file_and_leaves_no_temp(tmp_path):
@@ -106,7 +106,7 @@ def test_disk_full_is_one_line_and_leaves_the_old_file(tmp_path, monkeypatch, wr
 
 
 def test_pictures_on_a_full_disk(tmp_path, monkeypatch):
-    from problayers.pictures import image_grid
+    from problayers.vae.pictures import image_grid
 
     monkeypatch.setattr(checkpoint.os, "fdopen", _DiskFull(room=10)(os.fdopen))
     with pytest.raises(WriteError, match="No space left on device"):

@@ -77,7 +77,7 @@ def test_train_step_defaults(tmp_path, flags, expected):
 
 def test_lr_schedule_choices_are_the_registry():
     from problayers.cli import build_parser
-    from problayers.schedules import LR_SCHEDULES
+    from problayers.train.schedules import LR_SCHEDULES
 
     train = build_parser()._subparsers._group_actions[0].choices["train"]
     (action,) = [a for a in train._actions if a.dest == "lr_schedule"]

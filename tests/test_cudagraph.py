@@ -1,4 +1,4 @@
-"""The whole-step CUDA graph (problayers.cudagraph, ``make_train_step(cuda_graph=True)``).
+"""The whole-step CUDA graph (problayers.train.cudagraph, ``make_train_step(cuda_graph=True)``).
 
 Needs a GPU: skipped on CPU-only machines (CI), run on a lent GPU with
 ``python3 -m pytest tests/test_cudagraph.py`` (see docs/benchmarks.md). The option errors that
@@ -9,9 +9,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from problayers.cudagraph import CUDAGraphStep
-from problayers.fastpath import make_train_step
-from problayers.models import vae_loss
+from problayers.train.cudagraph import CUDAGraphStep
+from problayers.train.fastpath import make_train_step
+from problayers.vae.models import vae_loss
 from test_fastpath import batches, small_seed
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -1,4 +1,4 @@
-"""Tests of problayers.data: IDX parsing and its errors, where the files come from, binarization,
+"""Tests of problayers.vae.data: IDX parsing and its errors, where the files come from, binarization,
 epoch batches, synthetic digits, and (when present) the real MNIST copy in ../shared/data/mnist."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from problayers import data, download, idx
-from problayers.data import (
+from problayers.vae import data, download, idx
+from problayers.vae.data import (
     MNIST_ENV_VAR,
     MNIST_FILES,
     EpochBatches,
@@ -118,9 +118,11 @@ def test_bad_gzip(tmp_path, damage):
     write_mnist_split(tmp_path, *synthetic_mnist(6), "train")
     path = tmp_path / f"{TRAIN_IMAGES}.gz"
     blob = path.read_bytes()
-    blob = {"garbage": b"this is not gzip data",
-            "truncated gzip": blob[: len(blob) // 2],
-            "bad crc": blob[:-8] + bytes(4) + blob[-4:]}[damage]
+    blob = {
+        "garbage": b"this is not gzip data",
+        "truncated gzip": blob[: len(blob) // 2],
+        "bad crc": blob[:-8] + bytes(4) + blob[-4:],
+    }[damage]
     path.write_bytes(blob)
     with pytest.raises(MNISTFormatError, match="corrupt or truncated gzip") as info:
         read_mnist_split(tmp_path, "train")
@@ -204,8 +206,9 @@ def test_download_is_last_resort(tmp_path, monkeypatch):
     cache = make_dir(tmp_path / "c")
     (cache / "t10k-images-idx3-ubyte.gz").unlink()
     assert resolve_mnist_dir(cache_dir=cache, mirrors=["http://x/"], md5s={}) == cache
-    assert calls == [(cache, ["t10k-images-idx3-ubyte"],
-                      {"mirrors": ["http://x/"], "md5s": {}, "timeout": 60.0})]
+    assert calls == [
+        (cache, ["t10k-images-idx3-ubyte"], {"mirrors": ["http://x/"], "md5s": {}, "timeout": 60.0})
+    ]
 
 
 def test_no_mirror_error_explains_local_copy(tmp_path):
@@ -285,7 +288,7 @@ def test_epoch_covers_every_example_once():
     assert [len(b) for b in batches] == [10] * 10 + [3]
     assert all(b.dtype == torch.float32 and b.shape[1:] == (1, 28, 28) for b in batches)
     # each batch is the binarization of the permuted images: pixel 0 -> 0 always, so check the zeros
-    seen = torch.cat([perm[i * 10: (i + 1) * 10] for i in range(11)])
+    seen = torch.cat([perm[i * 10 : (i + 1) * 10] for i in range(11)])
     assert torch.equal(seen.sort().values, torch.arange(n))
     zero_rows = (seen == 0).nonzero().item()
     assert float(torch.cat(batches)[zero_rows].sum()) == 0.0
@@ -297,7 +300,7 @@ def test_epoch_batches_are_the_binarized_permutation():
     images[torch.arange(8) % 2 == 0] = 0  # even examples all 0, odd all 1 after binarization
     eb = EpochBatches(images, 4, seed=1)
     for step, batch in enumerate(eb.epoch(0)):
-        idx = eb.permutation(0)[step * 4: (step + 1) * 4]
+        idx = eb.permutation(0)[step * 4 : (step + 1) * 4]
         assert torch.equal(batch.flatten(1).mean(1), (idx % 2).float())
 
 
@@ -320,23 +323,28 @@ def test_ranks_concatenate_to_single_process(drop_last):
     images, _ = synthetic_mnist(50, seed=0)
     single = _epoch(EpochBatches(images, 8, seed=3, drop_last=drop_last), 5)
     for world in (2, 4):
-        ranks = [_epoch(EpochBatches(images, 8, seed=3, drop_last=drop_last, rank=r, world_size=world), 5)
-                 for r in range(world)]
+        ranks = [
+            _epoch(EpochBatches(images, 8, seed=3, drop_last=drop_last, rank=r, world_size=world), 5)
+            for r in range(world)
+        ]
         assert all(len(r) == len(single) for r in ranks)
         for step, full in enumerate(single):
             assert torch.equal(torch.cat([r[step] for r in ranks]), full)
         assert all(len(r[0]) == 8 // world for r in ranks)
 
 
-@pytest.mark.parametrize(("kwargs", "pattern"), [
-    ({"batch_size": 0}, r"batch_size must be an int > 0; got 0"),
-    ({"batch_size": 2.0}, r"batch_size must be an int > 0; got 2.0"),
-    ({"batch_size": 11}, r"batch_size must be <= the number of examples \(10\).*got batch_size=11"),
-    ({"batch_size": 6, "world_size": 4}, r"divisible by world_size; got batch_size=6, world_size=4"),
-    ({"batch_size": 4, "world_size": 0}, r"world_size must be an int >= 1; got 0"),
-    ({"batch_size": 4, "world_size": 2, "rank": 2}, r"rank must be an int in \[0, world_size=2\); got 2"),
-    ({"batch_size": 4, "rank": -1}, r"rank .*got -1"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "pattern"),
+    [
+        ({"batch_size": 0}, r"batch_size must be an int > 0; got 0"),
+        ({"batch_size": 2.0}, r"batch_size must be an int > 0; got 2.0"),
+        ({"batch_size": 11}, r"batch_size must be <= the number of examples \(10\).*got batch_size=11"),
+        ({"batch_size": 6, "world_size": 4}, r"divisible by world_size; got batch_size=6, world_size=4"),
+        ({"batch_size": 4, "world_size": 0}, r"world_size must be an int >= 1; got 0"),
+        ({"batch_size": 4, "world_size": 2, "rank": 2}, r"rank must be an int in \[0, world_size=2\); got 2"),
+        ({"batch_size": 4, "rank": -1}, r"rank .*got -1"),
+    ],
+)
 def test_epoch_batches_errors(kwargs, pattern):
     images, _ = synthetic_mnist(10)
     with pytest.raises(ValueError, match=pattern):
@@ -416,12 +424,15 @@ def test_header_claiming_too_much_is_refused_before_reading(tmp_path):
         data.read_idx_images(path)
 
 
-@pytest.mark.parametrize("split, count, phrase", [
-    ("train", 10000, "count of MNIST's test set: are the train and test files swapped?"),
-    ("test", 60000, "count of MNIST's train set: are the test and train files swapped?"),
-    ("train", 50000, "MNIST's train set has 60000 (not MNIST's file)"),
-    ("test", 20000, "MNIST's test set has 10000 (not MNIST's file)"),
-])
+@pytest.mark.parametrize(
+    "split, count, phrase",
+    [
+        ("train", 10000, "count of MNIST's test set: are the train and test files swapped?"),
+        ("test", 60000, "count of MNIST's train set: are the test and train files swapped?"),
+        ("train", 50000, "MNIST's train set has 60000 (not MNIST's file)"),
+        ("test", 20000, "MNIST's test set has 10000 (not MNIST's file)"),
+    ],
+)
 def test_known_counts_are_checked_from_the_header(tmp_path, monkeypatch, split, count, phrase):
     # Header-only files: the count is refused before the (absent) payload is read.
     images, labels = data.SPLITS[split]

@@ -29,8 +29,8 @@ import torch.multiprocessing as mp
 from torch import nn
 
 import problayers as pl
-from problayers import distributed
-from problayers.training import NonFiniteLossError, Trainer, TrainerConfig
+from problayers.train import distributed
+from problayers.train.trainer import NonFiniteLossError, Trainer, TrainerConfig
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = [
@@ -61,8 +61,8 @@ RTOL = 1e-5
 DETERMINISTIC_CLI = """
 import sys
 from problayers.cli import main
-from problayers.models import register_model
-from problayers.models.seed import seed_vae
+from problayers.vae.models import register_model
+from problayers.vae.models.seed import seed_vae
 
 @register_model("seed-mean")
 def seed_mean(cfg):
@@ -229,7 +229,7 @@ def _worker(rank: int, world: int, port: int, fn, out_dir: str) -> None:
 
 
 def _deterministic_vae(beta: float):
-    from problayers.models import ModelConfig, build_model
+    from problayers.vae.models import ModelConfig, build_model
 
     torch.manual_seed(0)
     vae = build_model(ModelConfig(latent_size=4, base_depth=4, beta=beta, exact_kl=True))
@@ -238,8 +238,8 @@ def _deterministic_vae(beta: float):
 
 
 def _gradients(ctx, out_dir):
-    from problayers.data import EpochBatches, synthetic_mnist
-    from problayers.models import vae_loss
+    from problayers.vae.data import EpochBatches, synthetic_mnist
+    from problayers.vae.models import vae_loss
 
     images, _ = synthetic_mnist(64, seed=0)
     x = next(iter(EpochBatches(images, 16, seed=0).epoch(0)))  # the global batch (16, 1, 28, 28)
@@ -347,8 +347,8 @@ def test_nan_on_one_rank_stops_every_rank(tmp_path):
 
 
 def _bad_batch(ctx, out_dir):
-    from problayers.experiment import RunConfig, train
-    from problayers.models import ModelConfig
+    from problayers.vae.experiment import RunConfig, train
+    from problayers.vae.models import ModelConfig
 
     tiny = ModelConfig(latent_size=4, base_depth=4)
     cfg = RunConfig(model=tiny, batch_size=31, synthetic=64, epochs=1, progress=False)

@@ -1,4 +1,4 @@
-"""Tests of problayers.download against a local HTTP server on 127.0.0.1 (no other network access)."""
+"""Tests of problayers.vae.download against a local HTTP server on 127.0.0.1 (no other network access)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from problayers import download
-from problayers.data import (
+from problayers.vae import download
+from problayers.vae.data import (
     MNIST_ENV_VAR,
     MNIST_FILES,
     MNISTDownloadError,
@@ -23,7 +23,7 @@ from problayers.data import (
     synthetic_mnist,
     write_mnist_split,
 )
-from problayers.download import download_mnist
+from problayers.vae.download import download_mnist
 
 
 class _Handler(http.server.SimpleHTTPRequestHandler):
@@ -57,8 +57,9 @@ def served(tmp_path_factory):
     write_mnist_split(root / "mnist", *synthetic_mnist(10, seed=1), "test")
     write_mnist_split(root / "wrong", *synthetic_mnist(3, seed=2), "train")
     write_mnist_split(root / "wrong", *synthetic_mnist(3, seed=3), "test")
-    md5s = {name: hashlib.md5((root / "mnist" / f"{name}.gz").read_bytes()).hexdigest()
-            for name in MNIST_FILES}
+    md5s = {
+        name: hashlib.md5((root / "mnist" / f"{name}.gz").read_bytes()).hexdigest() for name in MNIST_FILES
+    }
     server = http.server.HTTPServer(("127.0.0.1", 0), functools.partial(_Handler, directory=str(root)))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -120,8 +121,12 @@ def test_bad_checksum_leaves_nothing(served, tmp_path):
 @pytest.mark.parametrize("first", ["404", "refused", "truncated", "bad checksum"])
 def test_first_mirror_fails_second_used(served, tmp_path, first):
     base, md5s = served
-    bad = {"404": f"{base}/nothing-here/", "refused": _refused_url(), "truncated": f"{base}/truncated/",
-           "bad checksum": f"{base}/wrong/"}[first]  # /wrong/ serves other files under the same names
+    bad = {
+        "404": f"{base}/nothing-here/",
+        "refused": _refused_url(),
+        "truncated": f"{base}/truncated/",
+        "bad checksum": f"{base}/wrong/",
+    }[first]  # /wrong/ serves other files under the same names
     out = download_mnist(tmp_path / "dl", mirrors=[bad, f"{base}/mnist/"], md5s=md5s, timeout=10)
     assert sorted(p.name for p in out.iterdir()) == sorted(f"{n}.gz" for n in MNIST_FILES)
     for name in MNIST_FILES:
@@ -133,8 +138,12 @@ def test_all_mirrors_fail(served, tmp_path):
     base, md5s = served
     dest = tmp_path / "dl"
     with pytest.raises(MNISTDownloadError) as info:
-        download_mnist(dest, mirrors=[f"{base}/nothing-here/", _refused_url(), f"{base}/truncated/"],
-                       md5s=md5s, timeout=10)
+        download_mnist(
+            dest,
+            mirrors=[f"{base}/nothing-here/", _refused_url(), f"{base}/truncated/"],
+            md5s=md5s,
+            timeout=10,
+        )
     msg = str(info.value)
     assert "HTTP 404" in msg and "refused" in msg.lower() and "truncated transfer" in msg
     assert msg.count("http://") == 3

@@ -1,4 +1,4 @@
-"""ELBO and IWAE bounds (problayers.evaluation) on a linear-Gaussian latent model.
+"""ELBO and IWAE bounds (problayers.vae.evaluation) on a linear-Gaussian latent model.
 
 The model, in float64 throughout so that exact identities can be checked to ~1e-10::
 
@@ -28,7 +28,7 @@ import pytest
 import torch
 import torch.distributions as D
 
-from problayers.evaluation import elbo_terms, evaluate, format_table, iwae_log_likelihood
+from problayers.vae.evaluation import elbo_terms, evaluate, format_table, iwae_log_likelihood
 
 F64 = torch.float64
 LATENT = 2

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from problayers.checkpoint import CheckpointError
-from problayers.experiment import RunConfig, load_run, resume, train
-from problayers.models import ModelConfig
+from problayers.train.checkpoint import CheckpointError
+from problayers.vae.experiment import RunConfig, load_run, resume, train
+from problayers.vae.models import ModelConfig
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ModelConfig(latent_size=4, base_depth=4)
@@ -197,7 +197,7 @@ def test_fast_step_options(tmp_path):
 
 
 def test_weight_averaging(tmp_path):
-    from problayers.experiment import load_test_images, test_metrics
+    from problayers.vae.experiment import load_test_images, test_metrics
 
     history = train(tiny_config(epochs=2, ema_decay=0.9), tmp_path)
     assert {"test_neg_elbo", "online_test_neg_elbo"} <= set(history[-1])

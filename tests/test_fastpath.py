@@ -1,4 +1,4 @@
-"""The fast training step (problayers.fastpath): same training as the default step, options,
+"""The fast training step (problayers.train.fastpath): same training as the default step, options,
 errors. Tiny models on the CPU; the seed-model compile checks are marked slow."""
 
 from __future__ import annotations
@@ -10,8 +10,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import problayers as pl
-from problayers.evaluation import evaluate
-from problayers.fastpath import (
+from problayers.train.fastpath import (
     PRECISIONS,
     TrainStep,
     bf16_autocast,
@@ -19,8 +18,9 @@ from problayers.fastpath import (
     fastest_defaults,
     make_train_step,
 )
-from problayers.models import VAE, ModelConfig, build_model, vae_loss
-from problayers.training import Trainer, TrainerConfig
+from problayers.train.trainer import Trainer, TrainerConfig
+from problayers.vae.evaluation import evaluate
+from problayers.vae.models import VAE, ModelConfig, build_model, vae_loss
 
 
 def tiny_vae() -> VAE:

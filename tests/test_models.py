@@ -9,7 +9,7 @@ import torch
 import torch.distributions as D
 
 import problayers as pl
-from problayers.models import MODELS, ModelConfig, build_model, register_model, vae_loss
+from problayers.vae.models import MODELS, ModelConfig, build_model, register_model, vae_loss
 
 
 def test_seed_shapes_forward_backward():
@@ -130,7 +130,7 @@ def test_init_errors_and_old_configs_without_init():
 
 
 def test_saved_configs_before_tril_order_keep_the_row_order():
-    from problayers.models import ModelConfig, build_model
+    from problayers.vae.models import ModelConfig, build_model
 
     new = ModelConfig()
     assert new.tril_order == "tfp"  # new models read their scale as TFP does

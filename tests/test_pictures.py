@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from problayers.models import ModelConfig, build_model
-from problayers.pictures import image_grid, loss_curve, save_pictures
+from problayers.vae.models import ModelConfig, build_model
+from problayers.vae.pictures import image_grid, loss_curve, save_pictures
 
 
 def test_image_grid_layout(tmp_path):

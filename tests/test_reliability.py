@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from problayers import checkpoint
 from problayers.cli import main
-from problayers.runlock import LOCK, RunLock
+from problayers.train import checkpoint
+from problayers.vae.runlock import LOCK, RunLock
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--latent-size", "4", "--base-depth", "4", "--batch-size", "32", "--no-progress", "--no-fast"]
@@ -208,12 +208,12 @@ def test_debug_shows_the_traceback(run, monkeypatch, capsys):
 
 
 def test_internal_errors_are_one_line_too(monkeypatch, capsys, tmp_path):
-    import problayers.experiment
+    import problayers.vae.experiment
 
     def broken(*args, **kwargs):
         raise TypeError("something\nunforeseen")
 
-    monkeypatch.setattr(problayers.experiment, "load_run", broken)
+    monkeypatch.setattr(problayers.vae.experiment, "load_run", broken)
     err = fails(["evaluate", tmp_path], capsys, code=1)
     assert "internal error: TypeError: something unforeseen" in err and "PROBLAYERS_DEBUG=1" in err
 
@@ -265,7 +265,7 @@ def test_evaluate_and_sample_default_outputs(run, capsys):
 
 # --------------------------------------------------------------------------------- the lock
 HOLD = (
-    "import sys; from problayers.runlock import RunLock\n"
+    "import sys; from problayers.vae.runlock import RunLock\n"
     "with RunLock(sys.argv[1]):\n"
     "    print('locked', flush=True); sys.stdin.read()\n"
 )
@@ -439,7 +439,7 @@ def test_a_gpu_run_is_read_and_resumed_without_a_gpu(run, capsys):
 
 
 def test_data_dir_is_stored_absolute(tmp_path, monkeypatch):
-    from problayers.data import synthetic_mnist, write_mnist_split
+    from problayers.vae.data import synthetic_mnist, write_mnist_split
 
     write_mnist_split(tmp_path / "mnist", *synthetic_mnist(64, 0), "train")
     write_mnist_split(tmp_path / "mnist", *synthetic_mnist(16, 1), "test")

@@ -1,4 +1,4 @@
-"""Learning-rate schedules (problayers.schedules): their shape over a run, and errors."""
+"""Learning-rate schedules (problayers.train.schedules): their shape over a run, and errors."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from problayers.schedules import LR_SCHEDULES, make_scheduler
+from problayers.train.schedules import LR_SCHEDULES, make_scheduler
 
 
 def rates(name: str, total: int, lr: float = 1e-3) -> tuple[list[float], torch.optim.Optimizer]:
@@ -79,7 +79,7 @@ def test_errors_name_the_argument(name, total, match):
 
 
 def test_scheduler_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
-    from problayers.checkpoint import load_checkpoint, save_checkpoint
+    from problayers.train.checkpoint import load_checkpoint, save_checkpoint
 
     for name in ("cosine", "onecycle", "wsd"):
         lrs, _ = rates(name, 40)

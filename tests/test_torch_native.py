@@ -189,7 +189,7 @@ def test_deepcopy_pickle_and_averaged_model_after_a_forward(case):
 
 
 def test_seed_vae_forward_loss_backward_is_one_graph_equal_to_eager(fresh_dynamo):
-    from problayers.models import ModelConfig, build_model, vae_loss
+    from problayers.vae.models import ModelConfig, build_model, vae_loss
 
     torch.manual_seed(0)
     model = build_model(ModelConfig(latent_size=2, base_depth=4))  # the seed architecture, narrow

@@ -10,9 +10,9 @@ import torch.distributions as D
 from torch import nn
 
 import problayers as pl
-from problayers.averaging import EMA
-from problayers.checkpoint import CheckpointError
-from problayers.training import NonFiniteLossError, Trainer, TrainerConfig, fit
+from problayers.train.averaging import EMA
+from problayers.train.checkpoint import CheckpointError
+from problayers.train.trainer import NonFiniteLossError, Trainer, TrainerConfig, fit
 
 
 def regression_data(n=64, seed=0):

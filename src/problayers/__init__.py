@@ -53,7 +53,6 @@ from .layers import (
 )
 from .losses import clear_losses, collect_losses, set_added_loss
 from .regularizers import KLDivergenceAddLoss, KLDivergenceRegularizer
-from .training import fit
 
 del _kl
 
@@ -114,3 +113,13 @@ __all__ = [
     "set_added_loss",
     "to_bayesian",
 ]
+
+
+def __getattr__(name: str):
+    # ``pl.fit`` is the application's trainer (problayers.train): imported on first use, so that
+    # ``import problayers`` loads the library only.
+    if name == "fit":
+        from .train.trainer import fit
+
+        return fit
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

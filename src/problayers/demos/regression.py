@@ -32,9 +32,9 @@ import torch.distributions as D
 import torch.nn.functional as F
 from torch import nn
 
-from ..checkpoint import atomic_write, write_json
 from ..layers import DenseVariational, DistributionLambda, posterior_mean_field, prior_trainable
 from ..losses import collect_losses
+from ..train.checkpoint import atomic_write, write_json
 
 __all__ = ["CASES", "Features", "build_model", "main", "make_dataset", "noise_std", "run"]
 

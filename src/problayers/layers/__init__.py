@@ -1,5 +1,9 @@
 """Distribution layers, one module per family."""
 
+# Conv2dReparameterization/Conv2dFlipout lived in layers.reparameterization in problayers 0.1:
+# the old path still names them (for imports, and models pickled whole), without an import back.
+from . import convolutional as _convolutional
+from . import reparameterization as _reparameterization
 from .base import DistributionLambda
 from .categorical import CategoricalMixtureOfOneHotCategorical, OneHotCategorical
 from .convolutional import (
@@ -42,6 +46,10 @@ from .variational import (
     prior_standard_normal,
     prior_trainable,
 )
+
+_reparameterization.Conv2dFlipout = _convolutional.Conv2dFlipout
+_reparameterization.Conv2dReparameterization = _convolutional.Conv2dReparameterization
+del _convolutional, _reparameterization
 
 __all__ = [
     "AutoregressiveNetwork",

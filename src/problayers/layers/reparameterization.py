@@ -333,12 +333,3 @@ class DenseFlipout(_Dense, _Flipout):
         >>> layer(torch.zeros(8, 4)).shape, pl.collect_losses(layer).shape
         (torch.Size([8, 2]), torch.Size([]))
     """
-
-
-def __getattr__(name: str):
-    # Conv2dReparameterization/Conv2dFlipout lived here: old imports and pickles still find them.
-    if name in ("Conv2dFlipout", "Conv2dReparameterization"):
-        from . import convolutional
-
-        return getattr(convolutional, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

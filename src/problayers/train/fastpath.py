@@ -1,7 +1,7 @@
 """A faster training step: ``torch.compile``, bf16 autocast and channels_last, as options.
 
 ``make_train_step(model, optimizer, loss_fn, ...)`` returns ``step(batch) -> (loss, metrics)``
-that does what :meth:`problayers.training.Trainer.step` does (zero_grad, ``loss_fn(model, batch)``,
+that does what :meth:`problayers.train.trainer.Trainer.step` does (zero_grad, ``loss_fn(model, batch)``,
 backward, ``optimizer.step()``) and can be handed to the trainer as its ``step_fn``::
 
     step = make_train_step(model, optimizer, vae_loss, compile=True, channels_last=True)
@@ -40,7 +40,7 @@ Options (each can be combined with the others, except ``cuda_graph`` with ``comp
 
 ``cuda_graph``
     The whole step (``zero_grad``, forward, backward, ``optimizer.step()``) captured as one CUDA
-    graph after 3 warm-up steps and replayed: see :mod:`problayers.cudagraph`. CUDA only, not with
+    graph after 3 warm-up steps and replayed: see :mod:`problayers.train.cudagraph`. CUDA only, not with
     ``compile``; the optimizer must be capturable. Measured on an H100 at batch 256 with bf16 and
     channels_last: 4.6x the eager step (docs/benchmarks.md), the eager step being bound by the
     host's kernel launches.
@@ -218,7 +218,7 @@ def make_train_step(
         model: the model, already on its device (its parameters' device is the step's).
         optimizer: an optimizer over the model's parameters.
         loss_fn: ``(model, batch) -> loss`` or ``-> (loss, {name: 0-dim tensor})``, as for
-            :class:`~problayers.training.Trainer` (e.g. :func:`problayers.models.vae_loss`).
+            :class:`~problayers.train.trainer.Trainer` (e.g. :func:`problayers.vae.models.vae_loss`).
         compile: ``torch.compile`` the loss (forward + backward) in one graph; see the module
             docstring for what it changes (random draws) and its costs (first-step compile).
         precision: ``"fp32"`` or ``"bf16"`` (autocast for convolutions and linear layers; the
@@ -230,7 +230,7 @@ def make_train_step(
             on a GPU). Outputs of a CUDA-graph step are overwritten by the next step: use (or
             clone) the returned loss and metrics before the next call, as the trainer does.
         cuda_graph: capture the whole step (forward, backward and ``optimizer.step()``) in one
-            CUDA graph and replay it (:class:`~problayers.cudagraph.CUDAGraphStep`): no Python
+            CUDA graph and replay it (:class:`~problayers.train.cudagraph.CUDAGraphStep`): no Python
             or launch cost per step. CUDA only, not with ``compile``; the optimizer must be
             built with ``capturable=True`` (e.g. ``Adam(params, fused=True, capturable=True)``).
             Same semantics as the step it captures; its outputs are overwritten by the next

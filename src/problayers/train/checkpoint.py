@@ -3,7 +3,7 @@
 Every file is written to a temporary file in the same directory (``.NAME.XXXXXXXX.tmp``),
 flushed and fsynced, renamed over the target (``os.replace``), and the directory is fsynced, so
 a crash leaves the old file or the new one, never a torn one, and the rename survives a power
-loss. A failed write (disk full, permission denied...) raises :class:`~problayers.errors.WriteError`
+loss. A failed write (disk full, permission denied...) raises :class:`~problayers.train.errors.WriteError`
 naming the file and leaves neither a changed target nor a temporary file; temporaries a SIGKILL
 left behind are removed by :func:`remove_stale_temps` (``train``/``resume`` call it under the
 run's lock). Checkpoints are ``torch.save`` files read back with ``torch.load(weights_only=True)``;
@@ -85,7 +85,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> 
     """Write ``path`` atomically: ``write(fileobj)`` fills a temp file that then replaces it.
 
     An OS error (disk full, no permission, read-only filesystem, ``path`` a directory...) raises
-    :class:`~problayers.errors.WriteError` naming ``path``; the old file stays, no temp is left."""
+    :class:`~problayers.train.errors.WriteError` naming ``path``; the old file stays, no temp is left."""
     path = Path(path)
     _make_parent(path)
     if path.is_dir():

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .errors import ProblayersError, RunDirError, os_reason
+from ..train.errors import ProblayersError, RunDirError, os_reason
 
 __all__ = ["LOCK", "RunLock", "RunLockError"]
 
@@ -108,7 +108,7 @@ class RunLock:
         except BaseException:  # e.g. disk full, SIGTERM: leave no half-written lock
             self.path.unlink(missing_ok=True)
             raise
-        from .checkpoint import fsync_dir
+        from ..train.checkpoint import fsync_dir
 
         fsync_dir(self.run_dir)
         return True

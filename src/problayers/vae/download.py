@@ -20,8 +20,8 @@ import urllib.request
 from collections.abc import Iterable
 from pathlib import Path
 
-from problayers.checkpoint import fsync_dir
-from problayers.data import _HINT, MNIST_FILES, MNISTDownloadError
+from ..train.checkpoint import fsync_dir
+from .idx import _HINT, MNIST_FILES, MNISTDownloadError
 
 __all__ = ["MNIST_MD5", "MNIST_MIRRORS", "download_file", "download_mnist"]
 
@@ -97,14 +97,19 @@ def _remove_stale_parts(directory: Path) -> None:
                 part.unlink()
 
 
-def download_mnist(directory: str | os.PathLike, names: Iterable[str] = MNIST_FILES, *,
-                   mirrors: Iterable[str] | None = None, md5s: dict[str, str] | None = None,
-                   timeout: float = 60.0) -> Path:
+def download_mnist(
+    directory: str | os.PathLike,
+    names: Iterable[str] = MNIST_FILES,
+    *,
+    mirrors: Iterable[str] | None = None,
+    md5s: dict[str, str] | None = None,
+    timeout: float = 60.0,
+) -> Path:
     """Download ``name + ".gz"`` for each of ``names`` into ``directory`` (created if needed), trying
     ``mirrors`` (base URLs; default :data:`MNIST_MIRRORS`) in order and checking each file against
     ``md5s[name]`` (default :data:`MNIST_MD5`). Returns ``directory`` as a Path.
 
-    Raises :class:`~problayers.data.MNISTDownloadError` (one line: every mirror's failure and how to
+    Raises :class:`~problayers.vae.data.MNISTDownloadError` (one line: every mirror's failure and how to
     use a local copy instead) if no mirror delivers a file with the right checksum.
     """
     directory = Path(directory)
@@ -117,8 +122,9 @@ def download_mnist(directory: str | os.PathLike, names: Iterable[str] = MNIST_FI
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise MNISTDownloadError(f"cannot create the MNIST cache {directory} ({_describe(exc)}); "
-                                 f"{_HINT}") from exc
+        raise MNISTDownloadError(
+            f"cannot create the MNIST cache {directory} ({_describe(exc)}); {_HINT}"
+        ) from exc
     _remove_stale_parts(directory)
     for name in names:
         failures = []
@@ -135,6 +141,8 @@ def download_mnist(directory: str | os.PathLike, names: Iterable[str] = MNIST_FI
                 failures.append(f"{url}: {_describe(exc)}")
         else:
             tried = "; ".join(failures) if failures else "no mirrors given"
-            raise MNISTDownloadError(f"could not download {name}.gz into {directory} ({tried}); to use a "
-                                     f"local copy instead, {_HINT}")
+            raise MNISTDownloadError(
+                f"could not download {name}.gz into {directory} ({tried}); to use a "
+                f"local copy instead, {_HINT}"
+            )
     return directory

@@ -5,12 +5,12 @@ every epoch), ``metrics.jsonl`` (per epoch: train loss/recon/KL, test -ELBO/reco
 images/s) and the final pictures. ``resume(run_dir)`` continues a run from its last complete
 checkpoint; ``load_run(run_dir)`` gives the trained model back for evaluation and sampling, after
 validating the checkpoint. ``train`` and ``resume`` hold the run directory's lock
-(:mod:`problayers.runlock`) and first remove the temporaries a killed run left; see
+(:mod:`problayers.vae.runlock`) and first remove the temporaries a killed run left; see
 ``docs/reliability.md`` for what is promised.
 
-Data-parallel (under ``torchrun``, see :mod:`problayers.distributed` and ``docs/distributed.md``):
+Data-parallel (under ``torchrun``, see :mod:`problayers.train.distributed` and ``docs/distributed.md``):
 ``batch_size`` is the global batch (divisible by the world size); each rank trains on its slice of
-every global batch (:class:`~problayers.data.EpochBatches` with ``rank``/``world_size``: the same
+every global batch (:class:`~problayers.vae.data.EpochBatches` with ``rank``/``world_size``: the same
 examples and binarization as a single process); rank 0 reads the run directory (config,
 checkpoint) and hands it to the others, evaluates the whole test set (so test metrics are those a
 single process would compute for the same weights), and alone writes ``config.json``, checkpoints,
@@ -31,19 +31,19 @@ from typing import Any
 
 import torch
 
+from ..train import distributed
+from ..train.averaging import EMA
+from ..train.checkpoint import check_state_dict, load_checkpoint, remove_stale_temps, write_json
+from ..train.distributed import DistContext
+from ..train.errors import RunDirError
+from ..train.schedules import make_scheduler
+from ..train.trainer import CHECKPOINT, Trainer, TrainerConfig
 from . import data as mnist
-from . import distributed
-from .averaging import EMA
-from .checkpoint import check_state_dict, load_checkpoint, remove_stale_temps, write_json
-from .distributed import DistContext
-from .errors import RunDirError
 from .evaluation import evaluate
 from .models import VAE, build_model, vae_loss
 from .runconfig import STEP_OPTIONS, RunConfig, resolve_device, step_options
 from .rundir import CONFIG, check_consistent, check_run_state, prepare_run_dir, read_config
 from .runlock import RunLock
-from .schedules import make_scheduler
-from .training import CHECKPOINT, Trainer, TrainerConfig
 
 __all__ = [
     "EVAL_SEED",
@@ -144,7 +144,7 @@ def _setup(cfg: RunConfig, run_dir: Path, dist: DistContext | None = None) -> Tr
                 "compile/precision/channels_last/cuda_graph: the fast step is single-process for now; "
                 "drop these options for data-parallel training"
             )
-        from .fastpath import make_train_step
+        from ..train.fastpath import make_train_step
 
         if device.type == "cuda":  # let cuDNN time its algorithms for the step's fixed shapes
             torch.backends.cudnn.benchmark = True
@@ -242,10 +242,10 @@ def _locked(
 
 def train(cfg: RunConfig, run_dir: str | Path, *, dist: DistContext | None = None) -> list[dict[str, Any]]:
     """Train a fresh run into ``run_dir`` (which must not hold a checkpoint already), holding
-    its lock (:class:`~problayers.runlock.RunLock`) while it runs.
+    its lock (:class:`~problayers.vae.runlock.RunLock`) while it runs.
 
     ``dist``: the process group to train data-parallel in (default: the one torchrun's
-    environment set up through :func:`problayers.distributed.launch`, if any)."""
+    environment set up through :func:`problayers.train.distributed.launch`, if any)."""
     dist = _dist(dist)
     cfg = _absolute_data(cfg)
     given, run_dir = run_dir, Path(run_dir).expanduser()
@@ -272,7 +272,7 @@ def resume(run_dir: str | Path, *, dist: DistContext | None = None, **overrides:
     options change how a step runs, not the model; ``config.json`` is updated).
 
     The checkpoint may come from any number of processes (``dist``: as for :func:`train`); the
-    random streams continue as :meth:`~problayers.training.Trainer.load_state_dict` says."""
+    random streams continue as :meth:`~problayers.train.trainer.Trainer.load_state_dict` says."""
     refused = sorted(set(overrides) - set(RESUME_OVERRIDES))
     if refused:
         raise ValueError(
@@ -329,7 +329,7 @@ def load_run(
     """The trained model of ``run_dir`` (eval mode, on ``device``), its config and history.
 
     The checkpoint is validated first (structure, metadata, shapes, finite weights): a damaged
-    or foreign one raises a one-line :class:`~problayers.checkpoint.CheckpointError`. A run
+    or foreign one raises a one-line :class:`~problayers.train.checkpoint.CheckpointError`. A run
     trained with ``ema_decay`` gives its averaged weights (those its test metrics are of), or
     with ``online=True`` the last iterate of training."""
     run_dir = Path(run_dir)

@@ -123,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--fast",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="the device's fastest step options (problayers.fastpath.fastest_defaults: on a GPU the "
+        help="the device's fastest step options (problayers.train.fastpath.fastest_defaults: on a GPU the "
         "whole step as one CUDA graph + channels_last + bf16 + fused Adam, on a CPU channels_last); "
         "the default unless a step flag below is given or the run is data-parallel; --no-fast: the "
         "plain eager step",

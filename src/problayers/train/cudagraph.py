@@ -24,12 +24,9 @@ the graph's input and launches the graph. This is torch's "whole-network capture
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
-
-if TYPE_CHECKING:
-    from .fastpath import TrainStep
 
 __all__ = ["CUDAGraphStep"]
 
@@ -54,14 +51,14 @@ def _copy_into(static: Any, batch: Any) -> None:
 
 
 class CUDAGraphStep:
-    """``step(batch) -> (loss, metrics)``: ``step`` (a :class:`~problayers.fastpath.TrainStep`)
+    """``step(batch) -> (loss, metrics)``: ``step`` (a :class:`~problayers.train.fastpath.TrainStep`)
     captured as one CUDA graph after ``warmup_steps`` ordinary steps (see the module docstring).
 
     ``options`` are the step's plus ``cuda_graph=True``; ``captured`` tells whether the graph
     exists yet; ``replays`` counts graphed steps.
     """
 
-    def __init__(self, step: TrainStep, warmup_steps: int = 3) -> None:
+    def __init__(self, step: Any, warmup_steps: int = 3) -> None:
         self.step = step
         self.options = {**step.options, "cuda_graph": True}
         self.warmup_steps = warmup_steps

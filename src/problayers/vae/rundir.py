@@ -8,8 +8,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import CheckpointError, check_finite
-from .errors import RunDirError, os_reason
+from ..train.checkpoint import CheckpointError, check_finite
+from ..train.errors import RunDirError, os_reason
 from .runconfig import MAX_EPOCHS, RunConfig
 
 __all__ = [
@@ -29,7 +29,7 @@ OWN_FILES = (CONFIG, "checkpoint.pt", "metrics.jsonl", ".lock")
 
 def prepare_run_dir(run_dir: str | os.PathLike, option: str = "--out") -> Path:
     """``run_dir`` as a directory that exists (created if needed), or a one-line
-    :class:`~problayers.errors.RunDirError` naming ``option``."""
+    :class:`~problayers.train.errors.RunDirError` naming ``option``."""
     if os.fspath(run_dir) == "":
         raise RunDirError(f"{option}: expected a directory, got an empty path")
     path = Path(run_dir).expanduser()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import atomic_write
+from ..train.checkpoint import atomic_write
 from .models import VAE
 
 __all__ = ["image_grid", "loss_curve", "save_pictures"]

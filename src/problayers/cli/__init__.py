@@ -1,7 +1,7 @@
 """The ``problayers`` command line: ``train``, ``evaluate``, ``sample``, ``regression``.
 
 Each subcommand is a function ``(args) -> int``. Every fault ends in one line on stderr and a
-non-zero status, without a traceback (:mod:`problayers.errors`): 2 for user mistakes (bad
+non-zero status, without a traceback (:mod:`problayers.cli.errors`): 2 for user mistakes (bad
 options, missing or foreign data, a damaged checkpoint or ``config.json``, a run directory in
 use), 1 for the environment (disk full, permission denied) or a diverged run, 130/143 for
 SIGINT/SIGTERM. ``--debug`` or ``PROBLAYERS_DEBUG=1`` shows the traceback instead.
@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from .cliparser import build_parser
+from .parser import build_parser
 
 __all__ = ["build_parser", "main"]
 
@@ -28,10 +28,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     Data-parallel, rank 0 alone prints; an error rank 0 reports for every rank (a NaN loss, a bad
     option or run directory checked on rank 0) ends the other ranks silently with the same status.
     """
-    from . import distributed
-    from .experiment import RunConfig, resume, train
-    from .models import ModelConfig
-    from .training import NonFiniteLossError
+    from ..train import distributed
+    from ..train.trainer import NonFiniteLossError
+    from ..vae.experiment import RunConfig, resume, train
+    from ..vae.models import ModelConfig
 
     rank = 0
     try:
@@ -110,10 +110,10 @@ def _given_options(argv: Sequence[str]) -> set[str]:
 
 def _fast_options(args: argparse.Namespace, data_parallel: bool) -> dict:
     """RunConfig's step options. ``--fast`` (the default when no step flag is given and the run is
-    single-process): the device's fastest defaults (``problayers.fastpath.fastest_defaults``; on
+    single-process): the device's fastest defaults (``problayers.train.fastpath.fastest_defaults``; on
     CUDA also fused Adam), to which explicit flags add. With step flags but no ``--fast``: those
     flags alone. ``--no-fast`` or a data-parallel run: the plain eager step plus explicit flags."""
-    from .experiment import step_options
+    from ..vae.experiment import step_options
 
     flags = (
         args.compile,
@@ -145,10 +145,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     import torch
 
-    from .checkpoint import write_json
-    from .evaluation import evaluate, format_table
-    from .experiment import load_run, load_test_images
-    from .rundir import check_output
+    from ..train.checkpoint import write_json
+    from ..vae.evaluation import evaluate, format_table
+    from ..vae.experiment import load_run, load_test_images
+    from ..vae.rundir import check_output
 
     out = Path(args.run_dir) / "eval.json" if args.out is None else args.out
     out = check_output(out, args.run_dir, "--out")  # never over the run's own files
@@ -173,7 +173,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         model.to(memory_format=torch.channels_last)
     precision = contextlib.nullcontext()
     if args.precision == "bf16":
-        from .fastpath import bf16_autocast
+        from ..train.fastpath import bf16_autocast
 
         precision = bf16_autocast(model)
     torch.manual_seed(args.seed)
@@ -207,9 +207,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_sample(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from .experiment import load_run, load_test_images
-    from .pictures import save_pictures
-    from .rundir import check_output, prepare_run_dir
+    from ..vae.experiment import load_run, load_test_images
+    from ..vae.pictures import save_pictures
+    from ..vae.rundir import check_output, prepare_run_dir
 
     out_dir = args.run_dir if args.out is None else args.out
     check_output(out_dir, args.run_dir, "--out")
@@ -224,8 +224,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_regression(args: argparse.Namespace) -> int:
-    from .demos import regression
-    from .rundir import prepare_run_dir
+    from ..demos import regression
+    from ..vae.rundir import prepare_run_dir
 
     prepare_run_dir(args.out, "--out")  # "" is refused, not taken as the current directory
     results = regression.run(args.out, epochs=args.epochs, seed=args.seed, show_progress=not args.no_progress)
@@ -244,8 +244,9 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; every error ends in one line on stderr and ``SystemExit`` with a
-    non-zero status (see :mod:`problayers.errors`), or a traceback with ``--debug``."""
-    from .errors import debug_requested, describe, sigterm_raises
+    non-zero status (see :mod:`problayers.cli.errors`), or a traceback with ``--debug``."""
+    from ..train.errors import sigterm_raises
+    from .errors import debug_requested, describe
 
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()

@@ -13,26 +13,20 @@ No traceback is printed unless ``--debug`` is given or ``PROBLAYERS_DEBUG=1`` is
 from __future__ import annotations
 
 import errno as _errno
-import os
 import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 __all__ = [
-    "DEBUG_ENV",
     "ProblayersError",
     "RunDirError",
     "Terminated",
     "WriteError",
-    "debug_requested",
-    "describe",
     "one_line",
     "os_reason",
     "sigterm_deferred",
     "sigterm_raises",
 ]
-
-DEBUG_ENV = "PROBLAYERS_DEBUG"
 
 
 class ProblayersError(Exception):
@@ -71,35 +65,6 @@ def os_reason(err: OSError) -> str:
     name = _errno.errorcode.get(code, "") if isinstance(code, int) else ""
     text = err.strerror or one_line(err) or type(err).__name__
     return f"{text} ({name})" if name else text
-
-
-def debug_requested(flag: bool = False) -> bool:
-    return flag or os.environ.get(DEBUG_ENV, "") not in ("", "0")
-
-
-def describe(err: BaseException) -> tuple[int, str]:
-    """The exit status and the one line the CLI prints for ``err``."""
-    from .checkpoint import CheckpointError
-    from .data import MNISTError
-    from .training import NonFiniteLossError
-
-    if isinstance(err, Terminated):
-        return 143, "problayers: terminated (SIGTERM); the last complete checkpoint, if any, is kept"
-    if isinstance(err, KeyboardInterrupt):
-        return 130, "problayers: interrupted; the last complete checkpoint, if any, is kept"
-    if isinstance(err, NonFiniteLossError):
-        return 1, f"problayers: {one_line(err)}"
-    if isinstance(err, WriteError):
-        return 1, f"problayers: error: {one_line(err)}"
-    if isinstance(err, (ValueError, MNISTError, CheckpointError, ProblayersError)):
-        return 2, f"problayers: error: {one_line(err)}"
-    if isinstance(err, OSError):
-        where = f"{err.filename}: " if getattr(err, "filename", None) else ""
-        return 1, f"problayers: error: {where}{os_reason(err)}"
-    return 1, (
-        f"problayers: internal error: {type(err).__name__}: {one_line(err)[:500]} "
-        f"(set {DEBUG_ENV}=1 or pass --debug for the traceback)"
-    )
 
 
 _deferring = [0]  # depth of sigterm_deferred blocks

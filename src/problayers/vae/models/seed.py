@@ -6,8 +6,8 @@ import torch
 import torch.distributions as D
 from torch import nn
 
-from ..layers import IndependentBernoulli, MultivariateNormalTriL
-from ..regularizers import KLDivergenceRegularizer
+from ...layers import IndependentBernoulli, MultivariateNormalTriL
+from ...regularizers import KLDivergenceRegularizer
 from .registry import ModelConfig, register_model
 from .vae import VAE
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from ..layers.multivariate import TRIL_ORDERS
+from ...layers.multivariate import TRIL_ORDERS
 from .vae import VAE
 
 __all__ = ["INITS", "MODELS", "ModelConfig", "build_model", "register_model"]

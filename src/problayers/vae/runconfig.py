@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from .averaging import check_decay
+from ..train.averaging import check_decay
 from .models import ModelConfig
 
 __all__ = ["MAX_EPOCHS", "STEP_OPTIONS", "RunConfig", "resolve_device", "step_options"]
@@ -35,9 +35,9 @@ class RunConfig:
     train_subset: int | None = None  # use only the first N training images
     test_subset: int | None = None  # ... and the first N test images
     eval_batch_size: int = 500
-    lr_schedule: str = "constant"  # a key of problayers.schedules.LR_SCHEDULES
-    ema_decay: float | None = None  # evaluate an EMA of the weights (problayers.averaging.EMA)
-    # The fast step's options (problayers.fastpath.make_train_step; single-process only for now).
+    lr_schedule: str = "constant"  # a key of problayers.train.schedules.LR_SCHEDULES
+    ema_decay: float | None = None  # evaluate an EMA of the weights (problayers.train.averaging.EMA)
+    # The fast step's options (problayers.train.fastpath.make_train_step; single-process only for now).
     compile: bool = False
     compile_mode: str | None = None
     precision: str = "fp32"
@@ -65,8 +65,8 @@ class RunConfig:
             raise ValueError(f"synthetic: expected an int >= 0, got {self.synthetic!r}")
         if self.data_dir is not None and not isinstance(self.data_dir, str):
             raise ValueError(f"data_dir: expected a path string or null, got {self.data_dir!r}")
-        from .fastpath import COMPILE_MODES, PRECISIONS
-        from .schedules import LR_SCHEDULES
+        from ..train.fastpath import COMPILE_MODES, PRECISIONS
+        from ..train.schedules import LR_SCHEDULES
 
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision: expected one of {list(PRECISIONS)}, got {self.precision!r}")
@@ -137,11 +137,11 @@ STEP_OPTIONS = ("compile", "compile_mode", "precision", "channels_last", "fused_
 
 def step_options(fast: bool, device: str = "auto") -> dict[str, Any]:
     """RunConfig's :data:`STEP_OPTIONS`: their defaults (the plain eager step), or with ``fast``
-    the device's fastest (:func:`problayers.fastpath.fastest_defaults`, and fused Adam on CUDA)."""
+    the device's fastest (:func:`problayers.train.fastpath.fastest_defaults`, and fused Adam on CUDA)."""
     defaults = {f.name: f.default for f in dataclasses.fields(RunConfig)}
     opts = {name: defaults[name] for name in STEP_OPTIONS}
     if fast:
-        from .fastpath import fastest_defaults
+        from ..train.fastpath import fastest_defaults
 
         dev = resolve_device(device)
         opts.update(fastest_defaults(dev), fused_adam=dev.type == "cuda")

@@ -1,18 +1,15 @@
-"""Structural checks of a :class:`~problayers.training.Trainer` checkpoint before it is loaded,
+"""Structural checks of a :class:`~problayers.train.trainer.Trainer` checkpoint before it is loaded,
 so that a damaged or foreign file fails with one line naming it (not deep inside
 ``load_state_dict`` or at the next optimizer step)."""
 
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from .checkpoint import CheckpointError, check_state_dict
-
-if TYPE_CHECKING:
-    from .training import Trainer
 
 __all__ = ["check_trainer_state"]
 
@@ -28,7 +25,7 @@ def _rng(value: Any, what: str, source: str) -> None:
         )
 
 
-def _optimizer(trainer: Trainer, state: Any, source: str) -> None:
+def _optimizer(trainer: Any, state: Any, source: str) -> None:
     if (
         not isinstance(state, dict)
         or not isinstance(state.get("param_groups"), list)
@@ -58,7 +55,7 @@ def _optimizer(trainer: Trainer, state: Any, source: str) -> None:
                 )
 
 
-def check_trainer_state(trainer: Trainer, state: Any, source: str) -> None:
+def check_trainer_state(trainer: Any, state: Any, source: str) -> None:
     """Raise a one-line :class:`CheckpointError` unless ``state`` fits ``trainer``."""
     if not isinstance(state, dict):
         raise CheckpointError(f"{source}: not a checkpoint (expected a dict, got a {type(state).__name__})")

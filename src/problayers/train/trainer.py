@@ -6,7 +6,7 @@ non-finite check), calls ``evaluate`` after each epoch, and, with a run director
 each epoch an atomic checkpoint (model, optimizer, RNG states, history) and ``metrics.jsonl``.
 A run resumed from its checkpoint continues exactly where it stopped (same batches, same RNG).
 
-Data-parallel (``dist``, a :class:`~problayers.distributed.DistContext`): the model is wrapped in
+Data-parallel (``dist``, a :class:`~problayers.train.distributed.DistContext`): the model is wrapped in
 ``DistributedDataParallel`` and ``loss_fn`` gets the wrapped model, so gradients are averaged over
 the ranks in ``backward``; each rank's ``batches(epoch)`` must yield its shard of every global
 batch, the same number of steps on every rank. The metric sums are all-reduced (one collective
@@ -84,12 +84,12 @@ class Trainer:
             data-parallel, it must run the forward through ``trainer.train_model``).
         scheduler: a ``torch.optim.lr_scheduler`` of ``optimizer``, stepped after every optimizer
             step (whatever ``step_fn``); its state is part of the checkpoint.
-        averaged: an :class:`~problayers.averaging.EMA` of ``model``, updated after every
+        averaged: an :class:`~problayers.train.averaging.EMA` of ``model``, updated after every
             optimizer step (after the scheduler) and part of the checkpoint. ``evaluate`` is
             then called with the averaged model (its metrics are the epoch's) and with the
             trained one (recorded with the prefix ``online_``); :attr:`result_model` is the
             averaged model.
-        dist: the process group's :class:`~problayers.distributed.DistContext` for data-parallel
+        dist: the process group's :class:`~problayers.train.distributed.DistContext` for data-parallel
             training (``None``: single-process). With it, ``loss_fn`` is called with the
             ``DistributedDataParallel`` wrapper, ``evaluate`` is called on every rank (rank 0's
             result is recorded: a sharded evaluation reduces inside ``evaluate``), and
@@ -128,8 +128,9 @@ class Trainer:
         if isinstance(model, nn.parallel.DistributedDataParallel):
             if self.dist is None:
                 raise ValueError(
-                    "model: a DistributedDataParallel model needs dist= (problayers.distributed.launch()) "
-                    "so that metrics are reduced and rank 0 alone writes"
+                    "model: a DistributedDataParallel model needs dist= "
+                    "(problayers.train.distributed.launch()) so that metrics are reduced and rank 0 "
+                    "alone writes"
                 )
             self.model, self.train_model = model.module, model
         elif self.dist is not None:
@@ -318,7 +319,7 @@ class Trainer:
         Model and optimizer are the same on every rank. Random streams: on the world size the
         checkpoint was written with, every rank gets its own stream back (the run continues as
         if uninterrupted); on another world size, rank 0 continues rank 0's stream and the other
-        ranks derive theirs from it (:meth:`~problayers.distributed.DistContext.split_rng`), so
+        ranks derive theirs from it (:meth:`~problayers.train.distributed.DistContext.split_rng`), so
         the run continues from the checkpoint reproducibly but not bitwise like an uninterrupted
         run (the reparameterization noise of an example depends on the rank that draws it).
         """

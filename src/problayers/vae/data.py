@@ -8,7 +8,7 @@ Where the files come from (:func:`resolve_mnist_dir`), first match wins:
 1. an explicit directory (``data_dir`` argument, the CLI's ``--data-dir``);
 2. the environment variable ``PROBLAYERS_MNIST_DIR``;
 3. the cache directory ``$XDG_CACHE_HOME/problayers/mnist`` (default ``~/.cache/problayers/mnist``);
-4. a download into that cache (see :mod:`problayers.download`), each file checked against its MD5.
+4. a download into that cache (see :mod:`problayers.vae.download`), each file checked against its MD5.
 
 A directory named by 1 or 2 that lacks a file is an error: it never falls through to a download.
 Every problem with the data raises a one-line :class:`MNISTError` naming the file and the fault.
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from .idx import (  # noqa: F401  (re-exported; _HINT and _one_line for problayers.download)
+from .idx import (  # noqa: F401  (re-exported; _HINT and _one_line for problayers.vae.download)
     _HINT,
     ANY_COUNT_ENV,
     MAX_IDX_EXAMPLES,
@@ -48,11 +48,32 @@ from .idx import (  # noqa: F401  (re-exported; _HINT and _one_line for problaye
 )
 
 __all__ = [
-    "ANY_COUNT_ENV", "MAX_IDX_EXAMPLES", "MNIST_COUNTS", "MNIST_ENV_VAR", "MNIST_FILES", "MNIST_SHA256",
-    "SPLITS", "TEST_BINARIZATION_SEED", "EpochBatches", "MNISTDownloadError", "MNISTError",
-    "MNISTFormatError", "MNISTNotFoundError", "binarize", "binarize_fixed", "default_cache_dir",
-    "find_mnist_file", "load_mnist", "missing_mnist_files", "read_idx_images", "read_idx_labels",
-    "read_mnist_split", "resolve_mnist_dir", "synthetic_mnist", "verify_sha256", "write_idx",
+    "ANY_COUNT_ENV",
+    "MAX_IDX_EXAMPLES",
+    "MNIST_COUNTS",
+    "MNIST_ENV_VAR",
+    "MNIST_FILES",
+    "MNIST_SHA256",
+    "SPLITS",
+    "TEST_BINARIZATION_SEED",
+    "EpochBatches",
+    "MNISTDownloadError",
+    "MNISTError",
+    "MNISTFormatError",
+    "MNISTNotFoundError",
+    "binarize",
+    "binarize_fixed",
+    "default_cache_dir",
+    "find_mnist_file",
+    "load_mnist",
+    "missing_mnist_files",
+    "read_idx_images",
+    "read_idx_labels",
+    "read_mnist_split",
+    "resolve_mnist_dir",
+    "synthetic_mnist",
+    "verify_sha256",
+    "write_idx",
     "write_mnist_split",
 ]
 
@@ -73,18 +94,25 @@ def _require_complete(directory: Path, source: str) -> Path:
         raise MNISTNotFoundError(f"{directory} (from {source}): not a directory; {_HINT}")
     missing = missing_mnist_files(directory)
     if missing:
-        raise MNISTNotFoundError(f"{directory} (from {source}) lacks {', '.join(missing)} (.gz or raw); "
-                                 f"{_HINT}")
+        raise MNISTNotFoundError(
+            f"{directory} (from {source}) lacks {', '.join(missing)} (.gz or raw); {_HINT}"
+        )
     return directory
 
 
-def resolve_mnist_dir(data_dir: str | os.PathLike | None = None, *, download: bool = True,
-                      cache_dir: str | os.PathLike | None = None, mirrors: Iterable[str] | None = None,
-                      md5s: dict[str, str] | None = None, timeout: float = 60.0) -> Path:
+def resolve_mnist_dir(
+    data_dir: str | os.PathLike | None = None,
+    *,
+    download: bool = True,
+    cache_dir: str | os.PathLike | None = None,
+    mirrors: Iterable[str] | None = None,
+    md5s: dict[str, str] | None = None,
+    timeout: float = 60.0,
+) -> Path:
     """The directory holding all four MNIST files: ``data_dir``, else ``$PROBLAYERS_MNIST_DIR``, else
     the cache (``cache_dir`` or :func:`default_cache_dir`), downloading missing files into the cache
     when ``download`` is true (``mirrors``/``md5s``/``timeout`` go to
-    :func:`problayers.download.download_mnist`). An empty string counts as not given.
+    :func:`problayers.vae.download.download_mnist`). An empty string counts as not given.
 
     Raises :class:`MNISTNotFoundError` if a given directory lacks a file or nothing is found with
     ``download=False``, and :class:`MNISTDownloadError` if every mirror fails.
@@ -99,16 +127,19 @@ def resolve_mnist_dir(data_dir: str | os.PathLike | None = None, *, download: bo
     if not missing:
         return cache
     if not download:
-        raise MNISTNotFoundError(f"MNIST not found: no data_dir, {MNIST_ENV_VAR} unset, cache {cache} lacks "
-                                 f"{', '.join(missing)}, and downloading is disabled; {_HINT}")
-    from problayers.download import download_mnist  # lazy: download imports this module
+        raise MNISTNotFoundError(
+            f"MNIST not found: no data_dir, {MNIST_ENV_VAR} unset, cache {cache} lacks "
+            f"{', '.join(missing)}, and downloading is disabled; {_HINT}"
+        )
+    from .download import download_mnist
 
     download_mnist(cache, missing, mirrors=mirrors, md5s=md5s, timeout=timeout)
     return cache
 
 
-def load_mnist(data_dir: str | os.PathLike | None = None, split: str = "train",
-               **resolve_kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+def load_mnist(
+    data_dir: str | os.PathLike | None = None, split: str = "train", **resolve_kwargs
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Load a split (``"train"``: 60000, ``"test"``: 10000 examples), locating or downloading the files
     with :func:`resolve_mnist_dir` (``resolve_kwargs`` are its keyword arguments).
 
@@ -121,8 +152,18 @@ def load_mnist(data_dir: str | os.PathLike | None = None, split: str = "train",
 
 # ------------------------------------------------------------------------------------------ synthetic data
 # Seven-segment digits: segment endpoints (x0, y0, x1, y1) in pixels, and which segments each digit lights.
-_SEGMENTS = torch.tensor([[9, 6, 19, 6], [19, 6, 19, 14], [19, 14, 19, 22], [9, 22, 19, 22],
-                          [9, 14, 9, 22], [9, 6, 9, 14], [9, 14, 19, 14]], dtype=torch.float32)
+_SEGMENTS = torch.tensor(
+    [
+        [9, 6, 19, 6],
+        [19, 6, 19, 14],
+        [19, 14, 19, 22],
+        [9, 22, 19, 22],
+        [9, 14, 9, 22],
+        [9, 6, 9, 14],
+        [9, 14, 19, 14],
+    ],
+    dtype=torch.float32,
+)
 _DIGIT_SEGMENTS = ["abcdef", "bc", "abged", "abgcd", "fgbc", "afgcd", "afgedc", "abc", "abcdefg", "abcdfg"]
 _LIT = torch.tensor([[s in d for s in "abcdefg"] for d in _DIGIT_SEGMENTS], dtype=torch.float32)
 
@@ -139,7 +180,7 @@ def synthetic_mnist(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     labels = torch.randint(0, 10, (n,), generator=g)
 
     def uniform(lo: float, hi: float) -> torch.Tensor:
-        return (lo + (hi - lo) * torch.rand(n, 1, 1, generator=g))
+        return lo + (hi - lo) * torch.rand(n, 1, 1, generator=g)
 
     dx, dy, slant = uniform(-3, 3), uniform(-3, 3), uniform(-0.25, 0.25)
     width, ink = uniform(0.8, 1.8), uniform(180, 255)
@@ -227,8 +268,16 @@ class EpochBatches:
     device type. Each step yields float32 (b, 1, 28, 28) of {0, 1} on the images' device.
     """
 
-    def __init__(self, images_u8: torch.Tensor, batch_size: int, *, seed: int = 0, drop_last: bool = True,
-                 rank: int = 0, world_size: int = 1) -> None:
+    def __init__(
+        self,
+        images_u8: torch.Tensor,
+        batch_size: int,
+        *,
+        seed: int = 0,
+        drop_last: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
         self.images = _as_n1hw(images_u8)
         self.num_examples = n = self.images.shape[0]
         self.batch_size = _check_int("batch_size", batch_size, 1, "an int > 0")
@@ -236,11 +285,15 @@ class EpochBatches:
         if not isinstance(rank, int) or isinstance(rank, bool) or not 0 <= rank < world_size:
             raise ValueError(f"rank must be an int in [0, world_size={world_size}); got {rank!r}")
         if batch_size % world_size:
-            raise ValueError(f"batch_size must be divisible by world_size; got batch_size={batch_size}, "
-                             f"world_size={world_size}")
+            raise ValueError(
+                f"batch_size must be divisible by world_size; got batch_size={batch_size}, "
+                f"world_size={world_size}"
+            )
         if drop_last and batch_size > n:
-            raise ValueError(f"batch_size must be <= the number of examples ({n}) when drop_last=True; "
-                             f"got batch_size={batch_size}")
+            raise ValueError(
+                f"batch_size must be <= the number of examples ({n}) when drop_last=True; "
+                f"got batch_size={batch_size}"
+            )
         if not isinstance(seed, int) or isinstance(seed, bool):
             raise ValueError(f"seed must be an int; got {seed!r}")
         self.rank, self.seed, self.drop_last = rank, seed, bool(drop_last)
@@ -271,5 +324,5 @@ class EpochBatches:
             size = min(b, n - step * b)  # global batch size of this step
             lo, hi = r * size // w, (r + 1) * size // w
             u = torch.rand((size, *shape), generator=noise, device=perm.device)
-            x = self.images[perm[step * b + lo: step * b + hi]]
+            x = self.images[perm[step * b + lo : step * b + hi]]
             yield _bernoulli(x, u[lo:hi], self._prob_table)

@@ -3,7 +3,7 @@
 Parsing streams each file (gunzipped on the fly): the header is validated (magic number,
 dims, a count of at most :data:`MAX_IDX_EXAMPLES`, and for the official file names MNIST's known
 counts) before the payload is read, and no more than the header's payload plus one byte is ever
-decompressed, so a gzip bomb costs at most the memory its header declares. :mod:`problayers.data`
+decompressed, so a gzip bomb costs at most the memory its header declares. :mod:`problayers.vae.data`
 re-exports everything here.
 """
 
@@ -23,15 +23,33 @@ import numpy as np
 import torch
 
 __all__ = [
-    "ANY_COUNT_ENV", "MAX_IDX_EXAMPLES", "MNIST_COUNTS", "MNIST_ENV_VAR", "MNIST_FILES", "MNIST_SHA256",
-    "SMALL_SET", "SPLITS", "MNISTDownloadError", "MNISTError", "MNISTFormatError", "MNISTNotFoundError",
-    "find_mnist_file", "missing_mnist_files", "read_idx_images", "read_idx_labels", "read_mnist_split",
-    "verify_sha256", "write_idx", "write_mnist_split",
+    "ANY_COUNT_ENV",
+    "MAX_IDX_EXAMPLES",
+    "MNIST_COUNTS",
+    "MNIST_ENV_VAR",
+    "MNIST_FILES",
+    "MNIST_SHA256",
+    "SMALL_SET",
+    "SPLITS",
+    "MNISTDownloadError",
+    "MNISTError",
+    "MNISTFormatError",
+    "MNISTNotFoundError",
+    "find_mnist_file",
+    "missing_mnist_files",
+    "read_idx_images",
+    "read_idx_labels",
+    "read_mnist_split",
+    "verify_sha256",
+    "write_idx",
+    "write_mnist_split",
 ]
 
 MNIST_ENV_VAR = "PROBLAYERS_MNIST_DIR"
-SPLITS = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-          "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+SPLITS = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
 MNIST_FILES = (*SPLITS["train"], *SPLITS["test"])
 # SHA-256 of the *uncompressed* IDX files (independent of how they were gzipped).
 MNIST_SHA256 = {
@@ -48,8 +66,10 @@ ANY_COUNT_ENV = "PROBLAYERS_MNIST_ANY_COUNT"
 #: before anything is decompressed (a gzip bomb cannot make the reader allocate more).
 MAX_IDX_EXAMPLES = 100_000
 _IMAGE_MAGIC, _LABEL_MAGIC = 0x803, 0x801  # 2051, 2049: zero, zero, dtype byte 0x08 (uint8), ndim
-_HINT = (f"pass --data-dir DIR or set {MNIST_ENV_VAR}=DIR to a directory holding the four MNIST IDX "
-         f"files ({', '.join(MNIST_FILES)}; .gz or raw)")
+_HINT = (
+    f"pass --data-dir DIR or set {MNIST_ENV_VAR}=DIR to a directory holding the four MNIST IDX "
+    f"files ({', '.join(MNIST_FILES)}; .gz or raw)"
+)
 
 
 class MNISTError(Exception):
@@ -92,7 +112,7 @@ def missing_mnist_files(directory: str | os.PathLike, names: Iterable[str] = MNI
 
 
 def _reason(exc: OSError) -> str:
-    from .errors import os_reason
+    from ..train.errors import os_reason
 
     return os_reason(exc)
 
@@ -103,7 +123,7 @@ def _reading(path: Path) -> Iterator[IO[bytes]]:
     its OS and gzip faults become one-line MNIST errors naming it."""
     gz = path.name.endswith(".gz")
     try:
-        with (gzip.open(path, "rb") if gz else open(path, "rb")) as f:
+        with gzip.open(path, "rb") if gz else open(path, "rb") as f:
             yield f
     except FileNotFoundError:
         raise MNISTNotFoundError(f"{path}: file not found") from None
@@ -122,11 +142,16 @@ def _count_check(split: str) -> Callable[[Path, int], None]:
         if allowed or count < SMALL_SET or count == MNIST_COUNTS[split]:
             return
         other = next(s for s in MNIST_COUNTS if s != split)
-        hint = (f" (the count of MNIST's {other} set: are the {split} and {other} files swapped?)"
-                if count == MNIST_COUNTS[other] else " (not MNIST's file)")
-        raise MNISTFormatError(f"{path}: the header declares {count} examples; MNIST's {split} set has "
-                               f"{MNIST_COUNTS[split]}{hint}; a small set (< {SMALL_SET}) or "
-                               f"{ANY_COUNT_ENV}=1 is accepted too")
+        hint = (
+            f" (the count of MNIST's {other} set: are the {split} and {other} files swapped?)"
+            if count == MNIST_COUNTS[other]
+            else " (not MNIST's file)"
+        )
+        raise MNISTFormatError(
+            f"{path}: the header declares {count} examples; MNIST's {split} set has "
+            f"{MNIST_COUNTS[split]}{hint}; a small set (< {SMALL_SET}) or "
+            f"{ANY_COUNT_ENV}=1 is accepted too"
+        )
 
     return check
 
@@ -145,28 +170,37 @@ def _parse_idx(path: Path, magic: int, check_count: Callable[[Path, int], None] 
             raise MNISTFormatError(
                 f"{path}: bad magic number {got} (0x{got:08x}: dtype byte 0x{(got >> 8) & 0xFF:02x}, "
                 f"{got & 0xFF} dims); expected {magic} (0x{magic:08x}: uint8, {ndim} dims) for an MNIST "
-                f"{kind} file")
+                f"{kind} file"
+            )
         if len(head) < header:
-            raise MNISTFormatError(f"{path}: truncated: {len(head)} bytes, shorter than the {header}-byte "
-                                   f"header of an IDX {kind} file")
+            raise MNISTFormatError(
+                f"{path}: truncated: {len(head)} bytes, shorter than the {header}-byte "
+                f"header of an IDX {kind} file"
+            )
         shape = list(struct.unpack(f">{ndim}I", head[4:header]))
         if ndim == 3 and shape[1:] != [28, 28]:
             raise MNISTFormatError(f"{path}: images are {shape[1]}x{shape[2]}; expected 28x28")
         if shape[0] == 0:
             raise MNISTFormatError(f"{path}: the header declares 0 {kind}s")
         if shape[0] > MAX_IDX_EXAMPLES:
-            raise MNISTFormatError(f"{path}: the header declares {shape[0]} {kind}s; an MNIST file holds at "
-                                   f"most {MAX_IDX_EXAMPLES} (refused before reading it)")
+            raise MNISTFormatError(
+                f"{path}: the header declares {shape[0]} {kind}s; an MNIST file holds at "
+                f"most {MAX_IDX_EXAMPLES} (refused before reading it)"
+            )
         if check_count is not None:
             check_count(path, shape[0])
         size = int(np.prod(shape))
         payload = f.read(size)
         if len(payload) < size:
-            raise MNISTFormatError(f"{path}: truncated: the header declares {shape[0]} {kind}s "
-                                   f"({header + size} bytes) but the data is {header + len(payload)} bytes")
+            raise MNISTFormatError(
+                f"{path}: truncated: the header declares {shape[0]} {kind}s "
+                f"({header + size} bytes) but the data is {header + len(payload)} bytes"
+            )
         if f.read(1):
-            raise MNISTFormatError(f"{path}: trailing data: the header declares {shape[0]} {kind}s "
-                                   f"({header + size} bytes) but the data is longer")
+            raise MNISTFormatError(
+                f"{path}: trailing data: the header declares {shape[0]} {kind}s "
+                f"({header + size} bytes) but the data is longer"
+            )
     return np.frombuffer(payload, dtype=np.uint8).reshape(shape).copy()
 
 
@@ -184,8 +218,9 @@ def _labels(path: Path, check: Callable[[Path, int], None] | None = None) -> np.
     labels = _parse_idx(path, _LABEL_MAGIC, check)
     bad = np.flatnonzero(labels > 9)
     if bad.size:
-        raise MNISTFormatError(f"{path}: {bad.size} labels outside 0..9 (first: index {bad[0]}, "
-                               f"value {labels[bad[0]]})")
+        raise MNISTFormatError(
+            f"{path}: {bad.size} labels outside 0..9 (first: index {bad[0]}, value {labels[bad[0]]})"
+        )
     return labels
 
 
@@ -208,8 +243,9 @@ def read_mnist_split(directory: str | os.PathLike, split: str = "train") -> tupl
     check = _count_check(split)
     images, labels = _parse_idx(paths[0], _IMAGE_MAGIC, check), _labels(paths[1], check)
     if len(images) != len(labels):
-        raise MNISTFormatError(f"{paths[1]}: holds {len(labels)} labels but {paths[0]} holds "
-                               f"{len(images)} images")
+        raise MNISTFormatError(
+            f"{paths[1]}: holds {len(labels)} labels but {paths[0]} holds {len(images)} images"
+        )
     return torch.from_numpy(images), torch.from_numpy(labels).to(torch.int64)
 
 
@@ -223,16 +259,21 @@ def write_idx(path: str | os.PathLike, array: np.ndarray | torch.Tensor) -> Path
     if arr.dtype != np.uint8 or arr.ndim not in (1, 3):
         raise ValueError(f"array must be uint8 of shape (N,) or (N, H, W); got {arr.dtype} {arr.shape}")
     data = struct.pack(f">{1 + arr.ndim}I", 0x800 | arr.ndim, *arr.shape) + arr.tobytes()
-    from .checkpoint import atomic_write
+    from ..train.checkpoint import atomic_write
 
     path = Path(path)
     blob = gzip.compress(data, mtime=0) if path.name.endswith(".gz") else data
     return atomic_write(path, lambda f: f.write(blob))
 
 
-def write_mnist_split(directory: str | os.PathLike, images: np.ndarray | torch.Tensor,
-                      labels: np.ndarray | torch.Tensor, split: str = "train",
-                      *, gz: bool = True) -> tuple[Path, Path]:
+def write_mnist_split(
+    directory: str | os.PathLike,
+    images: np.ndarray | torch.Tensor,
+    labels: np.ndarray | torch.Tensor,
+    split: str = "train",
+    *,
+    gz: bool = True,
+) -> tuple[Path, Path]:
     """Write images uint8 (N, 28, 28) and labels (N,) (any integer dtype, 0..9) as a split's IDX files."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {sorted(SPLITS)}; got {split!r}")
@@ -240,8 +281,10 @@ def write_mnist_split(directory: str | os.PathLike, images: np.ndarray | torch.T
     directory.mkdir(parents=True, exist_ok=True)
     labels = labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
     suffix = ".gz" if gz else ""
-    return (write_idx(directory / f"{SPLITS[split][0]}{suffix}", images),
-            write_idx(directory / f"{SPLITS[split][1]}{suffix}", labels.astype(np.uint8)))
+    return (
+        write_idx(directory / f"{SPLITS[split][0]}{suffix}", images),
+        write_idx(directory / f"{SPLITS[split][1]}{suffix}", labels.astype(np.uint8)),
+    )
 
 
 def verify_sha256(directory: str | os.PathLike, expected: dict[str, str] | None = None) -> dict[str, str]:
@@ -262,6 +305,7 @@ def verify_sha256(directory: str | os.PathLike, expected: dict[str, str] | None 
                 digest.update(chunk)
         digests[name] = digest.hexdigest()
         if digests[name] != want.lower():
-            raise MNISTFormatError(f"{path}: SHA-256 of the uncompressed data is {digests[name]}; "
-                                   f"expected {want}")
+            raise MNISTFormatError(
+                f"{path}: SHA-256 of the uncompressed data is {digests[name]}; expected {want}"
+            )
     return digests

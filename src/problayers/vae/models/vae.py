@@ -6,8 +6,8 @@ import torch
 import torch.distributions as D
 from torch import nn
 
-from ..losses import collect_losses
-from ..regularizers import KLDivergenceRegularizer
+from ...losses import collect_losses
+from ...regularizers import KLDivergenceRegularizer
 
 __all__ = ["VAE", "vae_loss"]
 

@@ -1,0 +1,40 @@
+"""The CLI's one error path: the exit status and the one line printed for an exception (a
+traceback only with ``--debug`` or ``PROBLAYERS_DEBUG=1``); see docs/reliability.md."""
+
+from __future__ import annotations
+
+import os
+
+from ..train.checkpoint import CheckpointError
+from ..train.errors import ProblayersError, Terminated, WriteError, one_line, os_reason
+from ..train.trainer import NonFiniteLossError
+from ..vae.data import MNISTError
+
+__all__ = ["DEBUG_ENV", "debug_requested", "describe"]
+
+DEBUG_ENV = "PROBLAYERS_DEBUG"
+
+
+def debug_requested(flag: bool = False) -> bool:
+    return flag or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+def describe(err: BaseException) -> tuple[int, str]:
+    """The exit status and the one line the CLI prints for ``err``."""
+    if isinstance(err, Terminated):
+        return 143, "problayers: terminated (SIGTERM); the last complete checkpoint, if any, is kept"
+    if isinstance(err, KeyboardInterrupt):
+        return 130, "problayers: interrupted; the last complete checkpoint, if any, is kept"
+    if isinstance(err, NonFiniteLossError):
+        return 1, f"problayers: {one_line(err)}"
+    if isinstance(err, WriteError):
+        return 1, f"problayers: error: {one_line(err)}"
+    if isinstance(err, (ValueError, MNISTError, CheckpointError, ProblayersError)):
+        return 2, f"problayers: error: {one_line(err)}"
+    if isinstance(err, OSError):
+        where = f"{err.filename}: " if getattr(err, "filename", None) else ""
+        return 1, f"problayers: error: {where}{os_reason(err)}"
+    return 1, (
+        f"problayers: internal error: {type(err).__name__}: {one_line(err)[:500]} "
+        f"(set {DEBUG_ENV}=1 or pass --debug for the traceback)"
+    )

@@ -1,0 +1,21 @@
+"""The model-agnostic trainer (it knows nothing about VAEs): :class:`Trainer` and :func:`fit`,
+atomic checkpoints, learning-rate schedules, weight averaging, data parallelism and the fast
+training step. Depends on torch and the library; the VAE toolkit (:mod:`problayers.vae`) is
+built on it."""
+
+from .averaging import EMA
+from .fastpath import fastest_defaults, make_train_step
+from .schedules import LR_SCHEDULES, make_scheduler
+from .trainer import NonFiniteLossError, Trainer, TrainerConfig, fit
+
+__all__ = [
+    "EMA",
+    "LR_SCHEDULES",
+    "NonFiniteLossError",
+    "Trainer",
+    "TrainerConfig",
+    "fastest_defaults",
+    "fit",
+    "make_scheduler",
+    "make_train_step",
+]
