@@ -160,14 +160,11 @@ def main() -> None:
         for r in json.loads(out.strip().splitlines()[-1]):
             results.append(r)
             print(
-                f"{model:5s} {r['mode']:8s} batch {r['batch']:4d}: {r['img_per_s']:9.1f} img/s "
-                f"({r['min']:.1f}-{r['max']:.1f}), warm-up {r['warmup_s']:.1f} s",
+                f"{model:9s} {r['mode']:11s} batch {r['batch']:4d}: {r['img_per_s']:9.1f} img/s "
+                f"({r['min']:.1f}-{r['max']:.1f}), warm-up {r['warmup_s']:.1f} s, x eager "
+                f"{r['ratio_to_eager_median']:.2f} (median of the paired windows' ratios)",
                 flush=True,
             )
-        print(
-            f"{model}: compile / eager = {results[-1]['ratio_to_eager_median']:.2f}x"
-            " (median of paired windows)"
-        )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"cpu": cpu_model(), "torch": torch.__version__, "results": results}))
