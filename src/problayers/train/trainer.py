@@ -13,7 +13,8 @@ batch, the same number of steps on every rank. The metric sums are all-reduced (
 per logging point, with a per-rank non-finite flag, so a NaN on any rank stops every rank at the
 same step); ``evaluate`` runs on every rank and rank 0's record is the epoch's record; rank 0 alone
 writes the checkpoint (the unwrapped model's ``state_dict``, every rank's RNG state) and
-``metrics.jsonl``, logs and calls ``on_epoch_end``. A checkpoint resumes on any number of
+``metrics.jsonl``, logs (and calls the ``loggers``, :mod:`problayers.train.loggers`) and calls
+``on_epoch_end``. A checkpoint resumes on any number of
 processes; see :meth:`Trainer.load_state_dict` for the random streams.
 """
 
@@ -23,7 +24,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,6 +37,7 @@ from .checkpoint import CheckpointError, atomic_write, load_checkpoint, save_che
 if TYPE_CHECKING:
     from .averaging import EMA
     from .distributed import DistContext
+    from .loggers import Logger
 
 __all__ = ["NonFiniteLossError", "Trainer", "TrainerConfig", "fit"]
 
@@ -93,7 +95,10 @@ class Trainer:
             training (``None``: single-process). With it, ``loss_fn`` is called with the
             ``DistributedDataParallel`` wrapper, ``evaluate`` is called on every rank (rank 0's
             result is recorded: a sharded evaluation reduces inside ``evaluate``), and
-            ``on_epoch_end`` and ``log`` run on rank 0 only.
+            ``on_epoch_end``, ``log`` and ``loggers`` run on rank 0 only.
+        loggers: :class:`~problayers.train.loggers.Logger` objects: the training metrics' mean
+            over every ``log_every`` steps (``train/<name>``, at the global step), each epoch's
+            record, ``close()`` when :meth:`fit` ends.
     """
 
     def __init__(
@@ -113,6 +118,7 @@ class Trainer:
         dist: DistContext | None = None,
         scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
         averaged: EMA | None = None,
+        loggers: Sequence[Logger] = (),
     ) -> None:
         if scheduler is not None:
             if not isinstance(scheduler, torch.optim.lr_scheduler.LRScheduler):
@@ -144,6 +150,7 @@ class Trainer:
         self.on_epoch_end = on_epoch_end
         self.step_fn = step_fn or self.step
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+        self.loggers = list(loggers)
         self.epoch = 0  # epochs completed
         self.history: list[dict[str, Any]] = []
         if self.dist is not None:
@@ -153,6 +160,11 @@ class Trainer:
     def result_model(self) -> nn.Module:
         """The model the run's results are of: the averaged one if any, else the trained one."""
         return self.averaged.module if self.averaged is not None else self.model
+
+    @property
+    def global_step(self) -> int:
+        """Optimizer steps of the completed epochs (from the history: a resumed run continues)."""
+        return sum(int(r.get("steps", 0)) for r in self.history)
 
     @property
     def rank(self) -> int:
@@ -179,24 +191,31 @@ class Trainer:
 
     # -- epochs ---------------------------------------------------------------------------
     def fit(self) -> list[dict[str, Any]]:
-        """Run the remaining epochs; returns the per-epoch history."""
-        while self.epoch < self.config.epochs:
-            record = self.train_epoch(self.epoch)
-            if self.evaluate is not None:
-                record.update(self.evaluate(self.result_model, self.epoch))
-                if self.averaged is not None:
-                    online = self.evaluate(self.model, self.epoch)
-                    record.update({f"online_{k}": v for k, v in online.items()})
-            if self.dist is not None:
-                record = self.dist.broadcast_object(record)  # rank 0's record, on every rank
-            self.epoch += 1
-            self.history.append(record)
-            if self.run_dir is not None:
-                self.save()
+        """Run the remaining epochs; returns the per-epoch history. Closes the loggers."""
+        try:
+            while self.epoch < self.config.epochs:
+                record = self.train_epoch(self.epoch)
+                if self.evaluate is not None:
+                    record.update(self.evaluate(self.result_model, self.epoch))
+                    if self.averaged is not None:
+                        online = self.evaluate(self.model, self.epoch)
+                        record.update({f"online_{k}": v for k, v in online.items()})
+                if self.dist is not None:
+                    record = self.dist.broadcast_object(record)  # rank 0's record, on every rank
+                self.epoch += 1
+                self.history.append(record)
+                if self.run_dir is not None:
+                    self.save()
+                if self.is_main:
+                    self.log(" ".join(f"{k}={_fmt(v)}" for k, v in record.items()))
+                    for logger in self.loggers:
+                        logger.log_epoch(record["epoch"], record)
+                    if self.on_epoch_end is not None:
+                        self.on_epoch_end(self, record)
+        finally:
             if self.is_main:
-                self.log(" ".join(f"{k}={_fmt(v)}" for k, v in record.items()))
-                if self.on_epoch_end is not None:
-                    self.on_epoch_end(self, record)
+                for logger in self.loggers:
+                    logger.close()
         return self.history
 
     def train_epoch(self, epoch: int) -> dict[str, Any]:
@@ -211,6 +230,8 @@ class Trainer:
             batches = bar
         sums: dict[str, torch.Tensor] = {}
         steps = images = 0
+        logged: tuple[int, dict[str, float]] = (0, {})  # the steps and means last sent to the loggers
+        first = self.global_step
         start = time.perf_counter()
         for batch in batches:
             loss, metrics = self.step_fn(batch)
@@ -226,9 +247,12 @@ class Trainer:
                 means, _ = self._means(sums, steps, epoch, images)
                 if bar is not None:
                     bar.set_postfix({k: f"{v:.2f}" for k, v in means.items()})
+                logged = self._log_window(first, steps, means, logged)
         if steps == 0:
             raise ValueError(f"batches({epoch}) yielded no batch")
         means, images = self._means(sums, steps, epoch, images)  # one sync per epoch at least
+        if steps > logged[0]:
+            self._log_window(first, steps, means, logged)
         seconds = time.perf_counter() - start
         if bar is not None:
             bar.close()
@@ -238,6 +262,21 @@ class Trainer:
         if self.dist is not None:
             record["world_size"] = self.world_size
         return record
+
+    def _log_window(
+        self, first: int, steps: int, means: dict[str, float], logged: tuple[int, dict[str, float]]
+    ) -> tuple[int, dict[str, float]]:
+        """Send the metrics' means over the steps since ``logged`` (the steps and epoch means sent
+        last) to the loggers, at the global step ``first + steps``; returns the new ``logged``."""
+        if self.loggers and self.is_main:
+            before, old = logged
+            window = {
+                f"train/{k}": (v * steps - old.get(k, 0.0) * before) / (steps - before)
+                for k, v in means.items()
+            }
+            for logger in self.loggers:
+                logger.log_scalars(first + steps, window)
+        return steps, means
 
     def _means(
         self, sums: dict[str, torch.Tensor], steps: int, epoch: int, images: int

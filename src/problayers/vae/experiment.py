@@ -2,11 +2,12 @@
 
 ``train(config, run_dir)`` writes into ``run_dir``: ``config.json``, ``checkpoint.pt`` (atomic,
 every epoch), ``metrics.jsonl`` (per epoch: train loss/recon/KL, test -ELBO/recon/KL, seconds,
-images/s) and the final pictures. ``resume(run_dir)`` continues a run from its last complete
-checkpoint; ``load_run(run_dir)`` gives the trained model back for evaluation and sampling, after
-validating the checkpoint. ``train`` and ``resume`` hold the run directory's lock
-(:mod:`problayers.vae.runlock`) and first remove the temporaries a killed run left; see
-``docs/reliability.md`` for what is promised.
+images/s), the final pictures, and with ``logger="tensorboard"`` TensorBoard event files in
+``tensorboard/`` (the trainer's scalars, and the pictures of every epoch). ``resume(run_dir)``
+continues a run from its last complete checkpoint; ``load_run(run_dir)`` gives the trained model
+back for evaluation and sampling, after validating the checkpoint. ``train`` and ``resume`` hold
+the run directory's lock (:mod:`problayers.vae.runlock`) and first remove the temporaries a
+killed run left; see ``docs/reliability.md`` for what is promised.
 
 Data-parallel (under ``torchrun``, see :mod:`problayers.train.distributed` and ``docs/distributed.md``):
 ``batch_size`` is the global batch (divisible by the world size); each rank trains on its slice of
@@ -36,6 +37,7 @@ from ..train.averaging import EMA
 from ..train.checkpoint import check_state_dict, load_checkpoint, remove_stale_temps, write_json
 from ..train.distributed import DistContext
 from ..train.errors import RunDirError
+from ..train.loggers import TensorBoardLogger, check_available
 from ..train.schedules import make_scheduler
 from ..train.trainer import CHECKPOINT, Trainer, TrainerConfig
 from . import data as mnist
@@ -60,6 +62,8 @@ __all__ = [
 
 #: Seed of the sampling inside per-epoch test evaluation (fixed: epochs are comparable).
 EVAL_SEED = 1234
+#: The directory of a run's TensorBoard event files (``RunConfig.logger == "tensorboard"``).
+TENSORBOARD = "tensorboard"
 #: What ``resume`` may change (the rest defines the run and is refused).
 RESUME_OVERRIDES = ("epochs", "lr", "device", "data_dir", "progress", "log_every")
 
@@ -103,7 +107,8 @@ def _on_main(dist: DistContext | None, fn: Any) -> Any:
     return fn() if dist is None else dist.run_on_main(fn)
 
 
-def _check_parallel(cfg: RunConfig, dist: DistContext | None) -> None:
+def _check_options(cfg: RunConfig, dist: DistContext | None) -> None:
+    check_available(cfg.logger, f"--logger {cfg.logger}")  # its package is installed
     if dist is None:
         resolve_device(cfg.device)  # it exists here (config.json may come from another machine)
     else:
@@ -163,6 +168,12 @@ def _setup(cfg: RunConfig, run_dir: Path, dist: DistContext | None = None) -> Tr
         # Rank 0 evaluates the whole test set; the other ranks wait for its record.
         return {} if test_x is None else test_metrics(model, test_x, cfg.eval_batch_size)
 
+    def pictures_to_loggers(trainer: Trainer, record: dict[str, Any]) -> None:
+        images = _picture_arrays(trainer.result_model, test_x)
+        for logger in trainer.loggers:
+            if hasattr(logger, "log_images"):
+                logger.log_images(record["epoch"], images)
+
     return Trainer(
         model,
         optimizer,
@@ -176,15 +187,45 @@ def _setup(cfg: RunConfig, run_dir: Path, dist: DistContext | None = None) -> Tr
         step_fn=step_fn,
         scheduler=scheduler,
         averaged=averaged,
+        on_epoch_end=pictures_to_loggers if cfg.logger != "none" and test_x is not None else None,
     )
+
+
+def _picture_arrays(model: VAE, test_x: torch.Tensor) -> dict[str, Any]:
+    """The grids :func:`~problayers.vae.pictures.save_pictures` draws, as ``(H, W)`` uint8
+    arrays by tag (drawn into a temporary directory: the same pictures as the run's PNGs)."""
+    import tempfile
+
+    import numpy as np
+    from PIL import Image
+
+    from .pictures import PRIOR_SAMPLES, RECONSTRUCTIONS, save_pictures
+
+    images = {}
+    with tempfile.TemporaryDirectory(prefix="problayers-pictures-") as tmp:
+        save_pictures(model, test_x, tmp)  # no metrics.jsonl there: no loss curve
+        for name in (PRIOR_SAMPLES, RECONSTRUCTIONS):
+            with Image.open(Path(tmp) / name) as image:
+                images[f"pictures/{Path(name).stem}"] = np.asarray(image.convert("L"))
+    return images
+
+
+def _attach_loggers(trainer: Trainer, cfg: RunConfig, run_dir: Path) -> None:
+    """Rank 0: the run's logger; a resumed run hides what a killed one logged after its checkpoint."""
+    if trainer.is_main and cfg.logger == "tensorboard":
+        purge = trainer.global_step + 1 if trainer.epoch else None
+        trainer.loggers.append(
+            TensorBoardLogger(run_dir / TENSORBOARD, purge_step=purge, what="--logger tensorboard")
+        )
 
 
 def _finish(trainer: Trainer, run_dir: Path) -> list[dict[str, Any]]:
     from .pictures import save_pictures
 
+    cfg = RunConfig.from_json(trainer.meta["config"])
+    _attach_loggers(trainer, cfg, run_dir)
     history = trainer.fit()
     if trainer.is_main:
-        cfg = RunConfig.from_json(trainer.meta["config"])
         model = trainer.result_model
         save_pictures(model, load_test_images(cfg, next(model.parameters()).device), run_dir)
     return history
@@ -254,7 +295,7 @@ def train(cfg: RunConfig, run_dir: str | Path, *, dist: DistContext | None = Non
         if (run_dir / CHECKPOINT).exists():
             raise ValueError(f"run_dir: {run_dir} already holds a run; resume it with --resume {run_dir}")
 
-    options = functools.partial(_check_parallel, cfg, dist)  # before the directory is made
+    options = functools.partial(_check_options, cfg, dist)  # before the directory is made
     with _locked(given, dist, check, create=True, before=options):  # "" is refused, not taken as "."
         trainer = _setup(cfg, run_dir, dist)
         if trainer.is_main:
@@ -309,7 +350,7 @@ def resume(run_dir: str | Path, *, dist: DistContext | None = None, **overrides:
             cfg = dataclasses.replace(cfg, resumed=(*saved.resumed, {"at_epoch": done, **changed}))
         if dist is not None:  # the fast step is single-process: data-parallel, the eager step
             cfg = dataclasses.replace(cfg, **step_options(fast=False))
-        _check_parallel(cfg, dist)
+        _check_options(cfg, dist)
         return cfg, state
 
     with _locked(run_dir, dist, read) as (cfg, state):  # rank 0 reads, the others get it

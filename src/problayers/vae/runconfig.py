@@ -46,6 +46,9 @@ class RunConfig:
     cuda_graph: bool = False  # the whole step as one CUDA graph (implies fused Adam)
     log_every: int = 25
     progress: bool = True
+    # An experiment logger (problayers.train.loggers.LOGGERS) writing into the run directory;
+    # a config.json from before the field means "none".
+    logger: str = "none"
     # One entry per resume that changed a setting: {"at_epoch": N, "epochs": ..., "lr": ...}.
     resumed: tuple[dict[str, Any], ...] = ()
 
@@ -66,12 +69,15 @@ class RunConfig:
         if self.data_dir is not None and not isinstance(self.data_dir, str):
             raise ValueError(f"data_dir: expected a path string or null, got {self.data_dir!r}")
         from ..train.fastpath import COMPILE_MODES, PRECISIONS
+        from ..train.loggers import LOGGERS
         from ..train.schedules import LR_SCHEDULES
 
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision: expected one of {list(PRECISIONS)}, got {self.precision!r}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule: expected one of {sorted(LR_SCHEDULES)}, got {self.lr_schedule!r}")
+        if self.logger not in LOGGERS:
+            raise ValueError(f"logger: expected one of {list(LOGGERS)}, got {self.logger!r}")
         if self.compile_mode not in COMPILE_MODES:
             raise ValueError(
                 f"compile_mode: expected one of {list(COMPILE_MODES)}, got {self.compile_mode!r}"
