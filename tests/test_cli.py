@@ -207,6 +207,11 @@ def test_weight_averaging_flags(tmp_path):
         (["train", "--resume", "RUN", "--lr-schedule", "cosine"], "--lr-schedule cannot change on resume"),
         (["train", "--resume", "RUN", "--batch-size", "8"], "--batch-size cannot change on resume"),
         (["train", "--resume", "RUN", "--out", "{tmp}/x"], "--out cannot change on resume"),
+        (["train", "--resume", "RUN", "--logger", "tensorboard"], "--logger cannot change on resume"),
+        (["train", "--logger", "wandb", "--out", "{tmp}/x"], "--logger: invalid choice"),
+        (["export", "RUN", "RUN"], "is the run directory itself"),
+        (["export", "RUN", "{tmp}"], "is not empty"),
+        (["export", "RUN", "{tmp}/f"], "got an existing file"),
         (
             [
                 "train",
@@ -241,7 +246,7 @@ def test_module_entry_point_help():
     out = subprocess.run(
         [sys.executable, "-m", "problayers", "--help"], capture_output=True, text=True, check=True
     )
-    for command in ("train", "evaluate", "sample", "regression"):
+    for command in ("train", "evaluate", "sample", "export", "regression"):
         assert command in out.stdout
 
 

@@ -1,4 +1,4 @@
-"""The ``problayers`` command line: ``train``, ``evaluate``, ``sample``, ``regression``.
+"""The ``problayers`` command line: ``train``, ``evaluate``, ``sample``, ``export``, ``regression``.
 
 Each subcommand is a function ``(args) -> int``. Every fault ends in one line on stderr and a
 non-zero status, without a traceback (:mod:`problayers.cli.errors`): 2 for user mistakes (bad
@@ -64,6 +64,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                     progress=not args.no_progress,
                     lr_schedule=args.lr_schedule,
                     ema_decay=args.ema_decay,
+                    logger=args.logger,
                     **fast,
                 )
                 history = train(cfg, args.out, dist=dist)
@@ -223,6 +224,17 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from ..vae.experiment import load_run
+    from ..vae.pretrained import check_out_dir, save_pretrained
+
+    check_out_dir(args.out_dir, force=args.force, run_dir=args.run_dir)  # before the run is read
+    model, cfg, _ = load_run(args.run_dir, device="cpu", online=args.online_weights)
+    for path in save_pretrained(model, cfg.model, args.out_dir, force=args.force, run_dir=args.run_dir):
+        print(f"written {path}")
+    return 0
+
+
 def cmd_regression(args: argparse.Namespace) -> int:
     from ..demos import regression
     from ..vae.rundir import prepare_run_dir
@@ -238,6 +250,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "train": cmd_train,
     "evaluate": cmd_evaluate,
     "sample": cmd_sample,
+    "export": cmd_export,
     "regression": cmd_regression,
 }
 

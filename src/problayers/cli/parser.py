@@ -8,7 +8,9 @@ from collections.abc import Callable
 
 __all__ = ["DESCRIPTION", "build_parser"]
 
-DESCRIPTION = "The ``problayers`` command line: ``train``, ``evaluate``, ``sample``, ``regression``."
+DESCRIPTION = (
+    "The ``problayers`` command line: ``train``, ``evaluate``, ``sample``, ``export``, ``regression``."
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -152,6 +154,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="capture the whole step as one CUDA graph (CUDA; not with --compile)",
     )
+    p.add_argument(
+        "--logger",
+        choices=["none", "tensorboard"],
+        default="none",
+        help="tensorboard: scalars (per log step and epoch) and the pictures of every epoch into "
+        "RUN_DIR/tensorboard/ (default none)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     _add_data_options(p)
 
@@ -196,6 +205,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="output directory (default RUN_DIR)")
     _add_data_options(p)
+
+    p = sub.add_parser(
+        "export",
+        parents=[common],
+        help="the trained weights as OUT_DIR/model.safetensors + config.json (the Hugging Face Hub layout)",
+    )
+    p.add_argument("run_dir")
+    p.add_argument("out_dir", help="a new or empty directory (not the run directory)")
+    p.add_argument(
+        "--force", action="store_true", help="write into a non-empty OUT_DIR (replacing its two files)"
+    )
+    _add_weights_option(p)
 
     p = sub.add_parser(
         "regression", parents=[common], help="the 1-D probabilistic regression demo (four PNGs)"

@@ -1,9 +1,11 @@
 """The VAE toolkit: model configs and the registry of architectures (:mod:`problayers.vae.models`),
-MNIST (:mod:`~problayers.vae.data`), evaluation (ELBO, IWAE), pictures and the training job
-(:mod:`~problayers.vae.experiment`). Built on the library and on :mod:`problayers.train`."""
+MNIST (:mod:`~problayers.vae.data`), evaluation (ELBO, IWAE), pictures, the training job
+(:mod:`~problayers.vae.experiment`) and shareable weights (:func:`load_pretrained`). Built on the
+library and on :mod:`problayers.train`."""
 
 from .evaluation import evaluate, iwae_log_likelihood
 from .models import MODELS, VAE, ModelConfig, build_model, register_model, vae_loss
+from .pretrained import load_pretrained
 
 __all__ = [
     "MODELS",
@@ -12,6 +14,7 @@ __all__ = [
     "build_model",
     "evaluate",
     "iwae_log_likelihood",
+    "load_pretrained",
     "register_model",
     "vae_loss",
 ]

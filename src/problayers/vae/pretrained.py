@@ -1,0 +1,151 @@
+"""Shareable weights: a trained run as ``model.safetensors`` + ``config.json`` (the Hugging Face
+Hub layout), and the model back from such a directory, without pickle.
+
+:func:`save_pretrained` writes a model's weights and its model config, plus ``format`` and
+``problayers_version``; ``problayers export RUN_DIR OUT_DIR`` gives it the model
+:func:`~problayers.vae.experiment.load_run` gives (the averaged weights of a run trained with
+``ema_decay``, unless ``--online-weights``). Each file is written atomically, the weights first, so a
+``config.json`` is never newer than its weights. :func:`load_pretrained` builds the model from
+``config.json`` (``ModelConfig.from_dict``) and loads ``model.safetensors`` with safetensors'
+own reader: a file read never runs code. Uploading is the user's step, e.g.
+``huggingface_hub.upload_folder(repo_id=..., folder_path=OUT_DIR)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..train.checkpoint import CheckpointError, atomic_write, check_finite, check_state_dict, write_json
+from ..train.errors import RunDirError, os_reason
+from .models import VAE, ModelConfig, build_model
+
+__all__ = [
+    "CONFIG",
+    "FORMAT",
+    "WEIGHTS",
+    "PretrainedError",
+    "check_out_dir",
+    "load_pretrained",
+    "save_pretrained",
+]
+
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+#: ``config.json``'s ``format``: what the directory holds (a reader checks it first).
+FORMAT = "problayers-vae-v1"
+_META = ("format", "problayers_version")
+
+
+class PretrainedError(CheckpointError):
+    """An exported directory that is missing, damaged, or whose weights do not fit its config."""
+
+
+def _needs_safetensors(what: str) -> Any:
+    try:
+        import safetensors.torch
+    except ImportError:
+        raise ValueError(
+            f"{what}: needs the safetensors package, which is not installed "
+            "(pip install 'safetensors>=0.4', or the extra: pip install 'problayers[vae]')"
+        ) from None
+    return safetensors.torch
+
+
+def check_out_dir(
+    out_dir: str | os.PathLike, *, force: bool = False, run_dir: str | os.PathLike | None = None
+) -> Path:
+    """``out_dir`` as a path to export into: not ``run_dir`` itself, not a file, and (without
+    ``force``) not a non-empty directory; a one-line :class:`~problayers.train.errors.RunDirError`."""
+    if os.fspath(out_dir) == "":
+        raise RunDirError("OUT_DIR: expected a directory, got an empty path")
+    out = Path(out_dir).expanduser()
+    if run_dir is not None and out.resolve() == Path(run_dir).expanduser().resolve():
+        raise RunDirError(f"OUT_DIR {out}: is the run directory itself; choose another directory")
+    if out.exists() and not out.is_dir():
+        raise RunDirError(f"OUT_DIR {out}: expected a directory, got an existing file")
+    if out.is_dir() and not force and any(out.iterdir()):
+        raise RunDirError(f"OUT_DIR {out}: is not empty; choose a new directory or pass --force to replace")
+    return out
+
+
+def save_pretrained(
+    model: torch.nn.Module,
+    config: ModelConfig,
+    out_dir: str | os.PathLike,
+    *,
+    force: bool = False,
+    run_dir: str | os.PathLike | None = None,
+) -> list[Path]:
+    """Write ``out_dir/model.safetensors`` (``model``'s state dict) and ``out_dir/config.json``
+    (``config`` plus ``format`` and ``problayers_version``); returns their paths. ``out_dir`` is
+    checked first (:func:`check_out_dir`)."""
+    from .. import __version__
+    from .rundir import prepare_run_dir
+
+    st = _needs_safetensors("export")
+    out = check_out_dir(out_dir, force=force, run_dir=run_dir)
+    tensors: dict[str, torch.Tensor] = {}
+    for key, value in model.state_dict().items():
+        if not isinstance(value, torch.Tensor):
+            raise ValueError(f"export: the model's {key!r} is a {type(value).__name__}, not a tensor")
+        tensors[key] = value.detach().cpu().contiguous()
+    data = st.save(tensors, metadata={"format": "pt"})  # "pt": torch tensors, as the Hub expects
+    meta = {"format": FORMAT, "problayers_version": __version__}
+    out = prepare_run_dir(out, "OUT_DIR")
+    weights = atomic_write(out / WEIGHTS, lambda f: f.write(data))
+    return [weights, write_json(out / CONFIG, {**dataclasses.asdict(config), **meta})]
+
+
+def _read_config(path: Path) -> ModelConfig:
+    try:
+        obj = json.loads(path.read_bytes().decode())
+    except OSError as err:
+        raise PretrainedError(f"{path}: cannot be read ({os_reason(err)})") from None
+    except (UnicodeDecodeError, ValueError) as err:
+        raise PretrainedError(f"{path}: not valid JSON ({' '.join(str(err).split())})") from None
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+        got = obj.get("format") if isinstance(obj, dict) else type(obj).__name__
+        raise PretrainedError(f"{path}: not a problayers export (format: expected {FORMAT!r}, got {got!r})")
+    try:
+        return ModelConfig.from_dict({k: v for k, v in obj.items() if k not in _META})
+    except (TypeError, ValueError) as err:
+        raise PretrainedError(f"{path}: not a valid model config ({' '.join(str(err).split())})") from None
+
+
+def load_pretrained(path: str | os.PathLike, device: str = "cpu") -> VAE:
+    """The model of an exported directory (``problayers export``), in eval mode on ``device``.
+
+    One-line :class:`PretrainedError` for a missing or damaged file, or weights that do not fit
+    the config (other keys or shapes)."""
+    from .runconfig import resolve_device
+
+    st = _needs_safetensors("load_pretrained")
+    path = Path(path).expanduser()
+    if not path.is_dir():
+        raise PretrainedError(f"{path}: is not a directory (expected {CONFIG} and {WEIGHTS} in it)")
+    for name in (CONFIG, WEIGHTS):
+        if not (path / name).is_file():
+            raise PretrainedError(f"{path}: has no {name} (not a problayers export)")
+    dev = resolve_device(device)
+    cfg = _read_config(path / CONFIG)
+    source = str(path / WEIGHTS)
+    try:
+        weights = st.load((path / WEIGHTS).read_bytes())
+    except OSError as err:
+        raise PretrainedError(f"{source}: cannot be read ({os_reason(err)})") from None
+    except Exception as err:  # safetensors' SafetensorError: a truncated or foreign file
+        raise PretrainedError(f"{source}: not a safetensors file ({' '.join(str(err).split())})") from None
+    model = build_model(cfg)
+    try:
+        check_state_dict(model, weights, "weights", f"{source} (for the config in {CONFIG})")
+        check_finite(weights, "weight", source)
+    except CheckpointError as err:
+        raise PretrainedError(str(err)) from None
+    model.load_state_dict(weights)
+    return model.to(dev).eval()

@@ -1,0 +1,165 @@
+"""Shareable weights: ``problayers export`` (model.safetensors + config.json) and
+``problayers.vae.load_pretrained``: the round trip, the files' layout, no pickle, one-line errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pickle
+
+import pytest
+import torch
+
+from problayers.cli import main
+from problayers.vae import ModelConfig, load_pretrained
+from problayers.vae.experiment import load_run
+from problayers.vae.pretrained import FORMAT, PretrainedError
+
+TINY = ["--latent-size", "4", "--base-depth", "4", "--batch-size", "32", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("pretrained") / "run"
+    argv = ["train", "--out", str(out), "--epochs", "1", "--synthetic", "64", "--ema-decay", "0.9", *TINY]
+    assert main(argv) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def exported(run_dir):
+    out = run_dir.parent / "exported"
+    assert main(["export", str(run_dir), str(out)]) == 0
+    return out
+
+
+def _outputs(model):
+    """Decoder log-prob at a fixed z and x, and the encoder's mean at x."""
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.rand(3, 1, 28, 28, generator=gen) < 0.5).float()
+    z = torch.randn(3, model.prior().event_shape[0], generator=gen)
+    with torch.no_grad():
+        return model.decode(z).log_prob(x), model.encode(x).mean
+
+
+def test_round_trip_gives_load_runs_model(run_dir, exported):
+    model = load_pretrained(exported)
+    assert not model.training
+    want, _, _ = load_run(run_dir, device="cpu")  # the EMA weights by default
+    for got, ref in zip(_outputs(model), _outputs(want), strict=True):
+        assert torch.equal(got, ref)
+    online, _, _ = load_run(run_dir, device="cpu", online=True)
+    assert not torch.equal(_outputs(model)[0], _outputs(online)[0])  # the average, not the last iterate
+
+
+def test_online_weights_export(run_dir, tmp_path):
+    assert main(["export", str(run_dir), str(tmp_path / "online"), "--online-weights"]) == 0
+    online, _, _ = load_run(run_dir, device="cpu", online=True)
+    assert torch.equal(_outputs(load_pretrained(tmp_path / "online"))[0], _outputs(online)[0])
+
+
+def test_the_files_are_the_hub_layout(run_dir, exported):
+    from safetensors import safe_open
+
+    import problayers
+
+    assert sorted(p.name for p in exported.iterdir()) == ["config.json", "model.safetensors"]
+    model, cfg, _ = load_run(run_dir, device="cpu")
+    with safe_open(str(exported / "model.safetensors"), framework="pt") as f:
+        assert sorted(f.keys()) == sorted(model.state_dict())
+        assert f.metadata() == {"format": "pt"}
+        key = next(iter(model.state_dict()))
+        assert torch.equal(f.get_tensor(key), model.state_dict()[key])
+    config = json.loads((exported / "config.json").read_text())
+    assert config["format"] == FORMAT and config["problayers_version"] == problayers.__version__
+    fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    assert set(config) == fields | {"format", "problayers_version"}
+    assert ModelConfig(**{k: config[k] for k in fields}) == cfg.model
+
+
+def test_loading_never_unpickles(exported, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("pickle used")
+
+    monkeypatch.setattr(pickle, "load", refuse)
+    monkeypatch.setattr(pickle, "loads", refuse)
+    monkeypatch.setattr(torch, "load", refuse)
+    load_pretrained(exported)
+
+
+def test_force_replaces_an_export(run_dir, exported, tmp_path, capsys):
+    out = tmp_path / "again"
+    out.mkdir()
+    (out / "README.md").write_text("my model card")
+    with pytest.raises(SystemExit) as exc:
+        main(["export", str(run_dir), str(out)])
+    assert exc.value.code == 2
+    assert "is not empty; choose a new directory or pass --force" in capsys.readouterr().err
+    assert main(["export", str(run_dir), str(out), "--force"]) == 0
+    assert (out / "README.md").read_text() == "my model card"  # only the two files are written
+    assert (out / "model.safetensors").read_bytes() == (exported / "model.safetensors").read_bytes()
+
+
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["export", "RUN", "RUN"], "is the run directory itself"),
+        (["export", "RUN", "RUN/."], "is the run directory itself"),
+        (["export", "RUN", "RUN/config.json"], "got an existing file"),
+        (["export", "{tmp}/nope", "{tmp}/x"], "is not a directory"),
+    ],
+)
+def test_export_errors_are_one_line(argv, match, run_dir, tmp_path, capsys):
+    argv = [a.replace("{tmp}", str(tmp_path)).replace("RUN", str(run_dir)) for a in argv]
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("problayers: error:") and match in err and "\n" not in err
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == before
+    assert not (tmp_path / "x").exists()
+
+
+def _copy(exported, tmp_path):
+    out = tmp_path / "copy"
+    out.mkdir()
+    for p in exported.iterdir():
+        (out / p.name).write_bytes(p.read_bytes())
+    return out
+
+
+def _damage_config(out, **changes):
+    config = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps({**config, **changes}))
+
+
+@pytest.mark.parametrize(
+    "damage, match",
+    [
+        (lambda out: (out / "model.safetensors").unlink(), "has no model.safetensors"),
+        (lambda out: (out / "config.json").unlink(), "has no config.json"),
+        (
+            lambda out: (out / "model.safetensors").write_bytes(
+                (out / "model.safetensors").read_bytes()[:100]
+            ),
+            "model.safetensors: not a safetensors file",
+        ),
+        (lambda out: (out / "config.json").write_text("{"), "config.json: not valid JSON"),
+        (lambda out: _damage_config(out, format="other"), "not a problayers export"),
+        (lambda out: _damage_config(out, latent_size=5), "expected shape"),
+        (lambda out: _damage_config(out, init="nope"), "not a valid model config"),
+        (lambda out: _damage_config(out, extra=1), "not a valid model config"),
+    ],
+)
+def test_load_pretrained_errors_are_one_line(exported, tmp_path, damage, match):
+    out = _copy(exported, tmp_path)
+    damage(out)
+    with pytest.raises(PretrainedError, match=match) as exc:
+        load_pretrained(out)
+    assert "\n" not in str(exc.value)
+
+
+def test_load_pretrained_of_a_missing_directory(tmp_path):
+    with pytest.raises(PretrainedError, match="is not a directory"):
+        load_pretrained(tmp_path / "nope")
