@@ -160,6 +160,18 @@ def test_load_pretrained_errors_are_one_line(exported, tmp_path, damage, match):
     assert "\n" not in str(exc.value)
 
 
+def test_load_pretrained_refuses_non_finite_weights(exported, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    out = _copy(exported, tmp_path)
+    weights = load_file(out / "model.safetensors")
+    key = next(iter(weights))
+    weights[key][0] = float("nan")
+    save_file(weights, out / "model.safetensors")
+    with pytest.raises(PretrainedError, match="non-finite"):
+        load_pretrained(out)
+
+
 def test_load_pretrained_of_a_missing_directory(tmp_path):
     with pytest.raises(PretrainedError, match="is not a directory"):
         load_pretrained(tmp_path / "nope")
