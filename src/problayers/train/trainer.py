@@ -13,9 +13,9 @@ batch, the same number of steps on every rank. The metric sums are all-reduced (
 per logging point, with a per-rank non-finite flag, so a NaN on any rank stops every rank at the
 same step); ``evaluate`` runs on every rank and rank 0's record is the epoch's record; rank 0 alone
 writes the checkpoint (the unwrapped model's ``state_dict``, every rank's RNG state) and
-``metrics.jsonl``, logs (and calls the ``loggers``, :mod:`problayers.train.loggers`) and calls
-``on_epoch_end``. A checkpoint resumes on any number of
-processes; see :meth:`Trainer.load_state_dict` for the random streams.
+``metrics.jsonl``, logs, calls the ``loggers`` (:mod:`problayers.train.loggers`) and
+``on_epoch_end``. A checkpoint resumes on any number of processes; see
+:meth:`Trainer.load_state_dict` for the random streams.
 """
 
 from __future__ import annotations
@@ -251,9 +251,9 @@ class Trainer:
         if steps == 0:
             raise ValueError(f"batches({epoch}) yielded no batch")
         means, images = self._means(sums, steps, epoch, images)  # one sync per epoch at least
-        if steps > logged[0]:
-            self._log_window(first, steps, means, logged)
         seconds = time.perf_counter() - start
+        if steps > logged[0]:  # the epoch's last steps
+            self._log_window(first, steps, means, logged)
         if bar is not None:
             bar.close()
         record: dict[str, Any] = {"epoch": epoch + 1}
