@@ -4,6 +4,8 @@
 distribution that also acts as a tensor (see :mod:`problayers.coercible`).
 """
 
+from typing import Any as _Any
+
 from . import kl as _kl  # registers the KL pairs torch.distributions lacks
 from .bayesian import to_bayesian
 from .coercible import as_coercible, convert_to_tensor, is_coercible
@@ -115,7 +117,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> _Any:
     # ``pl.fit`` is the application's trainer (problayers.train): imported on first use, so that
     # ``import problayers`` loads the library only.
     if name == "fit":

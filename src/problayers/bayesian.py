@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.distributions as D
@@ -36,6 +37,9 @@ from .layers.convolutional import (
 from .layers.reparameterization import DenseFlipout, DenseReparameterization
 from .layers.variational import MeanFieldNormal, StandardNormal
 
+if TYPE_CHECKING:
+    from torch.nn.modules.conv import _ConvNd
+
 __all__ = ["to_bayesian"]
 
 #: nn class -> (the reparameterization twin, the Flipout twin)
@@ -54,6 +58,9 @@ _ESTIMATORS = ("reparameterization", "flipout")
 class _ZeroMeanNormal(nn.Module):
     """Fixed ``Independent(Normal(0, scale), len(shape))`` (non-persistent buffers)."""
 
+    loc: torch.Tensor
+    scale: torch.Tensor
+
     def __init__(self, shape: tuple[int, ...], dtype: torch.dtype | None, scale: float) -> None:
         super().__init__()
         self.shape = tuple(shape)
@@ -61,7 +68,7 @@ class _ZeroMeanNormal(nn.Module):
         self.register_buffer("loc", torch.zeros(self.shape, dtype=dtype), persistent=False)
         self.register_buffer("scale", torch.full(self.shape, float(scale), dtype=dtype), persistent=False)
 
-    def forward(self, *ignored) -> D.Independent:
+    def forward(self, *ignored: object) -> D.Independent:
         return D.Independent(D.Normal(self.loc, self.scale, validate_args=False), len(self.shape))
 
     def extra_repr(self) -> str:
@@ -74,7 +81,7 @@ class _PriorFn:
     def __init__(self, scale: float) -> None:
         self.scale = scale
 
-    def __call__(self, shape, dtype=None) -> nn.Module:
+    def __call__(self, shape: tuple[int, ...], dtype: torch.dtype | None = None) -> nn.Module:
         return _ZeroMeanNormal(shape, dtype, self.scale)
 
 
@@ -82,7 +89,7 @@ def _inverse_softplus(y: float) -> float:
     return y + math.log(-math.expm1(-y))  # softplus(x) = y, stable for small and large y
 
 
-def _init_posterior(posterior: nn.Module, weight: torch.Tensor, init_scale: float, where: str) -> None:
+def _init_posterior(posterior: object, weight: torch.Tensor, init_scale: float, where: str) -> None:
     if not isinstance(posterior, MeanFieldNormal):
         raise TypeError(
             f"to_bayesian: {where}: expected a MeanFieldNormal posterior, got {type(posterior).__name__}"
@@ -93,9 +100,12 @@ def _init_posterior(posterior: nn.Module, weight: torch.Tensor, init_scale: floa
         posterior.untransformed_scale.fill_(_inverse_softplus(max(init_scale - eps, eps)))
 
 
-def _twin(module: nn.Module, cls: type[nn.Module], weights: dict, where: str, init_scale: float) -> nn.Module:
+def _twin(
+    module: nn.Linear | _ConvNd, cls: type[nn.Module], weights: dict, where: str, init_scale: float
+) -> nn.Module:
     """``module``'s variational twin of class ``cls``; posterior means at its weight and bias."""
     w, b = module.weight, module.bias
+    args: tuple[Any, ...]
     if isinstance(module, nn.Linear):
         twin = cls(module.in_features, module.out_features, b is not None, **weights, dtype=w.dtype)
     elif isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d):
@@ -188,6 +198,7 @@ def to_bayesian(
         raise ValueError(f"estimator: expected one of {_ESTIMATORS}, got {estimator!r}")
     if isinstance(init_scale, bool) or not isinstance(init_scale, int | float) or not init_scale > 0:
         raise ValueError(f"init_scale: expected a positive number, got {init_scale!r}")
+    prior_fn: Callable[[tuple[int, ...], torch.dtype | None], nn.Module]
     if isinstance(prior, int | float) and not isinstance(prior, bool):
         if not prior > 0:
             raise ValueError(
@@ -223,7 +234,8 @@ def to_bayesian(
         if twins is None or name in skip:
             return None
         if id(module) not in converted:
-            converted[id(module)] = _twin(module, twins[index], weights, name or "model", init_scale)
+            layer = cast("nn.Linear | _ConvNd", module)  # a key of _TWINS
+            converted[id(module)] = _twin(layer, twins[index], weights, name or "model", init_scale)
         return converted[id(module)]
 
     def walk(module: nn.Module, prefix: str) -> None:

@@ -36,7 +36,7 @@ from __future__ import annotations
 import copy
 import operator
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributions as D
@@ -125,7 +125,15 @@ def _binary(op: Callable[[Any, Any], Any], reflected: bool = False) -> Callable[
     return lambda self, other: op(self.tensor(), convert_to_tensor(other))
 
 
-class TensorCoercible:
+if TYPE_CHECKING:
+    # For the type checker the mixin is a ``Distribution`` (it only ever sits in front of one);
+    # at run time it is a plain mixin.
+    _MixinBase = D.Distribution
+else:
+    _MixinBase = object
+
+
+class TensorCoercible(_MixinBase):
     """Mixin placed in front of a ``Distribution`` class by :func:`as_coercible`.
 
     Not instantiated directly. ``tensor()`` computes (once) and returns the cached value;
@@ -164,7 +172,7 @@ class TensorCoercible:
     @property
     def distribution(self) -> D.Distribution:
         """A plain (not tensor-coercible) copy of the wrapped distribution."""
-        plain = object.__new__(self._tc_base)
+        plain: D.Distribution = object.__new__(self._tc_base)
         plain.__dict__.update({k: v for k, v in self.__dict__.items() if not k.startswith("_tc_")})
         return plain
 
@@ -215,10 +223,10 @@ class TensorCoercible:
         return self.tensor().device
 
     # -- the distribution's maths in fp32 under autocast ---------------------------------------
-    def rsample(self, sample_shape: torch.Size | tuple[int, ...] = ()) -> torch.Tensor:
+    def rsample(self, sample_shape: torch.Size | list[int] | tuple[int, ...] = ()) -> torch.Tensor:
         return _in_fp32(super().rsample, sample_shape)
 
-    def sample(self, sample_shape: torch.Size | tuple[int, ...] = ()) -> torch.Tensor:
+    def sample(self, sample_shape: torch.Size | list[int] | tuple[int, ...] = ()) -> torch.Tensor:
         return _in_fp32(super().sample, sample_shape)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
@@ -235,7 +243,13 @@ class TensorCoercible:
 
     # -- acting as a tensor ---------------------------------------------------------------------
     @classmethod
-    def __torch_function__(cls, func, types, args=(), kwargs=None):
+    def __torch_function__(
+        cls,
+        func: Callable[..., Any],
+        types: Any,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
         args = convert_to_tensor(tuple(args))
         kwargs = convert_to_tensor(kwargs or {})
         if func is torch.broadcast_tensors:
@@ -248,23 +262,23 @@ class TensorCoercible:
             raise AttributeError(f"{type(self).__name__!s} has no attribute {name!r}")
         return getattr(self.tensor(), name)
 
-    def __array__(self, dtype=None, copy=None):
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> Any:
         array = self.tensor().detach().cpu().numpy()
         return array if dtype is None else array.astype(dtype)
 
-    def __getitem__(self, index):
+    def __getitem__(self, index: Any) -> torch.Tensor:
         return self.tensor()[convert_to_tensor(index)]
 
-    def __neg__(self):
+    def __neg__(self) -> torch.Tensor:
         return -self.tensor()
 
-    def __pos__(self):
+    def __pos__(self) -> torch.Tensor:
         return self.tensor()
 
-    def __abs__(self):
+    def __abs__(self) -> torch.Tensor:
         return abs(self.tensor())
 
-    def __invert__(self):
+    def __invert__(self) -> torch.Tensor:
         return ~self.tensor()
 
     __add__ = _binary(operator.add)
@@ -295,7 +309,7 @@ class TensorCoercible:
     __ge__ = _binary(operator.ge)
 
     # -- copying and pickling ------------------------------------------------------------------
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Callable[..., D.Distribution], tuple[Any, ...]]:
         state = {k: v for k, v in self.__dict__.items() if not k.startswith("_tc_")}
         fn = self._tc_name if self._tc_name is not None else self._tc_fn
         return _rebuild, (self._tc_base, state, fn, self._tc_value)
@@ -376,8 +390,8 @@ def _warm_class_cache() -> None:
 _warm_class_cache()
 
 
-def _new_coercible(base: type, state: dict, convert_to_tensor_fn: ConvertFn) -> D.Distribution:
-    out = object.__new__(_coercible_class(base))
+def _new_coercible(base: type, state: dict, convert_to_tensor_fn: ConvertFn) -> TensorCoercible:
+    out: TensorCoercible = object.__new__(_coercible_class(base))
     out.__dict__.update(state)
     out._tc_fn = _resolve_convert_fn(convert_to_tensor_fn, out)
     out._tc_name = convert_to_tensor_fn if isinstance(convert_to_tensor_fn, str) else None

@@ -57,10 +57,12 @@ class _Calls:
                 self.handles.append(sub.register_forward_hook(self._hook, with_kwargs=True))
         return self
 
-    def _hook(self, layer, args, kwargs, output) -> None:
+    def _hook(
+        self, layer: DistributionLambda, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
+    ) -> None:
         self.calls[id(output)] = (layer, args, kwargs)
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         for handle in self.handles:
             handle.remove()
 
@@ -198,7 +200,7 @@ def export(
         raise TypeError(f"args: expected a tuple of example inputs, got {type(args).__name__}")
     kwargs = dict(kwargs or {})
     params = DistributionParams(module, *args, **kwargs)
-    dynamic_shapes = None
+    dynamic_shapes: dict[str, Any] | None = None
     if dynamic_batch:
         batch = torch.export.Dim("batch")
 

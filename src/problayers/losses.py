@@ -55,7 +55,7 @@ class _AddedLosses:
     def __deepcopy__(self, memo: dict) -> _AddedLosses:
         return _AddedLosses()
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[type[_AddedLosses], tuple[()]]:
         return _AddedLosses, ()
 
 
@@ -99,7 +99,7 @@ def set_added_loss(module: nn.Module, name: str, value: torch.Tensor) -> None:
     store.terms[name] = value
 
 
-def _stores(model: nn.Module):
+def _stores(model: nn.Module) -> Iterator[dict[str, torch.Tensor]]:
     for module in model.modules():
         store = module.__dict__.get(_ATTR)
         if store is not None and store.terms:
@@ -121,7 +121,7 @@ def collect_losses(model: nn.Module, *, clear: bool = False) -> torch.Tensor:
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"collect_losses: expected an nn.Module, got {type(model).__name__}")
-    terms = []
+    terms: list[torch.Tensor] = []
     for store in _stores(model):
         terms.extend(store.values())
         if clear:

@@ -138,13 +138,14 @@ class KLDivergenceRegularizer(nn.Module):
         self.use_exact_kl = bool(use_exact_kl)
         self.test_points_fn = test_points_fn
         axes = test_points_reduce_axis
+        self.test_points_reduce_axis: tuple[int, ...] | None
         if axes is None:
             self.test_points_reduce_axis = None
         elif isinstance(axes, int) and not isinstance(axes, bool):
             self.test_points_reduce_axis = (axes,)
         else:
             try:
-                self.test_points_reduce_axis = tuple(int(a) for a in axes)
+                self.test_points_reduce_axis = tuple(int(a) for a in axes)  # type: ignore[union-attr]  # a bool raises here
             except (TypeError, ValueError):
                 raise TypeError(
                     f"test_points_reduce_axis: expected an int, a tuple of ints or None, got {axes!r}"
@@ -158,7 +159,7 @@ class KLDivergenceRegularizer(nn.Module):
         if isinstance(self.prior, D.Distribution):
             prior = self.prior
         elif self._prior_takes_input:
-            prior = self.prior(q if q is not None else like)
+            prior = self.prior(q if q is not None else like)  # type: ignore[call-arg]  # a module
         else:
             prior = self.prior()
         if not isinstance(prior, D.Distribution):
@@ -176,7 +177,9 @@ class KLDivergenceRegularizer(nn.Module):
             prior = self._moved[key]
         return prior
 
-    def _apply(self, fn, recurse: bool = True):
+    def _apply(
+        self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True
+    ) -> KLDivergenceRegularizer:
         # A Distribution prior moves with the model (``model.to(device)``, ``.double()``), as a
         # buffer would: a compiled graph then finds it where the data is, with nothing to cache.
         super()._apply(fn, recurse)

@@ -47,8 +47,8 @@ from .variational import (
     prior_trainable,
 )
 
-_reparameterization.Conv2dFlipout = _convolutional.Conv2dFlipout
-_reparameterization.Conv2dReparameterization = _convolutional.Conv2dReparameterization
+_reparameterization.Conv2dFlipout = _convolutional.Conv2dFlipout  # type: ignore[attr-defined]
+_reparameterization.Conv2dReparameterization = _convolutional.Conv2dReparameterization  # type: ignore[attr-defined]
 del _convolutional, _reparameterization
 
 __all__ = [

@@ -47,7 +47,7 @@ def normalize_event_shape(event_shape: int | Iterable[int], name: str = "event_s
     ):
         event_shape = (integer(event_shape, name, what),)
     try:
-        shape = tuple(integer(n, name, what) for n in event_shape)
+        shape = tuple(integer(n, name, what) for n in event_shape)  # type: ignore[union-attr]
     except TypeError:
         raise TypeError(f"{name}: expected {what}, got {event_shape!r}"[:160]) from None
     if not all(n > 0 for n in shape):

@@ -37,7 +37,7 @@ class OneHotCategoricalMixture(D.MixtureSameFamily):
         """``log E[x]`` (``(*B, E)``): logsumexp over K of the mixture's and components' log-probs,
         the numerically stable form of ``log(mean)``."""
         log_w = self.mixture_distribution.logits.unsqueeze(-1)  # (*B, K, 1), normalized by torch
-        log_p = self.component_distribution.logits  # (*B, K, E), normalized
+        log_p = self.component_distribution.logits  # type: ignore[attr-defined]  # (*B, K, E), normalized
         return torch.logsumexp(log_w + log_p, dim=-2)  # (*B, E)
 
     def expand(self, batch_shape, _instance=None):

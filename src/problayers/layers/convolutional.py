@@ -12,6 +12,7 @@ spatial dimensions (as TFP's convolutional Flipout), for the input and for the o
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -130,6 +131,7 @@ class _Conv(_ConvBase):
         padding_mode: str = "zeros",
     ) -> None:
         self._channels(in_channels, out_channels, kernel_size, stride, dilation, groups)
+        self.padding: str | tuple[int, ...]
         if isinstance(padding, str):
             if padding not in ("same", "valid"):
                 raise ValueError(f"padding: expected 'same', 'valid', an int or ints, got {padding!r}")
@@ -148,7 +150,7 @@ class _Conv(_ConvBase):
             totals = [d * (k - 1) for d, k in zip(self.dilation, self.kernel_size, strict=True)]
             pads = [(t // 2, t - t // 2) for t in totals]
         else:
-            pads = [(p, p) for p in self.padding]
+            pads = [(p, p) for p in self.padding]  # type: ignore[misc]  # ints here
         self._pad = tuple(p for pair in reversed(pads) for p in pair)
         super().__init__(
             (self.out_channels, self.in_channels // self.groups, *self.kernel_size),
@@ -260,7 +262,10 @@ _EXAMPLES = {
 }
 
 
-def _document(cls: type) -> type:
+_ConvClass = TypeVar("_ConvClass", bound=type[_ConvBase])
+
+
+def _document(cls: _ConvClass) -> _ConvClass:
     """Write the docstring of a public convolution from its dimensions, kind and estimator."""
     n, transposed, flipout = cls.spatial_dims, cls.transposed, issubclass(cls, _Flipout)
     ref = f"nn.ConvTranspose{n}d" if transposed else f"nn.Conv{n}d"

@@ -72,7 +72,7 @@ class _PointMass(D.Distribution):
     def variance(self) -> torch.Tensor:
         return torch.zeros_like(self.loc)
 
-    def rsample(self, sample_shape: torch.Size | tuple[int, ...] = ()) -> torch.Tensor:
+    def rsample(self, sample_shape: torch.Size | list[int] | tuple[int, ...] = ()) -> torch.Tensor:
         return self.loc.expand(self._extended_shape(sample_shape))
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
@@ -144,7 +144,7 @@ class _MeanFieldNormal(_LocScale):
     """``_LocScale`` whose ``forward`` returns ``Independent(Normal(loc, scale), len(shape))``, or
     ``Independent(point mass at loc, len(shape))`` when singular."""
 
-    def forward(self, *ignored) -> D.Independent:
+    def forward(self, *ignored) -> D.Independent:  # type: ignore[override]
         loc, scale = self._loc_scale()
         base = _PointMass(loc) if scale is None else D.Normal(loc, scale, validate_args=False)
         return D.Independent(base, len(self.shape))

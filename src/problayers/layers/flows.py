@@ -30,6 +30,8 @@ __all__ = [
 class MaskedLinear(nn.Linear):
     """``nn.Linear`` whose weight is multiplied by a fixed 0/1 ``mask`` of shape ``(out, in)``."""
 
+    mask: torch.Tensor  # a buffer
+
     def __init__(self, mask: torch.Tensor, bias: bool = True, dtype: torch.dtype | None = None) -> None:
         out_features, in_features = mask.shape
         super().__init__(in_features, out_features, bias=bias, dtype=dtype)
@@ -84,6 +86,8 @@ class AutoregressiveNetwork(nn.Module):
         >>> made(torch.zeros(5, 3)).shape
         torch.Size([5, 3, 2])
     """
+
+    input_degrees: torch.Tensor  # a buffer: (d,)
 
     def __init__(
         self,

@@ -105,6 +105,11 @@ class VariationalGaussianProcess(nn.Module):
         torch.Size([5])
     """
 
+    # Set with setattr in __init__ (raw, before the softplus).
+    untransformed_amplitude: nn.Parameter
+    untransformed_length_scale: nn.Parameter
+    untransformed_observation_noise_variance: nn.Parameter
+
     def __init__(
         self,
         input_dim: int,
@@ -242,7 +247,7 @@ class VariationalGaussianProcess(nn.Module):
                 cov = self.kernel(xf, xf) - A.mT @ A + SW.mT @ SW  # (N, N)
                 eye = torch.eye(cov.shape[-1], dtype=cov.dtype, device=cov.device)
                 tril = torch.linalg.cholesky(cov + (noise + self.jitter) * eye)
-                dist = D.MultivariateNormal(loc, scale_tril=tril, validate_args=False)
+                dist: D.Distribution = D.MultivariateNormal(loc, scale_tril=tril, validate_args=False)
             else:
                 var = self.amplitude.square() - A.square().sum(0) + SW.square().sum(0) + noise  # (N,)
                 std = var.clamp_min(torch.finfo(var.dtype).tiny).sqrt()

@@ -40,13 +40,13 @@ class _LogitTransform(Transform):
         return isinstance(other, _LogitTransform)
 
     def _call(self, x: torch.Tensor) -> torch.Tensor:
-        return SigmoidTransform._inverse(self, x)
+        return SigmoidTransform._inverse(self, x)  # type: ignore[arg-type]
 
     def _inverse(self, y: torch.Tensor) -> torch.Tensor:
-        return SigmoidTransform._call(self, y)
+        return SigmoidTransform._call(self, y)  # type: ignore[arg-type]
 
     def log_abs_det_jacobian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return -SigmoidTransform.log_abs_det_jacobian(self, y, x)
+        return -SigmoidTransform.log_abs_det_jacobian(self, y, x)  # type: ignore[arg-type]
 
 
 class Logistic(D.TransformedDistribution):
@@ -75,7 +75,7 @@ class Logistic(D.TransformedDistribution):
         tensor([-1.3863, -1.3863])
     """
 
-    arg_constraints: ClassVar[dict[str, constraints.Constraint]] = {
+    arg_constraints: ClassVar[dict[str, constraints.Constraint]] = {  # type: ignore[misc]
         "loc": constraints.real,
         "scale": constraints.positive,
     }
@@ -94,11 +94,11 @@ class Logistic(D.TransformedDistribution):
 
     @property
     def loc(self) -> torch.Tensor:
-        return self.transforms[-1].loc.expand(self.batch_shape)
+        return self.transforms[-1].loc.expand(self.batch_shape)  # type: ignore[attr-defined]  # Affine
 
     @property
     def scale(self) -> torch.Tensor:
-        return self.transforms[-1].scale.expand(self.batch_shape)
+        return self.transforms[-1].scale.expand(self.batch_shape)  # type: ignore[attr-defined]  # Affine
 
     @property
     def mean(self) -> torch.Tensor:
@@ -144,6 +144,7 @@ class _IndependentLayer(DistributionLambda):
     defaults to the class's ``default_convert_to_tensor_fn``."""
 
     default_convert_to_tensor_fn: ConvertFn = "rsample"
+    new: Callable[..., D.Distribution]  # each subclass's static ``new(params, event_shape, ...)``
 
     def __init__(
         self,

@@ -16,7 +16,7 @@ import torch.distributions as D
 from ..coercible import ConvertFn, TensorCoercible
 from ._args import positive_int
 from .base import DistributionLambda, check_params, normalize_event_shape, params_size_of
-from .independent import IndependentLogistic, IndependentNormal, loc_scale_params_size
+from .independent import IndependentLogistic, IndependentNormal, _IndependentLayer, loc_scale_params_size
 
 __all__ = ["MixtureLogistic", "MixtureNormal", "MixtureSameFamily"]
 
@@ -187,7 +187,7 @@ class MixtureSameFamily(_MixtureLayer):
 class _IndependentMixture(_MixtureLayer):
     """A mixture of ``_component`` (an ``Independent`` layer class) over ``event_shape``."""
 
-    _component: type
+    _component: type[_IndependentLayer]
 
     def __init__(
         self,

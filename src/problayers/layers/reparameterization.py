@@ -81,8 +81,11 @@ class _WeightUncertainty(nn.Module):
         self.kernel_posterior = kernel_posterior_fn(kernel_shape, dtype)
         self.kernel_prior = kernel_prior_fn(kernel_shape, dtype)
         has_bias = bias_shape is not None and bias_posterior_fn is not None
-        self.bias_posterior = bias_posterior_fn(bias_shape, dtype) if has_bias else None
-        self.bias_prior = bias_prior_fn(bias_shape, dtype) if has_bias and bias_prior_fn is not None else None
+        # has_bias: bias_shape is not None
+        self.bias_posterior = bias_posterior_fn(bias_shape, dtype) if has_bias else None  # type: ignore[arg-type]
+        self.bias_prior = (
+            bias_prior_fn(bias_shape, dtype) if has_bias and bias_prior_fn is not None else None  # type: ignore[arg-type]
+        )
 
     # -- subclass interface ------------------------------------------------------------------
     def _op(self, x: torch.Tensor, kernel: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -108,14 +111,14 @@ class _WeightUncertainty(nn.Module):
         pk = weight_distribution(name, "kernel prior", self.kernel_prior, x, self.kernel_shape)
         qb = pb = None
         if self.bias_posterior is not None:
-            qb = weight_distribution(name, "bias posterior", self.bias_posterior, x, self.bias_shape)
+            qb = weight_distribution(name, "bias posterior", self.bias_posterior, x, self.bias_shape)  # type: ignore[arg-type]
         if self.bias_prior is not None:
-            pb = weight_distribution(name, "bias prior", self.bias_prior, x, self.bias_shape)
+            pb = weight_distribution(name, "bias prior", self.bias_prior, x, self.bias_shape)  # type: ignore[arg-type]
         out, wk, wb = self._estimate(x, qk, qb)
         if added_losses_enabled():
             kl = weight_kl(qk, pk, wk, self.kl_use_exact)
             if pb is not None:
-                kl = kl + weight_kl(qb, pb, wb, self.kl_use_exact)
+                kl = kl + weight_kl(qb, pb, wb, self.kl_use_exact)  # type: ignore[arg-type]  # pb => qb
             set_added_loss(self, "kl_divergence", self.kl_weight * kl)
         return out if self.activation is None else self.activation(out)
 

@@ -113,6 +113,9 @@ class StandardNormal(nn.Module):
         (torch.Size([]), torch.Size([2, 3]), 0.0)
     """
 
+    loc: torch.Tensor  # non-persistent buffers
+    scale: torch.Tensor
+
     def __init__(self, shape: int | Iterable[int], dtype: torch.dtype | None = None) -> None:
         super().__init__()
         self.shape = normalize_event_shape(shape, "shape")
