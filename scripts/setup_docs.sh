@@ -15,6 +15,8 @@ if [ "${SKIP_CHROMIUM:-0}" != 1 ] && [ ! -x /usr/bin/chromium ]; then
     sudo="sudo"
   fi
   export DEBIAN_FRONTEND=noninteractive
-  $sudo apt-get update -q
-  $sudo apt-get install -y -q chromium
+  # A failed install is not fatal: the screenshot tests then skip and say why.
+  if ! { $sudo apt-get update -q >/dev/null && $sudo apt-get install -y -q chromium >/dev/null; }; then
+    echo "setup_docs.sh: could not install chromium with apt; the docs screenshot tests will skip" >&2
+  fi
 fi
