@@ -13,6 +13,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from .parser import build_parser
 
@@ -85,7 +86,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _resume_overrides(args: argparse.Namespace) -> dict:
     """What ``--resume`` changes: only the options given on the command line, and only those of
     :data:`RESUME_OPTIONS` (any other one is refused, never silently ignored)."""
-    given = getattr(args, "given", set())
+    given: set[str] = getattr(args, "given", set())
     refused = sorted(given - set(RESUME_OPTIONS))
     if refused:
         flags = ", ".join("--" + name.replace("_", "-") for name in refused)
@@ -171,8 +172,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     args.precision = args.precision or ("bf16" if fast and bf16_ok else "fp32")
     args.channels_last = args.channels_last or fast
     if args.channels_last:
-        model.to(memory_format=torch.channels_last)
-    precision = contextlib.nullcontext()
+        # Module.to takes memory_format (as Tensor.to does); torch's stubs lack it
+        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    precision: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
     if args.precision == "bf16":
         from ..train.fastpath import bf16_autocast
 

@@ -70,7 +70,7 @@ def _add_weights_option(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="problayers", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True)
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)  # the subparsers' class: their parents= must be of it too
     common.add_argument(
         "--debug", action="store_true", help="show the traceback of an error (also: PROBLAYERS_DEBUG=1)"
     )

@@ -98,6 +98,7 @@ def build_model(case: str, y_mean: float = 0.0, y_std: float = 1.0, n_train: int
         raise ValueError(f"case: expected one of {CASES}, got {case!r}")
     learned_scale = case in ("aleatoric", "both")
     outputs = 2 if learned_scale else 1
+    dense: nn.Module
     if case in ("epistemic", "both"):
         dense = DenseVariational(4, outputs, posterior_mean_field, prior_trainable, kl_weight=1.0 / n_train)
     else:

@@ -60,7 +60,7 @@ class EMA(nn.Module):
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         """Move the average towards ``model``'s parameters (same architecture as at creation)."""
-        mine = list(self.module.parameters())
+        mine: list[torch.Tensor] = list(self.module.parameters())
         theirs = [p.detach() for p in model.parameters()]
         if len(mine) != len(theirs):
             raise ValueError(

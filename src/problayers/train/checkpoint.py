@@ -21,7 +21,7 @@ import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import torch
 
@@ -101,7 +101,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> 
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
         with os.fdopen(fd, "wb") as f:
             tracked = _Tracked(f)
-            write(tracked)
+            write(cast(IO[bytes], tracked))  # a file object by delegation (__getattr__)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -121,7 +121,8 @@ class _Tracked:
     """A file object that remembers the OSError its ``write`` raised (for writers that wrap it)."""
 
     def __init__(self, f: IO[bytes]) -> None:
-        self._f, self.error = f, None
+        self._f: IO[bytes] = f
+        self.error: OSError | None = None
 
     def write(self, data: Any) -> int:
         try:
@@ -138,7 +139,7 @@ def remove_stale_temps(directory: str | os.PathLike) -> list[Path]:
     """Remove the temporary files :func:`atomic_write` leaves when killed (SIGKILL, power loss)
     between creating and renaming them. Call it only while no other process writes there (under
     the run's lock). Returns the removed paths."""
-    removed = []
+    removed: list[Path] = []
     directory = Path(directory)
     if not directory.is_dir():
         return removed

@@ -115,6 +115,7 @@ class CUDAGraphStep:
         else:
             _copy_into(self._static_batch, batch)
         self._refresh_learning_rates()
+        assert self.graph is not None  # captured above
         self.graph.replay()
         self.replays += 1
         assert self._static_out is not None

@@ -161,7 +161,7 @@ class DistContext:
 
     def broadcast_object(self, obj: T) -> T:
         """Rank 0's ``obj`` on every rank (pickled; for small things: records, states)."""
-        box = [obj if self.is_main else None]
+        box: list[Any] = [obj if self.is_main else None]
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
@@ -238,7 +238,7 @@ def init_from_env(*, timeout: timedelta | None = None) -> DistContext | None:
         raise RuntimeError("this PyTorch build has no torch.distributed support")
     if not dist.is_initialized():
         backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
-        kwargs = {} if timeout is None else {"timeout": timeout}
+        kwargs: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
         dist.init_process_group(backend=backend, rank=rank, world_size=world, **kwargs)
     _CURRENT = DistContext(rank=rank, world_size=world, local_rank=local, local_world_size=local_world)
     return _CURRENT

@@ -103,8 +103,8 @@ def model_device(model: nn.Module) -> torch.device:
     """The device of the model's first parameter (else buffer; else the CPU)."""
     for tensor in model.parameters():
         return tensor.device
-    for tensor in model.buffers():
-        return tensor.device
+    for buffer in model.buffers():
+        return buffer.device
     return torch.device("cpu")
 
 
@@ -280,7 +280,8 @@ def make_train_step(
         if device.type == "cuda" and not torch.cuda.is_bf16_supported():
             raise ValueError(f"precision='bf16': {torch.cuda.get_device_name(device)} does not support bf16")
     if channels_last:
-        model.to(memory_format=torch.channels_last)
+        # Module.to takes memory_format (as Tensor.to does); torch's stubs lack it
+        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     step = TrainStep(
         model,
         optimizer,

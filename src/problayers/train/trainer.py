@@ -24,10 +24,10 @@ import json
 import math
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence, Sized
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
@@ -131,6 +131,8 @@ class Trainer:
         self.scheduler = scheduler
         self.averaged = averaged
         self.dist = dist if dist is not None and dist.world_size > 1 else None
+        self.model: nn.Module
+        self.train_model: nn.Module  # the model itself or its DistributedDataParallel wrapper
         if isinstance(model, nn.parallel.DistributedDataParallel):
             if self.dist is None:
                 raise ValueError(
@@ -225,7 +227,7 @@ class Trainer:
         if self.config.progress and self.is_main:
             from tqdm.auto import tqdm
 
-            total = len(batches) if hasattr(batches, "__len__") else None
+            total = len(cast(Sized, batches)) if hasattr(batches, "__len__") else None
             bar = tqdm(batches, total=total, desc=f"epoch {epoch + 1}/{self.config.epochs}", leave=False)
             batches = bar
         sums: dict[str, torch.Tensor] = {}
@@ -421,7 +423,12 @@ class Trainer:
     def resume(self, path: str | Path | None = None) -> dict[str, Any]:
         """Load the last complete checkpoint (default ``run_dir/checkpoint.pt``); returns its meta.
         Data-parallel, rank 0 reads the file and broadcasts it (only rank 0 needs the run directory)."""
-        path = Path(path) if path is not None else self.run_dir / CHECKPOINT
+        if path is not None:
+            path = Path(path)
+        elif self.run_dir is not None:
+            path = self.run_dir / CHECKPOINT
+        else:
+            raise ValueError("path: needed, the trainer has no run_dir")
         if self.dist is None:
             state = load_checkpoint(path)
         else:

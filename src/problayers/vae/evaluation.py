@@ -184,6 +184,7 @@ def iwae_log_likelihood(
         log_w = log_lik.reshape(k, batch) + log_prior - log_q  # (k, B)
         chunk = torch.logsumexp(log_w, dim=0)  # (B,)
         running = chunk if running is None else torch.logsumexp(torch.stack([running, chunk]), dim=0)
+    assert running is not None  # num_samples >= 1: the loop ran
     return running - math.log(num_samples)  # (B,)
 
 

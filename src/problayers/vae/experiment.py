@@ -28,7 +28,7 @@ import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -120,6 +120,7 @@ def _setup(cfg: RunConfig, run_dir: Path, dist: DistContext | None = None) -> Tr
     torch.manual_seed(cfg.seed)
     rank, world = (0, 1) if dist is None else (dist.rank, dist.world_size)
     device = resolve_device(cfg.device) if dist is None else dist.device_for(cfg.device)
+    test_x: torch.Tensor | None
     if dist is None:
         train_u8 = _images(cfg, "train").to(device)
         test_x = load_test_images(cfg, device)
@@ -137,7 +138,7 @@ def _setup(cfg: RunConfig, run_dir: Path, dist: DistContext | None = None) -> Tr
     if fused and device.type != "cuda":
         name = "cuda_graph" if cfg.cuda_graph else "fused_adam"
         raise ValueError(f"{name}: needs a CUDA device, the run is on {device}")
-    extra = {"fused": True, "capturable": cfg.cuda_graph} if fused else {}
+    extra: dict[str, Any] = {"fused": True, "capturable": cfg.cuda_graph} if fused else {}
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, **extra)
     scheduler = make_scheduler(cfg.lr_schedule, optimizer, cfg.epochs * len(batches))
     averaged = EMA(model, cfg.ema_decay) if cfg.ema_decay is not None else None
@@ -166,10 +167,11 @@ def _setup(cfg: RunConfig, run_dir: Path, dist: DistContext | None = None) -> Tr
 
     def evaluate_fn(model: torch.nn.Module, epoch: int) -> dict[str, float]:
         # Rank 0 evaluates the whole test set; the other ranks wait for its record.
-        return {} if test_x is None else test_metrics(model, test_x, cfg.eval_batch_size)
+        return {} if test_x is None else test_metrics(cast(VAE, model), test_x, cfg.eval_batch_size)
 
     def pictures_to_loggers(trainer: Trainer, record: dict[str, Any]) -> None:
-        images = _picture_arrays(trainer.result_model, test_x)
+        assert test_x is not None  # installed only where there is a test set (below)
+        images = _picture_arrays(cast(VAE, trainer.result_model), test_x)
         for logger in trainer.loggers:
             if hasattr(logger, "log_images"):
                 logger.log_images(record["epoch"], images)
@@ -226,7 +228,7 @@ def _finish(trainer: Trainer, run_dir: Path) -> list[dict[str, Any]]:
     _attach_loggers(trainer, cfg, run_dir)
     history = trainer.fit()
     if trainer.is_main:
-        model = trainer.result_model
+        model = cast(VAE, trainer.result_model)
         save_pictures(model, load_test_images(cfg, next(model.parameters()).device), run_dir)
     return history
 

@@ -17,7 +17,7 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO
+from typing import IO, cast
 
 import numpy as np
 import torch
@@ -124,7 +124,7 @@ def _reading(path: Path) -> Iterator[IO[bytes]]:
     gz = path.name.endswith(".gz")
     try:
         with gzip.open(path, "rb") if gz else open(path, "rb") as f:
-            yield f
+            yield cast(IO[bytes], f)  # GzipFile or BufferedReader: binary files, typed apart
     except FileNotFoundError:
         raise MNISTNotFoundError(f"{path}: file not found") from None
     except PermissionError as exc:

@@ -39,7 +39,7 @@ def image_grid(rows: list[torch.Tensor], path: str | Path, *, scale: int = 2, pa
             grid[top : top + h, left : left + w] = row[c]
     pixels = (grid * 255).round().to(torch.uint8).numpy()
     image = Image.fromarray(pixels, mode="L").resize(
-        (grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST
+        (grid.shape[1] * scale, grid.shape[0] * scale), Image.Resampling.NEAREST
     )
     return atomic_write(path, lambda f: image.save(f, format="PNG"))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 from torch import nn
 
@@ -44,7 +45,9 @@ def _he_init(model: nn.Module) -> None:
                     slopes[layer] = getattr(nxt, "negative_slope", 0.0)
     for module in model.modules():
         if isinstance(module, _WEIGHTED):
-            mode = "fan_out" if isinstance(module, nn.ConvTranspose2d) else "fan_in"
+            mode: Literal["fan_in", "fan_out"] = (
+                "fan_out" if isinstance(module, nn.ConvTranspose2d) else "fan_in"
+            )
             if module in slopes:
                 nn.init.kaiming_normal_(module.weight, a=slopes[module], mode=mode, nonlinearity="leaky_relu")
             else:
