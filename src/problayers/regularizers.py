@@ -28,14 +28,9 @@ PriorLike = D.Distribution | nn.Module | Callable[[], D.Distribution]
 def distribution_to(dist: D.Distribution, device: torch.device, dtype: torch.dtype) -> D.Distribution:
     """A copy of ``dist`` (same batch/event shapes) whose floating tensors (parameters, cached
     properties, base distributions) live on ``device`` with ``dtype``."""
-    out = copy.copy(dist)
-    for name, value in vars(dist).items():
-        if isinstance(value, torch.Tensor):
-            target = dtype if value.is_floating_point() else value.dtype
-            setattr(out, name, value.to(device=device, dtype=target))
-        elif isinstance(value, D.Distribution):
-            setattr(out, name, distribution_to(value, device, dtype))
-    return out
+    return _map_tensors(
+        dist, lambda t: t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype)
+    )
 
 
 def _map_tensors(dist: D.Distribution, fn: Callable[[torch.Tensor], torch.Tensor]) -> D.Distribution:
