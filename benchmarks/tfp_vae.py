@@ -30,8 +30,9 @@ def _rss_mib() -> float:
     return float("nan")
 
 
-def build_vae(tf, tfk, tfp, encoded_size: int = 16, base_depth: int = 32):
-    """TFP's example, as published (tf.nn.leaky_relu has slope 0.2)."""
+def build_vae(tf, tfk, tfp, encoded_size: int = 16, base_depth: int = 32, parts: bool = False):
+    """TFP's example, as published (tf.nn.leaky_relu has slope 0.2); with ``parts`` also its
+    encoder and decoder: ``(vae, encoder, decoder)``."""
     tfkl, tfpl, tfd = tfk.layers, tfp.layers, tfp.distributions
     input_shape = (28, 28, 1)
     prior = tfd.Independent(tfd.Normal(loc=tf.zeros(encoded_size), scale=1), reinterpreted_batch_ndims=1)
@@ -66,7 +67,7 @@ def build_vae(tf, tfk, tfp, encoded_size: int = 16, base_depth: int = 32):
         return -rv_x.log_prob(x)
 
     vae.compile(optimizer=tfk.optimizers.Adam(learning_rate=1e-3), loss=negloglik)
-    return vae
+    return (vae, encoder, decoder) if parts else vae
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,6 +23,18 @@ __all__ = ["build_parser", "main"]
 RESUME_OPTIONS = ("resume", "epochs", "lr", "device", "data_dir", "no_progress", "debug")
 
 
+#: ``train`` options that are ModelConfig fields (None: the model's default).
+_MODEL_OPTIONS = (
+    "latent_size", "base_depth", "hidden_size", "beta", "exact_kl", "init", "prior",
+    "prior_components", "posterior", "flow_steps", "objective", "num_samples",
+    "kl_warmup_steps", "free_bits",
+)  # fmt: skip
+
+
+def _model_options(args: argparse.Namespace) -> dict:
+    return {name: getattr(args, name) for name in _MODEL_OPTIONS if getattr(args, name) is not None}
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """Train (or ``--resume``); under ``torchrun`` data-parallel with DDP, ``--batch-size`` global.
 
@@ -42,14 +54,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                 history = resume(args.resume, dist=dist, **_resume_overrides(args))
                 run_dir = args.resume
             else:
-                model = ModelConfig(
-                    name=args.model,
-                    latent_size=args.latent_size,
-                    base_depth=args.base_depth,
-                    beta=args.beta,
-                    exact_kl=args.exact_kl,
-                    init=args.init,
-                )
+                model = ModelConfig.for_model(args.model, **_model_options(args))
                 fast = _fast_options(args, data_parallel=dist is not None and dist.world_size > 1)
                 cfg = RunConfig(
                     model=model,

@@ -86,17 +86,62 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive, default=256)
     p.add_argument("--lr", type=_number, default=1e-3, help="(peak) learning rate; may change on --resume")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--model", default="seed", help="registered model name (default seed)")
-    p.add_argument("--latent-size", type=_positive, default=16)
-    p.add_argument("--base-depth", type=_positive, default=32, help="width of the conv layers")
-    p.add_argument("--beta", type=_number, default=1.0, help="KL weight (beta-VAE)")
-    p.add_argument("--exact-kl", action="store_true", help="analytic KL instead of Monte Carlo")
+    p.add_argument(
+        "--model",
+        default="seed",
+        help="registered model name: seed (default; TFP's conv VAE), mlp (784-300-300-40), hvae "
+        "(two latent levels); docs/zoo.md",
+    )
+    # Model options default to None: the model's own default (ModelConfig.for_model).
+    p.add_argument("--latent-size", type=_positive, default=None, help="latents (seed 16, mlp 40)")
+    p.add_argument("--base-depth", type=_positive, default=None, help="width of the seed's conv layers (32)")
+    p.add_argument("--hidden-size", type=_positive, default=None, help="width of an MLP model's layers (300)")
+    p.add_argument("--beta", type=_number, default=None, help="KL weight (beta-VAE; default 1)")
+    p.add_argument(
+        "--exact-kl",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="analytic KL where torch has a formula, else Monte Carlo (default: seed no, zoo yes)",
+    )
     p.add_argument(
         "--init",
         choices=["torch", "keras", "he"],
-        default="torch",
+        default=None,
         help="weight initialization: PyTorch's (default), Keras' (Glorot uniform, zero bias) as "
         "TFP's, or He's for the leaky ReLUs",
+    )
+    p.add_argument(
+        "--prior",
+        choices=["normal", "mog", "vamp"],
+        default=None,
+        help="p(z): N(0, I) (default), a learned mixture of Gaussians, or the VampPrior (zoo models)",
+    )
+    p.add_argument(
+        "--prior-components", type=_positive, default=None, help="mixture components / pseudo-inputs (500)"
+    )
+    p.add_argument(
+        "--posterior",
+        choices=["gaussian", "iaf"],
+        default=None,
+        help="q(z|x): a diagonal Gaussian (default) or one pushed through inverse autoregressive flows",
+    )
+    p.add_argument("--flow-steps", type=_positive, default=None, help="IAF steps (2)")
+    p.add_argument(
+        "--objective",
+        choices=["elbo", "iwae", "dreg"],
+        default=None,
+        help="the ELBO (default), the importance-weighted bound with --num-samples K, or the "
+        "same bound with the DReG gradient",
+    )
+    p.add_argument("--num-samples", type=_positive, default=None, help="K of --objective iwae/dreg")
+    p.add_argument(
+        "--kl-warmup-steps",
+        type=_int_at_least(0),
+        default=None,
+        help="the KL weight rises linearly from 0 to --beta over this many steps (default 0)",
+    )
+    p.add_argument(
+        "--free-bits", type=_number, default=None, help="KL floor in nats per latent dimension (ELBO)"
     )
     p.add_argument("--train-subset", type=_positive, default=None, help="use the first N training images")
     p.add_argument("--test-subset", type=_positive, default=None, help="use the first N test images")

@@ -235,11 +235,16 @@ class AutoregressiveTransform(DistributionLambda):
             result has one, else ``sample()``.
         activity_regularizer: optional ``Distribution -> 0-dim tensor`` recorded as an added
             loss on each output (default ``None``: none).
+        inverse: push through the inverse bijection instead (``tfb.Invert`` of TFP's MAF): an
+            inverse autoregressive flow (IAF, Kingma et al. 2016), ``y = (u - shift(u)) *
+            exp(-log_scale(u))``, where sampling takes one network pass and ``log_prob`` of a
+            sample just drawn needs none beyond the log-det (the transform's cache), while
+            ``log_prob`` of any other point takes ``d``. The choice for a VAE's posterior.
 
     Input: a distribution over ``R^d`` (event ``(d,)``, or event ``()`` with batch ``(*B, d)``,
     whose last batch dimension becomes the event). Output: a tensor-coercible
     ``TransformedDistribution`` with ``batch_shape`` B and ``event_shape`` ``(d,)``;
-    ``log_prob`` takes one network pass, sampling ``d``.
+    ``log_prob`` takes one network pass, sampling ``d`` (with ``inverse``: the other way round).
 
     Example::
 
@@ -254,10 +259,14 @@ class AutoregressiveTransform(DistributionLambda):
         made: AutoregressiveNetwork,
         convert_to_tensor_fn: ConvertFn = "auto",
         activity_regularizer: Callable[[D.Distribution], torch.Tensor] | None = None,
+        inverse: bool = False,
     ) -> None:
         super().__init__(None, convert_to_tensor_fn, activity_regularizer)
         MaskedAutoregressiveTransform(made)  # checks made
+        if not isinstance(inverse, bool):
+            raise TypeError(f"inverse: expected True or False, got {inverse!r}")
         self.made = made
+        self.inverse = inverse
 
     def make_distribution(self, dist: D.Distribution) -> D.TransformedDistribution:
         if not isinstance(dist, D.Distribution):
@@ -275,7 +284,9 @@ class AutoregressiveTransform(DistributionLambda):
             )
         # A new transform per output: its cache (sample -> base value) must not outlive the
         # parameters it was computed with.
-        return D.TransformedDistribution(dist, [MaskedAutoregressiveTransform(self.made)])
+        transform = MaskedAutoregressiveTransform(self.made)
+        return D.TransformedDistribution(dist, [transform.inv if self.inverse else transform])
 
     def extra_repr(self) -> str:
-        return f"event_shape={self.made.event_shape}, {super().extra_repr()}"
+        inverse = ", inverse=True" if self.inverse else ""
+        return f"event_shape={self.made.event_shape}{inverse}, {super().extra_repr()}"

@@ -2,20 +2,33 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from torch import nn
 
 from ...layers.multivariate import TRIL_ORDERS
+from ..objectives import OBJECTIVES, Objective
+from .priors import PRIORS
 from .vae import VAE
 
-__all__ = ["INITS", "MODELS", "ModelConfig", "build_model", "register_model"]
+__all__ = ["INITS", "MODELS", "ModelConfig", "build_model", "make_objective", "register_model"]
 
 #: name -> builder ``ModelConfig -> VAE``.
 MODELS: dict[str, Callable[[ModelConfig], VAE]] = {}
+#: name -> the model's own defaults (``ModelConfig.for_model``), e.g. the MLP's 40 latents.
+MODEL_DEFAULTS: dict[str, dict[str, Any]] = {}
+#: name -> the ``ModelConfig`` fields its builder reads (the others must keep their defaults).
+MODEL_FIELDS: dict[str, frozenset[str]] = {}
+#: Fields every model reads.
+COMMON_FIELDS = frozenset({"name", "latent_size", "beta", "exact_kl", "init"})
+#: The objective's fields (every builder passes them to ``make_objective``).
+OBJECTIVE_FIELDS = frozenset({"objective", "num_samples", "kl_warmup_steps", "free_bits"})
+#: Posterior families of the zoo: a Gaussian, or a Gaussian pushed through an IAF.
+POSTERIORS = ("gaussian", "iaf")
 
 
 def _keras_init(model: nn.Module) -> None:
@@ -79,6 +92,23 @@ class ModelConfig:
     #: how MultivariateNormalTriL reads its scale parameters (``layers.multivariate.TRIL_ORDERS``):
     #: TFP's order for new models; configs saved before the field existed mean ``"rows"``.
     tril_order: str = "tfp"
+    # The zoo's choices (fields added later: a config saved before them means these defaults).
+    hidden_size: int = 300  # width of an MLP model's hidden layers
+    prior: str = "normal"  # a key of models.priors.PRIORS
+    prior_components: int = 500  # mixture components / VampPrior pseudo-inputs
+    posterior: str = "gaussian"  # one of POSTERIORS
+    flow_steps: int = 2  # IAF steps on top of the Gaussian (posterior "iaf")
+    objective: str = "elbo"  # a key of problayers.vae.objectives.OBJECTIVES
+    num_samples: int = 1  # K of the IWAE / DReG objectives
+    kl_warmup_steps: int = 0  # the KL weight rises linearly from 0 over this many steps
+    free_bits: float = 0.0  # nats per latent dimension (ELBO only)
+
+    @classmethod
+    def for_model(cls, name: str, **given: Any) -> ModelConfig:
+        """The config of model ``name``: its registered defaults, then ``given``."""
+        if name not in MODELS:
+            raise ValueError(f"model name: expected one of {sorted(MODELS)}, got {name!r}")
+        return cls(name=name, **{**MODEL_DEFAULTS[name], **given})
 
     @classmethod
     def from_dict(cls, saved: dict) -> ModelConfig:
@@ -101,18 +131,72 @@ class ModelConfig:
             raise ValueError(f"init: expected one of {sorted(INITS)}, got {self.init!r}")
         if self.tril_order not in TRIL_ORDERS:
             raise ValueError(f"tril_order: expected one of {list(TRIL_ORDERS)}, got {self.tril_order!r}")
+        self._check_zoo()
+
+    def _check_zoo(self) -> None:
+        for field in ("hidden_size", "prior_components", "flow_steps", "num_samples"):
+            value = getattr(self, field)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{field}: expected a positive int, got {value!r}")
+        warm = self.kl_warmup_steps
+        if not isinstance(warm, int) or isinstance(warm, bool) or warm < 0:
+            raise ValueError(f"kl_warmup_steps: expected an int >= 0, got {warm!r}")
+        bits = self.free_bits
+        if not isinstance(bits, (int, float)) or isinstance(bits, bool) or not 0 <= bits < float("inf"):
+            raise ValueError(f"free_bits: expected a number >= 0, got {bits!r}")
+        for field, choices in (("prior", PRIORS), ("posterior", POSTERIORS), ("objective", OBJECTIVES)):
+            if getattr(self, field) not in choices:
+                raise ValueError(f"{field}: expected one of {list(choices)}, got {getattr(self, field)!r}")
+        if self.objective == "elbo" and self.num_samples != 1:
+            raise ValueError(f"num_samples={self.num_samples} needs objective 'iwae' or 'dreg', not 'elbo'")
+        if self.objective != "elbo" and self.free_bits:
+            raise ValueError(f"free_bits applies to the 'elbo' objective, not {self.objective!r}")
+        if self.prior == "vamp" and self.posterior == "iaf":
+            raise ValueError(
+                "prior 'vamp' with posterior 'iaf': the VampPrior mixes Gaussian posteriors only"
+            )
+        defaults = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
+        reads = MODEL_FIELDS[self.name]
+        for field, default in defaults.items():
+            if field not in reads and getattr(self, field) != default:
+                raise ValueError(
+                    f"{field}={getattr(self, field)!r}: the {self.name!r} model does not use it "
+                    f"(its options: {sorted(reads - {'name'})})"
+                )
 
 
-def register_model(name: str) -> Callable[[Callable[[ModelConfig], VAE]], Callable[[ModelConfig], VAE]]:
-    """Decorator: make ``builder`` available as ``ModelConfig(name=name)``."""
+def register_model(
+    name: str, fields: frozenset[str] | set[str] = frozenset(), **defaults: Any
+) -> Callable[[Callable[[ModelConfig], VAE]], Callable[[ModelConfig], VAE]]:
+    """Decorator: make ``builder`` available as ``ModelConfig(name=name)``.
+
+    Args:
+        name: the model's name (``problayers train --model NAME``).
+        fields: the ``ModelConfig`` fields the builder reads beyond :data:`COMMON_FIELDS` and
+            the objective's; a config that sets another one is refused.
+        defaults: the model's own defaults (:meth:`ModelConfig.for_model`).
+    """
 
     def wrap(builder: Callable[[ModelConfig], VAE]) -> Callable[[ModelConfig], VAE]:
         if name in MODELS:
             raise ValueError(f"model {name!r} is already registered")
         MODELS[name] = builder
+        MODEL_DEFAULTS[name] = dict(defaults)
+        MODEL_FIELDS[name] = COMMON_FIELDS | OBJECTIVE_FIELDS | frozenset(fields) | frozenset(defaults)
         return builder
 
     return wrap
+
+
+def make_objective(cfg: ModelConfig) -> Objective:
+    """The objective ``cfg`` names, with its KL weight, warm-up, free bits and samples."""
+    return OBJECTIVES[cfg.objective](
+        exact_kl=cfg.exact_kl,
+        num_samples=cfg.num_samples,
+        beta=cfg.beta,
+        kl_warmup_steps=cfg.kl_warmup_steps,
+        free_bits=cfg.free_bits,
+    )
 
 
 def build_model(cfg: ModelConfig) -> VAE:

@@ -8,7 +8,7 @@ from torch import nn
 
 from ...layers import IndependentBernoulli, MultivariateNormalTriL
 from ...regularizers import KLDivergenceRegularizer
-from .registry import ModelConfig, register_model
+from .registry import ModelConfig, make_objective, register_model
 from .vae import VAE
 
 __all__ = ["seed_vae"]
@@ -32,7 +32,7 @@ def _act() -> nn.Module:
     return nn.LeakyReLU(LEAKY_SLOPE)
 
 
-@register_model("seed")
+@register_model("seed", fields={"base_depth", "tril_order"})
 def seed_vae(cfg: ModelConfig) -> VAE:
     """Encoder (1, 28, 28) -> MultivariateNormalTriL(latent) with a KL regularizer to N(0, I);
     decoder latent -> IndependentBernoulli((1, 28, 28)). ``cfg.base_depth`` is the width (32)."""
@@ -66,4 +66,4 @@ def seed_vae(cfg: ModelConfig) -> VAE:
         IndependentBernoulli((1, 28, 28)),  # batch (N,), event (1, 28, 28)
     )
     # fmt: on
-    return VAE(encoder, decoder, kl)
+    return VAE(encoder, decoder, kl, objective=make_objective(cfg))

@@ -1,37 +1,65 @@
-"""The VAE container: an encoder whose output is q(z|x), a decoder whose output is p(x|z)."""
+"""The VAE container: an encoder whose output is q(z|x), a decoder whose output is p(x|z), a
+prior p(z), and the objective that trains them."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 import torch.distributions as D
 from torch import nn
 
-from ...losses import collect_losses
 from ...regularizers import KLDivergenceRegularizer
 
 __all__ = ["VAE", "vae_loss"]
 
 
 class VAE(nn.Module):
-    """``decoder(encoder(x))``, with the pieces evaluation needs.
+    """``decoder(encoder(x))``, with the pieces evaluation and the objectives need.
 
     Args:
-        encoder: ``(B, *X) -> q(z|x)``, a distribution layer's output (batch ``(B,)``, event
-            ``(D,)``) that carries a KL regularizer.
+        encoder: ``(B, *X) -> q(z|x)``, a distribution (batch ``(B,)``, event ``(D,)``).
         decoder: ``(N, D) -> p(x|z)`` (batch ``(N,)``, event X).
-        regularizer: the encoder's :class:`~problayers.KLDivergenceRegularizer` (its prior is
-            the model's prior).
+        regularizer: the encoder's :class:`~problayers.KLDivergenceRegularizer`, for a model
+            whose encoder adds its KL term itself (the seed, as TFP's example); its prior is the
+            model's prior. Give either this or ``prior``.
+        prior: an ``nn.Module`` whose ``forward()`` returns p(z) (batch ``()``, event ``(D,)``),
+            for a model whose objective computes the KL (or the importance weights) itself.
+        objective: ``(vae, x) -> (loss, metrics)`` (an ``nn.Module`` from
+            :mod:`problayers.vae.objectives`, so that its state, e.g. a KL warm-up's step count,
+            is saved with the model); default: the ELBO of TFP's example
+            (:class:`~problayers.vae.objectives.ELBO`).
 
     ``forward(x)``: ``(B, *X)`` -> p(x|z) at the encoder's cached sample z, batch ``(B,)``.
+    ``forward(x, loss=True)``: the objective's ``(loss, metrics)`` on the batch (so that a
+    wrapper such as ``DistributedDataParallel`` sees the whole objective as one forward).
     """
 
-    def __init__(self, encoder: nn.Module, decoder: nn.Module, regularizer: KLDivergenceRegularizer) -> None:
+    def __init__(
+        self,
+        encoder: nn.Module,
+        decoder: nn.Module,
+        regularizer: KLDivergenceRegularizer | None = None,
+        *,
+        prior: nn.Module | None = None,
+        objective: nn.Module | None = None,
+    ) -> None:
         super().__init__()
+        if (regularizer is None) == (prior is None):
+            raise ValueError("VAE: give exactly one of regularizer (the encoder adds its KL) and prior")
         self.encoder = encoder
         self.decoder = decoder
         self.regularizer = regularizer
+        self.prior_module = prior
+        if objective is None:
+            from ..objectives import ELBO
 
-    def forward(self, x: torch.Tensor) -> D.Distribution:
+            objective = ELBO()
+        self.objective = objective
+
+    def forward(self, x: torch.Tensor, *, loss: bool = False) -> Any:
+        if loss:
+            return self.objective(self, x)
         return self.decoder(self.encoder(x))
 
     def encode(self, x: torch.Tensor) -> D.Distribution:
@@ -44,16 +72,14 @@ class VAE(nn.Module):
 
     def prior(self) -> D.Distribution:
         """p(z) on the model's device and dtype: batch ``()``, event ``(D,)``."""
+        if self.prior_module is not None:
+            return self.prior_module()
+        assert self.regularizer is not None  # one of the two (checked in __init__)
         return self.regularizer.resolve_prior(next(self.parameters()))
 
 
 def vae_loss(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The loss of TFP's example: ``-log p(x|z)`` (mean over the batch) plus the added KL.
-
-    Input: a batch x ``(B, *X)``. Returns the 0-dim loss and detached 0-dim metrics
-    ``recon`` and ``kl`` (the KL term as added, i.e. times the regularizer's weight).
-    """
-    rv_x = model(x)
-    recon = -rv_x.log_prob(x).mean()
-    kl = collect_losses(model, clear=True)
-    return recon + kl, {"recon": recon.detach(), "kl": kl.detach()}
+    """The model's training loss on a batch x ``(B, *X)``: ``model(x, loss=True)``, its
+    objective's 0-dim loss and detached 0-dim metrics (for the ELBO: ``recon`` and ``kl``, the
+    KL term as added). ``model`` may be wrapped (``DistributedDataParallel``, compiled)."""
+    return model(x, loss=True)

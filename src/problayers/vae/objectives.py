@@ -1,0 +1,194 @@
+"""Training objectives of a :class:`~problayers.vae.models.VAE`: the ELBO (with a KL warm-up and
+free bits), the importance-weighted bound (IWAE) and its doubly reparameterized gradient (DReG).
+
+An objective is an ``nn.Module`` called as ``objective(vae, x) -> (loss, metrics)`` from inside
+``vae(x, loss=True)``; it is a submodule of the model, so its state (the step count of a KL
+warm-up) is saved, averaged and resumed with the weights. ``OBJECTIVES`` maps a config's
+``objective`` name to its class.
+
+For a batch ``x`` of shape ``(B, *X)``, ``q = q(z|x)`` (batch ``(B,)``, event ``(D,)``) and
+``z_k ~ q`` (``k = 1..K``)::
+
+    ELBO   = E_q[log p(x|z)] - beta * KL(q || p)
+    IWAE_K = log (1/K) sum_k w_k,    log w_k = log p(x|z_k) + beta * (log p(z_k) - log q(z_k|x))
+
+The losses are the negatives, averaged over the batch, in nats per example.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.distributions as D
+from torch import nn
+
+from ..coercible import convert_to_tensor
+from ..losses import added_losses_skipped, collect_losses
+
+__all__ = ["ELBO", "IWAE", "OBJECTIVES", "Objective"]
+
+
+class Objective(nn.Module):
+    """What the objectives share: the KL weight ``beta``, its warm-up and free bits.
+
+    Args:
+        beta: the KL weight at the end of the warm-up (1: the ELBO; ``!= 1``: a beta-VAE). For
+            a model whose encoder adds its own KL term (the seed), the regularizer's weight is
+            the beta and this must be 1.
+        kl_warmup_steps: the KL weight rises linearly from 0 to ``beta`` over this many training
+            steps (Bowman et al. 2016; Sønderby et al. 2016); 0: no warm-up. The step count is
+            a buffer of the model (saved in checkpoints), advanced by each training-mode call
+            with gradients enabled.
+        free_bits: nats per latent dimension under which the KL term stops pulling (Kingma et
+            al. 2016, with the whole latent as one group): the batch-mean KL enters the loss as
+            ``max(KL, free_bits * D)``. 0: none. ELBO only.
+    """
+
+    steps: torch.Tensor
+
+    def __init__(self, beta: float = 1.0, kl_warmup_steps: int = 0, free_bits: float = 0.0) -> None:
+        super().__init__()
+        self.beta = float(beta)
+        self.kl_warmup_steps = int(kl_warmup_steps)
+        self.free_bits = float(free_bits)
+        if self.kl_warmup_steps > 0:  # only then: the seed's state_dict stays what it was
+            self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+
+    def warmup(self) -> torch.Tensor | float:
+        """The warm-up factor ``min(1, steps / kl_warmup_steps)`` (1.0 without a warm-up, else
+        a 0-dim tensor); advances the step count in a training step."""
+        if self.kl_warmup_steps <= 0:
+            return 1.0
+        factor = (self.steps.float() / self.kl_warmup_steps).clamp(max=1.0)
+        if self.training and torch.is_grad_enabled():
+            self.steps.add_(1)
+        return factor
+
+    def extra_repr(self) -> str:
+        return f"beta={self.beta}, kl_warmup_steps={self.kl_warmup_steps}, free_bits={self.free_bits}"
+
+
+def _repeat(x: torch.Tensor, k: int) -> torch.Tensor:
+    """``(B, *X) -> (k * B, *X)``, sample-major (row ``s * B + b`` is ``x[b]``)."""
+    return x.unsqueeze(0).expand(k, *x.shape).reshape(k * x.shape[0], *x.shape[1:])
+
+
+class ELBO(Objective):
+    """The negative ELBO from one sample per example.
+
+    A model with an encoder regularizer (the seed, as TFP's example) is trained exactly as the
+    example trains it: ``-log p(x|z)`` plus the KL term the encoder added. Otherwise the KL is
+    ``torch.distributions.kl_divergence(q, p)`` where torch has a formula for the pair and
+    ``exact_kl`` is set, else the Monte Carlo estimate ``log q(z) - log p(z)`` at the sample the
+    decoder saw (a mixture prior, a flow posterior: automatically).
+
+    Args:
+        exact_kl: prefer the analytic KL where there is one (default ``True``).
+        beta, kl_warmup_steps, free_bits: see :class:`Objective`.
+
+    Metrics: ``recon`` (``-log p(x|z)``) and ``kl`` (``beta * KL``, before warm-up and free
+    bits), both batch means.
+    """
+
+    def __init__(self, exact_kl: bool = True, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.exact_kl = bool(exact_kl)
+
+    def forward(self, vae: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        q = vae.encoder(x)  # batch (B,), event (D,); its tensor value is the sample z
+        rv_x = vae.decoder(q)  # batch (B,), event X
+        recon = -rv_x.log_prob(x).mean()
+        if vae.regularizer is not None:  # the encoder added weight * KL (batch mean)
+            kl = collect_losses(vae, clear=True)
+            floor = vae.regularizer.weight * self.free_bits * q.event_shape.numel()
+        else:
+            kl = self.beta * self._kl(q, vae.prior()).mean()
+            floor = self.beta * self.free_bits * q.event_shape.numel()
+        term = torch.clamp(kl, min=floor) if self.free_bits > 0 else kl
+        if self.kl_warmup_steps > 0:
+            term = self.warmup() * term
+        return recon + term, {"recon": recon.detach(), "kl": kl.detach()}
+
+    def _kl(self, q: D.Distribution, prior: D.Distribution) -> torch.Tensor:
+        if self.exact_kl:
+            try:
+                return D.kl_divergence(q, prior)  # (B,)
+            except NotImplementedError:
+                pass
+        z = convert_to_tensor(q)  # (B, D): the decoder's sample
+        return q.log_prob(z) - prior.log_prob(z)  # (B,)
+
+
+class IWAE(Objective):
+    """The negative importance-weighted bound ``-IWAE_K`` (Burda et al. 2016).
+
+    Args:
+        num_samples: ``K >= 1`` samples per example (``K = 1``: the ELBO with a Monte Carlo KL).
+        dreg: use the doubly reparameterized gradient (Tucker et al. 2019) for the encoder:
+            the loss has the same value, but the encoder's gradient is
+            ``sum_k w~_k^2 d log w_k / d z_k  d z_k / d phi`` with ``log q`` evaluated at
+            stopped parameters (an encoder pass with detached weights), an unbiased estimator
+            whose variance does not grow with ``K`` as the plain one's does. The decoder's and
+            the prior's gradients are the IWAE's.
+        beta, kl_warmup_steps: see :class:`Objective` (free bits do not apply).
+
+    The encoder's own added losses (a KL regularizer) are skipped. Metrics: ``iwae`` (the
+    bound's negative, batch mean).
+    """
+
+    def __init__(self, num_samples: int = 1, dreg: bool = False, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.num_samples = int(num_samples)
+        self.dreg = bool(dreg)
+
+    def forward(self, vae: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        k, batch = self.num_samples, x.shape[0]
+        with added_losses_skipped():
+            q = vae.encoder(x)  # batch (B,), event (D,)
+        prior = vae.prior()
+        z = q.rsample((k,))  # (K, B, D)
+        log_px = vae.decoder(z.reshape(k * batch, -1)).log_prob(_repeat(x, k)).reshape(k, batch)
+        log_q = _stopped_log_prob(vae.encoder, x, z) if self.dreg else q.log_prob(z)  # (K, B)
+        log_w = log_px + self.beta * self.warmup() * (prior.log_prob(z) - log_q)  # (K, B)
+        neg_bound = -(torch.logsumexp(log_w, 0) - math.log(k)).mean()
+        if not (self.dreg and z.requires_grad):
+            return neg_bound, {"iwae": neg_bound.detach()}
+        w = torch.softmax(log_w.detach(), 0)  # (K, B): normalized importance weights
+        # Decoder, prior: sum_k w_k d log w_k. Encoder, through z only (log q is stopped): the
+        # hook turns that path's w_k into w_k^2.
+        z.register_hook(lambda grad: grad * w.unsqueeze(-1))
+        surrogate = -(w * log_w).sum(0).mean()
+        return neg_bound.detach() + (surrogate - surrogate.detach()), {"iwae": neg_bound.detach()}
+
+
+class _LogProb(nn.Module):
+    """``encoder(x).log_prob(z)`` as one module call, so it can run at other parameters."""
+
+    def __init__(self, encoder: nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        with added_losses_skipped():
+            return self.encoder(x).log_prob(z)
+
+
+def _stopped_log_prob(encoder: nn.Module, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """``log q(z|x)`` with no gradient to the encoder's parameters (only through ``z``): the
+    encoder, and whatever its output computes with them (a flow's network), at detached
+    weights. ``(K, B)``."""
+    wrapper = _LogProb(encoder)
+    stopped = {name: p.detach() for name, p in wrapper.named_parameters()}
+    return torch.func.functional_call(wrapper, stopped, (x, z))
+
+
+#: name -> ``(exact_kl, num_samples, **Objective's arguments) -> Objective``
+#: (``ModelConfig.objective``).
+OBJECTIVES: dict[str, Callable[..., Objective]] = {
+    "elbo": lambda exact_kl, num_samples, **kw: ELBO(exact_kl=exact_kl, **kw),
+    "iwae": lambda exact_kl, num_samples, **kw: IWAE(num_samples, **kw),
+    "dreg": lambda exact_kl, num_samples, **kw: IWAE(num_samples, dreg=True, **kw),
+}
