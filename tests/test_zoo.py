@@ -1,0 +1,150 @@
+"""The model zoo end to end on small data: every model, prior, posterior and objective trains,
+evaluates, samples and resumes through the CLI; configs are validated; the seed is unchanged."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from problayers.cli import main
+from problayers.vae.experiment import RunConfig, load_run, train
+from problayers.vae.models import MODELS, ModelConfig, build_model, vae_loss
+
+SMALL = {"latent_size": 4, "hidden_size": 16}
+SMALL_RESNET = {"latent_size": 4, "base_depth": 4, "hidden_size": 8}
+
+#: (model, options): each prior, posterior and objective at least once, on every model.
+ZOO_CASES = [
+    ("mlp", {}),
+    ("mlp", {"prior": "mog", "prior_components": 3}),
+    ("mlp", {"prior": "vamp", "prior_components": 5, "objective": "dreg", "num_samples": 3}),
+    ("mlp", {"posterior": "iaf", "flow_steps": 2, "objective": "iwae", "num_samples": 2}),
+    ("mlp", {"kl_warmup_steps": 3, "free_bits": 0.1}),
+    ("hvae", {}),
+    ("hvae", {"prior": "vamp", "prior_components": 5, "objective": "iwae", "num_samples": 2}),
+    ("resnet", {"posterior": "iaf", "flow_steps": 1}),
+    ("resnet", {"prior": "mog", "prior_components": 3, "objective": "dreg", "num_samples": 2}),
+    ("seed", {"latent_size": 4, "base_depth": 4, "objective": "iwae", "num_samples": 2}),
+]
+
+
+def _config(name: str, options: dict) -> ModelConfig:
+    base = {"mlp": SMALL, "hvae": SMALL, "resnet": SMALL_RESNET, "seed": {}}[name]
+    return ModelConfig.for_model(name, **{**base, **options})
+
+
+def test_every_registered_model_is_in_the_cases():
+    assert {name for name, _ in ZOO_CASES} == set(MODELS)
+
+
+@pytest.mark.parametrize(
+    ("name", "options"), ZOO_CASES, ids=[f"{n}-{'-'.join(map(str, o.values()))}" for n, o in ZOO_CASES]
+)
+def test_a_training_step_lowers_the_loss_and_evaluation_runs(name, options):
+    torch.manual_seed(0)
+    model = build_model(_config(name, options))
+    x = (torch.rand(16, 1, 28, 28) < 0.2).float()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(8):
+        opt.zero_grad()
+        loss, metrics = vae_loss(model, x)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+        assert all(torch.isfinite(v) and v.dim() == 0 for v in metrics.values())
+    assert losses[-1] < losses[0]
+    model.eval()
+    from problayers.vae.evaluation import evaluate
+
+    with torch.no_grad():
+        out = evaluate(
+            model.encode, model.decode, model.prior(), x, batch_size=8, iwae_samples=6, chunk_size=4
+        )
+    assert out["iwae_nll"] < out["neg_elbo"] + 5 and out["num_examples"] == 16
+    samples = model.decode(model.prior().sample((3,))).sample()
+    assert samples.shape == (3, 1, 28, 28)
+
+
+def test_cli_trains_evaluates_samples_and_resumes_a_zoo_model(tmp_path, capsys):
+    out = tmp_path / "vamp"
+    argv = ["train", "--model", "mlp", "--latent-size", "4", "--hidden-size", "16", "--prior", "vamp"]
+    argv += ["--prior-components", "4", "--objective", "iwae", "--num-samples", "2", "--kl-warmup-steps", "5"]
+    argv += ["--synthetic", "64", "--batch-size", "16", "--epochs", "1", "--no-progress", "--out", str(out)]
+    assert main(argv) == 0
+    cfg = json.loads((out / "config.json").read_text())["model"]
+    assert cfg["name"] == "mlp" and cfg["prior"] == "vamp" and cfg["objective"] == "iwae"
+    assert cfg["exact_kl"] is True  # the zoo's default
+    model, _, _ = load_run(out, device="cpu")
+    assert int(model.objective.steps) == 4  # 64 / 16 steps, saved with the weights
+    assert main(["train", "--resume", str(out), "--epochs", "2", "--no-progress"]) == 0
+    model, _, info = load_run(out, device="cpu")
+    assert info["epoch"] == 2 and int(model.objective.steps) == 8  # the warm-up resumed, not restarted
+    ev = tmp_path / "eval.json"
+    assert (
+        main(
+            [
+                "evaluate",
+                str(out),
+                "--iwae-samples",
+                "4",
+                "--test-subset",
+                "8",
+                "--no-progress",
+                "--out",
+                str(ev),
+            ]
+        )
+        == 0
+    )
+    assert json.loads(ev.read_text())["iwae_samples"] == 4
+    assert main(["sample", str(out), "--out", str(tmp_path / "pics")]) == 0
+    assert (tmp_path / "pics" / "prior_samples.png").is_file()
+    capsys.readouterr()
+
+
+def test_the_seed_is_unchanged_by_the_zoo():
+    seed = build_model(ModelConfig())
+    assert not any(k.startswith("objective.") for k in seed.state_dict())  # old checkpoints load
+    assert ModelConfig.from_dict({"name": "seed", "latent_size": 16}).objective == "elbo"
+    torch.manual_seed(1)
+    x = (torch.rand(4, 1, 28, 28) < 0.3).float()
+    loss, metrics = vae_loss(seed, x)
+    assert float(loss.detach()) == pytest.approx(float(metrics["recon"] + metrics["kl"]))
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "match"),
+    [
+        ("seed", {"prior": "vamp"}, "prior='vamp': the 'seed' model does not use it"),
+        ("mlp", {"base_depth": 8}, "base_depth=8: the 'mlp' model does not use it"),
+        ("mlp", {"num_samples": 5}, "num_samples=5 needs objective 'iwae' or 'dreg'"),
+        ("mlp", {"objective": "iwae", "free_bits": 1.0}, "free_bits applies to the 'elbo' objective"),
+        ("mlp", {"prior": "vamp", "posterior": "iaf"}, "VampPrior mixes Gaussian posteriors only"),
+        ("mlp", {"prior": "flow"}, "prior: expected one of ['normal', 'mog', 'vamp']"),
+        ("mlp", {"kl_warmup_steps": -1}, "kl_warmup_steps: expected an int >= 0"),
+        ("nope", {}, "model name: expected one of"),
+    ],
+)
+def test_bad_zoo_configs_are_refused_naming_the_field(name, options, match):
+    with pytest.raises(ValueError, match=match.replace("(", r"\(").replace("[", r"\[")):
+        ModelConfig.for_model(name, **options)
+
+
+def test_cli_bad_zoo_option_is_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(
+            ["train", "--model", "seed", "--prior", "vamp", "--synthetic", "8", "--out", str(tmp_path / "x")]
+        )
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("problayers: error:") and "does not use it" in err and "\n" not in err
+
+
+def test_zoo_config_round_trips_through_config_json(tmp_path):
+    cfg = RunConfig(model=_config("hvae", {"prior": "mog", "prior_components": 2}), epochs=1, batch_size=16,
+                    synthetic=32, progress=False, eval_batch_size=16)  # fmt: skip
+    train(cfg, tmp_path)
+    assert RunConfig.from_json(json.loads((tmp_path / "config.json").read_text())) == cfg
