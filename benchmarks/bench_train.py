@@ -84,6 +84,24 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def cpu_isa() -> str:
+    """What the CPU offers for bf16: its AVX-512 / AVX512_BF16 / AMX flags (``/proc/cpuinfo``)
+    and torch's dispatch level (``torch.backends.cpu.get_cpu_capability()``)."""
+    import torch
+
+    try:
+        flags = set()
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        flags = set()
+    names = {"avx512f": "AVX-512", "avx512_bf16": "AVX512_BF16", "amx_bf16": "AMX-BF16"}
+    have = ", ".join(f"{label} {'yes' if flag in flags else 'no'}" for flag, label in names.items())
+    return f"{have}; torch dispatch {torch.backends.cpu.get_cpu_capability()}"
+
+
 def fast_options(config: str, device: str) -> dict[str, Any]:
     """``fast`` -> fastest_defaults(device); ``fast-compile+cl+bf16`` -> those options."""
     if config == "fast":  # as `problayers train --fast` (which also sets cudnn.benchmark on CUDA)
@@ -409,6 +427,7 @@ def environment(args) -> dict[str, Any]:
     env = {
         "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
         "cpu": cpu_model(),
+        "cpu_isa": cpu_isa(),
         "cpus": os.cpu_count(),
         "torch": torch.__version__,
         "python": platform.python_version(),
@@ -494,6 +513,7 @@ def main(argv: list[str] | None = None) -> int:
         f"# {env['date_utc']} UTC; {env['cpu']} ({env['cpus']} CPUs); torch {env['torch']}; "
         f"threads {args.threads}; device {args.device}; batch {args.batch_size}"
     )
+    print(f"# CPU ISA: {env['cpu_isa']}")
     print(f"# data: {env['data']}")
     print(
         f"# {args.repeats} run(s) x {args.windows} windows x {args.steps} steps after {args.warmup} "
