@@ -71,17 +71,18 @@ def _cell(value: float | None, fmt: str) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    head = (
-        "| model | params | epochs | training | test -ELBO | IWAE NLL (K, images) | s to 100 / 95 / 90 | hardware |\n"
-        "|---|---|---|---|---|---|---|---|"
-    )
-    lines = [head]
+    cols = ["model", "params", "epochs", "training", "test -ELBO", "IWAE NLL (K, images)"]
+    cols += ["s to 100 / 95 / 90", "hardware"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in sorted(rows, key=lambda r: r["iwae_nll"] if r["iwae_nll"] is not None else float("inf")):
-        nll = "-" if r["iwae_nll"] is None else f"**{r['iwae_nll']:.2f}** ({r['iwae_samples']}, {r['iwae_examples']})"
+        nll = "-"
+        if r["iwae_nll"] is not None:
+            nll = f"**{r['iwae_nll']:.2f}** ({r['iwae_samples']}, {r['iwae_examples']})"
         to = " / ".join(_cell(r["seconds_to"][str(int(t))], ".0f") for t in THRESHOLDS)
         lines.append(
-            f"| {r['model']} | {r['parameters'] / 1e6:.2f} M | {r['epochs']} | {r['train_seconds'] / 60:.1f} min "
-            f"| {_cell(r['test_neg_elbo'], '.2f')} | {nll} | {to} | {r.get('hardware', '?')} |"
+            f"| {r['model']} | {r['parameters'] / 1e6:.2f} M | {r['epochs']} "
+            f"| {r['train_seconds'] / 60:.1f} min | {_cell(r['test_neg_elbo'], '.2f')} | {nll} | {to} "
+            f"| {r.get('hardware', '?')} |"
         )
     return "\n".join(lines)
 
