@@ -68,10 +68,11 @@ def main(argv: list[str] | None = None) -> int:
         .prefetch(tf.data.AUTOTUNE)
         .shuffle(int(10e3))
     )
-    vae, encoder, decoder = build_vae(tf, tfk, tfp, parts=True)
-    regularizer = encoder.layers[-1].activity_regularizer
-    copies = len(vae.losses)
-    regularizer._weight = 1.0 / copies  # the KL counted once in the loss Keras minimizes
+    # How many times Keras counts the regularizer (2 with tf_keras 2.18 + TFP 0.25), then the
+    # model again with weight 1 / that: TFP bakes the weight into the regularizer at construction.
+    copies = len(build_vae(tf, tfk, tfp).losses)
+    tf.keras.utils.set_random_seed(args.seed)  # the same initial weights as without the probe
+    vae, encoder, decoder = build_vae(tf, tfk, tfp, parts=True, kl_weight=1.0 / copies)
 
     start = time.perf_counter()
     history = vae.fit(dataset, epochs=args.epochs, verbose=0)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributions as D
@@ -27,6 +27,9 @@ from torch import nn
 
 from ..coercible import convert_to_tensor
 from ..losses import added_losses_skipped, collect_losses
+
+if TYPE_CHECKING:
+    from .models.vae import VAE
 
 __all__ = ["ELBO", "IWAE", "OBJECTIVES", "Objective"]
 
@@ -97,13 +100,13 @@ class ELBO(Objective):
         super().__init__(**kwargs)
         self.exact_kl = bool(exact_kl)
 
-    def forward(self, vae: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(self, vae: VAE, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         q = vae.encoder(x)  # batch (B,), event (D,); its tensor value is the sample z
         rv_x = vae.decoder(q)  # batch (B,), event X
         recon = -rv_x.log_prob(x).mean()
         if vae.regularizer is not None:  # the encoder added weight * KL (batch mean)
             kl = collect_losses(vae, clear=True)
-            floor = vae.regularizer.weight * self.free_bits * q.event_shape.numel()
+            floor = float(vae.regularizer.weight) * self.free_bits * q.event_shape.numel()
         else:
             kl = self.beta * self._kl(q, vae.prior()).mean()
             floor = self.beta * self.free_bits * q.event_shape.numel()
@@ -144,7 +147,7 @@ class IWAE(Objective):
         self.num_samples = int(num_samples)
         self.dreg = bool(dreg)
 
-    def forward(self, vae: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(self, vae: VAE, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         k, batch = self.num_samples, x.shape[0]
         with added_losses_skipped():
             q = vae.encoder(x)  # batch (B,), event (D,)

@@ -36,6 +36,9 @@ from .vae import VAE
 __all__ = ["Chain", "hierarchical_vae"]
 
 
+_Shape = torch.Size | list[int] | tuple[int, ...]
+
+
 class Chain(D.Distribution):
     """``z = cat(a, b)`` with ``a ~ first`` and ``b ~ conditional(a)``.
 
@@ -60,11 +63,11 @@ class Chain(D.Distribution):
         self.has_rsample = first.has_rsample
         super().__init__(first.batch_shape, torch.Size([self.size_a + size_b]), validate_args=False)
 
-    def rsample(self, sample_shape: torch.Size | tuple[int, ...] = ()) -> torch.Tensor:
+    def rsample(self, sample_shape: _Shape = ()) -> torch.Tensor:
         a = self.first.rsample(sample_shape)  # (*S, *B, Da)
         return torch.cat([a, self.conditional(a).rsample()], -1)  # (*S, *B, Da + Db)
 
-    def sample(self, sample_shape: torch.Size | tuple[int, ...] = ()) -> torch.Tensor:
+    def sample(self, sample_shape: _Shape = ()) -> torch.Tensor:
         with torch.no_grad():
             a = self.first.sample(sample_shape)
             return torch.cat([a, self.conditional(a).sample()], -1)
@@ -125,6 +128,8 @@ class TwoLevelPrior(nn.Module):
 class _TopPosterior(nn.Module):
     """``u -> q(z2 | u)`` of a :class:`TwoLevelPosterior`, for the VampPrior (not registered
     there: the posterior's parameters are the model's)."""
+
+    _posterior: TwoLevelPosterior
 
     def __init__(self, posterior: TwoLevelPosterior) -> None:
         super().__init__()

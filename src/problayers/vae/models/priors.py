@@ -96,6 +96,8 @@ class VampPrior(nn.Module):
     prior's own are the pseudo-inputs. Its added losses are skipped while it encodes them.
     """
 
+    _encoder: Callable[[torch.Tensor], D.Distribution]
+
     def __init__(self, encoder: nn.Module, components: int, input_shape: tuple[int, ...]) -> None:
         super().__init__()
         object.__setattr__(self, "_encoder", encoder)  # not a submodule (see above)
