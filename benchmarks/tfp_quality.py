@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--out", required=True)
+    p.add_argument("--as-written", action="store_true", help="the example's weight: KL counted twice")
     args = p.parse_args(argv)
     if not TFP_PYTHON.is_file():
         print(f"{TFP_PYTHON}: not found; create it with `python benchmarks/bench_train.py --setup-tfp`")
@@ -58,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
         np.save(npy, test[:, 0].numpy().astype(np.uint8))
         for seed in (int(s) for s in args.seeds.split(",")):
             cmd = [str(TFP_PYTHON), str(HERE / "tfp_train.py"), "--data-dir", args.data_dir,
-                   "--test-npy", str(npy), "--epochs", str(args.epochs), "--seed", str(seed)]  # fmt: skip
+                   "--test-npy", str(npy), "--epochs", str(args.epochs), "--seed", str(seed),
+                   *(["--as-written"] if args.as_written else [])]  # fmt: skip
             proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ})
             lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
             if proc.returncode != 0 or not lines:
@@ -68,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
             result["cpu"] = _cpu_model()
             result["date"] = datetime.date.today().isoformat()
             result["command"] = " ".join(["python", "benchmarks/tfp_quality.py", *sys.argv[1:]])
-            path = out / f"seed{seed}.json"
+            path = out / f"{'as-written-' if args.as_written else ''}seed{seed}.json"
             tmp_path = path.with_suffix(".json.tmp")
             tmp_path.write_text(json.dumps(result, indent=1) + "\n")
             os.replace(tmp_path, path)

@@ -38,6 +38,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--train-images", type=int, default=60000, help="the first N (smoke tests)")
+    p.add_argument(
+        "--as-written",
+        action="store_true",
+        help="keep the example's regularizer weight (1: the KL counted twice in the loss)",
+    )
     args = p.parse_args(argv)
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -72,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     # model again with weight 1 / that: TFP bakes the weight into the regularizer at construction.
     copies = len(build_vae(tf, tfk, tfp).losses)
     tf.keras.utils.set_random_seed(args.seed)  # the same initial weights as without the probe
-    vae, encoder, decoder = build_vae(tf, tfk, tfp, parts=True, kl_weight=1.0 / copies)
+    weight = None if args.as_written else 1.0 / copies
+    vae, encoder, decoder = build_vae(tf, tfk, tfp, parts=True, kl_weight=weight)
 
     start = time.perf_counter()
     history = vae.fit(dataset, epochs=args.epochs, verbose=0)
@@ -98,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
         "epochs": args.epochs,
         "batch_size": args.batch_size,
         "losses_per_forward": copies,
-        "kl_weight": 1.0 / copies,
+        "kl_weight": 1.0 if weight is None else weight,
+        "kl_times_in_loss": copies * (1.0 if weight is None else weight),
         "train_loss_last_epoch": float(history.history["loss"][-1]),
         "test_neg_elbo": (recon_sum + kl_sum) / n,
         "test_recon": recon_sum / n,

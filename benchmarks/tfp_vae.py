@@ -30,13 +30,14 @@ def _rss_mib() -> float:
     return float("nan")
 
 
-def build_vae(tf, tfk, tfp, encoded_size: int = 16, base_depth: int = 32, parts: bool = False, kl_weight=None):
+def build_vae(tf, tfk, tfp, encoded_size=16, base_depth=32, parts=False, kl_weight=None):
     """TFP's example, as published (tf.nn.leaky_relu has slope 0.2); with ``parts`` also its
     encoder and decoder: ``(vae, encoder, decoder)``; ``kl_weight``: the regularizer's
     ``weight`` (TFP bakes it in at construction; default ``None``, the example's)."""
     tfkl, tfpl, tfd = tfk.layers, tfp.layers, tfp.distributions
     input_shape = (28, 28, 1)
     prior = tfd.Independent(tfd.Normal(loc=tf.zeros(encoded_size), scale=1), reinterpreted_batch_ndims=1)
+    kl = tfpl.KLDivergenceRegularizer(prior, weight=kl_weight)
     encoder = tfk.Sequential([
         tfkl.InputLayer(input_shape=input_shape),
         tfkl.Lambda(lambda x: tf.cast(x, tf.float32) - 0.5),
@@ -47,7 +48,7 @@ def build_vae(tf, tfk, tfp, encoded_size: int = 16, base_depth: int = 32, parts:
         tfkl.Conv2D(4 * encoded_size, 7, strides=1, padding="valid", activation=tf.nn.leaky_relu),
         tfkl.Flatten(),
         tfkl.Dense(tfpl.MultivariateNormalTriL.params_size(encoded_size), activation=None),
-        tfpl.MultivariateNormalTriL(encoded_size, activity_regularizer=tfpl.KLDivergenceRegularizer(prior, weight=kl_weight)),
+        tfpl.MultivariateNormalTriL(encoded_size, activity_regularizer=kl),
     ])  # fmt: skip
     decoder = tfk.Sequential([
         tfkl.InputLayer(input_shape=[encoded_size]),
