@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--out", required=True)
+    p.add_argument("--threads", type=int, default=2, help="TF threads per run (1: two runs side by side)")
     p.add_argument("--as-written", action="store_true", help="the example's weight: KL counted twice")
     args = p.parse_args(argv)
     if not TFP_PYTHON.is_file():
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         np.save(npy, test[:, 0].numpy().astype(np.uint8))
         for seed in (int(s) for s in args.seeds.split(",")):
             cmd = [str(TFP_PYTHON), str(HERE / "tfp_train.py"), "--data-dir", args.data_dir,
-                   "--test-npy", str(npy), "--epochs", str(args.epochs), "--seed", str(seed),
+                   "--test-npy", str(npy), "--epochs", str(args.epochs), "--seed", str(seed), "--threads", str(args.threads),
                    *(["--as-written"] if args.as_written else [])]  # fmt: skip
             proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ})
             lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
