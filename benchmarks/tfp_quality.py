@@ -60,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         np.save(npy, test[:, 0].numpy().astype(np.uint8))
         for seed in (int(s) for s in args.seeds.split(",")):
             cmd = [str(TFP_PYTHON), str(HERE / "tfp_train.py"), "--data-dir", args.data_dir,
-                   "--test-npy", str(npy), "--epochs", str(args.epochs), "--seed", str(seed), "--threads", str(args.threads),
+                   "--test-npy", str(npy), "--epochs", str(args.epochs), "--seed", str(seed),
+                   "--threads", str(args.threads),
                    *(["--as-written"] if args.as_written else [])]  # fmt: skip
             proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ})
             lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
