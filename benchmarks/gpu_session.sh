@@ -3,7 +3,8 @@
 # MNIST at $MNIST (default .gpudata/mnist), the machine's own python3 with torch + CUDA, the
 # package from src/ (no install). Results and logs go to $OUT (default runs/gpu).
 #
-#   bash benchmarks/gpu_session.sh STAGE...     # stages: env seed iwae-probe sweep ...
+#   bash benchmarks/gpu_session.sh STAGE...     # stages: env seed iwae-probe sweep ... zoo-hvae zoo-resnet zoo-eval
+# (the zoo stages are prepared for the next lent GPU: not run yet)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 MNIST=${MNIST:-.gpudata/mnist}
@@ -126,6 +127,36 @@ for s in "$@"; do
         timeout 60 $PY -m problayers train --data-dir "$MNIST" --out "$RUNS/init-$1-$2" --device cuda --no-progress \
           --fast --init "$1" --seed "$2" | tail -1
         cp "$RUNS/init-$1-$2/metrics.jsonl" "$OUT/init-$1-seed$2-metrics.jsonl"
+      done
+      ;;
+    zoo-hvae)  # the zoo's CPU leader on the GPU, larger batch (issue 14: <= 85 nats in <= 5 min); resumable
+      stage zoo-hvae
+      if [ -f "$RUNS/zoo-hvae/checkpoint.pt" ]; then
+        timeout 540 $PY -m problayers train --resume "$RUNS/zoo-hvae" --device cuda --no-progress | tail -1
+      else
+        timeout 540 $PY -m problayers train --out "$RUNS/zoo-hvae" --data-dir "$MNIST" --device cuda --no-progress \
+          --no-fast --model hvae --prior vamp --objective iwae --num-samples 5 --batch-size 1000 --lr 3e-3 \
+          --lr-schedule cosine --epochs 300 | tail -1
+      fi
+      cp "$RUNS/zoo-hvae/metrics.jsonl" "$OUT/zoo-hvae-metrics.jsonl"
+      ;;
+    zoo-resnet)  # the residual conv VAE with an IAF posterior and the IWAE bound, toward 80 nats; resumable
+      stage zoo-resnet
+      if [ -f "$RUNS/zoo-resnet/checkpoint.pt" ]; then
+        timeout 540 $PY -m problayers train --resume "$RUNS/zoo-resnet" --device cuda --no-progress | tail -1
+      else
+        timeout 540 $PY -m problayers train --out "$RUNS/zoo-resnet" --data-dir "$MNIST" --device cuda --no-progress \
+          --no-fast --model resnet --posterior iaf --objective iwae --num-samples 5 --batch-size 256 --lr 1e-3 \
+          --lr-schedule cosine --epochs 100 | tail -1
+      fi
+      cp "$RUNS/zoo-resnet/metrics.jsonl" "$OUT/zoo-resnet-metrics.jsonl"
+      ;;
+    zoo-eval)  # IWAE-5000 on the 10k test images of each zoo run
+      stage zoo-eval
+      for run in zoo-hvae zoo-resnet; do
+        [ -f "$RUNS/$run/checkpoint.pt" ] || continue
+        timeout 300 $PY -m problayers evaluate "$RUNS/$run" --data-dir "$MNIST" --device cuda --no-progress \
+          --out "$OUT/$run-eval.json" | tail -3
       done
       ;;
     *) echo "unknown stage $s" >&2; exit 2 ;;
