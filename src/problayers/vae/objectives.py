@@ -135,7 +135,8 @@ class IWAE(Objective):
             ``sum_k w~_k^2 d log w_k / d z_k  d z_k / d phi`` with ``log q`` evaluated at
             stopped parameters (an encoder pass with detached weights), an unbiased estimator
             whose variance does not grow with ``K`` as the plain one's does. The decoder's and
-            the prior's gradients are the IWAE's.
+            the prior's gradients are the IWAE's. Costs one more pass without gradients (for
+            the weights ``w~``).
         beta, kl_warmup_steps: see :class:`Objective` (free bits do not apply).
 
     The encoder's own added losses (a KL regularizer) are skipped. Metrics: ``iwae`` (the
@@ -152,19 +153,29 @@ class IWAE(Objective):
         with added_losses_skipped():
             q = vae.encoder(x)  # batch (B,), event (D,)
         prior = vae.prior()
+        kl_weight = self.beta * self.warmup()
+
+        def log_weights(z: torch.Tensor) -> torch.Tensor:  # (K, B, D) -> (K, B)
+            log_px = vae.decoder(z.reshape(k * batch, -1)).log_prob(_repeat(x, k)).reshape(k, batch)
+            log_q = _stopped_log_prob(vae.encoder, x, z) if self.dreg else q.log_prob(z)
+            return log_px + kl_weight * (prior.log_prob(z) - log_q)
+
         z = q.rsample((k,))  # (K, B, D)
-        log_px = vae.decoder(z.reshape(k * batch, -1)).log_prob(_repeat(x, k)).reshape(k, batch)
-        log_q = _stopped_log_prob(vae.encoder, x, z) if self.dreg else q.log_prob(z)  # (K, B)
-        log_w = log_px + self.beta * self.warmup() * (prior.log_prob(z) - log_q)  # (K, B)
-        neg_bound = -(torch.logsumexp(log_w, 0) - math.log(k)).mean()
         if not (self.dreg and z.requires_grad):
+            neg_bound = -(torch.logsumexp(log_weights(z), 0) - math.log(k)).mean()
             return neg_bound, {"iwae": neg_bound.detach()}
-        w = torch.softmax(log_w.detach(), 0)  # (K, B): normalized importance weights
-        # Decoder, prior: sum_k w_k d log w_k. Encoder, through z only (log q is stopped): the
-        # hook turns that path's w_k into w_k^2.
-        z.register_hook(lambda grad: grad * w.unsqueeze(-1))
+        # DReG. The normalized weights w first (a pass without gradients), then the pass that
+        # is differentiated, at z_w = z with its gradient path to the encoder scaled by w (its
+        # value is z's): sum_k w_k d log w_k gives the decoder and the prior the IWAE gradient,
+        # and the encoder, reached only through z_w (log q is stopped), sum_k w_k^2 d log w_k /
+        # d z_k d z_k / d phi. No hook: the same graph under torch.compile.
+        fixed = z.detach()
+        with torch.no_grad():
+            w = torch.softmax(log_weights(fixed), 0)  # (K, B)
+        log_w = log_weights(fixed + w.unsqueeze(-1) * (z - fixed))  # (K, B)
+        neg_bound = -(torch.logsumexp(log_w.detach(), 0) - math.log(k)).mean()
         surrogate = -(w * log_w).sum(0).mean()
-        return neg_bound.detach() + (surrogate - surrogate.detach()), {"iwae": neg_bound.detach()}
+        return neg_bound + (surrogate - surrogate.detach()), {"iwae": neg_bound}
 
 
 class _LogProb(nn.Module):
