@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.distributions as D
@@ -27,9 +27,6 @@ from torch import nn
 
 from ..coercible import convert_to_tensor
 from ..losses import added_losses_skipped, collect_losses
-
-if TYPE_CHECKING:
-    from .models.vae import VAE
 
 __all__ = ["ELBO", "IWAE", "OBJECTIVES", "Objective"]
 
@@ -100,7 +97,7 @@ class ELBO(Objective):
         super().__init__(**kwargs)
         self.exact_kl = bool(exact_kl)
 
-    def forward(self, vae: VAE, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(self, vae: Any, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         q = vae.encoder(x)  # batch (B,), event (D,); its tensor value is the sample z
         rv_x = vae.decoder(q)  # batch (B,), event X
         recon = -rv_x.log_prob(x).mean()
@@ -148,7 +145,7 @@ class IWAE(Objective):
         self.num_samples = int(num_samples)
         self.dreg = bool(dreg)
 
-    def forward(self, vae: VAE, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(self, vae: Any, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         k, batch = self.num_samples, x.shape[0]
         with added_losses_skipped():
             q = vae.encoder(x)  # batch (B,), event (D,)

@@ -21,8 +21,9 @@ __all__ = ["INITS", "MODELS", "ModelConfig", "build_model", "make_objective", "r
 MODELS: dict[str, Callable[[ModelConfig], VAE]] = {}
 #: name -> the model's own defaults (``ModelConfig.for_model``), e.g. the MLP's 40 latents.
 MODEL_DEFAULTS: dict[str, dict[str, Any]] = {}
-#: name -> the ``ModelConfig`` fields its builder reads (the others must keep their defaults).
-MODEL_FIELDS: dict[str, frozenset[str]] = {}
+#: name -> the ``ModelConfig`` fields its builder reads (the others must keep their defaults);
+#: ``None``: not declared (a model registered without ``fields``), nothing is checked.
+MODEL_FIELDS: dict[str, frozenset[str] | None] = {}
 #: Fields every model reads.
 COMMON_FIELDS = frozenset({"name", "latent_size", "beta", "exact_kl", "init"})
 #: The objective's fields (every builder passes them to ``make_objective``).
@@ -157,6 +158,8 @@ class ModelConfig:
             )
         defaults = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
         reads = MODEL_FIELDS[self.name]
+        if reads is None:
+            return
         for field, default in defaults.items():
             if field not in reads and getattr(self, field) != default:
                 raise ValueError(
@@ -166,14 +169,15 @@ class ModelConfig:
 
 
 def register_model(
-    name: str, fields: frozenset[str] | set[str] = frozenset(), **defaults: Any
+    name: str, fields: frozenset[str] | set[str] | None = None, **defaults: Any
 ) -> Callable[[Callable[[ModelConfig], VAE]], Callable[[ModelConfig], VAE]]:
     """Decorator: make ``builder`` available as ``ModelConfig(name=name)``.
 
     Args:
         name: the model's name (``problayers train --model NAME``).
         fields: the ``ModelConfig`` fields the builder reads beyond :data:`COMMON_FIELDS` and
-            the objective's; a config that sets another one is refused.
+            the objective's; a config that sets another one is refused. Default ``None``: not
+            declared, no field is refused.
         defaults: the model's own defaults (:meth:`ModelConfig.for_model`).
     """
 
@@ -182,7 +186,8 @@ def register_model(
             raise ValueError(f"model {name!r} is already registered")
         MODELS[name] = builder
         MODEL_DEFAULTS[name] = dict(defaults)
-        MODEL_FIELDS[name] = COMMON_FIELDS | OBJECTIVE_FIELDS | frozenset(fields) | frozenset(defaults)
+        declared = None if fields is None else frozenset(fields) | frozenset(defaults)
+        MODEL_FIELDS[name] = None if declared is None else COMMON_FIELDS | OBJECTIVE_FIELDS | declared
         return builder
 
     return wrap
