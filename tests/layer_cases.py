@@ -249,6 +249,15 @@ def _model_cases() -> list[ModelCase]:
             (5,),
         ),
         ModelCase(
+            "AutoregressiveTransform-inverse",  # the IAF of the zoo's posteriors
+            lambda: nn.Sequential(
+                nn.Linear(5, pl.IndependentNormal.params_size(3)),
+                pl.IndependentNormal(3),
+                pl.AutoregressiveTransform(pl.AutoregressiveNetwork(2, 3, hidden_units=(8,)), inverse=True),
+            ),
+            (5,),
+        ),
+        ModelCase(
             "VariableLayer",
             lambda: pl.VariableLayer(4, initializer="normal", make_distribution_fn=normal_2),
             (5,),

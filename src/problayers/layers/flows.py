@@ -164,6 +164,8 @@ class MaskedAutoregressiveTransform(Transform):
         cache_size: ``torch.distributions.transforms.Transform``'s cache: ``1`` (default) keeps
             the last ``(u, y)`` pair, so the ``log_prob`` of a fresh sample needs no inversion;
             ``0`` keeps none.
+        inverse: swap the two directions (the IAF: one network pass forward, ``d`` back, the
+            log-det negated); unlike ``transform.inv`` this pickles and deep-copies.
 
     Input: ``u`` of shape ``(*B, d)``. Output: ``y`` of shape ``(*B, d)``;
     ``log_abs_det_jacobian`` has shape ``(*B)``.
@@ -181,8 +183,9 @@ class MaskedAutoregressiveTransform(Transform):
     codomain = constraints.independent(constraints.real, 1)
     bijective = True
 
-    def __init__(self, made: AutoregressiveNetwork, cache_size: int = 1) -> None:
+    def __init__(self, made: AutoregressiveNetwork, cache_size: int = 1, inverse: bool = False) -> None:
         super().__init__(cache_size=cache_size)
+        self.inverse = bool(inverse)  # the IAF: the two directions swapped (pickles, unlike .inv)
         if not isinstance(made, AutoregressiveNetwork):
             raise TypeError(f"made: expected an AutoregressiveNetwork, got {type(made).__name__}")
         if made.params != 2:
@@ -190,14 +193,20 @@ class MaskedAutoregressiveTransform(Transform):
         self.made = made
 
     def __eq__(self, other) -> bool:
-        return isinstance(other, MaskedAutoregressiveTransform) and other.made is self.made
+        return (
+            isinstance(other, MaskedAutoregressiveTransform)
+            and other.made is self.made
+            and other.inverse == self.inverse
+        )
 
     def __hash__(self) -> int:
         return hash(id(self.made))
 
     def with_cache(self, cache_size: int = 1) -> MaskedAutoregressiveTransform:
         return (
-            self if self._cache_size == cache_size else MaskedAutoregressiveTransform(self.made, cache_size)
+            self
+            if self._cache_size == cache_size
+            else MaskedAutoregressiveTransform(self.made, cache_size, self.inverse)
         )
 
     def _shift_log_scale(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -205,17 +214,25 @@ class MaskedAutoregressiveTransform(Transform):
         return shift, log_scale
 
     def _call(self, u: torch.Tensor) -> torch.Tensor:
+        return self._one_pass(u) if self.inverse else self._sequential(u)
+
+    def _inverse(self, y: torch.Tensor) -> torch.Tensor:
+        return self._sequential(y) if self.inverse else self._one_pass(y)
+
+    def _sequential(self, u: torch.Tensor) -> torch.Tensor:
         y = torch.zeros_like(u)  # (*B, d)
         for _ in range(self.made.event_shape[0]):
             shift, log_scale = self._shift_log_scale(y)
             y = u * log_scale.exp() + shift
         return y
 
-    def _inverse(self, y: torch.Tensor) -> torch.Tensor:
+    def _one_pass(self, y: torch.Tensor) -> torch.Tensor:
         shift, log_scale = self._shift_log_scale(y)
         return (y - shift) * torch.exp(-log_scale)
 
     def log_abs_det_jacobian(self, u: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.inverse:  # y = (u - shift(u)) exp(-log_scale(u))
+            return -self._shift_log_scale(u)[1].sum(-1)  # (*B)
         _, log_scale = self._shift_log_scale(y)
         return log_scale.sum(-1)  # (*B)
 
@@ -284,8 +301,8 @@ class AutoregressiveTransform(DistributionLambda):
             )
         # A new transform per output: its cache (sample -> base value) must not outlive the
         # parameters it was computed with.
-        transform = MaskedAutoregressiveTransform(self.made)
-        return D.TransformedDistribution(dist, [transform.inv if self.inverse else transform])
+        transform = MaskedAutoregressiveTransform(self.made, inverse=self.inverse)
+        return D.TransformedDistribution(dist, [transform])
 
     def extra_repr(self) -> str:
         inverse = ", inverse=True" if self.inverse else ""
