@@ -136,11 +136,13 @@ def test_evaluate_bf16_channels_last(run_dir, tmp_path, capsys):
     assert results["seconds"] > 0 and results["num_examples"] == 10
 
 
-def test_evaluate_fast_default_and_no_fast(run_dir, tmp_path):
+def test_evaluate_fast_default_and_no_fast(run_dir, tmp_path, capsys):
     argv = ["evaluate", str(run_dir), "--iwae-samples", "2", "--test-subset", "10", "--no-progress"]
     assert main([*argv, "--device", "cpu", "--out", str(tmp_path / "a.json")]) == 0
     fast = json.loads((tmp_path / "a.json").read_text())
-    assert fast["channels_last"] is True and fast["precision"] == "fp32"  # the CPU's fast settings
+    assert fast["step_choice"]["chosen"] == "fp32+channels_last"  # the probe's choice (fixed timings)
+    assert fast["channels_last"] is True and fast["precision"] == "fp32"
+    assert "evaluation step: fp32+channels_last (" in capsys.readouterr().out
     assert main([*argv, "--device", "cpu", "--no-fast", "--out", str(tmp_path / "b.json")]) == 0
     plain = json.loads((tmp_path / "b.json").read_text())
     assert plain["channels_last"] is False and plain["precision"] == "fp32"
@@ -254,3 +256,50 @@ def test_regression(tmp_path, capsys):
     assert main(["regression", "--out", str(tmp_path), "--epochs", "30", "--no-progress"]) == 0
     assert len(list(tmp_path.glob("*.png"))) == 4
     assert capsys.readouterr().out.strip()
+
+
+def test_train_prints_and_records_its_step_choice(tmp_path, capsys, monkeypatch):
+    from problayers.train import probe
+
+    monkeypatch.setenv("PROBLAYERS_CACHE_DIR", str(tmp_path / "cache-a"))  # nothing measured before
+    argv = ["train", "--epochs", "1", "--synthetic", "64", "--device", "cpu", *TINY]
+    assert main([*argv, "--out", str(tmp_path / "a")]) == 0
+    out = capsys.readouterr().out
+    line = next(line for line in out.splitlines() if line.startswith("step: "))
+    assert line.startswith("step: fp32+channels_last (bf16 ") and "s/step:" in line and "measured now" in line
+    cfg = json.loads((tmp_path / "a" / "config.json").read_text())
+    assert cfg["auto_step"] is True and cfg["step_choice"]["by"] == "probe"
+    assert cfg["step_choice"]["machine"]["torch"] and cfg["step_choice"]["seconds_per_step"]
+    # evaluate uses the choice training measured here (the probe's cache)
+    evaluate = ["evaluate", str(tmp_path / "a"), "--iwae-samples", "2", "--test-subset", "10", "--no-progress"]
+    assert main([*evaluate, "--out", str(tmp_path / "a.json")]) == 0
+    choice = json.loads((tmp_path / "a.json").read_text())["step_choice"]
+    assert choice["by"] == "cache" and choice["measured_at"] == cfg["step_choice"]["measured_at"]
+    # bf16 measured faster (by the margin): the run trains in bf16, and says why
+    times = {"fp32": 1.0, "fp32+channels_last": 1.0, "bf16": 0.8, "bf16+channels_last": 0.6}
+    monkeypatch.setattr(probe, "_time_candidates", lambda m, o, f, b, cands, w, r: {c.name: times[c.name] for c in cands})
+    monkeypatch.setattr(probe, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setenv("PROBLAYERS_CACHE_DIR", str(tmp_path / "cache"))
+    assert main([*argv, "--out", str(tmp_path / "b")]) == 0
+    cfg = json.loads((tmp_path / "b" / "config.json").read_text())
+    assert (cfg["precision"], cfg["channels_last"]) == ("bf16", True)
+    assert "step: bf16+channels_last (bf16 40% faster than fp32;" in capsys.readouterr().out
+    # a resumed run keeps its recorded choice (no new measurement)
+    monkeypatch.setattr(probe, "_time_candidates", None)
+    assert main(["train", "--resume", str(tmp_path / "b"), "--epochs", "2", "--no-progress"]) == 0
+    assert json.loads((tmp_path / "b" / "config.json").read_text())["step_choice"] == cfg["step_choice"]
+
+
+@pytest.mark.parametrize(
+    "flags, line",
+    [
+        (["--no-fast"], "step: fp32 (--no-fast: the eager step)"),
+        (["--precision", "bf16"], "step: bf16 (the options given)"),
+        (["--fast", "--precision", "fp32"], "step: fp32, channels_last (the device's fastest defaults and the options given)"),
+    ],
+)  # fmt: skip
+def test_train_step_line_without_a_probe(tmp_path, capsys, flags, line):
+    argv = ["train", "--out", str(tmp_path / "r"), "--epochs", "1", "--synthetic", "64", "--device", "cpu", *TINY]
+    assert main([*argv, *flags]) == 0
+    assert line in capsys.readouterr().out.splitlines()
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["step_choice"] is None

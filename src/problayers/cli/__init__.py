@@ -55,7 +55,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                 run_dir = args.resume
             else:
                 model = ModelConfig.for_model(args.model, **_model_options(args))
-                fast = _fast_options(args, data_parallel=dist is not None and dist.world_size > 1)
+                data_parallel = dist is not None and dist.world_size > 1
+                fast = _fast_options(args, data_parallel=data_parallel)
                 cfg = RunConfig(
                     model=model,
                     epochs=15 if args.epochs is None else args.epochs,
@@ -73,6 +74,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                     logger=args.logger,
                     **fast,
                 )
+                if not cfg.auto_step and rank == 0:  # a probe prints its own line
+                    print(_step_line(cfg, args, data_parallel), flush=True)
                 history = train(cfg, args.out, dist=dist)
                 run_dir = args.out
     except (NonFiniteLossError, distributed.RankZeroError) as err:
@@ -122,15 +125,7 @@ def _fast_options(args: argparse.Namespace, data_parallel: bool) -> dict:
     flags alone. ``--no-fast`` or a data-parallel run: the plain eager step plus explicit flags."""
     from ..vae.experiment import step_options
 
-    flags = (
-        args.compile,
-        args.compile_mode,
-        args.precision,
-        args.channels_last,
-        args.fused_adam,
-        args.cuda_graph,
-    )
-    explicit = any(flag not in (None, False) for flag in flags)
+    explicit = _explicit(args)
     fast = args.fast if args.fast is not None else not (explicit or data_parallel)
     opts = step_options(fast, args.device)
     if args.compile:
@@ -142,7 +137,30 @@ def _fast_options(args: argparse.Namespace, data_parallel: bool) -> dict:
     opts["channels_last"] = opts["channels_last"] or args.channels_last
     opts["fused_adam"] = opts["fused_adam"] or args.fused_adam
     opts["cuda_graph"] = opts["cuda_graph"] or args.cuda_graph
+    opts["auto_step"] = opts["auto_step"] and not explicit  # given flags are not measured over
     return opts
+
+
+def _step_line(cfg: Any, args: argparse.Namespace, data_parallel: bool) -> str:
+    """The one line that says which step options a run uses and why (a CPU probe says its own)."""
+    on = [name for name in ("compile", "channels_last", "fused_adam", "cuda_graph") if getattr(cfg, name)]
+    what = ", ".join([cfg.precision, *on])
+    if data_parallel:
+        why = "data-parallel: the eager step"
+    elif args.fast is False:
+        why = "--no-fast: the eager step"
+    elif args.fast is None and not on and cfg.precision == "fp32":
+        why = "the eager step"
+    elif args.fast is None:
+        why = "the options given"
+    else:
+        why = "the device's fastest defaults" + (" and the options given" if args.fast and _explicit(args) else "")
+    return f"step: {what} ({why})"
+
+
+def _explicit(args: argparse.Namespace) -> bool:
+    flags = (args.compile, args.compile_mode, args.precision, args.channels_last, args.fused_adam, args.cuda_graph)
+    return any(flag not in (None, False) for flag in flags)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -169,13 +187,23 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     device = next(model.parameters()).device
     test_x = load_test_images(cfg, device)
     # --fast (the default): channels_last, and bf16 on a GPU that has it (measured: the IWAE
-    # bound agreed with fp32 to 0.01 nats, 2.9x faster on an H100; bf16 is slower on a CPU
-    # without AMX). Explicit --precision / --channels-last replace it.
+    # bound agreed with fp32 to 0.01 nats, 2.9x faster on an H100); on a CPU the choice a run
+    # of this model trained here measured (the probe's cache; else measured now). Explicit
+    # --precision / --channels-last replace it.
     explicit = args.precision is not None or args.channels_last
     fast = args.fast if args.fast is not None else not explicit
+    step_choice = None
+    if fast and not explicit and device.type == "cpu":
+        from ..vae.runconfig import measure_step
+
+        probe_batch = test_x[: min(cfg.batch_size, len(test_x))]
+        choice = measure_step(cfg, model, torch.optim.Adam(model.parameters(), lr=cfg.lr), probe_batch)
+        print(choice.describe().replace("step:", "evaluation step:", 1), flush=True)
+        args.precision, args.channels_last = choice.options["precision"], choice.options["channels_last"]
+        step_choice = choice.record()
     bf16_ok = device.type == "cuda" and torch.cuda.is_bf16_supported()
     args.precision = args.precision or ("bf16" if fast and bf16_ok else "fp32")
-    args.channels_last = args.channels_last or fast
+    args.channels_last = args.channels_last or (fast and step_choice is None)
     if args.channels_last:
         # Module.to takes memory_format (as Tensor.to does); torch's stubs lack it
         model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
@@ -206,6 +234,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         channels_last=args.channels_last,
         seconds=time.perf_counter() - start,
     )
+    if step_choice is not None:
+        results["step_choice"] = step_choice
     print(format_table(results))
     write_json(out, results)
     print(f"written {out}")

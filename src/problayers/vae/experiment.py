@@ -43,7 +43,7 @@ from ..train.trainer import CHECKPOINT, Trainer, TrainerConfig
 from . import data as mnist
 from .evaluation import evaluate
 from .models import VAE, build_model, vae_loss
-from .runconfig import STEP_OPTIONS, RunConfig, resolve_device, step_options
+from .runconfig import STEP_OPTIONS, RunConfig, choose_step, resolve_device, step_options
 from .rundir import CONFIG, check_consistent, check_run_state, prepare_run_dir, read_config
 from .runlock import RunLock
 
@@ -142,6 +142,8 @@ def _setup(cfg: RunConfig, run_dir: Path, dist: DistContext | None = None) -> Tr
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, **extra)
     scheduler = make_scheduler(cfg.lr_schedule, optimizer, cfg.epochs * len(batches))
     averaged = EMA(model, cfg.ema_decay) if cfg.ema_decay is not None else None
+    if dist is None:  # --fast on a CPU: measure the step's options on this model and batch
+        cfg = choose_step(cfg, model, optimizer, next(iter(batches.epoch(0))))
 
     step_fn = None
     if cfg.compile or cfg.precision != "fp32" or cfg.channels_last or cfg.cuda_graph:
@@ -300,8 +302,8 @@ def train(cfg: RunConfig, run_dir: str | Path, *, dist: DistContext | None = Non
     options = functools.partial(_check_options, cfg, dist)  # before the directory is made
     with _locked(given, dist, check, create=True, before=options):  # "" is refused, not taken as "."
         trainer = _setup(cfg, run_dir, dist)
-        if trainer.is_main:
-            write_json(run_dir / CONFIG, cfg.to_json())
+        if trainer.is_main:  # the config as set up (with the step options a probe chose)
+            write_json(run_dir / CONFIG, trainer.meta["config"])
         return _finish(trainer, run_dir)
 
 

@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ..train.averaging import check_decay
 from .models import ModelConfig
 
-__all__ = ["MAX_EPOCHS", "STEP_OPTIONS", "RunConfig", "resolve_device", "step_options"]
+if TYPE_CHECKING:
+    from ..train.probe import StepChoice
+
+__all__ = ["MAX_EPOCHS", "STEP_OPTIONS", "RunConfig", "choose_step", "measure_step", "resolve_device", "step_options"]
 
 #: The most epochs a run may have (a larger number in a config or checkpoint is refused as corrupt).
 MAX_EPOCHS = 100_000
@@ -44,6 +47,11 @@ class RunConfig:
     channels_last: bool = False
     fused_adam: bool = False  # torch.optim.Adam(fused=True) (CUDA)
     cuda_graph: bool = False  # the whole step as one CUDA graph (implies fused Adam)
+    # True (--fast on a CPU): a fresh run measures the step's precision and channels_last on its
+    # own model and batch first (problayers.train.probe, cached per machine) and records here
+    # what it chose and why; a resumed run keeps the recorded choice.
+    auto_step: bool = False
+    step_choice: dict[str, Any] | None = None
     log_every: int = 25
     progress: bool = True
     # An experiment logger (problayers.train.loggers.LOGGERS) writing into the run directory;
@@ -84,7 +92,7 @@ class RunConfig:
             )
         if self.compile_mode is not None and not self.compile:
             raise ValueError(f"compile_mode={self.compile_mode!r} needs compile=True")
-        for name in ("compile", "channels_last", "fused_adam", "cuda_graph", "progress"):
+        for name in ("compile", "channels_last", "fused_adam", "cuda_graph", "progress", "auto_step"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}: expected True or False, got {getattr(self, name)!r}")
         lr = self.lr
@@ -92,6 +100,8 @@ class RunConfig:
             raise ValueError(f"lr: expected a number > 0, got {self.lr!r}")
         if self.ema_decay is not None:
             check_decay(self.ema_decay, "ema_decay")
+        if self.step_choice is not None and not isinstance(self.step_choice, dict):
+            raise ValueError(f"step_choice: expected an object or null, got {self.step_choice!r}")
         if not isinstance(self.resumed, tuple) or not all(isinstance(r, dict) for r in self.resumed):
             raise ValueError(f"resumed: expected a list of objects, got {self.resumed!r}")
         _device_name(self.device)  # its availability is checked where it is used (resolve_device)
@@ -138,20 +148,49 @@ def _kind(obj: Any) -> str:
 
 
 #: RunConfig's fields that choose how a training step runs, not what it computes.
-STEP_OPTIONS = ("compile", "compile_mode", "precision", "channels_last", "fused_adam", "cuda_graph")
+STEP_OPTIONS = ("compile", "compile_mode", "precision", "channels_last", "fused_adam", "cuda_graph", "auto_step")
 
 
 def step_options(fast: bool, device: str = "auto") -> dict[str, Any]:
     """RunConfig's :data:`STEP_OPTIONS`: their defaults (the plain eager step), or with ``fast``
-    the device's fastest (:func:`problayers.train.fastpath.fastest_defaults`, and fused Adam on CUDA)."""
+    the device's fastest (:func:`problayers.train.fastpath.fastest_defaults`, and fused Adam on CUDA;
+    on a CPU ``auto_step``: the run measures its precision and channels_last, see :func:`choose_step`)."""
     defaults = {f.name: f.default for f in dataclasses.fields(RunConfig)}
     opts = {name: defaults[name] for name in STEP_OPTIONS}
     if fast:
         from ..train.fastpath import fastest_defaults
 
         dev = resolve_device(device)
-        opts.update(fastest_defaults(dev), fused_adam=dev.type == "cuda")
+        opts.update(fastest_defaults(dev), fused_adam=dev.type == "cuda", auto_step=dev.type == "cpu")
     return opts
+
+
+def choose_step(
+    cfg: RunConfig, model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: torch.Tensor
+) -> RunConfig:
+    """``cfg`` with the CPU step options :func:`problayers.train.probe.probe_step_options`
+    measures (or finds cached) for training ``model`` on ``batch``, and ``step_choice`` recording
+    them; printed in one line. Unchanged unless ``cfg.auto_step`` and the model is on the CPU
+    and no choice is recorded yet (a resumed run keeps its own)."""
+    if not cfg.auto_step or cfg.step_choice is not None or batch.device.type != "cpu":
+        return cfg
+    choice = measure_step(cfg, model, optimizer, batch)
+    print(choice.describe(), flush=True)
+    return dataclasses.replace(cfg, **choice.options, step_choice=choice.record())
+
+
+def measure_step(
+    cfg: RunConfig, model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: torch.Tensor
+) -> StepChoice:
+    """The CPU step options for ``cfg``'s model and batch size on this machine: the cached
+    measurement (a run trained here made it) or a new one (a few seconds)."""
+    import json
+
+    from ..train.probe import probe_step_options
+    from .models import vae_loss
+
+    workload = json.dumps({"model": dataclasses.asdict(cfg.model), "batch_size": cfg.batch_size}, sort_keys=True)
+    return probe_step_options(model, optimizer, vae_loss, batch, workload=workload)
 
 
 def _positive_int(name: str, value: Any) -> None:

@@ -1,0 +1,303 @@
+"""Choose a CPU training step's options by measuring them on this machine.
+
+Which precision trains fastest on a CPU is not predicted by its flags: two CPUs that both list
+``avx512_bf16`` were measured with bf16 autocast 1.8x faster (an AMD EPYC, Zen 4) and 20-35%
+slower (an Intel Xeon without AMX) than fp32 for the same model (docs/benchmarks.md). So
+:func:`probe_step_options` times a few steps of each candidate on copies of the run's own model
+and batch (a few seconds) and keeps the fastest, with bf16 taken only where it wins by
+:data:`BF16_MARGIN` (it changes the numbers, so a marginal win is not worth it) and only where
+the CPU computes bf16 natively. The answer is cached per machine (CPU model, torch version,
+threads) and workload (the caller's key: model and batch), so later runs skip the measurement;
+one made while other processes already load the CPUs is used but not cached.
+
+The cache is one JSON file, ``$PROBLAYERS_CACHE_DIR/step-options.json`` (default
+``$XDG_CACHE_HOME/problayers``, else ``~/.cache/problayers``), written atomically; delete it to
+measure again. An unreadable or damaged cache is measured over; an unwritable one is skipped.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import json
+import os
+import platform
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .checkpoint import write_json
+from .fastpath import make_train_step
+
+__all__ = [
+    "BF16_MARGIN",
+    "CPU_CANDIDATES",
+    "Candidate",
+    "StepChoice",
+    "cache_path",
+    "cpu_has_native_bf16",
+    "machine_signature",
+    "probe_step_options",
+]
+
+#: bf16 is chosen only where its step is at least this fraction faster than the best fp32 one.
+BF16_MARGIN = 0.10
+_CACHE_FILE = "step-options.json"
+_CACHE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One set of :func:`~problayers.train.fastpath.make_train_step` options to measure."""
+
+    name: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def bf16(self) -> bool:
+        return self.options.get("precision") == "bf16"
+
+
+#: What a CPU run measures: the two precisions, each with and without channels_last.
+#: ``compile`` is not among them: its first step alone compiles for tens of seconds on these
+#: CPUs, more than the probe may cost (docs/benchmarks.md has its measurement).
+CPU_CANDIDATES = (
+    Candidate("fp32", {"precision": "fp32", "channels_last": False}),
+    Candidate("fp32+channels_last", {"precision": "fp32", "channels_last": True}),
+    Candidate("bf16", {"precision": "bf16", "channels_last": False}),
+    Candidate("bf16+channels_last", {"precision": "bf16", "channels_last": True}),
+)
+
+
+@dataclass(frozen=True)
+class StepChoice:
+    """What :func:`probe_step_options` chose and why (``record()`` is JSON for config.json)."""
+
+    options: dict[str, Any]
+    chosen: str
+    seconds_per_step: dict[str, float]
+    reason: str
+    machine: dict[str, Any]
+    measured_at: str
+    cached: bool = False
+    cache: str | None = None
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "by": "cache" if self.cached else "probe",
+            "chosen": self.chosen,
+            "options": dict(self.options),
+            "seconds_per_step": dict(self.seconds_per_step),
+            "reason": self.reason,
+            "machine": dict(self.machine),
+            "measured_at": self.measured_at,
+        }
+
+    def describe(self) -> str:
+        """One line: the options, why, and where the measurement came from."""
+        times = ", ".join(f"{n} {t:.3g}" for n, t in sorted(self.seconds_per_step.items(), key=lambda kv: kv[1]))
+        where = f"cached {self.measured_at} in {self.cache}" if self.cached else "measured now"
+        if self.cache and not self.cached:
+            where += f", cached in {self.cache}"
+        cpu = self.machine.get("cpu", "?")
+        return (
+            f"step: {self.chosen} ({self.reason}; s/step: {times}; {cpu}, torch {self.machine.get('torch')}, "
+            f"{self.machine.get('threads')} threads; {where})"
+        )
+
+
+def _cpuinfo() -> dict[str, str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {}
+    info: dict[str, str] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            break  # the first processor is enough
+        key, _, value = line.partition(":")
+        info[key.strip()] = value.strip()
+    return info
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether oneDNN computes bf16 natively here (AVX512-BF16, AMX or AVX-NE-CONVERT)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a torch without the query: read the CPU's flags
+        flags = set(_cpuinfo().get("flags", "").split())
+        return bool(flags & {"avx512_bf16", "amx_bf16", "avx_ne_convert"})
+
+
+def machine_signature() -> dict[str, Any]:
+    """What a measurement depends on besides the workload: the CPU (name, family/model, the
+    ISA that matters), the torch version and the intra-op threads."""
+    info = _cpuinfo()
+    flags = set(info.get("flags", "").split())
+    return {
+        "cpu": info.get("model name") or platform.processor() or platform.machine(),
+        "cpu_id": f"{info.get('vendor_id', '?')} family {info.get('cpu family', '?')} model {info.get('model', '?')}",
+        "isa": torch.backends.cpu.get_cpu_capability(),
+        "bf16_native": cpu_has_native_bf16(),
+        "amx": bool(flags & {"amx_bf16", "amx_tile"}),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def cache_path() -> Path:
+    """``$PROBLAYERS_CACHE_DIR``, ``$XDG_CACHE_HOME/problayers`` or ``~/.cache/problayers``, + the file."""
+    base = os.environ.get("PROBLAYERS_CACHE_DIR")
+    if not base:
+        xdg = os.environ.get("XDG_CACHE_HOME", "")
+        base = str(Path(xdg) / "problayers") if os.path.isabs(xdg) else str(Path.home() / ".cache" / "problayers")
+    return Path(base).expanduser() / _CACHE_FILE
+
+
+def _read_cache(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}  # absent, unreadable or damaged: measure again (and rewrite it)
+    if not isinstance(data, dict) or data.get("version") != _CACHE_VERSION or not isinstance(data.get("entries"), dict):
+        return {}
+    return data["entries"]
+
+
+def _busy() -> str | None:
+    """Why a measurement made now would not speak for this machine (others already load its
+    CPUs), or ``None``: such a measurement is used for this run but not cached."""
+    try:
+        load = os.getloadavg()[0]
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        return None
+    return f"machine busy (load {load:.1f} on {cpus} CPUs)" if load > cpus - 0.5 else None
+
+
+def _cache_key(machine: dict[str, Any], workload: str) -> str:
+    return json.dumps({"machine": machine, "workload": workload}, sort_keys=True)
+
+
+def _time_candidates(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: Callable[[nn.Module, Any], Any],
+    batch: Any,
+    candidates: Sequence[Candidate],
+    warmup: int,
+    repeats: int,
+) -> dict[str, float]:
+    """The fastest of ``repeats`` steps of each candidate (after ``warmup`` steps), the
+    candidates taking turns so that a slow spell of the machine hits them all alike."""
+    steps = []
+    for cand in candidates:
+        twin = copy.deepcopy(model)  # channels_last converts in place: never the caller's model
+        opt = type(optimizer)(twin.parameters(), **optimizer.defaults)
+        steps.append(make_train_step(twin, opt, loss_fn, **cand.options))
+    best = [float("inf")] * len(candidates)
+    for i in range(warmup + repeats):
+        for j, step in enumerate(steps):
+            start = time.perf_counter()
+            step(batch)
+            if i >= warmup:
+                best[j] = min(best[j], time.perf_counter() - start)
+    return {cand.name: t for cand, t in zip(candidates, best, strict=True)}
+
+
+def _choose(times: dict[str, float], candidates: Sequence[Candidate], margin: float) -> tuple[Candidate, str]:
+    fp32 = min((c for c in candidates if not c.bf16), key=lambda c: times[c.name], default=None)
+    bf16 = min((c for c in candidates if c.bf16), key=lambda c: times[c.name], default=None)
+    if bf16 is None:
+        assert fp32 is not None
+        return fp32, "fastest measured"
+    if fp32 is None:
+        return bf16, "fastest measured"
+    gain = 1 - times[bf16.name] / times[fp32.name]
+    if gain >= margin:
+        return bf16, f"bf16 {gain:.0%} faster than fp32"
+    return fp32, f"bf16 {gain:+.0%} against fp32, under the {margin:.0%} it must win by"
+
+
+def probe_step_options(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: Callable[[nn.Module, Any], Any],
+    batch: Any,
+    *,
+    workload: str,
+    candidates: Sequence[Candidate] = CPU_CANDIDATES,
+    warmup: int = 1,
+    repeats: int = 3,
+    margin: float = BF16_MARGIN,
+    cache: str | os.PathLike | None | bool = True,
+) -> StepChoice:
+    """The fastest of ``candidates`` for training ``model`` on ``batch`` here, measured or cached.
+
+    Nothing of the caller's changes: the steps run on deep copies of ``model`` with fresh
+    optimizers of ``optimizer``'s class and defaults, and torch's random state is restored.
+
+    Args:
+        model: the model (on the CPU) as the run will train it.
+        optimizer: the run's optimizer (only its class and ``defaults`` are used).
+        loss_fn: ``(model, batch) -> loss`` (or ``(loss, metrics)``), as for the trainer.
+        batch: one training batch of the run's shape.
+        workload: the cache key's part for what is trained (e.g. the model config and batch size).
+        candidates: the option sets to measure; bf16 ones are dropped where the CPU lacks bf16.
+        warmup: untimed steps per candidate first. repeats: timed steps per candidate (the
+            fastest counts).
+        margin: how much faster bf16 must be than the best fp32 candidate to be chosen.
+        cache: ``True``: :func:`cache_path`; a path; ``None``/``False``: no cache.
+
+    Returns:
+        A :class:`StepChoice` (``options`` for :func:`~problayers.train.fastpath.make_train_step`).
+    """
+    if not isinstance(workload, str):
+        raise TypeError(f"workload: expected a str, got {type(workload).__name__}")
+    for name, value, low in (("warmup", warmup, 0), ("repeats", repeats, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{name}: expected an int >= {low}, got {value!r}")
+    if not candidates:
+        raise ValueError("candidates: expected at least one Candidate, got none")
+    machine = machine_signature()
+    path = cache_path() if cache is True else (Path(cache) if cache else None)
+    key = _cache_key(machine, workload)
+    entries = _read_cache(path) if path is not None else {}
+    hit = entries.get(key)
+    if isinstance(hit, dict) and {"chosen", "options", "seconds_per_step", "reason", "measured_at"} <= set(hit):
+        return StepChoice(
+            options=hit["options"], chosen=hit["chosen"], seconds_per_step=hit["seconds_per_step"],
+            reason=hit["reason"], machine=machine, measured_at=hit["measured_at"], cached=True,
+            cache=str(path),
+        )  # fmt: skip
+    usable = [c for c in candidates if not c.bf16 or machine["bf16_native"]]
+    note = "" if len(usable) == len(candidates) else "; no native bf16 on this CPU"
+    if not usable:
+        raise ValueError("candidates: all need bf16, which this CPU does not compute natively")
+    busy = _busy()
+    with torch.random.fork_rng(devices=[]):
+        times = _time_candidates(model, optimizer, loss_fn, batch, usable, warmup, repeats)
+    chosen, reason = _choose(times, usable, margin)
+    if busy:
+        note += f"; {busy}: not cached"
+        path = None
+    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    choice = StepChoice(
+        options=dict(chosen.options), chosen=chosen.name, seconds_per_step=times,
+        reason=reason + note, machine=machine, measured_at=when, cache=None,
+    )  # fmt: skip
+    if path is not None:
+        record = choice.record()
+        record.pop("machine")
+        entries[key] = record
+        try:
+            write_json(path, {"version": _CACHE_VERSION, "entries": entries})
+            choice = StepChoice(**{**choice.__dict__, "cache": str(path)})
+        except OSError:
+            pass  # an unwritable cache costs the next run a measurement, nothing else
+    return choice

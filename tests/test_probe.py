@@ -1,0 +1,159 @@
+"""The CPU step probe (problayers.train.probe): measured choice, margin, cache, no side effects."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from problayers.train import probe
+from problayers.train.probe import CPU_CANDIDATES, Candidate, probe_step_options
+
+
+def _net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 4, 3), nn.LeakyReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 1))
+
+
+def _loss(model, batch):
+    return (model(batch) + 0.01 * torch.randn(())).pow(2).mean()  # draws: the RNG must be restored
+
+
+BATCH = torch.rand(8, 1, 8, 8)
+FP32 = CPU_CANDIDATES[:2]
+
+
+@pytest.mark.real_probe
+def test_measures_every_candidate_and_leaves_the_callers_model_and_rng(tmp_path):
+    model = _net()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    state = torch.get_rng_state()
+    choice = probe_step_options(model, opt, _loss, BATCH, workload="w", cache=tmp_path / "c.json")
+    assert torch.equal(torch.get_rng_state(), state)
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, before[name]) and tensor.is_contiguous(), name  # not channels_last
+    assert not opt.state  # the caller's optimizer never stepped
+    expected = {c.name for c in CPU_CANDIDATES if not c.bf16 or probe.cpu_has_native_bf16()}
+    assert set(choice.seconds_per_step) == expected
+    assert all(t > 0 for t in choice.seconds_per_step.values())
+    assert choice.chosen in expected and choice.options == dict(
+        next(c for c in CPU_CANDIDATES if c.name == choice.chosen).options
+    )
+    assert not choice.cached and choice.record()["by"] == "probe"
+    assert choice.describe().startswith(f"step: {choice.chosen} (")
+
+
+def _fake_times(times):
+    def timings(model, optimizer, loss_fn, batch, candidates, warmup, repeats):
+        return {c.name: times[c.name] for c in candidates}
+
+    return timings
+
+
+@pytest.mark.parametrize(
+    "bf16_time, chosen",
+    [(0.95, "fp32+channels_last"), (0.85, "bf16+channels_last"), (1.3, "fp32+channels_last")],
+)
+def test_bf16_must_win_by_the_margin(monkeypatch, tmp_path, bf16_time, chosen):
+    times = {"fp32": 1.1, "fp32+channels_last": 1.0, "bf16": 2.0, "bf16+channels_last": bf16_time}
+    monkeypatch.setattr(probe, "_time_candidates", _fake_times(times))
+    monkeypatch.setattr(probe, "cpu_has_native_bf16", lambda: True)
+    choice = probe_step_options(_net(), torch.optim.SGD(_net().parameters(), lr=0.1), _loss, BATCH, workload="w", cache=None)
+    assert choice.chosen == chosen
+    assert ("faster than fp32" in choice.reason) == (chosen.startswith("bf16"))
+
+
+def test_no_bf16_candidates_where_the_cpu_lacks_bf16(monkeypatch):
+    seen = []
+
+    def timings(model, optimizer, loss_fn, batch, candidates, warmup, repeats):
+        seen.extend(c.name for c in candidates)
+        return {c.name: 1.0 for c in candidates}
+
+    monkeypatch.setattr(probe, "_time_candidates", timings)
+    monkeypatch.setattr(probe, "cpu_has_native_bf16", lambda: False)
+    choice = probe_step_options(_net(), torch.optim.SGD(_net().parameters(), lr=0.1), _loss, BATCH, workload="w", cache=None)
+    assert seen == ["fp32", "fp32+channels_last"] and choice.options["precision"] == "fp32"
+    assert "no native bf16" in choice.reason
+    with pytest.raises(ValueError, match="^candidates: all need bf16"):
+        probe_step_options(_net(), torch.optim.SGD(_net().parameters(), lr=0.1), _loss, BATCH, workload="w",
+                           cache=None, candidates=CPU_CANDIDATES[2:])  # fmt: skip
+
+
+def test_cache_hit_skips_the_measurement_and_keys_on_the_workload(monkeypatch, tmp_path):
+    path = tmp_path / "sub" / "step-options.json"
+    opt = torch.optim.SGD(_net().parameters(), lr=0.1)
+    first = probe_step_options(_net(), opt, _loss, BATCH, workload="a", cache=path, candidates=FP32)
+    assert first.cache == str(path) and json.loads(path.read_text())["version"] == 1
+
+    def refuse(*args):
+        raise AssertionError("measured although cached")
+
+    monkeypatch.setattr(probe, "_time_candidates", refuse)
+    again = probe_step_options(_net(), opt, _loss, BATCH, workload="a", cache=path, candidates=FP32)
+    assert again.cached and again.options == first.options and again.measured_at == first.measured_at
+    assert again.record()["by"] == "cache" and "cached" in again.describe()
+    with pytest.raises(AssertionError, match="measured although cached"):
+        probe_step_options(_net(), opt, _loss, BATCH, workload="b", cache=path, candidates=FP32)
+    # another machine (here: another thread count) is another key
+    signature = probe.machine_signature
+    monkeypatch.setattr(probe, "machine_signature", lambda: {**signature(), "threads": 99})
+    with pytest.raises(AssertionError, match="measured although cached"):
+        probe_step_options(_net(), opt, _loss, BATCH, workload="a", cache=path, candidates=FP32)
+
+
+@pytest.mark.parametrize("content", ["{not json", '{"version": 0, "entries": {}}', "[1, 2]", ""])
+def test_a_damaged_cache_is_measured_over_and_rewritten(tmp_path, content):
+    path = tmp_path / "step-options.json"
+    path.write_text(content)
+    choice = probe_step_options(_net(), torch.optim.SGD(_net().parameters(), lr=0.1), _loss, BATCH,
+                                workload="w", cache=path, candidates=FP32)  # fmt: skip
+    assert not choice.cached
+    entries = json.loads(path.read_text())["entries"]
+    assert [e["chosen"] for e in entries.values()] == [choice.chosen]
+
+
+def test_an_unwritable_cache_costs_nothing_but_the_cache(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    path = blocker / "step-options.json"  # its parent is a file: cannot be made
+    choice = probe_step_options(_net(), torch.optim.SGD(_net().parameters(), lr=0.1), _loss, BATCH,
+                                workload="w", cache=path, candidates=FP32)  # fmt: skip
+    assert choice.cache is None and blocker.read_text() == "x"
+    assert not list(tmp_path.glob("**/*.tmp"))
+
+
+def test_a_busy_machine_is_measured_but_not_cached(monkeypatch, tmp_path):
+    monkeypatch.setattr(probe, "_busy", lambda: "machine busy (load 3.0 on 2 CPUs)")
+    path = tmp_path / "step-options.json"
+    choice = probe_step_options(_net(), torch.optim.SGD(_net().parameters(), lr=0.1), _loss, BATCH,
+                                workload="w", cache=path, candidates=FP32)  # fmt: skip
+    assert not path.exists() and choice.cache is None and "not cached" in choice.reason
+
+
+def test_cache_path_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("PROBLAYERS_CACHE_DIR", str(tmp_path / "c"))
+    assert probe.cache_path() == tmp_path / "c" / "step-options.json"
+    monkeypatch.delenv("PROBLAYERS_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "x"))
+    assert probe.cache_path() == tmp_path / "x" / "problayers" / "step-options.json"
+
+
+def test_bad_arguments_name_themselves():
+    opt = torch.optim.SGD(_net().parameters(), lr=0.1)
+    with pytest.raises(TypeError, match="^workload: expected a str"):
+        probe_step_options(_net(), opt, _loss, BATCH, workload=3)
+    with pytest.raises(ValueError, match="^repeats: expected an int >= 1, got 0"):
+        probe_step_options(_net(), opt, _loss, BATCH, workload="w", repeats=0)
+    with pytest.raises(ValueError, match="^candidates: expected at least one"):
+        probe_step_options(_net(), opt, _loss, BATCH, workload="w", candidates=())
+
+
+def test_machine_signature_names_the_cpu_and_torch():
+    sig = probe.machine_signature()
+    assert sig["torch"] == torch.__version__ and sig["threads"] == torch.get_num_threads()
+    assert isinstance(sig["cpu"], str) and sig["cpu"] and isinstance(sig["bf16_native"], bool)
+    assert Candidate("x", {"precision": "bf16"}).bf16 and not Candidate("y").bf16
