@@ -7,7 +7,8 @@ one after the other on the same machine, in one invocation:
   ``Trainer.step``, fed by ``EpochBatches``.
 * ``handwritten``: the same model written in plain PyTorch + torch.distributions
   (``handwritten_vae.py``, no problayers import): the no-library floor.
-* ``fast``: problayers' fast path, ``make_train_step(**fastest_defaults(device))``;
+* ``fast``: problayers' fast path as ``problayers train`` takes it: ``fastest_defaults(device)``,
+  on a CPU with the precision and channels_last its probe measures (or its cache holds);
   ``fast-OPTS`` picks options explicitly, ``OPTS`` joined by ``+`` from ``compile``, ``cl``
   (channels_last), ``bf16`` (e.g. ``fast-compile+cl``; ``fast-none`` is the fast step with no
   option; ``fused`` is not a step option: it builds ``Adam(fused=True)``, which the CLI
@@ -58,7 +59,7 @@ FAST_OPTIONS = {
     "graph": "cuda_graph",  # the whole step as one CUDA graph (with Adam(fused=True))
 }
 # Options the benchmark applies itself (not make_train_step's).
-OUTSIDE_STEP = ("fused_adam", "cudnn_benchmark")
+OUTSIDE_STEP = ("fused_adam", "cudnn_benchmark", "auto_step")
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -196,6 +197,14 @@ def _problayers(config, images_u8, args, device) -> tuple[Callable[[], Any], dic
     if config != "eager":
         from problayers.train.fastpath import make_train_step
 
+        if outside["auto_step"]:  # `fast` on a CPU: the run's probe (or its cache), as the CLI does
+            from problayers.vae.runconfig import RunConfig, measure_step
+
+            cfg = RunConfig(model=ModelConfig(), batch_size=args.batch_size, seed=args.seed)
+            choice = measure_step(cfg, model, optimizer, next(iter(data.epoch(0))))
+            opts.update(choice.options)
+            info["step_choice"] = choice.describe()
+            print(f"# fast: {choice.describe()}", file=sys.stderr, flush=True)
         info["options"] = {**opts, **{k: v for k, v in outside.items() if v}}
         step_fn = make_train_step(model, optimizer, vae_loss, **opts)
     trainer = Trainer(
@@ -524,6 +533,8 @@ def main(argv: list[str] | None = None) -> int:
     for r in results:
         if "options" in r:
             print(f"# {r['config']}: make_train_step options {r['options']}")
+        if "step_choice" in r:
+            print(f"# {r['config']}: {r['step_choice']}")
         if "failed" in r:
             print(f"# {r['config']} failed:\n" + "\n".join(r["stderr_tail"]))
         if "syncs" in r:

@@ -127,7 +127,7 @@ def test_an_unwritable_cache_costs_nothing_but_the_cache(tmp_path):
 
 
 def test_a_busy_machine_is_measured_but_not_cached(monkeypatch, tmp_path):
-    monkeypatch.setattr(probe, "_busy", lambda: "machine busy (load 3.0 on 2 CPUs)")
+    monkeypatch.setattr(probe, "_busy", lambda: "machine busy (2 other runnable tasks on 2 CPUs)")
     path = tmp_path / "step-options.json"
     choice = probe_step_options(_net(), torch.optim.SGD(_net().parameters(), lr=0.1), _loss, BATCH,
                                 workload="w", cache=path, candidates=FP32)  # fmt: skip

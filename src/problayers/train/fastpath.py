@@ -318,7 +318,10 @@ def fastest_defaults(device: str | torch.device) -> dict[str, Any]:
 
     CPU (2-core Xeon with AVX-512 and AVX512-BF16 but no AMX, torch 2.13): ``channels_last``
     only, +11% over eager. ``compile`` gains nothing there (convolutions are ~90% of the step)
-    and bf16 autocast was 20-35% slower (oneDNN's bf16 convolutions without AMX).
+    and bf16 autocast was 20-35% slower (oneDNN's bf16 convolutions without AMX), while on a
+    2-core AMD EPYC (Zen 4) bf16 was ~1.8x fp32: no static answer holds for every CPU, so
+    ``problayers train`` measures the precision and layout per machine
+    (:func:`problayers.train.probe.probe_step_options`) and these defaults are its fallback.
     CUDA (H100, torch 2.11): ``cuda_graph`` + ``channels_last`` + ``precision="bf16"``: 4.4x
     eager at batch 256 (an eager step there is bound by the host: ~280 kernel launches for
     ~2-4 ms of GPU work); 15 epochs gave 98.7 nats against 100.0 and 100.7 for two fp32 eager

@@ -8,7 +8,7 @@ and batch (a few seconds) and keeps the fastest, with bf16 taken only where it w
 :data:`BF16_MARGIN` (it changes the numbers, so a marginal win is not worth it) and only where
 the CPU computes bf16 natively. The answer is cached per machine (CPU model, torch version,
 threads) and workload (the caller's key: model and batch), so later runs skip the measurement;
-one made while other processes already load the CPUs is used but not cached.
+one made while other processes run on the CPUs is used but not cached.
 
 The cache is one JSON file, ``$PROBLAYERS_CACHE_DIR/step-options.json`` (default
 ``$XDG_CACHE_HOME/problayers``, else ``~/.cache/problayers``), written atomically; delete it to
@@ -169,15 +169,21 @@ def _read_cache(path: Path) -> dict[str, Any]:
     return data["entries"]
 
 
-def _busy() -> str | None:
-    """Why a measurement made now would not speak for this machine (others already load its
-    CPUs), or ``None``: such a measurement is used for this run but not cached."""
+def _busy(samples: int = 5) -> str | None:
+    """Why a measurement made now would not speak for this machine (other processes are running
+    on its CPUs now), or ``None``: such a measurement is used for this run but not cached. Reads
+    the kernel's count of runnable tasks (``/proc/loadavg``), the fewest of a few looks."""
     try:
-        load = os.getloadavg()[0]
         cpus = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # not on Linux
+        running = []
+        for _ in range(samples):
+            with open("/proc/loadavg") as f:
+                running.append(int(f.read().split()[3].split("/")[0]) - 1)  # less this process
+            time.sleep(0.01)
+    except (AttributeError, OSError, ValueError, IndexError):  # not on Linux
         return None
-    return f"machine busy (load {load:.1f} on {cpus} CPUs)" if load > cpus - 0.5 else None
+    others = min(running)
+    return f"machine busy ({others} other runnable tasks on {cpus} CPUs)" if others >= max(1, cpus // 2) else None
 
 
 def _cache_key(machine: dict[str, Any], workload: str) -> str:
