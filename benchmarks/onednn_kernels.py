@@ -1,0 +1,75 @@
+"""Which oneDNN kernels a CPU training step of the seed VAE runs, and their share of its time.
+
+Runs ``make_train_step(precision=P, channels_last=True)`` at batch 256 in a subprocess with
+``ONEDNN_VERBOSE=1`` (3 warm-up steps, then 2 logged) and sums oneDNN's own per-primitive times
+by (primitive, implementation, propagation kind)::
+
+    python benchmarks/onednn_kernels.py --precision bf16
+    python benchmarks/onednn_kernels.py --precision fp32 --top 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import subprocess
+import sys
+
+MARK = "=== logged steps ==="
+STEPS = 2
+
+
+def worker(precision: str) -> None:
+    import torch
+
+    from problayers.train.fastpath import make_train_step
+    from problayers.vae.models import ModelConfig, build_model, vae_loss
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig())
+    step = make_train_step(
+        model, torch.optim.Adam(model.parameters(), 1e-3), vae_loss, precision=precision, channels_last=True
+    )
+    x = (torch.rand(256, 1, 28, 28) < 0.3).float()
+    for _ in range(3):
+        step(x)
+    print(MARK, flush=True)
+    for _ in range(STEPS):
+        step(x)
+
+
+def summarize(log: str, top: int) -> None:
+    totals: dict[tuple[str, str, str], list[float]] = collections.defaultdict(lambda: [0, 0.0])
+    for line in log.split(MARK, 1)[1].splitlines():
+        fields = line.split(",")
+        if not line.startswith("onednn_verbose") or "exec" not in fields:
+            continue
+        i = fields.index("exec")
+        key = (fields[i + 2], fields[i + 3], fields[i + 4])  # primitive, implementation, propagation
+        totals[key][0] += 1
+        totals[key][1] += float(fields[-1])
+    whole = sum(t for _, t in totals.values())
+    print(f"oneDNN time per step: {whole / STEPS:.1f} ms")
+    print(f"{'primitive':14s} {'implementation':52s} {'propagation':18s} {'n/step':>6s} {'ms/step':>8s} {'share':>6s}")
+    for (kind, impl, prop), (n, t) in sorted(totals.items(), key=lambda kv: -kv[1][1])[:top]:
+        print(f"{kind:14s} {impl:52s} {prop:18s} {n // STEPS:6d} {t / STEPS:8.1f} {100 * t / whole:5.1f}%")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="bf16")
+    parser.add_argument("--top", type=int, default=12)
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker(args.precision)
+        return
+    env = dict(os.environ, ONEDNN_VERBOSE="1")
+    cmd = [sys.executable, __file__, "--worker", "--precision", args.precision]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
+    summarize(out, args.top)
+
+
+if __name__ == "__main__":
+    main()
