@@ -51,7 +51,8 @@ def summarize(log: str, top: int) -> None:
         totals[key][1] += float(fields[-1])
     whole = sum(t for _, t in totals.values())
     print(f"oneDNN time per step: {whole / STEPS:.1f} ms")
-    print(f"{'primitive':14s} {'implementation':52s} {'propagation':18s} {'n/step':>6s} {'ms/step':>8s} {'share':>6s}")
+    header = ("primitive", "implementation", "propagation", "n/step", "ms/step", "share")
+    print("{:14s} {:52s} {:18s} {:>6s} {:>8s} {:>6s}".format(*header))
     for (kind, impl, prop), (n, t) in sorted(totals.items(), key=lambda kv: -kv[1][1])[:top]:
         print(f"{kind:14s} {impl:52s} {prop:18s} {n // STEPS:6d} {t / STEPS:8.1f} {100 * t / whole:5.1f}%")
 

@@ -271,13 +271,23 @@ def test_train_prints_and_records_its_step_choice(tmp_path, capsys, monkeypatch)
     assert cfg["auto_step"] is True and cfg["step_choice"]["by"] == "probe"
     assert cfg["step_choice"]["machine"]["torch"] and cfg["step_choice"]["seconds_per_step"]
     # evaluate uses the choice training measured here (the probe's cache)
-    evaluate = ["evaluate", str(tmp_path / "a"), "--iwae-samples", "2", "--test-subset", "10", "--no-progress"]
+    evaluate = [
+        "evaluate",
+        str(tmp_path / "a"),
+        "--iwae-samples",
+        "2",
+        "--test-subset",
+        "10",
+        "--no-progress",
+    ]
     assert main([*evaluate, "--out", str(tmp_path / "a.json")]) == 0
     choice = json.loads((tmp_path / "a.json").read_text())["step_choice"]
     assert choice["by"] == "cache" and choice["measured_at"] == cfg["step_choice"]["measured_at"]
     # bf16 measured faster (by the margin): the run trains in bf16, and says why
     times = {"fp32": 1.0, "fp32+channels_last": 1.0, "bf16": 0.8, "bf16+channels_last": 0.6}
-    monkeypatch.setattr(probe, "_time_candidates", lambda m, o, f, b, cands, w, r: {c.name: times[c.name] for c in cands})
+    monkeypatch.setattr(
+        probe, "_time_candidates", lambda m, o, f, b, cands, w, r: {c.name: times[c.name] for c in cands}
+    )
     monkeypatch.setattr(probe, "cpu_has_native_bf16", lambda: True)
     monkeypatch.setenv("PROBLAYERS_CACHE_DIR", str(tmp_path / "cache"))
     assert main([*argv, "--out", str(tmp_path / "b")]) == 0
@@ -295,11 +305,23 @@ def test_train_prints_and_records_its_step_choice(tmp_path, capsys, monkeypatch)
     [
         (["--no-fast"], "step: fp32 (--no-fast: the eager step)"),
         (["--precision", "bf16"], "step: bf16 (the options given)"),
-        (["--fast", "--precision", "fp32"], "step: fp32, channels_last (the device's fastest defaults and the options given)"),
+        (["--fast", "--precision", "fp32"],
+         "step: fp32, channels_last (the device's fastest defaults and the options given)"),
     ],
 )  # fmt: skip
 def test_train_step_line_without_a_probe(tmp_path, capsys, flags, line):
-    argv = ["train", "--out", str(tmp_path / "r"), "--epochs", "1", "--synthetic", "64", "--device", "cpu", *TINY]
+    argv = [
+        "train",
+        "--out",
+        str(tmp_path / "r"),
+        "--epochs",
+        "1",
+        "--synthetic",
+        "64",
+        "--device",
+        "cpu",
+        *TINY,
+    ]
     assert main([*argv, *flags]) == 0
     assert line in capsys.readouterr().out.splitlines()
     assert json.loads((tmp_path / "r" / "config.json").read_text())["step_choice"] is None

@@ -61,7 +61,9 @@ def test_bf16_must_win_by_the_margin(monkeypatch, tmp_path, bf16_time, chosen):
     times = {"fp32": 1.1, "fp32+channels_last": 1.0, "bf16": 2.0, "bf16+channels_last": bf16_time}
     monkeypatch.setattr(probe, "_time_candidates", _fake_times(times))
     monkeypatch.setattr(probe, "cpu_has_native_bf16", lambda: True)
-    choice = probe_step_options(_net(), torch.optim.SGD(_net().parameters(), lr=0.1), _loss, BATCH, workload="w", cache=None)
+    choice = probe_step_options(
+        _net(), torch.optim.SGD(_net().parameters(), lr=0.1), _loss, BATCH, workload="w", cache=None
+    )
     assert choice.chosen == chosen
     assert ("faster than fp32" in choice.reason) == (chosen.startswith("bf16"))
 
@@ -75,10 +77,12 @@ def test_no_bf16_candidates_where_the_cpu_lacks_bf16(monkeypatch):
 
     monkeypatch.setattr(probe, "_time_candidates", timings)
     monkeypatch.setattr(probe, "cpu_has_native_bf16", lambda: False)
-    choice = probe_step_options(_net(), torch.optim.SGD(_net().parameters(), lr=0.1), _loss, BATCH, workload="w", cache=None)
+    choice = probe_step_options(
+        _net(), torch.optim.SGD(_net().parameters(), lr=0.1), _loss, BATCH, workload="w", cache=None
+    )
     assert seen == ["fp32", "fp32+channels_last"] and choice.options["precision"] == "fp32"
     assert "no native bf16" in choice.reason
-    with pytest.raises(ValueError, match="^candidates: all need bf16"):
+    with pytest.raises(ValueError, match=r"^candidates: all need bf16"):
         probe_step_options(_net(), torch.optim.SGD(_net().parameters(), lr=0.1), _loss, BATCH, workload="w",
                            cache=None, candidates=CPU_CANDIDATES[2:])  # fmt: skip
 
@@ -144,11 +148,11 @@ def test_cache_path_follows_the_environment(monkeypatch, tmp_path):
 
 def test_bad_arguments_name_themselves():
     opt = torch.optim.SGD(_net().parameters(), lr=0.1)
-    with pytest.raises(TypeError, match="^workload: expected a str"):
+    with pytest.raises(TypeError, match=r"^workload: expected a str"):
         probe_step_options(_net(), opt, _loss, BATCH, workload=3)
-    with pytest.raises(ValueError, match="^repeats: expected an int >= 1, got 0"):
+    with pytest.raises(ValueError, match=r"^repeats: expected an int >= 1, got 0"):
         probe_step_options(_net(), opt, _loss, BATCH, workload="w", repeats=0)
-    with pytest.raises(ValueError, match="^candidates: expected at least one"):
+    with pytest.raises(ValueError, match=r"^candidates: expected at least one"):
         probe_step_options(_net(), opt, _loss, BATCH, workload="w", candidates=())
 
 

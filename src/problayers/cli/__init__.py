@@ -154,12 +154,21 @@ def _step_line(cfg: Any, args: argparse.Namespace, data_parallel: bool) -> str:
     elif args.fast is None:
         why = "the options given"
     else:
-        why = "the device's fastest defaults" + (" and the options given" if args.fast and _explicit(args) else "")
+        why = "the device's fastest defaults" + (
+            " and the options given" if args.fast and _explicit(args) else ""
+        )
     return f"step: {what} ({why})"
 
 
 def _explicit(args: argparse.Namespace) -> bool:
-    flags = (args.compile, args.compile_mode, args.precision, args.channels_last, args.fused_adam, args.cuda_graph)
+    flags = (
+        args.compile,
+        args.compile_mode,
+        args.precision,
+        args.channels_last,
+        args.fused_adam,
+        args.cuda_graph,
+    )
     return any(flag not in (None, False) for flag in flags)
 
 

@@ -100,7 +100,9 @@ class StepChoice:
 
     def describe(self) -> str:
         """One line: the options, why, and where the measurement came from."""
-        times = ", ".join(f"{n} {t:.3g}" for n, t in sorted(self.seconds_per_step.items(), key=lambda kv: kv[1]))
+        times = ", ".join(
+            f"{n} {t:.3g}" for n, t in sorted(self.seconds_per_step.items(), key=lambda kv: kv[1])
+        )
         where = f"cached {self.measured_at} in {self.cache}" if self.cached else "measured now"
         if self.cache and not self.cached:
             where += f", cached in {self.cache}"
@@ -141,7 +143,15 @@ def machine_signature() -> dict[str, Any]:
     flags = set(info.get("flags", "").split())
     return {
         "cpu": info.get("model name") or platform.processor() or platform.machine(),
-        "cpu_id": f"{info.get('vendor_id', '?')} family {info.get('cpu family', '?')} model {info.get('model', '?')}",
+        "cpu_id": " ".join(
+            (
+                info.get("vendor_id", "?"),
+                "family",
+                info.get("cpu family", "?"),
+                "model",
+                info.get("model", "?"),
+            )
+        ),
         "isa": torch.backends.cpu.get_cpu_capability(),
         "bf16_native": cpu_has_native_bf16(),
         "amx": bool(flags & {"amx_bf16", "amx_tile"}),
@@ -155,7 +165,11 @@ def cache_path() -> Path:
     base = os.environ.get("PROBLAYERS_CACHE_DIR")
     if not base:
         xdg = os.environ.get("XDG_CACHE_HOME", "")
-        base = str(Path(xdg) / "problayers") if os.path.isabs(xdg) else str(Path.home() / ".cache" / "problayers")
+        base = (
+            str(Path(xdg) / "problayers")
+            if os.path.isabs(xdg)
+            else str(Path.home() / ".cache" / "problayers")
+        )
     return Path(base).expanduser() / _CACHE_FILE
 
 
@@ -164,7 +178,11 @@ def _read_cache(path: Path) -> dict[str, Any]:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}  # absent, unreadable or damaged: measure again (and rewrite it)
-    if not isinstance(data, dict) or data.get("version") != _CACHE_VERSION or not isinstance(data.get("entries"), dict):
+    if (
+        not isinstance(data, dict)
+        or data.get("version") != _CACHE_VERSION
+        or not isinstance(data.get("entries"), dict)
+    ):
         return {}
     return data["entries"]
 
@@ -183,7 +201,11 @@ def _busy(samples: int = 5) -> str | None:
     except (AttributeError, OSError, ValueError, IndexError):  # not on Linux
         return None
     others = min(running)
-    return f"machine busy ({others} other runnable tasks on {cpus} CPUs)" if others >= max(1, cpus // 2) else None
+    return (
+        f"machine busy ({others} other runnable tasks on {cpus} CPUs)"
+        if others >= max(1, cpus // 2)
+        else None
+    )
 
 
 def _cache_key(machine: dict[str, Any], workload: str) -> str:
@@ -241,7 +263,7 @@ def probe_step_options(
     warmup: int = 1,
     repeats: int = 3,
     margin: float = BF16_MARGIN,
-    cache: str | os.PathLike | None | bool = True,
+    cache: str | os.PathLike | bool | None = True,
 ) -> StepChoice:
     """The fastest of ``candidates`` for training ``model`` on ``batch`` here, measured or cached.
 
@@ -275,7 +297,9 @@ def probe_step_options(
     key = _cache_key(machine, workload)
     entries = _read_cache(path) if path is not None else {}
     hit = entries.get(key)
-    if isinstance(hit, dict) and {"chosen", "options", "seconds_per_step", "reason", "measured_at"} <= set(hit):
+    if isinstance(hit, dict) and {"chosen", "options", "seconds_per_step", "reason", "measured_at"} <= set(
+        hit
+    ):
         return StepChoice(
             options=hit["options"], chosen=hit["chosen"], seconds_per_step=hit["seconds_per_step"],
             reason=hit["reason"], machine=machine, measured_at=hit["measured_at"], cached=True,

@@ -15,7 +15,15 @@ from .models import ModelConfig
 if TYPE_CHECKING:
     from ..train.probe import StepChoice
 
-__all__ = ["MAX_EPOCHS", "STEP_OPTIONS", "RunConfig", "choose_step", "measure_step", "resolve_device", "step_options"]
+__all__ = [
+    "MAX_EPOCHS",
+    "STEP_OPTIONS",
+    "RunConfig",
+    "choose_step",
+    "measure_step",
+    "resolve_device",
+    "step_options",
+]
 
 #: The most epochs a run may have (a larger number in a config or checkpoint is refused as corrupt).
 MAX_EPOCHS = 100_000
@@ -148,7 +156,15 @@ def _kind(obj: Any) -> str:
 
 
 #: RunConfig's fields that choose how a training step runs, not what it computes.
-STEP_OPTIONS = ("compile", "compile_mode", "precision", "channels_last", "fused_adam", "cuda_graph", "auto_step")
+STEP_OPTIONS = (
+    "compile",
+    "compile_mode",
+    "precision",
+    "channels_last",
+    "fused_adam",
+    "cuda_graph",
+    "auto_step",
+)
 
 
 def step_options(fast: bool, device: str = "auto") -> dict[str, Any]:
@@ -189,7 +205,9 @@ def measure_step(
     from ..train.probe import probe_step_options
     from .models import vae_loss
 
-    workload = json.dumps({"model": dataclasses.asdict(cfg.model), "batch_size": cfg.batch_size}, sort_keys=True)
+    workload = json.dumps(
+        {"model": dataclasses.asdict(cfg.model), "batch_size": cfg.batch_size}, sort_keys=True
+    )
     return probe_step_options(model, optimizer, vae_loss, batch, workload=workload)
 
 
