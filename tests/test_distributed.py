@@ -43,6 +43,7 @@ TINY = [
     "--batch-size",
     "32",
     "--no-progress",
+    "--no-fast",  # one process and two run the same (eager) step, never a measured choice
 ]
 
 # Two processes vs one, on the deterministic model below: same data, same initial weights, and
