@@ -32,7 +32,8 @@ from typing import TYPE_CHECKING, Any, cast
 import torch
 from torch import nn
 
-from .checkpoint import CheckpointError, atomic_write, load_checkpoint, save_checkpoint
+from .checkpoint import atomic_write, load_checkpoint, save_checkpoint
+from .trainstate import load_trainer_state, trainer_state
 
 if TYPE_CHECKING:
     from .averaging import EMA
@@ -319,40 +320,9 @@ class Trainer:
         return means, images
 
     # -- checkpoints ----------------------------------------------------------------------
-    def _device(self) -> torch.device:
-        param = next(self.model.parameters(), None)
-        return param.device if param is not None else torch.device("cpu")
-
     def state_dict(self) -> dict[str, Any]:
         """The checkpoint. Data-parallel, every rank must call it (it gathers the RNG states)."""
-        state = {
-            "epoch": self.epoch,
-            "model": self.model.state_dict(),  # the unwrapped model: no "module." prefix
-            "optimizer": self.optimizer.state_dict(),  # the same on every rank
-            "rng_cpu": torch.get_rng_state(),
-            "history": json.dumps(self.history),
-            "meta": json.dumps(self.meta),
-            "world_size": self.world_size,
-        }
-        if self.scheduler is not None:
-            state["scheduler"] = self.scheduler.state_dict()
-        if self.averaged is not None:
-            state["averaged"] = self.averaged.state_dict()
-        if self.dist is None:
-            if torch.cuda.is_available() and torch.cuda.is_initialized():
-                state["rng_cuda"] = torch.cuda.get_rng_state_all()
-            return state
-        device = self._device()
-        mine = {
-            "cpu": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-        }
-        ranks = self.dist.all_gather_object(mine)
-        state["rng_cpu"] = ranks[0]["cpu"]
-        state["rng_cpu_ranks"] = [r["cpu"] for r in ranks]
-        if device.type == "cuda":
-            state["rng_cuda_ranks"] = [r["cuda"] for r in ranks]
-        return state
+        return trainer_state(self)
 
     def load_state_dict(self, state: dict[str, Any], source: str = "checkpoint") -> None:
         """Restore a checkpoint written with any number of processes.
@@ -363,48 +333,10 @@ class Trainer:
         ranks derive theirs from it (:meth:`~problayers.train.distributed.DistContext.split_rng`), so
         the run continues from the checkpoint reproducibly but not bitwise like an uninterrupted
         run (the reparameterization noise of an example depends on the rank that draws it).
+        A state that does not fit raises a one-line
+        :class:`~problayers.train.checkpoint.CheckpointError` naming ``source``.
         """
-        from .trainstate import check_trainer_state
-
-        check_trainer_state(self, state, source)  # one-line CheckpointError if it does not fit
-        model_state = dict(state["model"])
-        torch.nn.modules.utils.consume_prefix_in_state_dict_if_present(model_state, "module.")
-        self.model.load_state_dict(model_state)
-        try:
-            self.optimizer.load_state_dict(state["optimizer"])
-        except (ValueError, KeyError, TypeError, RuntimeError) as err:
-            raise CheckpointError(
-                f"{source}: optimizer: does not fit ({' '.join(str(err).split())})"
-            ) from None
-        if self.scheduler is not None:
-            if "scheduler" not in state:
-                raise CheckpointError(
-                    f"{source}: written without a learning-rate scheduler, resumed with one"
-                )
-            self.scheduler.load_state_dict(state["scheduler"])
-        if self.averaged is not None:
-            if "averaged" not in state:
-                raise CheckpointError(f"{source}: written without weight averaging, resumed with it")
-            self.averaged.load_state_dict(state["averaged"])
-        self.epoch = int(state["epoch"])
-        self.history = json.loads(state["history"])
-        saved_world = int(state.get("world_size", 1))
-        rank, device = self.rank, self._device()
-        same = saved_world == self.world_size
-        cpu_ranks = state.get("rng_cpu_ranks")
-        torch.set_rng_state(cpu_ranks[rank] if same and cpu_ranks is not None else state["rng_cpu"])
-        if device.type == "cuda" and "rng_cuda_ranks" in state:
-            cuda_ranks = state["rng_cuda_ranks"]
-            torch.cuda.set_rng_state(cuda_ranks[rank] if same else cuda_ranks[0], device)
-        else:
-            cuda = state.get("rng_cuda")
-            if cuda is not None and torch.cuda.is_available():
-                if self.dist is None and len(cuda) == torch.cuda.device_count():
-                    torch.cuda.set_rng_state_all(cuda)
-                elif device.type == "cuda" and device.index < len(cuda):
-                    torch.cuda.set_rng_state(cuda[device.index], device)
-        if self.dist is not None and not same:
-            self.dist.split_rng()
+        load_trainer_state(self, state, source)
 
     def save(self) -> None:
         """Write the checkpoint, then ``metrics.jsonl`` from the same history, atomically (rank 0;

@@ -1,6 +1,9 @@
-"""Structural checks of a :class:`~problayers.train.trainer.Trainer` checkpoint before it is loaded,
-so that a damaged or foreign file fails with one line naming it (not deep inside
-``load_state_dict`` or at the next optimizer step)."""
+"""What a :class:`~problayers.train.trainer.Trainer` checkpoint holds: writing it, checking it, restoring it.
+
+:func:`trainer_state` gathers the model, optimizer, scheduler, averaged weights, history and every
+rank's random state; :func:`check_trainer_state` checks a loaded one's structure first, so that a
+damaged or foreign file fails with one line naming it (not deep inside ``load_state_dict`` or at
+the next optimizer step); :func:`load_trainer_state` restores it, on any number of processes."""
 
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ import torch
 
 from .checkpoint import CheckpointError, check_state_dict
 
-__all__ = ["check_trainer_state"]
+__all__ = ["check_trainer_state", "load_trainer_state", "trainer_state"]
 
 
 def _rng(value: Any, what: str, source: str) -> None:
@@ -100,3 +103,87 @@ def check_trainer_state(trainer: Any, state: Any, source: str) -> None:
     for key in ("scheduler",):
         if key in state and not isinstance(state[key], dict):
             raise CheckpointError(f"{source}: {key}: expected a dict, got a {type(state[key]).__name__}")
+
+
+def _device(trainer: Any) -> torch.device:
+    param = next(trainer.model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+def trainer_state(trainer: Any) -> dict[str, Any]:
+    """The checkpoint of ``trainer``; data-parallel, every rank must call it (it gathers the
+    random states of all ranks)."""
+    state = {
+        "epoch": trainer.epoch,
+        "model": trainer.model.state_dict(),  # the unwrapped model: no "module." prefix
+        "optimizer": trainer.optimizer.state_dict(),  # the same on every rank
+        "rng_cpu": torch.get_rng_state(),
+        "history": json.dumps(trainer.history),
+        "meta": json.dumps(trainer.meta),
+        "world_size": trainer.world_size,
+    }
+    if trainer.scheduler is not None:
+        state["scheduler"] = trainer.scheduler.state_dict()
+    if trainer.averaged is not None:
+        state["averaged"] = trainer.averaged.state_dict()
+    if trainer.dist is None:
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["rng_cuda"] = torch.cuda.get_rng_state_all()
+        return state
+    device = _device(trainer)
+    mine = {
+        "cpu": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+    }
+    ranks = trainer.dist.all_gather_object(mine)
+    state["rng_cpu"] = ranks[0]["cpu"]
+    state["rng_cpu_ranks"] = [r["cpu"] for r in ranks]
+    if device.type == "cuda":
+        state["rng_cuda_ranks"] = [r["cuda"] for r in ranks]
+    return state
+
+
+def load_trainer_state(trainer: Any, state: Any, source: str) -> None:
+    """Check ``state`` (:func:`check_trainer_state`), then restore it into ``trainer``; see
+    :meth:`~problayers.train.trainer.Trainer.load_state_dict` for the random streams."""
+    check_trainer_state(trainer, state, source)
+    model_state = dict(state["model"])
+    torch.nn.modules.utils.consume_prefix_in_state_dict_if_present(model_state, "module.")
+    trainer.model.load_state_dict(model_state)
+    try:
+        trainer.optimizer.load_state_dict(state["optimizer"])
+    except (ValueError, KeyError, TypeError, RuntimeError) as err:
+        raise CheckpointError(f"{source}: optimizer: does not fit ({' '.join(str(err).split())})") from None
+    if trainer.scheduler is not None:
+        if "scheduler" not in state:
+            raise CheckpointError(f"{source}: written without a learning-rate scheduler, resumed with one")
+        trainer.scheduler.load_state_dict(state["scheduler"])
+    if trainer.averaged is not None:
+        if "averaged" not in state:
+            raise CheckpointError(f"{source}: written without weight averaging, resumed with it")
+        trainer.averaged.load_state_dict(state["averaged"])
+    trainer.epoch = int(state["epoch"])
+    trainer.history = json.loads(state["history"])
+    _restore_rng(trainer, state)
+
+
+def _restore_rng(trainer: Any, state: dict[str, Any]) -> None:
+    """Each rank's own stream on the world size the checkpoint was written with; otherwise rank
+    0's stream, from which the other ranks derive theirs."""
+    saved_world = int(state.get("world_size", 1))
+    rank, device = trainer.rank, _device(trainer)
+    same = saved_world == trainer.world_size
+    cpu_ranks = state.get("rng_cpu_ranks")
+    torch.set_rng_state(cpu_ranks[rank] if same and cpu_ranks is not None else state["rng_cpu"])
+    if device.type == "cuda" and "rng_cuda_ranks" in state:
+        cuda_ranks = state["rng_cuda_ranks"]
+        torch.cuda.set_rng_state(cuda_ranks[rank] if same else cuda_ranks[0], device)
+    else:
+        cuda = state.get("rng_cuda")
+        if cuda is not None and torch.cuda.is_available():
+            if trainer.dist is None and len(cuda) == torch.cuda.device_count():
+                torch.cuda.set_rng_state_all(cuda)
+            elif device.type == "cuda" and device.index < len(cuda):
+                torch.cuda.set_rng_state(cuda[device.index], device)
+    if trainer.dist is not None and not same:
+        trainer.dist.split_rng()
