@@ -18,6 +18,7 @@ measure again. An unreadable or damaged cache is measured over; an unwritable on
 from __future__ import annotations
 
 import copy
+import dataclasses
 import datetime
 import json
 import os
@@ -327,7 +328,7 @@ def probe_step_options(
         entries[key] = record
         try:
             write_json(path, {"version": _CACHE_VERSION, "entries": entries})
-            choice = StepChoice(**{**choice.__dict__, "cache": str(path)})
+            choice = dataclasses.replace(choice, cache=str(path))
         except OSError:
             pass  # an unwritable cache costs the next run a measurement, nothing else
     return choice
