@@ -2,10 +2,14 @@
 
 Runs ``make_train_step(precision=P, channels_last=True)`` at batch 256 in a subprocess with
 ``ONEDNN_VERBOSE=1`` (3 warm-up steps, then 2 logged) and sums oneDNN's own per-primitive times
-by (primitive, implementation, propagation kind)::
+by (primitive, implementation, propagation kind); ``--library tfp`` does the same for TFP's
+example (``tfp_vae.py``, ``train_on_batch`` in ``.tfp-venv``, whose TensorFlow runs its
+convolutions and matrix products through oneDNN on x86). The wall time of the logged steps is
+printed too: the rest of the step is what runs outside oneDNN::
 
     python benchmarks/onednn_kernels.py --precision bf16
     python benchmarks/onednn_kernels.py --precision fp32 --top 8
+    python benchmarks/onednn_kernels.py --library tfp --top 8
 """
 
 from __future__ import annotations
@@ -15,9 +19,13 @@ import collections
 import os
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 MARK = "=== logged steps ==="
 STEPS = 2
+HERE = Path(__file__).resolve().parent
+TFP_PYTHON = HERE.parent / ".tfp-venv" / "bin" / "python"
 
 
 def worker(precision: str) -> None:
@@ -35,8 +43,32 @@ def worker(precision: str) -> None:
     for _ in range(3):
         step(x)
     print(MARK, flush=True)
+    start = time.perf_counter()
     for _ in range(STEPS):
         step(x)
+    print(f"WALL {(time.perf_counter() - start) / STEPS * 1e3:.1f}", flush=True)
+
+
+def worker_tfp() -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.path.insert(0, str(HERE))
+    import numpy as np
+    import tensorflow as tf
+    import tensorflow_probability as tfp
+    import tf_keras as tfk
+    from tfp_vae import build_vae
+
+    tf.config.threading.set_intra_op_parallelism_threads(os.cpu_count() or 1)
+    tf.keras.utils.set_random_seed(0)
+    vae = build_vae(tf, tfk, tfp)
+    x = (np.random.default_rng(0).random((256, 28, 28, 1)) < 0.3).astype(np.float32)
+    for _ in range(3):
+        vae.train_on_batch(x, x)
+    print(MARK, flush=True)
+    start = time.perf_counter()
+    for _ in range(STEPS):
+        vae.train_on_batch(x, x)
+    print(f"WALL {(time.perf_counter() - start) / STEPS * 1e3:.1f}", flush=True)
 
 
 def summarize(log: str, top: int) -> None:
@@ -50,7 +82,8 @@ def summarize(log: str, top: int) -> None:
         totals[key][0] += 1
         totals[key][1] += float(fields[-1])
     whole = sum(t for _, t in totals.values())
-    print(f"oneDNN time per step: {whole / STEPS:.1f} ms")
+    wall = [line.split()[1] for line in log.splitlines() if line.startswith("WALL ")]
+    print(f"oneDNN time per step: {whole / STEPS:.1f} ms; wall time per step: {wall[0] if wall else '?'} ms")
     header = ("primitive", "implementation", "propagation", "n/step", "ms/step", "share")
     print("{:14s} {:52s} {:18s} {:>6s} {:>8s} {:>6s}".format(*header))
     for (kind, impl, prop), (n, t) in sorted(totals.items(), key=lambda kv: -kv[1][1])[:top]:
@@ -59,15 +92,23 @@ def summarize(log: str, top: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--precision", choices=["fp32", "bf16"], default="bf16")
+    parser.add_argument("--library", choices=["problayers", "tfp"], default="problayers")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="bf16", help="problayers only")
     parser.add_argument("--top", type=int, default=12)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        worker(args.precision)
+        worker_tfp() if args.library == "tfp" else worker(args.precision)
         return
-    env = dict(os.environ, ONEDNN_VERBOSE="1")
-    cmd = [sys.executable, __file__, "--worker", "--precision", args.precision]
+    env = dict(os.environ, ONEDNN_VERBOSE="1", TF_ENABLE_ONEDNN_OPTS="1")
+    python = sys.executable
+    if args.library == "tfp":
+        if not TFP_PYTHON.is_file():
+            sys.exit(
+                f"{TFP_PYTHON}: not found; create it with `python benchmarks/bench_train.py --setup-tfp`"
+            )
+        python = str(TFP_PYTHON)
+    cmd = [python, __file__, "--worker", "--library", args.library, "--precision", args.precision]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
     summarize(out, args.top)
 
