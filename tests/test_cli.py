@@ -43,10 +43,10 @@ def test_train_fast_step_flags(tmp_path):
 def test_train_fast_and_schedule_flags(tmp_path):
     out = tmp_path / "fast"
     argv = ["train", "--out", str(out), "--epochs", "1", "--synthetic", "128", "--device", "cpu", *TINY]
-    assert main([*argv, "--fast", "--lr-schedule", "cosine"]) == 0
+    assert main([*argv, "--fast", "--lr-schedule", "cosine", "--adam", "keras"]) == 0
     cfg = json.loads((out / "config.json").read_text())
     # --fast on the CPU: fastest_defaults("cpu") (channels_last only)
-    assert cfg["lr_schedule"] == "cosine" and cfg["channels_last"] is True
+    assert cfg["lr_schedule"] == "cosine" and cfg["channels_last"] is True and cfg["adam"] == "keras"
     assert not (cfg["compile"] or cfg["cuda_graph"] or cfg["fused_adam"]) and cfg["precision"] == "fp32"
 
 
@@ -208,6 +208,8 @@ def test_weight_averaging_flags(tmp_path):
         (["train", "--resume", "{tmp}"], "has no config.json"),
         (["train", "--resume", "RUN", "--lr-schedule", "cosine"], "--lr-schedule cannot change on resume"),
         (["train", "--resume", "RUN", "--batch-size", "8"], "--batch-size cannot change on resume"),
+        (["train", "--resume", "RUN", "--adam", "keras"], "--adam cannot change on resume"),
+        (["train", "--adam", "sgd", "--out", "{tmp}/x"], "--adam: invalid choice"),
         (["train", "--resume", "RUN", "--out", "{tmp}/x"], "--out cannot change on resume"),
         (["train", "--resume", "RUN", "--logger", "tensorboard"], "--logger cannot change on resume"),
         (["train", "--logger", "wandb", "--out", "{tmp}/x"], "--logger: invalid choice"),

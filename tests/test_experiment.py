@@ -174,6 +174,23 @@ def test_lr_schedule(tmp_path):
         tiny_config(lr_schedule="linear")
 
 
+def test_keras_adam(tmp_path):
+    from problayers.train.checkpoint import load_checkpoint
+
+    train(tiny_config(epochs=1, adam="keras"), tmp_path / "keras")
+    history = resume(tmp_path / "keras", epochs=2)  # the step count continues
+    assert json.loads((tmp_path / "keras" / "config.json").read_text())["adam"] == "keras"
+    (group,) = load_checkpoint(tmp_path / "keras" / "checkpoint.pt")["optimizer"]["param_groups"]
+    assert group["iterations"] == sum(r["steps"] for r in history) and group["keras_eps"] == 1e-7
+    train(tiny_config(epochs=2), tmp_path / "torch")
+    weights = [load_checkpoint(tmp_path / d / "checkpoint.pt")["model"] for d in ("keras", "torch")]
+    assert any(not torch.equal(weights[0][k], weights[1][k]) for k in weights[0])  # not torch's update
+    with pytest.raises(ValueError, match=r"^adam: expected one of \['torch', 'keras'\], got 'sgd'"):
+        tiny_config(adam="sgd")
+    with pytest.raises(ValueError, match=r"^adam='keras' changes eps every step"):
+        tiny_config(adam="keras", cuda_graph=True)
+
+
 def test_cuda_only_options_on_cpu(tmp_path):
     with pytest.raises(ValueError, match=r"^cuda_graph: needs a CUDA device"):
         train(tiny_config(device="cpu", cuda_graph=True), tmp_path / "a")

@@ -70,6 +70,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                     test_subset=args.test_subset,
                     progress=not args.no_progress,
                     lr_schedule=args.lr_schedule,
+                    adam=args.adam,
                     ema_decay=args.ema_decay,
                     logger=args.logger,
                     **fast,
@@ -138,6 +139,8 @@ def _fast_options(args: argparse.Namespace, data_parallel: bool) -> dict:
     opts["fused_adam"] = opts["fused_adam"] or args.fused_adam
     opts["cuda_graph"] = opts["cuda_graph"] or args.cuda_graph
     opts["auto_step"] = opts["auto_step"] and not explicit  # given flags are not measured over
+    if args.adam == "keras" and not args.cuda_graph:  # its eps changes every step: no graph
+        opts["cuda_graph"] = False
     return opts
 
 

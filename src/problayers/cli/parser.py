@@ -153,6 +153,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="train on N generated digits instead of MNIST (smoke tests)",
     )
     p.add_argument(
+        "--adam",
+        choices=["torch", "keras"],
+        default="torch",
+        help="torch's Adam (eps 1e-8, default) or tf_keras' update (eps 1e-7 before the bias "
+        "correction), for recipes ported from Keras",
+    )
+    p.add_argument(
         "--lr-schedule",
         choices=["constant", "cosine", "onecycle", "wsd"],
         default="constant",

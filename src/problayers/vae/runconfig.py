@@ -27,6 +27,9 @@ __all__ = [
 
 #: The most epochs a run may have (a larger number in a config or checkpoint is refused as corrupt).
 MAX_EPOCHS = 100_000
+#: The optimizers a run can take (``RunConfig.adam``).
+ADAMS = ("torch", "keras")
+
 #: The keys a ``config.json`` must have (the others default, for files of older versions).
 REQUIRED = ("model", "epochs", "batch_size", "lr", "seed")
 
@@ -47,6 +50,9 @@ class RunConfig:
     test_subset: int | None = None  # ... and the first N test images
     eval_batch_size: int = 500
     lr_schedule: str = "constant"  # a key of problayers.train.schedules.LR_SCHEDULES
+    # "torch": torch.optim.Adam (eps 1e-8); "keras": problayers.train.keras_adam.KerasAdam, the
+    # update of tf_keras' Adam (eps 1e-7 added before the bias correction), for ported recipes.
+    adam: str = "torch"
     ema_decay: float | None = None  # evaluate an EMA of the weights (problayers.train.averaging.EMA)
     # The fast step's options (problayers.train.fastpath.make_train_step; single-process only for now).
     compile: bool = False
@@ -92,6 +98,13 @@ class RunConfig:
             raise ValueError(f"precision: expected one of {list(PRECISIONS)}, got {self.precision!r}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule: expected one of {sorted(LR_SCHEDULES)}, got {self.lr_schedule!r}")
+        if self.adam not in ADAMS:
+            raise ValueError(f"adam: expected one of {list(ADAMS)}, got {self.adam!r}")
+        if self.adam == "keras" and self.cuda_graph:
+            raise ValueError(
+                "adam='keras' changes eps every step, which the CUDA-graph step cannot: "
+                "give cuda_graph=False (--no-cuda-graph)"
+            )
         if self.logger not in LOGGERS:
             raise ValueError(f"logger: expected one of {list(LOGGERS)}, got {self.logger!r}")
         if self.compile_mode not in COMPILE_MODES:
