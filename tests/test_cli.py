@@ -84,6 +84,15 @@ def test_lr_schedule_choices_are_the_registry():
     assert sorted(action.choices) == sorted(LR_SCHEDULES)
 
 
+def test_adam_choices_are_the_registry():
+    from problayers.cli import build_parser
+    from problayers.train.keras_adam import ADAMS
+
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    (action,) = [a for a in train._actions if a.dest == "adam"]
+    assert list(action.choices) == list(ADAMS)
+
+
 def test_train_fast_is_off_for_data_parallel_runs_unless_asked():
     from problayers.cli import _fast_options, build_parser
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["KerasAdam"]
+__all__ = ["ADAMS", "KerasAdam"]
 
 
 class KerasAdam(torch.optim.Adam):
@@ -68,3 +68,7 @@ class KerasAdam(torch.optim.Adam):
                 group["eps"] = group["keras_eps"] / math.sqrt(bias_correction2)
         super().step()
         return loss
+
+
+#: The Adam updates a run can take by name (``RunConfig.adam``, ``problayers train --adam``).
+ADAMS: dict[str, type[torch.optim.Adam]] = {"torch": torch.optim.Adam, "keras": KerasAdam}

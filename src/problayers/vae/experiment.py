@@ -37,7 +37,7 @@ from ..train.averaging import EMA
 from ..train.checkpoint import check_state_dict, load_checkpoint, remove_stale_temps, write_json
 from ..train.distributed import DistContext
 from ..train.errors import RunDirError
-from ..train.keras_adam import KerasAdam
+from ..train.keras_adam import ADAMS
 from ..train.loggers import TensorBoardLogger, check_available
 from ..train.schedules import make_scheduler
 from ..train.trainer import CHECKPOINT, Trainer, TrainerConfig
@@ -140,8 +140,7 @@ def _setup(cfg: RunConfig, run_dir: Path, dist: DistContext | None = None) -> Tr
         name = "cuda_graph" if cfg.cuda_graph else "fused_adam"
         raise ValueError(f"{name}: needs a CUDA device, the run is on {device}")
     extra: dict[str, Any] = {"fused": True, "capturable": cfg.cuda_graph} if fused else {}
-    adam = KerasAdam if cfg.adam == "keras" else torch.optim.Adam
-    optimizer = adam(model.parameters(), lr=cfg.lr, **extra)
+    optimizer = ADAMS[cfg.adam](model.parameters(), lr=cfg.lr, **extra)
     scheduler = make_scheduler(cfg.lr_schedule, optimizer, cfg.epochs * len(batches))
     averaged = EMA(model, cfg.ema_decay) if cfg.ema_decay is not None else None
     if dist is None:  # --fast on a CPU: measure the step's options on this model and batch

@@ -27,9 +27,6 @@ __all__ = [
 
 #: The most epochs a run may have (a larger number in a config or checkpoint is refused as corrupt).
 MAX_EPOCHS = 100_000
-#: The optimizers a run can take (``RunConfig.adam``).
-ADAMS = ("torch", "keras")
-
 #: The keys a ``config.json`` must have (the others default, for files of older versions).
 REQUIRED = ("model", "epochs", "batch_size", "lr", "seed")
 
@@ -98,12 +95,14 @@ class RunConfig:
             raise ValueError(f"precision: expected one of {list(PRECISIONS)}, got {self.precision!r}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule: expected one of {sorted(LR_SCHEDULES)}, got {self.lr_schedule!r}")
+        from ..train.keras_adam import ADAMS
+
         if self.adam not in ADAMS:
             raise ValueError(f"adam: expected one of {list(ADAMS)}, got {self.adam!r}")
         if self.adam == "keras" and self.cuda_graph:
             raise ValueError(
-                "adam='keras' changes eps every step, which the CUDA-graph step cannot: "
-                "give cuda_graph=False (--no-cuda-graph)"
+                "adam='keras' changes eps every step, which the CUDA-graph step would not see: "
+                "use cuda_graph=False (no --cuda-graph)"
             )
         if self.logger not in LOGGERS:
             raise ValueError(f"logger: expected one of {list(LOGGERS)}, got {self.logger!r}")
