@@ -16,7 +16,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -28,14 +27,12 @@ HERE = Path(__file__).resolve().parent
 TFP_PYTHON = HERE.parent / ".tfp-venv" / "bin" / "python"
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+def _cpu() -> str:
+    """The CPU by name and vendor/family/model (two CPUs of one name may differ: Zen 3 and 4)."""
+    from problayers.train.probe import machine_signature
+
+    sig = machine_signature()
+    return f"{sig['cpu']} ({sig['cpu_id']})"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"seed {seed}: the TFP worker failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
                 return 1
             result = json.loads(lines[-1][len("RESULT ") :])
-            result["cpu"] = _cpu_model()
+            result["cpu"] = _cpu()
             result["date"] = datetime.date.today().isoformat()
             result["command"] = " ".join(["python", "benchmarks/tfp_quality.py", *sys.argv[1:]])
             path = out / f"{'as-written-' if args.as_written else ''}seed{seed}.json"
