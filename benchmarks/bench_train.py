@@ -15,7 +15,9 @@ one after the other on the same machine, in one invocation:
   would have to create).
 * ``tfp`` (CPU only): TFP's example in tf_keras + tfp.layers (``tfp_vae.py``), run by
   ``.tfp-venv/bin/python``; skipped with a message when that venv is absent
-  (``--setup-tfp`` creates it).
+  (``--setup-tfp`` creates it). ``tfp-mem``: the same with glibc's malloc thresholds set (through
+  the environment) as ``fast`` on a CPU sets them for itself (option ``mem``,
+  ``problayers.train.allocator``), so both libraries run on the same allocator settings.
 
 Throughput: images/s of ``--windows`` windows of ``--steps`` optimizer steps each, after
 ``--warmup`` steps (which include compilation); the table gives the median (min-max) over the
@@ -57,9 +59,10 @@ FAST_OPTIONS = {
     "fused": "fused_adam",  # Adam(fused=True): built by the benchmark, not a step option
     "bench": "cudnn_benchmark",  # torch.backends.cudnn.benchmark = True: set by the benchmark
     "graph": "cuda_graph",  # the whole step as one CUDA graph (with Adam(fused=True))
+    "mem": "retain_memory",  # glibc keeps freed memory (problayers.train.allocator): set by the benchmark
 }
 # Options the benchmark applies itself (not make_train_step's).
-OUTSIDE_STEP = ("fused_adam", "cudnn_benchmark", "auto_step")
+OUTSIDE_STEP = ("fused_adam", "cudnn_benchmark", "auto_step", "retain_memory")
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -128,7 +131,7 @@ def _split_outside(opts: dict[str, Any]) -> tuple[dict[str, Any], dict[str, bool
 
 
 def check_config(config: str) -> str:
-    if config in BASE_CONFIGS:
+    if config in BASE_CONFIGS or config == "tfp-mem":
         return config
     if config.startswith("fast-"):
         fast_options(config, "cpu")
@@ -178,6 +181,10 @@ def _problayers(config, images_u8, args, device) -> tuple[Callable[[], Any], dic
     fused = outside["fused_adam"] or bool(opts.get("cuda_graph"))
     if outside["cudnn_benchmark"]:
         torch.backends.cudnn.benchmark = True
+    if outside["retain_memory"] and device.type == "cpu":  # as the CLI does, before the probe
+        from problayers.train.allocator import retain_freed_memory
+
+        print(f"# {config}: memory: {retain_freed_memory().reason}", file=sys.stderr, flush=True)
     torch.manual_seed(args.seed)
     model = build_model(ModelConfig()).to(device)
     graph = bool(opts.get("cuda_graph"))
@@ -328,7 +335,7 @@ def _worker_command(config: str, args) -> list[str] | None:
     ]  # fmt: skip
     if args.data_dir:
         common += ["--data-dir", args.data_dir]
-    if config == "tfp":
+    if config.startswith("tfp"):
         python = TFP_VENV / "bin" / "python"
         if not python.exists():
             return None
@@ -343,7 +350,7 @@ def _worker_command(config: str, args) -> list[str] | None:
 
 
 def run_config(config: str, args) -> dict[str, Any]:
-    if config == "tfp" and not args.device.startswith("cpu"):
+    if config.startswith("tfp") and not args.device.startswith("cpu"):
         return {"config": config, "skipped": "the TFP row is measured on CPU only (tensorflow-cpu)"}
     cmd = _worker_command(config, args)
     if cmd is None:
@@ -353,6 +360,11 @@ def run_config(config: str, args) -> dict[str, Any]:
         }
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "src"), str(HERE), env.get("PYTHONPATH")]))
+    if config == "tfp-mem":  # TFP under glibc's thresholds as retain_freed_memory sets them
+        sys.path.insert(0, str(REPO / "src"))
+        from problayers.train.allocator import MMAP_THRESHOLD, TRIM_THRESHOLD
+
+        env.update(MALLOC_MMAP_THRESHOLD_=str(MMAP_THRESHOLD), MALLOC_TRIM_THRESHOLD_=str(TRIM_THRESHOLD))
     print(f"[bench] {config}: {' '.join(cmd)}", file=sys.stderr, flush=True)
     load_before = os.getloadavg()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.timeout)
@@ -468,7 +480,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--configs",
         default="eager,handwritten,fast,tfp",
         help="comma-separated: eager, handwritten, fast, tfp, fast-OPTS "
-        "(OPTS: compile, cl, bf16, fused joined by +, or none)",
+        "(OPTS: compile, cl, bf16, fused, mem joined by +, or none), tfp-mem",
     )
     p.add_argument("--threads", type=int, default=2, help="torch intra-op (and TF intra/inter-op) threads")
     p.add_argument("--data-dir", default=None, help="MNIST IDX directory (default: synthetic images)")

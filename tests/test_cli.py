@@ -283,6 +283,9 @@ def test_train_prints_and_records_its_step_choice(tmp_path, capsys, monkeypatch)
     assert "s/step:" in line and "measured now" in line
     cfg = json.loads((tmp_path / "a" / "config.json").read_text())
     assert cfg["auto_step"] is True and cfg["step_choice"]["by"] == "probe"
+    # --fast on a CPU also lets glibc keep freed memory (recorded; said in one line)
+    assert cfg["retain_memory"] is True
+    assert any(line.startswith("memory: ") for line in out.splitlines()), out
     assert cfg["step_choice"]["machine"]["torch"] and cfg["step_choice"]["seconds_per_step"]
     # evaluate uses the choice training measured here (the probe's cache)
     evaluate = [
@@ -295,8 +298,12 @@ def test_train_prints_and_records_its_step_choice(tmp_path, capsys, monkeypatch)
         "--no-progress",
     ]
     assert main([*evaluate, "--out", str(tmp_path / "a.json")]) == 0
-    choice = json.loads((tmp_path / "a.json").read_text())["step_choice"]
+    evaluated = json.loads((tmp_path / "a.json").read_text())
+    choice = evaluated["step_choice"]
     assert choice["by"] == "cache" and choice["measured_at"] == cfg["step_choice"]["measured_at"]
+    # on a CPU the decoder takes 4 images x 128 samples at once by default, and memory is kept
+    assert (evaluated["batch_size"], evaluated["chunk_size"]) == (4, 128)
+    assert set(evaluated["memory"]) == {"applied", "reason"}
     # bf16 measured faster (by the margin): the run trains in bf16, and says why
     times = {"fp32": 1.0, "fp32+channels_last": 1.0, "bf16": 0.8, "bf16+channels_last": 0.6}
     monkeypatch.setattr(
@@ -338,4 +345,6 @@ def test_train_step_line_without_a_probe(tmp_path, capsys, flags, line):
     ]
     assert main([*argv, *flags]) == 0
     assert line in capsys.readouterr().out.splitlines()
-    assert json.loads((tmp_path / "r" / "config.json").read_text())["step_choice"] is None
+    cfg = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert cfg["step_choice"] is None
+    assert cfg["retain_memory"] is ("--fast" in flags)  # the CPU's fast defaults only

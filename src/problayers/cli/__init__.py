@@ -204,6 +204,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     # --precision / --channels-last replace it.
     explicit = args.precision is not None or args.channels_last
     fast = args.fast if args.fast is not None else not explicit
+    from ..train.allocator import retain_freed_memory
+
+    memory = retain_freed_memory() if fast and device.type == "cpu" else None
+    if memory is not None:
+        print(f"memory: {memory.reason}", flush=True)
     step_choice = None
     if fast and not explicit and device.type == "cpu":
         from ..vae.runconfig import measure_step
@@ -213,6 +218,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(choice.describe().replace("step:", "evaluation step:", 1), flush=True)
         args.precision, args.channels_last = choice.options["precision"], choice.options["channels_last"]
         step_choice = choice.record()
+    # The decoder's calls: on a CPU 512 samples at once, whose activations glibc can reuse
+    # (docs/benchmarks.md: 1.5x faster than 50,000 at once); on a GPU large calls fill it.
+    cpu_sizes = device.type == "cpu"
+    args.batch_size = args.batch_size or (4 if cpu_sizes else 100)
+    args.chunk_size = args.chunk_size or (128 if cpu_sizes else 500)
     bf16_ok = device.type == "cuda" and torch.cuda.is_bf16_supported()
     args.precision = args.precision or ("bf16" if fast and bf16_ok else "fp32")
     args.channels_last = args.channels_last or (fast and step_choice is None)
@@ -244,8 +254,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         device=str(next(model.parameters()).device),
         precision=args.precision,
         channels_last=args.channels_last,
+        batch_size=args.batch_size,
+        chunk_size=args.chunk_size,
         seconds=time.perf_counter() - start,
     )
+    if memory is not None:
+        results["memory"] = memory.record()
     if step_choice is not None:
         results["step_choice"] = step_choice
     print(format_table(results))

@@ -221,8 +221,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--iwae-samples", type=_int_at_least(0), default=5000, help="K of the IWAE bound (0: none)"
     )
-    p.add_argument("--batch-size", type=_positive, default=100)
-    p.add_argument("--chunk-size", type=_positive, default=500, help="IWAE samples per example at once")
+    p.add_argument(
+        "--batch-size",
+        type=_positive,
+        default=None,
+        help="test images at once (default 4 on a CPU, else 100)",
+    )
+    p.add_argument(
+        "--chunk-size",
+        type=_positive,
+        default=None,
+        help="IWAE samples per image at once (default 128 on a CPU, else 500)",
+    )
     p.add_argument("--test-subset", type=_positive, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(

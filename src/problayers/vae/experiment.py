@@ -33,6 +33,7 @@ from typing import Any, cast
 import torch
 
 from ..train import distributed
+from ..train.allocator import retain_freed_memory
 from ..train.averaging import EMA
 from ..train.checkpoint import check_state_dict, load_checkpoint, remove_stale_temps, write_json
 from ..train.distributed import DistContext
@@ -143,6 +144,8 @@ def _setup(cfg: RunConfig, run_dir: Path, dist: DistContext | None = None) -> Tr
     optimizer = ADAMS[cfg.adam](model.parameters(), lr=cfg.lr, **extra)
     scheduler = make_scheduler(cfg.lr_schedule, optimizer, cfg.epochs * len(batches))
     averaged = EMA(model, cfg.ema_decay) if cfg.ema_decay is not None else None
+    if cfg.retain_memory and device.type == "cpu":  # before the probe, so that it measures with it
+        print(f"memory: {retain_freed_memory().reason}", flush=True)
     if dist is None:  # --fast on a CPU: measure the step's options on this model and batch
         cfg = choose_step(cfg, model, optimizer, next(iter(batches.epoch(0))))
 

@@ -63,6 +63,9 @@ class RunConfig:
     # what it chose and why; a resumed run keeps the recorded choice.
     auto_step: bool = False
     step_choice: dict[str, Any] | None = None
+    # True (--fast on a CPU): glibc keeps freed memory for the next step instead of unmapping it
+    # (problayers.train.allocator); a config.json from before the field means False.
+    retain_memory: bool = False
     log_every: int = 25
     progress: bool = True
     # An experiment logger (problayers.train.loggers.LOGGERS) writing into the run directory;
@@ -112,7 +115,16 @@ class RunConfig:
             )
         if self.compile_mode is not None and not self.compile:
             raise ValueError(f"compile_mode={self.compile_mode!r} needs compile=True")
-        for name in ("compile", "channels_last", "fused_adam", "cuda_graph", "progress", "auto_step"):
+        flags = (
+            "compile",
+            "channels_last",
+            "fused_adam",
+            "cuda_graph",
+            "progress",
+            "auto_step",
+            "retain_memory",
+        )
+        for name in flags:
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}: expected True or False, got {getattr(self, name)!r}")
         lr = self.lr
@@ -176,20 +188,24 @@ STEP_OPTIONS = (
     "fused_adam",
     "cuda_graph",
     "auto_step",
+    "retain_memory",
 )
 
 
 def step_options(fast: bool, device: str = "auto") -> dict[str, Any]:
     """RunConfig's :data:`STEP_OPTIONS`: their defaults (the plain eager step), or with ``fast``
     the device's fastest (:func:`problayers.train.fastpath.fastest_defaults`, and fused Adam on CUDA;
-    on a CPU ``auto_step``: the run measures its precision and channels_last, see :func:`choose_step`)."""
+    on a CPU ``auto_step``: the run measures its precision and channels_last, see :func:`choose_step`,
+    and ``retain_memory``: :func:`problayers.train.allocator.retain_freed_memory`)."""
     defaults = {f.name: f.default for f in dataclasses.fields(RunConfig)}
     opts = {name: defaults[name] for name in STEP_OPTIONS}
     if fast:
         from ..train.fastpath import fastest_defaults
 
         dev = resolve_device(device)
-        opts.update(fastest_defaults(dev), fused_adam=dev.type == "cuda", auto_step=dev.type == "cpu")
+        cpu = dev.type == "cpu"
+        opts.update(fastest_defaults(dev), fused_adam=dev.type == "cuda")
+        opts.update(auto_step=cpu, retain_memory=cpu)
     return opts
 
 
