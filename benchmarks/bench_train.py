@@ -373,6 +373,7 @@ def run_config(config: str, args) -> dict[str, Any]:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-15:]
         return {"config": config, "failed": f"exit {proc.returncode}", "stderr_tail": tail}
     result = json.loads(lines[-1][len("RESULT ") :])
+    result["config"] = config  # the worker names itself (tfp_vae.py says "tfp" for tfp-mem too)
     result["load_average"] = [load_before, os.getloadavg()]  # (1/5/15 min) before, after
     return result
 

@@ -293,14 +293,15 @@ def test_train_prints_and_records_its_step_choice(tmp_path, capsys, monkeypatch)
         str(tmp_path / "a"),
         "--iwae-samples",
         "2",
-        "--test-subset",
-        "10",
         "--no-progress",
     ]
-    assert main([*evaluate, "--out", str(tmp_path / "a.json")]) == 0
+    assert main([*evaluate, "--test-subset", "64", "--out", str(tmp_path / "a.json")]) == 0
     evaluated = json.loads((tmp_path / "a.json").read_text())
     choice = evaluated["step_choice"]
     assert choice["by"] == "cache" and choice["measured_at"] == cfg["step_choice"]["measured_at"]
+    # fewer test images than the run's batch: measured (and cached) for that batch, not the run's
+    assert main([*evaluate, "--test-subset", "10", "--out", str(tmp_path / "a10.json")]) == 0
+    assert json.loads((tmp_path / "a10.json").read_text())["step_choice"]["by"] == "probe"
     # on a CPU the decoder takes 4 images x 128 samples at once by default, and memory is kept
     assert (evaluated["batch_size"], evaluated["chunk_size"]) == (4, 128)
     assert set(evaluated["memory"]) == {"applied", "reason"}

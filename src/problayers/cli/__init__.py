@@ -213,8 +213,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if fast and not explicit and device.type == "cpu":
         from ..vae.runconfig import measure_step
 
-        probe_batch = test_x[: min(cfg.batch_size, len(test_x))]
-        choice = measure_step(cfg, model, torch.optim.Adam(model.parameters(), lr=cfg.lr), probe_batch)
+        probe_batch = test_x[: min(cfg.batch_size, len(test_x))]  # cached under its own size
+        probe_cfg = dataclasses.replace(cfg, batch_size=len(probe_batch))
+        choice = measure_step(probe_cfg, model, torch.optim.Adam(model.parameters(), lr=cfg.lr), probe_batch)
         print(choice.describe().replace("step:", "evaluation step:", 1), flush=True)
         args.precision, args.channels_last = choice.options["precision"], choice.options["channels_last"]
         step_choice = choice.record()
