@@ -361,7 +361,8 @@ def run_config(config: str, args) -> dict[str, Any]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "src"), str(HERE), env.get("PYTHONPATH")]))
     if config == "tfp-mem":  # TFP under glibc's thresholds as retain_freed_memory sets them
-        sys.path.insert(0, str(REPO / "src"))
+        if str(REPO / "src") not in sys.path:
+            sys.path.insert(0, str(REPO / "src"))
         from problayers.train.allocator import MMAP_THRESHOLD, TRIM_THRESHOLD
 
         env.update(MALLOC_MMAP_THRESHOLD_=str(MMAP_THRESHOLD), MALLOC_TRIM_THRESHOLD_=str(TRIM_THRESHOLD))

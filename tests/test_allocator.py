@@ -30,9 +30,12 @@ print(first, faults(), setting.applied)
 """
 
 
+# Everything through which the environment may decide the allocator (then the call leaves it).
+DECIDING = (*allocator._ENV_SETTINGS, "GLIBC_TUNABLES", "LD_PRELOAD")
+
+
 def _clean_env() -> dict[str, str]:
-    drop = (*allocator._ENV_SETTINGS, "GLIBC_TUNABLES", "LD_PRELOAD")
-    return {k: v for k, v in os.environ.items() if k not in drop}
+    return {k: v for k, v in os.environ.items() if k not in DECIDING}
 
 
 @pytest.mark.skipif(not GLIBC, reason="glibc's malloc only")
@@ -48,7 +51,7 @@ def test_freed_tensors_are_reused_without_new_page_faults():
 
 @pytest.mark.skipif(not GLIBC, reason="glibc's malloc only")
 def test_applies_and_says_what(monkeypatch):
-    for name in (*allocator._ENV_SETTINGS, "GLIBC_TUNABLES", "LD_PRELOAD"):
+    for name in DECIDING:
         monkeypatch.delenv(name, raising=False)
     setting = retain_freed_memory()
     assert setting.applied and setting.reason.startswith("glibc keeps freed memory")
@@ -90,3 +93,13 @@ def test_elsewhere_unchanged(monkeypatch):
 def test_bad_thresholds(kwargs, message):
     with pytest.raises(ValueError, match=message):
         retain_freed_memory(**kwargs)
+
+
+@pytest.mark.parametrize("confstr", [lambda name: "musl", lambda name: (_ for _ in ()).throw(ValueError(name))])
+def test_another_c_library_unchanged(monkeypatch, confstr):
+    for name in DECIDING:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(sys, "platform", "linux")
+    monkeypatch.setattr(os, "confstr", confstr)
+    setting = retain_freed_memory()
+    assert not setting.applied and setting.reason == "unchanged: the C library is not glibc"

@@ -89,10 +89,12 @@ def retain_freed_memory(
     if decided:
         return AllocatorSetting(False, f"unchanged: {decided}")
     try:
-        libc = ctypes.CDLL(None)
-        mallopt, _ = libc.mallopt, libc.gnu_get_libc_version
-    except (OSError, AttributeError):
+        glibc = os.confstr("CS_GNU_LIBC_VERSION") or ""
+    except (ValueError, OSError):  # a C library that does not name itself (musl)
+        glibc = ""
+    if not glibc.startswith("glibc"):
         return AllocatorSetting(False, "unchanged: the C library is not glibc")
+    mallopt = ctypes.CDLL(None).mallopt
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     if not (mallopt(_M_MMAP_THRESHOLD, mmap_threshold) and mallopt(_M_TRIM_THRESHOLD, trim_threshold)):
         return AllocatorSetting(False, "unchanged: glibc refused the thresholds")
