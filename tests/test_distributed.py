@@ -368,6 +368,45 @@ def test_global_batch_not_divisible_is_a_clear_error(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def _threads() -> int:
+    return len(os.listdir("/proc/self/task"))
+
+
+def _launch_and_leave(rank: int, world: int, port: int, out_dir: str) -> None:
+    """A rank that trains a DDP model inside ``launch()`` and lets go of it in a reference cycle,
+    as the CLI's ``train`` does; reports its native thread count before and after the block."""
+    os.environ.update(
+        RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world),
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+    )  # fmt: skip
+    torch.set_num_threads(1)
+    torch.ones(2, requires_grad=True).sum().backward()  # torch's own lazy threads, if any, start now
+    before = _threads()
+    with distributed.launch(timeout=timedelta(seconds=60)) as ctx:
+        assert ctx is not None
+        inside = _threads()
+        ddp = ctx.wrap(nn.Linear(3, 1))
+        ddp.cycle = [ddp]  # freed by the garbage collector only, like the trainer's model
+        ddp(torch.randn(4, 3)).sum().backward()
+        ctx.all_gather_object(rank)  # tensors made in Python, held by gloo's work
+        del ddp
+    after = _threads()
+    (Path(out_dir) / f"rank{rank}.json").write_text(json.dumps([before, inside, after]))
+    os._exit(0)  # the result is the count above; no finalization to race with
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="counts threads in Linux /proc")
+def test_launch_leaves_no_process_group_threads(tmp_path):
+    """Leaving ``launch()`` joins gloo's threads even when the DDP model is garbage in a cycle:
+    left running into interpreter finalization, they can abort the process (see ``shutdown``)."""
+    port = _free_port()
+    mp.start_processes(_launch_and_leave, args=(2, port, str(tmp_path)), nprocs=2, start_method="spawn")
+    for r in range(2):
+        before, inside, after = json.loads((tmp_path / f"rank{r}.json").read_text())
+        assert inside > before  # the group runs threads of its own (the check has power)
+        assert after == before, (before, inside, after)
+
+
 # ----------------------------------------------------------------------------- end to end, torchrun
 @pytest.fixture(scope="module")
 def deterministic(tmp_path_factory):

@@ -18,6 +18,7 @@ Everything here is PyTorch's own machinery (``init_process_group``, ``Distribute
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import os
 from collections.abc import Callable, Iterator
@@ -245,10 +246,19 @@ def init_from_env(*, timeout: timedelta | None = None) -> DistContext | None:
 
 
 def shutdown() -> None:
-    """Destroy the process group :func:`init_from_env` created (no-op when there is none)."""
+    """Destroy the process group :func:`init_from_env` created (no-op when there is none).
+
+    Garbage is collected first, so that DDP wrappers no longer referenced (a model in a reference
+    cycle outlives its last use) release the group: destroying it then drops its last reference
+    and joins gloo's worker threads now, with the GIL released. Left alive until interpreter
+    finalization, a worker that still drops a finished collective's tensors there needs the GIL
+    and aborts the process ("terminate called without an active exception", pytorch/pytorch#179291).
+    A model the caller still holds keeps the group alive; release it before leaving :func:`launch`.
+    """
     global _CURRENT
     _CURRENT = None
     if dist.is_available() and dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
 
 
