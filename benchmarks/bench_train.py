@@ -60,6 +60,7 @@ FAST_OPTIONS = {
     "bench": "cudnn_benchmark",  # torch.backends.cudnn.benchmark = True: set by the benchmark
     "graph": "cuda_graph",  # the whole step as one CUDA graph (with Adam(fused=True))
     "mem": "retain_memory",  # glibc keeps freed memory (problayers.train.allocator): set by the benchmark
+    "tconv": "transposed_as_conv",  # transposed convolutions on the convolution's passes
 }
 # Options the benchmark applies itself (not make_train_step's).
 OUTSIDE_STEP = ("fused_adam", "cudnn_benchmark", "auto_step", "retain_memory")
@@ -482,7 +483,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--configs",
         default="eager,handwritten,fast,tfp",
         help="comma-separated: eager, handwritten, fast, tfp, fast-OPTS "
-        "(OPTS: compile, cl, bf16, fused, mem joined by +, or none), tfp-mem",
+        "(OPTS: compile, cl, bf16, fused, mem, tconv joined by +, or none), tfp-mem",
     )
     p.add_argument("--threads", type=int, default=2, help="torch intra-op (and TF intra/inter-op) threads")
     p.add_argument("--data-dir", default=None, help="MNIST IDX directory (default: synthetic images)")

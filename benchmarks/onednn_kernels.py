@@ -10,6 +10,7 @@ printed too: the rest of the step is what runs outside oneDNN::
     python benchmarks/onednn_kernels.py --precision bf16
     python benchmarks/onednn_kernels.py --precision fp32 --top 8
     python benchmarks/onednn_kernels.py --library tfp --top 8
+    python benchmarks/onednn_kernels.py --library tfp --inter-op 1   # one op at a time, as torch runs
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def worker(precision: str) -> None:
     print(f"WALL {(time.perf_counter() - start) / STEPS * 1e3:.1f}", flush=True)
 
 
-def worker_tfp() -> None:
+def worker_tfp(inter_op: int | None) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     sys.path.insert(0, str(HERE))
     import numpy as np
@@ -59,6 +60,8 @@ def worker_tfp() -> None:
     from tfp_vae import build_vae
 
     tf.config.threading.set_intra_op_parallelism_threads(os.cpu_count() or 1)
+    if inter_op is not None:  # TensorFlow's default runs independent ops side by side
+        tf.config.threading.set_inter_op_parallelism_threads(inter_op)
     tf.keras.utils.set_random_seed(0)
     vae = build_vae(tf, tfk, tfp)
     x = (np.random.default_rng(0).random((256, 28, 28, 1)) < 0.3).astype(np.float32)
@@ -91,14 +94,23 @@ def summarize(log: str, top: int) -> None:
 
 
 def main() -> None:
+    global STEPS
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--library", choices=["problayers", "tfp"], default="problayers")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="bf16", help="problayers only")
+    parser.add_argument(
+        "--inter-op",
+        type=int,
+        default=None,
+        help="tfp only: TensorFlow's inter-op threads (default: its own)",
+    )
+    parser.add_argument("--steps", type=int, default=STEPS, help="logged steps (after 3 warm-up ones)")
     parser.add_argument("--top", type=int, default=12)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    STEPS = args.steps
     if args.worker:
-        worker_tfp() if args.library == "tfp" else worker(args.precision)
+        worker_tfp(args.inter_op) if args.library == "tfp" else worker(args.precision)
         return
     env = dict(os.environ, ONEDNN_VERBOSE="1", TF_ENABLE_ONEDNN_OPTS="1")
     python = sys.executable
@@ -109,6 +121,9 @@ def main() -> None:
             )
         python = str(TFP_PYTHON)
     cmd = [python, __file__, "--worker", "--library", args.library, "--precision", args.precision]
+    cmd += ["--steps", str(args.steps)]
+    if args.inter_op is not None:
+        cmd += ["--inter-op", str(args.inter_op)]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
     summarize(out, args.top)
 

@@ -36,7 +36,11 @@ def test_measures_every_candidate_and_leaves_the_callers_model_and_rng(tmp_path)
     for name, tensor in model.state_dict().items():
         assert torch.equal(tensor, before[name]) and tensor.is_contiguous(), name  # not channels_last
     assert not opt.state  # the caller's optimizer never stepped
-    expected = {c.name for c in CPU_CANDIDATES if not c.bf16 or probe.cpu_has_native_bf16()}
+    expected = {
+        c.name
+        for c in CPU_CANDIDATES
+        if (not c.bf16 or probe.cpu_has_native_bf16()) and not c.options["transposed_as_conv"]
+    }  # no transposed convolution in the model: that option would change nothing
     assert set(choice.seconds_per_step) == expected
     assert all(t > 0 for t in choice.seconds_per_step.values())
     assert choice.chosen in expected and choice.options == dict(
@@ -84,14 +88,44 @@ def test_no_bf16_candidates_where_the_cpu_lacks_bf16(monkeypatch):
     assert "no native bf16" in choice.reason
     with pytest.raises(ValueError, match=r"^candidates: all need bf16"):
         probe_step_options(_net(), torch.optim.SGD(_net().parameters(), lr=0.1), _loss, BATCH, workload="w",
-                           cache=None, candidates=CPU_CANDIDATES[2:])  # fmt: skip
+                           cache=None, candidates=[c for c in CPU_CANDIDATES if c.bf16])  # fmt: skip
+
+
+def test_transposed_convolutions_on_the_convolution_passes_are_a_candidate(monkeypatch):
+    seen = []
+
+    def timings(model, optimizer, loss_fn, batch, candidates, warmup, repeats):
+        seen.extend(c.name for c in candidates)
+        return {c.name: 0.5 if c.options["transposed_as_conv"] else 1.0 for c in candidates}
+
+    monkeypatch.setattr(probe, "_time_candidates", timings)
+    monkeypatch.setattr(probe, "cpu_has_native_bf16", lambda: False)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.ConvTranspose2d(1, 2, 3, stride=2), nn.Flatten())
+    choice = probe_step_options(
+        model, torch.optim.SGD(model.parameters(), lr=0.1), _loss, BATCH, workload="w", cache=None
+    )
+    assert seen == ["fp32", "fp32+channels_last", "fp32+channels_last+transposed_as_conv"]
+    assert choice.options == {"precision": "fp32", "channels_last": True, "transposed_as_conv": True}
+    assert type(model[0]) is nn.ConvTranspose2d  # measured on copies
+
+
+@pytest.mark.real_probe
+def test_the_probe_measures_the_transposed_option_for_real():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.ConvTranspose2d(1, 2, 3, stride=2), nn.Flatten())
+    choice = probe_step_options(
+        model, torch.optim.Adam(model.parameters()), _loss, BATCH, workload="w", cache=None, repeats=1
+    )
+    assert "fp32+channels_last+transposed_as_conv" in choice.seconds_per_step
+    assert type(model[0]) is nn.ConvTranspose2d
 
 
 def test_cache_hit_skips_the_measurement_and_keys_on_the_workload(monkeypatch, tmp_path):
     path = tmp_path / "sub" / "step-options.json"
     opt = torch.optim.SGD(_net().parameters(), lr=0.1)
     first = probe_step_options(_net(), opt, _loss, BATCH, workload="a", cache=path, candidates=FP32)
-    assert first.cache == str(path) and json.loads(path.read_text())["version"] == 1
+    assert first.cache == str(path) and json.loads(path.read_text())["version"] == 2
 
     def refuse(*args):
         raise AssertionError("measured although cached")

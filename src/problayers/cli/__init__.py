@@ -136,6 +136,7 @@ def _fast_options(args: argparse.Namespace, data_parallel: bool) -> dict:
     if args.precision is not None:
         opts["precision"] = args.precision
     opts["channels_last"] = opts["channels_last"] or args.channels_last
+    opts["transposed_as_conv"] = opts["transposed_as_conv"] or args.transposed_as_conv
     opts["fused_adam"] = opts["fused_adam"] or args.fused_adam
     opts["cuda_graph"] = opts["cuda_graph"] or args.cuda_graph
     opts["auto_step"] = opts["auto_step"] and not explicit  # given flags are not measured over
@@ -146,7 +147,8 @@ def _fast_options(args: argparse.Namespace, data_parallel: bool) -> dict:
 
 def _step_line(cfg: Any, args: argparse.Namespace, data_parallel: bool) -> str:
     """The one line that says which step options a run uses and why (a CPU probe says its own)."""
-    on = [name for name in ("compile", "channels_last", "fused_adam", "cuda_graph") if getattr(cfg, name)]
+    names = ("compile", "channels_last", "transposed_as_conv", "fused_adam", "cuda_graph")
+    on = [name for name in names if getattr(cfg, name)]
     what = ", ".join([cfg.precision, *on])
     if data_parallel:
         why = "data-parallel: the eager step"
@@ -169,6 +171,7 @@ def _explicit(args: argparse.Namespace) -> bool:
         args.compile_mode,
         args.precision,
         args.channels_last,
+        args.transposed_as_conv,
         args.fused_adam,
         args.cuda_graph,
     )

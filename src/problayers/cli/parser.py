@@ -177,8 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--fast",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="the device's fastest step options (problayers.train.fastpath.fastest_defaults: on a GPU the "
-        "whole step as one CUDA graph + channels_last + bf16 + fused Adam, on a CPU channels_last); "
+        help="the device's fastest step options (on a GPU the whole step as one CUDA graph + "
+        "channels_last + bf16 + fused Adam; on a CPU what a few measured steps of this model choose: "
+        "precision, channels_last, transposed convolutions; cached per machine); "
         "the default unless a step flag below is given or the run is data-parallel; --no-fast: the "
         "plain eager step",
     )
@@ -199,6 +200,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--channels-last",
         action="store_true",
         help="NHWC convolutions (measured +13%% images/s on the CPU, docs/benchmarks.md)",
+    )
+    p.add_argument(
+        "--transposed-as-conv",
+        action="store_true",
+        help="transposed convolutions on the convolution's passes, as TensorFlow computes them "
+        "(problayers.train.transposed)",
     )
     p.add_argument("--fused-adam", action="store_true", help="torch.optim.Adam(fused=True) (CUDA)")
     p.add_argument(

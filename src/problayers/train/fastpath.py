@@ -45,6 +45,13 @@ Options (each can be combined with the others, except ``cuda_graph`` with ``comp
     channels_last: 4.6x the eager step (docs/benchmarks.md), the eager step being bound by the
     host's kernel launches.
 
+``transposed_as_conv``
+    The model's ``nn.ConvTranspose1d/2d/3d`` compute with the convolution's own passes (forward:
+    its data gradient; backward: its forward and its weight gradient), as TensorFlow computes
+    transposed convolutions, instead of oneDNN's deconvolution primitive: see
+    :mod:`problayers.train.transposed`. Same parameters and ``state_dict``; the numbers agree up
+    to rounding. The CPU probe measures it (docs/benchmarks.md: 5-8% on a 2-core AMD EPYC).
+
 ``channels_last``
     Converts the model's 4-D parameters to ``torch.channels_last`` (in place: the parameters
     stay the same objects, so the optimizer is unaffected) and each 4-D floating batch tensor,
@@ -84,10 +91,12 @@ COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotu
 
 # Warnings torch 2.13 emits from its own code while compiling (harmless, nothing a user can
 # change): inductor's lowering of aten.diagonal calls a deprecated helper, and importing inductor
-# imports torch.utils.mkldnn, which uses torch.jit.script_method.
+# imports torch.utils.mkldnn, which uses torch.jit.script_method; dynamo instantiates
+# torch.autograd.Function itself to trace a custom Function's ctx (problayers.train.transposed).
 _TORCH_INTERNAL_WARNINGS = (
     (r"`torch\._prims_common\.check` is deprecated", FutureWarning),
     (r"`torch\.jit\.script_method` is deprecated", DeprecationWarning),
+    (r"<class 'torch\.autograd\.function\.Function'> should not be instantiated", DeprecationWarning),
 )
 
 
@@ -211,6 +220,7 @@ def make_train_step(
     channels_last: bool = False,
     compile_mode: str | None = None,
     cuda_graph: bool = False,
+    transposed_as_conv: bool = False,
 ) -> TrainStep | CUDAGraphStep:
     """A training step ``step(batch) -> (loss.detach(), metrics)`` for the trainer's ``step_fn``.
 
@@ -235,6 +245,8 @@ def make_train_step(
             built with ``capturable=True`` (e.g. ``Adam(params, fused=True, capturable=True)``).
             Same semantics as the step it captures; its outputs are overwritten by the next
             step, as with ``compile_mode``.
+        transposed_as_conv: compute the model's transposed convolutions with the convolution's
+            passes (now, in place: :func:`problayers.train.transposed.use_convolution_passes`).
 
     Returns:
         A :class:`TrainStep`. Same semantics as the trainer's default step with ``compile=False``,
@@ -260,6 +272,7 @@ def make_train_step(
     if compile_mode is not None and not compile:
         raise ValueError(f"compile_mode={compile_mode!r} needs compile=True")
     _check_bool("cuda_graph", cuda_graph)
+    _check_bool("transposed_as_conv", transposed_as_conv)
     device = model_device(model)
     if cuda_graph:
         if device.type != "cuda":
@@ -282,6 +295,10 @@ def make_train_step(
     if channels_last:
         # Module.to takes memory_format (as Tensor.to does); torch's stubs lack it
         model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    if transposed_as_conv:
+        from .transposed import use_convolution_passes
+
+        use_convolution_passes(model)
     step = TrainStep(
         model,
         optimizer,

@@ -34,6 +34,7 @@ from torch import nn
 
 from .checkpoint import write_json
 from .fastpath import make_train_step
+from .transposed import use_convolution_passes
 
 __all__ = [
     "BF16_MARGIN",
@@ -49,7 +50,7 @@ __all__ = [
 #: bf16 is chosen only where its step is at least this fraction faster than the best fp32 one.
 BF16_MARGIN = 0.10
 _CACHE_FILE = "step-options.json"
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2  # 2: candidates with transposed_as_conv
 
 
 @dataclass(frozen=True)
@@ -64,14 +65,19 @@ class Candidate:
         return self.options.get("precision") == "bf16"
 
 
-#: What a CPU run measures: the two precisions, each with and without channels_last.
-#: ``compile`` is not among them: its first step alone compiles for tens of seconds on these
-#: CPUs, more than the probe may cost (docs/benchmarks.md has its measurement).
-CPU_CANDIDATES = (
-    Candidate("fp32", {"precision": "fp32", "channels_last": False}),
-    Candidate("fp32+channels_last", {"precision": "fp32", "channels_last": True}),
-    Candidate("bf16", {"precision": "bf16", "channels_last": False}),
-    Candidate("bf16+channels_last", {"precision": "bf16", "channels_last": True}),
+#: What a CPU run measures: the two precisions, each with and without channels_last, and with
+#: channels_last the transposed convolutions on the convolution's passes (measured only for a
+#: model that has transposed convolutions). ``compile`` is not among them: its first step alone
+#: compiles for tens of seconds on these CPUs, more than the probe may cost (docs/benchmarks.md).
+CPU_CANDIDATES = tuple(
+    Candidate(
+        "+".join(
+            [precision, *(["channels_last"] if layout else []), *(["transposed_as_conv"] if tconv else [])]
+        ),
+        {"precision": precision, "channels_last": layout, "transposed_as_conv": tconv},
+    )
+    for precision in ("fp32", "bf16")
+    for layout, tconv in ((False, False), (True, False), (True, True))
 )
 
 
@@ -308,6 +314,8 @@ def probe_step_options(
         )  # fmt: skip
     usable = [c for c in candidates if not c.bf16 or machine["bf16_native"]]
     note = "" if len(usable) == len(candidates) else "; no native bf16 on this CPU"
+    if not use_convolution_passes(model, dry_run=True):  # the option would change nothing
+        usable = [c for c in usable if not c.options.get("transposed_as_conv")] or usable
     if not usable:
         raise ValueError("candidates: all need bf16, which this CPU does not compute natively")
     busy = _busy()

@@ -45,7 +45,7 @@ from ..train.trainer import CHECKPOINT, Trainer, TrainerConfig
 from . import data as mnist
 from .evaluation import evaluate
 from .models import VAE, build_model, vae_loss
-from .runconfig import STEP_OPTIONS, RunConfig, choose_step, resolve_device, step_options
+from .runconfig import STEP_OPTIONS, RunConfig, choose_step, resolve_device, step_options, train_step_args
 from .rundir import CONFIG, check_consistent, check_run_state, prepare_run_dir, read_config
 from .runlock import RunLock
 
@@ -150,26 +150,18 @@ def _setup(cfg: RunConfig, run_dir: Path, dist: DistContext | None = None) -> Tr
         cfg = choose_step(cfg, model, optimizer, next(iter(batches.epoch(0))))
 
     step_fn = None
-    if cfg.compile or cfg.precision != "fp32" or cfg.channels_last or cfg.cuda_graph:
+    step_args = train_step_args(cfg)
+    if step_args is not None:
         if dist is not None:
             raise ValueError(
-                "compile/precision/channels_last/cuda_graph: the fast step is single-process for now; "
+                f"{'/'.join(step_args)}: the fast step is single-process for now; "
                 "drop these options for data-parallel training"
             )
         from ..train.fastpath import make_train_step
 
         if device.type == "cuda":  # let cuDNN time its algorithms for the step's fixed shapes
             torch.backends.cudnn.benchmark = True
-        step_fn = make_train_step(
-            model,
-            optimizer,
-            vae_loss,
-            compile=cfg.compile,
-            precision=cfg.precision,
-            channels_last=cfg.channels_last,
-            compile_mode=cfg.compile_mode,
-            cuda_graph=cfg.cuda_graph,
-        )
+        step_fn = make_train_step(model, optimizer, vae_loss, **step_args)
 
     def evaluate_fn(model: torch.nn.Module, epoch: int) -> dict[str, float]:
         # Rank 0 evaluates the whole test set; the other ranks wait for its record.

@@ -58,6 +58,9 @@ class RunConfig:
     channels_last: bool = False
     fused_adam: bool = False  # torch.optim.Adam(fused=True) (CUDA)
     cuda_graph: bool = False  # the whole step as one CUDA graph (implies fused Adam)
+    # Transposed convolutions on the convolution's passes (problayers.train.transposed); a
+    # config.json from before the field means False.
+    transposed_as_conv: bool = False
     # True (--fast on a CPU): a fresh run measures the step's precision and channels_last on its
     # own model and batch first (problayers.train.probe, cached per machine) and records here
     # what it chose and why; a resumed run keeps the recorded choice.
@@ -123,6 +126,7 @@ class RunConfig:
             "progress",
             "auto_step",
             "retain_memory",
+            "transposed_as_conv",
         )
         for name in flags:
             if not isinstance(getattr(self, name), bool):
@@ -189,7 +193,27 @@ STEP_OPTIONS = (
     "cuda_graph",
     "auto_step",
     "retain_memory",
+    "transposed_as_conv",
 )
+
+
+#: The :data:`STEP_OPTIONS` that are :func:`~problayers.train.fastpath.make_train_step`'s arguments.
+TRAIN_STEP_ARGS = (
+    "compile",
+    "compile_mode",
+    "precision",
+    "channels_last",
+    "cuda_graph",
+    "transposed_as_conv",
+)
+
+
+def train_step_args(cfg: RunConfig) -> dict[str, Any] | None:
+    """``make_train_step``'s keyword arguments for ``cfg``; ``None`` where they are all its
+    defaults, i.e. the trainer's own eager step does the same."""
+    args = {name: getattr(cfg, name) for name in TRAIN_STEP_ARGS}
+    defaults = {f.name: f.default for f in dataclasses.fields(RunConfig) if f.name in TRAIN_STEP_ARGS}
+    return None if args == defaults else args
 
 
 def step_options(fast: bool, device: str = "auto") -> dict[str, Any]:

@@ -1,0 +1,151 @@
+"""Transposed convolutions on the convolution's passes (problayers.train.transposed): the same
+outputs and gradients as torch's own, under autocast too; the in-place switch; the step option."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+
+import pytest
+import torch
+from torch import nn
+
+from problayers.train.fastpath import make_train_step
+from problayers.train.transposed import (
+    ConvTranspose2dByConv,
+    conv_transpose_by_conv,
+    use_convolution_passes,
+)
+
+CASES = [
+    (lambda: nn.ConvTranspose2d(4, 6, 5, stride=2, padding=2, output_padding=1), (3, 4, 7, 7)),
+    (lambda: nn.ConvTranspose2d(4, 6, 3, stride=(2, 1), padding=(1, 0), dilation=2, groups=2, bias=False),
+     (3, 4, 5, 6)),
+    (lambda: nn.ConvTranspose2d(16, 8, 7), (3, 16, 1, 1)),  # the seed decoder's first layer
+    (lambda: nn.ConvTranspose1d(4, 2, 3, stride=3, padding=1, output_padding=2), (2, 4, 9)),
+    (lambda: nn.ConvTranspose3d(2, 4, 3, stride=2, padding=1, output_padding=1), (2, 2, 3, 4, 5)),
+]  # fmt: skip
+
+
+def _pair(make, dtype=torch.float64):
+    torch.manual_seed(0)
+    ref = make().to(dtype)
+    new = copy.deepcopy(ref)
+    assert use_convolution_passes(new) == 1
+    return ref, new
+
+
+def _grads(module, x, g):
+    x = x.clone().requires_grad_()
+    y = module(x)
+    y.backward(g)
+    return y, x.grad, [p.grad for p in module.parameters()]
+
+
+@pytest.mark.parametrize("make, shape", CASES)
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_same_outputs_and_gradients_as_torch(make, shape, channels_last):
+    for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 1e-5)):
+        ref, new = _pair(make, dtype)
+        x = torch.randn(shape, dtype=dtype)
+        if channels_last and len(shape) == 4:
+            x = x.to(memory_format=torch.channels_last)
+            for m in (ref, new):
+                m.to(memory_format=torch.channels_last)
+        y_ref = ref(x)
+        g = torch.randn_like(y_ref)
+        y_ref, dx_ref, dp_ref = _grads(ref, x, g)
+        y, dx, dp = _grads(new, x, g)
+        assert y.shape == y_ref.shape and y.stride() == y_ref.stride()  # the same layout
+        for a, b in zip([y, dx, *dp], [y_ref, dx_ref, *dp_ref], strict=True):
+            assert (a - b).abs().max() <= tol * b.abs().max(), (dtype, (a - b).abs().max())
+
+
+def test_output_size_and_unbatched_input_as_torch():
+    ref, new = _pair(lambda: nn.ConvTranspose2d(3, 2, 3, stride=2, padding=1), torch.float32)
+    x = torch.randn(2, 3, 5, 5)
+    assert new(x, output_size=[10, 10]).shape == (2, 2, 10, 10)
+    torch.testing.assert_close(new(x, output_size=[10, 10]), ref(x, output_size=[10, 10]))
+    torch.testing.assert_close(new(x[0]), ref(x[0]))  # (C, H, W): torch's own path
+
+
+def test_under_autocast_the_dtypes_are_torchs():
+    ref, new = _pair(
+        lambda: nn.ConvTranspose2d(8, 4, 5, stride=2, padding=2, output_padding=1), torch.float32
+    )
+    x = torch.randn(4, 8, 7, 7).to(memory_format=torch.channels_last)
+    g = torch.randn(4, 4, 14, 14)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y_ref, dx_ref, dp_ref = _grads(ref, x, g)
+        y, dx, dp = _grads(new, x, g)
+    assert y.dtype == y_ref.dtype == torch.bfloat16
+    assert dx.dtype == torch.float32 and all(p.dtype == torch.float32 for p in dp)
+    # bf16 keeps ~3 significant digits; the bias is added after rounding here, inside the kernel there
+    for a, b in zip([y, dx, *dp], [y_ref, dx_ref, *dp_ref], strict=True):
+        assert (a.float() - b.float()).abs().max() <= 2e-2 * b.float().abs().max()
+
+
+def test_the_switch_keeps_parameters_state_and_pickles():
+    model = nn.Sequential(nn.Linear(2, 8), nn.Unflatten(1, (8, 1, 1)), nn.ConvTranspose2d(8, 2, 3))
+    keys = list(model.state_dict())
+    weight = model[2].weight
+    assert use_convolution_passes(model, dry_run=True) == 1 and type(model[2]) is nn.ConvTranspose2d
+    assert use_convolution_passes(model) == 1
+    assert type(model[2]) is ConvTranspose2dByConv and isinstance(model[2], nn.ConvTranspose2d)
+    assert model[2].weight is weight and list(model.state_dict()) == keys
+    x = torch.randn(3, 2)
+    for twin in (pickle.loads(pickle.dumps(model)), copy.deepcopy(model)):
+        assert type(twin[2]) is ConvTranspose2dByConv
+        torch.testing.assert_close(twin(x), model(x))
+    assert use_convolution_passes(model) == 0  # already switched
+
+    class Mine(nn.ConvTranspose2d):  # a user's subclass may compute otherwise: left alone
+        pass
+
+    assert use_convolution_passes(nn.Sequential(Mine(2, 2, 3))) == 0
+    with pytest.raises(TypeError, match=r"^model: expected a torch.nn.Module"):
+        use_convolution_passes("model")  # type: ignore[arg-type]
+
+
+def test_bad_arguments_name_themselves():
+    w = torch.randn(3, 2, 3, 3)
+    with pytest.raises(ValueError, match=r"^x: expected \(B, C, \*spatial\)"):
+        conv_transpose_by_conv(torch.randn(3, 4), w)
+    with pytest.raises(ValueError, match=r"^stride: expected an int or 2 ints, got \(1, 2, 3\)"):
+        conv_transpose_by_conv(torch.randn(1, 3, 4, 4), w, stride=(1, 2, 3))
+
+
+# dynamo itself instantiates torch.autograd.Function to trace the Function's ctx (torch 2.13)
+@pytest.mark.filterwarnings("ignore:<class 'torch.autograd.function.Function'> should not be instantiated")
+def test_it_compiles():
+    torch.manual_seed(0)
+    ref, new = _pair(lambda: nn.ConvTranspose2d(3, 2, 3, stride=2, padding=1), torch.float32)
+    x = torch.randn(2, 3, 5, 5)
+    compiled = torch.compile(new, backend="aot_eager", fullgraph=True)  # dynamo + AOTAutograd
+    y = compiled(x)
+    y.sum().backward()
+    torch.testing.assert_close(y, ref(x))
+    ref(x).sum().backward()
+    torch.testing.assert_close(new.weight.grad, ref.weight.grad)
+
+
+def test_the_step_option_trains_the_seed_vae_as_before():
+    from problayers.vae.data import synthetic_mnist
+    from problayers.vae.models import ModelConfig, build_model, vae_loss
+
+    images = (synthetic_mnist(16, seed=0)[0] > 127).float().unsqueeze(1)  # (16, 1, 28, 28)
+    losses = {}
+    for option in (False, True):
+        torch.manual_seed(0)
+        model = build_model(ModelConfig(latent_size=4, base_depth=4))
+        step = make_train_step(
+            model, torch.optim.Adam(model.parameters(), 1e-3), vae_loss, channels_last=True,
+            transposed_as_conv=option,
+        )  # fmt: skip
+        torch.manual_seed(1)
+        losses[option] = [step(images)[0].item() for _ in range(3)]
+        converted = sum(type(m) is ConvTranspose2dByConv for m in model.modules())
+        assert converted == (6 if option else 0)
+    assert losses[True] == pytest.approx(losses[False], rel=1e-5)
+    with pytest.raises(ValueError, match=r"^transposed_as_conv: expected True or False"):
+        make_train_step(model, torch.optim.Adam(model.parameters()), vae_loss, transposed_as_conv=1)
