@@ -76,6 +76,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--target-k", type=int, default=5000)
     p.add_argument("--bf16", action="store_true", help="experimental: fastpath.bf16_autocast around evaluate")
     p.add_argument("--channels-last", action="store_true", help="experimental: model in channels_last")
+    p.add_argument(
+        "--transposed-as-conv",
+        action="store_true",
+        help="the decoder's transposed convolutions on the "
+        "convolution's passes (problayers.train.transposed)",
+    )
     p.add_argument("--json", dest="json_out", default=None)
     args = p.parse_args(argv)
     for name in ("n", "k", "batch_size", "chunk_size", "repeats", "threads", "target_n", "target_k"):
@@ -93,6 +99,10 @@ def main(argv: list[str] | None = None) -> int:
     model = _model(args, device)
     if args.channels_last:
         model.to(memory_format=torch.channels_last)
+    if args.transposed_as_conv:
+        from problayers.train.transposed import use_convolution_passes
+
+        use_convolution_passes(model)
     test_x = _test_images(args, device)
 
     def run(k: int) -> tuple[float, dict[str, Any]]:
@@ -130,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         "chunk_size": args.chunk_size,
         "bf16": args.bf16,
         "channels_last": args.channels_last,
+        "transposed_as_conv": args.transposed_as_conv,
         "seconds": times,
         "median_seconds": med,
         "seconds_k1": ones,

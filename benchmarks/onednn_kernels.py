@@ -11,6 +11,7 @@ printed too: the rest of the step is what runs outside oneDNN::
     python benchmarks/onednn_kernels.py --precision fp32 --top 8
     python benchmarks/onednn_kernels.py --library tfp --top 8
     python benchmarks/onednn_kernels.py --library tfp --inter-op 1   # one op at a time, as torch runs
+    python benchmarks/onednn_kernels.py --precision fp32 --by-shape --steps 10 --top 30
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ HERE = Path(__file__).resolve().parent
 TFP_PYTHON = HERE.parent / ".tfp-venv" / "bin" / "python"
 
 
-def worker(precision: str) -> None:
+def worker(precision: str, transposed_as_conv: bool) -> None:
     import torch
 
     from problayers.train.fastpath import make_train_step
@@ -38,7 +39,12 @@ def worker(precision: str) -> None:
     torch.manual_seed(0)
     model = build_model(ModelConfig())
     step = make_train_step(
-        model, torch.optim.Adam(model.parameters(), 1e-3), vae_loss, precision=precision, channels_last=True
+        model,
+        torch.optim.Adam(model.parameters(), 1e-3),
+        vae_loss,
+        precision=precision,
+        channels_last=True,
+        transposed_as_conv=transposed_as_conv,
     )
     x = (torch.rand(256, 1, 28, 28) < 0.3).float()
     for _ in range(3):
@@ -74,14 +80,20 @@ def worker_tfp(inter_op: int | None) -> None:
     print(f"WALL {(time.perf_counter() - start) / STEPS * 1e3:.1f}", flush=True)
 
 
-def summarize(log: str, top: int) -> None:
-    totals: dict[tuple[str, str, str], list[float]] = collections.defaultdict(lambda: [0, 0.0])
+def summarize(log: str, top: int, by_shape: bool = False) -> None:
+    totals: dict[tuple[str, ...], list[float]] = collections.defaultdict(lambda: [0, 0.0])
     for line in log.split(MARK, 1)[1].splitlines():
         fields = line.split(",")
         if not line.startswith("onednn_verbose") or "exec" not in fields:
             continue
         i = fields.index("exec")
-        key = (fields[i + 2], fields[i + 3], fields[i + 4])  # primitive, implementation, propagation
+        key: tuple[str, ...] = (
+            fields[i + 2],
+            fields[i + 3],
+            fields[i + 4],
+        )  # primitive, implementation, propagation
+        if by_shape:  # and the problem (e.g. mb256_ic32oc32_ih28oh28kh5sh1...)
+            key = (*key, fields[-2])
         totals[key][0] += 1
         totals[key][1] += float(fields[-1])
     whole = sum(t for _, t in totals.values())
@@ -89,8 +101,9 @@ def summarize(log: str, top: int) -> None:
     print(f"oneDNN time per step: {whole / STEPS:.1f} ms; wall time per step: {wall[0] if wall else '?'} ms")
     header = ("primitive", "implementation", "propagation", "n/step", "ms/step", "share")
     print("{:14s} {:52s} {:18s} {:>6s} {:>8s} {:>6s}".format(*header))
-    for (kind, impl, prop), (n, t) in sorted(totals.items(), key=lambda kv: -kv[1][1])[:top]:
-        print(f"{kind:14s} {impl:52s} {prop:18s} {n // STEPS:6d} {t / STEPS:8.1f} {100 * t / whole:5.1f}%")
+    for (kind, impl, prop, *shape), (n, t) in sorted(totals.items(), key=lambda kv: -kv[1][1])[:top]:
+        line = f"{kind:14s} {impl:52s} {prop:18s} {n // STEPS:6d} {t / STEPS:8.1f} {100 * t / whole:5.1f}%"
+        print(" ".join([line, *shape]))
 
 
 def main() -> None:
@@ -106,11 +119,17 @@ def main() -> None:
     )
     parser.add_argument("--steps", type=int, default=STEPS, help="logged steps (after 3 warm-up ones)")
     parser.add_argument("--top", type=int, default=12)
+    parser.add_argument(
+        "--transposed-as-conv", action="store_true", help="problayers only: the step option of that name"
+    )
+    parser.add_argument("--by-shape", action="store_true", help="one row per problem shape too")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     STEPS = args.steps
     if args.worker:
-        worker_tfp(args.inter_op) if args.library == "tfp" else worker(args.precision)
+        worker_tfp(args.inter_op) if args.library == "tfp" else worker(
+            args.precision, args.transposed_as_conv
+        )
         return
     env = dict(os.environ, ONEDNN_VERBOSE="1", TF_ENABLE_ONEDNN_OPTS="1")
     python = sys.executable
@@ -121,11 +140,11 @@ def main() -> None:
             )
         python = str(TFP_PYTHON)
     cmd = [python, __file__, "--worker", "--library", args.library, "--precision", args.precision]
-    cmd += ["--steps", str(args.steps)]
+    cmd += ["--steps", str(args.steps)] + (["--transposed-as-conv"] if args.transposed_as_conv else [])
     if args.inter_op is not None:
         cmd += ["--inter-op", str(args.inter_op)]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
-    summarize(out, args.top)
+    summarize(out, args.top, args.by_shape)
 
 
 if __name__ == "__main__":

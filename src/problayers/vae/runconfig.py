@@ -61,9 +61,9 @@ class RunConfig:
     # Transposed convolutions on the convolution's passes (problayers.train.transposed); a
     # config.json from before the field means False.
     transposed_as_conv: bool = False
-    # True (--fast on a CPU): a fresh run measures the step's precision and channels_last on its
-    # own model and batch first (problayers.train.probe, cached per machine) and records here
-    # what it chose and why; a resumed run keeps the recorded choice.
+    # True (--fast on a CPU): a fresh run measures the step's precision, channels_last and
+    # transposed_as_conv on its own model and batch first (problayers.train.probe, cached per
+    # machine) and records here what it chose and why; a resumed run keeps the recorded choice.
     auto_step: bool = False
     step_choice: dict[str, Any] | None = None
     # True (--fast on a CPU): glibc keeps freed memory for the next step instead of unmapping it
@@ -219,8 +219,9 @@ def train_step_args(cfg: RunConfig) -> dict[str, Any] | None:
 def step_options(fast: bool, device: str = "auto") -> dict[str, Any]:
     """RunConfig's :data:`STEP_OPTIONS`: their defaults (the plain eager step), or with ``fast``
     the device's fastest (:func:`problayers.train.fastpath.fastest_defaults`, and fused Adam on CUDA;
-    on a CPU ``auto_step``: the run measures its precision and channels_last, see :func:`choose_step`,
-    and ``retain_memory``: :func:`problayers.train.allocator.retain_freed_memory`)."""
+    on a CPU ``auto_step``: the run measures its precision, channels_last and transposed_as_conv,
+    see :func:`choose_step`, and ``retain_memory``:
+    :func:`problayers.train.allocator.retain_freed_memory`)."""
     defaults = {f.name: f.default for f in dataclasses.fields(RunConfig)}
     opts = {name: defaults[name] for name in STEP_OPTIONS}
     if fast:
