@@ -212,6 +212,13 @@ def test_fast_step_options(tmp_path):
         tiny_config(precision="fp16")
     with pytest.raises(ValueError, match="compile"):
         tiny_config(compile="yes")
+    from problayers.vae.runconfig import train_step_args
+
+    assert train_step_args(tiny_config()) is None  # the trainer's own step
+    assert train_step_args(tiny_config(precision="bf16", transposed_as_conv=True)) == {
+        "precision": "bf16",
+        "transposed_as_conv": True,
+    }  # only what differs from make_train_step's defaults (and names them in errors)
 
 
 def test_weight_averaging(tmp_path):

@@ -220,6 +220,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         probe_cfg = dataclasses.replace(cfg, batch_size=len(probe_batch))
         choice = measure_step(probe_cfg, model, torch.optim.Adam(model.parameters(), lr=cfg.lr), probe_batch)
         print(choice.describe().replace("step:", "evaluation step:", 1), flush=True)
+        # not transposed_as_conv: the IWAE only runs forward, where it was slower (docs/benchmarks.md)
         args.precision, args.channels_last = choice.options["precision"], choice.options["channels_last"]
         step_choice = choice.record()
     # The decoder's calls: on a CPU 512 samples at once, whose activations glibc can reuse

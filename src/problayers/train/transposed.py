@@ -45,6 +45,8 @@ class _ByConvolution(torch.autograd.Function):
             + output_padding[i] + 1
             for i in range(n)
         ]  # fmt: skip
+        # (torch.nn.grad.conv*d_input passes an expanded 1-element tensor here, whose layout
+        # is not x's: oneDNN then runs NCHW, measured slower with channels_last models.)
         like = torch.empty(
             (x.shape[0], weight.shape[1] * groups, *size),
             dtype=x.dtype,

@@ -209,11 +209,11 @@ TRAIN_STEP_ARGS = (
 
 
 def train_step_args(cfg: RunConfig) -> dict[str, Any] | None:
-    """``make_train_step``'s keyword arguments for ``cfg``; ``None`` where they are all its
-    defaults, i.e. the trainer's own eager step does the same."""
-    args = {name: getattr(cfg, name) for name in TRAIN_STEP_ARGS}
-    defaults = {f.name: f.default for f in dataclasses.fields(RunConfig) if f.name in TRAIN_STEP_ARGS}
-    return None if args == defaults else args
+    """The :data:`TRAIN_STEP_ARGS` ``cfg`` sets away from their defaults (which are
+    ``make_train_step``'s too); ``None`` where it sets none: the trainer's own eager step."""
+    defaults = {f.name: f.default for f in dataclasses.fields(RunConfig)}
+    args = {name: getattr(cfg, name) for name in TRAIN_STEP_ARGS if getattr(cfg, name) != defaults[name]}
+    return args or None
 
 
 def step_options(fast: bool, device: str = "auto") -> dict[str, Any]:
