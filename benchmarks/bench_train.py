@@ -61,6 +61,7 @@ FAST_OPTIONS = {
     "graph": "cuda_graph",  # the whole step as one CUDA graph (with Adam(fused=True))
     "mem": "retain_memory",  # glibc keeps freed memory (problayers.train.allocator): set by the benchmark
     "tconv": "transposed_as_conv",  # transposed convolutions on the convolution's passes
+    "narrow": "narrow_conv_by_transposed",  # narrow convolutions' weight gradient, exchanged
 }
 # Options the benchmark applies itself (not make_train_step's).
 OUTSIDE_STEP = ("fused_adam", "cudnn_benchmark", "auto_step", "retain_memory")
@@ -90,8 +91,9 @@ def cpu_model() -> str:
 
 
 def cpu_isa() -> str:
-    """What the CPU offers for bf16: its AVX-512 / AVX512_BF16 / AMX flags (``/proc/cpuinfo``)
-    and torch's dispatch level (``torch.backends.cpu.get_cpu_capability()``)."""
+    """What the CPU offers for bf16: its AVX-512 / AVX512_BF16 / AMX flags (``/proc/cpuinfo``),
+    torch's dispatch level (``torch.backends.cpu.get_cpu_capability()``) and oneDNN's ISA limit
+    where one is set (``ONEDNN_MAX_CPU_ISA``: TensorFlow's oneDNN honours it too)."""
     import torch
 
     try:
@@ -104,7 +106,9 @@ def cpu_isa() -> str:
         flags = set()
     names = {"avx512f": "AVX-512", "avx512_bf16": "AVX512_BF16", "amx_bf16": "AMX-BF16"}
     have = ", ".join(f"{label} {'yes' if flag in flags else 'no'}" for flag, label in names.items())
-    return f"{have}; torch dispatch {torch.backends.cpu.get_cpu_capability()}"
+    limit = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA")
+    capped = f"; oneDNN limited to {limit} (ONEDNN_MAX_CPU_ISA)" if limit else ""
+    return f"{have}; torch dispatch {torch.backends.cpu.get_cpu_capability()}{capped}"
 
 
 def fast_options(config: str, device: str) -> dict[str, Any]:
@@ -483,7 +487,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--configs",
         default="eager,handwritten,fast,tfp",
         help="comma-separated: eager, handwritten, fast, tfp, fast-OPTS "
-        "(OPTS: compile, cl, bf16, fused, mem, tconv joined by +, or none), tfp-mem",
+        "(OPTS: compile, cl, bf16, fused, mem, tconv, narrow joined by +, or none), tfp-mem",
     )
     p.add_argument("--threads", type=int, default=2, help="torch intra-op (and TF intra/inter-op) threads")
     p.add_argument("--data-dir", default=None, help="MNIST IDX directory (default: synthetic images)")

@@ -12,6 +12,10 @@ printed too: the rest of the step is what runs outside oneDNN::
     python benchmarks/onednn_kernels.py --library tfp --top 8
     python benchmarks/onednn_kernels.py --library tfp --inter-op 1   # one op at a time, as torch runs
     python benchmarks/onednn_kernels.py --precision fp32 --by-shape --steps 10 --top 30
+
+The step keeps freed memory as ``problayers train``'s does (``retain_memory``); before
+2026-12-05 06:00 UTC this script let glibc give it back, so the kernels that write large
+outputs (data gradients) were timed with their page faults.
 """
 
 from __future__ import annotations
@@ -30,11 +34,15 @@ HERE = Path(__file__).resolve().parent
 TFP_PYTHON = HERE.parent / ".tfp-venv" / "bin" / "python"
 
 
-def worker(precision: str, transposed_as_conv: bool) -> None:
+def worker(precision: str, transposed_as_conv: bool, narrow: bool, keep_memory: bool) -> None:
     import torch
 
+    from problayers.train.allocator import retain_freed_memory
     from problayers.train.fastpath import make_train_step
     from problayers.vae.models import ModelConfig, build_model, vae_loss
+
+    if keep_memory:  # as `problayers train` does on a CPU
+        retain_freed_memory()
 
     torch.manual_seed(0)
     model = build_model(ModelConfig())
@@ -45,6 +53,7 @@ def worker(precision: str, transposed_as_conv: bool) -> None:
         precision=precision,
         channels_last=True,
         transposed_as_conv=transposed_as_conv,
+        narrow_conv_by_transposed=narrow,
     )
     x = (torch.rand(256, 1, 28, 28) < 0.3).float()
     for _ in range(3):
@@ -122,13 +131,22 @@ def main() -> None:
     parser.add_argument(
         "--transposed-as-conv", action="store_true", help="problayers only: the step option of that name"
     )
+    parser.add_argument(
+        "--narrow-conv-by-transposed", action="store_true", help="problayers only: the step option"
+    )
+    parser.add_argument(
+        "--no-keep-memory",
+        action="store_true",
+        help="problayers only: let glibc give freed blocks back (the step keeps them by default; "
+        "given back, a large output is page-faulted in afresh inside the kernel that writes it)",
+    )
     parser.add_argument("--by-shape", action="store_true", help="one row per problem shape too")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     STEPS = args.steps
     if args.worker:
         worker_tfp(args.inter_op) if args.library == "tfp" else worker(
-            args.precision, args.transposed_as_conv
+            args.precision, args.transposed_as_conv, args.narrow_conv_by_transposed, not args.no_keep_memory
         )
         return
     env = dict(os.environ, ONEDNN_VERBOSE="1", TF_ENABLE_ONEDNN_OPTS="1")
@@ -141,6 +159,8 @@ def main() -> None:
         python = str(TFP_PYTHON)
     cmd = [python, __file__, "--worker", "--library", args.library, "--precision", args.precision]
     cmd += ["--steps", str(args.steps)] + (["--transposed-as-conv"] if args.transposed_as_conv else [])
+    cmd += ["--no-keep-memory"] if args.no_keep_memory else []
+    cmd += ["--narrow-conv-by-transposed"] if args.narrow_conv_by_transposed else []
     if args.inter_op is not None:
         cmd += ["--inter-op", str(args.inter_op)]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout

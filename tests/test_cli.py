@@ -308,7 +308,7 @@ def test_train_prints_and_records_its_step_choice(tmp_path, capsys, monkeypatch)
     # bf16 measured faster (by the margin), transposed convolutions faster on the convolution's
     # passes: the run trains so, and says why
     times = {"fp32": 1.0, "fp32+channels_last": 1.0, "bf16": 0.8, "bf16+channels_last": 0.6}
-    times.update({"fp32+channels_last+transposed_as_conv": 0.9, "bf16+channels_last+transposed_as_conv": 0.5})
+    times.update({"fp32+channels_last+conv_passes": 0.9, "bf16+channels_last+conv_passes": 0.5})
     monkeypatch.setattr(
         probe, "_time_candidates", lambda m, o, f, b, cands, w, r: {c.name: times[c.name] for c in cands}
     )
@@ -317,9 +317,8 @@ def test_train_prints_and_records_its_step_choice(tmp_path, capsys, monkeypatch)
     assert main([*argv, "--out", str(tmp_path / "b")]) == 0
     cfg = json.loads((tmp_path / "b" / "config.json").read_text())
     assert (cfg["precision"], cfg["channels_last"], cfg["transposed_as_conv"]) == ("bf16", True, True)
-    assert (
-        "step: bf16+channels_last+transposed_as_conv (bf16 44% faster than fp32;" in capsys.readouterr().out
-    )
+    assert cfg["narrow_conv_by_transposed"] is True
+    assert "step: bf16+channels_last+conv_passes (bf16 44% faster than fp32;" in capsys.readouterr().out
     # a resumed run keeps its recorded choice (no new measurement)
     monkeypatch.setattr(probe, "_time_candidates", None)
     assert main(["train", "--resume", str(tmp_path / "b"), "--epochs", "2", "--no-progress"]) == 0

@@ -9,8 +9,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from problayers.train.averaging import EMA
 from problayers.train.cudagraph import CUDAGraphStep
 from problayers.train.fastpath import make_train_step
+from problayers.train.trainer import Trainer, TrainerConfig
 from problayers.vae.models import vae_loss
 from test_fastpath import batches, small_seed
 
@@ -80,6 +82,57 @@ def test_bf16_channels_last():
     for x in cuda_batches(6):
         loss, _ = step(x)
     assert step.captured and torch.isfinite(loss)
+
+
+def test_ema_follows_the_replayed_parameters():
+    # `--ema-decay` with the graphed step: each update must read the parameters the replay
+    # has just written (graph and EMA on the same stream, no copy in between), including the
+    # channels_last ones of the fast step.
+    model, _, step = graphed(lr=3e-3, precision="bf16", channels_last=True)
+    ema = EMA(model, 0.9)
+    reference = None
+    for n, x in enumerate(cuda_batches(12)):
+        step(x)
+        ema.update(model)  # as Trainer does after every step, without a sync
+        params = [p.detach().double().clone() for p in model.parameters()]
+        weight = 1.0 - min(0.9, (1 + n) / (10 + n))  # EMA's warmed-up decay, update n
+        if reference is None:
+            reference = params
+        else:
+            reference = [r + (q - r) * weight for r, q in zip(reference, params, strict=True)]
+    assert step.captured and step.replays == 8
+    averaged = [p.double() for p in ema.module.parameters()]
+    for a, r in zip(averaged, reference, strict=True):
+        torch.testing.assert_close(a, r, rtol=1e-5, atol=1e-6)
+    assert any(not torch.allclose(a, p.double()) for a, p in zip(averaged, model.parameters(), strict=True))
+
+
+def test_trainer_with_ema_and_the_graphed_step():
+    model, optimizer, step = graphed(lr=3e-3, precision="bf16", channels_last=True)
+    data = cuda_batches(6)
+    seen = []
+
+    def evaluate(m, epoch):
+        seen.append(m)
+        with torch.no_grad():
+            return {"loss": float(vae_loss(m, data[0])[0])}
+
+    ema = EMA(model, 0.99)
+    trainer = Trainer(
+        model,
+        optimizer,
+        vae_loss,
+        lambda epoch: data,
+        TrainerConfig(epochs=2, progress=False),
+        step_fn=step,
+        averaged=ema,
+        evaluate=evaluate,
+        log=lambda msg: None,
+    )
+    history = trainer.fit()
+    assert ema.updates == 12 and step.replays == 8
+    assert seen and all(m is ema.module for m in seen[::2])  # the epoch's metrics are the average's
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in history)
 
 
 def test_optimizer_must_be_capturable():

@@ -14,7 +14,8 @@ from problayers.train.probe import CPU_CANDIDATES, Candidate, probe_step_options
 
 def _net():
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(1, 4, 3), nn.LeakyReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 1))
+    # 16 output channels: no layer whose passes the conv_passes candidates would exchange
+    return nn.Sequential(nn.Conv2d(1, 16, 3), nn.LeakyReLU(), nn.Flatten(), nn.Linear(16 * 6 * 6, 1))
 
 
 def _loss(model, batch):
@@ -40,7 +41,7 @@ def test_measures_every_candidate_and_leaves_the_callers_model_and_rng(tmp_path)
         c.name
         for c in CPU_CANDIDATES
         if (not c.bf16 or probe.cpu_has_native_bf16()) and not c.options["transposed_as_conv"]
-    }  # no transposed convolution in the model: that option would change nothing
+    }  # no transposed or narrow convolution in the model: those options would change nothing
     assert set(choice.seconds_per_step) == expected
     assert all(t > 0 for t in choice.seconds_per_step.values())
     assert choice.chosen in expected and choice.options == dict(
@@ -91,7 +92,12 @@ def test_no_bf16_candidates_where_the_cpu_lacks_bf16(monkeypatch):
                            cache=None, candidates=[c for c in CPU_CANDIDATES if c.bf16])  # fmt: skip
 
 
-def test_transposed_convolutions_on_the_convolution_passes_are_a_candidate(monkeypatch):
+@pytest.mark.parametrize(
+    "layer",
+    [lambda: nn.ConvTranspose2d(1, 2, 3, stride=2), lambda: nn.Conv2d(1, 2, 3)],
+    ids=["transposed", "narrow"],
+)
+def test_the_convolution_passes_are_a_candidate(monkeypatch, layer):
     seen = []
 
     def timings(model, optimizer, loss_fn, batch, candidates, warmup, repeats):
@@ -101,13 +107,19 @@ def test_transposed_convolutions_on_the_convolution_passes_are_a_candidate(monke
     monkeypatch.setattr(probe, "_time_candidates", timings)
     monkeypatch.setattr(probe, "cpu_has_native_bf16", lambda: False)
     torch.manual_seed(0)
-    model = nn.Sequential(nn.ConvTranspose2d(1, 2, 3, stride=2), nn.Flatten())
+    model = nn.Sequential(layer(), nn.Flatten())
+    kind = type(model[0])
     choice = probe_step_options(
         model, torch.optim.SGD(model.parameters(), lr=0.1), _loss, BATCH, workload="w", cache=None
     )
-    assert seen == ["fp32", "fp32+channels_last", "fp32+channels_last+transposed_as_conv"]
-    assert choice.options == {"precision": "fp32", "channels_last": True, "transposed_as_conv": True}
-    assert type(model[0]) is nn.ConvTranspose2d  # measured on copies
+    assert seen == ["fp32", "fp32+channels_last", "fp32+channels_last+conv_passes"]
+    assert choice.options == {
+        "precision": "fp32",
+        "channels_last": True,
+        "transposed_as_conv": True,
+        "narrow_conv_by_transposed": True,
+    }
+    assert type(model[0]) is kind  # measured on copies
 
 
 @pytest.mark.real_probe
@@ -117,7 +129,7 @@ def test_the_probe_measures_the_transposed_option_for_real():
     choice = probe_step_options(
         model, torch.optim.Adam(model.parameters()), _loss, BATCH, workload="w", cache=None, repeats=1
     )
-    assert "fp32+channels_last+transposed_as_conv" in choice.seconds_per_step
+    assert "fp32+channels_last+conv_passes" in choice.seconds_per_step
     assert type(model[0]) is nn.ConvTranspose2d
 
 
@@ -125,7 +137,7 @@ def test_cache_hit_skips_the_measurement_and_keys_on_the_workload(monkeypatch, t
     path = tmp_path / "sub" / "step-options.json"
     opt = torch.optim.SGD(_net().parameters(), lr=0.1)
     first = probe_step_options(_net(), opt, _loss, BATCH, workload="a", cache=path, candidates=FP32)
-    assert first.cache == str(path) and json.loads(path.read_text())["version"] == 2
+    assert first.cache == str(path) and json.loads(path.read_text())["version"] == probe._CACHE_VERSION == 3
 
     def refuse(*args):
         raise AssertionError("measured although cached")
@@ -195,3 +207,29 @@ def test_machine_signature_names_the_cpu_and_torch():
     assert sig["torch"] == torch.__version__ and sig["threads"] == torch.get_num_threads()
     assert isinstance(sig["cpu"], str) and sig["cpu"] and isinstance(sig["bf16_native"], bool)
     assert Candidate("x", {"precision": "bf16"}).bf16 and not Candidate("y").bf16
+
+
+@pytest.mark.parametrize("variable", ["ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"])
+def test_a_onednn_isa_limit_without_bf16_means_no_native_bf16(monkeypatch, variable):
+    monkeypatch.setattr(probe, "_cpuinfo", lambda: {"flags": "avx512f avx512_bf16"})
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    free = probe.machine_signature()
+    assert free["onednn_isa_limit"] is None
+    assert free["bf16_native"] == bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    monkeypatch.setenv(variable, "avx512_core")
+    capped = probe.machine_signature()
+    assert capped["onednn_isa_limit"] == "AVX512_CORE" and capped["bf16_native"] is False
+    assert probe._cache_key(capped, "w") != probe._cache_key(free, "w")  # measured apart
+    monkeypatch.setenv(variable, "AVX512_CORE_BF16")
+    assert probe.cpu_has_native_bf16() == free["bf16_native"]
+
+
+def test_an_avx512_cpu_without_bf16_instructions_has_no_native_bf16(monkeypatch):
+    # oneDNN's own query says yes on any AVX-512 CPU (it emulates bf16 there): the flags decide.
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    monkeypatch.setattr(probe, "_cpuinfo", lambda: {"flags": "avx2 avx512f avx512bw avx512_vnni"})
+    assert probe.cpu_has_native_bf16() is False
+    monkeypatch.setattr(probe, "_cpuinfo", lambda: {"flags": "avx2 amx_bf16 amx_tile"})
+    assert probe.cpu_has_native_bf16() == bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())

@@ -12,9 +12,11 @@ from torch import nn
 
 from problayers.train.fastpath import make_train_step
 from problayers.train.transposed import (
+    Conv2dByTransposed,
     ConvTranspose2dByConv,
     conv_transpose_by_conv,
     use_convolution_passes,
+    use_transposed_weight_gradient,
 )
 
 CASES = [
@@ -27,9 +29,15 @@ CASES = [
 ]  # fmt: skip
 
 
-def _pair(make, dtype=torch.float64):
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")),
+]
+
+
+def _pair(make, dtype=torch.float64, device="cpu"):
     torch.manual_seed(0)
-    ref = make().to(dtype)
+    ref = make().to(device, dtype)
     new = copy.deepcopy(ref)
     assert use_convolution_passes(new) == 1
     return ref, new
@@ -42,20 +50,22 @@ def _grads(module, x, g):
     return y, x.grad, [p.grad for p in module.parameters()]
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("make, shape", CASES)
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_same_outputs_and_gradients_as_torch(make, shape, channels_last):
+def test_same_outputs_and_gradients_as_torch(make, shape, channels_last, device):
     for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 1e-5)):
-        ref, new = _pair(make, dtype)
-        x = torch.randn(shape, dtype=dtype)
+        ref, new = _pair(make, dtype, device)
+        x = torch.randn(shape, dtype=dtype, device=device)
         if channels_last and len(shape) == 4:
             x = x.to(memory_format=torch.channels_last)
             for m in (ref, new):
                 m.to(memory_format=torch.channels_last)
         y_ref = ref(x)
         g = torch.randn_like(y_ref)
-        y_ref, dx_ref, dp_ref = _grads(ref, x, g)
-        y, dx, dp = _grads(new, x, g)
+        with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):  # fp32 as fp32 on a GPU
+            y_ref, dx_ref, dp_ref = _grads(ref, x, g)
+            y, dx, dp = _grads(new, x, g)
         assert y.shape == y_ref.shape and y.stride() == y_ref.stride()  # the same layout
         for a, b in zip([y, dx, *dp], [y_ref, dx_ref, *dp_ref], strict=True):
             assert (a - b).abs().max() <= tol * b.abs().max(), (dtype, (a - b).abs().max())
@@ -69,13 +79,14 @@ def test_output_size_and_unbatched_input_as_torch():
     torch.testing.assert_close(new(x[0]), ref(x[0]))  # (C, H, W): torch's own path
 
 
-def test_under_autocast_the_dtypes_are_torchs():
+@pytest.mark.parametrize("device", DEVICES)
+def test_under_autocast_the_dtypes_are_torchs(device):
     ref, new = _pair(
-        lambda: nn.ConvTranspose2d(8, 4, 5, stride=2, padding=2, output_padding=1), torch.float32
+        lambda: nn.ConvTranspose2d(8, 4, 5, stride=2, padding=2, output_padding=1), torch.float32, device
     )
-    x = torch.randn(4, 8, 7, 7).to(memory_format=torch.channels_last)
-    g = torch.randn(4, 4, 14, 14)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    x = torch.randn(4, 8, 7, 7, device=device).to(memory_format=torch.channels_last)
+    g = torch.randn(4, 4, 14, 14, device=device)
+    with torch.autocast(device, dtype=torch.bfloat16):
         y_ref, dx_ref, dp_ref = _grads(ref, x, g)
         y, dx, dp = _grads(new, x, g)
     assert y.dtype == y_ref.dtype == torch.bfloat16
@@ -129,23 +140,125 @@ def test_it_compiles():
     torch.testing.assert_close(new.weight.grad, ref.weight.grad)
 
 
-def test_the_step_option_trains_the_seed_vae_as_before():
+@pytest.mark.parametrize(
+    "option, switched",
+    # base_depth 4: besides the decoder's last layer two stride-1 encoder convolutions are narrow
+    [
+        ("transposed_as_conv", (ConvTranspose2dByConv, 6)),
+        ("narrow_conv_by_transposed", (Conv2dByTransposed, 3)),
+    ],
+)
+def test_the_step_options_train_the_seed_vae_as_before(option, switched):
     from problayers.vae.data import synthetic_mnist
     from problayers.vae.models import ModelConfig, build_model, vae_loss
 
     images = (synthetic_mnist(16, seed=0)[0] > 127).float().unsqueeze(1)  # (16, 1, 28, 28)
     losses = {}
-    for option in (False, True):
+    kind, count = switched
+    for on in (False, True):
         torch.manual_seed(0)
         model = build_model(ModelConfig(latent_size=4, base_depth=4))
         step = make_train_step(
-            model, torch.optim.Adam(model.parameters(), 1e-3), vae_loss, channels_last=True,
-            transposed_as_conv=option,
-        )  # fmt: skip
+            model, torch.optim.Adam(model.parameters(), 1e-3), vae_loss, channels_last=True, **{option: on}
+        )
         torch.manual_seed(1)
-        losses[option] = [step(images)[0].item() for _ in range(3)]
-        converted = sum(type(m) is ConvTranspose2dByConv for m in model.modules())
-        assert converted == (6 if option else 0)
+        losses[on] = [step(images)[0].item() for _ in range(3)]
+        assert sum(type(m) is kind for m in model.modules()) == (count if on else 0)
     assert losses[True] == pytest.approx(losses[False], rel=1e-5)
-    with pytest.raises(ValueError, match=r"^transposed_as_conv: expected True or False"):
-        make_train_step(model, torch.optim.Adam(model.parameters()), vae_loss, transposed_as_conv=1)
+    with pytest.raises(ValueError, match=rf"^{option}: expected True or False"):
+        make_train_step(model, torch.optim.Adam(model.parameters()), vae_loss, **{option: 1})
+
+
+# ------------------------------------------------------- narrow convolutions, exchanged weight gradient
+
+NARROW = [
+    (lambda: nn.Conv2d(8, 1, 5, padding=2), (3, 8, 9, 9)),  # the seed decoder's last layer
+    (lambda: nn.Conv2d(6, 3, 3, padding=(1, 0), dilation=2, bias=False), (2, 6, 8, 7)),
+    (lambda: nn.Conv2d(4, 2, (3, 5), padding=(2, 4)), (2, 4, 6, 6)),  # padding = k - 1: the edge
+    (lambda: nn.Conv1d(4, 2, 3, padding=1), (2, 4, 9)),
+    (lambda: nn.Conv3d(2, 1, 3, padding=1), (2, 2, 4, 5, 3)),
+]  # fmt: skip
+
+
+def _narrow_pair(make, dtype=torch.float64, device="cpu"):
+    torch.manual_seed(0)
+    ref = make().to(device, dtype)
+    new = copy.deepcopy(ref)
+    assert use_transposed_weight_gradient(new) == 1
+    return ref, new
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("make, shape", NARROW)
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_narrow_convolutions_keep_torchs_outputs_and_gradients(make, shape, channels_last, device):
+    for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 1e-5)):
+        ref, new = _narrow_pair(make, dtype, device)
+        x = torch.randn(shape, dtype=dtype, device=device)
+        if channels_last and len(shape) == 4:
+            x = x.to(memory_format=torch.channels_last)
+            for m in (ref, new):
+                m.to(memory_format=torch.channels_last)
+        g = torch.randn_like(ref(x))
+        with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+            y_ref, dx_ref, dp_ref = _grads(ref, x, g)
+            y, dx, dp = _grads(new, x, g)
+        assert torch.equal(y, y_ref)  # the forward is torch's own
+        for a, b in zip([dx, *dp], [dx_ref, *dp_ref], strict=True):
+            err = (a - b).abs().max()
+            assert a.shape == b.shape and err <= tol * b.abs().max(), (dtype, err)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_narrow_convolution_under_autocast(device):
+    ref, new = _narrow_pair(lambda: nn.Conv2d(8, 1, 5, padding=2), torch.float32, device)
+    x = torch.randn(4, 8, 7, 7, device=device).to(memory_format=torch.channels_last)
+    g = torch.randn(4, 1, 7, 7, device=device)
+    with torch.autocast(device, dtype=torch.bfloat16):
+        y_ref, dx_ref, dp_ref = _grads(ref, x, g)
+        y, dx, dp = _grads(new, x, g)
+    assert y.dtype == y_ref.dtype == torch.bfloat16
+    assert dx.dtype == torch.float32 and all(p.dtype == torch.float32 for p in dp)
+    for a, b in zip([y, dx, *dp], [y_ref, dx_ref, *dp_ref], strict=True):
+        assert (a.float() - b.float()).abs().max() <= 2e-2 * b.float().abs().max()
+
+
+def test_only_narrow_stride_one_convolutions_switch():
+    class Mine(nn.Conv2d):  # a user's subclass may compute otherwise: left alone
+        pass
+
+    left = [
+        nn.Conv2d(4, 16, 3),  # as many channels as the vector lanes: no gain
+        nn.Conv2d(4, 1, 3, stride=2),
+        nn.Conv2d(4, 2, 3, groups=2),
+        nn.Conv2d(4, 1, 3, padding="same"),
+        nn.Conv2d(4, 1, 3, padding=1, padding_mode="reflect"),
+        nn.Conv2d(4, 1, 3, padding=3),  # beyond the kernel: the transposed one would need negative padding
+        Mine(4, 1, 3),
+    ]
+    assert use_transposed_weight_gradient(nn.Sequential(*left)) == 0
+    model = nn.Sequential(nn.Conv2d(1, 32, 3, padding=1), nn.Conv2d(32, 1, 3, padding=1))
+    weight, keys = model[1].weight, list(model.state_dict())
+    assert use_transposed_weight_gradient(model, dry_run=True) == 1 and type(model[1]) is nn.Conv2d
+    assert use_transposed_weight_gradient(model) == 1 and type(model[0]) is nn.Conv2d
+    assert type(model[1]) is Conv2dByTransposed and isinstance(model[1], nn.Conv2d)
+    assert model[1].weight is weight and list(model.state_dict()) == keys
+    x = torch.randn(2, 1, 6, 6)
+    for twin in (pickle.loads(pickle.dumps(model)), copy.deepcopy(model)):
+        assert type(twin[1]) is Conv2dByTransposed
+        torch.testing.assert_close(twin(x), model(x))
+    torch.testing.assert_close(model(x[0]), model(x[0:1])[0])  # unbatched: torch's own path
+    with pytest.raises(TypeError, match=r"^model: expected a torch.nn.Module"):
+        use_transposed_weight_gradient(None)  # type: ignore[arg-type]
+
+
+@pytest.mark.filterwarnings("ignore:<class 'torch.autograd.function.Function'> should not be instantiated")
+def test_narrow_convolution_compiles():
+    ref, new = _narrow_pair(lambda: nn.Conv2d(3, 1, 3, padding=1), torch.float32)
+    x = torch.randn(2, 3, 5, 5)
+    compiled = torch.compile(new, backend="aot_eager", fullgraph=True)
+    y = compiled(x)
+    y.sum().backward()
+    ref(x).sum().backward()
+    torch.testing.assert_close(y, ref(x))
+    torch.testing.assert_close(new.weight.grad, ref.weight.grad)

@@ -137,6 +137,7 @@ def _fast_options(args: argparse.Namespace, data_parallel: bool) -> dict:
         opts["precision"] = args.precision
     opts["channels_last"] = opts["channels_last"] or args.channels_last
     opts["transposed_as_conv"] = opts["transposed_as_conv"] or args.transposed_as_conv
+    opts["narrow_conv_by_transposed"] = opts["narrow_conv_by_transposed"] or args.narrow_conv_by_transposed
     opts["fused_adam"] = opts["fused_adam"] or args.fused_adam
     opts["cuda_graph"] = opts["cuda_graph"] or args.cuda_graph
     opts["auto_step"] = opts["auto_step"] and not explicit  # given flags are not measured over
@@ -147,7 +148,14 @@ def _fast_options(args: argparse.Namespace, data_parallel: bool) -> dict:
 
 def _step_line(cfg: Any, args: argparse.Namespace, data_parallel: bool) -> str:
     """The one line that says which step options a run uses and why (a CPU probe says its own)."""
-    names = ("compile", "channels_last", "transposed_as_conv", "fused_adam", "cuda_graph")
+    names = (
+        "compile",
+        "channels_last",
+        "transposed_as_conv",
+        "narrow_conv_by_transposed",
+        "fused_adam",
+        "cuda_graph",
+    )
     on = [name for name in names if getattr(cfg, name)]
     what = ", ".join([cfg.precision, *on])
     if data_parallel:
@@ -172,6 +180,7 @@ def _explicit(args: argparse.Namespace) -> bool:
         args.precision,
         args.channels_last,
         args.transposed_as_conv,
+        args.narrow_conv_by_transposed,
         args.fused_adam,
         args.cuda_graph,
     )
@@ -220,7 +229,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         probe_cfg = dataclasses.replace(cfg, batch_size=len(probe_batch))
         choice = measure_step(probe_cfg, model, torch.optim.Adam(model.parameters(), lr=cfg.lr), probe_batch)
         print(choice.describe().replace("step:", "evaluation step:", 1), flush=True)
-        # not transposed_as_conv: the IWAE only runs forward, where it was slower (docs/benchmarks.md)
+        # not the convolution passes: the IWAE runs forward only, where transposed_as_conv was slower
         args.precision, args.channels_last = choice.options["precision"], choice.options["channels_last"]
         step_choice = choice.record()
     # The decoder's calls: on a CPU 512 samples at once, whose activations glibc can reuse

@@ -207,6 +207,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="transposed convolutions on the convolution's passes, as TensorFlow computes them "
         "(problayers.train.transposed)",
     )
+    p.add_argument(
+        "--narrow-conv-by-transposed",
+        action="store_true",
+        help="convolutions with < 16 output channels take the transposed convolution's weight "
+        "gradient (problayers.train.transposed)",
+    )
     p.add_argument("--fused-adam", action="store_true", help="torch.optim.Adam(fused=True) (CUDA)")
     p.add_argument(
         "--cuda-graph",

@@ -52,6 +52,15 @@ Options (each can be combined with the others, except ``cuda_graph`` with ``comp
     :mod:`problayers.train.transposed`. Same parameters and ``state_dict``; the numbers agree up
     to rounding. The CPU probe measures it (docs/benchmarks.md: 5-8% on a 2-core AMD EPYC).
 
+``narrow_conv_by_transposed``
+    The model's ``nn.Conv1d/2d/3d`` with fewer than 16 output channels (stride 1, one group)
+    take their weight gradient from the transposed convolution's pass, input and output
+    exchanged (:func:`problayers.train.transposed.use_transposed_weight_gradient`): oneDNN
+    vectorizes the weight gradient over the output channels, and the seed VAE's one-channel
+    last layer spent ~9x longer in it than exchanged. Same parameters, forward and input
+    gradient; the weight gradient agrees up to rounding. The CPU probe measures it together
+    with ``transposed_as_conv``.
+
 ``channels_last``
     Converts the model's 4-D parameters to ``torch.channels_last`` (in place: the parameters
     stay the same objects, so the optimizer is unaffected) and each 4-D floating batch tensor,
@@ -221,6 +230,7 @@ def make_train_step(
     compile_mode: str | None = None,
     cuda_graph: bool = False,
     transposed_as_conv: bool = False,
+    narrow_conv_by_transposed: bool = False,
 ) -> TrainStep | CUDAGraphStep:
     """A training step ``step(batch) -> (loss.detach(), metrics)`` for the trainer's ``step_fn``.
 
@@ -247,6 +257,9 @@ def make_train_step(
             step, as with ``compile_mode``.
         transposed_as_conv: compute the model's transposed convolutions with the convolution's
             passes (now, in place: :func:`problayers.train.transposed.use_convolution_passes`).
+        narrow_conv_by_transposed: give the model's narrow convolutions the transposed
+            convolution's weight gradient (now, in place:
+            :func:`problayers.train.transposed.use_transposed_weight_gradient`).
 
     Returns:
         A :class:`TrainStep`. Same semantics as the trainer's default step with ``compile=False``,
@@ -273,6 +286,7 @@ def make_train_step(
         raise ValueError(f"compile_mode={compile_mode!r} needs compile=True")
     _check_bool("cuda_graph", cuda_graph)
     _check_bool("transposed_as_conv", transposed_as_conv)
+    _check_bool("narrow_conv_by_transposed", narrow_conv_by_transposed)
     device = model_device(model)
     if cuda_graph:
         if device.type != "cuda":
@@ -295,10 +309,13 @@ def make_train_step(
     if channels_last:
         # Module.to takes memory_format (as Tensor.to does); torch's stubs lack it
         model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    if transposed_as_conv:
-        from .transposed import use_convolution_passes
+    if transposed_as_conv or narrow_conv_by_transposed:
+        from .transposed import use_convolution_passes, use_transposed_weight_gradient
 
-        use_convolution_passes(model)
+        if transposed_as_conv:
+            use_convolution_passes(model)
+        if narrow_conv_by_transposed:
+            use_transposed_weight_gradient(model)
     step = TrainStep(
         model,
         optimizer,

@@ -34,23 +34,25 @@ from torch import nn
 
 from .checkpoint import write_json
 from .fastpath import make_train_step
-from .transposed import use_convolution_passes
+from .transposed import use_convolution_passes, use_transposed_weight_gradient
 
 __all__ = [
     "BF16_MARGIN",
+    "CONV_PASSES",
     "CPU_CANDIDATES",
     "Candidate",
     "StepChoice",
     "cache_path",
     "cpu_has_native_bf16",
     "machine_signature",
+    "onednn_isa_limit",
     "probe_step_options",
 ]
 
 #: bf16 is chosen only where its step is at least this fraction faster than the best fp32 one.
 BF16_MARGIN = 0.10
 _CACHE_FILE = "step-options.json"
-_CACHE_VERSION = 2  # 2: candidates with transposed_as_conv
+_CACHE_VERSION = 3  # 2: candidates with transposed_as_conv; 3: and narrow_conv_by_transposed
 
 
 @dataclass(frozen=True)
@@ -65,19 +67,22 @@ class Candidate:
         return self.options.get("precision") == "bf16"
 
 
+#: The convolutions' passes exchanged where oneDNN runs them faster: transposed convolutions on
+#: the convolution's passes, narrow convolutions' weight gradient on the transposed one's.
+CONV_PASSES = ("transposed_as_conv", "narrow_conv_by_transposed")
+
 #: What a CPU run measures: the two precisions, each with and without channels_last, and with
-#: channels_last the transposed convolutions on the convolution's passes (measured only for a
-#: model that has transposed convolutions). ``compile`` is not among them: its first step alone
-#: compiles for tens of seconds on these CPUs, more than the probe may cost (docs/benchmarks.md).
+#: channels_last the :data:`CONV_PASSES` (named ``conv_passes``; measured only for a model that
+#: has such layers).
+#: ``compile`` is not among them: its first step alone compiles for tens of seconds on these
+#: CPUs, more than the probe may cost (docs/benchmarks.md).
 CPU_CANDIDATES = tuple(
     Candidate(
-        "+".join(
-            [precision, *(["channels_last"] if layout else []), *(["transposed_as_conv"] if tconv else [])]
-        ),
-        {"precision": precision, "channels_last": layout, "transposed_as_conv": tconv},
+        "+".join([precision, *(["channels_last"] if layout else []), *(["conv_passes"] if passes else [])]),
+        {"precision": precision, "channels_last": layout, **dict.fromkeys(CONV_PASSES, passes)},
     )
     for precision in ("fp32", "bf16")
-    for layout, tconv in ((False, False), (True, False), (True, True))
+    for layout, passes in ((False, False), (True, False), (True, True))
 )
 
 
@@ -134,18 +139,45 @@ def _cpuinfo() -> dict[str, str]:
     return info
 
 
+#: oneDNN's ISA limits (``ONEDNN_MAX_CPU_ISA``) below any with bf16 instructions: capped there,
+#: oneDNN emulates bf16 with fp32 arithmetic even on a CPU that has them.
+_ISAS_WITHOUT_BF16 = frozenset({"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX512_CORE", "AVX512_CORE_VNNI"})
+
+
+def onednn_isa_limit() -> str | None:
+    """The ISA limit a user set for oneDNN (``ONEDNN_MAX_CPU_ISA``, formerly ``DNNL_MAX_CPU_ISA``),
+    upper-cased, or ``None``. It changes which kernels run, so measurements are kept apart by it."""
+    for name in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):
+        value = os.environ.get(name, "").strip().upper()
+        if value:
+            return value
+    return None
+
+
 def cpu_has_native_bf16() -> bool:
-    """Whether oneDNN computes bf16 natively here (AVX512-BF16, AMX or AVX-NE-CONVERT)."""
+    """Whether oneDNN computes bf16 natively here: the CPU has bf16 instructions (AVX512-BF16,
+    AMX or AVX-NE-CONVERT), oneDNN supports bf16, and no ISA limit set for oneDNN excludes them.
+
+    oneDNN's own query is true on every AVX-512 CPU, where bf16 without those instructions is
+    emulated (slower than fp32), so the CPU's flags are checked as well."""
+    flags = set(_cpuinfo().get("flags", "").split())
+    if flags:
+        hardware = bool(flags & {"avx512_bf16", "amx_bf16", "avx_ne_convert"})
+    else:  # no /proc/cpuinfo (not Linux): torch's own CPU feature query
+        is_bf16 = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
+        is_amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
+        hardware = bool((is_bf16 and is_bf16()) or (is_amx and is_amx()))
+    if not hardware or onednn_isa_limit() in _ISAS_WITHOUT_BF16:
+        return False
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):  # a torch without the query: read the CPU's flags
-        flags = set(_cpuinfo().get("flags", "").split())
-        return bool(flags & {"avx512_bf16", "amx_bf16", "avx_ne_convert"})
+    except (AttributeError, RuntimeError):  # a torch without the query: the instructions decide
+        return True
 
 
 def machine_signature() -> dict[str, Any]:
     """What a measurement depends on besides the workload: the CPU (name, family/model, the
-    ISA that matters), the torch version and the intra-op threads."""
+    ISA that matters, torch's and oneDNN's ISA limits), the torch version and the intra-op threads."""
     info = _cpuinfo()
     flags = set(info.get("flags", "").split())
     return {
@@ -160,6 +192,7 @@ def machine_signature() -> dict[str, Any]:
             )
         ),
         "isa": torch.backends.cpu.get_cpu_capability(),
+        "onednn_isa_limit": onednn_isa_limit(),
         "bf16_native": cpu_has_native_bf16(),
         "amx": bool(flags & {"amx_bf16", "amx_tile"}),
         "torch": torch.__version__,
@@ -314,8 +347,9 @@ def probe_step_options(
         )  # fmt: skip
     usable = [c for c in candidates if not c.bf16 or machine["bf16_native"]]
     note = "" if len(usable) == len(candidates) else "; no native bf16 on this CPU"
-    if not use_convolution_passes(model, dry_run=True):  # the option would change nothing
-        usable = [c for c in usable if not c.options.get("transposed_as_conv")] or usable
+    switches = (use_convolution_passes, use_transposed_weight_gradient)
+    if not any(switch(model, dry_run=True) for switch in switches):  # conv_passes would change nothing
+        usable = [c for c in usable if not any(c.options.get(k) for k in CONV_PASSES)] or usable
     if not usable:
         raise ValueError("candidates: all need bf16, which this CPU does not compute natively")
     busy = _busy()

@@ -61,8 +61,10 @@ class RunConfig:
     # Transposed convolutions on the convolution's passes (problayers.train.transposed); a
     # config.json from before the field means False.
     transposed_as_conv: bool = False
+    # Narrow convolutions' weight gradient on the transposed convolution's pass (the same module).
+    narrow_conv_by_transposed: bool = False
     # True (--fast on a CPU): a fresh run measures the step's precision, channels_last and
-    # transposed_as_conv on its own model and batch first (problayers.train.probe, cached per
+    # convolution passes on its own model and batch first (problayers.train.probe, cached per
     # machine) and records here what it chose and why; a resumed run keeps the recorded choice.
     auto_step: bool = False
     step_choice: dict[str, Any] | None = None
@@ -127,6 +129,7 @@ class RunConfig:
             "auto_step",
             "retain_memory",
             "transposed_as_conv",
+            "narrow_conv_by_transposed",
         )
         for name in flags:
             if not isinstance(getattr(self, name), bool):
@@ -194,6 +197,7 @@ STEP_OPTIONS = (
     "auto_step",
     "retain_memory",
     "transposed_as_conv",
+    "narrow_conv_by_transposed",
 )
 
 
@@ -205,6 +209,7 @@ TRAIN_STEP_ARGS = (
     "channels_last",
     "cuda_graph",
     "transposed_as_conv",
+    "narrow_conv_by_transposed",
 )
 
 
@@ -219,7 +224,7 @@ def train_step_args(cfg: RunConfig) -> dict[str, Any] | None:
 def step_options(fast: bool, device: str = "auto") -> dict[str, Any]:
     """RunConfig's :data:`STEP_OPTIONS`: their defaults (the plain eager step), or with ``fast``
     the device's fastest (:func:`problayers.train.fastpath.fastest_defaults`, and fused Adam on CUDA;
-    on a CPU ``auto_step``: the run measures its precision, channels_last and transposed_as_conv,
+    on a CPU ``auto_step``: the run measures its precision, channels_last and convolution passes,
     see :func:`choose_step`, and ``retain_memory``:
     :func:`problayers.train.allocator.retain_freed_memory`)."""
     defaults = {f.name: f.default for f in dataclasses.fields(RunConfig)}
