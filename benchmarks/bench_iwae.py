@@ -82,6 +82,11 @@ def main(argv: list[str] | None = None) -> int:
         help="the decoder's transposed convolutions on the "
         "convolution's passes (problayers.train.transposed)",
     )
+    p.add_argument(
+        "--no-keep-memory",
+        action="store_true",
+        help="CPU: let glibc give freed blocks back (evaluate keeps them by default since 2026-12-05)",
+    )
     p.add_argument("--json", dest="json_out", default=None)
     args = p.parse_args(argv)
     for name in ("n", "k", "batch_size", "chunk_size", "repeats", "threads", "target_n", "target_k"):
@@ -96,6 +101,10 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    if device.type == "cpu" and not args.no_keep_memory:  # as `problayers evaluate` on a CPU
+        from problayers.train.allocator import retain_freed_memory
+
+        print(f"# memory: {retain_freed_memory().reason}", flush=True)
     model = _model(args, device)
     if args.channels_last:
         model.to(memory_format=torch.channels_last)
