@@ -35,11 +35,11 @@ DEVICES = [
 ]
 
 
-def _pair(make, dtype=torch.float64, device="cpu"):
+def _pair(make, dtype=torch.float64, device="cpu", switch=use_convolution_passes):
     torch.manual_seed(0)
     ref = make().to(device, dtype)
     new = copy.deepcopy(ref)
-    assert use_convolution_passes(new) == 1
+    assert switch(new) == 1
     return ref, new
 
 
@@ -80,12 +80,19 @@ def test_output_size_and_unbatched_input_as_torch():
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_under_autocast_the_dtypes_are_torchs(device):
-    ref, new = _pair(
-        lambda: nn.ConvTranspose2d(8, 4, 5, stride=2, padding=2, output_padding=1), torch.float32, device
-    )
+@pytest.mark.parametrize(
+    "make, switch, out",
+    [
+        (lambda: nn.ConvTranspose2d(8, 4, 5, stride=2, padding=2, output_padding=1), use_convolution_passes,
+         (4, 4, 14, 14)),
+        (lambda: nn.Conv2d(8, 1, 5, padding=2), use_transposed_weight_gradient, (4, 1, 7, 7)),
+    ],
+    ids=["transposed", "narrow"],
+)  # fmt: skip
+def test_under_autocast_the_dtypes_are_torchs(device, make, switch, out):
+    ref, new = _pair(make, torch.float32, device, switch)
     x = torch.randn(4, 8, 7, 7, device=device).to(memory_format=torch.channels_last)
-    g = torch.randn(4, 4, 14, 14, device=device)
+    g = torch.randn(out, device=device)
     with torch.autocast(device, dtype=torch.bfloat16):
         y_ref, dx_ref, dp_ref = _grads(ref, x, g)
         y, dx, dp = _grads(new, x, g)
@@ -128,9 +135,16 @@ def test_bad_arguments_name_themselves():
 
 # dynamo itself instantiates torch.autograd.Function to trace the Function's ctx (torch 2.13)
 @pytest.mark.filterwarnings("ignore:<class 'torch.autograd.function.Function'> should not be instantiated")
-def test_it_compiles():
-    torch.manual_seed(0)
-    ref, new = _pair(lambda: nn.ConvTranspose2d(3, 2, 3, stride=2, padding=1), torch.float32)
+@pytest.mark.parametrize(
+    "make, switch",
+    [
+        (lambda: nn.ConvTranspose2d(3, 2, 3, stride=2, padding=1), use_convolution_passes),
+        (lambda: nn.Conv2d(3, 1, 3, padding=1), use_transposed_weight_gradient),
+    ],
+    ids=["transposed", "narrow"],
+)
+def test_it_compiles(make, switch):
+    ref, new = _pair(make, torch.float32, switch=switch)
     x = torch.randn(2, 3, 5, 5)
     compiled = torch.compile(new, backend="aot_eager", fullgraph=True)  # dynamo + AOTAutograd
     y = compiled(x)
@@ -180,20 +194,12 @@ NARROW = [
 ]  # fmt: skip
 
 
-def _narrow_pair(make, dtype=torch.float64, device="cpu"):
-    torch.manual_seed(0)
-    ref = make().to(device, dtype)
-    new = copy.deepcopy(ref)
-    assert use_transposed_weight_gradient(new) == 1
-    return ref, new
-
-
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("make, shape", NARROW)
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_narrow_convolutions_keep_torchs_outputs_and_gradients(make, shape, channels_last, device):
     for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 1e-5)):
-        ref, new = _narrow_pair(make, dtype, device)
+        ref, new = _pair(make, dtype, device, use_transposed_weight_gradient)
         x = torch.randn(shape, dtype=dtype, device=device)
         if channels_last and len(shape) == 4:
             x = x.to(memory_format=torch.channels_last)
@@ -207,20 +213,6 @@ def test_narrow_convolutions_keep_torchs_outputs_and_gradients(make, shape, chan
         for a, b in zip([dx, *dp], [dx_ref, *dp_ref], strict=True):
             err = (a - b).abs().max()
             assert a.shape == b.shape and err <= tol * b.abs().max(), (dtype, err)
-
-
-@pytest.mark.parametrize("device", DEVICES)
-def test_narrow_convolution_under_autocast(device):
-    ref, new = _narrow_pair(lambda: nn.Conv2d(8, 1, 5, padding=2), torch.float32, device)
-    x = torch.randn(4, 8, 7, 7, device=device).to(memory_format=torch.channels_last)
-    g = torch.randn(4, 1, 7, 7, device=device)
-    with torch.autocast(device, dtype=torch.bfloat16):
-        y_ref, dx_ref, dp_ref = _grads(ref, x, g)
-        y, dx, dp = _grads(new, x, g)
-    assert y.dtype == y_ref.dtype == torch.bfloat16
-    assert dx.dtype == torch.float32 and all(p.dtype == torch.float32 for p in dp)
-    for a, b in zip([y, dx, *dp], [y_ref, dx_ref, *dp_ref], strict=True):
-        assert (a.float() - b.float()).abs().max() <= 2e-2 * b.float().abs().max()
 
 
 def test_only_narrow_stride_one_convolutions_switch():
@@ -250,15 +242,3 @@ def test_only_narrow_stride_one_convolutions_switch():
     torch.testing.assert_close(model(x[0]), model(x[0:1])[0])  # unbatched: torch's own path
     with pytest.raises(TypeError, match=r"^model: expected a torch.nn.Module"):
         use_transposed_weight_gradient(None)  # type: ignore[arg-type]
-
-
-@pytest.mark.filterwarnings("ignore:<class 'torch.autograd.function.Function'> should not be instantiated")
-def test_narrow_convolution_compiles():
-    ref, new = _narrow_pair(lambda: nn.Conv2d(3, 1, 3, padding=1), torch.float32)
-    x = torch.randn(2, 3, 5, 5)
-    compiled = torch.compile(new, backend="aot_eager", fullgraph=True)
-    y = compiled(x)
-    y.sum().backward()
-    ref(x).sum().backward()
-    torch.testing.assert_close(y, ref(x))
-    torch.testing.assert_close(new.weight.grad, ref.weight.grad)

@@ -271,12 +271,20 @@ def use_convolution_passes(model: nn.Module, *, dry_run: bool = False) -> int:
     Returns:
         How many layers were (or, with ``dry_run``, would be) switched.
     """
+    return _switch(model, _BY_CONV, dry_run)
+
+
+def _switch(
+    model: nn.Module, classes: dict[type, type], dry_run: bool, accept: Any = lambda module: True
+) -> int:
+    """Switch each submodule whose exact class is a key of ``classes`` (and that ``accept``
+    takes) to the value's class, in place unless ``dry_run``; how many."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
     count = 0
     for module in model.modules():
-        target = _BY_CONV.get(type(module))
-        if target is not None:
+        target = classes.get(type(module))
+        if target is not None and accept(module):
             count += 1
             if not dry_run:
                 module.__class__ = target
@@ -347,13 +355,4 @@ def use_transposed_weight_gradient(model: nn.Module, *, dry_run: bool = False) -
     Returns:
         How many layers were (or, with ``dry_run``, would be) switched.
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
-    count = 0
-    for module in model.modules():
-        target = _BY_TRANSPOSED.get(type(module))
-        if target is not None and _exchangeable(module):
-            count += 1
-            if not dry_run:
-                module.__class__ = target
-    return count
+    return _switch(model, _BY_TRANSPOSED, dry_run, _exchangeable)
