@@ -19,8 +19,8 @@ parameters, ``state_dict`` keys, ``isinstance`` answers; such a model pickles an
 The other way round, a convolution with few output channels (a decoder's last layer, one
 channel for MNIST) gets its weight gradient from the transposed convolution's pass: oneDNN
 vectorizes that pass over the output channels (16 fp32 lanes with AVX-512), so with one output
-channel it wasted 15 of 16 and took 22 ms, against 2.4 ms exchanged, on the seed VAE's last layer
-at batch 256 (fp32; bf16 12.9 against 1.2 ms); equal from 16 channels on. The identity holds for
+channel most lanes idle, and exchanged it was several times faster for fewer than 16 channels
+and equal from 16 on (docs/benchmarks.md, "Narrow convolutions"). The identity holds for
 stride 1 and one group: ``conv(x, W)`` is ``conv_transpose(x, K)`` with ``K`` the flipped, in/out-
 exchanged ``W`` and padding ``dilation * (k - 1) - padding``, whose weight gradient is the
 convolution's with input and output exchanged. :func:`use_transposed_weight_gradient` switches

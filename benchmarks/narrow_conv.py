@@ -1,0 +1,52 @@
+"""A narrow convolution's weight gradient: oneDNN's, and the transposed convolution's with input
+and output exchanged (``problayers.train.transposed.use_transposed_weight_gradient``), per
+number of output channels, on the seed decoder's last layer's shapes (x of 256 x 32 x 28 x 28,
+channels_last, a 5x5 kernel, padding 2)::
+
+    python benchmarks/narrow_conv.py [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+
+def _ms(fn, repeats: int = 8) -> float:
+    fn()
+    fn()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    return (time.perf_counter() - start) / repeats * 1e3
+
+
+def _weight_grad(grad_output: torch.Tensor, input: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """A stride-1, padding-2 convolution's weight gradient (aten.convolution_backward)."""
+    return torch.ops.aten.convolution_backward(
+        grad_output, input, weight, None, [1, 1], [2, 2], [1, 1], False, [0, 0], 1, [False, True, False]
+    )[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    cl = torch.channels_last
+    print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads")
+    for dtype in (torch.float32, torch.bfloat16):
+        x = torch.randn(256, 32, 28, 28, dtype=dtype).to(memory_format=cl)  # the layer's input
+        for out in (1, 2, 4, 8, 16, 32):
+            w = torch.randn(out, 32, 5, 5, dtype=dtype)
+            dy = torch.randn(256, out, 28, 28, dtype=dtype).to(memory_format=cl)
+            k = w.transpose(0, 1).flip(-1, -2).contiguous()  # the transposed convolution's weight
+            torch_ms = _ms(lambda: _weight_grad(dy, x, w))  # noqa: B023 (called at once)
+            exchanged_ms = _ms(lambda: _weight_grad(x, dy, k))  # noqa: B023
+            print(f"{dtype!s:15s} out {out:2d}: torch {torch_ms:6.1f} ms, exchanged {exchanged_ms:6.1f} ms")
+
+
+if __name__ == "__main__":
+    main()
