@@ -263,6 +263,15 @@ def test_module_entry_point_help():
         assert command in out.stdout
 
 
+def test_train_help_names_every_registered_model():
+    from problayers.cli.parser import build_parser
+    from problayers.vae.models.registry import MODELS
+
+    commands = build_parser()._subparsers._group_actions[0].choices
+    (model,) = (a for a in commands["train"]._actions if "--model" in a.option_strings)
+    assert sorted(MODELS) and all(name in model.help for name in MODELS), (sorted(MODELS), model.help)
+
+
 def test_regression(tmp_path, capsys):
     assert main(["regression", "--out", str(tmp_path), "--epochs", "30", "--no-progress"]) == 0
     assert len(list(tmp_path.glob("*.png"))) == 4

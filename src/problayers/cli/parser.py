@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--model",
         default="seed",
         help="registered model name: seed (default; TFP's conv VAE), mlp (784-300-300-40), hvae "
-        "(two latent levels); docs/zoo.md",
+        "(two latent levels), resnet (a wider residual conv VAE, for the GPU); docs/zoo.md",
     )
     # Model options default to None: the model's own default (ModelConfig.for_model).
     p.add_argument("--latent-size", type=_positive, default=None, help="latents (seed 16, mlp 40)")
