@@ -1,9 +1,14 @@
-"""A narrow convolution's weight gradient: oneDNN's, and the transposed convolution's with input
-and output exchanged (``problayers.train.transposed.use_transposed_weight_gradient``), per
-number of output channels, on the seed decoder's last layer's shapes (x of 256 x 32 x 28 x 28,
-channels_last, a 5x5 kernel, padding 2)::
+"""A narrow convolution's forward and weight gradient: oneDNN's convolution, and the same
+computed as the transposed convolution with input and output exchanged
+(``problayers.train.transposed.use_transposed_weight_gradient``), per number of output
+channels, on the seed decoder's last layer's shapes (x of 256 x 32 x 28 x 28, channels_last,
+a 5x5 kernel, padding 2)::
 
-    python benchmarks/narrow_conv.py [--threads 2]
+    python benchmarks/narrow_conv.py [--threads 2] [--batch 256]
+
+Forward, exchanged: the transposed convolution ``conv_transpose(x, K)`` run as the data
+gradient of the convolution with input and output exchanged (what
+``problayers.train.transposed.conv_transpose_by_conv`` calls).
 """
 
 from __future__ import annotations
@@ -30,22 +35,39 @@ def _weight_grad(grad_output: torch.Tensor, input: torch.Tensor, weight: torch.T
     )[1]
 
 
+def _exchanged_forward(x: torch.Tensor, kernel: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``conv_transpose(x, kernel, padding=2)``: the data gradient of the convolution (``like``'s
+    shape) whose output gradient is ``x``."""
+    return torch.ops.aten.convolution_backward(
+        x, like, kernel, None, [1, 1], [2, 2], [1, 1], False, [0, 0], 1, [True, False, False]
+    )[0]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=256, help="images (256: the training batch)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     cl = torch.channels_last
     print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads")
     for dtype in (torch.float32, torch.bfloat16):
-        x = torch.randn(256, 32, 28, 28, dtype=dtype).to(memory_format=cl)  # the layer's input
+        b = args.batch
+        x = torch.randn(b, 32, 28, 28, dtype=dtype).to(memory_format=cl)  # the layer's input
         for out in (1, 2, 4, 8, 16, 32):
             w = torch.randn(out, 32, 5, 5, dtype=dtype)
-            dy = torch.randn(256, out, 28, 28, dtype=dtype).to(memory_format=cl)
+            dy = torch.randn(b, out, 28, 28, dtype=dtype).to(memory_format=cl)
             k = w.transpose(0, 1).flip(-1, -2).contiguous()  # the transposed convolution's weight
-            torch_ms = _ms(lambda: _weight_grad(dy, x, w))  # noqa: B023 (called at once)
-            exchanged_ms = _ms(lambda: _weight_grad(x, dy, k))  # noqa: B023
-            print(f"{dtype!s:15s} out {out:2d}: torch {torch_ms:6.1f} ms, exchanged {exchanged_ms:6.1f} ms")
+            # fmt: off
+            fwd = _ms(lambda: torch.nn.functional.conv2d(x, w, padding=2))  # noqa: B023 (called at once)
+            fwd_x = _ms(lambda: _exchanged_forward(x, k, dy))  # noqa: B023
+            wgrad = _ms(lambda: _weight_grad(dy, x, w))  # noqa: B023
+            wgrad_x = _ms(lambda: _weight_grad(x, dy, k))  # noqa: B023
+            # fmt: on
+            print(
+                f"{dtype!s:15s} out {out:2d}: forward torch {fwd:6.1f} ms, exchanged {fwd_x:6.1f} ms; "
+                f"weight gradient torch {wgrad:6.1f} ms, exchanged {wgrad_x:6.1f} ms"
+            )
 
 
 if __name__ == "__main__":
