@@ -83,6 +83,12 @@ def main(argv: list[str] | None = None) -> int:
         "convolution's passes (problayers.train.transposed)",
     )
     p.add_argument(
+        "--narrow-conv-by-transposed",
+        action="store_true",
+        help="the decoder's one-channel last convolution as depthwise + channel sum "
+        "(problayers.train.transposed.use_transposed_weight_gradient)",
+    )
+    p.add_argument(
         "--no-keep-memory",
         action="store_true",
         help="CPU: let glibc give freed blocks back (evaluate keeps them by default since 2026-12-05)",
@@ -112,6 +118,10 @@ def main(argv: list[str] | None = None) -> int:
         from problayers.train.transposed import use_convolution_passes
 
         use_convolution_passes(model)
+    if args.narrow_conv_by_transposed:
+        from problayers.train.transposed import use_transposed_weight_gradient
+
+        use_transposed_weight_gradient(model)
     test_x = _test_images(args, device)
 
     def run(k: int) -> tuple[float, dict[str, Any]]:
@@ -150,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         "bf16": args.bf16,
         "channels_last": args.channels_last,
         "transposed_as_conv": args.transposed_as_conv,
+        "narrow_conv_by_transposed": args.narrow_conv_by_transposed,
         "seconds": times,
         "median_seconds": med,
         "seconds_k1": ones,

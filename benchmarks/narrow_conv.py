@@ -8,7 +8,8 @@ a 5x5 kernel, padding 2)::
 
 Forward, exchanged: the transposed convolution ``conv_transpose(x, K)`` run as the data
 gradient of the convolution with input and output exchanged (what
-``problayers.train.transposed.conv_transpose_by_conv`` calls).
+``problayers.train.transposed.conv_transpose_by_conv`` calls). Forward, depthwise (one output
+channel only): a depthwise convolution summed over the channels, what the switched layer runs.
 """
 
 from __future__ import annotations
@@ -43,6 +44,12 @@ def _exchanged_forward(x: torch.Tensor, kernel: torch.Tensor, like: torch.Tensor
     )[0]
 
 
+def _depthwise_forward(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """A one-output-channel convolution as a depthwise convolution summed over the channels."""
+    per_channel = torch.nn.functional.conv2d(x, weight.transpose(0, 1), padding=2, groups=x.shape[1])
+    return per_channel.sum(1, keepdim=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
@@ -61,11 +68,13 @@ def main() -> None:
             # fmt: off
             fwd = _ms(lambda: torch.nn.functional.conv2d(x, w, padding=2))  # noqa: B023 (called at once)
             fwd_x = _ms(lambda: _exchanged_forward(x, k, dy))  # noqa: B023
+            fwd_dw = _ms(lambda: _depthwise_forward(x, w)) if out == 1 else float("nan")  # noqa: B023
             wgrad = _ms(lambda: _weight_grad(dy, x, w))  # noqa: B023
             wgrad_x = _ms(lambda: _weight_grad(x, dy, k))  # noqa: B023
             # fmt: on
             print(
-                f"{dtype!s:15s} out {out:2d}: forward torch {fwd:6.1f} ms, exchanged {fwd_x:6.1f} ms; "
+                f"{dtype!s:15s} out {out:2d}: forward torch {fwd:6.1f} ms, exchanged {fwd_x:6.1f} ms, "
+                f"depthwise {fwd_dw:6.1f} ms; "
                 f"weight gradient torch {wgrad:6.1f} ms, exchanged {wgrad_x:6.1f} ms"
             )
 

@@ -328,6 +328,13 @@ def test_train_prints_and_records_its_step_choice(tmp_path, capsys, monkeypatch)
     assert (cfg["precision"], cfg["channels_last"], cfg["transposed_as_conv"]) == ("bf16", True, True)
     assert cfg["narrow_conv_by_transposed"] is True
     assert "step: bf16+channels_last+conv_passes (bf16 44% faster than fp32;" in capsys.readouterr().out
+    # evaluate takes the narrow last convolution's depthwise forward with that choice, not without
+    evaluate[1] = str(tmp_path / "b")
+    assert main([*evaluate, "--test-subset", "64", "--out", str(tmp_path / "b.json")]) == 0
+    evaluated_b = json.loads((tmp_path / "b.json").read_text())
+    assert evaluated_b["step_choice"]["chosen"] == "bf16+channels_last+conv_passes"
+    assert evaluated_b["narrow_conv_by_transposed"] is True
+    assert evaluated["narrow_conv_by_transposed"] is False
     # a resumed run keeps its recorded choice (no new measurement)
     monkeypatch.setattr(probe, "_time_candidates", None)
     assert main(["train", "--resume", str(tmp_path / "b"), "--epochs", "2", "--no-progress"]) == 0

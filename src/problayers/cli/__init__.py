@@ -221,7 +221,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     memory = retain_freed_memory() if fast and device.type == "cpu" else None
     if memory is not None:
         print(f"memory: {memory.reason}", flush=True)
-    step_choice = None
+    step_choice, narrow = None, False
     if fast and not explicit and device.type == "cpu":
         from ..vae.runconfig import measure_step
 
@@ -229,9 +229,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         probe_cfg = dataclasses.replace(cfg, batch_size=len(probe_batch))
         choice = measure_step(probe_cfg, model, torch.optim.Adam(model.parameters(), lr=cfg.lr), probe_batch)
         print(choice.describe().replace("step:", "evaluation step:", 1), flush=True)
-        # not the convolution passes: the IWAE runs forward only, where transposed_as_conv was slower
+        # Not transposed_as_conv (the IWAE runs forward only, where it was slower); the narrow
+        # convolutions' depthwise forward where the step takes it (docs/benchmarks.md).
         args.precision, args.channels_last = choice.options["precision"], choice.options["channels_last"]
         step_choice = choice.record()
+        if choice.options["narrow_conv_by_transposed"]:
+            from ..train.transposed import use_transposed_weight_gradient
+
+            narrow = use_transposed_weight_gradient(model) > 0
     # The decoder's calls: on a CPU 512 samples at once, whose activations glibc can reuse
     # (docs/benchmarks.md: 1.5x faster than 50,000 at once); on a GPU large calls fill it.
     cpu_sizes = device.type == "cpu"
@@ -268,6 +273,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         device=str(next(model.parameters()).device),
         precision=args.precision,
         channels_last=args.channels_last,
+        narrow_conv_by_transposed=narrow,
         batch_size=args.batch_size,
         chunk_size=args.chunk_size,
         seconds=time.perf_counter() - start,

@@ -57,9 +57,10 @@ Options (each can be combined with the others, except ``cuda_graph`` with ``comp
     take their weight gradient from the transposed convolution's pass, input and output
     exchanged (:func:`problayers.train.transposed.use_transposed_weight_gradient`): oneDNN
     vectorizes the weight gradient over the output channels, and the seed VAE's one-channel
-    last layer spent several times longer in it than exchanged (docs/benchmarks.md). Same
-    parameters, forward and input gradient; the weight gradient agrees up to rounding. The CPU
-    probe measures it together with ``transposed_as_conv``.
+    last layer spent several times longer in it than exchanged (docs/benchmarks.md). With one
+    output channel the forward is a depthwise convolution summed over the channels, for the
+    same reason. Same parameters and input gradient; the forward and the weight gradient agree
+    up to rounding. The CPU probe measures it together with ``transposed_as_conv``.
 
 ``channels_last``
     Converts the model's 4-D parameters to ``torch.channels_last`` (in place: the parameters

@@ -24,8 +24,10 @@ and equal from 16 on (docs/benchmarks.md, "Narrow convolutions"). The identity h
 stride 1 and one group: ``conv(x, W)`` is ``conv_transpose(x, K)`` with ``K`` the flipped, in/out-
 exchanged ``W`` and padding ``dilation * (k - 1) - padding``, whose weight gradient is the
 convolution's with input and output exchanged. :func:`use_transposed_weight_gradient` switches
-such layers in place (``nn.Conv{1,2,3}d`` -> ``Conv{1,2,3}dByTransposed``); the forward and the
-input gradient stay torch's.
+such layers in place (``nn.Conv{1,2,3}d`` -> ``Conv{1,2,3}dByTransposed``); the input gradient
+stays torch's. The forward does not gain from the exchange (oneDNN runs it on the same kernel),
+so with exactly one output channel it is a depthwise convolution (vectorized over the input
+channels) followed by the sum over the channels: the same numbers up to the summation order.
 """
 
 from __future__ import annotations
@@ -177,14 +179,26 @@ def _in_format(t: torch.Tensor, memory_format: torch.memory_format) -> torch.Ten
 
 
 class _TransposedWeightGradient(torch.autograd.Function):
-    """A stride-1, one-group convolution whose weight gradient is the transposed convolution's."""
+    """A stride-1, one-group convolution whose weight gradient is the transposed convolution's
+    (and whose forward, for one output channel, is depthwise + channel sum)."""
 
     @staticmethod
     def forward(ctx: Any, x, weight, bias, padding, dilation):
         n = x.dim() - 2
+        ones, zeros = [1] * n, [0] * n
         ctx.save_for_backward(x, weight)
         ctx.conf = (padding, dilation, bias is not None)
-        return torch.ops.aten.convolution(x, weight, bias, [1] * n, padding, dilation, False, [0] * n, 1)
+        if weight.shape[0] != 1:
+            return torch.ops.aten.convolution(x, weight, bias, ones, padding, dilation, False, zeros, 1)
+        # One output channel: a depthwise convolution (one group per input channel, which
+        # oneDNN vectorizes over the channels), then the sum over the channels.
+        per_channel = torch.ops.aten.convolution(
+            x, weight.transpose(0, 1), None, ones, padding, dilation, False, zeros, weight.shape[1]
+        )  # (B, C_in, *spatial)
+        y = per_channel.sum(1, keepdim=True)  # (B, 1, *spatial)
+        if bias is not None:
+            y = y + bias.view(1, 1, *ones)
+        return _in_format(y, _memory_format(x))  # torch's convolution keeps x's layout
 
     @staticmethod
     def backward(ctx: Any, dy):
