@@ -137,7 +137,7 @@ def test_cache_hit_skips_the_measurement_and_keys_on_the_workload(monkeypatch, t
     path = tmp_path / "sub" / "step-options.json"
     opt = torch.optim.SGD(_net().parameters(), lr=0.1)
     first = probe_step_options(_net(), opt, _loss, BATCH, workload="a", cache=path, candidates=FP32)
-    assert first.cache == str(path) and json.loads(path.read_text())["version"] == probe._CACHE_VERSION == 3
+    assert first.cache == str(path) and json.loads(path.read_text())["version"] == probe._CACHE_VERSION == 4
 
     def refuse(*args):
         raise AssertionError("measured although cached")

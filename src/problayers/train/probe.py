@@ -52,7 +52,8 @@ __all__ = [
 #: bf16 is chosen only where its step is at least this fraction faster than the best fp32 one.
 BF16_MARGIN = 0.10
 _CACHE_FILE = "step-options.json"
-_CACHE_VERSION = 3  # 2: candidates with transposed_as_conv; 3: and narrow_conv_by_transposed
+_CACHE_VERSION = 4  # 2: candidates with transposed_as_conv; 3: and narrow_conv_by_transposed;
+# 4: its one-channel forward depthwise (a candidate that changed is measured again)
 
 
 @dataclass(frozen=True)
