@@ -173,3 +173,20 @@ def test_transform_errors():
         layer(torch.zeros(3))
     with pytest.raises(ValueError, match=r"AutoregressiveNetwork: expected input of shape \(\.\.\., 3\)"):
         layer.made(torch.zeros(2, 4))
+    for name in ("inverse", "validate_args"):
+        with pytest.raises(TypeError, match=rf"^{name}: expected True or False, got 1$"):
+            pl.AutoregressiveTransform(pl.AutoregressiveNetwork(2, 3), **{name: 1})
+
+
+@pytest.mark.parametrize("validate_args", [False, True])
+def test_transform_validates_only_when_asked(validate_args):
+    layer = pl.AutoregressiveTransform(pl.AutoregressiveNetwork(2, 3), validate_args=validate_args)
+    base = D.Independent(D.Normal(torch.zeros(4, 3), 1.0, validate_args=False), 1, validate_args=False)
+    out = layer(base)
+    assert out._validate_args is validate_args
+    nan = torch.full((4, 3), float("nan"))
+    if validate_args:
+        with pytest.raises(ValueError, match="support"):
+            out.log_prob(nan)
+    else:
+        assert out.log_prob(nan).isnan().all()

@@ -3,6 +3,8 @@ ones run over ``layer_cases.CASES`` in test_layers.py)."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -263,3 +265,14 @@ def test_variable_layer_bad_arguments(kwargs, error, argument):
 def test_variable_layer_make_distribution_fn_must_return_a_distribution():
     with pytest.raises(TypeError, match="make_distribution_fn returned Tensor"):
         pl.VariableLayer(2, make_distribution_fn=lambda t: t * 2)()
+
+
+@pytest.mark.parametrize("validate_args", [False, True])
+def test_one_hot_categorical_checks_only_when_asked_inner_categorical_too(validate_args):
+    # torch's OneHotCategorical builds its Categorical with the global default (checks on).
+    out = pl.OneHotCategorical(3, validate_args=validate_args)(torch.zeros(2, 3))
+    assert type(out.distribution) is D.OneHotCategorical
+    assert out._validate_args is out.distribution._categorical._validate_args is validate_args
+    torch.testing.assert_close(out.log_prob(torch.eye(3)[[0, 2]]), torch.full((2,), -math.log(3)))
+    mix = pl.CategoricalMixtureOfOneHotCategorical(3, 2, validate_args=validate_args)(torch.zeros(2, 8))
+    assert mix.component_distribution._categorical._validate_args is validate_args

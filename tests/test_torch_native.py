@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 import problayers as pl
+from host_sync import HostSyncs
 from layer_cases import MODEL_CASES, ModelCase
 
 BATCH_SHAPES = [(4,), (2, 3)]
@@ -78,6 +79,16 @@ def test_compile_fullgraph_equals_eager(case, fresh_dynamo):
         torch.testing.assert_close(got, ref)
         for g, r in zip(got_grads, ref_grads, strict=True):
             torch.testing.assert_close(g, r)
+
+
+@pytest.mark.parametrize("case", MODEL_CASES, ids=lambda c: c.name)
+def test_forward_loss_and_backward_never_wait_for_the_device(case):
+    # What a whole-step CUDA graph (problayers' --fast on a GPU) needs of every layer: no op
+    # whose result the host reads back (an argument check, .item(), a boolean mask).
+    model, x, values = _setup(case, (4,))
+    with HostSyncs() as syncs:
+        _loss(case, model, x, values).backward()
+    assert syncs.found == []
 
 
 @pytest.mark.parametrize("case", MODEL_CASES, ids=lambda c: c.name)

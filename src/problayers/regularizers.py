@@ -87,7 +87,10 @@ class KLDivergenceRegularizer(nn.Module):
             as the weight layers call their priors with theirs), so ``nn.Sequential(
             VariableLayer(...), DistributionLambda(...))`` works; one whose ``forward`` takes
             none is called with nothing. Its ``event_shape`` must be ``q``'s and its
-            ``batch_shape`` must broadcast with ``q``'s.
+            ``batch_shape`` must broadcast with ``q``'s. The prior keeps the argument checks
+            it was built with: torch's default checks each ``log_prob`` value on the host, so
+            for a step captured as a CUDA graph build it with ``validate_args=False`` (the
+            layers' own distributions are built so).
         weight: scales the term exactly (default 1; ``weight != 1`` gives a beta-VAE).
         use_exact_kl: ``torch.distributions.kl_divergence`` (a clear error where torch has no
             formula for the pair) instead of the default (``False``) Monte Carlo estimate

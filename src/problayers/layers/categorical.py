@@ -14,6 +14,23 @@ from .base import DistributionLambda, check_params, params_size_of
 __all__ = ["CategoricalMixtureOfOneHotCategorical", "OneHotCategorical", "OneHotCategoricalMixture"]
 
 
+def one_hot_categorical(logits: torch.Tensor, validate_args: bool = False) -> D.OneHotCategorical:
+    """``torch.distributions.OneHotCategorical(logits=logits)`` whose inner ``Categorical`` gets
+    ``validate_args`` too (batch ``logits.shape[:-1]``, event ``logits.shape[-1:]``).
+
+    torch's constructor builds its ``Categorical`` with the global default (checks on), so its
+    parameters are checked at every construction and each ``log_prob`` value is checked again,
+    each check a value read back on the host: an eager GPU step waits for the device there, and
+    a CUDA graph cannot capture the step at all. This builds the same object (the same class and
+    attributes) with the checks as asked.
+    """
+    dist = D.OneHotCategorical.__new__(D.OneHotCategorical)
+    dist._categorical = D.Categorical(logits=logits, validate_args=validate_args)
+    cat = dist._categorical
+    D.Distribution.__init__(dist, cat.batch_shape, cat.param_shape[-1:], validate_args=validate_args)
+    return dist
+
+
 class OneHotCategoricalMixture(D.MixtureSameFamily):
     """``MixtureSameFamily(Categorical, OneHotCategorical)`` with TFP's ``log_mean``.
 
@@ -93,7 +110,7 @@ class OneHotCategorical(DistributionLambda):
         """``(*B, event_size)`` logits -> ``OneHotCategorical``, batch B, event ``(event_size,)``."""
         k = _positive_int(event_size, "event_size")
         params = check_params("OneHotCategorical", params, k)  # (*B, K)
-        return D.OneHotCategorical(logits=params, validate_args=validate_args)
+        return one_hot_categorical(params, validate_args)
 
     def make_distribution(self, params) -> D.OneHotCategorical:
         return self.new(params, self.event_size, self.validate_args)
@@ -162,7 +179,7 @@ class CategoricalMixtureOfOneHotCategorical(DistributionLambda):
         comp_logits = params[..., k:].reshape((*params.shape[:-1], k, e))  # (*B, K, E)
         return OneHotCategoricalMixture(
             D.Categorical(logits=mix_logits, validate_args=validate_args),
-            D.OneHotCategorical(logits=comp_logits, validate_args=validate_args),
+            one_hot_categorical(comp_logits, validate_args),
             validate_args=validate_args,
         )
 

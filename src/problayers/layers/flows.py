@@ -257,6 +257,8 @@ class AutoregressiveTransform(DistributionLambda):
             exp(-log_scale(u))``, where sampling takes one network pass and ``log_prob`` of a
             sample just drawn needs none beyond the log-det (the transform's cache), while
             ``log_prob`` of any other point takes ``d``. The choice for a VAE's posterior.
+        validate_args: passed to the ``TransformedDistribution`` (default ``False``: no argument
+            checks, as the other layers and TFP: a check reads a value back on the host).
 
     Input: a distribution over ``R^d`` (event ``(d,)``, or event ``()`` with batch ``(*B, d)``,
     whose last batch dimension becomes the event). Output: a tensor-coercible
@@ -277,13 +279,16 @@ class AutoregressiveTransform(DistributionLambda):
         convert_to_tensor_fn: ConvertFn = "auto",
         activity_regularizer: Callable[[D.Distribution], torch.Tensor] | None = None,
         inverse: bool = False,
+        validate_args: bool = False,
     ) -> None:
         super().__init__(None, convert_to_tensor_fn, activity_regularizer)
         MaskedAutoregressiveTransform(made)  # checks made
-        if not isinstance(inverse, bool):
-            raise TypeError(f"inverse: expected True or False, got {inverse!r}")
+        for name, value in (("inverse", inverse), ("validate_args", validate_args)):
+            if not isinstance(value, bool):
+                raise TypeError(f"{name}: expected True or False, got {value!r}")
         self.made = made
         self.inverse = inverse
+        self.validate_args = validate_args
 
     def make_distribution(self, dist: D.Distribution) -> D.TransformedDistribution:
         if not isinstance(dist, D.Distribution):
@@ -302,7 +307,7 @@ class AutoregressiveTransform(DistributionLambda):
         # A new transform per output: its cache (sample -> base value) must not outlive the
         # parameters it was computed with.
         transform = MaskedAutoregressiveTransform(self.made, inverse=self.inverse)
-        return D.TransformedDistribution(dist, [transform])
+        return D.TransformedDistribution(dist, [transform], validate_args=self.validate_args)
 
     def extra_repr(self) -> str:
         inverse = ", inverse=True" if self.inverse else ""
