@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.distributions as D
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import problayers as pl
+from host_sync import HostSyncs
 from problayers.train.fastpath import (
     PRECISIONS,
     TrainStep,
@@ -165,19 +165,6 @@ def test_trainer_runs_with_the_fast_step():
 
 
 # ------------------------------------------------------------------------------- the step's hygiene
-class _HostSyncs(TorchDispatchMode):
-    """Counts ops that copy a value to the host (``.item()``, ``bool(t)``, ``float(t)``)."""
-
-    def __init__(self):
-        super().__init__()
-        self.count = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func is torch.ops.aten._local_scalar_dense.default:
-            self.count += 1
-        return func(*args, **(kwargs or {}))
-
-
 def _without_prior_validation(model: VAE) -> VAE:
     prior = model.regularizer.prior
     prior._validate_args = prior.base_dist._validate_args = False
@@ -190,18 +177,18 @@ def test_no_host_sync_in_the_step(kwargs):
     model = _without_prior_validation(small_seed())  # see the next test
     step = make_train_step(model, torch.optim.SGD(model.parameters(), lr=1e-3), vae_loss, **kwargs)
     x = batches((4, 1, 28, 28), n=1)[0]
-    with _HostSyncs() as mode:
+    with HostSyncs() as syncs:
         step(x)
-    assert mode.count == 0
+    assert syncs.found == []
 
 
 def test_seed_model_step_has_no_host_sync():
     torch.manual_seed(0)
     model = small_seed()
     step = make_train_step(model, torch.optim.SGD(model.parameters(), lr=1e-3), vae_loss)
-    with _HostSyncs() as mode:
+    with HostSyncs() as syncs:
         step(batches((4, 1, 28, 28), n=1)[0])
-    assert mode.count == 0
+    assert syncs.found == []
 
 
 def test_step_runs_the_models_own_forward_and_restores_autocast_after_an_error():
@@ -309,3 +296,32 @@ def test_fastest_defaults():
         fastest_defaults("tpu-ish")
     cuda = fastest_defaults("cuda")  # what it would pick, without a GPU too
     assert cuda["cuda_graph"] is True and cuda["channels_last"] is True and cuda["compile"] is False
+
+
+def test_a_failed_cuda_graph_capture_is_one_clear_line_and_keeps_the_learning_rates(monkeypatch):
+    # No GPU needed: the capture is replaced by one that fails as CUDA does when the step reads
+    # a device value back on the host.
+    import contextlib
+
+    from problayers.cli.errors import describe
+    from problayers.train.cudagraph import CaptureError, CUDAGraphStep
+
+    @contextlib.contextmanager
+    def failing_capture(graph):
+        yield
+        raise RuntimeError("CUDA error: operation not permitted when stream is capturing\nmore")
+
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", object)
+    monkeypatch.setattr(torch.cuda, "graph", failing_capture)
+    torch.manual_seed(0)
+    model = tiny_vae()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    step = CUDAGraphStep(make_train_step(model, optimizer, vae_loss), warmup_steps=0)
+    with pytest.raises(
+        CaptureError, match=r"^cuda_graph: .*not permitted.*validate_args=False.*--no-fast\)$"
+    ) as exc:
+        step(batches((8, 1, 4, 4), n=1)[0])
+    assert not step.captured and step.step.autocast_cache is True
+    assert optimizer.param_groups[0]["lr"] == 0.1  # a float again, not the graph's tensor
+    status, line = describe(exc.value)
+    assert status == 1 and line.startswith("problayers: error: cuda_graph:") and "\n" not in line

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 
 from ..train.checkpoint import CheckpointError
+from ..train.cudagraph import CaptureError
 from ..train.errors import ProblayersError, Terminated, WriteError, one_line, os_reason
 from ..train.trainer import NonFiniteLossError
 from ..vae.data import MNISTError
@@ -27,7 +28,7 @@ def describe(err: BaseException) -> tuple[int, str]:
         return 130, "problayers: interrupted; the last complete checkpoint, if any, is kept"
     if isinstance(err, NonFiniteLossError):
         return 1, f"problayers: {one_line(err)}"
-    if isinstance(err, WriteError):
+    if isinstance(err, (WriteError, CaptureError)):
         return 1, f"problayers: error: {one_line(err)}"
     if isinstance(err, (ValueError, MNISTError, CheckpointError, ProblayersError)):
         return 2, f"problayers: error: {one_line(err)}"

@@ -19,7 +19,11 @@ the graph's input and launches the graph. This is torch's "whole-network capture
   decay) are fixed at capture;
 * a batch of another shape or dtype than the captured one runs the ordinary step;
 * the returned loss and metrics live in the graph's memory and are overwritten by the next
-  replay: read or clone them before the next call (the trainer adds them to its sums at once).
+  replay: read or clone them before the next call (the trainer adds them to its sums at once);
+* nothing in the step may read a device value back on the host (``.item()``, ``if t:``, a
+  boolean mask, a ``torch.distributions`` argument check: problayers' layers build their
+  distributions with ``validate_args=False``); if the capture fails, :class:`CaptureError`
+  says so in one line, with the learning rates as they were.
 """
 
 from __future__ import annotations
@@ -28,7 +32,13 @@ from typing import Any
 
 import torch
 
-__all__ = ["CUDAGraphStep"]
+from .errors import one_line
+
+__all__ = ["CUDAGraphStep", "CaptureError"]
+
+
+class CaptureError(RuntimeError):
+    """The step could not be captured as a CUDA graph (the message names the usual causes)."""
 
 
 def _tensors(batch: Any) -> list[torch.Tensor]:
@@ -91,6 +101,14 @@ class CUDAGraphStep:
             self.step.autocast_cache = False
             with torch.cuda.graph(graph):
                 loss, metrics = self.step.run(self._static_batch)
+        except RuntimeError as err:
+            raise CaptureError(
+                "cuda_graph: the training step could not be captured as one CUDA graph "
+                f"({one_line(err)[:300]}); the usual cause is an operation whose result the host "
+                "reads back (.item(), bool(tensor), a boolean mask, or a torch.distributions argument "
+                "check: build distributions with validate_args=False); train without cuda_graph "
+                "(problayers train --no-fast)"
+            ) from err
         finally:
             self.step.autocast_cache = True
             for group, lr in zip(groups, saved, strict=True):
