@@ -30,6 +30,10 @@ ZOO_CASES = [
     ("seed", {"latent_size": 4, "base_depth": 4, "objective": "iwae", "num_samples": 2}),
 ]
 
+each_zoo_case = pytest.mark.parametrize(
+    ("name", "options"), ZOO_CASES, ids=[f"{n}-{'-'.join(map(str, o.values()))}" for n, o in ZOO_CASES]
+)
+
 
 def _config(name: str, options: dict) -> ModelConfig:
     base = {"mlp": SMALL, "hvae": SMALL, "resnet": SMALL_RESNET, "seed": {}}[name]
@@ -40,9 +44,7 @@ def test_every_registered_model_is_in_the_cases():
     assert {name for name, _ in ZOO_CASES} == set(MODELS)
 
 
-@pytest.mark.parametrize(
-    ("name", "options"), ZOO_CASES, ids=[f"{n}-{'-'.join(map(str, o.values()))}" for n, o in ZOO_CASES]
-)
+@each_zoo_case
 def test_the_training_loss_and_its_gradient_never_wait_for_the_device(name, options):
     # What --fast on a GPU (the whole step as one CUDA graph) needs of every model, prior,
     # posterior and objective: nothing in the loss or its backward is read back on the host.
@@ -55,9 +57,7 @@ def test_the_training_loss_and_its_gradient_never_wait_for_the_device(name, opti
         assert syncs.found == []
 
 
-@pytest.mark.parametrize(
-    ("name", "options"), ZOO_CASES, ids=[f"{n}-{'-'.join(map(str, o.values()))}" for n, o in ZOO_CASES]
-)
+@each_zoo_case
 def test_a_training_step_lowers_the_loss_and_evaluation_runs(name, options):
     torch.manual_seed(0)
     model = build_model(_config(name, options))
