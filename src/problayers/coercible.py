@@ -42,7 +42,7 @@ import torch
 import torch.distributions as D
 
 from ._state import first_floating_tensor, graph_tensors
-from .precision import autocast_device, fp32_inputs
+from .precision import autocast_device, fp32_inputs, in_fp32
 
 __all__ = [
     "CONVERT_TO_TENSOR_FNS",
@@ -108,15 +108,6 @@ def convert_to_tensor(value: Any) -> Any:
 def is_coercible(value: Any) -> bool:
     """Whether ``value`` is a tensor-coercible distribution."""
     return isinstance(value, TensorCoercible)
-
-
-def _in_fp32(method: Callable[..., Any], *args: Any) -> Any:
-    """``method(*args)``, under autocast with autocast off and half-precision args cast to fp32."""
-    device_type = autocast_device()
-    if device_type is None:
-        return method(*args)
-    with torch.autocast(device_type, enabled=False):
-        return method(*fp32_inputs(args))
 
 
 def _binary(op: Callable[[Any, Any], Any], reflected: bool = False) -> Callable[[Any, Any], Any]:
@@ -224,22 +215,22 @@ class TensorCoercible(_MixinBase):
 
     # -- the distribution's maths in fp32 under autocast ---------------------------------------
     def rsample(self, sample_shape: torch.Size | list[int] | tuple[int, ...] = ()) -> torch.Tensor:
-        return _in_fp32(super().rsample, sample_shape)
+        return in_fp32(super().rsample, sample_shape)
 
     def sample(self, sample_shape: torch.Size | list[int] | tuple[int, ...] = ()) -> torch.Tensor:
-        return _in_fp32(super().sample, sample_shape)
+        return in_fp32(super().sample, sample_shape)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
-        return _in_fp32(super().log_prob, convert_to_tensor(value))
+        return in_fp32(super().log_prob, convert_to_tensor(value))
 
     def cdf(self, value: torch.Tensor) -> torch.Tensor:
-        return _in_fp32(super().cdf, convert_to_tensor(value))
+        return in_fp32(super().cdf, convert_to_tensor(value))
 
     def icdf(self, value: torch.Tensor) -> torch.Tensor:
-        return _in_fp32(super().icdf, convert_to_tensor(value))
+        return in_fp32(super().icdf, convert_to_tensor(value))
 
     def entropy(self) -> torch.Tensor:
-        return _in_fp32(super().entropy)
+        return in_fp32(super().entropy)
 
     # -- acting as a tensor ---------------------------------------------------------------------
     @classmethod

@@ -3,11 +3,12 @@ their distributions in fp32, with autocast off (see :mod:`problayers.coercible`)
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
-__all__ = ["autocast_device", "fp32_inputs"]
+__all__ = ["autocast_device", "fp32_inputs", "in_fp32"]
 
 _HALF = (torch.bfloat16, torch.float16)
 _AUTOCAST_DEVICES = ("cuda", "cpu", "xpu", "mps")
@@ -31,3 +32,14 @@ def fp32_inputs(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: fp32_inputs(v) for k, v in value.items()}
     return value
+
+
+def in_fp32(fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)``; under autocast with autocast off and bf16/fp16 args cast to fp32 (the
+    distribution maths of the layers, and of anything else that evaluates densities: a matrix
+    product under autocast would otherwise run in half precision)."""
+    device_type = autocast_device()
+    if device_type is None:
+        return fn(*args)
+    with torch.autocast(device_type, enabled=False):
+        return fn(*fp32_inputs(args))

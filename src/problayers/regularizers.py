@@ -18,7 +18,7 @@ from torch import nn
 from ._state import first_floating_tensor
 from .coercible import TensorCoercible, convert_to_tensor
 from .losses import added_losses_enabled, init_added_losses, set_added_loss
-from .precision import autocast_device
+from .precision import in_fp32
 
 __all__ = ["KLDivergenceAddLoss", "KLDivergenceRegularizer", "distribution_to"]
 
@@ -189,11 +189,7 @@ class KLDivergenceRegularizer(nn.Module):
     def forward(self, q: D.Distribution) -> torch.Tensor:
         if not isinstance(q, D.Distribution):
             raise TypeError(f"KLDivergenceRegularizer: expected a Distribution, got {type(q).__name__}")
-        device_type = autocast_device()
-        if device_type is None:
-            return self._kl(q)
-        with torch.autocast(device_type, enabled=False):  # the KL in fp32, as the layers' maths
-            return self._kl(q)
+        return in_fp32(self._kl, q)  # the KL in fp32, as the layers' maths
 
     def _kl(self, q: D.Distribution) -> torch.Tensor:
         if self.use_exact_kl:

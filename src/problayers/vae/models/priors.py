@@ -25,6 +25,7 @@ from torch import nn
 
 from ...coercible import TensorCoercible
 from ...losses import added_losses_skipped
+from ...precision import in_fp32
 
 __all__ = ["PRIORS", "DiagonalGaussianMixture", "MixtureOfGaussians", "StandardNormal", "VampPrior"]
 
@@ -47,6 +48,12 @@ class DiagonalGaussianMixture(D.MixtureSameFamily):
         self._loc, self._scale = loc, scale  # (C, D) each
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        # In fp32 under autocast: in bf16 the products' terms (~|z|^2 / scale^2, 1e5 for a
+        # VampPrior's narrow posteriors) cancel to garbage; a run of `--prior vamp --objective
+        # iwae` in bf16 went to NaN so.
+        return in_fp32(self._log_prob, value)
+
+    def _log_prob(self, value: torch.Tensor) -> torch.Tensor:
         loc, scale = self._loc, self._scale  # (C, D)
         d = loc.shape[-1]
         rows = value.reshape(-1, d)  # (N, D)
