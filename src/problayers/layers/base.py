@@ -20,11 +20,10 @@ from ..coercible import (
     CONVERT_TO_TENSOR_FNS,
     ConvertFn,
     as_coercible,
-    autocast_device,
     convert_to_tensor,
-    fp32_inputs,
 )
 from ..losses import added_losses_enabled, init_added_losses, set_added_loss
+from ..precision import in_fp32
 from ._args import integer
 
 __all__ = [
@@ -172,12 +171,8 @@ class DistributionLambda(nn.Module):
         return self.make_distribution_fn(*args, **kwargs)
 
     def forward(self, *args, **kwargs) -> D.Distribution:
-        device_type = autocast_device()
-        if device_type is None:
-            return self._forward(args, kwargs)
         # Under autocast the distribution is built (and its regularizer evaluated) in fp32.
-        with torch.autocast(device_type, enabled=False):
-            return self._forward(fp32_inputs(args), fp32_inputs(kwargs))
+        return in_fp32(self._forward, args, kwargs)
 
     def _forward(self, args: tuple, kwargs: dict) -> D.Distribution:
         dist = self.make_distribution(*args, **kwargs)

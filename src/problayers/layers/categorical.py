@@ -25,8 +25,7 @@ def one_hot_categorical(logits: torch.Tensor, validate_args: bool = False) -> D.
     attributes) with the checks as asked.
     """
     dist = D.OneHotCategorical.__new__(D.OneHotCategorical)
-    dist._categorical = D.Categorical(logits=logits, validate_args=validate_args)
-    cat = dist._categorical
+    dist._categorical = cat = D.Categorical(logits=logits, validate_args=validate_args)
     D.Distribution.__init__(dist, cat.batch_shape, cat.param_shape[-1:], validate_args=validate_args)
     return dist
 

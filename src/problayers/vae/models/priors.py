@@ -48,8 +48,8 @@ class DiagonalGaussianMixture(D.MixtureSameFamily):
         self._loc, self._scale = loc, scale  # (C, D) each
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
-        # In fp32 under autocast: in bf16 the products' terms (~|z|^2 / scale^2, 1e5 for a
-        # VampPrior's narrow posteriors) cancel to garbage; a run of `--prior vamp --objective
+        # In fp32 under autocast: in bf16 the products' terms (~|z|^2 / scale^2, ~1e4 for a
+        # VampPrior's narrow posteriors) cancel to errors of nats; a run of `--prior vamp --objective
         # iwae` in bf16 went to NaN so.
         return in_fp32(self._log_prob, value)
 
