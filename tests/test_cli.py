@@ -45,18 +45,20 @@ def test_train_fast_and_schedule_flags(tmp_path):
     argv = ["train", "--out", str(out), "--epochs", "1", "--synthetic", "128", "--device", "cpu", *TINY]
     assert main([*argv, "--fast", "--lr-schedule", "cosine", "--adam", "keras"]) == 0
     cfg = json.loads((out / "config.json").read_text())
-    # --fast on the CPU: fastest_defaults("cpu") (channels_last only)
+    # --fast on the CPU: fastest_defaults("cpu") (channels_last) and fused Adam (Keras' too)
     assert cfg["lr_schedule"] == "cosine" and cfg["channels_last"] is True and cfg["adam"] == "keras"
-    assert not (cfg["compile"] or cfg["cuda_graph"] or cfg["fused_adam"]) and cfg["precision"] == "fp32"
+    assert cfg["fused_adam"] is True
+    assert not (cfg["compile"] or cfg["cuda_graph"]) and cfg["precision"] == "fp32"
 
 
 @pytest.mark.parametrize(
     "flags, expected",
     [
-        ([], {"channels_last": True}),  # --fast is the default: fastest_defaults("cpu")
+        ([], {"channels_last": True, "fused_adam": True}),  # --fast is the default: fastest_defaults("cpu")
         (["--no-fast"], {}),  # the plain eager step
         (["--compile"], {"compile": True}),  # a step flag alone: that flag only
-        (["--fast", "--compile"], {"compile": True, "channels_last": True}),  # flags add to --fast
+        (["--fused-adam"], {"fused_adam": True}),  # on the CPU too
+        (["--fast", "--compile"], {"compile": True, "channels_last": True, "fused_adam": True}),  # flags add
     ],
 )
 def test_train_step_defaults(tmp_path, flags, expected):
@@ -288,7 +290,7 @@ def test_train_prints_and_records_its_step_choice(tmp_path, capsys, monkeypatch)
     line = next(line for line in out.splitlines() if line.startswith("step: "))
     # the fixed timings make fp32+channels_last fastest; why bf16 lost depends on the CPU
     why = "(bf16 " if probe.cpu_has_native_bf16() else "(fastest measured; no native bf16 on this CPU"
-    assert line.startswith("step: fp32+channels_last " + why), line
+    assert line.startswith("step: fp32+channels_last+fused_adam " + why), line
     assert "s/step:" in line and "measured now" in line
     cfg = json.loads((tmp_path / "a" / "config.json").read_text())
     assert cfg["auto_step"] is True and cfg["step_choice"]["by"] == "probe"
@@ -327,7 +329,9 @@ def test_train_prints_and_records_its_step_choice(tmp_path, capsys, monkeypatch)
     cfg = json.loads((tmp_path / "b" / "config.json").read_text())
     assert (cfg["precision"], cfg["channels_last"], cfg["transposed_as_conv"]) == ("bf16", True, True)
     assert cfg["narrow_conv_by_transposed"] is True
-    assert "step: bf16+channels_last+conv_passes (bf16 44% faster than fp32;" in capsys.readouterr().out
+    # (and with fused Adam, which every candidate step had: not measured, named)
+    assert "step: bf16+channels_last+conv_passes+fused_adam (bf16 44% faster than fp32;" in capsys.readouterr().out
+    assert cfg["fused_adam"] is True
     # evaluate takes the narrow last convolution's depthwise forward with that choice, not without
     evaluate[1] = str(tmp_path / "b")
     assert main([*evaluate, "--test-subset", "64", "--out", str(tmp_path / "b.json")]) == 0
@@ -347,7 +351,7 @@ def test_train_prints_and_records_its_step_choice(tmp_path, capsys, monkeypatch)
         (["--no-fast"], "step: fp32 (--no-fast: the eager step)"),
         (["--precision", "bf16"], "step: bf16 (the options given)"),
         (["--fast", "--precision", "fp32"],
-         "step: fp32, channels_last (the device's fastest defaults and the options given)"),
+         "step: fp32, channels_last, fused_adam (the device's fastest defaults and the options given)"),
     ],
 )  # fmt: skip
 def test_train_step_line_without_a_probe(tmp_path, capsys, flags, line):

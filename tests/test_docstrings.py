@@ -28,6 +28,7 @@ DOCTEST_MODULES = [
     "problayers.regularizers",
     "problayers.coercible",
     "problayers.exporting",
+    "problayers.numerics",
 ]
 
 GLOBS = {"torch": torch, "nn": nn, "D": D, "pl": pl}

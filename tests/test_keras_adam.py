@@ -36,7 +36,9 @@ def _run(opt_cls, setting: dict, **extra) -> dict[int, torch.Tensor]:
 
 @pytest.mark.parametrize("case", FIXTURE["cases"], ids=["keras-defaults", "non-default"])
 @pytest.mark.parametrize(
-    "extra", [{}, {"foreach": False}, {"foreach": True}], ids=["default", "loop", "foreach"]
+    "extra",
+    [{}, {"foreach": False}, {"foreach": True}, {"fused": True}],
+    ids=["default", "loop", "foreach", "fused"],  # fused: on the CPU, as `problayers train --fast` there
 )
 def test_matches_tf_keras(case, extra):
     # Compared as displacements from the initial values, to 2e-5 of each: tf_keras computes its

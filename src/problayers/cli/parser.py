@@ -213,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="convolutions with < 16 output channels take the transposed convolution's weight "
         "gradient (problayers.train.transposed)",
     )
-    p.add_argument("--fused-adam", action="store_true", help="torch.optim.Adam(fused=True) (CUDA)")
+    p.add_argument("--fused-adam", action="store_true", help="torch.optim.Adam(fused=True) (CUDA or CPU)")
     p.add_argument(
         "--cuda-graph",
         action="store_true",

@@ -34,6 +34,7 @@ from torch import nn
 
 from ..layers import DenseVariational, DistributionLambda, posterior_mean_field, prior_trainable
 from ..losses import collect_losses
+from ..numerics import logsumexp
 from ..train.checkpoint import atomic_write, write_json
 
 __all__ = ["CASES", "Features", "build_model", "main", "make_dataset", "noise_std", "run"]
@@ -129,7 +130,7 @@ def _predict(model: nn.Module, x: torch.Tensor, draws: int) -> tuple[torch.Tenso
 def _heldout_nll(means: torch.Tensor, stds: torch.Tensor, y: torch.Tensor) -> float:
     """``-mean_n log (1/S) sum_s N(y_n; mean_sn, std_sn)`` (the posterior predictive's NLL)."""
     lp = D.Normal(means, stds).log_prob(y[:, 0])  # (S, N)
-    return float(-(torch.logsumexp(lp, 0) - math.log(lp.shape[0])).mean())
+    return float(-(logsumexp(lp, 0) - math.log(lp.shape[0])).mean())
 
 
 def _plot(path: Path, case: str, x, y, grid, means, stds) -> Path:

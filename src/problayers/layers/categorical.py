@@ -8,6 +8,7 @@ import torch
 import torch.distributions as D
 
 from ..coercible import ConvertFn, _coercible_class
+from ..numerics import logsumexp
 from ._args import positive_int as _positive_int
 from .base import DistributionLambda, check_params, params_size_of
 
@@ -54,7 +55,7 @@ class OneHotCategoricalMixture(D.MixtureSameFamily):
         the numerically stable form of ``log(mean)``."""
         log_w = self.mixture_distribution.logits.unsqueeze(-1)  # (*B, K, 1), normalized by torch
         log_p = self.component_distribution.logits  # type: ignore[attr-defined]  # (*B, K, E), normalized
-        return torch.logsumexp(log_w + log_p, dim=-2)  # (*B, E)
+        return logsumexp(log_w + log_p, dim=-2)  # (*B, E)
 
     def expand(self, batch_shape, _instance=None):
         new = self._get_checked_instance(OneHotCategoricalMixture, _instance)

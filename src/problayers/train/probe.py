@@ -111,8 +111,9 @@ class StepChoice:
             "measured_at": self.measured_at,
         }
 
-    def describe(self) -> str:
-        """One line: the options, why, and where the measurement came from."""
+    def describe(self, also: Sequence[str] = ()) -> str:
+        """One line: the options (and ``also``, options the run takes unmeasured, e.g. the
+        optimizer's), why, and where the measurement came from."""
         times = ", ".join(
             f"{n} {t:.3g}" for n, t in sorted(self.seconds_per_step.items(), key=lambda kv: kv[1])
         )
@@ -121,7 +122,7 @@ class StepChoice:
             where += f", cached in {self.cache}"
         cpu = self.machine.get("cpu", "?")
         return (
-            f"step: {self.chosen} ({self.reason}; s/step: {times}; {cpu}, torch {self.machine.get('torch')}, "
+            f"step: {'+'.join([self.chosen, *also])} ({self.reason}; s/step: {times}; {cpu}, torch {self.machine.get('torch')}, "
             f"{self.machine.get('threads')} threads; {where})"
         )
 

@@ -33,6 +33,8 @@ from collections.abc import Callable
 import torch
 import torch.distributions as D
 
+from ..numerics import logsumexp
+
 __all__ = ["elbo_terms", "evaluate", "format_table", "iwae_log_likelihood"]
 
 Encoder = Callable[[torch.Tensor], D.Distribution]
@@ -182,8 +184,8 @@ def iwae_log_likelihood(
         x_rep = x.unsqueeze(0).expand(k, *x.shape).reshape(k * batch, *event)  # (k*B, *X)
         log_lik = _decoder_log_prob(decode, z.reshape(k * batch, z.shape[-1]), x_rep)  # (k*B,)
         log_w = log_lik.reshape(k, batch) + log_prior - log_q  # (k, B)
-        chunk = torch.logsumexp(log_w, dim=0)  # (B,)
-        running = chunk if running is None else torch.logsumexp(torch.stack([running, chunk]), dim=0)
+        chunk = logsumexp(log_w, dim=0)  # (B,)
+        running = chunk if running is None else logsumexp(torch.stack([running, chunk]), dim=0)
     assert running is not None  # num_samples >= 1: the loop ran
     return running - math.log(num_samples)  # (B,)
 

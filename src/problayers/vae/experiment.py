@@ -45,7 +45,7 @@ from ..train.trainer import CHECKPOINT, Trainer, TrainerConfig
 from . import data as mnist
 from .evaluation import evaluate
 from .models import VAE, build_model, vae_loss
-from .runconfig import STEP_OPTIONS, RunConfig, choose_step, resolve_device, step_options, train_step_args
+from .runconfig import FUSED_ADAM_DEVICES, STEP_OPTIONS, RunConfig, choose_step, resolve_device, step_options, train_step_args
 from .rundir import CONFIG, check_consistent, check_run_state, prepare_run_dir, read_config
 from .runlock import RunLock
 
@@ -137,9 +137,10 @@ def _setup(cfg: RunConfig, run_dir: Path, dist: DistContext | None = None) -> Tr
     batches = mnist.EpochBatches(train_u8, cfg.batch_size, seed=cfg.seed, rank=rank, world_size=world)
     model = build_model(cfg.model).to(device)
     fused = cfg.fused_adam or cfg.cuda_graph
-    if fused and device.type != "cuda":
-        name = "cuda_graph" if cfg.cuda_graph else "fused_adam"
-        raise ValueError(f"{name}: needs a CUDA device, the run is on {device}")
+    if cfg.cuda_graph and device.type != "cuda":
+        raise ValueError(f"cuda_graph: needs a CUDA device, the run is on {device}")
+    if fused and device.type not in FUSED_ADAM_DEVICES:
+        raise ValueError(f"fused_adam: needs a CUDA or CPU device, the run is on {device}")
     extra: dict[str, Any] = {"fused": True, "capturable": cfg.cuda_graph} if fused else {}
     optimizer = ADAMS[cfg.adam](model.parameters(), lr=cfg.lr, **extra)
     scheduler = make_scheduler(cfg.lr_schedule, optimizer, cfg.epochs * len(batches))

@@ -27,6 +27,7 @@ from torch import nn
 
 from ..coercible import convert_to_tensor
 from ..losses import added_losses_skipped, collect_losses
+from ..numerics import logsumexp
 
 __all__ = ["ELBO", "IWAE", "OBJECTIVES", "Objective"]
 
@@ -159,7 +160,7 @@ class IWAE(Objective):
 
         z = q.rsample((k,))  # (K, B, D)
         if not (self.dreg and z.requires_grad):
-            neg_bound = -(torch.logsumexp(log_weights(z), 0) - math.log(k)).mean()
+            neg_bound = -(logsumexp(log_weights(z), 0) - math.log(k)).mean()
             return neg_bound, {"iwae": neg_bound.detach()}
         # DReG. The normalized weights w first (a pass without gradients), then the pass that
         # is differentiated, at z_w = z with its gradient path to the encoder scaled by w (its
@@ -170,7 +171,7 @@ class IWAE(Objective):
         with torch.no_grad():
             w = torch.softmax(log_weights(fixed), 0)  # (K, B)
         log_w = log_weights(fixed + w.unsqueeze(-1) * (z - fixed))  # (K, B)
-        neg_bound = -(torch.logsumexp(log_w.detach(), 0) - math.log(k)).mean()
+        neg_bound = -(logsumexp(log_w.detach(), 0) - math.log(k)).mean()
         surrogate = -(w * log_w).sum(0).mean()
         return neg_bound + (surrogate - surrogate.detach()), {"iwae": neg_bound}
 

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MAX_EPOCHS",
+    "FUSED_ADAM_DEVICES",
     "STEP_OPTIONS",
     "RunConfig",
     "choose_step",
@@ -27,6 +28,9 @@ __all__ = [
 
 #: The most epochs a run may have (a larger number in a config or checkpoint is refused as corrupt).
 MAX_EPOCHS = 100_000
+#: The device types whose runs may take torch's fused Adam (one kernel per parameter group; on the
+#: CPU it also avoids the slow path of MKL's sqrt for the zeros of parameters with no gradient yet).
+FUSED_ADAM_DEVICES = ("cuda", "cpu")
 #: The keys a ``config.json`` must have (the others default, for files of older versions).
 REQUIRED = ("model", "epochs", "batch_size", "lr", "seed")
 
@@ -56,7 +60,7 @@ class RunConfig:
     compile_mode: str | None = None
     precision: str = "fp32"
     channels_last: bool = False
-    fused_adam: bool = False  # torch.optim.Adam(fused=True) (CUDA)
+    fused_adam: bool = False  # torch.optim.Adam(fused=True) (CUDA or CPU)
     cuda_graph: bool = False  # the whole step as one CUDA graph (implies fused Adam)
     # Transposed convolutions on the convolution's passes (problayers.train.transposed); a
     # config.json from before the field means False.
@@ -223,8 +227,8 @@ def train_step_args(cfg: RunConfig) -> dict[str, Any] | None:
 
 def step_options(fast: bool, device: str = "auto") -> dict[str, Any]:
     """RunConfig's :data:`STEP_OPTIONS`: their defaults (the plain eager step), or with ``fast``
-    the device's fastest (:func:`problayers.train.fastpath.fastest_defaults`, and fused Adam on CUDA;
-    on a CPU ``auto_step``: the run measures its precision, channels_last and convolution passes,
+    the device's fastest (:func:`problayers.train.fastpath.fastest_defaults`, and fused Adam on CUDA
+    and the CPU; on a CPU ``auto_step``: the run measures its precision, channels_last and convolution passes,
     see :func:`choose_step`, and ``retain_memory``:
     :func:`problayers.train.allocator.retain_freed_memory`)."""
     defaults = {f.name: f.default for f in dataclasses.fields(RunConfig)}
@@ -234,7 +238,7 @@ def step_options(fast: bool, device: str = "auto") -> dict[str, Any]:
 
         dev = resolve_device(device)
         cpu = dev.type == "cpu"
-        opts.update(fastest_defaults(dev), fused_adam=dev.type == "cuda")
+        opts.update(fastest_defaults(dev), fused_adam=dev.type in FUSED_ADAM_DEVICES)
         opts.update(auto_step=cpu, retain_memory=cpu)
     return opts
 
@@ -249,7 +253,7 @@ def choose_step(
     if not cfg.auto_step or cfg.step_choice is not None or batch.device.type != "cpu":
         return cfg
     choice = measure_step(cfg, model, optimizer, batch)
-    print(choice.describe(), flush=True)
+    print(choice.describe(also=["fused_adam"] if cfg.fused_adam else []), flush=True)
     return dataclasses.replace(cfg, **choice.options, step_choice=choice.record())
 
 

@@ -25,6 +25,7 @@ from torch import nn
 
 from ...coercible import TensorCoercible
 from ...losses import added_losses_skipped
+from ...numerics import logsumexp
 from ...precision import in_fp32
 
 __all__ = ["PRIORS", "DiagonalGaussianMixture", "MixtureOfGaussians", "StandardNormal", "VampPrior"]
@@ -62,7 +63,7 @@ class DiagonalGaussianMixture(D.MixtureSameFamily):
         sq = (sq + (loc.pow(2) * precision).sum(-1)).clamp(min=0)  # (N, C): sum_d ((z - mu) / s)^2
         log_comp = -0.5 * sq - scale.log().sum(-1) - 0.5 * d * math.log(2 * math.pi)  # (N, C)
         log_mix = torch.log_softmax(self.mixture_distribution.logits, -1)  # (C,)
-        out = torch.logsumexp(log_comp + log_mix, -1)  # (N,)
+        out = logsumexp(log_comp + log_mix, -1)  # (N,)
         return out.reshape(value.shape[:-1])
 
 

@@ -1,0 +1,117 @@
+"""Why a CPU training step slows down as the model trains, and what the two remedies give back.
+
+torch's CPU ``exp`` and ``sqrt`` of fp32 go through MKL's vector maths on the x86 wheels, which
+takes a slow path for arguments whose exp underflows and for zeros under sqrt. A trained
+mixture prior's components lie far apart (``logsumexp`` exponentiates differences of hundreds of
+nats), and Adam's per-parameter loop takes the sqrt of second moments that are exactly zero for
+parameters without gradient. This script times
+
+1. ``exp`` and ``sqrt`` of 100k fp32 values in the ranges that matter (one thread), and
+2. training steps of a run's trained model and of a fresh one (same shapes, same batches), with
+   torch's ``logsumexp`` or :func:`problayers.numerics.logsumexp`, and Adam's loop or its fused
+   kernel, each candidate taking turns over ``--rounds`` rounds (the fastest median counts).
+
+    python benchmarks/step_drift.py runs/zoo/mlp-vamp-iwae5 --precision bf16
+
+The run is any ``problayers train`` output directory (its config and checkpoint).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from problayers import numerics
+from problayers.train.allocator import retain_freed_memory
+from problayers.train.fastpath import make_train_step
+from problayers.vae import data as mnist
+from problayers.vae.experiment import load_run
+from problayers.vae.models import build_model, vae_loss
+
+
+def _us(fn, x, repeats: int = 100) -> float:
+    fn(x)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn(x)
+    return (time.perf_counter() - start) / repeats * 1e6
+
+
+def kernels() -> None:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    n = 100_000
+    print(f"\nexp and sqrt of {n} fp32 values, 1 thread (us per call)")
+    print("| values | exp | sqrt |\n|---|---|---|")
+    for label, lo, hi in (
+        ("[-5, 0] (ordinary)", -5, 0),
+        ("[-87, -85] (still normal results)", -87, -85),
+        ("[-100, -88] (subnormal results)", -100, -88),
+        ("[-1000, -110] (results 0)", -1000, -110),
+    ):
+        x = torch.empty(n).uniform_(lo, hi)
+        print(f"| {label} | {_us(torch.exp, x):.0f} | - |")
+    for label, x in (("ones", torch.ones(n)), ("zeros", torch.zeros(n))):
+        print(f"| {label} | - | {_us(torch.sqrt, x):.0f} |")
+    torch.set_num_threads(threads)
+
+
+def steps(run: str, precision: str, rounds: int, n_steps: int) -> None:
+    retain_freed_memory()  # as `problayers train` on a CPU
+    trained, cfg, info = load_run(run, "cpu")
+    if cfg.synthetic or not cfg.data_dir:
+        raise SystemExit(f"{run}: expected a run trained on MNIST (a data_dir), got synthetic data")
+    images, _ = mnist.load_mnist(cfg.data_dir, split="train")
+    images = images[: cfg.batch_size * (n_steps + 5)]
+    batches = list(mnist.EpochBatches(images, cfg.batch_size, seed=0).epoch(0))
+    torch.manual_seed(0)
+    models = {f"trained (epoch {info['epoch']})": trained, "fresh": build_model(cfg.model)}
+    floors = {"torch.logsumexp": math.inf, "numerics.logsumexp": numerics.UNDERFLOW_FLOOR}
+    results: dict[tuple[str, str, str], list[float]] = {}
+    for _ in range(rounds):
+        for lse, floor in floors.items():
+            numerics.UNDERFLOW_FLOOR = floor  # inf: max - inf = -inf, nothing raised: torch's own
+            for adam, fused in (("Adam loop", None), ("Adam fused", True)):
+                for name, model in models.items():
+                    twin = copy.deepcopy(model).train()
+                    opt = torch.optim.Adam(twin.parameters(), lr=1e-5, fused=fused)
+                    step = make_train_step(twin, opt, vae_loss, precision=precision)
+                    for b in batches[:5]:
+                        step(b)
+                    times = []
+                    for b in batches[5:]:
+                        start = time.perf_counter()
+                        step(b)
+                        times.append(time.perf_counter() - start)
+                    results.setdefault((name, lse, adam), []).append(sorted(times)[len(times) // 2])
+    numerics.UNDERFLOW_FLOOR = floors["numerics.logsumexp"]
+    print(f"\ntraining step of {run} ({cfg.model.name}, batch {cfg.batch_size}, {precision}), ms:"
+          f" fastest of {rounds} rounds' medians of {n_steps} steps")  # fmt: skip
+    print("| model | logsumexp | Adam | ms per step |\n|---|---|---|---|")
+    for (name, lse, adam), meds in results.items():
+        print(f"| {name} | {lse} | {adam} | {min(meds) * 1e3:.2f} |")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("run", help="a problayers train output directory")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--steps", type=int, default=30)
+    args = p.parse_args()
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())  # fmt: skip
+    print(f"# {cpu}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")  # fmt: skip
+    kernels()
+    steps(args.run, args.precision, args.rounds, args.steps)
+
+
+if __name__ == "__main__":
+    main()
