@@ -9,7 +9,8 @@ parameters without gradient. This script times
 1. ``exp`` and ``sqrt`` of 100k fp32 values in the ranges that matter (one thread), and
 2. training steps of a run's trained model and of a fresh one (same shapes, same batches), with
    torch's ``logsumexp`` or :func:`problayers.numerics.logsumexp`, and Adam's loop or its fused
-   kernel, each candidate taking turns over ``--rounds`` rounds (the fastest median counts).
+   kernel: the eight steps take turns batch by batch, so that the machine's slow spells (this
+   VM has them, ~30%) fall on all alike; the median and quartiles of each.
 
     python benchmarks/step_drift.py runs/zoo/mlp-vamp-iwae5 --precision bf16
 
@@ -22,6 +23,7 @@ import argparse
 import copy
 import math
 import platform
+import statistics
 import time
 from pathlib import Path
 
@@ -62,7 +64,7 @@ def kernels() -> None:
     torch.set_num_threads(threads)
 
 
-def steps(run: str, precision: str, rounds: int, n_steps: int) -> None:
+def steps(run: str, precision: str, n_steps: int) -> None:
     retain_freed_memory()  # as `problayers train` on a CPU
     trained, cfg, info = load_run(run, "cpu")
     if cfg.synthetic or not cfg.data_dir:
@@ -73,44 +75,41 @@ def steps(run: str, precision: str, rounds: int, n_steps: int) -> None:
     torch.manual_seed(0)
     models = {f"trained (epoch {info['epoch']})": trained, "fresh": build_model(cfg.model)}
     floors = {"torch.logsumexp": math.inf, "numerics.logsumexp": numerics.UNDERFLOW_FLOOR}
-    results: dict[tuple[str, str, str], list[float]] = {}
-    for _ in range(rounds):
-        for lse, floor in floors.items():
-            numerics.UNDERFLOW_FLOOR = floor  # inf: max - inf = -inf, nothing raised: torch's own
-            for adam, fused in (("Adam loop", None), ("Adam fused", True)):
-                for name, model in models.items():
-                    twin = copy.deepcopy(model).train()
-                    opt = torch.optim.Adam(twin.parameters(), lr=1e-5, fused=fused)
-                    step = make_train_step(twin, opt, vae_loss, precision=precision)
-                    for b in batches[:5]:
-                        step(b)
-                    times = []
-                    for b in batches[5:]:
-                        start = time.perf_counter()
-                        step(b)
-                        times.append(time.perf_counter() - start)
-                    results.setdefault((name, lse, adam), []).append(sorted(times)[len(times) // 2])
+    configs = [(name, lse, adam) for lse in floors for adam in ("Adam loop", "Adam fused") for name in models]
+    built = []
+    for name, lse, adam in configs:
+        twin = copy.deepcopy(models[name]).train()
+        opt = torch.optim.Adam(twin.parameters(), lr=1e-5, fused=True if adam == "Adam fused" else None)
+        built.append(make_train_step(twin, opt, vae_loss, precision=precision))
+    times: list[list[float]] = [[] for _ in configs]
+    for i, b in enumerate(batches[:n_steps + 5]):
+        for k, (step, (_, lse, _)) in enumerate(zip(built, configs, strict=True)):
+            numerics.UNDERFLOW_FLOOR = floors[lse]  # inf: max - inf = -inf, nothing raised: torch's own
+            start = time.perf_counter()
+            step(b)
+            if i >= 5:  # warm-up
+                times[k].append(time.perf_counter() - start)
     numerics.UNDERFLOW_FLOOR = floors["numerics.logsumexp"]
-    print(f"\ntraining step of {run} ({cfg.model.name}, batch {cfg.batch_size}, {precision}), ms:"
-          f" fastest of {rounds} rounds' medians of {n_steps} steps")  # fmt: skip
-    print("| model | logsumexp | Adam | ms per step |\n|---|---|---|---|")
-    for (name, lse, adam), meds in results.items():
-        print(f"| {name} | {lse} | {adam} | {min(meds) * 1e3:.2f} |")
+    print(f"\ntraining step of {run} ({cfg.model.name}, batch {cfg.batch_size}, {precision}), ms: the"
+          f" {len(configs)} steps take turns, step by step, over {n_steps} batches")  # fmt: skip
+    print("| model | logsumexp | Adam | median | quartiles |\n|---|---|---|---|---|")
+    for (name, lse, adam), ts in zip(configs, times, strict=True):
+        q = [v * 1e3 for v in statistics.quantiles(ts, n=4)]  # quartiles
+        print(f"| {name} | {lse} | {adam} | {q[1]:.2f} | {q[0]:.2f} - {q[2]:.2f} |")
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("run", help="a problayers train output directory")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--steps", type=int, default=100, help="timed steps per configuration")
     args = p.parse_args()
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())  # fmt: skip
     print(f"# {cpu}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")  # fmt: skip
     kernels()
-    steps(args.run, args.precision, args.rounds, args.steps)
+    steps(args.run, args.precision, args.steps)
 
 
 if __name__ == "__main__":

@@ -121,8 +121,8 @@ def _given_options(argv: Sequence[str]) -> set[str]:
 
 def _fast_options(args: argparse.Namespace, data_parallel: bool) -> dict:
     """RunConfig's step options. ``--fast`` (the default when no step flag is given and the run is
-    single-process): the device's fastest defaults (``problayers.train.fastpath.fastest_defaults``; on
-    CUDA also fused Adam), to which explicit flags add. With step flags but no ``--fast``: those
+    single-process): the device's fastest defaults (``problayers.train.fastpath.fastest_defaults``, and
+    fused Adam on CUDA and the CPU), to which explicit flags add. With step flags but no ``--fast``: those
     flags alone. ``--no-fast`` or a data-parallel run: the plain eager step plus explicit flags."""
     from ..vae.experiment import step_options
 
