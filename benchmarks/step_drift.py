@@ -77,12 +77,12 @@ def steps(run: str, precision: str, n_steps: int) -> None:
     floors = {"torch.logsumexp": math.inf, "numerics.logsumexp": numerics.UNDERFLOW_FLOOR}
     configs = [(name, lse, adam) for lse in floors for adam in ("Adam loop", "Adam fused") for name in models]
     built = []
-    for name, lse, adam in configs:
+    for name, _, adam in configs:
         twin = copy.deepcopy(models[name]).train()
         opt = torch.optim.Adam(twin.parameters(), lr=1e-5, fused=True if adam == "Adam fused" else None)
         built.append(make_train_step(twin, opt, vae_loss, precision=precision))
     times: list[list[float]] = [[] for _ in configs]
-    for i, b in enumerate(batches[:n_steps + 5]):
+    for i, b in enumerate(batches[: n_steps + 5]):
         for k, (step, (_, lse, _)) in enumerate(zip(built, configs, strict=True)):
             numerics.UNDERFLOW_FLOOR = floors[lse]  # inf: max - inf = -inf, nothing raised: torch's own
             start = time.perf_counter()

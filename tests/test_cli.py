@@ -330,7 +330,10 @@ def test_train_prints_and_records_its_step_choice(tmp_path, capsys, monkeypatch)
     assert (cfg["precision"], cfg["channels_last"], cfg["transposed_as_conv"]) == ("bf16", True, True)
     assert cfg["narrow_conv_by_transposed"] is True
     # (and with fused Adam, which every candidate step had: not measured, named)
-    assert "step: bf16+channels_last+conv_passes+fused_adam (bf16 44% faster than fp32;" in capsys.readouterr().out
+    assert (
+        "step: bf16+channels_last+conv_passes+fused_adam (bf16 44% faster than fp32;"
+        in capsys.readouterr().out
+    )
     assert cfg["fused_adam"] is True
     # evaluate takes the narrow last convolution's depthwise forward with that choice, not without
     evaluate[1] = str(tmp_path / "b")

@@ -30,7 +30,9 @@ class _ExpArguments(TorchDispatchMode):
 
 def _spread(shape, dtype, width=2000.0):
     """Log-terms spread over ``width`` nats: most of them far under the largest."""
-    return (torch.rand(shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * -width).to(dtype)
+    return (torch.rand(shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * -width).to(
+        dtype
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -46,7 +48,9 @@ def test_value_and_gradient_are_torchs(dtype, shape, dim, keepdim, width):
     theirs = torch.logsumexp(x, dim, keepdim)
     (g_theirs,) = torch.autograd.grad(theirs.sum(), x)
     assert ours.shape == theirs.shape and ours.dtype == dtype
-    torch.testing.assert_close(ours, theirs, rtol=0, atol=4 * torch.finfo(dtype).eps * float(theirs.detach().abs().max()))
+    torch.testing.assert_close(
+        ours, theirs, rtol=0, atol=4 * torch.finfo(dtype).eps * float(theirs.detach().abs().max())
+    )
     # the terms under the floor get no gradient; torch's gives them at most exp(-64) of the total
     torch.testing.assert_close(g_ours, g_theirs, rtol=1e-6, atol=math.exp(-numerics.UNDERFLOW_FLOOR))
 

@@ -120,10 +120,10 @@ class StepChoice:
         where = f"cached {self.measured_at} in {self.cache}" if self.cached else "measured now"
         if self.cache and not self.cached:
             where += f", cached in {self.cache}"
-        cpu = self.machine.get("cpu", "?")
+        cpu, torch_version = self.machine.get("cpu", "?"), self.machine.get("torch")
         return (
-            f"step: {'+'.join([self.chosen, *also])} ({self.reason}; s/step: {times}; {cpu}, torch {self.machine.get('torch')}, "
-            f"{self.machine.get('threads')} threads; {where})"
+            f"step: {'+'.join([self.chosen, *also])} ({self.reason}; s/step: {times}; {cpu}, "
+            f"torch {torch_version}, {self.machine.get('threads')} threads; {where})"
         )
 
 

@@ -45,7 +45,15 @@ from ..train.trainer import CHECKPOINT, Trainer, TrainerConfig
 from . import data as mnist
 from .evaluation import evaluate
 from .models import VAE, build_model, vae_loss
-from .runconfig import FUSED_ADAM_DEVICES, STEP_OPTIONS, RunConfig, choose_step, resolve_device, step_options, train_step_args
+from .runconfig import (
+    FUSED_ADAM_DEVICES,
+    STEP_OPTIONS,
+    RunConfig,
+    choose_step,
+    resolve_device,
+    step_options,
+    train_step_args,
+)
 from .rundir import CONFIG, check_consistent, check_run_state, prepare_run_dir, read_config
 from .runlock import RunLock
 

@@ -16,8 +16,8 @@ if TYPE_CHECKING:
     from ..train.probe import StepChoice
 
 __all__ = [
-    "MAX_EPOCHS",
     "FUSED_ADAM_DEVICES",
+    "MAX_EPOCHS",
     "STEP_OPTIONS",
     "RunConfig",
     "choose_step",
@@ -29,7 +29,8 @@ __all__ = [
 #: The most epochs a run may have (a larger number in a config or checkpoint is refused as corrupt).
 MAX_EPOCHS = 100_000
 #: The device types whose runs may take torch's fused Adam (one kernel per parameter group; on the
-#: CPU it also avoids the slow path of MKL's sqrt for the zeros of parameters with no gradient yet).
+#: CPU it also avoids MKL's slow sqrt of the zero and subnormal second moments that entries with a
+#: zero gradient reach, see docs/benchmarks.md).
 FUSED_ADAM_DEVICES = ("cuda", "cpu")
 #: The keys a ``config.json`` must have (the others default, for files of older versions).
 REQUIRED = ("model", "epochs", "batch_size", "lr", "seed")
