@@ -58,7 +58,7 @@ def _model(args, device):
     return build_model(ModelConfig()).to(device).eval()
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cpu")
     p.add_argument("--n", type=int, default=100, help="test images (default 100)")
@@ -98,7 +98,11 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("n", "k", "batch_size", "chunk_size", "repeats", "threads", "target_n", "target_k"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')}: expected a positive int")
+    return args
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     sys.path.insert(0, str(HERE.parent / "src"))  # run from a checkout without installing
     import torch
 

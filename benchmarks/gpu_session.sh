@@ -11,6 +11,7 @@
 #   issue 14 (~8 min):  zoo-hvae zoo-eval
 # (the zoo stages, fast-iwae, iwae-options and the CUDA cases of tests/test_transposed.py and
 # tests/test_cudagraph.py's EMA tests are prepared for that GPU: not run on one yet)
+# CI checks that every command line below is accepted by its parser (tests/test_gpu_session.py).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 MNIST=${MNIST:-.gpudata/mnist}
