@@ -5,7 +5,9 @@ Runs ``make_train_step(precision=P, channels_last=True)`` at batch 256 in a subp
 by (primitive, implementation, propagation kind); ``--library tfp`` does the same for TFP's
 example (``tfp_vae.py``, ``train_on_batch`` in ``.tfp-venv``, whose TensorFlow runs its
 convolutions and matrix products through oneDNN on x86). The wall time of the logged steps is
-printed too: the rest of the step is what runs outside oneDNN::
+printed too: the rest of the step is what runs outside oneDNN. ``--by-shape`` also gives each
+(de)convolution pass's nominal rate, GFLOP/s from its problem's multiply-adds (padding borders
+counted as if computed), to set against the CPU's peak::
 
     python benchmarks/onednn_kernels.py --precision bf16
     python benchmarks/onednn_kernels.py --precision fp32 --top 8
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import collections
 import os
+import re
 import subprocess
 import sys
 import time
@@ -89,6 +92,26 @@ def worker_tfp(inter_op: int | None) -> None:
     print(f"WALL {(time.perf_counter() - start) / STEPS * 1e3:.1f}", flush=True)
 
 
+def nominal_gflop(primitive: str, problem: str) -> float | None:
+    """The multiply-adds x 2 of one (de)convolution pass from oneDNN's problem descriptor (e.g.
+    ``mb256_ic32oc32_ih28oh28kh5sh1dh0ph2_iw28ow28kw5sw1dw0pw2``; ``g`` for groups), border
+    effects of the padding ignored; each of the three passes does as many. None for others."""
+    if primitive not in ("convolution", "deconvolution"):
+        return None
+    dims = dict(re.findall(r"([a-z]+)(\d+)", problem.replace("_", "")))
+    try:
+        mb, ic, oc, kh, kw = (int(dims[k]) for k in ("mb", "ic", "oc", "kh", "kw"))
+        # a convolution computes each output pixel from ic/g x kh x kw inputs; a transposed
+        # convolution spreads each input pixel over oc/g x kh x kw outputs
+        side, per = ("o", ic) if primitive == "convolution" else ("i", oc)
+        pixels = int(dims[side + "h"]) * int(dims[side + "w"]) * int(dims.get(side + "d", 1))
+    except KeyError:
+        return None
+    kd, groups = int(dims.get("kd", 1)), int(dims.get("g", 1))
+    channels = oc if primitive == "convolution" else ic
+    return 2 * mb * pixels * channels * (per // groups) * kh * kw * kd / 1e9
+
+
 def summarize(log: str, top: int, by_shape: bool = False) -> None:
     totals: dict[tuple[str, ...], list[float]] = collections.defaultdict(lambda: [0, 0.0])
     for line in log.split(MARK, 1)[1].splitlines():
@@ -109,9 +132,13 @@ def summarize(log: str, top: int, by_shape: bool = False) -> None:
     wall = [line.split()[1] for line in log.splitlines() if line.startswith("WALL ")]
     print(f"oneDNN time per step: {whole / STEPS:.1f} ms; wall time per step: {wall[0] if wall else '?'} ms")
     header = ("primitive", "implementation", "propagation", "n/step", "ms/step", "share")
-    print("{:14s} {:52s} {:18s} {:>6s} {:>8s} {:>6s}".format(*header))
+    row = "{:14s} {:52s} {:18s} {:>6s} {:>8s} {:>6s}".format(*header)
+    print(row + (" GFLOP/s problem" if by_shape else ""))
     for (kind, impl, prop, *shape), (n, t) in sorted(totals.items(), key=lambda kv: -kv[1][1])[:top]:
         line = f"{kind:14s} {impl:52s} {prop:18s} {n // STEPS:6d} {t / STEPS:8.1f} {100 * t / whole:5.1f}%"
+        if by_shape:  # the nominal arithmetic rate of the pass
+            gflop = nominal_gflop(kind, shape[0])
+            line += f" {1e3 * gflop * n / t:7.0f}" if gflop and t > 0 else f" {'-':>7s}"
         print(" ".join([line, *shape]))
 
 
