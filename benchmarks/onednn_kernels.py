@@ -14,6 +14,7 @@ counted as if computed), to set against the CPU's peak::
     python benchmarks/onednn_kernels.py --library tfp --top 8
     python benchmarks/onednn_kernels.py --library tfp --inter-op 1   # one op at a time, as torch runs
     python benchmarks/onednn_kernels.py --precision fp32 --by-shape --steps 10 --top 30
+    python benchmarks/onednn_kernels.py --evaluate runs/RUN --narrow-conv-by-transposed --by-shape  # the IWAE
 
 The step keeps freed memory as ``problayers train``'s does (``retain_memory``); before
 2026-12-05 06:00 UTC this script let glibc give it back, so the kernels that write large
@@ -66,6 +67,48 @@ def worker(precision: str, transposed_as_conv: bool, narrow: bool, keep_memory: 
     for _ in range(STEPS):
         step(x)
     print(f"WALL {(time.perf_counter() - start) / STEPS * 1e3:.1f}", flush=True)
+
+
+def worker_evaluate(run_dir: str, data_dir: str | None, n: int, k: int, narrow: bool) -> None:
+    """``problayers evaluate``'s IWAE on a CPU as its defaults run it (bf16 autocast, channels_last,
+    4 images x 128 samples per decoder call, freed memory kept), on ``n`` test images x ``k``."""
+    import torch
+
+    from problayers.train.allocator import retain_freed_memory
+    from problayers.train.fastpath import bf16_autocast
+    from problayers.train.transposed import use_transposed_weight_gradient
+    from problayers.vae import data as mnist
+    from problayers.vae.evaluation import evaluate
+    from problayers.vae.experiment import load_run
+
+    retain_freed_memory()
+    model, _, _ = load_run(run_dir, device="cpu")
+    model.to(memory_format=torch.channels_last)
+    if narrow:
+        use_transposed_weight_gradient(model)
+    if data_dir:
+        images, _ = mnist.load_mnist(data_dir, split="test", download=False)
+    else:
+        images, _ = mnist.synthetic_mnist(n, seed=1)
+    x = mnist.binarize_fixed(images[:n])
+
+    def run(samples: int) -> None:
+        with bf16_autocast(model):
+            evaluate(
+                model.encode,
+                model.decode,
+                model.prior(),
+                x,
+                batch_size=4,
+                iwae_samples=samples,
+                chunk_size=128,
+            )
+
+    run(8)
+    print(MARK, flush=True)
+    start = time.perf_counter()
+    run(k)
+    print(f"WALL {(time.perf_counter() - start) * 1e3:.1f}", flush=True)
 
 
 def worker_tfp(inter_op: int | None) -> None:
@@ -168,9 +211,22 @@ def main() -> None:
         "given back, a large output is page-faulted in afresh inside the kernel that writes it)",
     )
     parser.add_argument("--by-shape", action="store_true", help="one row per problem shape too")
+    parser.add_argument(
+        "--evaluate",
+        metavar="RUN_DIR",
+        default=None,
+        help="problayers only: instead of a training step, one IWAE evaluation of RUN_DIR's model "
+        "(evaluate's CPU defaults, bf16) on --n test images x --k samples",
+    )
+    parser.add_argument("--n", type=int, default=8, help="--evaluate: test images")
+    parser.add_argument("--k", type=int, default=1024, help="--evaluate: IWAE samples per image")
+    parser.add_argument("--data-dir", default=None, help="--evaluate: MNIST directory (default synthetic)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     STEPS = args.steps
+    if args.worker and args.evaluate:
+        worker_evaluate(args.evaluate, args.data_dir, args.n, args.k, args.narrow_conv_by_transposed)
+        return
     if args.worker:
         worker_tfp(args.inter_op) if args.library == "tfp" else worker(
             args.precision, args.transposed_as_conv, args.narrow_conv_by_transposed, not args.no_keep_memory
@@ -190,6 +246,10 @@ def main() -> None:
     cmd += ["--narrow-conv-by-transposed"] if args.narrow_conv_by_transposed else []
     if args.inter_op is not None:
         cmd += ["--inter-op", str(args.inter_op)]
+    if args.evaluate:
+        cmd += ["--evaluate", args.evaluate, "--n", str(args.n), "--k", str(args.k)]
+        cmd += ["--data-dir", args.data_dir] if args.data_dir else []
+        STEPS = 1  # one evaluation is logged
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
     summarize(out, args.top, args.by_shape)
 
