@@ -6,8 +6,8 @@ by (primitive, implementation, propagation kind); ``--library tfp`` does the sam
 example (``tfp_vae.py``, ``train_on_batch`` in ``.tfp-venv``, whose TensorFlow runs its
 convolutions and matrix products through oneDNN on x86). The wall time of the logged steps is
 printed too: the rest of the step is what runs outside oneDNN. ``--by-shape`` also gives each
-(de)convolution pass's nominal rate, GFLOP/s from its problem's multiply-adds (padding borders
-counted as if computed), to set against the CPU's peak::
+(de)convolution pass's arithmetic rate, GFLOP/s from its problem's multiply-adds (the taps
+that fall on the zero padding not counted), to set against the CPU's peak::
 
     python benchmarks/onednn_kernels.py --precision bf16
     python benchmarks/onednn_kernels.py --precision fp32 --top 8
@@ -135,24 +135,37 @@ def worker_tfp(inter_op: int | None) -> None:
     print(f"WALL {(time.perf_counter() - start) / STEPS * 1e3:.1f}", flush=True)
 
 
-def nominal_gflop(primitive: str, problem: str) -> float | None:
-    """The multiply-adds x 2 of one (de)convolution pass from oneDNN's problem descriptor (e.g.
-    ``mb256_ic32oc32_ih28oh28kh5sh1dh0ph2_iw28ow28kw5sw1dw0pw2``; ``g`` for groups), border
-    effects of the padding ignored; each of the three passes does as many. None for others."""
+def _taps(small: int, large: int, kernel: int, stride: int, dilation: int, pad: int) -> int:
+    """The (pixel, tap) pairs of one spatial axis that fall inside the image: a convolution's
+    output pixel o reads input o*stride + k*(dilation+1) - pad (small = outputs, large = inputs);
+    a transposed convolution's input pixel i writes output i*stride + ... (small = inputs)."""
+    return sum(
+        0 <= o * stride + k * (dilation + 1) - pad < large for o in range(small) for k in range(kernel)
+    )
+
+
+def gflop(primitive: str, problem: str) -> float | None:
+    """2 x the multiply-adds of one (de)convolution pass from oneDNN's problem descriptor (e.g.
+    ``mb256_ic32oc32_ih28oh28kh5sh1dh0ph2_iw28ow28kw5sw1dw0pw2``; ``g`` for groups), counting only
+    the taps inside the image, the work a pass cannot avoid (a 5x5 kernel with 'same' padding on
+    a 7x7 image has 69% of its nominal taps inside); each of the three passes does as many.
+    None for other primitives."""
     if primitive not in ("convolution", "deconvolution"):
         return None
-    dims = dict(re.findall(r"([a-z]+)(\d+)", problem.replace("_", "")))
+    dims = {k: int(v) for k, v in re.findall(r"([a-z]+)(\d+)", problem.replace("_", ""))}
     try:
-        mb, ic, oc, kh, kw = (int(dims[k]) for k in ("mb", "ic", "oc", "kh", "kw"))
-        # a convolution computes each output pixel from ic/g x kh x kw inputs; a transposed
-        # convolution spreads each input pixel over oc/g x kh x kw outputs
-        side, per = ("o", ic) if primitive == "convolution" else ("i", oc)
-        pixels = int(dims[side + "h"]) * int(dims[side + "w"]) * int(dims.get(side + "d", 1))
+        mb, ic, oc = dims["mb"], dims["ic"], dims["oc"]
+        pairs = 1
+        for axis in "dhw":
+            if "k" + axis not in dims:
+                continue  # a 1-D or 2-D problem has no depth (or height)
+            io = (dims["o" + axis], dims["i" + axis])
+            small, large = io if primitive == "convolution" else io[::-1]
+            args = (dims["k" + axis], dims["s" + axis], dims["d" + axis], dims["p" + axis])
+            pairs *= _taps(small, large, *args)
     except KeyError:
         return None
-    kd, groups = int(dims.get("kd", 1)), int(dims.get("g", 1))
-    channels = oc if primitive == "convolution" else ic
-    return 2 * mb * pixels * channels * (per // groups) * kh * kw * kd / 1e9
+    return 2 * mb * oc * ic // dims.get("g", 1) * pairs / 1e9
 
 
 def summarize(log: str, top: int, by_shape: bool = False) -> None:
@@ -179,9 +192,9 @@ def summarize(log: str, top: int, by_shape: bool = False) -> None:
     print(row + (" GFLOP/s problem" if by_shape else ""))
     for (kind, impl, prop, *shape), (n, t) in sorted(totals.items(), key=lambda kv: -kv[1][1])[:top]:
         line = f"{kind:14s} {impl:52s} {prop:18s} {n // STEPS:6d} {t / STEPS:8.1f} {100 * t / whole:5.1f}%"
-        if by_shape:  # the nominal arithmetic rate of the pass
-            gflop = nominal_gflop(kind, shape[0])
-            line += f" {1e3 * gflop * n / t:7.0f}" if gflop and t > 0 else f" {'-':>7s}"
+        if by_shape:  # the arithmetic rate of the pass
+            flop = gflop(kind, shape[0])
+            line += f" {1e3 * flop * n / t:7.0f}" if flop and t > 0 else f" {'-':>7s}"
         print(" ".join([line, *shape]))
 
 
