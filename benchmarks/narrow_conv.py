@@ -29,10 +29,14 @@ def _ms(fn, repeats: int = 8) -> float:
     return (time.perf_counter() - start) / repeats * 1e3
 
 
-def _weight_grad(grad_output: torch.Tensor, input: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """A stride-1, padding-2 convolution's weight gradient (aten.convolution_backward)."""
+def weight_grad(
+    grad_output: torch.Tensor, input: torch.Tensor, weight: torch.Tensor, stride: int = 1, padding: int = 2
+) -> torch.Tensor:
+    """A 2-D convolution's weight gradient (aten.convolution_backward; of ``weight`` only its
+    shape is read)."""
+    s, p = [stride, stride], [padding, padding]
     return torch.ops.aten.convolution_backward(
-        grad_output, input, weight, None, [1, 1], [2, 2], [1, 1], False, [0, 0], 1, [False, True, False]
+        grad_output, input, weight, None, s, p, [1, 1], False, [0, 0], 1, [False, True, False]
     )[1]
 
 
@@ -69,8 +73,8 @@ def main() -> None:
             fwd = _ms(lambda: torch.nn.functional.conv2d(x, w, padding=2))  # noqa: B023 (called at once)
             fwd_x = _ms(lambda: _exchanged_forward(x, k, dy))  # noqa: B023
             fwd_dw = _ms(lambda: _depthwise_forward(x, w)) if out == 1 else float("nan")  # noqa: B023
-            wgrad = _ms(lambda: _weight_grad(dy, x, w))  # noqa: B023
-            wgrad_x = _ms(lambda: _weight_grad(x, dy, k))  # noqa: B023
+            wgrad = _ms(lambda: weight_grad(dy, x, w))  # noqa: B023
+            wgrad_x = _ms(lambda: weight_grad(x, dy, k))  # noqa: B023
             # fmt: on
             print(
                 f"{dtype!s:15s} out {out:2d}: forward torch {fwd:6.1f} ms, exchanged {fwd_x:6.1f} ms, "

@@ -77,20 +77,18 @@ def worker_evaluate(run_dir: str, data_dir: str | None, n: int, k: int, narrow: 
     from problayers.train.allocator import retain_freed_memory
     from problayers.train.fastpath import bf16_autocast
     from problayers.train.transposed import use_transposed_weight_gradient
-    from problayers.vae import data as mnist
     from problayers.vae.evaluation import evaluate
     from problayers.vae.experiment import load_run
+
+    sys.path.insert(0, str(HERE))
+    from bench_iwae import _test_images  # the same images as bench_iwae.py's
 
     retain_freed_memory()
     model, _, _ = load_run(run_dir, device="cpu")
     model.to(memory_format=torch.channels_last)
     if narrow:
         use_transposed_weight_gradient(model)
-    if data_dir:
-        images, _ = mnist.load_mnist(data_dir, split="test", download=False)
-    else:
-        images, _ = mnist.synthetic_mnist(n, seed=1)
-    x = mnist.binarize_fixed(images[:n])
+    x = _test_images(argparse.Namespace(data_dir=data_dir, n=n, seed=0), torch.device("cpu"))
 
     def run(samples: int) -> None:
         with bf16_autocast(model):

@@ -26,6 +26,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from narrow_conv import weight_grad
 
 CL = torch.channels_last
 PAD = 2  # the layers' 'same' padding of a 5x5 kernel
@@ -42,14 +43,6 @@ def median_ms(fn: Callable[[], torch.Tensor], repeats: int) -> float:
     return statistics.median(times) * 1e3
 
 
-def weight_grad(dy: torch.Tensor, x: torch.Tensor, kernel: tuple[int, ...], stride: int, pad: int):
-    w = torch.empty(kernel, dtype=x.dtype)  # only its shape is read
-    sp = (stride, stride)
-    return torch.ops.aten.convolution_backward(
-        dy, x, w, None, sp, (pad, pad), (1, 1), False, (0, 0), 1, (False, True, False)
-    )[1]
-
-
 def wgrad_dilated(dy: torch.Tensor, x: torch.Tensor, k: int) -> torch.Tensor:
     out = F.conv2d(x.transpose(0, 1), dy.transpose(0, 1), padding=PAD, dilation=2)  # (C, O, >=k, >=k)
     return out.transpose(0, 1)[..., :k, :k]
@@ -63,7 +56,8 @@ def wgrad_polyphase(dy: torch.Tensor, x: torch.Tensor, k: int) -> torch.Tensor:
         for b in (0, 1):
             ka, kb = len(range(a, k, 2)), len(range(b, k, 2))
             part = xp[:, :, a::2, b::2][:, :, : oh + ka - 1, : ow + kb - 1].contiguous(memory_format=CL)
-            grad[:, :, a::2, b::2] = weight_grad(dy, part, (dy.shape[1], x.shape[1], ka, kb), 1, 0)
+            like = torch.empty(dy.shape[1], x.shape[1], ka, kb, dtype=x.dtype)
+            grad[:, :, a::2, b::2] = weight_grad(dy, part, like, 1, 0)
     return grad
 
 
@@ -103,10 +97,10 @@ def main(argv: list[str] | None = None) -> int:
     for c, h, o in [(32, 28, 32), (64, 14, 64)]:  # the encoder's stride-2 convolutions
         x = torch.randn(args.batch, c, h, h, dtype=bf16).contiguous(memory_format=CL)
         dy = torch.randn(args.batch, o, h // 2, h // 2, dtype=bf16).contiguous(memory_format=CL)
-        ref = weight_grad(dy.double(), x.double(), (o, c, k, k), 2, PAD)
-        shape = (o, c, k, k)
-        base = median_ms(lambda x=x, dy=dy, shape=shape: weight_grad(dy, x, shape, 2, PAD), args.repeats)
-        err0 = relative_error(weight_grad(dy, x, (o, c, k, k), 2, PAD), ref)
+        w = torch.empty(o, c, k, k, dtype=bf16)
+        ref = weight_grad(dy.double(), x.double(), w.double(), 2, PAD)
+        base = median_ms(lambda x=x, dy=dy, w=w: weight_grad(dy, x, w, 2, PAD), args.repeats)
+        err0 = relative_error(weight_grad(dy, x, w, 2, PAD), ref)
         for name, fn in [("dilated", wgrad_dilated), ("polyphase", wgrad_polyphase)]:
             err = relative_error(fn(dy, x, k), ref)
             ms = median_ms(lambda fn=fn, x=x, dy=dy: fn(dy, x, k), args.repeats)

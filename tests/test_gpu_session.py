@@ -12,6 +12,7 @@ runs with checkpoints, and the zoo stage's graphed smoke run failing.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import os
@@ -47,6 +48,7 @@ def _stages() -> list[str]:
     return re.findall(r"^    ([a-z0-9-]+)\)", SCRIPT.read_text(), flags=re.MULTILINE)
 
 
+@functools.cache
 def _bench_parser(name: str):
     spec = importlib.util.spec_from_file_location(f"_gpu_session_{name}", REPO / "benchmarks" / f"{name}.py")
     assert spec is not None and spec.loader is not None
