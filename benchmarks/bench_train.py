@@ -18,6 +18,10 @@ one after the other on the same machine, in one invocation:
   (``--setup-tfp`` creates it). ``tfp-mem``: the same with glibc's malloc thresholds set (through
   the environment) as ``fast`` on a CPU sets them for itself (option ``mem``,
   ``problayers.train.allocator``), so both libraries run on the same allocator settings.
+  ``tfp-onednn`` / ``tfp-eigen``: the same with TensorFlow's oneDNN kernels forced on / off
+  (``TF_ENABLE_ONEDNN_OPTS=1`` / ``0``). On Linux TensorFlow turns them on by default only on
+  CPUs with AVX512_VNNI, AVX512_BF16, AVX_VNNI or AMX, so on others plain ``tfp`` runs its
+  Eigen kernels; the table's footer says which kernels each TFP row ran.
 
 Throughput: images/s of ``--windows`` windows of ``--steps`` optimizer steps each, after
 ``--warmup`` steps (which include compilation); the table gives the median (min-max) over the
@@ -63,6 +67,9 @@ FAST_OPTIONS = {
     "tconv": "transposed_as_conv",  # transposed convolutions on the convolution's passes
     "narrow": "narrow_conv_by_transposed",  # narrow convolutions' weight gradient, exchanged
 }
+# TFP with TensorFlow's oneDNN kernels forced on or off (its default depends on the CPU).
+TFP_KERNEL_ENV = {"tfp-onednn": {"TF_ENABLE_ONEDNN_OPTS": "1"}, "tfp-eigen": {"TF_ENABLE_ONEDNN_OPTS": "0"}}
+TFP_VARIANTS = ("tfp-mem", *TFP_KERNEL_ENV)
 # Options the benchmark applies itself (not make_train_step's).
 OUTSIDE_STEP = ("fused_adam", "cudnn_benchmark", "auto_step", "retain_memory")
 
@@ -135,14 +142,25 @@ def _split_outside(opts: dict[str, Any]) -> tuple[dict[str, Any], dict[str, bool
     return opts, {name: bool(opts.pop(name, False)) for name in OUTSIDE_STEP}
 
 
+def tfp_environment(config: str) -> dict[str, str]:
+    """The environment variables a TFP configuration sets for its worker."""
+    if config == "tfp-mem":  # TFP under glibc's thresholds as retain_freed_memory sets them
+        if str(REPO / "src") not in sys.path:
+            sys.path.insert(0, str(REPO / "src"))
+        from problayers.train.allocator import MMAP_THRESHOLD, TRIM_THRESHOLD
+
+        return {"MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD), "MALLOC_TRIM_THRESHOLD_": str(TRIM_THRESHOLD)}
+    return dict(TFP_KERNEL_ENV.get(config, {}))
+
+
 def check_config(config: str) -> str:
-    if config in BASE_CONFIGS or config == "tfp-mem":
+    if config in BASE_CONFIGS or config in TFP_VARIANTS:
         return config
     if config.startswith("fast-"):
         fast_options(config, "cpu")
         return config
     raise ValueError(
-        f"--configs: unknown configuration {config!r}; expected {list(BASE_CONFIGS)} or fast-OPTS"
+        f"--configs: unknown configuration {config!r}; expected {[*BASE_CONFIGS, *TFP_VARIANTS]} or fast-OPTS"
     )
 
 
@@ -365,12 +383,8 @@ def run_config(config: str, args) -> dict[str, Any]:
         }
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "src"), str(HERE), env.get("PYTHONPATH")]))
-    if config == "tfp-mem":  # TFP under glibc's thresholds as retain_freed_memory sets them
-        if str(REPO / "src") not in sys.path:
-            sys.path.insert(0, str(REPO / "src"))
-        from problayers.train.allocator import MMAP_THRESHOLD, TRIM_THRESHOLD
-
-        env.update(MALLOC_MMAP_THRESHOLD_=str(MMAP_THRESHOLD), MALLOC_TRIM_THRESHOLD_=str(TRIM_THRESHOLD))
+    if config.startswith("tfp"):
+        env.update(tfp_environment(config))
     print(f"[bench] {config}: {' '.join(cmd)}", file=sys.stderr, flush=True)
     load_before = os.getloadavg()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.timeout)
@@ -379,7 +393,7 @@ def run_config(config: str, args) -> dict[str, Any]:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-15:]
         return {"config": config, "failed": f"exit {proc.returncode}", "stderr_tail": tail}
     result = json.loads(lines[-1][len("RESULT ") :])
-    result["config"] = config  # the worker names itself (tfp_vae.py says "tfp" for tfp-mem too)
+    result["config"] = config  # the worker names itself (tfp_vae.py says "tfp" for its variants too)
     result["load_average"] = [load_before, os.getloadavg()]  # (1/5/15 min) before, after
     return result
 
@@ -487,7 +501,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--configs",
         default="eager,handwritten,fast,tfp",
         help="comma-separated: eager, handwritten, fast, tfp, fast-OPTS "
-        "(OPTS: compile, cl, bf16, fused, mem, tconv, narrow joined by +, or none), tfp-mem",
+        "(OPTS: compile, cl, bf16, fused, mem, tconv, narrow joined by +, or none), "
+        "tfp-mem, tfp-onednn, tfp-eigen",
     )
     p.add_argument("--threads", type=int, default=2, help="torch intra-op (and TF intra/inter-op) threads")
     p.add_argument("--data-dir", default=None, help="MNIST IDX directory (default: synthetic images)")
@@ -554,6 +569,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"# {r['config']}: make_train_step options {r['options']}")
         if "step_choice" in r:
             print(f"# {r['config']}: {r['step_choice']}")
+        if "tf_onednn" in r:
+            kernels = {True: "oneDNN", False: "Eigen (oneDNN off)"}.get(r["tf_onednn"], "unknown")
+            print(f"# {r['config']}: TensorFlow's kernels: {kernels}")
         if "failed" in r:
             print(f"# {r['config']} failed:\n" + "\n".join(r["stderr_tail"]))
         if "syncs" in r:

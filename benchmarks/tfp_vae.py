@@ -72,6 +72,16 @@ def build_vae(tf, tfk, tfp, encoded_size=16, base_depth=32, parts=False, kl_weig
     return (vae, encoder, decoder) if parts else vae
 
 
+def _onednn_enabled() -> bool | None:
+    """Whether TensorFlow runs its oneDNN kernels (on by default only on some CPUs;
+    ``TF_ENABLE_ONEDNN_OPTS`` overrides), or ``None`` where this TensorFlow cannot say."""
+    try:
+        from tensorflow.python.util import _pywrap_util_port
+    except ImportError:
+        return None
+    return bool(_pywrap_util_port.IsMklEnabled())
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batch-size", type=int, default=256)
@@ -139,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
                      "tensorflow_probability": tfp.__version__},
         "threads": {"intra_op": args.threads, "inter_op": args.threads},
         "device": "cpu",
+        "tf_onednn": _onednn_enabled(),
     }  # fmt: skip
     print("RESULT " + json.dumps(result), flush=True)
     return 0
