@@ -93,6 +93,77 @@ def test_errors_name_the_argument():
         pl.KLDivergenceRegularizer(lambda: 3)(posterior())
     with pytest.raises(TypeError, match="expected a Distribution"):
         pl.KLDivergenceRegularizer(std_normal())(torch.zeros(3))
+    with pytest.raises(ValueError, match=r"weight: expected a non-negative number, got -1\.0"):
+        pl.KLDivergenceRegularizer(std_normal(), weight=-1.0)
+    with pytest.raises(TypeError, match=r"test_points_reduce_axis.*'0'"):
+        pl.KLDivergenceRegularizer(std_normal(), test_points_reduce_axis="0")
+    with pytest.raises(ValueError, match=r"test_points_reduce_axis: \(5,\) is out of range.*\(4,\)"):
+        pl.KLDivergenceRegularizer(std_normal(), test_points_reduce_axis=5)(posterior())
+    with pytest.raises(TypeError, match="test_points_fn: expected it to return a tensor, got str"):
+        pl.KLDivergenceRegularizer(std_normal(), test_points_fn=lambda q: "z")(posterior())
+
+
+def test_integer_samples_leave_the_prior_floating():
+    """A Categorical's test points are int64: the prior stays in the posterior's float dtype and
+    the Monte Carlo KL is the mean log-ratio at those very points."""
+    logits = torch.randn(4, 3)
+    for prior in (
+        D.Categorical(logits=torch.tensor([0.1, 0.2, 0.7]).log()),
+        D.Categorical(torch.tensor([0.1, 0.2, 0.7])),
+    ):
+        reg = pl.KLDivergenceRegularizer(
+            prior, test_points_fn=lambda q: q.sample((50,)), test_points_reduce_axis=0
+        )
+        torch.manual_seed(0)
+        kl = reg(D.Categorical(logits=logits))
+        torch.manual_seed(0)
+        q = D.Categorical(logits=logits)
+        z = q.sample((50,))  # (50, 4) int64
+        torch.testing.assert_close(kl, (q.log_prob(z) - prior.log_prob(z)).mean())
+        assert prior.logits.dtype == torch.float32
+
+
+def test_a_plain_distribution_is_sampled_for_the_default_test_points():
+    q = D.Independent(D.Normal(torch.ones(4, 3), 1.0), 1)  # not tensor-coercible: no cached value
+    torch.manual_seed(0)
+    kl = pl.KLDivergenceRegularizer(std_normal())(q)
+    torch.manual_seed(0)
+    z = q.rsample()
+    torch.testing.assert_close(kl, (q.log_prob(z) - std_normal().log_prob(z)).mean())
+
+
+class _NoMean(D.TransformedDistribution):
+    """A flow-like posterior: no ``mean``, a KL only once the user registers one."""
+
+
+@D.kl.register_kl(_NoMean, D.Independent)
+def _kl_no_mean(p, q):
+    return p.base_dist.base_dist.loc.square().sum(-1) / 2  # a stand-in: KL(N(m, 1) || N(0, 1))
+
+
+def test_exact_kl_uses_a_registered_formula_for_a_posterior_without_a_mean():
+    base = D.Independent(D.Normal(torch.ones(4, 3), 1.0), 1)
+    q = _NoMean(base, [D.transforms.AffineTransform(0.0, 1.0, event_dim=1)])
+    with pytest.raises(NotImplementedError):
+        q.mean  # noqa: B018
+    kl = pl.KLDivergenceRegularizer(std_normal(), use_exact_kl=True)(q)
+    torch.testing.assert_close(kl, torch.tensor(1.5))
+
+
+def test_a_transformed_prior_moves_with_its_transforms():
+    """A Logistic prior is a TransformedDistribution: its AffineTransform's loc and scale move
+    with the model (``.double()``, ``.to(device)``) as its base distribution's tensors do."""
+    prior = D.Independent(pl.Logistic(torch.zeros(2), torch.ones(2), validate_args=False), 1)
+    reg = pl.KLDivergenceRegularizer(prior)
+    model = nn.Sequential(nn.Linear(3, 4), pl.IndependentNormal(2, activity_regularizer=reg)).double()
+    affine = reg.prior.base_dist.transforms[-1]
+    assert reg.prior.base_dist.base_dist.low.dtype == affine.loc.dtype == affine.scale.dtype == torch.float64
+    model(torch.zeros(5, 3, dtype=torch.float64))
+    assert pl.collect_losses(model).dtype == torch.float64
+    model.to("meta")
+    model(torch.zeros(5, 3, dtype=torch.float64, device="meta"))
+    assert reg.prior.base_dist.transforms[-1].loc.device.type == "meta"
+    assert prior.base_dist.transforms[-1].loc.dtype == torch.float32  # the user's prior is untouched
 
 
 def test_exact_kl_without_formula_names_both_types():

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import copy
 import inspect
+import operator
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.distributions as D
 from torch import nn
 
 from ._state import first_floating_tensor
-from .coercible import TensorCoercible, convert_to_tensor
+from .coercible import CONVERT_TO_TENSOR_FNS, TensorCoercible, convert_to_tensor
 from .losses import added_losses_enabled, init_added_losses, set_added_loss
 from .precision import in_fp32
 
@@ -33,15 +35,34 @@ def distribution_to(dist: D.Distribution, device: torch.device, dtype: torch.dty
     )
 
 
-def _map_tensors(dist: D.Distribution, fn: Callable[[torch.Tensor], torch.Tensor]) -> D.Distribution:
-    """A copy of ``dist`` with ``fn`` applied to its tensors (base distributions too)."""
-    out = copy.copy(dist)
-    for name, value in vars(dist).items():
-        if isinstance(value, torch.Tensor):
-            setattr(out, name, fn(value))
-        elif isinstance(value, D.Distribution):
-            setattr(out, name, _map_tensors(value, fn))
+def _map_tensors(
+    obj: D.Distribution | D.Transform, fn: Callable[[torch.Tensor], torch.Tensor], memo: dict | None = None
+) -> Any:
+    """A copy of a distribution (or transform) with ``fn`` applied to its tensors: parameters,
+    cached properties, base distributions, transforms (a ``TransformedDistribution``'s ``loc``
+    and ``scale`` too) and lists of them. ``memo`` (id -> copy) keeps reference cycles (a
+    transform and its ``inv``) cycles of the copies."""
+    memo = {} if memo is None else memo
+    if id(obj) in memo:
+        return memo[id(obj)]
+    out = memo[id(obj)] = copy.copy(obj)
+    for name, value in vars(obj).items():
+        mapped = _mapped(value, fn, memo)
+        if mapped is not value:
+            setattr(out, name, mapped)
     return out
+
+
+def _mapped(value: Any, fn: Callable[[torch.Tensor], torch.Tensor], memo: dict) -> Any:
+    if isinstance(value, torch.Tensor):
+        return fn(value)
+    if isinstance(value, (D.Distribution, D.Transform)):
+        return _map_tensors(value, fn, memo)
+    if isinstance(value, (list, tuple)) and not hasattr(value, "_fields"):
+        items = [_mapped(v, fn, memo) for v in value]
+        if any(a is not b for a, b in zip(items, value, strict=True)):
+            return type(value)(items)
+    return value
 
 
 def _forward_takes_an_argument(module: nn.Module) -> bool:
@@ -129,6 +150,8 @@ class KLDivergenceRegularizer(nn.Module):
             )
         if not isinstance(weight, (int, float, torch.Tensor)) or isinstance(weight, bool):
             raise TypeError(f"weight: expected a number or a tensor, got {type(weight).__name__}")
+        if not isinstance(weight, torch.Tensor) and not weight >= 0:
+            raise ValueError(f"weight: expected a non-negative number, got {weight}")
         if not callable(test_points_fn):
             raise TypeError(f"test_points_fn: expected a callable, got {type(test_points_fn).__name__}")
         self.prior = prior  # an nn.Module prior is registered as a submodule
@@ -142,8 +165,8 @@ class KLDivergenceRegularizer(nn.Module):
         elif isinstance(axes, int) and not isinstance(axes, bool):
             self.test_points_reduce_axis = (axes,)
         else:
-            try:
-                self.test_points_reduce_axis = tuple(int(a) for a in axes)  # type: ignore[union-attr]  # a bool raises here
+            try:  # operator.index: a float or a string among the axes raises
+                self.test_points_reduce_axis = tuple(operator.index(a) for a in axes)  # type: ignore[union-attr]
             except (TypeError, ValueError):
                 raise TypeError(
                     f"test_points_reduce_axis: expected an int, a tuple of ints or None, got {axes!r}"
@@ -151,9 +174,9 @@ class KLDivergenceRegularizer(nn.Module):
         self._prior_takes_input = isinstance(prior, nn.Module) and _forward_takes_an_argument(prior)
         self._moved: dict[tuple[torch.device, torch.dtype], D.Distribution] = {}
 
-    def resolve_prior(self, like: torch.Tensor, q: D.Distribution | None = None) -> D.Distribution:
-        """The prior as a ``Distribution`` on ``like``'s device and dtype (an ``nn.Module`` prior
-        that takes an input is called with ``q``, else with ``like``)."""
+    def resolve_prior(self, like: torch.Tensor | None, q: D.Distribution | None = None) -> D.Distribution:
+        """The prior as a ``Distribution`` on ``like``'s device and dtype (``None``: where it is).
+        An ``nn.Module`` prior that takes an input is called with ``q``, else with ``like``."""
         if isinstance(self.prior, D.Distribution):
             prior = self.prior
         elif self._prior_takes_input:
@@ -165,7 +188,7 @@ class KLDivergenceRegularizer(nn.Module):
                 f"KLDivergenceRegularizer: prior: the {type(self.prior).__name__} returned "
                 f"{type(prior).__name__}, not a Distribution"
             )
-        if isinstance(self.prior, D.Distribution):
+        if isinstance(self.prior, D.Distribution) and like is not None:
             ref = first_floating_tensor(prior)
             if ref is None or (ref.device == like.device and ref.dtype == like.dtype):
                 return prior
@@ -192,9 +215,10 @@ class KLDivergenceRegularizer(nn.Module):
         return in_fp32(self._kl, q)  # the KL in fp32, as the layers' maths
 
     def _kl(self, q: D.Distribution) -> torch.Tensor:
+        # The prior goes where q's parameters are (a sample may be an integer tensor).
+        params = first_floating_tensor(q)
         if self.use_exact_kl:
-            ref = q.mean if isinstance(q.mean, torch.Tensor) else convert_to_tensor(q)
-            prior = self.resolve_prior(ref, q)
+            prior = self.resolve_prior(params, q)
             _check_event_shapes(q, prior)
             try:
                 kl = D.kl_divergence(q, prior)  # (*B)
@@ -205,13 +229,29 @@ class KLDivergenceRegularizer(nn.Module):
                     "torch.distributions.kl.register_kl, or use use_exact_kl=False (Monte Carlo)"
                 ) from err
         else:
-            z = convert_to_tensor(self.test_points_fn(q))  # (*S, *B, *E)
-            prior = self.resolve_prior(z, q)
+            z = self._test_points(q)  # (*S, *B, *E)
+            prior = self.resolve_prior(params if params is not None else z, q)
             _check_event_shapes(q, prior)
             kl = q.log_prob(z) - prior.log_prob(z)  # (*S, *B)
             if self.test_points_reduce_axis:
+                if any(not -kl.dim() <= a < kl.dim() for a in self.test_points_reduce_axis):
+                    raise ValueError(
+                        f"test_points_reduce_axis: {self.test_points_reduce_axis} is out of range "
+                        f"for log q(z) - log prior(z) of shape {tuple(kl.shape)}"
+                    )
                 kl = kl.mean(dim=self.test_points_reduce_axis)
         return self.weight * kl.mean()  # test_points_reduce_axis=None: all axes, the same mean
+
+    def _test_points(self, q: D.Distribution) -> torch.Tensor:
+        z = convert_to_tensor(self.test_points_fn(q))
+        if isinstance(z, D.Distribution):  # a plain (not tensor-coercible) distribution: draw
+            z = CONVERT_TO_TENSOR_FNS["auto"](z)
+        if not isinstance(z, torch.Tensor):
+            raise TypeError(
+                f"KLDivergenceRegularizer: test_points_fn: expected it to return a tensor, "
+                f"got {type(z).__name__}"
+            )
+        return z
 
 
 class KLDivergenceAddLoss(nn.Module):
