@@ -49,7 +49,8 @@ def _frozen_at(layer, ref: nn.Module) -> None:
     with torch.no_grad():
         for q, w in ((layer.kernel_posterior, ref.weight), (layer.bias_posterior, ref.bias)):
             q.loc.copy_(w)
-            q.untransformed_scale.fill_(-60.0)
+            if q.untransformed_scale is not None:  # the default bias is a point estimate already
+                q.untransformed_scale.fill_(-60.0)
 
 
 @pytest.mark.parametrize("pair", ALL, ids=_ids)
@@ -98,9 +99,17 @@ def test_flipout_signs_per_example_and_channel(pair):
 
 @pytest.mark.parametrize("pair", ALL, ids=_ids)
 def test_kl_term_is_the_exact_kl(pair):
+    """TFP's defaults: the kernel's KL only (a point-estimate bias without a prior); with a
+    Gaussian bias posterior and prior, the bias's KL is added."""
     cls = pair[0]
+    x = torch.randn(1, 2, *SIZES[cls.spatial_dims])
     layer = cls(2, 2, 3, kl_weight=0.5)
-    layer(torch.randn(1, 2, *SIZES[cls.spatial_dims]))
+    layer(x)
+    assert layer.bias_posterior.is_singular and layer.bias_prior is None
+    kl = D.kl_divergence(layer.kernel_posterior(), layer.kernel_prior())
+    torch.testing.assert_close(pl.collect_losses(layer), 0.5 * kl)
+    layer = cls(2, 2, 3, kl_weight=0.5, bias_posterior_fn=pl.MeanFieldNormal, bias_prior_fn=pl.StandardNormal)
+    layer(x)
     kl = D.kl_divergence(layer.kernel_posterior(), layer.kernel_prior())
     kl = kl + D.kl_divergence(layer.bias_posterior(), layer.bias_prior())
     torch.testing.assert_close(pl.collect_losses(layer), 0.5 * kl)

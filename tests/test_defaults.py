@@ -48,6 +48,7 @@ def test_initializers_dtype_and_layers():
             kernel_posterior_fn=fn,
             bias_posterior_fn=fn,
             kernel_prior_fn=pl.default_multivariate_normal_fn,
+            bias_prior_fn=pl.default_multivariate_normal_fn,
         )
         assert layer(torch.randn(4, 3)).shape == (4, 2)
         expected = D.kl_divergence(layer.kernel_posterior(), layer.kernel_prior())

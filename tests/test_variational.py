@@ -56,15 +56,21 @@ def test_activation_float64_and_no_bias():
 
 
 def test_defaults_mean_field_posterior_standard_normal_prior():
+    """TFP's defaults: a mean-field kernel with a fixed N(0, 1) prior; a point-estimate bias
+    (``default_mean_field_normal_fn(is_singular=True)``) with no prior, so no bias KL."""
     layer = pl.DenseReparameterization(3, 2)
     assert isinstance(layer.kernel_posterior, pl.MeanFieldNormal)
     assert isinstance(layer.kernel_prior, pl.StandardNormal)
+    assert layer.bias_posterior.is_singular and layer.bias_prior is None
+    bias = layer.bias_posterior().rsample()
+    assert bias.shape == (2,) and bias.ne(0).all() and bias.eq(layer.bias_posterior.loc).all()
     assert layer.kl_use_exact and layer.kl_weight == 1.0
     assert not pl.DenseVariational(3, 2).kl_use_exact
     scale = layer.kernel_posterior().base_dist.scale
     assert ((scale > 0.03) & (scale < 0.07)).all()  # softplus(-3 +- noise)
     state = layer.state_dict()
     assert "kernel_posterior.loc" in state and "kernel_prior.loc" not in state  # fixed prior: no state
+    assert "bias_posterior.loc" in state and "bias_posterior.untransformed_scale" not in state
 
 
 # -- KL terms ---------------------------------------------------------------------------------

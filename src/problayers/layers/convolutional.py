@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ._args import integer, positive_int
-from .reparameterization import WeightFn, _Flipout, _Reparameterization, _WeightUncertainty
+from .reparameterization import BIAS_POSTERIOR_FN, WeightFn, _Flipout, _Reparameterization, _WeightUncertainty
 from .variational import MeanFieldNormal, StandardNormal
 
 __all__ = [
@@ -121,8 +121,8 @@ class _Conv(_ConvBase):
         bias: bool = True,
         kernel_posterior_fn: WeightFn = MeanFieldNormal,
         kernel_prior_fn: WeightFn = StandardNormal,
-        bias_posterior_fn: WeightFn = MeanFieldNormal,
-        bias_prior_fn: WeightFn | None = StandardNormal,
+        bias_posterior_fn: WeightFn | None = BIAS_POSTERIOR_FN,
+        bias_prior_fn: WeightFn | None = None,
         kl_weight: float | torch.Tensor = 1.0,
         kl_use_exact: bool = True,
         activation: Callable[[torch.Tensor], torch.Tensor] | None = None,
@@ -194,8 +194,8 @@ class _ConvTranspose(_ConvBase):
         dilation: int | tuple[int, ...] = 1,
         kernel_posterior_fn: WeightFn = MeanFieldNormal,
         kernel_prior_fn: WeightFn = StandardNormal,
-        bias_posterior_fn: WeightFn = MeanFieldNormal,
-        bias_prior_fn: WeightFn | None = StandardNormal,
+        bias_posterior_fn: WeightFn | None = BIAS_POSTERIOR_FN,
+        bias_prior_fn: WeightFn | None = None,
         kl_weight: float | torch.Tensor = 1.0,
         kl_use_exact: bool = True,
         activation: Callable[[torch.Tensor], torch.Tensor] | None = None,
@@ -239,10 +239,10 @@ _WEIGHT_ARGS = """\
         :class:`~problayers.MeanFieldNormal`{symmetric}.
     kernel_prior_fn: the same for the kernel's prior; default
         :class:`~problayers.StandardNormal` (fixed ``N(0, 1)``).
-    bias_posterior_fn: the same for the bias's posterior; default
-        :class:`~problayers.MeanFieldNormal`; ``None``: no bias.
-    bias_prior_fn: the same for the bias's prior; default
-        :class:`~problayers.StandardNormal`; ``None``: no KL term for the bias.
+    bias_posterior_fn: the same for the bias's posterior; default TFP's point estimate
+        (``default_mean_field_normal_fn(is_singular=True)``); ``None``: no bias.
+    bias_prior_fn: the same for the bias's prior; default ``None``: no KL term for the
+        bias (TFP's).
     kl_weight: the recorded added loss is ``kl_weight * KL`` (default 1: the whole KL; pass
         ``1 / num_train_examples`` with a batch-mean data term).
     kl_use_exact: exact KL (``torch.distributions.kl_divergence``, default ``True``) or the

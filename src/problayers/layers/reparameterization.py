@@ -11,12 +11,13 @@ The three estimators of the output, for a posterior ``q`` over the kernel ``W`` 
   signs ``s_in``, ``s_out`` per example (needs a posterior symmetric about its mean).
 
 Each forward records ``kl_weight * (KL(q_W || p_W) + KL(q_b || p_b))`` with
-:func:`~problayers.set_added_loss`. Defaults (as TFP): exact KL (``kl_use_exact=True``),
-``kl_weight = 1`` (the whole KL; pass ``1 / num_train_examples`` with a batch-mean data term),
-:class:`~problayers.MeanFieldNormal` posteriors and :class:`~problayers.StandardNormal` priors
-for both kernel and bias (``bias_prior_fn=None``: no KL term for the bias). A posterior/prior
-``fn`` is ``(shape, dtype) -> nn.Module`` whose ``forward(x)`` returns a distribution with batch
-``()`` and event ``shape``.
+:func:`~problayers.set_added_loss`. Defaults (TFP's): exact KL (``kl_use_exact=True``),
+``kl_weight = 1`` (the whole KL; pass ``1 / num_train_examples`` with a batch-mean data term), a
+:class:`~problayers.MeanFieldNormal` posterior and a :class:`~problayers.StandardNormal` prior
+for the kernel; for the bias a point estimate (``BIAS_POSTERIOR_FN``,
+``default_mean_field_normal_fn(is_singular=True)``: TFP's ``Deterministic``) and no prior
+(``bias_prior_fn=None``: no KL term for the bias). A posterior/prior ``fn`` is ``(shape, dtype)
+-> nn.Module`` whose ``forward(x)`` returns a distribution with batch ``()`` and event ``shape``.
 """
 
 from __future__ import annotations
@@ -30,9 +31,11 @@ from torch import nn
 
 from ..losses import added_losses_enabled, init_added_losses, set_added_loss
 from ._args import callable_or_none, non_negative_number, positive_int
+from .defaults import _PointMass, default_mean_field_normal_fn
 from .variational import MeanFieldNormal, StandardNormal, weight_distribution, weight_kl
 
 __all__ = [
+    "BIAS_POSTERIOR_FN",
     "DenseFlipout",
     "DenseLocalReparameterization",
     "DenseReparameterization",
@@ -40,15 +43,18 @@ __all__ = [
 
 WeightFn = Callable[[tuple[int, ...], torch.dtype | None], nn.Module]
 
+#: The weight layers' default bias posterior, TFP's: a trainable point estimate (``loc ~ N(0,
+#: 0.1)`` at initialization; its samples are ``loc``), with no prior by default.
+BIAS_POSTERIOR_FN = default_mean_field_normal_fn(is_singular=True)
+
 
 def _rademacher(shape: torch.Size, like: torch.Tensor) -> torch.Tensor:
     """Independent random signs (+1/-1 with probability 1/2) of ``shape``."""
     return torch.randint(0, 2, shape, device=like.device).to(like.dtype) * 2 - 1
 
 
-def _is_normal(dist: D.Distribution) -> bool:
-    base = dist.base_dist if isinstance(dist, D.Independent) else dist
-    return isinstance(base, D.Normal)
+def _base(dist: D.Distribution) -> D.Distribution:
+    return dist.base_dist if isinstance(dist, D.Independent) else dist
 
 
 class _WeightUncertainty(nn.Module):
@@ -60,7 +66,7 @@ class _WeightUncertainty(nn.Module):
         bias_shape: tuple[int, ...] | None,
         kernel_posterior_fn: WeightFn,
         kernel_prior_fn: WeightFn,
-        bias_posterior_fn: WeightFn,
+        bias_posterior_fn: WeightFn | None,
         bias_prior_fn: WeightFn | None,
         kl_weight: float | torch.Tensor,
         kl_use_exact: bool,
@@ -80,12 +86,11 @@ class _WeightUncertainty(nn.Module):
         self.kernel_shape, self.bias_shape = kernel_shape, bias_shape
         self.kernel_posterior = kernel_posterior_fn(kernel_shape, dtype)
         self.kernel_prior = kernel_prior_fn(kernel_shape, dtype)
-        has_bias = bias_shape is not None and bias_posterior_fn is not None
-        # has_bias: bias_shape is not None
-        self.bias_posterior = bias_posterior_fn(bias_shape, dtype) if has_bias else None  # type: ignore[arg-type]
-        self.bias_prior = (
-            bias_prior_fn(bias_shape, dtype) if has_bias and bias_prior_fn is not None else None  # type: ignore[arg-type]
-        )
+        self.bias_posterior = self.bias_prior = None
+        if bias_shape is not None and bias_posterior_fn is not None:
+            self.bias_posterior = bias_posterior_fn(bias_shape, dtype)
+            if bias_prior_fn is not None:
+                self.bias_prior = bias_prior_fn(bias_shape, dtype)
 
     # -- subclass interface ------------------------------------------------------------------
     def _op(self, x: torch.Tensor, kernel: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -132,14 +137,16 @@ class _Reparameterization(_WeightUncertainty):
 
 class _LocalReparameterization(_WeightUncertainty):
     def _estimate(self, x, qk, qb):
-        for role, q in (("kernel", qk), ("bias", qb)):
-            if q is not None and not _is_normal(q):
+        for role, q, allowed in (("kernel", qk, D.Normal), ("bias", qb, (D.Normal, _PointMass))):
+            if q is not None and not isinstance(_base(q), allowed):
                 raise TypeError(
                     f"{type(self).__name__}: local reparameterization needs a Normal (or "
                     f"Independent(Normal)) {role} posterior, got {type(q).__name__}"
+                    + (" (or a point mass: is_singular=True)" if role == "bias" else "")
                 )
+        bias_var = qb.variance if qb is not None and isinstance(_base(qb), D.Normal) else None
         mean = self._op(x, qk.mean, qb.mean if qb is not None else None)  # (*B, out)
-        var = self._op(x.square(), qk.variance, qb.variance if qb is not None else None)  # (*B, out)
+        var = self._op(x.square(), qk.variance, bias_var)  # (*B, out)
         std = var.clamp_min(torch.finfo(var.dtype).tiny).sqrt()
         return D.Normal(mean, std, validate_args=False).rsample(), None, None
 
@@ -179,8 +186,8 @@ class _Dense(_WeightUncertainty):
         bias: bool = True,
         kernel_posterior_fn: WeightFn = MeanFieldNormal,
         kernel_prior_fn: WeightFn = StandardNormal,
-        bias_posterior_fn: WeightFn = MeanFieldNormal,
-        bias_prior_fn: WeightFn | None = StandardNormal,
+        bias_posterior_fn: WeightFn | None = BIAS_POSTERIOR_FN,
+        bias_prior_fn: WeightFn | None = None,
         kl_weight: float | torch.Tensor = 1.0,
         kl_use_exact: bool = True,
         activation: Callable[[torch.Tensor], torch.Tensor] | None = None,
@@ -234,10 +241,10 @@ class DenseReparameterization(_Dense, _Reparameterization):
             :class:`~problayers.MeanFieldNormal`.
         kernel_prior_fn: the same for the kernel's prior; default
             :class:`~problayers.StandardNormal` (fixed ``N(0, 1)``).
-        bias_posterior_fn: the same for the bias's posterior; default
-            :class:`~problayers.MeanFieldNormal`; ``None``: no bias.
-        bias_prior_fn: the same for the bias's prior; default
-            :class:`~problayers.StandardNormal`; ``None``: no KL term for the bias.
+        bias_posterior_fn: the same for the bias's posterior; default TFP's point estimate
+            (``default_mean_field_normal_fn(is_singular=True)``); ``None``: no bias.
+        bias_prior_fn: the same for the bias's prior; default ``None``: no KL term for the
+            bias (TFP's).
         kl_weight: the recorded added loss is ``kl_weight * KL`` (default 1: the whole KL; pass
             ``1 / num_train_examples`` with a batch-mean data term).
         kl_use_exact: exact KL (``torch.distributions.kl_divergence``, default ``True``) or the
@@ -276,10 +283,10 @@ class DenseLocalReparameterization(_Dense, _LocalReparameterization):
             ``Normal`` or ``Independent(Normal)``).
         kernel_prior_fn: the same for the kernel's prior; default
             :class:`~problayers.StandardNormal` (fixed ``N(0, 1)``).
-        bias_posterior_fn: the same for the bias's posterior; default
-            :class:`~problayers.MeanFieldNormal`; ``None``: no bias.
-        bias_prior_fn: the same for the bias's prior; default
-            :class:`~problayers.StandardNormal`; ``None``: no KL term for the bias.
+        bias_posterior_fn: the same for the bias's posterior; default TFP's point estimate
+            (``default_mean_field_normal_fn(is_singular=True)``); ``None``: no bias.
+        bias_prior_fn: the same for the bias's prior; default ``None``: no KL term for the
+            bias (TFP's).
         kl_weight: the recorded added loss is ``kl_weight * KL`` (default 1: the whole KL; pass
             ``1 / num_train_examples`` with a batch-mean data term).
         kl_use_exact: exact KL (``torch.distributions.kl_divergence``, default ``True``) or the
@@ -315,10 +322,10 @@ class DenseFlipout(_Dense, _Flipout):
             :class:`~problayers.MeanFieldNormal` (it must be symmetric about its mean).
         kernel_prior_fn: the same for the kernel's prior; default
             :class:`~problayers.StandardNormal` (fixed ``N(0, 1)``).
-        bias_posterior_fn: the same for the bias's posterior; default
-            :class:`~problayers.MeanFieldNormal`; ``None``: no bias.
-        bias_prior_fn: the same for the bias's prior; default
-            :class:`~problayers.StandardNormal`; ``None``: no KL term for the bias.
+        bias_posterior_fn: the same for the bias's posterior; default TFP's point estimate
+            (``default_mean_field_normal_fn(is_singular=True)``); ``None``: no bias.
+        bias_prior_fn: the same for the bias's prior; default ``None``: no KL term for the
+            bias (TFP's).
         kl_weight: the recorded added loss is ``kl_weight * KL`` (default 1: the whole KL; pass
             ``1 / num_train_examples`` with a batch-mean data term).
         kl_use_exact: exact KL (``torch.distributions.kl_divergence``, default ``True``) or the
