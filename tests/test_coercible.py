@@ -159,6 +159,26 @@ def test_categorical_sample_dtype_is_int64_without_drawing():
     assert out.tensor().dtype == torch.int64
 
 
+@pytest.mark.parametrize("fn", ["auto", "sample", "mode", "mean", "variance"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: D.Categorical(logits=torch.zeros(5, 3)),
+        lambda: D.Independent(D.Categorical(logits=torch.zeros(5, 2, 3)), 1),
+        lambda: D.OneHotCategorical(logits=torch.zeros(5, 3)),
+        lambda: D.Bernoulli(logits=torch.zeros(5, dtype=torch.float64)),
+        lambda: D.Independent(D.Poisson(torch.ones(5, 2)), 1),
+    ],
+    ids=["Categorical", "Independent(Categorical)", "OneHotCategorical", "Bernoulli", "Independent(Poisson)"],
+)
+def test_dtype_without_drawing_is_the_drawn_dtype(make, fn):
+    """What ``.dtype`` says before the draw is the dtype of the value drawn afterwards."""
+    out = as_coercible(make(), fn)
+    said = out.dtype
+    assert out._tc_value is None
+    assert said == out.tensor().dtype
+
+
 def test_callable_convert_fn_draws_for_its_shape():
     out = as_coercible(D.Normal(torch.zeros(2), 1.0), lambda d: d.sample((3,)))
     assert out.shape == (3, 2)  # only the callable knows: computed
@@ -186,6 +206,8 @@ def test_pickle_keeps_class_value_and_named_fn():
 def test_convert_fn_may_return_a_number():
     out = as_coercible(D.Normal(torch.zeros(3), 1.0), lambda d: 2.0)
     assert torch.equal(out + 1, torch.tensor(3.0))
+    on_meta = as_coercible(D.Normal(torch.zeros(3, device="meta"), 1.0, validate_args=False), lambda d: 2)
+    assert on_meta.tensor().device.type == "meta" and on_meta.tensor().dtype == torch.float32
 
 
 def test_bitwise_operators():

@@ -140,6 +140,11 @@ def test_mixture_same_family_component_forms():
     assert pl.MixtureSameFamily(2, pl.OneHotCategorical(5)).component_params_size == 5
     assert pl.MixtureSameFamily.params_size(3, pl.IndependentNormal(2)) == 15
     assert pl.MixtureSameFamily.params_size(3, 4) == 15
+    assert (
+        pl.MixtureSameFamily.params_size(3, np.int64(4))
+        == pl.MixtureSameFamily.params_size(3, torch.tensor(4))
+        == 15
+    )
     assert pl.MixtureNormal.params_size(3, (2, 3)) == 3 + 3 * 12
 
 
@@ -167,6 +172,11 @@ def test_mixture_errors_name_the_layer_expected_and_got():
         (lambda: pl.MixtureNormal(2, (0,)), ValueError, "event_shape"),
         (lambda: pl.MixtureSameFamily(2, 3), TypeError, "component_layer"),
         (lambda: pl.MixtureSameFamily(2, nn.Linear), TypeError, "component_layer"),
+        (
+            lambda: pl.MixtureSameFamily(2, pl.MultivariateNormalTriL, component_params_size=5),
+            TypeError,
+            r"component_layer: the class MultivariateNormalTriL needs arguments \(event_size\); pass an",
+        ),
         (lambda: pl.MixtureSameFamily(2, lambda p: p), ValueError, "component_params_size"),
         (
             lambda: pl.MixtureSameFamily(2, pl.IndependentNormal, component_params_size=0),

@@ -152,7 +152,11 @@ class TensorCoercible(_MixinBase):
                 value = value.tensor()
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 like = first_floating_tensor(self)
-                value = torch.as_tensor(value, dtype=like.dtype if like is not None else None)
+                value = (
+                    torch.as_tensor(value)
+                    if like is None
+                    else torch.as_tensor(value, dtype=like.dtype, device=like.device)
+                )
             if not isinstance(value, torch.Tensor):
                 raise TypeError(
                     f"convert_to_tensor_fn must return a torch.Tensor or a number, got {type(value).__name__}"
@@ -195,9 +199,12 @@ class TensorCoercible(_MixinBase):
     @property
     def dtype(self) -> torch.dtype:
         """The tensor value's dtype (the parameters' for the named functions, without drawing;
-        ``torch.int64`` for a ``Categorical``'s sample or mode)."""
+        ``torch.int64`` for a ``Categorical``'s sample or mode, ``Independent`` ones too)."""
         if self._known():
-            if isinstance(self, D.Categorical) and self._tc_name in ("sample", "mode"):
+            base: D.Distribution = self
+            while isinstance(base, D.Independent):
+                base = base.base_dist
+            if isinstance(base, D.Categorical) and self._tc_name in ("auto", "sample", "mode"):
                 return torch.int64
             like = first_floating_tensor(self)
             if like is not None:

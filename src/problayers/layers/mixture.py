@@ -53,8 +53,12 @@ def resolve_component(component_layer) -> tuple[ComponentNew, int | None]:
             )
         try:
             size = component_layer.params_size()
-        except TypeError:
-            size = None
+        except TypeError:  # its params_size and new take arguments (an event size)
+            raise TypeError(
+                f"component_layer: the class {component_layer.__name__} needs arguments "
+                f"({_arguments(component_layer.new)}); pass an instance, e.g. "
+                f"{component_layer.__name__}({_arguments(component_layer.new)})"
+            ) from None
         return component_layer.new, size
     if isinstance(component_layer, DistributionLambda):
         return component_layer.make_distribution, _instance_params_size(component_layer)
@@ -64,6 +68,12 @@ def resolve_component(component_layer) -> tuple[ComponentNew, int | None]:
         "component_layer: expected a layer class with params_size/new, a layer instance or a "
         f"callable params -> Distribution, got {type(component_layer).__name__}"
     )
+
+
+def _arguments(new: Callable) -> str:
+    """The names of ``new``'s required arguments after ``params``."""
+    parameters = list(inspect.signature(new).parameters.values())[1:]
+    return ", ".join(p.name for p in parameters if p.default is p.empty)
 
 
 def _mixture(
@@ -159,7 +169,7 @@ class MixtureSameFamily(_MixtureLayer):
     def params_size(num_components: int, component_params_size) -> int:
         """``K + K * p``; ``component_params_size`` is ``p`` or a layer class/instance to infer it from."""
         k = positive_int(num_components, "num_components")
-        if not isinstance(component_params_size, int):
+        if isinstance(component_params_size, type) or callable(component_params_size):
             _, size = resolve_component(component_params_size)
             if size is None:
                 raise ValueError("component_params_size: cannot infer the size from this layer")
