@@ -52,6 +52,23 @@ def test_made_jacobian_is_triangular_in_the_input_order(kwargs):
     assert torch.equal(permuted, permuted.tril(-1))
 
 
+@pytest.mark.parametrize("d,hidden_units", [(10, (2, 20)), (4, (3, 9, 2)), (6, (40,)), (1, (3,))])
+def test_made_equal_hidden_degrees_are_tfps(d, hidden_units):
+    """TFP's 'equal' rule (``_create_degrees``): ``max(low, ceil(k (d - 1) / (units + 1)))``,
+    ``low`` the previous layer's lowest degree (capped at ``d - 1``). Without the ``max``, a
+    narrow layer followed by a wide one has units that see no input at all."""
+    made = pl.AutoregressiveNetwork(2, d, hidden_units)
+    degrees = [made.input_degrees]
+    for units in hidden_units:
+        low = min(int(degrees[-1].min()), d - 1)
+        k = torch.arange(1, units + 1)
+        degrees.append(torch.maximum(torch.full((units,), low), torch.ceil(k * (d - 1) / (units + 1)).long()))
+    for layer, prev, deg in zip(made.layers[:-1], degrees[:-1], degrees[1:], strict=True):
+        assert torch.equal(layer.mask.bool(), deg[:, None] >= prev[None, :])
+        if d > 1:
+            assert layer.mask.sum(1).min() > 0  # every hidden unit sees an input
+
+
 def test_made_is_linear_without_activation_and_has_masked_layers():
     made = pl.AutoregressiveNetwork(2, 3, [6], activation=None)
     x = torch.randn(3)
@@ -150,6 +167,7 @@ def test_stacked_flows_fit_a_banana_better_than_any_gaussian():
         ({"params": 0, "event_shape": 3}, ValueError, "params"),
         ({"params": 2, "event_shape": (2, 3)}, ValueError, "event_shape"),
         ({"params": 2, "event_shape": 3, "hidden_units": [0]}, ValueError, "hidden_units"),
+        ({"params": 2, "event_shape": 3, "hidden_units": 8}, TypeError, "hidden_units: expected a sequence"),
         ({"params": 2, "event_shape": 3, "input_order": "middle-out"}, ValueError, "input_order"),
         ({"params": 2, "event_shape": 3, "input_order": [1, 1, 2]}, ValueError, "input_order"),
         ({"params": 2, "event_shape": 3, "hidden_degrees": "equal-ish"}, ValueError, "hidden_degrees"),

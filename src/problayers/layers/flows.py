@@ -106,6 +106,11 @@ class AutoregressiveNetwork(nn.Module):
         if len(shape) != 1:
             raise ValueError(f"event_shape: expected a 1-D shape (d,), got {shape!r}")
         (d,) = self.event_shape = shape
+        if isinstance(hidden_units, (int, str)) or not hasattr(hidden_units, "__iter__"):
+            raise TypeError(
+                f"hidden_units: expected a sequence of positive ints, got {type(hidden_units).__name__} "
+                f"{hidden_units!r}"
+            )
         self.hidden_units = tuple(positive_int(h, "hidden_units") for h in hidden_units)
         if hidden_degrees not in ("equal", "random"):
             raise ValueError(f"hidden_degrees: expected 'equal' or 'random', got {hidden_degrees!r}")
@@ -115,10 +120,12 @@ class AutoregressiveNetwork(nn.Module):
         self.register_buffer("input_degrees", _input_order(input_order, d))
         degrees = [self.input_degrees]
         for units in self.hidden_units:
-            if hidden_degrees == "equal":  # ceil(k (d - 1) / (units + 1)), k = 1..units
-                deg = torch.ceil(torch.arange(1, units + 1) * (d - 1) / (units + 1)).long()
+            # TFP's: no hidden degree below the previous layer's lowest (a unit below it would
+            # see no input at all)
+            low = min(int(degrees[-1].min()), d - 1)
+            if hidden_degrees == "equal":  # max(low, ceil(k (d - 1) / (units + 1))), k = 1..units
+                deg = torch.ceil(torch.arange(1, units + 1) * (d - 1) / (units + 1)).long().clamp_min(low)
             else:
-                low = min(int(degrees[-1].min()), d - 1)
                 deg = torch.randint(low, max(d, low + 1), (units,))
             degrees.append(deg)
         layers = []
