@@ -38,6 +38,16 @@ def test_logistic_far_tail_log_prob_is_finite():
     np.testing.assert_allclose(dist.log_prob(x).numpy(), stats.logistic.logpdf(x.numpy()), rtol=1e-5)
 
 
+def test_logistic_lower_tail_cdf_and_icdf_keep_their_digits():
+    """fp32: TransformedDistribution's ``(u - 0.5) + 0.5`` would give cdf(-17) = 2.98e-8 and
+    cdf(-30) = 0; the CDF is the clipped sigmoid itself, the quantile its logit."""
+    dist = pl.Logistic(torch.zeros(()), torch.ones(()))
+    x = torch.tensor([-80.0, -30.0, -17.0, -5.0, 0.0, 5.0])
+    np.testing.assert_allclose(dist.cdf(x).numpy(), stats.logistic.cdf(x.numpy()), rtol=1e-5)
+    p = torch.tensor([1e-30, 1e-12, 1e-6, 0.3, 0.9])
+    np.testing.assert_allclose(dist.icdf(p).numpy(), stats.logistic.ppf(p.double().numpy()), rtol=1e-5)
+
+
 def test_logistic_rsample_statistics():
     torch.manual_seed(0)
     loc = torch.tensor(1.0, requires_grad=True)
