@@ -121,5 +121,11 @@ def test_clear_errors():
         DistributionParams(nn.Linear(2, 3), torch.zeros(4, 2))
     with pytest.raises(TypeError, match="args: expected a tuple"):
         pl.export(decoder(), torch.zeros(4, 2))
+    with pytest.raises(
+        ValueError, match=r"args\[0\]: a dynamic batch needs an example batch of at least 2.*\(1, 2\)"
+    ):
+        pl.export(decoder(), (torch.zeros(1, 2),))
+    one = pl.export(decoder(), (torch.zeros(1, 2),), dynamic_batch=False)  # a fixed batch of 1 is fine
+    assert one(torch.zeros(1, 2)).batch_shape == (1,)
     with pytest.raises(TypeError, match=r"module: expected an nn\.Module"):
         DistributionParams(lambda x: x, torch.zeros(1))

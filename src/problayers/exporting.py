@@ -195,6 +195,7 @@ def export(
 
     Raises:
         TypeError: ``args`` is not a tuple, or the output is not a distribution layer's output.
+        ValueError: ``dynamic_batch`` with an example batch of 0 or 1.
     """
     if not isinstance(args, tuple):
         raise TypeError(f"args: expected a tuple of example inputs, got {type(args).__name__}")
@@ -206,6 +207,14 @@ def export(
 
         def spec(value: Any) -> dict[int, Any] | None:
             return {0: batch} if isinstance(value, torch.Tensor) and value.dim() else None
+
+        for name, value in [*((f"args[{i}]", a) for i, a in enumerate(args)), *kwargs.items()]:
+            if spec(value) is not None and value.shape[0] < 2:
+                raise ValueError(
+                    f"{name}: a dynamic batch needs an example batch of at least 2 (torch.export "
+                    f"fixes sizes 0 and 1), got shape {tuple(value.shape)}; pass a larger example, "
+                    "or dynamic_batch=False for this batch size only"
+                )
 
         dynamic_shapes = {"args": tuple(spec(a) for a in args)}
         if kwargs:
