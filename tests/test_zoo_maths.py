@@ -46,20 +46,24 @@ def _group_gradients(
     return g.mean(0), g.std(0) / math.sqrt(groups)
 
 
-def test_dreg_gradient_is_unbiased_for_the_iwae_gradient():
+@pytest.mark.parametrize("beta", [1.0, 0.5], ids=["beta=1", "beta=0.5"])
+def test_dreg_gradient_is_unbiased_for_the_iwae_gradient(beta):
     # Both estimate d IWAE_K / d phi: over 30 x 4000 replicates of one x they agree within
     # 4.5 standard errors, coordinate by coordinate (seeded; one failure in ~10^4 by chance).
+    # With beta != 1 (or during a KL warm-up) DReG's weights are (1 - beta) w + beta w^2.
     x = torch.tensor([[0.5, -1.0, 2.0]]).expand(4000, 3)
     k = 8
-    plain = _toy_vae(IWAE(k))
-    dreg = _toy_vae(IWAE(k, dreg=True))
+    plain = _toy_vae(IWAE(k, beta=beta))
+    dreg = _toy_vae(IWAE(k, dreg=True, beta=beta))
     dreg.load_state_dict(plain.state_dict())
     mean_p, se_p = _group_gradients(plain, x, 30, seed=1)
     mean_d, se_d = _group_gradients(dreg, x, 30, seed=2)
     z = (mean_d - mean_p) / torch.sqrt(se_p**2 + se_d**2)
     assert z.abs().max() < 4.5, z
-    # ... and the point of DReG: a smaller variance for the encoder (here several-fold).
-    assert (se_d < se_p).float().mean() >= 0.75, (se_d, se_p)
+    # ... and the point of DReG: a smaller variance for the encoder (here several-fold; at
+    # beta < 1 the plain estimator's score term is smaller too, and the two are close).
+    if beta == 1.0:
+        assert (se_d < se_p).float().mean() >= 0.75, (se_d, se_p)
 
 
 def test_dreg_loss_value_and_decoder_gradient_are_the_iwae_ones():

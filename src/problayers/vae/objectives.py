@@ -132,7 +132,9 @@ class IWAE(Objective):
             the loss has the same value, but the encoder's gradient is
             ``sum_k w~_k^2 d log w_k / d z_k  d z_k / d phi`` with ``log q`` evaluated at
             stopped parameters (an encoder pass with detached weights), an unbiased estimator
-            whose variance does not grow with ``K`` as the plain one's does. The decoder's and
+            whose variance does not grow with ``K`` as the plain one's does. With a KL weight
+            ``c = beta * warm-up != 1`` the factor ``w~_k^2`` becomes ``(1 - c) w~_k + c w~_k^2``
+            (the same derivation), so the gradient stays the bound's. The decoder's and
             the prior's gradients are the IWAE's. Costs one more pass without gradients (for
             the weights ``w~``).
         beta, kl_warmup_steps: see :class:`Objective` (free bits do not apply).
@@ -163,14 +165,18 @@ class IWAE(Objective):
             neg_bound = -(logsumexp(log_weights(z), 0) - math.log(k)).mean()
             return neg_bound, {"iwae": neg_bound.detach()}
         # DReG. The normalized weights w first (a pass without gradients), then the pass that
-        # is differentiated, at z_w = z with its gradient path to the encoder scaled by w (its
+        # is differentiated, at z_w = z with its gradient path to the encoder scaled by s_k (its
         # value is z's): sum_k w_k d log w_k gives the decoder and the prior the IWAE gradient,
-        # and the encoder, reached only through z_w (log q is stopped), sum_k w_k^2 d log w_k /
-        # d z_k d z_k / d phi. No hook: the same graph under torch.compile.
+        # and the encoder, reached only through z_w (log q is stopped), sum_k w_k s_k d log w_k
+        # / d z_k d z_k / d phi. The score term -kl_weight E[sum_k w_k d log q / d phi],
+        # reparameterized, is -kl_weight sum_k w_k (1 - w_k) (the path term), so s_k = 1 -
+        # kl_weight + kl_weight w_k: Tucker et al.'s w_k^2 at kl_weight 1, and unbiased for a
+        # beta or during a warm-up too. No hook: the same graph under torch.compile.
         fixed = z.detach()
         with torch.no_grad():
             w = torch.softmax(log_weights(fixed), 0)  # (K, B)
-        log_w = log_weights(fixed + w.unsqueeze(-1) * (z - fixed))  # (K, B)
+        scale = (1 - kl_weight) + kl_weight * w  # (K, B)
+        log_w = log_weights(fixed + scale.unsqueeze(-1) * (z - fixed))  # (K, B)
         neg_bound = -(logsumexp(log_w.detach(), 0) - math.log(k)).mean()
         surrogate = -(w * log_w).sum(0).mean()
         return neg_bound + (surrogate - surrogate.detach()), {"iwae": neg_bound}
