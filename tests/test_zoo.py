@@ -8,10 +8,12 @@ import json
 import pytest
 import torch
 
+import problayers as pl
 from host_sync import HostSyncs
 from problayers.cli import main
 from problayers.vae.experiment import RunConfig, load_run, train
 from problayers.vae.models import MODELS, ModelConfig, build_model, vae_loss
+from problayers.vae.models.priors import VampPrior
 
 SMALL = {"latent_size": 4, "hidden_size": 16}
 SMALL_RESNET = {"latent_size": 4, "base_depth": 4, "hidden_size": 8}
@@ -147,6 +149,15 @@ def test_the_seed_is_unchanged_by_the_zoo():
 def test_bad_zoo_configs_are_refused_naming_the_field(name, options, match):
     with pytest.raises(ValueError, match=match.replace("(", r"\(").replace("[", r"\[")):
         ModelConfig.for_model(name, **options)
+
+
+def test_vamp_prior_refuses_an_encoder_with_batch_norm():
+    """The pseudo-inputs are encoded as a batch of their own: BatchNorm (the resnet's) would give
+    them another q than the data's and mix their statistics into the running ones."""
+    with pytest.raises(ValueError, match="prior 'vamp': the encoder has BatchNorm"):
+        build_model(ModelConfig.for_model("resnet", prior="vamp", base_depth=4, prior_components=4))
+    encoder = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 4), pl.IndependentNormal(2))
+    assert VampPrior(encoder, 3, (4,))().batch_shape == ()  # without BatchNorm: the mixture
 
 
 def test_cli_bad_zoo_option_is_one_line(tmp_path, capsys):

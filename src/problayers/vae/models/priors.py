@@ -108,6 +108,13 @@ class VampPrior(nn.Module):
 
     def __init__(self, encoder: nn.Module, components: int, input_shape: tuple[int, ...]) -> None:
         super().__init__()
+        if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in encoder.modules()):
+            # The pseudo-inputs are a batch of their own: BatchNorm would normalize them with
+            # their statistics (another q than the data's) and mix them into its running ones.
+            raise ValueError(
+                "prior 'vamp': the encoder has BatchNorm, which would normalize the pseudo-inputs "
+                "as a batch of their own; use another prior, or an encoder without BatchNorm"
+            )
         object.__setattr__(self, "_encoder", encoder)  # not a submodule (see above)
         self.pseudo_inputs = nn.Parameter(0.05 + 0.01 * torch.randn(components, *input_shape))
 
