@@ -12,8 +12,9 @@ optimizer whose ``lr`` is the peak rate, stepped once per optimizer step over ``
     decay linearly to 0 (the "cooldown" schedule of Hägele et al. 2024, arXiv:2405.18392).
 ``onecycle``
     ``torch.optim.lr_scheduler.OneCycleLR`` (warm-up over 30% of the steps from ``lr / 25``,
-    cosine annealing to ``lr / 1e4``: torch's defaults) with the optimizer's momentum left alone
-    (``cycle_momentum=False``: a CUDA-graph step fixes Adam's betas at capture).
+    cosine annealing to ``(lr / 25) / 1e4 = lr / 2.5e5``: torch's defaults) with the
+    optimizer's momentum left alone (``cycle_momentum=False``: a CUDA-graph step fixes Adam's
+    betas at capture).
 """
 
 from __future__ import annotations
