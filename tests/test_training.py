@@ -177,6 +177,27 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     assert all(torch.isfinite(t).all() for t in state["model"].values())
 
 
+def test_weights_made_non_finite_by_an_epochs_last_update_are_not_saved(tmp_path):
+    """The loss of each step is finite, but epoch 2's last update (its gradient NaN: d/dw sqrt(w
+    - w)) makes the weights NaN: the checkpoint of epoch 1 stays, and the error says so."""
+    calls = {"n": 0}
+
+    def nan_gradient_at_step_8(m, batch):
+        calls["n"] += 1
+        loss = nll(m, batch)
+        if calls["n"] == 8:  # 4 steps per epoch: epoch 2's last
+            loss = loss + torch.sqrt(m[0].weight - m[0].weight).sum()  # value 0, gradient NaN
+        return loss
+
+    trainer = _trainer(tmp_path, epochs=3, loss_fn=nan_gradient_at_step_8)
+    with pytest.raises(
+        NonFiniteLossError, match=r"weight\(s\) 0.weight not finite after epoch 2.*epoch 1\) is kept"
+    ):
+        trainer.fit()
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert state["epoch"] == 1 and all(torch.isfinite(t).all() for t in state["model"].values())
+
+
 def test_config_validation():
     with pytest.raises(ValueError, match="epochs"):
         TrainerConfig(epochs=0)

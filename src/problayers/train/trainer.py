@@ -198,6 +198,7 @@ class Trainer:
         try:
             while self.epoch < self.config.epochs:
                 record = self.train_epoch(self.epoch)
+                self._check_weights(self.epoch)
                 if self.evaluate is not None:
                     record.update(self.evaluate(self.result_model, self.epoch))
                     if self.averaged is not None:
@@ -307,17 +308,32 @@ class Trainer:
                 where = f" on rank(s) {', '.join(map(str, bad))} of {self.world_size}"
             elif self.dist is not None:  # no rank's own loss: only their sum overflowed
                 where = f" (summed over {self.world_size} ranks)"
-            if self.run_dir is None:
-                kept = "nothing was saved (no run directory)"
-            elif self.epoch == 0:
-                kept = "no checkpoint was written (no epoch completed)"
-            else:
-                kept = f"the last good checkpoint (epoch {self.epoch}) is kept"
             raise NonFiniteLossError(
                 f"loss is {means['loss']}{where} in epoch {epoch + 1} (within its first {steps} steps); "
-                f"training stopped{' on every rank' if where else ''}, {kept}"
+                f"training stopped{' on every rank' if where else ''}, {self._kept()}"
             )
         return means, images
+
+    def _kept(self) -> str:
+        if self.run_dir is None:
+            return "nothing was saved (no run directory)"
+        if self.epoch == 0:
+            return "no checkpoint was written (no epoch completed)"
+        return f"the last good checkpoint (epoch {self.epoch}) is kept"
+
+    def _check_weights(self, epoch: int) -> None:
+        """Raise :class:`NonFiniteLossError` if a weight is not finite: an epoch's last updates
+        come after its last loss, so finite losses do not vouch for the weights saved (one sync
+        per epoch; the same on every rank, whose weights are the same)."""
+        named = list(self.model.named_parameters())
+        finite = torch.stack([torch.isfinite(p.detach()).all() for _, p in named]).tolist()
+        if all(finite):
+            return
+        bad = [name for (name, _), ok in zip(named, finite, strict=True) if not ok]
+        raise NonFiniteLossError(
+            f"weight(s) {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''} not finite after epoch "
+            f"{epoch + 1} (its last update diverged); training stopped, {self._kept()}"
+        )
 
     # -- checkpoints ----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
