@@ -210,7 +210,7 @@ def test_weight_averaging_flags(tmp_path):
         (["evaluate", "RUN", "--out", "RUN/metrics.jsonl"], "one of the run's own files"),
         (["sample", "RUN", "--out", "RUN/checkpoint.pt"], "one of the run's own files"),
         (["sample", "RUN", "--out", "/dev/null"], "got an existing file"),
-        (["evaluate", "RUN", "--out", "{tmp}"], "got a directory"),
+        (["evaluate", "RUN", "--out", "{tmp}"], "got an existing directory or device"),
         (["evaluate", "RUN", "--out", ""], "got an empty path"),
         (["sample", "RUN", "--out", ""], "got an empty path"),
         (["train", "--resume", "{tmp}/nope"], "is not a directory"),

@@ -250,8 +250,43 @@ def test_unwritable_run_directory(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(os, "open", read_only)
     out = tmp_path / "ro"
-    err = fails(["train", "--out", out, "--synthetic", "64", *TINY], capsys)
+    err = fails(["train", "--out", out, "--synthetic", "64", *TINY], capsys, code=1)  # the environment
     assert f"run directory {out}: cannot write there (Read-only file system (EROFS))" in err
+
+
+def test_disk_full_while_taking_the_lock_names_the_lock_file(tmp_path, monkeypatch, capsys):
+    from problayers.vae import runlock
+    from test_checkpoint import _DiskFull
+
+    monkeypatch.setattr(runlock.os, "fdopen", _DiskFull(room=0)(os.fdopen))
+    out = tmp_path / "full"
+    err = fails(["train", "--out", out, "--synthetic", "64", *TINY], capsys, code=1)
+    assert f"{out / LOCK}: cannot write: No space left on device (ENOSPC)" in err
+    assert not (out / LOCK).exists()
+
+
+def test_evaluate_checks_its_out_before_evaluating(run, monkeypatch, capsys):
+    """A wrong --out is refused before the (possibly hour-long) evaluation, not after it."""
+    import errno
+
+    from problayers.vae import evaluation, rundir
+
+    def never(*args, **kwargs):
+        raise AssertionError("evaluated before checking --out")
+
+    monkeypatch.setattr(evaluation, "evaluate", never)
+    err = fails(["evaluate", run, *EVAL, "--out", "/dev/null"], capsys)
+    assert "--out /dev/null: expected a file path, got an existing directory or device" in err
+    err = fails(["evaluate", run, *EVAL, "--out", run / "config.json" / "e.json"], capsys)
+    assert f"but {run / 'config.json'} is a file" in err
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    monkeypatch.setattr(rundir.tempfile, "mkstemp", read_only)
+    err = fails(["evaluate", run, *EVAL, "--out", tmp := run / "sub" / "e.json"], capsys, code=1)
+    assert f"--out {tmp}: cannot write in {run}: Read-only file system (EROFS)" in err
+    assert not (run / "sub").exists()
 
 
 def test_evaluate_and_sample_default_outputs(run, capsys):

@@ -197,12 +197,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..train.checkpoint import write_json
     from ..vae.evaluation import evaluate, format_table
     from ..vae.experiment import load_run, load_test_images
-    from ..vae.rundir import check_output
+    from ..vae.rundir import check_output, check_writable
 
     out = Path(args.run_dir) / "eval.json" if args.out is None else args.out
     out = check_output(out, args.run_dir, "--out")  # never over the run's own files
-    if out.is_dir():
-        raise ValueError(f"--out {out}: expected a JSON file path, got a directory")
+    check_writable(out, "--out")  # before the evaluation, not after it
     model, cfg, info = load_run(args.run_dir, device=args.device, online=args.online_weights)
     if args.data_dir is not None:
         cfg = dataclasses.replace(cfg, data_dir=args.data_dir)

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from ..train.checkpoint import CheckpointError, check_finite
-from ..train.errors import RunDirError, os_reason
+from ..train.errors import RunDirError, WriteError, os_reason
 from .runconfig import MAX_EPOCHS, RunConfig
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "check_consistent",
     "check_output",
     "check_run_state",
+    "check_writable",
     "prepare_run_dir",
     "read_config",
 ]
@@ -39,8 +41,10 @@ def prepare_run_dir(run_dir: str | os.PathLike, option: str = "--out") -> Path:
         path.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
         raise RunDirError(f"{option} {path}: expected a directory, but a parent is a file") from None
-    except OSError as err:
-        raise RunDirError(f"{option} {path}: cannot create the directory: {os_reason(err)}") from None
+    except OSError as err:  # the environment (permissions, a read-only filesystem): status 1
+        raise WriteError(
+            f"{option} {path}: cannot create the directory: {os_reason(err)}", err.errno
+        ) from None
     return path
 
 
@@ -142,4 +146,25 @@ def check_output(out: str | os.PathLike, run_dir: str | os.PathLike, option: str
     own = {(Path(run_dir) / name).resolve() for name in OWN_FILES}
     if out.resolve() in own:
         raise RunDirError(f"{option} {out}: is one of the run's own files; choose another path")
+    return out
+
+
+def check_writable(out: Path, option: str) -> Path:
+    """Fail now, not after the work, where the file ``out`` could not be written: a directory or
+    a non-regular file (``/dev/null``) in its place, or a parent that is a file
+    (:class:`RunDirError`), or a directory where no file can be created: permissions, a
+    read-only filesystem (:class:`WriteError`). Leaves nothing behind."""
+    if out.is_dir() or (out.exists() and not out.is_file()):
+        raise RunDirError(f"{option} {out}: expected a file path, got an existing directory or device")
+    parent = out.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise RunDirError(f"{option} {out}: expected a file path, but {parent} is a file")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=parent)
+    except OSError as err:
+        raise WriteError(f"{option} {out}: cannot write in {parent}: {os_reason(err)}", err.errno) from None
+    os.close(fd)
+    os.unlink(tmp)
     return out

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..train.errors import ProblayersError, RunDirError, os_reason
+from ..train.errors import ProblayersError, WriteError, os_reason
 
 __all__ = ["LOCK", "RunLock", "RunLockError"]
 
@@ -96,16 +96,19 @@ class RunLock:
             fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         except FileExistsError:
             return False
-        except OSError as err:
-            raise RunDirError(
-                f"run directory {self.run_dir}: cannot write there ({os_reason(err)})"
+        except OSError as err:  # the environment (a read-only filesystem...): status 1
+            raise WriteError(
+                f"run directory {self.run_dir}: cannot write there ({os_reason(err)})", err.errno
             ) from None
         try:
             with os.fdopen(fd, "w") as f:
                 f.write(json.dumps(self.owner) + "\n")
                 f.flush()
                 os.fsync(f.fileno())
-        except BaseException:  # e.g. disk full, SIGTERM: leave no half-written lock
+        except OSError as err:  # e.g. disk full: leave no half-written lock
+            self.path.unlink(missing_ok=True)
+            raise WriteError(f"{self.path}: cannot write: {os_reason(err)}", err.errno) from None
+        except BaseException:  # e.g. SIGTERM
             self.path.unlink(missing_ok=True)
             raise
         from ..train.checkpoint import fsync_dir
