@@ -196,6 +196,22 @@ def test_weight_averaging_flags(tmp_path):
         (["train", "--batch-size", "999", "--synthetic", "8", "--out", "{tmp}/x"], "batch_size"),
         (["train", "--epochs", "0", "--synthetic", "8", "--out", "{tmp}/x"], "argument --epochs"),
         (["train", "--lr", "nan", "--synthetic", "8", "--out", "{tmp}/x"], "argument --lr"),
+        (
+            ["train", "--seed", "99999999999999999999", "--synthetic", "8", "--out", "{tmp}/x"],
+            "argument --seed",
+        ),
+        (["train", "--seed", "-1", "--synthetic", "8", "--out", "{tmp}/x"], "argument --seed"),
+        (["evaluate", "RUN", "--seed", "99999999999999999999"], "argument --seed"),
+        (["regression", "--seed", "99999999999999999999", "--out", "{tmp}/r"], "argument --seed"),
+        (
+            ["train", "--model", "mlp", "--kl-warmup-steps", "99999999999999999999", "--out", "{tmp}/x"],
+            "argument --kl-warmup-steps",
+        ),
+        (
+            ["train", "--synthetic", "64", "--train-subset", "1000", "--batch-size", "8", "--out", "{tmp}/x"],
+            "train_subset: expected at most the 64 train images, got 1000",
+        ),
+        (["evaluate", "RUN", "--test-subset", "100000"], "test_subset: expected at most the"),
         (["train", "--synthetic", "8", "--out", ""], "--out: expected a directory, got an empty path"),
         (["train", "--synthetic", "8", "--out", "/dev/null"], "got an existing file"),
         (["train", "--synthetic", "8", "--out", "{tmp}/f/sub"], "a parent is a file"),

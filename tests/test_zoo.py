@@ -142,7 +142,10 @@ def test_the_seed_is_unchanged_by_the_zoo():
         ("mlp", {"objective": "iwae", "free_bits": 1.0}, "free_bits applies to the 'elbo' objective"),
         ("mlp", {"prior": "vamp", "posterior": "iaf"}, "VampPrior mixes Gaussian posteriors only"),
         ("mlp", {"prior": "flow"}, "prior: expected one of ['normal', 'mog', 'vamp']"),
-        ("mlp", {"kl_warmup_steps": -1}, "kl_warmup_steps: expected an int >= 0"),
+        ("mlp", {"kl_warmup_steps": -1}, "kl_warmup_steps: expected an int in 0.."),
+        ("mlp", {"kl_warmup_steps": 2**64}, "kl_warmup_steps: expected an int in 0.."),
+        ("mlp", {"beta": float("nan")}, "beta: expected a finite number >= 0, got nan"),
+        ("mlp", {"exact_kl": "yes"}, "exact_kl: expected true or false, got 'yes'"),
         ("nope", {}, "model name: expected one of"),
     ],
 )

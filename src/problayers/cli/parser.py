@@ -20,6 +20,10 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"problayers: error: {' '.join(message.split())} (see {self.prog} --help)\n")
 
 
+#: The largest integer an option takes: torch's int64 (a seed, a step count above it overflows).
+MAX_INT = 2**63 - 1
+
+
 def _int_at_least(minimum: int) -> Callable[[str], int]:
     def parse(text: str) -> int:
         try:
@@ -28,6 +32,8 @@ def _int_at_least(minimum: int) -> Callable[[str], int]:
             raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}") from None
         if value < minimum:
             raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
+        if value > MAX_INT:
+            raise argparse.ArgumentTypeError(f"expected an integer <= 2**63 - 1, got {text!r}")
         return value
 
     parse.__name__ = f"int >= {minimum}"
@@ -85,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--batch-size", type=_positive, default=256)
     p.add_argument("--lr", type=_number, default=1e-3, help="(peak) learning rate; may change on --resume")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_int_at_least(0), default=0)
     p.add_argument(
         "--model",
         default="seed",
@@ -247,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="IWAE samples per image at once (default 128 on a CPU, else 500)",
     )
     p.add_argument("--test-subset", type=_positive, default=None)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_int_at_least(0), default=0)
     p.add_argument(
         "--out",
         default=None,
@@ -277,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("--n", type=_positive, default=10, help="images per row")
     _add_weights_option(p)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_int_at_least(0), default=0)
     p.add_argument("--out", default=None, help="output directory (default RUN_DIR)")
     _add_data_options(p)
 
@@ -298,6 +304,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", default="runs/regression")
     p.add_argument("--epochs", type=_positive, default=None)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_int_at_least(0), default=0)
     p.add_argument("--no-progress", action="store_true")
     return parser

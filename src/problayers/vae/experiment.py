@@ -85,6 +85,8 @@ def _images(cfg: RunConfig, split: str) -> torch.Tensor:
     else:
         images, _ = mnist.load_mnist(cfg.data_dir, split=split)
     subset = cfg.train_subset if split == "train" else cfg.test_subset
+    if subset and subset > len(images):  # a run records what it used: never fewer silently
+        raise ValueError(f"{split}_subset: expected at most the {len(images)} {split} images, got {subset}")
     return images[:subset] if subset else images
 
 

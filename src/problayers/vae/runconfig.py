@@ -91,8 +91,8 @@ class RunConfig:
             _positive_int(name, getattr(self, name))
         if self.epochs > MAX_EPOCHS:
             raise ValueError(f"epochs: expected at most {MAX_EPOCHS}, got {self.epochs}")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
-            raise ValueError(f"seed: expected an int, got {self.seed!r}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed < 2**63:
+            raise ValueError(f"seed: expected an int in 0..2**63 - 1, got {self.seed!r}")
         for name in ("train_subset", "test_subset"):
             if getattr(self, name) is not None:
                 _positive_int(name, getattr(self, name))
@@ -141,7 +141,7 @@ class RunConfig:
                 raise ValueError(f"{name}: expected True or False, got {getattr(self, name)!r}")
         lr = self.lr
         if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not 0 < lr < float("inf"):
-            raise ValueError(f"lr: expected a number > 0, got {self.lr!r}")
+            raise ValueError(f"lr: expected a finite number > 0, got {self.lr!r}")
         if self.ema_decay is not None:
             check_decay(self.ema_decay, "ema_decay")
         if self.step_choice is not None and not isinstance(self.step_choice, dict):

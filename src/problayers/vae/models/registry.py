@@ -126,8 +126,11 @@ class ModelConfig:
             value = getattr(self, field)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{field}: expected a positive int, got {value!r}")
-        if not isinstance(self.beta, (int, float)) or isinstance(self.beta, bool) or self.beta < 0:
-            raise ValueError(f"beta: expected a number >= 0, got {self.beta!r}")
+        beta = self.beta
+        if not isinstance(beta, (int, float)) or isinstance(beta, bool) or not 0 <= beta < float("inf"):
+            raise ValueError(f"beta: expected a finite number >= 0, got {beta!r}")
+        if not isinstance(self.exact_kl, bool):
+            raise ValueError(f"exact_kl: expected true or false, got {self.exact_kl!r}")
         if self.init not in INITS:
             raise ValueError(f"init: expected one of {sorted(INITS)}, got {self.init!r}")
         if self.tril_order not in TRIL_ORDERS:
@@ -140,11 +143,11 @@ class ModelConfig:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{field}: expected a positive int, got {value!r}")
         warm = self.kl_warmup_steps
-        if not isinstance(warm, int) or isinstance(warm, bool) or warm < 0:
-            raise ValueError(f"kl_warmup_steps: expected an int >= 0, got {warm!r}")
+        if not isinstance(warm, int) or isinstance(warm, bool) or not 0 <= warm < 2**63:
+            raise ValueError(f"kl_warmup_steps: expected an int in 0..2**63 - 1, got {warm!r}")
         bits = self.free_bits
         if not isinstance(bits, (int, float)) or isinstance(bits, bool) or not 0 <= bits < float("inf"):
-            raise ValueError(f"free_bits: expected a number >= 0, got {bits!r}")
+            raise ValueError(f"free_bits: expected a finite number >= 0, got {bits!r}")
         for field, choices in (("prior", PRIORS), ("posterior", POSTERIORS), ("objective", OBJECTIVES)):
             if getattr(self, field) not in choices:
                 raise ValueError(f"{field}: expected one of {list(choices)}, got {getattr(self, field)!r}")
