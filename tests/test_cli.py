@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -271,6 +273,17 @@ def test_user_errors_are_one_line(argv, match, tmp_path, run_dir, capsys):
     assert err.startswith("problayers: error:") and match in err and "\n" not in err
     assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == before  # untouched
     assert not (tmp_path / "x").exists() or not any((tmp_path / "x").iterdir())
+
+
+def test_export_never_replaces_another_runs_files(tmp_path, run_dir, capsys):
+    """Even with --force: the export's config.json would make that run unusable."""
+    other = Path(shutil.copytree(run_dir, tmp_path / "other"))
+    before = {p.name: p.read_bytes() for p in other.iterdir() if p.is_file()}
+    with pytest.raises(SystemExit) as exc:
+        main(["export", str(run_dir), str(other), "--force"])
+    assert exc.value.code == 2
+    assert "is a training run's directory (it has checkpoint.pt)" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in other.iterdir() if p.is_file()} == before
 
 
 def test_module_entry_point_help():

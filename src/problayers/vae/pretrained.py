@@ -60,7 +60,8 @@ def _needs_safetensors(what: str) -> Any:
 def check_out_dir(
     out_dir: str | os.PathLike, *, force: bool = False, run_dir: str | os.PathLike | None = None
 ) -> Path:
-    """``out_dir`` as a path to export into: not ``run_dir`` itself, not a file, and (without
+    """``out_dir`` as a path to export into: not ``run_dir`` itself, not a file, not a training
+    run's directory (even with ``force``: its ``config.json`` would be replaced), and (without
     ``force``) not a non-empty directory; a one-line :class:`~problayers.train.errors.RunDirError`."""
     if os.fspath(out_dir) == "":
         raise RunDirError("OUT_DIR: expected a directory, got an empty path")
@@ -69,6 +70,10 @@ def check_out_dir(
         raise RunDirError(f"OUT_DIR {out}: is the run directory itself; choose another directory")
     if out.exists() and not out.is_dir():
         raise RunDirError(f"OUT_DIR {out}: expected a directory, got an existing file")
+    if out.is_dir() and (out / "checkpoint.pt").exists():  # its config.json would be replaced
+        raise RunDirError(
+            f"OUT_DIR {out}: is a training run's directory (it has checkpoint.pt); choose another"
+        )
     if out.is_dir() and not force and any(out.iterdir()):
         raise RunDirError(f"OUT_DIR {out}: is not empty; choose a new directory or pass --force to replace")
     return out
