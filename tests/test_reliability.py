@@ -218,6 +218,25 @@ def test_internal_errors_are_one_line_too(monkeypatch, capsys, tmp_path):
     assert "internal error: TypeError: something unforeseen" in err and "PROBLAYERS_DEBUG=1" in err
 
 
+def test_out_of_memory_is_one_line_naming_the_sizes(tmp_path, monkeypatch, capsys):
+    """A size too large for memory (the CPU allocator's RuntimeError, as torch words it; raised
+    here by a patched model builder: a real 300 GiB request could be overcommitted and end in
+    the OOM killer) is status 1 and one line naming the size options; no run directory is left."""
+    import problayers.vae.experiment
+
+    def too_big(*args, **kwargs):
+        raise RuntimeError(
+            "[enforce fail at alloc_cpu.cpp:127] data. DefaultCPUAllocator: can't allocate memory: "
+            "you tried to allocate 313528000000 bytes. Error code 12 (Cannot allocate memory)"
+        )
+
+    monkeypatch.setattr(problayers.vae.experiment, "build_model", too_big)
+    out = tmp_path / "huge"
+    err = fails(["train", "--out", out, "--model", "mlp", "--synthetic", "64", *TINY[4:]], capsys, code=1)
+    assert err.startswith("problayers: error: out of memory (292 GiB asked for at once)")
+    assert "--hidden-size" in err and not out.exists()
+
+
 # ------------------------------------------------------------------------- outputs and OS faults
 def test_disk_full_while_training_is_one_line(tmp_path, monkeypatch, capsys):
     from test_checkpoint import _DiskFull

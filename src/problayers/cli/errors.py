@@ -4,6 +4,7 @@ traceback only with ``--debug`` or ``PROBLAYERS_DEBUG=1``); see docs/reliability
 from __future__ import annotations
 
 import os
+import re
 
 from ..train.checkpoint import CheckpointError
 from ..train.cudagraph import CaptureError
@@ -14,6 +15,13 @@ from ..vae.data import MNISTError
 __all__ = ["DEBUG_ENV", "debug_requested", "describe"]
 
 DEBUG_ENV = "PROBLAYERS_DEBUG"
+
+
+def _out_of_memory(err: BaseException) -> bool:
+    """Python's MemoryError, torch's (CUDA) OutOfMemoryError, or the CPU allocator's failure."""
+    if isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError":
+        return True
+    return isinstance(err, RuntimeError) and "can't allocate memory" in str(err)
 
 
 def debug_requested(flag: bool = False) -> bool:
@@ -35,6 +43,14 @@ def describe(err: BaseException) -> tuple[int, str]:
     if isinstance(err, OSError):
         where = f"{err.filename}: " if getattr(err, "filename", None) else ""
         return 1, f"problayers: error: {where}{os_reason(err)}"
+    if _out_of_memory(err):
+        wanted = re.search(r"allocate (\d+) bytes", str(err))
+        size = f" ({int(wanted.group(1)) / 2**30:.3g} GiB asked for at once)" if wanted else ""
+        return 1, (
+            f"problayers: error: out of memory{size}: the model or the batch is too large for this "
+            "machine (see --batch-size, --latent-size, --hidden-size, --prior-components, "
+            "--num-samples; for evaluate --batch-size, --chunk-size)"
+        )
     return 1, (
         f"problayers: internal error: {type(err).__name__}: {one_line(err)[:500]} "
         f"(set {DEBUG_ENV}=1 or pass --debug for the traceback)"
