@@ -492,6 +492,26 @@ def test_a_gpu_run_is_read_and_resumed_without_a_gpu(run, capsys):
     assert resumed == [{"at_epoch": 2, "epochs": 3, "device": "cpu"}]
 
 
+def test_a_gpu_runs_fast_step_is_resumed_with_the_cpus(run, capsys):
+    """A GPU run records the GPU's fast step (a CUDA graph, fused capturable Adam, bf16): resumed
+    with --device cpu it continues with the CPU's fast step, and the optimizer steps as this
+    run built it, not with the flags saved in the checkpoint."""
+    import torch
+
+    cfg = json.loads((run / "config.json").read_text())
+    gpu_step = {"cuda_graph": True, "fused_adam": True, "channels_last": True, "precision": "bf16"}
+    (run / "config.json").write_text(json.dumps({**cfg, "device": "cuda", **gpu_step}))
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    for group in state["optimizer"]["param_groups"]:
+        group.update(fused=True, capturable=True, foreach=None)
+    torch.save(state, run / "checkpoint.pt")
+    assert main(["train", "--resume", str(run), "--epochs", "3", "--device", "cpu", "--no-progress"]) == 0
+    after = json.loads((run / "config.json").read_text())
+    assert not after["cuda_graph"] and after["auto_step"] and after["fused_adam"]  # the CPU's fast step
+    groups = torch.load(run / "checkpoint.pt", weights_only=True)["optimizer"]["param_groups"]
+    assert all(not g["capturable"] for g in groups)
+
+
 def test_data_dir_is_stored_absolute(tmp_path, monkeypatch):
     from problayers.vae.data import synthetic_mnist, write_mnist_split
 

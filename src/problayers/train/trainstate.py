@@ -143,6 +143,10 @@ def trainer_state(trainer: Any) -> dict[str, Any]:
     return state
 
 
+#: An optimizer's param-group flags that choose its kernels, not its state.
+_STEP_KERNEL_FLAGS = ("fused", "foreach", "capturable", "differentiable")
+
+
 def load_trainer_state(trainer: Any, state: Any, source: str) -> None:
     """Check ``state`` (:func:`check_trainer_state`), then restore it into ``trainer``; see
     :meth:`~problayers.train.trainer.Trainer.load_state_dict` for the random streams."""
@@ -150,10 +154,20 @@ def load_trainer_state(trainer: Any, state: Any, source: str) -> None:
     model_state = dict(state["model"])
     torch.nn.modules.utils.consume_prefix_in_state_dict_if_present(model_state, "module.")
     trainer.model.load_state_dict(model_state)
+    # How the optimizer steps (fused, foreach, capturable) is this run's choice, for its device;
+    # torch's load_state_dict would bring back the flags of the run that wrote the checkpoint.
+    kernels = [{k: g[k] for k in _STEP_KERNEL_FLAGS if k in g} for g in trainer.optimizer.param_groups]
     try:
         trainer.optimizer.load_state_dict(state["optimizer"])
     except (ValueError, KeyError, TypeError, RuntimeError) as err:
         raise CheckpointError(f"{source}: optimizer: does not fit ({' '.join(str(err).split())})") from None
+    for group, flags in zip(trainer.optimizer.param_groups, kernels, strict=True):
+        group.update(flags)
+        on_device = bool(group.get("fused") or group.get("capturable"))  # else: torch's CPU step count
+        for param in group["params"]:
+            step = trainer.optimizer.state.get(param, {}).get("step")
+            if isinstance(step, torch.Tensor):
+                trainer.optimizer.state[param]["step"] = step.to(param.device if on_device else "cpu")
     if trainer.scheduler is not None:
         if "scheduler" not in state:
             raise CheckpointError(f"{source}: written without a learning-rate scheduler, resumed with one")

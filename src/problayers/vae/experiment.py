@@ -320,8 +320,9 @@ def resume(run_dir: str | Path, *, dist: DistContext | None = None, **overrides:
     keeps its epochs), ``lr`` (a constant schedule only; the optimizer continues at it),
     ``device``, ``data_dir``, ``progress`` and ``log_every``; a change of epochs, lr, device or
     data is recorded in ``config.json``'s ``resumed`` list. A run trained with the
-    (single-process) fast step and resumed data-parallel continues with the eager step (the step
-    options change how a step runs, not the model; ``config.json`` is updated).
+    (single-process) fast step and resumed data-parallel continues with the eager step, and a GPU
+    run's CUDA-graph step resumed without a GPU with this device's fast step (the step options
+    change how a step runs, not the model; ``config.json`` is updated).
 
     The checkpoint may come from any number of processes (``dist``: as for :func:`train`); the
     random streams continue as :meth:`~problayers.train.trainer.Trainer.load_state_dict` says."""
@@ -361,6 +362,9 @@ def resume(run_dir: str | Path, *, dist: DistContext | None = None, **overrides:
             cfg = dataclasses.replace(cfg, resumed=(*saved.resumed, {"at_epoch": done, **changed}))
         if dist is not None:  # the fast step is single-process: data-parallel, the eager step
             cfg = dataclasses.replace(cfg, **step_options(fast=False))
+        elif cfg.cuda_graph and resolve_device(cfg.device).type != "cuda":
+            # a GPU run's fast step, resumed without a GPU: this device's fast step instead
+            cfg = dataclasses.replace(cfg, **step_options(fast=True, device=cfg.device))
         _check_options(cfg, dist)
         return cfg, state
 
