@@ -166,6 +166,48 @@ def test_a_damaged_cache_is_measured_over_and_rewritten(tmp_path, content):
     assert [e["chosen"] for e in entries.values()] == [choice.chosen]
 
 
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda e: e.update(seconds_per_step=[0.1]),
+        lambda e: e.update(options=["fp32"]),
+        lambda e: e["options"].update(foo=1),
+        lambda e: e["options"].update(epochs=1, lr=10.0),  # never a run's own settings
+        lambda e: e.update(chosen="fp16"),
+        lambda e: e.update(reason=None),
+    ],
+    ids=["times-a-list", "options-a-list", "unknown-option", "run-settings", "unknown-name", "no-reason"],
+)
+def test_a_damaged_entry_is_measured_over(tmp_path, edit):
+    path = tmp_path / "step-options.json"
+    opt = torch.optim.SGD(_net().parameters(), lr=0.1)
+    first = probe_step_options(_net(), opt, _loss, BATCH, workload="w", cache=path, candidates=FP32)
+    saved = json.loads(path.read_text())
+    (entry,) = saved["entries"].values()
+    edit(entry)
+    path.write_text(json.dumps(saved))
+    again = probe_step_options(_net(), opt, _loss, BATCH, workload="w", cache=path, candidates=FP32)
+    assert not again.cached and again.options == next(c.options for c in FP32 if c.name == again.chosen)
+    assert first.chosen in {c.name for c in FP32}
+
+
+def test_entries_cached_by_a_concurrent_run_are_kept(monkeypatch, tmp_path):
+    """Two runs probing at once: the one that writes last keeps the other's entry (the cache is
+    read again before it is written)."""
+    path = tmp_path / "step-options.json"
+    opt = torch.optim.SGD(_net().parameters(), lr=0.1)
+    timed = probe._time_candidates
+
+    def meanwhile_another_run(*args, **kwargs):
+        monkeypatch.setattr(probe, "_time_candidates", timed)  # the other run measures plainly
+        probe_step_options(_net(), opt, _loss, BATCH, workload="other", cache=path, candidates=FP32)
+        return timed(*args, **kwargs)
+
+    monkeypatch.setattr(probe, "_time_candidates", meanwhile_another_run)
+    probe_step_options(_net(), opt, _loss, BATCH, workload="mine", cache=path, candidates=FP32)
+    assert len(json.loads(path.read_text())["entries"]) == 2
+
+
 def test_an_unwritable_cache_costs_nothing_but_the_cache(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")

@@ -294,6 +294,23 @@ def _choose(times: dict[str, float], candidates: Sequence[Candidate], margin: fl
     return fp32, f"bf16 {gain:+.0%} against fp32, under the {margin:.0%} it must win by"
 
 
+def _valid_entry(hit: Any, candidates: Sequence[Candidate]) -> bool:
+    """Whether a cache entry can be used: one of ``candidates`` by name with its very options,
+    and the rest of the record of the expected types (a damaged entry is measured over)."""
+    if not isinstance(hit, dict):
+        return False
+    known = {c.name: c.options for c in candidates}
+    times = hit.get("seconds_per_step")
+    return (
+        hit.get("chosen") in known
+        and hit.get("options") == known[hit["chosen"]]
+        and isinstance(times, dict)
+        and all(isinstance(k, str) and isinstance(v, (int, float)) for k, v in times.items())
+        and isinstance(hit.get("reason"), str)
+        and isinstance(hit.get("measured_at"), str)
+    )
+
+
 def probe_step_options(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -339,9 +356,8 @@ def probe_step_options(
     key = _cache_key(machine, workload)
     entries = _read_cache(path) if path is not None else {}
     hit = entries.get(key)
-    if isinstance(hit, dict) and {"chosen", "options", "seconds_per_step", "reason", "measured_at"} <= set(
-        hit
-    ):
+    if _valid_entry(hit, candidates):
+        assert isinstance(hit, dict)
         return StepChoice(
             options=hit["options"], chosen=hit["chosen"], seconds_per_step=hit["seconds_per_step"],
             reason=hit["reason"], machine=machine, measured_at=hit["measured_at"], cached=True,
@@ -369,6 +385,7 @@ def probe_step_options(
     if path is not None:
         record = choice.record()
         record.pop("machine")
+        entries = _read_cache(path)  # again: what runs measuring meanwhile cached is kept
         entries[key] = record
         try:
             write_json(path, {"version": _CACHE_VERSION, "entries": entries})
