@@ -198,6 +198,24 @@ def test_weights_made_non_finite_by_an_epochs_last_update_are_not_saved(tmp_path
     assert state["epoch"] == 1 and all(torch.isfinite(t).all() for t in state["model"].values())
 
 
+@pytest.mark.parametrize(
+    "extra, phrase",
+    [
+        ({}, r"averaged: does not fit \(EMA state: updates: expected an int >= 0, got None\)"),
+        ({"updates": 8, "decay": 5.0}, r"EMA state: decay: expected a number in \(0, 1\), got 5.0"),
+        ({"updates": 8, "decay": 0.5}, r"averaged: decay 0.5 differs from the run's 0.8"),
+    ],
+    ids=["empty", "decay-5", "other-decay"],
+)
+def test_resume_validates_the_averaged_state(tmp_path, extra, phrase):
+    _trainer(tmp_path, epochs=1, ema=True).fit()
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    state["averaged"]["_extra_state"] = extra
+    torch.save(state, tmp_path / "checkpoint.pt")
+    with pytest.raises(CheckpointError, match=phrase):
+        _trainer(tmp_path, epochs=3, ema=True).resume()
+
+
 def test_config_validation():
     with pytest.raises(ValueError, match="epochs"):
         TrainerConfig(epochs=0)

@@ -78,8 +78,13 @@ class EMA(nn.Module):
         return {"updates": self.updates, "decay": self.decay}
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
-        self.updates = int(state["updates"])
-        self.decay = float(state["decay"])
+        if not isinstance(state, dict):
+            raise ValueError(f"EMA state: expected a dict, got {type(state).__name__}")
+        updates = state.get("updates")
+        if isinstance(updates, bool) or not isinstance(updates, int) or updates < 0:
+            raise ValueError(f"EMA state: updates: expected an int >= 0, got {updates!r}")
+        check_decay(state.get("decay"), "EMA state: decay")
+        self.updates, self.decay = updates, float(state["decay"])
 
 
 def check_decay(decay: Any, name: str = "decay") -> None:

@@ -175,7 +175,17 @@ def load_trainer_state(trainer: Any, state: Any, source: str) -> None:
     if trainer.averaged is not None:
         if "averaged" not in state:
             raise CheckpointError(f"{source}: written without weight averaging, resumed with it")
-        trainer.averaged.load_state_dict(state["averaged"])
+        decay = trainer.averaged.decay
+        try:
+            trainer.averaged.load_state_dict(state["averaged"])
+        except (ValueError, KeyError, TypeError, RuntimeError) as err:
+            raise CheckpointError(
+                f"{source}: averaged: does not fit ({' '.join(str(err).split())})"
+            ) from None
+        if trainer.averaged.decay != decay:
+            raise CheckpointError(
+                f"{source}: averaged: decay {trainer.averaged.decay} differs from the run's {decay}"
+            )
     trainer.epoch = int(state["epoch"])
     trainer.history = json.loads(state["history"])
     _restore_rng(trainer, state)
