@@ -205,6 +205,7 @@ def test_weight_averaging_flags(tmp_path):
         (["train", "--seed", "-1", "--synthetic", "8", "--out", "{tmp}/x"], "argument --seed"),
         (["evaluate", "RUN", "--seed", "99999999999999999999"], "argument --seed"),
         (["regression", "--seed", "99999999999999999999", "--out", "{tmp}/r"], "argument --seed"),
+        (["regression", "--seed", "18446744073709552", "--out", "{tmp}/r"], "<= 9223372036853775"),
         (
             ["train", "--model", "mlp", "--kl-warmup-steps", "99999999999999999999", "--out", "{tmp}/x"],
             "argument --kl-warmup-steps",
@@ -282,8 +283,16 @@ def test_export_never_replaces_another_runs_files(tmp_path, run_dir, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["export", str(run_dir), str(other), "--force"])
     assert exc.value.code == 2
-    assert "is a training run's directory (it has checkpoint.pt)" in capsys.readouterr().err
+    assert "is a training run's directory (it has checkpoint.pt, metrics.jsonl)" in capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in other.iterdir() if p.is_file()} == before
+    live = tmp_path / "live"  # a run in its first epoch: its lock and config.json, no checkpoint yet
+    live.mkdir()
+    (live / ".lock").write_text("{}")
+    (live / "config.json").write_text((run_dir / "config.json").read_text())
+    with pytest.raises(SystemExit):
+        main(["export", str(run_dir), str(live), "--force"])
+    assert "is a training run's directory (it has .lock)" in capsys.readouterr().err
+    assert (live / "config.json").read_text() == (run_dir / "config.json").read_text()
 
 
 def test_module_entry_point_help():

@@ -65,6 +65,23 @@ def test_parse_good_files(tmp_path, gz):
     assert y.dtype == torch.int64 and y.shape == (12,) and torch.equal(y, labels)
 
 
+@pytest.mark.parametrize(
+    "labels, phrase",
+    [
+        (np.array([259, 2, 1]), r"labels: expected digits 0..9, got values in 1..259"),
+        (np.array([-1, 2, 1]), r"labels: expected digits 0..9, got values in -1..2"),
+        (np.array([2.9, 2.0, 1.0]), r"labels: expected 3 integers \(one per image\), got float64"),
+        (np.array([1, 2]), r"labels: expected 3 integers \(one per image\), got int64 of shape \(2,\)"),
+    ],
+    ids=["259", "-1", "floats", "too-few"],
+)
+def test_bad_labels_are_refused_when_written(tmp_path, labels, phrase):
+    images = np.zeros((3, 28, 28), np.uint8)
+    with pytest.raises(ValueError, match=phrase):
+        write_mnist_split(tmp_path, images, labels, "test")
+    assert not list(tmp_path.iterdir())
+
+
 def test_gz_preferred_over_raw(tmp_path):
     write_mnist_split(tmp_path, *synthetic_mnist(5, seed=1), "test", gz=False)
     images, labels = synthetic_mnist(4, seed=2)

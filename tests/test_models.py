@@ -138,5 +138,7 @@ def test_saved_configs_before_tril_order_keep_the_row_order():
     assert old.tril_order == "rows"
     assert ModelConfig.from_dict(dataclasses.asdict(new)) == new
     assert build_model(old).encoder[-1].tril_order == "rows"
+    # the zoo came after tril_order: a config of a zoo model without it is not given the seed's
+    assert ModelConfig.from_dict({"name": "mlp", "latent_size": 4}).tril_order == "tfp"
     with pytest.raises(ValueError, match="tril_order"):
         ModelConfig(tril_order="cols")

@@ -280,6 +280,13 @@ def write_mnist_split(
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     labels = labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
+    count = len(images)
+    if labels.shape != (count,) or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(
+            f"labels: expected {count} integers (one per image), got {labels.dtype} of shape {labels.shape}"
+        )
+    if count and not 0 <= labels.min() <= labels.max() <= 9:
+        raise ValueError(f"labels: expected digits 0..9, got values in {labels.min()}..{labels.max()}")
     suffix = ".gz" if gz else ""
     return (
         write_idx(directory / f"{SPLITS[split][0]}{suffix}", images),

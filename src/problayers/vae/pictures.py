@@ -94,7 +94,9 @@ def loss_curve(metrics_jsonl: str | Path, path: str | Path) -> Path:
     fig = Figure(figsize=(6, 4))
     ax = fig.add_subplot()
     epochs = [r["epoch"] for r in records]
-    for key, label in (("train_loss", "train loss (MC KL)"), ("test_neg_elbo", "test -ELBO")):
+    # the training loss is the run's objective (an ELBO with an MC or exact KL, an IWAE bound):
+    # named as such, not as an ELBO
+    for key, label in (("train_loss", "train loss (the run's objective)"), ("test_neg_elbo", "test -ELBO")):
         if all(key in r for r in records):
             ax.plot(epochs, [r[key] for r in records], marker="o", label=label)
     ax.set_xlabel("epoch")

@@ -70,9 +70,11 @@ def check_out_dir(
         raise RunDirError(f"OUT_DIR {out}: is the run directory itself; choose another directory")
     if out.exists() and not out.is_dir():
         raise RunDirError(f"OUT_DIR {out}: expected a directory, got an existing file")
-    if out.is_dir() and (out / "checkpoint.pt").exists():  # its config.json would be replaced
+    own = ("checkpoint.pt", "metrics.jsonl", ".lock")  # a run's, finished or in its first epoch
+    found = [name for name in own if out.is_dir() and (out / name).exists()]
+    if found:  # its config.json would be replaced by the export's
         raise RunDirError(
-            f"OUT_DIR {out}: is a training run's directory (it has checkpoint.pt); choose another"
+            f"OUT_DIR {out}: is a training run's directory (it has {', '.join(found)}); choose another"
         )
     if out.is_dir() and not force and any(out.iterdir()):
         raise RunDirError(f"OUT_DIR {out}: is not empty; choose a new directory or pass --force to replace")

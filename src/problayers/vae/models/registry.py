@@ -117,7 +117,8 @@ class ModelConfig:
         before ``tril_order`` existed was trained with the row-by-row order, and keeps it."""
         if not isinstance(saved, dict):
             raise TypeError(f"model config: expected a dict, got {type(saved).__name__}")
-        return cls(**{"tril_order": "rows", **saved})
+        old = {"tril_order": "rows"} if saved.get("name", "seed") == "seed" else {}  # the zoo came later
+        return cls(**{**old, **saved})
 
     def __post_init__(self) -> None:
         if self.name not in MODELS:
