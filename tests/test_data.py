@@ -337,7 +337,7 @@ def test_epochs_reproducible_and_distinct():
 
 @pytest.mark.parametrize("drop_last", [True, False])
 def test_ranks_concatenate_to_single_process(drop_last):
-    images, _ = synthetic_mnist(50, seed=0)
+    images, _ = synthetic_mnist(52, seed=0)  # a last batch of 4: one example per rank at least
     single = _epoch(EpochBatches(images, 8, seed=3, drop_last=drop_last), 5)
     for world in (2, 4):
         ranks = [
@@ -360,6 +360,10 @@ def test_ranks_concatenate_to_single_process(drop_last):
         ({"batch_size": 4, "world_size": 0}, r"world_size must be an int >= 1; got 0"),
         ({"batch_size": 4, "world_size": 2, "rank": 2}, r"rank must be an int in \[0, world_size=2\); got 2"),
         ({"batch_size": 4, "rank": -1}, r"rank .*got -1"),
+        (  # 10 examples in batches of 8: a last batch of 2 for 4 ranks would leave two empty
+            {"batch_size": 8, "world_size": 4, "drop_last": False},
+            r"the last batch of 2 examples \(drop_last=False\) cannot give each of the 4 ranks one",
+        ),
     ],
 )
 def test_epoch_batches_errors(kwargs, pattern):

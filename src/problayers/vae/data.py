@@ -260,7 +260,8 @@ class EpochBatches:
     ``images_u8``: uint8 (N, 28, 28) or (N, 1, 28, 28) on the training device (kept, not copied).
     ``batch_size`` is the *global* batch; with ``world_size`` W, rank r gets rows
     ``[r*B//W : (r+1)*B//W]`` of each global batch of B, so the ranks' batches concatenate to the
-    single-process batch bitwise (the last batch with ``drop_last=False`` may split unevenly).
+    single-process batch bitwise (the last batch with ``drop_last=False`` may split unevenly, but
+    gives every rank at least one example: where it cannot, construction refuses).
 
     Epoch ``e`` is a pure function of ``(seed, e)``: the permutation comes from a CPU generator and the
     binarization noise (drawn for the whole global batch) from a generator on the images' device, both
@@ -288,6 +289,11 @@ class EpochBatches:
             raise ValueError(
                 f"batch_size must be divisible by world_size; got batch_size={batch_size}, "
                 f"world_size={world_size}"
+            )
+        if not drop_last and 0 < n % batch_size < world_size:
+            raise ValueError(
+                f"the last batch of {n % batch_size} examples (drop_last=False) cannot give each of "
+                f"the {world_size} ranks one; use drop_last=True or another batch_size"
             )
         if drop_last and batch_size > n:
             raise ValueError(
