@@ -150,6 +150,14 @@ def _damage_config(out, **changes):
         (lambda out: _damage_config(out, latent_size=5), "expected shape"),
         (lambda out: _damage_config(out, init="nope"), "not a valid model config"),
         (lambda out: _damage_config(out, extra=1), "not a valid model config"),
+        (
+            lambda out: _damage_config(out, extra=1, problayers_version="99.0"),
+            r"not a valid model config .*; written by problayers 99.0, this is ",
+        ),
+        (
+            lambda out: _damage_config(out, format="problayers-vae-v2", problayers_version="99.0"),
+            r"format 'problayers-vae-v2', this problayers reads 'problayers-vae-v1'; written by problayers 99",
+        ),
     ],
 )
 def test_load_pretrained_errors_are_one_line(exported, tmp_path, damage, match):

@@ -116,13 +116,31 @@ def _read_config(path: Path) -> ModelConfig:
         raise PretrainedError(f"{path}: cannot be read ({os_reason(err)})") from None
     except (UnicodeDecodeError, ValueError) as err:
         raise PretrainedError(f"{path}: not valid JSON ({' '.join(str(err).split())})") from None
+    from .. import __version__
+
+    written_by = f"written by problayers {obj.get('problayers_version')}" if isinstance(obj, dict) else ""
+    newer = f"; {written_by}, this is {__version__}" if written_by and _newer(obj, __version__) else ""
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         got = obj.get("format") if isinstance(obj, dict) else type(obj).__name__
+        if isinstance(got, str) and got.startswith("problayers-vae-"):  # another version's format
+            raise PretrainedError(f"{path}: format {got!r}, this problayers reads {FORMAT!r}{newer}")
         raise PretrainedError(f"{path}: not a problayers export (format: expected {FORMAT!r}, got {got!r})")
     try:
         return ModelConfig.from_dict({k: v for k, v in obj.items() if k not in _META})
     except (TypeError, ValueError) as err:
-        raise PretrainedError(f"{path}: not a valid model config ({' '.join(str(err).split())})") from None
+        raise PretrainedError(
+            f"{path}: not a valid model config ({' '.join(str(err).split())}){newer}"
+        ) from None
+
+
+def _newer(obj: dict, mine: str) -> bool:
+    """Whether ``obj``'s ``problayers_version`` is a later release than ``mine`` (numbers only)."""
+
+    def numbers(version: object) -> tuple[int, ...]:
+        parts = str(version).split("+")[0].split(".")
+        return tuple(int(p) for p in parts if p.isdigit())
+
+    return numbers(obj.get("problayers_version")) > numbers(mine)
 
 
 def load_pretrained(path: str | os.PathLike, device: str = "cpu") -> VAE:
