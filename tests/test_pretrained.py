@@ -156,7 +156,7 @@ def _damage_config(out, **changes):
         ),
         (
             lambda out: _damage_config(out, format="problayers-vae-v2", problayers_version="99.0"),
-            r"format 'problayers-vae-v2', this problayers reads 'problayers-vae-v1'; written by problayers 99",
+            r"format 'problayers-vae-v2', this problayers reads 'problayers-vae-v1'; written by",
         ),
     ],
 )
