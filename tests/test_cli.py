@@ -215,6 +215,7 @@ def test_weight_averaging_flags(tmp_path):
             "train_subset: expected at most the 64 train images, got 1000",
         ),
         (["evaluate", "RUN", "--test-subset", "100000"], "test_subset: expected at most the"),
+        (["sample", "RUN", "--n", "100000", "--out", "{tmp}/s"], "--n: expected at most the"),
         (["train", "--synthetic", "8", "--out", ""], "--out: expected a directory, got an empty path"),
         (["train", "--synthetic", "8", "--out", "/dev/null"], "got an existing file"),
         (["train", "--synthetic", "8", "--out", "{tmp}/f/sub"], "a parent is a file"),

@@ -297,8 +297,11 @@ def cmd_sample(args: argparse.Namespace) -> int:
     out_dir = args.run_dir if args.out is None else args.out
     check_output(out_dir, args.run_dir, "--out")
     model, cfg, _ = load_run(args.run_dir, device=args.device, online=args.online_weights)
-    cfg = dataclasses.replace(cfg, test_subset=args.n, data_dir=args.data_dir or cfg.data_dir)
-    test_x = load_test_images(cfg, next(model.parameters()).device)
+    cfg = dataclasses.replace(cfg, test_subset=None, data_dir=args.data_dir or cfg.data_dir)
+    test_x = load_test_images(cfg, next(model.parameters()).device)  # fixed per image: a prefix is a subset
+    if args.n > len(test_x):
+        raise ValueError(f"--n: expected at most the {len(test_x)} test images, got {args.n}")
+    test_x = test_x[: args.n]
     metrics = Path(args.run_dir) / "metrics.jsonl"
     out_dir = prepare_run_dir(out_dir, "--out")
     for path in save_pictures(model, test_x, out_dir, n=args.n, seed=args.seed, metrics=metrics):
