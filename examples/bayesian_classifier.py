@@ -1,7 +1,7 @@
 """A Bayesian neural-network classifier on two moons, with ``pl.DenseFlipout`` layers.
 
-What it shows: a 2-32-32-2 network whose weights have mean-field normal posteriors (Flipout
-perturbations), trained on 2-D "two moons" by minimizing ``cross-entropy + KL / N`` (the
+What it shows: a 2-32-32-2 network whose kernels have mean-field normal posteriors (Flipout
+perturbations; the biases are point estimates, TFP's default), trained on 2-D "two moons" by minimizing ``cross-entropy + KL / N`` (the
 negative ELBO per example; each layer records its ``KL(q(w) || p(w)) / N``, summed by
 ``pl.collect_losses``). Predictions average the softmax over weight draws. It prints the test
 accuracy, the predictive entropy (nats; at most ln 2 = 0.693) on the test points and on a circle
