@@ -2,15 +2,15 @@
 
 What it shows: a 2-32-32-2 network whose kernels have mean-field normal posteriors (Flipout
 perturbations; the biases are point estimates, TFP's default), trained on 2-D "two moons" by
-minimizing ``cross-entropy + KL / N`` (the negative ELBO per example; each layer records its ``KL(q(w) || p(w)) / N``, summed by
-``pl.collect_losses``). Predictions average the softmax over weight draws. It prints the test
-accuracy, the predictive entropy (nats; at most ln 2 = 0.693) on the test points and on a circle
-far from the data, and its epistemic part, the mutual information between the label and the
-weights (the entropy of the mean prediction less the draws' mean entropy): the weight draws
-disagree more far from the data, so it is larger there. The predictive probability and entropy
-over the plane go to ``OUT/bayesian_classifier.png``. ``--to-bayesian`` instead trains an ordinary
-``nn.Linear`` network for half the steps and makes it Bayesian with ``pl.to_bayesian`` (its
-weights become the posterior means) for the other half.
+minimizing ``cross-entropy + KL / N`` (the negative ELBO per example; each layer records its
+``KL(q(w) || p(w)) / N``, summed by ``pl.collect_losses``). Predictions average the softmax over
+weight draws. It prints the test accuracy, the predictive entropy (nats; at most ln 2 = 0.693)
+on the test points and on a circle far from the data, and its epistemic part, the mutual
+information between the label and the weights (the entropy of the mean prediction less the
+draws' mean entropy): the weight draws disagree more far from the data, so it is larger there.
+The predictive probability and entropy over the plane go to ``OUT/bayesian_classifier.png``.
+``--to-bayesian`` instead trains an ordinary ``nn.Linear`` network for half the steps and makes
+it Bayesian with ``pl.to_bayesian`` (its weights become the posterior means) for the other half.
 
 Run (seconds)::
 
