@@ -40,8 +40,8 @@ def _map_tensors(
 ) -> Any:
     """A copy of a distribution (or transform) with ``fn`` applied to its tensors: parameters,
     cached properties, base distributions, transforms (a ``TransformedDistribution``'s ``loc``
-    and ``scale`` too) and lists of them. ``memo`` (id -> copy) keeps reference cycles (a
-    transform and its ``inv``) cycles of the copies."""
+    and ``scale`` too) and lists of them. ``memo`` (id -> copy) maps each object once, so a
+    reference cycle (a transform and its ``inv``) stays a cycle among the copies."""
     memo = {} if memo is None else memo
     if id(obj) in memo:
         return memo[id(obj)]

@@ -169,7 +169,7 @@ class MixtureSameFamily(_MixtureLayer):
     def params_size(num_components: int, component_params_size) -> int:
         """``K + K * p``; ``component_params_size`` is ``p`` or a layer class/instance to infer it from."""
         k = positive_int(num_components, "num_components")
-        if isinstance(component_params_size, type) or callable(component_params_size):
+        if callable(component_params_size):  # a layer class or instance
             _, size = resolve_component(component_params_size)
             if size is None:
                 raise ValueError("component_params_size: cannot infer the size from this layer")

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from .checkpoint import CheckpointError, check_state_dict
+from .errors import one_line
 
 __all__ = ["check_trainer_state", "load_trainer_state", "trainer_state"]
 
@@ -160,7 +161,7 @@ def load_trainer_state(trainer: Any, state: Any, source: str) -> None:
     try:
         trainer.optimizer.load_state_dict(state["optimizer"])
     except (ValueError, KeyError, TypeError, RuntimeError) as err:
-        raise CheckpointError(f"{source}: optimizer: does not fit ({' '.join(str(err).split())})") from None
+        raise CheckpointError(f"{source}: optimizer: does not fit ({one_line(err)})") from None
     for group, flags in zip(trainer.optimizer.param_groups, kernels, strict=True):
         group.update(flags)
         on_device = bool(group.get("fused") or group.get("capturable"))  # else: torch's CPU step count
@@ -179,9 +180,7 @@ def load_trainer_state(trainer: Any, state: Any, source: str) -> None:
         try:
             trainer.averaged.load_state_dict(state["averaged"])
         except (ValueError, KeyError, TypeError, RuntimeError) as err:
-            raise CheckpointError(
-                f"{source}: averaged: does not fit ({' '.join(str(err).split())})"
-            ) from None
+            raise CheckpointError(f"{source}: averaged: does not fit ({one_line(err)})") from None
         if trainer.averaged.decay != decay:
             raise CheckpointError(
                 f"{source}: averaged: decay {trainer.averaged.decay} differs from the run's {decay}"

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from ..train.checkpoint import CheckpointError, atomic_write, check_finite, check_state_dict, write_json
-from ..train.errors import RunDirError, os_reason
+from ..train.errors import RunDirError, one_line, os_reason
 from .models import VAE, ModelConfig, build_model
 
 __all__ = [
@@ -115,7 +115,7 @@ def _read_config(path: Path) -> ModelConfig:
     except OSError as err:
         raise PretrainedError(f"{path}: cannot be read ({os_reason(err)})") from None
     except (UnicodeDecodeError, ValueError) as err:
-        raise PretrainedError(f"{path}: not valid JSON ({' '.join(str(err).split())})") from None
+        raise PretrainedError(f"{path}: not valid JSON ({one_line(err)})") from None
     from .. import __version__
 
     written_by = f"written by problayers {obj.get('problayers_version')}" if isinstance(obj, dict) else ""
@@ -128,9 +128,7 @@ def _read_config(path: Path) -> ModelConfig:
     try:
         return ModelConfig.from_dict({k: v for k, v in obj.items() if k not in _META})
     except (TypeError, ValueError) as err:
-        raise PretrainedError(
-            f"{path}: not a valid model config ({' '.join(str(err).split())}){newer}"
-        ) from None
+        raise PretrainedError(f"{path}: not a valid model config ({one_line(err)}){newer}") from None
 
 
 def _newer(obj: dict, mine: str) -> bool:
@@ -165,7 +163,7 @@ def load_pretrained(path: str | os.PathLike, device: str = "cpu") -> VAE:
     except OSError as err:
         raise PretrainedError(f"{source}: cannot be read ({os_reason(err)})") from None
     except Exception as err:  # safetensors' SafetensorError: a truncated or foreign file
-        raise PretrainedError(f"{source}: not a safetensors file ({' '.join(str(err).split())})") from None
+        raise PretrainedError(f"{source}: not a safetensors file ({one_line(err)})") from None
     model = build_model(cfg)
     try:
         check_state_dict(model, weights, "weights", f"{source} (for the config in {CONFIG})")
