@@ -138,6 +138,44 @@ def test_samples_carry_gradients_to_the_made():
     assert all(p.grad is not None for p in made.parameters())
 
 
+def _flow_model(inverse: bool) -> nn.Sequential:
+    made = pl.AutoregressiveNetwork(2, 3, hidden_units=(8,))
+    return nn.Sequential(
+        nn.Linear(5, 6), pl.IndependentNormal(3), pl.AutoregressiveTransform(made, inverse=inverse)
+    )
+
+
+@pytest.mark.parametrize("inverse", [False, True], ids=["maf", "iaf"])
+def test_output_runs_the_network_at_the_weights_of_a_functional_call(inverse):
+    # The output's log_prob runs the MADE after the forward; it must use the weights that
+    # torch.func.functional_call gave the forward, not the module's own (restored by then).
+    torch.manual_seed(0)
+    model, twin = _flow_model(inverse), _flow_model(inverse)
+    other = {k: torch.randn_like(v) for k, v in model.named_parameters() if k.startswith("2.")}
+    twin.load_state_dict({**model.state_dict(), **other})
+    x, y = torch.randn(4, 5), torch.randn(4, 3)
+    got = torch.func.functional_call(model, other, (x,)).log_prob(y)
+    torch.testing.assert_close(got, twin(x).log_prob(y).detach())
+    assert not torch.allclose(got, model(x).log_prob(y).detach())
+
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    grads = torch.func.grad(lambda p: -torch.func.functional_call(model, p, (x,)).log_prob(y).mean())(params)
+    (-model(x).log_prob(y).mean()).backward()
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(grads[name], param.grad, msg=name)
+
+
+@pytest.mark.parametrize("inverse", [False, True], ids=["maf", "iaf"])
+def test_output_made_without_grad_computes_without_grad(inverse):
+    model, x, y = _flow_model(inverse), torch.randn(4, 5), torch.zeros(4, 3)
+    with torch.no_grad():
+        out = model(x)
+    assert not out.log_prob(y).requires_grad
+    with torch.inference_mode():
+        out = model(x)
+    torch.testing.assert_close(out.log_prob(y), model(x).log_prob(y).detach())
+
+
 def test_stacked_flows_fit_a_banana_better_than_any_gaussian():
     torch.manual_seed(0)
     x1 = torch.randn(256)

@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 import torch.distributions as D
@@ -173,6 +173,12 @@ class MaskedAutoregressiveTransform(Transform):
             ``0`` keeps none.
         inverse: swap the two directions (the IAF: one network pass forward, ``d`` back, the
             log-det negated); unlike ``transform.inv`` this pickles and deep-copies.
+        network_state: the tensors to run ``made`` with, by name as in
+            ``made.named_parameters()`` and ``named_buffers()`` (through
+            ``torch.func.functional_call``); default ``None``: ``made``'s own at each call.
+            :class:`AutoregressiveTransform` passes the ones current at its forward, so that its
+            output computes with the weights that ``torch.func.functional_call`` (or ``grad``,
+            ``vmap``) gave the model, and not with grad under ``torch.no_grad``.
 
     Input: ``u`` of shape ``(*B, d)``. Output: ``y`` of shape ``(*B, d)``;
     ``log_abs_det_jacobian`` has shape ``(*B)``.
@@ -190,7 +196,13 @@ class MaskedAutoregressiveTransform(Transform):
     codomain = constraints.independent(constraints.real, 1)
     bijective = True
 
-    def __init__(self, made: AutoregressiveNetwork, cache_size: int = 1, inverse: bool = False) -> None:
+    def __init__(
+        self,
+        made: AutoregressiveNetwork,
+        cache_size: int = 1,
+        inverse: bool = False,
+        network_state: Mapping[str, torch.Tensor] | None = None,
+    ) -> None:
         super().__init__(cache_size=cache_size)
         self.inverse = bool(inverse)  # the IAF: the two directions swapped (pickles, unlike .inv)
         if not isinstance(made, AutoregressiveNetwork):
@@ -198,6 +210,7 @@ class MaskedAutoregressiveTransform(Transform):
         if made.params != 2:
             raise ValueError(f"made: expected params=2 (shift, log_scale), got params={made.params}")
         self.made = made
+        self.network_state = None if network_state is None else dict(network_state)
 
     def __eq__(self, other) -> bool:
         return (
@@ -213,11 +226,15 @@ class MaskedAutoregressiveTransform(Transform):
         return (
             self
             if self._cache_size == cache_size
-            else MaskedAutoregressiveTransform(self.made, cache_size, self.inverse)
+            else MaskedAutoregressiveTransform(self.made, cache_size, self.inverse, self.network_state)
         )
 
     def _shift_log_scale(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        shift, log_scale = self.made(y).unbind(-1)  # (*B, d) each
+        if self.network_state is None:
+            out = self.made(y)
+        else:
+            out = torch.func.functional_call(self.made, self.network_state, (y,))
+        shift, log_scale = out.unbind(-1)  # (*B, d) each
         return shift, log_scale
 
     def _call(self, u: torch.Tensor) -> torch.Tensor:
@@ -312,8 +329,12 @@ class AutoregressiveTransform(DistributionLambda):
                 f"batch_shape {tuple(dist.batch_shape)} and event_shape {tuple(dist.event_shape)}"
             )
         # A new transform per output: its cache (sample -> base value) must not outlive the
-        # parameters it was computed with.
-        transform = MaskedAutoregressiveTransform(self.made, inverse=self.inverse)
+        # parameters it was computed with. It runs the network at the tensors current now (those
+        # of a functional_call, detached under no_grad), not at whatever the module holds later.
+        state = dict(itertools.chain(self.made.named_parameters(), self.made.named_buffers()))
+        if not torch.is_grad_enabled():
+            state = {name: t.detach() for name, t in state.items()}
+        transform = MaskedAutoregressiveTransform(self.made, inverse=self.inverse, network_state=state)
         return D.TransformedDistribution(dist, [transform], validate_args=self.validate_args)
 
     def extra_repr(self) -> str:

@@ -182,25 +182,14 @@ class IWAE(Objective):
         return neg_bound + (surrogate - surrogate.detach()), {"iwae": neg_bound}
 
 
-class _LogProb(nn.Module):
-    """``encoder(x).log_prob(z)`` as one module call, so it can run at other parameters."""
-
-    def __init__(self, encoder: nn.Module) -> None:
-        super().__init__()
-        self.encoder = encoder
-
-    def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        with added_losses_skipped():
-            return self.encoder(x).log_prob(z)
-
-
 def _stopped_log_prob(encoder: nn.Module, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """``log q(z|x)`` with no gradient to the encoder's parameters (only through ``z``): the
-    encoder, and whatever its output computes with them (a flow's network), at detached
-    weights. ``(K, B)``."""
-    wrapper = _LogProb(encoder)
-    stopped = {name: p.detach() for name, p in wrapper.named_parameters()}
-    return torch.func.functional_call(wrapper, stopped, (x, z))
+    encoder at detached weights (a flow's output runs its network at the weights of the call
+    that made it). ``(K, B)``."""
+    stopped = {name: p.detach() for name, p in encoder.named_parameters()}
+    with added_losses_skipped():
+        q = torch.func.functional_call(encoder, stopped, (x,))
+    return q.log_prob(z)
 
 
 #: name -> ``(exact_kl, num_samples, **Objective's arguments) -> Objective``
