@@ -224,6 +224,14 @@ def _model_cases() -> list[ModelCase]:
             (5,),
         ),
         ModelCase(
+            "MultivariateNormalTriL+KLDivergenceRegularizer(exact)",
+            lambda: nn.Sequential(
+                nn.Linear(5, mvn.params_size(3)),
+                mvn(3, activity_regularizer=pl.KLDivergenceRegularizer(_std_normal(3), use_exact_kl=True)),
+            ),
+            (5,),
+        ),
+        ModelCase(
             "IndependentNormal+KLDivergenceRegularizer(exact)",
             lambda: nn.Sequential(
                 nn.Linear(5, pl.IndependentNormal.params_size(3)),

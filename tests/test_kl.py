@@ -9,12 +9,13 @@ import torch.distributions as D
 import problayers as pl
 
 
-def test_mvn_vs_diagonal_normal_matches_mvn_formula():
+@pytest.mark.parametrize(("q_batch", "p_batch"), [((4,), ()), ((), (4,)), ((2, 1), (3,))])
+def test_mvn_vs_diagonal_normal_matches_mvn_formula(q_batch, p_batch):
     torch.manual_seed(0)
-    q = pl.MultivariateNormalTriL.new(torch.randn(4, pl.MultivariateNormalTriL.params_size(5)), 5)
-    loc, scale = torch.randn(5), torch.rand(5) + 0.5
+    q = pl.MultivariateNormalTriL.new(torch.randn(*q_batch, pl.MultivariateNormalTriL.params_size(5)), 5)
+    loc, scale = torch.randn(*p_batch, 5), torch.rand(*p_batch, 5) + 0.5
     p_diag = D.Independent(D.Normal(loc, scale), 1)
-    p_mvn = D.MultivariateNormal(loc, scale_tril=torch.diag(scale))
+    p_mvn = D.MultivariateNormal(loc, scale_tril=torch.diag_embed(scale))
     torch.testing.assert_close(D.kl_divergence(q, p_diag), D.kl_divergence(q, p_mvn))
     torch.testing.assert_close(D.kl_divergence(p_diag, q), D.kl_divergence(p_mvn, q))
 
@@ -33,3 +34,26 @@ def test_other_independent_is_not_implemented():
     q = D.MultivariateNormal(torch.zeros(3), torch.eye(3))
     with pytest.raises(NotImplementedError):
         D.kl_divergence(q, D.Independent(D.Laplace(torch.zeros(3), 1.0), 1))
+
+
+class _Custom(D.Normal):
+    """A class of the test's own, so that the pair registered below touches nothing else."""
+
+
+def test_exact_kl_names_the_option_only_where_torch_has_no_formula():
+    q, p = D.Normal(torch.zeros(2), 1.0), D.Cauchy(torch.zeros(2), 1.0)
+    with pytest.raises(
+        NotImplementedError, match=r"^use_exact_kl=True: .* no KL formula for Normal \|\| Cauchy"
+    ):
+        pl.kl.exact_kl(q, p, "use_exact_kl")
+
+    @D.kl.register_kl(_Custom, D.Cauchy)
+    def _fails_inside(q, p):
+        raise NotImplementedError("no kernel for this dtype")
+
+    try:  # a formula that exists and fails gives its own error, not "no formula"
+        with pytest.raises(NotImplementedError, match=r"^no kernel for this dtype$"):
+            pl.kl.exact_kl(_Custom(torch.zeros(2), 1.0), p, "use_exact_kl")
+    finally:
+        del D.kl._KL_REGISTRY[_Custom, D.Cauchy]
+        D.kl._KL_MEMOIZE.clear()

@@ -105,6 +105,11 @@ def convert_to_tensor(value: Any) -> Any:
     return value
 
 
+def base_class(dist: D.Distribution) -> type:
+    """The class of ``dist``, or of the distribution it wraps where it is tensor-coercible."""
+    return dist._tc_base if isinstance(dist, TensorCoercible) else type(dist)
+
+
 def is_coercible(value: Any) -> bool:
     """Whether ``value`` is a tensor-coercible distribution."""
     return isinstance(value, TensorCoercible)
@@ -420,6 +425,6 @@ def as_coercible(dist: D.Distribution, convert_to_tensor_fn: ConvertFn = "rsampl
     """
     if not isinstance(dist, D.Distribution):
         raise TypeError(f"dist: expected a torch.distributions.Distribution, got {type(dist).__name__}")
-    base = dist._tc_base if isinstance(dist, TensorCoercible) else type(dist)
+    base = base_class(dist)
     state = {k: v for k, v in dist.__dict__.items() if not k.startswith("_tc_")}
     return _new_coercible(base, state, convert_to_tensor_fn)

@@ -18,7 +18,8 @@ import torch.distributions as D
 from torch import nn
 
 from ._state import first_floating_tensor
-from .coercible import CONVERT_TO_TENSOR_FNS, TensorCoercible, convert_to_tensor
+from .coercible import CONVERT_TO_TENSOR_FNS, base_class, convert_to_tensor
+from .kl import exact_kl, prepare_kl_dispatch
 from .losses import added_losses_enabled, init_added_losses, set_added_loss
 from .precision import in_fp32
 
@@ -85,13 +86,9 @@ def _check_event_shapes(q: D.Distribution, prior: D.Distribution) -> None:
     if q.event_shape != prior.event_shape:
         raise ValueError(
             f"KLDivergenceRegularizer: the prior's event_shape {tuple(prior.event_shape)} differs from "
-            f"the posterior's {tuple(q.event_shape)} ({_class_name(prior)} vs {_class_name(q)})"
+            f"the posterior's {tuple(q.event_shape)} "
+            f"({base_class(prior).__name__} vs {base_class(q).__name__})"
         )
-
-
-def _class_name(dist: D.Distribution) -> str:
-    cls = dist._tc_base if isinstance(dist, TensorCoercible) else type(dist)
-    return cls.__name__
 
 
 class KLDivergenceRegularizer(nn.Module):
@@ -157,6 +154,7 @@ class KLDivergenceRegularizer(nn.Module):
         self.prior = prior  # an nn.Module prior is registered as a submodule
         self.weight = weight
         self.use_exact_kl = bool(use_exact_kl)
+        prepare_kl_dispatch()  # so that torch.compile traces the exact KL
         self.test_points_fn = test_points_fn
         axes = test_points_reduce_axis
         self.test_points_reduce_axis: tuple[int, ...] | None
@@ -220,14 +218,7 @@ class KLDivergenceRegularizer(nn.Module):
         if self.use_exact_kl:
             prior = self.resolve_prior(params, q)
             _check_event_shapes(q, prior)
-            try:
-                kl = D.kl_divergence(q, prior)  # (*B)
-            except NotImplementedError as err:
-                raise NotImplementedError(
-                    f"use_exact_kl=True: torch.distributions has no KL formula for "
-                    f"{_class_name(q)} || {_class_name(prior)}; register one with "
-                    "torch.distributions.kl.register_kl, or use use_exact_kl=False (Monte Carlo)"
-                ) from err
+            kl = exact_kl(q, prior, "use_exact_kl")  # (*B)
         else:
             z = self._test_points(q)  # (*S, *B, *E)
             prior = self.resolve_prior(params if params is not None else z, q)

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..coercible import as_coercible
+from ..kl import mvn_kl
 from ..losses import added_losses_enabled, init_added_losses, set_added_loss
 from ._args import non_negative_number, positive_int
 
@@ -44,16 +45,6 @@ def _positive(value, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
         raise ValueError(f"{name}: expected a positive number, got {value!r}")
     return float(value)
-
-
-@torch.compiler.allow_in_graph
-def _mvn_kl(q_loc, q_tril, p_loc, p_tril) -> torch.Tensor:
-    """``kl_divergence(MVN(q_loc, q_tril), MVN(p_loc, p_tril))``. In the graph as one call:
-    dynamo (torch 2.13) fails to trace the ``_infer_size`` of torch's MVN-MVN formula; AOTAutograd
-    traces it fine."""
-    q = D.MultivariateNormal(q_loc, scale_tril=q_tril, validate_args=False)
-    p = D.MultivariateNormal(p_loc, scale_tril=p_tril, validate_args=False)
-    return D.kl_divergence(q, p)
 
 
 class VariationalGaussianProcess(nn.Module):
@@ -254,7 +245,7 @@ class VariationalGaussianProcess(nn.Module):
                 normal = D.Normal(loc.view(*batch, 1), std.view(*batch, 1), validate_args=False)
                 dist = D.Independent(normal, 1)
             if added_losses_enabled():
-                kl = _mvn_kl(self.variational_loc, S, mean_z, L)  # KL(q(u) || p(u))
+                kl = mvn_kl(self.variational_loc, S, mean_z, L)  # KL(q(u) || p(u))
                 set_added_loss(self, "kl_divergence", self.kl_weight * kl)
         return as_coercible(dist, self.convert_to_tensor_fn)
 

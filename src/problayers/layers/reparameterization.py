@@ -29,6 +29,7 @@ import torch.distributions as D
 import torch.nn.functional as F
 from torch import nn
 
+from ..kl import prepare_kl_dispatch
 from ..losses import added_losses_enabled, init_added_losses, set_added_loss
 from ._args import callable_or_none, non_negative_number, positive_int
 from .defaults import _PointMass, default_mean_field_normal_fn
@@ -82,6 +83,7 @@ class _WeightUncertainty(nn.Module):
         callable_or_none(bias_prior_fn, "bias_prior_fn")
         self.kl_weight = non_negative_number(kl_weight, "kl_weight")
         self.kl_use_exact = bool(kl_use_exact)
+        prepare_kl_dispatch()  # so that torch.compile traces the exact KL
         self.activation = callable_or_none(activation, "activation")
         self.kernel_shape, self.bias_shape = kernel_shape, bias_shape
         self.kernel_posterior = kernel_posterior_fn(kernel_shape, dtype)

@@ -26,6 +26,7 @@ import torch.distributions as D
 import torch.nn.functional as F
 from torch import nn
 
+from ..kl import exact_kl, prepare_kl_dispatch
 from ..losses import added_losses_enabled, init_added_losses, set_added_loss
 from ._args import callable_or_none, non_negative_number, positive_int
 from .base import normalize_event_shape
@@ -222,14 +223,7 @@ def weight_kl(q: D.Distribution, p: D.Distribution, w: torch.Tensor | None, exac
     """``KL(q || p)`` as a 0-dim tensor: exact (``torch.distributions.kl_divergence``) or the
     one-sample Monte Carlo ``log q(w) - log p(w)`` at ``w`` (a fresh ``q.rsample()`` if ``None``)."""
     if exact:
-        try:
-            return D.kl_divergence(q, p).sum()
-        except NotImplementedError as err:
-            raise NotImplementedError(
-                f"kl_use_exact=True: torch.distributions has no KL formula for {type(q).__name__} || "
-                f"{type(p).__name__}; register one with torch.distributions.kl.register_kl or use "
-                "kl_use_exact=False (Monte Carlo)"
-            ) from err
+        return exact_kl(q, p, "kl_use_exact").sum()
     w = q.rsample() if w is None else w
     return (q.log_prob(w) - p.log_prob(w)).sum()
 
@@ -287,6 +281,7 @@ class DenseVariational(nn.Module):
                 raise TypeError(f"{name}: expected a callable (kernel_size, bias_size, dtype) -> nn.Module")
         self.kl_weight = non_negative_number(kl_weight, "kl_weight")
         self.kl_use_exact = bool(kl_use_exact)
+        prepare_kl_dispatch()  # so that torch.compile traces the exact KL
         self.activation = callable_or_none(activation, "activation")
         self.kernel_size = self.in_features * self.units
         self.bias_size = self.units if use_bias else 0
