@@ -207,7 +207,8 @@ def _std_normal(d: int):
 
     # Without torch's argument checks, as a prior must be for a CUDA-graph step (each check
     # reads a value back on the host: tests/host_sync.py).
-    normal = D.Normal(torch.zeros(d), torch.ones(d), validate_args=False)
+    # On the CPU (not the default device): a constant, also for a model built on the meta device.
+    normal = D.Normal(torch.zeros(d, device="cpu"), torch.ones(d, device="cpu"), validate_args=False)
     return D.Independent(normal, 1, validate_args=False)
 
 

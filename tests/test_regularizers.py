@@ -203,3 +203,16 @@ def test_regularizer_and_next_layer_see_the_same_sample():
     out = nxt(layer(torch.randn(5, 9)))
     assert out.shape == (5, 1)
     assert pl.convert_to_tensor(captured["input"]) is seen["kl_point"]
+
+
+def test_prior_made_on_meta_says_so_when_the_model_gets_values():
+    with torch.device("meta"):
+        reg = pl.KLDivergenceRegularizer(D.Independent(D.Normal(torch.zeros(2), 1.0, validate_args=False), 1))
+    with pytest.raises(
+        RuntimeError, match=r"^KLDivergenceRegularizer: the prior was made on the meta device"
+    ):
+        reg.to_empty(device="cpu")
+    with torch.device("meta"):
+        reg = pl.KLDivergenceRegularizer(pl.StandardNormal(2))  # a module that makes the prior
+    reg.to_empty(device="cpu")
+    assert reg.resolve_prior(None).mean.tolist() == [0.0, 0.0]

@@ -222,3 +222,20 @@ def test_seed_vae_forward_loss_backward_is_one_graph_equal_to_eager(fresh_dynamo
     torch.testing.assert_close(got, ref)
     for g, r in zip(got_grads, ref_grads, strict=True):
         torch.testing.assert_close(g, r)
+
+
+@pytest.mark.parametrize("case", MODEL_CASES, ids=lambda c: c.name)
+def test_built_on_meta_then_to_empty_and_loaded_equals_the_model(case):
+    # Meta-device init (FSDP, low-memory loading): nothing the model computes with may be lost
+    # with the values to_empty drops, other than what load_state_dict restores.
+    model, x, values = _setup(case, (4,))
+    with torch.device("meta"):
+        torch.manual_seed(0)
+        empty = case.make_model()
+    empty.to_empty(device="cpu")
+    empty.load_state_dict(model.state_dict(), strict=True)
+    losses = []
+    for m in (model, empty):
+        torch.manual_seed(1)
+        losses.append(_loss(case, m, x, values).detach())
+    torch.testing.assert_close(losses[1], losses[0])

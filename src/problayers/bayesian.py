@@ -17,7 +17,6 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, cast
 
 import torch
-import torch.distributions as D
 from torch import nn
 
 from .layers.convolutional import (
@@ -55,24 +54,19 @@ _TWINS: dict[type[nn.Module], tuple[type[nn.Module], type[nn.Module]]] = {
 _ESTIMATORS = ("reparameterization", "flipout")
 
 
-class _ZeroMeanNormal(nn.Module):
-    """Fixed ``Independent(Normal(0, scale), len(shape))`` (non-persistent buffers)."""
-
-    loc: torch.Tensor
-    scale: torch.Tensor
+class _ZeroMeanNormal(StandardNormal):
+    """Fixed ``Independent(Normal(0, scale), len(shape))`` (no numbers held: see StandardNormal)."""
 
     def __init__(self, shape: tuple[int, ...], dtype: torch.dtype | None, scale: float) -> None:
-        super().__init__()
-        self.shape = tuple(shape)
-        dtype = dtype or torch.get_default_dtype()
-        self.register_buffer("loc", torch.zeros(self.shape, dtype=dtype), persistent=False)
-        self.register_buffer("scale", torch.full(self.shape, float(scale), dtype=dtype), persistent=False)
+        super().__init__(shape, dtype)
+        self.std = float(scale)
 
-    def forward(self, *ignored: object) -> D.Independent:
-        return D.Independent(D.Normal(self.loc, self.scale, validate_args=False), len(self.shape))
+    @property
+    def scale(self) -> torch.Tensor:
+        return self.like.new_full((), self.std).expand(self.shape)
 
     def extra_repr(self) -> str:
-        return f"shape={self.shape}, scale={float(self.scale.flatten()[0]) if self.scale.numel() else 0:.3g}"
+        return f"shape={self.shape}, scale={self.std:.3g}"
 
 
 class _PriorFn:

@@ -171,6 +171,8 @@ class KLDivergenceRegularizer(nn.Module):
                 ) from None
         self._prior_takes_input = isinstance(prior, nn.Module) and _forward_takes_an_argument(prior)
         self._moved: dict[tuple[torch.device, torch.dtype], D.Distribution] = {}
+        # A Distribution prior as given (its values) and the copy ``_apply`` last placed.
+        self._given_prior = self._placed_prior = prior
 
     def resolve_prior(self, like: torch.Tensor | None, q: D.Distribution | None = None) -> D.Distribution:
         """The prior as a ``Distribution`` on ``like``'s device and dtype (``None``: where it is).
@@ -201,9 +203,27 @@ class KLDivergenceRegularizer(nn.Module):
     ) -> KLDivergenceRegularizer:
         # A Distribution prior moves with the model (``model.to(device)``, ``.double()``), as a
         # buffer would: a compiled graph then finds it where the data is, with nothing to cache.
+        # It takes the device and dtype ``fn`` gives a tensor like its own, and its values from
+        # the prior as given: ``to_empty`` (meta-device init) would leave it uninitialized, and
+        # no state_dict restores it.
         super()._apply(fn, recurse)
         if isinstance(self.prior, D.Distribution):
-            self.prior = _map_tensors(self.prior, fn)
+            if self.prior is not self._placed_prior or not isinstance(self._given_prior, D.Distribution):
+                self._given_prior = self.prior  # replaced by the user since
+            ref = first_floating_tensor(self.prior)
+            if ref is None:
+                self.prior = _map_tensors(self.prior, fn)
+            else:
+                like = fn(torch.empty(0, dtype=ref.dtype, device=ref.device))
+                given = first_floating_tensor(self._given_prior)
+                if given is not None and given.is_meta and not like.is_meta:
+                    raise RuntimeError(
+                        f"KLDivergenceRegularizer: the prior was made on the meta device and has no "
+                        f"values to put on {like.device}; make it outside torch.device('meta'), or "
+                        "pass a module that makes it (e.g. problayers.StandardNormal(shape))"
+                    )
+                self.prior = distribution_to(self._given_prior, like.device, like.dtype)
+            self._placed_prior = self.prior
             self._moved = {}
         return self
 

@@ -35,7 +35,7 @@ class MaskedLinear(nn.Linear):
     def __init__(self, mask: torch.Tensor, bias: bool = True, dtype: torch.dtype | None = None) -> None:
         out_features, in_features = mask.shape
         super().__init__(in_features, out_features, bias=bias, dtype=dtype)
-        self.register_buffer("mask", mask.to(self.weight.dtype))
+        self.register_buffer("mask", mask.to(device=self.weight.device, dtype=self.weight.dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight * self.mask, self.bias)
@@ -43,18 +43,19 @@ class MaskedLinear(nn.Linear):
 
 def _input_order(order, d: int) -> torch.Tensor:
     """The degrees ``1..d`` of the inputs: ``'left-to-right'``, ``'right-to-left'``,
-    ``'random'`` or an explicit permutation of ``1..d``."""
+    ``'random'`` or an explicit permutation of ``1..d``. On the CPU whatever the default device:
+    the masks are computed from them at construction, under ``torch.device("meta")`` too."""
     if isinstance(order, str):
         if order == "left-to-right":
-            return torch.arange(1, d + 1)
+            return torch.arange(1, d + 1, device="cpu")
         if order == "right-to-left":
-            return torch.arange(d, 0, -1)
+            return torch.arange(d, 0, -1, device="cpu")
         if order == "random":
-            return torch.randperm(d) + 1
+            return torch.randperm(d, device="cpu") + 1
         raise ValueError(
             f"input_order: expected 'left-to-right', 'right-to-left', 'random' or a sequence, got {order!r}"
         )
-    degrees = torch.as_tensor(list(order))
+    degrees = torch.as_tensor(list(order), device="cpu")
     if sorted(degrees.tolist()) != list(range(1, d + 1)):
         raise ValueError(f"input_order: expected a permutation of 1..{d}, got {list(order)!r}")
     return degrees
@@ -117,22 +118,24 @@ class AutoregressiveNetwork(nn.Module):
         if activation is not None and not callable(activation):
             raise TypeError(f"activation: expected a callable or None, got {type(activation).__name__}")
         self.activation = activation
-        self.register_buffer("input_degrees", _input_order(input_order, d))
-        degrees = [self.input_degrees]
+        degrees = [_input_order(input_order, d)]  # on the CPU: (d,), then (units,) per layer
+        # the buffer on the default device (torch.empty's), the masks' too
+        self.register_buffer("input_degrees", degrees[0].to(torch.empty(0).device))
         for units in self.hidden_units:
             # TFP's: no hidden degree below the previous layer's lowest (a unit below it would
             # see no input at all)
             low = min(int(degrees[-1].min()), d - 1)
             if hidden_degrees == "equal":  # max(low, ceil(k (d - 1) / (units + 1))), k = 1..units
-                deg = torch.ceil(torch.arange(1, units + 1) * (d - 1) / (units + 1)).long().clamp_min(low)
+                k = torch.arange(1, units + 1, device="cpu")
+                deg = torch.ceil(k * (d - 1) / (units + 1)).long().clamp_min(low)
             else:
-                deg = torch.randint(low, max(d, low + 1), (units,))
+                deg = torch.randint(low, max(d, low + 1), (units,), device="cpu")
             degrees.append(deg)
         layers = []
         for prev, deg in itertools.pairwise(degrees):
             mask = deg[:, None] >= prev[None, :]  # (units, prev): hidden k sees degrees <= its own
             layers.append(MaskedLinear(mask, use_bias, dtype))
-        out_deg = self.input_degrees.repeat_interleave(self.params)  # (d * params,) d-major
+        out_deg = degrees[0].repeat_interleave(self.params)  # (d * params,) d-major
         out_mask = out_deg[:, None] > degrees[-1][None, :]  # strictly: output i sees degrees < i
         layers.append(MaskedLinear(out_mask, use_bias, dtype))
         self.layers = nn.ModuleList(layers)

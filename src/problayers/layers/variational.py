@@ -97,12 +97,14 @@ class MeanFieldNormal(nn.Module):
 class StandardNormal(nn.Module):
     """Fixed ``Independent(Normal(0, 1), len(shape))`` over a weight tensor of shape ``shape``.
 
-    The default prior of the weight layers. Its tensors are non-persistent buffers (they follow
-    ``.to(...)``, stay out of the ``state_dict``).
+    The default prior of the weight layers. It holds no numbers: ``loc`` and ``scale`` are made
+    at each call (expanded from one element), with the dtype and device of an empty
+    non-persistent buffer, which follows ``.to(...)`` and stays out of the ``state_dict``. So a
+    layer built on the ``meta`` device, then ``to_empty`` and loaded, has the same prior.
 
     Args:
         shape: the weight tensor's shape (an int or a tuple of positive ints).
-        dtype: the buffers' dtype (default ``None``: ``torch.get_default_dtype()``).
+        dtype: the prior's dtype (default ``None``: ``torch.get_default_dtype()``).
 
     Input: anything (ignored). Output: an ``Independent(Normal)`` (not tensor-coercible) with
     ``batch_shape`` ``()`` and ``event_shape`` ``shape``.
@@ -114,18 +116,27 @@ class StandardNormal(nn.Module):
         (torch.Size([]), torch.Size([2, 3]), 0.0)
     """
 
-    loc: torch.Tensor  # non-persistent buffers
-    scale: torch.Tensor
+    like: torch.Tensor  # an empty non-persistent buffer: the dtype and device
 
     def __init__(self, shape: int | Iterable[int], dtype: torch.dtype | None = None) -> None:
         super().__init__()
         self.shape = normalize_event_shape(shape, "shape")
         dtype = dtype or torch.get_default_dtype()
-        self.register_buffer("loc", torch.zeros(self.shape, dtype=dtype), persistent=False)
-        self.register_buffer("scale", torch.ones(self.shape, dtype=dtype), persistent=False)
+        self.register_buffer("like", torch.empty(0, dtype=dtype), persistent=False)
+
+    @property
+    def loc(self) -> torch.Tensor:
+        """Zeros of shape ``shape`` (an expanded view)."""
+        return self.like.new_zeros(()).expand(self.shape)
+
+    @property
+    def scale(self) -> torch.Tensor:
+        """Ones of shape ``shape`` (an expanded view)."""
+        return self.like.new_ones(()).expand(self.shape)
 
     def forward(self, *ignored) -> D.Independent:
-        return D.Independent(D.Normal(self.loc, self.scale, validate_args=False), len(self.shape))
+        normal = D.Normal(self.loc, self.scale, validate_args=False)
+        return D.Independent(normal, len(self.shape), validate_args=False)
 
     def extra_repr(self) -> str:
         return f"shape={self.shape}"

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...coercible import TensorCoercible
+from ...layers.variational import StandardNormal
 from ...losses import added_losses_skipped
 from ...numerics import logsumexp
 from ...precision import in_fp32
@@ -65,19 +66,6 @@ class DiagonalGaussianMixture(D.MixtureSameFamily):
         log_mix = torch.log_softmax(self.mixture_distribution.logits, -1)  # (C,)
         out = logsumexp(log_comp + log_mix, -1)  # (N,)
         return out.reshape(value.shape[:-1])
-
-
-class StandardNormal(nn.Module):
-    """p(z) = N(0, I) over ``(latent_size,)`` (it moves with the model; nothing is saved)."""
-
-    loc: torch.Tensor
-
-    def __init__(self, latent_size: int) -> None:
-        super().__init__()
-        self.register_buffer("loc", torch.zeros(latent_size), persistent=False)
-
-    def forward(self) -> D.Distribution:
-        return D.Independent(D.Normal(self.loc, 1.0, validate_args=False), 1, validate_args=False)
 
 
 class MixtureOfGaussians(nn.Module):
