@@ -68,6 +68,17 @@ def test_exported_encoder_draws_nothing_and_records_no_kl(make):
     torch.testing.assert_close(q.log_prob(v), model(x).log_prob(v), rtol=1e-5, atol=1e-5)
 
 
+def test_torch_export_of_a_weight_layer_leaves_no_traced_term_behind():
+    torch.manual_seed(0)
+    layer = pl.DenseFlipout(5, 3)
+    batch = torch.export.Dim("batch")
+    torch.export.export(layer, (torch.randn(4, 5),), dynamic_shapes=({0: batch},))
+    assert type(pl.collect_losses(layer)) is torch.Tensor  # not the FakeTensor of the trace
+    assert pl.collect_losses(layer).item() == 0.0
+    layer(torch.randn(4, 5))
+    assert pl.collect_losses(layer).item() > 0  # recording is back after the export
+
+
 def test_saved_program_loads_and_rebuilds():
     model = decoder()
     exported = pl.export(model, (torch.zeros(4, 2),))

@@ -14,7 +14,8 @@ forward that made it, which neither can copy): ``copy.deepcopy(model)`` and
 ``torch.optim.swa_utils.AveragedModel(model)`` work after any forward. The library's layers
 create their store in ``__init__``, so ``torch.compile`` traces the recording without a graph
 break. Inside :func:`added_losses_skipped` no layer computes or records a term (what
-:func:`problayers.export` uses: an exported encoder draws no sample for a KL).
+:func:`problayers.export` uses: an exported encoder draws no sample for a KL), nor while
+``torch.export`` traces a model.
 
 Caveat: a layer applied several times in one forward keeps the term of its last call only.
 """
@@ -69,8 +70,14 @@ def init_added_losses(module: nn.Module) -> None:
 
 def added_losses_enabled() -> bool:
     """Whether layers compute and record their added losses (False inside
-    :func:`added_losses_skipped`)."""
-    return not _SKIP[0]
+    :func:`added_losses_skipped`, and while ``torch.export`` traces: an exported program does
+    not return them, and the module would keep a traced fake tensor as its term)."""
+    return not _SKIP[0] and not _exporting()
+
+
+def _exporting() -> bool:
+    is_exporting = getattr(torch.compiler, "is_exporting", None)  # torch >= 2.5
+    return bool(is_exporting()) if is_exporting is not None else False
 
 
 @contextlib.contextmanager
