@@ -140,3 +140,13 @@ def test_clear_errors():
     assert one(torch.zeros(1, 2)).batch_shape == (1,)
     with pytest.raises(TypeError, match=r"module: expected an nn\.Module"):
         DistributionParams(lambda x: x, torch.zeros(1))
+
+
+def test_variable_layer_with_a_distribution_exports():
+    torch.manual_seed(0)
+    layer = pl.VariableLayer(
+        4, initializer="normal", make_distribution_fn=lambda t: pl.IndependentNormal.new(t, 2)
+    )
+    exported = pl.export(layer, (torch.zeros(3, 5),))
+    y = torch.randn(2)
+    torch.testing.assert_close(exported(torch.zeros(7, 5)).log_prob(y), layer(torch.zeros(7, 5)).log_prob(y))

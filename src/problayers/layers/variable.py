@@ -9,9 +9,9 @@ import torch
 import torch.distributions as D
 from torch import nn
 
-from ..coercible import CONVERT_TO_TENSOR_FNS, ConvertFn, as_coercible
+from ..coercible import CONVERT_TO_TENSOR_FNS, ConvertFn
 from ._args import callable_or_none
-from .base import normalize_event_shape
+from .base import DistributionLambda, normalize_event_shape
 
 __all__ = ["VariableLayer"]
 
@@ -79,6 +79,13 @@ class VariableLayer(nn.Module):
                 f"convert_to_tensor_fn: expected one of {sorted(CONVERT_TO_TENSOR_FNS)} or a callable, "
                 f"got {convert_to_tensor_fn!r}"
             )
+        # TFP's VariableLayer + DistributionLambda pair: the distribution is made by a
+        # DistributionLambda (fp32 under autocast, found by problayers.export).
+        self.head = (
+            None
+            if self.make_distribution_fn is None
+            else DistributionLambda(self.make_distribution_fn, convert_to_tensor_fn)
+        )
         self.convert_to_tensor_fn = convert_to_tensor_fn
         self.variable = nn.Parameter(torch.empty(self.shape, dtype=dtype or torch.get_default_dtype()))
         self._initialize(initializer)
@@ -112,15 +119,7 @@ class VariableLayer(nn.Module):
 
     def forward(self, *inputs, **kwargs) -> torch.Tensor | D.Distribution:
         value = self.variable if self.activation is None else self.activation(self.variable)
-        if self.make_distribution_fn is None:
-            return value
-        dist = self.make_distribution_fn(value)
-        if not isinstance(dist, D.Distribution):
-            raise TypeError(
-                f"VariableLayer: make_distribution_fn returned {type(dist).__name__}, "
-                "expected a torch.distributions.Distribution"
-            )
-        return as_coercible(dist, self.convert_to_tensor_fn)
+        return value if self.head is None else self.head(value)
 
     def extra_repr(self) -> str:
         return f"shape={self.shape}, dtype={self.variable.dtype}"
