@@ -96,6 +96,27 @@ def test_iwae_with_one_sample_is_the_monte_carlo_elbo():
     torch.testing.assert_close(a, b)
 
 
+@pytest.mark.parametrize("dreg", [False, True], ids=["iwae", "dreg"])
+def test_iwae_loss_is_the_bound_computed_example_by_example(dreg):
+    # Distinct examples (pairing a sample with another example's x changes the value) and K = 5
+    # (the -log K term): the loss is mean_b -(logsumexp_k log w_kb - log K), computed here with
+    # one decoder call per sample, at the objective's own draw (same seed).
+    k = 5
+    model = _toy_vae(IWAE(k, dreg=dreg))
+    x = torch.randn(6, 3)
+    torch.manual_seed(7)
+    loss, metrics = model(x, loss=True)
+    torch.manual_seed(7)
+    with torch.no_grad():
+        q = model.encoder(x)
+        z = q.rsample((k,))  # (K, B, 2)
+        log_w = torch.stack([model.decoder(z[i]).log_prob(x) for i in range(k)])  # (K, B)
+        log_w = log_w + model.prior().log_prob(z) - q.log_prob(z)
+        expected = -(torch.logsumexp(log_w, 0) - math.log(k)).mean()
+    torch.testing.assert_close(loss.detach(), expected)
+    torch.testing.assert_close(metrics["iwae"], expected)
+
+
 def test_iwae_bound_rises_with_k_toward_the_elbo_and_above():
     x = torch.randn(64, 3)
     values = []
@@ -127,6 +148,13 @@ def test_free_bits_floor_stops_the_kl_gradient():
     loss, m = model(x, loss=True)
     assert float(loss.detach() - m["recon"]) == pytest.approx(200.0)  # 100 nats x 2 latents
     assert float(m["kl"]) < 200.0
+
+
+def test_free_bits_floor_is_scaled_by_beta():
+    # The floor is on the weighted KL: beta * free_bits per latent dimension.
+    model = _toy_vae(ELBO(exact_kl=True, free_bits=100.0, beta=0.5))
+    loss, m = model(torch.randn(8, 3), loss=True)
+    assert float(loss.detach() - m["recon"]) == pytest.approx(100.0)  # 0.5 x 100 nats x 2 latents
 
 
 def test_vampprior_is_the_mixture_of_the_encoder_posteriors():
