@@ -237,10 +237,11 @@ def test_no_mirror_error_explains_local_copy(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------- binarizing
-def test_binarize_statistics():
+@pytest.mark.parametrize("fixed", [False, True], ids=["dynamic", "fixed"])
+def test_binarize_statistics(fixed):
+    # Each pixel is 1 with probability value / 255, for the training draws and the fixed test set.
     images, _ = synthetic_mnist(400, seed=5)
-    gen = torch.Generator().manual_seed(0)
-    b = binarize(images, generator=gen)
+    b = binarize_fixed(images) if fixed else binarize(images, generator=torch.Generator().manual_seed(0))
     assert b.dtype == torch.float32 and b.shape == (400, 1, 28, 28)
     assert set(b.unique().tolist()) <= {0.0, 1.0}
     p = images.unsqueeze(1).double() / 255
@@ -248,7 +249,12 @@ def test_binarize_statistics():
     sd = float((p * (1 - p)).sum().sqrt()) / n  # std of the mean of independent Bernoullis
     assert abs(float(b.double().mean() - p.mean())) < 5 * sd
     assert torch.equal(b[p == 0], torch.zeros_like(b[p == 0])) and bool((b[p == 1] == 1).all())
-    assert torch.equal(binarize(images.unsqueeze(1), torch.Generator().manual_seed(0)), b)  # (N,1,28,28) ok
+    again = (
+        binarize_fixed(images.unsqueeze(1))
+        if fixed
+        else binarize(images.unsqueeze(1), torch.Generator().manual_seed(0))
+    )
+    assert torch.equal(again, b)  # (N, 1, 28, 28) too
 
 
 def test_binarize_errors():
