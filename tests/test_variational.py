@@ -237,6 +237,37 @@ def test_flipout_decorrelates_examples_reparameterization_does_not():
     assert rep(x).std(0).max() == 0
 
 
+def test_flipout_signs_both_sides_of_the_perturbation():
+    # out = x W + ((x * s_in) dW) * s_out. With copies of one one-hot input, the signs on the input
+    # side alone make every example's perturbation +-dW[:, 0]: outputs 0 and 1 would be perfectly
+    # correlated across examples. The output-side signs decorrelate them.
+    torch.manual_seed(0)
+    layer = pl.DenseFlipout(3, 2)
+    _spread_posteriors(layer)
+    x = torch.tensor([[1.0, 0.0, 0.0]]).expand(400, 3)
+    out = layer(x).detach()
+    corr = torch.corrcoef(out.T)[0, 1]
+    assert abs(float(corr)) < 0.3, float(corr)
+
+
+def test_local_reparameterization_output_has_the_weights_variance():
+    # Each output is Normal(x m_k + m_b, x^2 s_k^2 + s_b^2): with a Normal bias posterior its
+    # variance counts too. 20,000 copies of one x; the sample variance's relative standard
+    # error is sqrt(2 / 20000) = 1%, the tolerance 5%.
+    torch.manual_seed(0)
+    layer = pl.DenseLocalReparameterization(3, 2, bias_posterior_fn=pl.MeanFieldNormal)
+    _spread_posteriors(layer)
+    with torch.no_grad():
+        qk, qb = layer.kernel_posterior(), layer.bias_posterior()
+        for x in (torch.zeros(3), torch.tensor([0.5, -1.0, 2.0])):
+            out = layer(x.expand(20_000, 3))
+            var = qk.variance @ x.square() + qb.variance  # (2,)
+            torch.testing.assert_close(out.var(0), var, rtol=0.05, atol=0.0)
+            torch.testing.assert_close(
+                out.mean(0), qk.mean @ x + qb.mean, rtol=0.0, atol=5 * float(var.max().sqrt()) / 141
+            )
+
+
 # -- errors -----------------------------------------------------------------------------------
 
 
