@@ -40,6 +40,20 @@ def test_failed_write_keeps_old_file_and_leaves_no_temp(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["f.bin"]
 
 
+def test_the_temp_file_is_written_beside_the_target(tmp_path):
+    # os.replace is atomic only within one filesystem, and remove_stale_temps looks beside the
+    # target: the temp must be in the target's own directory, under a name that marks it.
+    seen = []
+
+    def write(f):
+        seen.extend(p.name for p in (tmp_path / "sub").iterdir())
+        f.write(b"x")
+
+    atomic_write(tmp_path / "sub" / "f.bin", write)
+    assert len(seen) == 1 and seen[0].startswith(".f.bin.") and seen[0].endswith(".tmp"), seen
+    assert [p.name for p in (tmp_path / "sub").iterdir()] == ["f.bin"]
+
+
 def test_checkpoint_round_trip(tmp_path):
     state = {"w": torch.arange(3.0), "epoch": 2, "nested": {"rng": torch.get_rng_state()}}
     save_checkpoint(tmp_path / "c.pt", state)
