@@ -50,12 +50,18 @@ def _normal_ref(params, x, n=6):
     return stats.norm.logpdf(x.reshape(len(x), -1), loc, scale).sum(-1)
 
 
+#: TFP's ``fill_triangular`` for d = 3, from its docstring: [1, 2, 3, 4, 5, 6] -> [[4, 0, 0],
+#: [6, 5, 0], [3, 2, 1]], as (row, column, index into the vector). Written out here so that the
+#: reference does not use the code it checks.
+_TFP_TRIL_3 = [(0, 0, 3), (1, 0, 5), (1, 1, 4), (2, 0, 2), (2, 1, 1), (2, 2, 0)]
+
+
 def _mvn_ref(params, x, d=3):
     out = []
-    import torch
-
     for p, v in zip(params, x, strict=True):
-        tril = pl.layers.multivariate.fill_scale_tril(torch.as_tensor(p[d:]), d).numpy()
+        tril = np.zeros((d, d))
+        for row, col, i in _TFP_TRIL_3:  # FillScaleTriL: softplus + 1e-5 on the diagonal
+            tril[row, col] = _softplus(p[d + i]) + 1e-5 if row == col else p[d + i]
         out.append(stats.multivariate_normal.logpdf(v, p[:d], tril @ tril.T))
     return np.array(out)
 

@@ -142,13 +142,14 @@ def test_error_names_layer_expected_and_got():
 )
 def test_mvn_tril_scale_structure(order, diagonal):
     d = 4
-    params = torch.randn(6, pl.MultivariateNormalTriL.params_size(d))
+    # float64, so that the tolerance is far below the 1e-5 shift it checks
+    params = torch.randn(6, pl.MultivariateNormalTriL.params_size(d), dtype=torch.float64)
     tril = pl.MultivariateNormalTriL.new(params, d, tril_order=order).scale_tril
     assert torch.equal(tril, tril.tril())
     diag = tril.diagonal(dim1=-2, dim2=-1)
     assert (diag > 0).all()
     raw_diag = torch.nn.functional.softplus(params[:, d:][:, diagonal]) + 1e-5
-    torch.testing.assert_close(diag, raw_diag)
+    torch.testing.assert_close(diag, raw_diag, rtol=0.0, atol=1e-12)
     assert pl.MultivariateNormalTriL.params_size(16) == 16 + 136
 
 
