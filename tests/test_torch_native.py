@@ -120,8 +120,8 @@ def test_sixteen_heads_compile_once_and_dynamic_batch_does_not_recompile(fresh_d
     model = Heads()
     compiled = torch.compile(model, backend="aot_eager", fullgraph=True, dynamic=True)
     for batch in (4, 5, 7, 4):
-        out = compiled(torch.randn(batch, 5))
-        torch.testing.assert_close(out, model(torch.randn(batch, 5)) * 0 + out)  # runs
+        x = torch.randn(batch, 5)
+        torch.testing.assert_close(compiled(x), model(x))  # no sampling: the same numbers
     counters = torch._dynamo.utils.counters
     assert counters["stats"]["unique_graphs"] == 1
     assert not counters["recompiles"]
