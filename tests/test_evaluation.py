@@ -373,14 +373,20 @@ def test_elbo_terms_are_unbiased(m):
 # --------------------------------------------------------------------------- evaluate
 
 
-def test_evaluate_means_equal_per_example_means(m):
+@pytest.mark.parametrize("exact_kl", [True, False], ids=["exact-kl", "mc-kl"])
+def test_evaluate_means_equal_per_example_means(m, exact_kl):
     """With noise that depends only on the sample index ('fixed' bank) every per-example value is
-    deterministic, so evaluate() over batches of 7 must equal the means of one big call."""
+    deterministic, so evaluate() over batches of 7 must equal the means of one big call (with the
+    exact KL, and with the Monte Carlo KL at the reconstruction's z)."""
     images = m.data(45)
     encode = replay_encoder(m, NoiseBank(300, 1, mode="fixed"))
     decode = CountingDecode(m.decode)
-    res = evaluate(encode, decode, m.prior, images, batch_size=7, iwae_samples=20, chunk_size=6)
-    terms = elbo_terms(encode, m.decode, m.prior, images)
+    res = evaluate(
+        encode, decode, m.prior, images, batch_size=7, iwae_samples=20, chunk_size=6, exact_kl=exact_kl
+    )
+    terms = elbo_terms(encode, m.decode, m.prior, images, exact_kl=exact_kl)
+    other = elbo_terms(encode, m.decode, m.prior, images, exact_kl=not exact_kl)
+    assert res["kl"] != pytest.approx(other["kl"].mean().item(), rel=1e-6)  # the two KLs differ
     log_px = iwae_log_likelihood(encode, m.decode, m.prior, images, 20, chunk_size=6)
     for key in ("neg_elbo", "recon", "kl"):
         assert res[key] == pytest.approx(terms[key].mean().item(), rel=1e-12)
