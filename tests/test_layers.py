@@ -176,8 +176,14 @@ def test_convert_to_tensor_fn_names(fn, expect):
 def test_convert_to_tensor_fn_callable_and_bad_name():
     out = pl.IndependentNormal(2, convert_to_tensor_fn=lambda d: d.mean * 2)(torch.randn(2, 4))
     torch.testing.assert_close(out.tensor(), out.mean * 2)
-    with pytest.raises(ValueError, match="convert_to_tensor_fn"):
-        pl.IndependentNormal(2, convert_to_tensor_fn="median")
+    for bad in ("median", ["mean"]):  # a name it does not know; an unhashable value
+        for make in (
+            lambda bad=bad: pl.IndependentNormal(2, convert_to_tensor_fn=bad),
+            lambda bad=bad: pl.VariableLayer(2, convert_to_tensor_fn=bad),
+            lambda bad=bad: pl.as_coercible(D.Normal(0.0, 1.0), bad),
+        ):
+            with pytest.raises(ValueError, match=r"^convert_to_tensor_fn: expected one of \['auto'"):
+                make()
 
 
 def test_distribution_lambda_must_return_distribution():

@@ -42,6 +42,7 @@ import torch
 import torch.distributions as D
 
 from ._state import first_floating_tensor, graph_tensors
+from .convert import CONVERT_TO_TENSOR_FNS, ConvertFn, check_convert_fn
 from .precision import autocast_device, fp32_inputs, in_fp32
 
 __all__ = [
@@ -54,36 +55,16 @@ __all__ = [
     "is_coercible",
 ]
 
-ConvertFn = str | Callable[[D.Distribution], Any]
-
-#: The named ways of turning a distribution into its tensor value.
-CONVERT_TO_TENSOR_FNS: dict[str, Callable[[D.Distribution], torch.Tensor]] = {
-    # TFP's default (its ``sample`` is reparameterized where it can be): rsample() where the
-    # distribution has one, else sample().
-    "auto": lambda d: d.rsample() if d.has_rsample else d.sample(),
-    "rsample": lambda d: d.rsample(),
-    "sample": lambda d: d.sample(),
-    "mean": lambda d: d.mean,
-    "mode": lambda d: d.mode,
-    "stddev": lambda d: d.stddev,
-    "variance": lambda d: d.variance,
-}
-
 
 def _resolve_convert_fn(fn: ConvertFn, dist: D.Distribution) -> Callable[[D.Distribution], Any]:
     """Validate ``convert_to_tensor_fn`` once, at construction, with a clear error."""
-    if callable(fn):
+    fn = check_convert_fn(fn)
+    if not isinstance(fn, str):
         return fn
-    if not isinstance(fn, str) or fn not in CONVERT_TO_TENSOR_FNS:
-        raise ValueError(
-            f"convert_to_tensor_fn: expected one of {sorted(CONVERT_TO_TENSOR_FNS)} or a callable "
-            f"taking a Distribution, got {fn!r}"
-        )
     if fn == "rsample" and not dist.has_rsample:
         raise ValueError(
-            f"convert_to_tensor_fn='rsample': {getattr(dist, '_tc_base', type(dist)).__name__} has no "
-            "reparameterized sampler "
-            "(has_rsample is False); use 'auto', 'sample', 'mean', 'mode' or a callable"
+            f"convert_to_tensor_fn='rsample': {base_class(dist).__name__} has no reparameterized "
+            "sampler (has_rsample is False); use 'auto', 'sample', 'mean', 'mode' or a callable"
         )
     return CONVERT_TO_TENSOR_FNS[fn]
 

@@ -16,12 +16,8 @@ import torch
 import torch.distributions as D
 from torch import nn
 
-from ..coercible import (
-    CONVERT_TO_TENSOR_FNS,
-    ConvertFn,
-    as_coercible,
-    convert_to_tensor,
-)
+from ..coercible import as_coercible, convert_to_tensor
+from ..convert import ConvertFn, check_convert_fn
 from ..losses import added_losses_enabled, init_added_losses, set_added_loss
 from ..precision import in_fp32
 from ._args import integer
@@ -151,11 +147,7 @@ class DistributionLambda(nn.Module):
             raise TypeError(
                 f"make_distribution_fn: expected a callable, got {type(make_distribution_fn).__name__}"
             )
-        if not (callable(convert_to_tensor_fn) or convert_to_tensor_fn in CONVERT_TO_TENSOR_FNS):
-            raise ValueError(
-                f"convert_to_tensor_fn: expected one of {sorted(CONVERT_TO_TENSOR_FNS)} or a callable, "
-                f"got {convert_to_tensor_fn!r}"
-            )
+        check_convert_fn(convert_to_tensor_fn)
         if activity_regularizer is not None and not callable(activity_regularizer):
             raise TypeError(
                 f"activity_regularizer: expected a callable, got {type(activity_regularizer).__name__}"

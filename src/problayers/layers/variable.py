@@ -9,7 +9,7 @@ import torch
 import torch.distributions as D
 from torch import nn
 
-from ..coercible import CONVERT_TO_TENSOR_FNS, ConvertFn
+from ..convert import ConvertFn, check_convert_fn
 from ._args import callable_or_none
 from .base import DistributionLambda, normalize_event_shape
 
@@ -74,11 +74,7 @@ class VariableLayer(nn.Module):
             raise TypeError(f"dtype: expected a floating torch.dtype, got {dtype!r}")
         self.activation = callable_or_none(activation, "activation")
         self.make_distribution_fn = callable_or_none(make_distribution_fn, "make_distribution_fn")
-        if not (callable(convert_to_tensor_fn) or convert_to_tensor_fn in CONVERT_TO_TENSOR_FNS):
-            raise ValueError(
-                f"convert_to_tensor_fn: expected one of {sorted(CONVERT_TO_TENSOR_FNS)} or a callable, "
-                f"got {convert_to_tensor_fn!r}"
-            )
+        check_convert_fn(convert_to_tensor_fn)
         # TFP's VariableLayer + DistributionLambda pair: the distribution is made by a
         # DistributionLambda (fp32 under autocast, found by problayers.export).
         self.head = (
