@@ -339,6 +339,10 @@ def test_epochs_reproducible_and_distinct():
     assert not torch.equal(eb.permutation(0), eb.permutation(1))
     other_seed = _epoch(EpochBatches(images, 16, seed=8), 0)
     assert not torch.equal(torch.cat(e0), torch.cat(other_seed))
+    # the binarization noise is drawn anew each epoch, not only the order: with identical
+    # images the order does not matter, the epochs still differ
+    same = EpochBatches(images[:1].expand(64, 28, 28).contiguous(), 16, seed=7)
+    assert not torch.equal(torch.cat(_epoch(same, 0)), torch.cat(_epoch(same, 1)))
 
 
 @pytest.mark.parametrize("drop_last", [True, False])
@@ -354,6 +358,7 @@ def test_ranks_concatenate_to_single_process(drop_last):
         for step, full in enumerate(single):
             assert torch.equal(torch.cat([r[step] for r in ranks]), full)
         assert all(len(r[0]) == 8 // world for r in ranks)
+        assert all(len(r[-1]) == len(single[-1]) // world for r in ranks)  # the last batch too
 
 
 @pytest.mark.parametrize(

@@ -55,6 +55,13 @@ def test_exported_decoder_log_prob_equals_eager_over_batch_sizes():
     assert not [op for op in RANDOM_OPS if op in code]
 
 
+def test_exported_output_keeps_the_layers_convert_to_tensor_fn():
+    model = nn.Sequential(nn.Linear(2, 4), pl.IndependentNormal(2, convert_to_tensor_fn="mean"))
+    exported = pl.export(model, (torch.zeros(4, 2),))
+    z = torch.randn(3, 2)
+    torch.testing.assert_close(exported(z).tensor(), model(z).mean.detach())  # the mean, not a draw
+
+
 @pytest.mark.parametrize("make", [encoder, flow_encoder], ids=["MultivariateNormalTriL+KL", "flow"])
 def test_exported_encoder_draws_nothing_and_records_no_kl(make):
     model = make()

@@ -85,9 +85,10 @@ def _made(d=3, seed=0):
     return pl.AutoregressiveNetwork(2, d, [16, 16], activation=torch.tanh)
 
 
-def test_forward_inverts_inverse_and_log_det_is_the_jacobians():
+@pytest.mark.parametrize("inverse", [False, True], ids=["maf", "iaf"])
+def test_forward_inverts_inverse_and_log_det_is_the_jacobians(inverse):
     made = _made()
-    t = pl.MaskedAutoregressiveTransform(made, cache_size=0)
+    t = pl.MaskedAutoregressiveTransform(made, cache_size=0, inverse=inverse)
     u = torch.randn(4, 3, dtype=torch.float32)
     y = t(u)  # d sequential passes
     torch.testing.assert_close(t.inv(y), u)  # one pass

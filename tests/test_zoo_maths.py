@@ -161,6 +161,9 @@ def test_vampprior_is_the_mixture_of_the_encoder_posteriors():
     torch.manual_seed(6)
     encoder = nn.Sequential(nn.Flatten(), nn.Linear(6, 8), pl.IndependentNormal(4))
     prior = VampPrior(encoder, 5, (2, 3))
+    with torch.no_grad():  # pseudo-inputs that training pushed outside [0, 1]: used clamped
+        prior.pseudo_inputs.normal_(0.5, 1.0)
+    assert prior.pseudo_inputs.min() < 0 and prior.pseudo_inputs.max() > 1
     p = prior()
     assert p.batch_shape == () and p.event_shape == (4,)
     z = 2 * torch.randn(7, 3, 4)
@@ -200,6 +203,13 @@ def test_diagonal_gaussian_mixture_log_prob_is_fp32_under_bf16_autocast():
     torch.testing.assert_close(got, ref)
     (grad,) = torch.autograd.grad(got.sum(), z)
     torch.testing.assert_close(grad, torch.autograd.grad(ref.sum(), z)[0])
+
+
+def test_mixture_of_gaussians_prior_starts_as_unit_gaussians_with_equal_weights():
+    p = MixtureOfGaussians(3, 4)()
+    assert p.batch_shape == () and p.event_shape == (3,)
+    torch.testing.assert_close(p.component_distribution.stddev.detach(), torch.ones(4, 3))
+    torch.testing.assert_close(p.mixture_distribution.probs.detach(), torch.full((4,), 0.25))
 
 
 def test_mixture_of_gaussians_prior_learns():
