@@ -43,6 +43,9 @@ def test_save_pictures(tmp_path):
         assert a.size == (2 * (4 * 30 + 2), 2 * (3 * 30 + 2))
         assert b.size == (2 * (4 * 30 + 2), 2 * (4 * 30 + 2))
     assert model.training  # restored
+    model.eval()
+    save_pictures(model, torch.bernoulli(torch.full((6, 1, 28, 28), 0.2)), tmp_path, n=4)
+    assert not model.training  # an eval() model stays in eval (BatchNorm's running statistics)
 
 
 def test_loss_curve_png(tmp_path):

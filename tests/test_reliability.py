@@ -125,6 +125,19 @@ RESUME_ONLY = {
         ),
         "optimizer: exp_avg of parameter 0",
     ),
+    "optimizer shapes transposed": (  # as many dims as the parameter, another shape
+        _edit(
+            "optimizer",
+            lambda s: {
+                **s["optimizer"],
+                "state": {
+                    i: {**e, "exp_avg": e["exp_avg"].reshape(e["exp_avg"].shape[::-1])}
+                    for i, e in s["optimizer"]["state"].items()
+                },
+            },
+        ),
+        "optimizer: exp_avg of parameter 0: expected shape",
+    ),
     "optimizer a list": (_edit("optimizer", []), "optimizer: expected an optimizer state dict"),
 }
 
