@@ -108,10 +108,11 @@ def prepare_kl_dispatch() -> None:
     dispatch = getattr(D.kl, "_dispatch_kl", None)
     if memo is None or registry is None or dispatch is None or (_Prepared, _Prepared) in memo:
         return  # another torch version: kl_divergence's own lookup
-    subclasses: dict[type, list[type]] = {}
-    for left, right in list(registry):
-        for p_cls in subclasses.setdefault(left, _with_subclasses(left)):
-            for q_cls in subclasses.setdefault(right, _with_subclasses(right)):
+    pairs = list(registry)
+    subclasses = {cls: _with_subclasses(cls) for pair in pairs for cls in pair}  # each class once
+    for left, right in pairs:
+        for p_cls in subclasses[left]:
+            for q_cls in subclasses[right]:
                 if (p_cls, q_cls) not in memo:
                     memo[p_cls, q_cls] = dispatch(p_cls, q_cls)
     memo[_Prepared, _Prepared] = NotImplemented
