@@ -81,6 +81,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _torchrun_temp_dir(tmp_path_factory):
+    """torchrun's agent makes a ``torchelastic_*`` directory under TMPDIR and leaves it: point the
+    subprocesses' TMPDIR at pytest's own temporary tree (the test process has fixed its own)."""
+    with pytest.MonkeyPatch.context() as mp_:
+        mp_.setenv("TMPDIR", str(tmp_path_factory.mktemp("tmpdir")))
+        yield
+
+
 def _env() -> dict[str, str]:
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
