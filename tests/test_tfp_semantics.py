@@ -1,6 +1,7 @@
 """TFP's semantics where a port depends on them (issue 16): the DistributionLambda default,
 params_size on an instance, log_mean, test_points_reduce_axis=None, the nn.Module prior
-convention, and the regularizer's errors for priors that cannot be one."""
+convention, the regularizer's errors for priors that cannot be one, and every layer taking another
+layer's output (a distribution) as its input."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch.distributions as D
 from torch import nn
 
 import problayers as pl
+from layer_cases import MODEL_CASES, ModelCase
 
 
 def test_distribution_lambda_default_samples_where_there_is_no_rsample():
@@ -105,3 +107,36 @@ def test_collect_losses_of_something_else_is_a_clear_error():
         pl.collect_losses("x")
     with pytest.raises(TypeError, match=r"clear_losses: expected an nn\.Module, got int"):
         pl.clear_losses(3)
+
+
+@pytest.mark.parametrize("case", MODEL_CASES, ids=lambda c: c.name)
+def test_every_layer_takes_a_distribution_as_its_input(case: ModelCase):
+    """In tfp.layers a layer after a distribution layer gets the distribution's tensor value
+    (Keras converts it): ``DenseFlipout`` after ``MultivariateNormalTriL`` is the usual Bayesian
+    head. Here every model of the catalog gives, for a distribution input, exactly what it gives
+    for that distribution's tensor value, and the same gradient reaches the distribution's
+    parameters as reaches the tensor."""
+    torch.manual_seed(0)
+    model = case.make_model()
+    x = torch.randn(4, *case.input_shape)
+
+    def run(inp, values=None):
+        torch.manual_seed(1)
+        out = model(inp)
+        value = pl.convert_to_tensor(out) if case.distribution else out
+        score = out.log_prob(values).sum() if case.distribution and values is not None else out.sum()
+        return value, score + pl.collect_losses(model, clear=True)
+
+    with torch.no_grad():
+        values = run(x)[0] if case.distribution else None
+    plain = x.clone().requires_grad_()
+    want, want_score = run(plain, values)
+    loc = x.clone().requires_grad_()
+    got, got_score = run(pl.as_coercible(D.Normal(loc, 1.0), convert_to_tensor_fn="mean"), values)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    torch.testing.assert_close(got_score, want_score, rtol=0, atol=0)
+    got_score.backward()
+    want_score.backward()
+    assert (loc.grad is None) == (plain.grad is None)
+    if plain.grad is not None:
+        torch.testing.assert_close(loc.grad, plain.grad, rtol=0, atol=0)

@@ -87,11 +87,18 @@ class params_size_of:
         return bound
 
 
+def tensor_input(layer: str, x, what: str = "input") -> torch.Tensor:
+    """``x`` as a tensor, or raise naming ``layer``. Another layer's output (a tensor-coercible
+    distribution) gives its tensor value, as Keras converts a TFP layer's output for the next."""
+    x = convert_to_tensor(x)
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{layer}: expected {what} as a torch.Tensor, got {type(x).__name__}")
+    return x
+
+
 def check_params(layer: str, params, expected: int) -> torch.Tensor:
     """Coerce ``params`` to a tensor of shape ``(*batch, expected)`` or raise naming ``layer``."""
-    params = convert_to_tensor(params)
-    if not isinstance(params, torch.Tensor):
-        raise TypeError(f"{layer}: expected params as a torch.Tensor, got {type(params).__name__}")
+    params = tensor_input(layer, params, "params")
     if params.dim() == 0 or params.shape[-1] != expected:
         raise ValueError(
             f"{layer}: expected params of shape (..., {expected}) (params_size), "

@@ -33,6 +33,7 @@ from ..coercible import as_coercible
 from ..kl import mvn_kl
 from ..losses import added_losses_enabled, init_added_losses, set_added_loss
 from ._args import non_negative_number, positive_int
+from .base import tensor_input
 
 __all__ = ["VariationalGaussianProcess"]
 
@@ -213,13 +214,9 @@ class VariationalGaussianProcess(nn.Module):
     # -- forward ---------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> D.Distribution:
         d = self.input_dim
-        if (
-            not isinstance(x, torch.Tensor)
-            or x.dim() == 0
-            or x.shape[-1] != d
-            or (self.joint and x.dim() != 2)
-        ):
-            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        x = tensor_input("VariationalGaussianProcess", x)
+        if x.dim() == 0 or x.shape[-1] != d or (self.joint and x.dim() != 2):
+            shape = tuple(x.shape)
             want = f"(N, {d})" if self.joint else f"(..., {d})"
             raise ValueError(f"VariationalGaussianProcess: expected input of shape {want}, got {shape}")
         z = self.inducing_points

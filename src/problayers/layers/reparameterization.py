@@ -32,6 +32,7 @@ from torch import nn
 from ..kl import prepare_kl_dispatch
 from ..losses import added_losses_enabled, init_added_losses, set_added_loss
 from ._args import callable_or_none, non_negative_number, positive_int
+from .base import tensor_input
 from .defaults import _PointMass, default_mean_field_normal_fn
 from .variational import MeanFieldNormal, StandardNormal, weight_distribution, weight_kl
 
@@ -110,10 +111,9 @@ class _WeightUncertainty(nn.Module):
 
     # -- shared ------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"{type(self).__name__}: expected a torch.Tensor input, got {type(x).__name__}")
-        self._check_input(x)
         name = type(self).__name__
+        x = tensor_input(name, x)
+        self._check_input(x)
         qk = weight_distribution(name, "kernel posterior", self.kernel_posterior, x, self.kernel_shape)
         pk = weight_distribution(name, "kernel prior", self.kernel_prior, x, self.kernel_shape)
         qb = pb = None
