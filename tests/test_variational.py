@@ -121,6 +121,79 @@ def test_kl_term_scales_with_kl_weight(make, exact):
     torch.testing.assert_close(kl_small, 0.01 * kl_one, rtol=1e-5, atol=0)
 
 
+# TFP's divergence functions: the Bayesian MNIST example's ``kl / N`` ported as it is written.
+@pytest.mark.parametrize(
+    "make,x_shape",
+    [
+        (lambda **kw: pl.DenseFlipout(3, 2, bias_prior_fn=pl.StandardNormal, **kw), (4, 3)),
+        (lambda **kw: pl.DenseReparameterization(3, 2, bias_prior_fn=pl.StandardNormal, **kw), (4, 3)),
+        (lambda **kw: pl.DenseLocalReparameterization(3, 2, bias_prior_fn=pl.StandardNormal, **kw), (4, 3)),
+        (lambda **kw: pl.Conv2dFlipout(2, 2, 3, bias_prior_fn=pl.StandardNormal, **kw), (1, 2, 5, 5)),
+        (
+            lambda **kw: pl.ConvTranspose1dReparameterization(2, 2, 3, bias_prior_fn=pl.StandardNormal, **kw),
+            (1, 2, 4),
+        ),
+    ],
+    ids=[
+        "DenseFlipout",
+        "DenseReparameterization",
+        "DenseLocalReparameterization",
+        "Conv2dFlipout",
+        "ConvT1dRep",
+    ],
+)
+def test_divergence_fns_replace_or_drop_each_term(make, x_shape):
+    n = 60000
+
+    def scaled_kl(q, p, w):  # TFP's example: lambda q, p, _: tfd.kl_divergence(q, p) / N
+        return D.kl_divergence(q, p) / n
+
+    default = make()
+    _spread_posteriors(default)
+    x = torch.randn(x_shape)
+    default(x)
+    kernel_kl = D.kl_divergence(default.kernel_posterior(x), default.kernel_prior(x))
+    bias_kl = D.kl_divergence(default.bias_posterior(x), default.bias_prior(x))
+    torch.testing.assert_close(pl.collect_losses(default), kernel_kl + bias_kl)
+    for kwargs, want in [
+        (dict(kernel_divergence_fn=scaled_kl, bias_divergence_fn=scaled_kl), (kernel_kl + bias_kl) / n),
+        (dict(kernel_divergence_fn=None), bias_kl),  # TFP: None adds no term
+        (dict(bias_divergence_fn=None), kernel_kl),
+        (dict(kernel_divergence_fn=None, bias_divergence_fn=None), torch.zeros(())),
+        (dict(kernel_divergence_fn=scaled_kl, kl_weight=0.5), 0.5 * (kernel_kl / n + bias_kl)),
+    ]:
+        layer = make(**kwargs)
+        layer.load_state_dict(default.state_dict())
+        layer(x)
+        torch.testing.assert_close(pl.collect_losses(layer), want, msg=str(kwargs))
+
+
+def test_divergence_fn_gets_the_kernel_the_forward_used():
+    seen = {}
+
+    def record(q, p, w):
+        seen["w"] = w
+        return D.kl_divergence(q, p)
+
+    layer = pl.DenseReparameterization(3, 2, kernel_divergence_fn=record)
+    _spread_posteriors(layer)
+    x = torch.randn(4, 3)
+    out = layer(x)
+    torch.testing.assert_close(out, F.linear(x, seen["w"], layer.bias_posterior(x).mean))
+    pl.DenseLocalReparameterization(3, 2, kernel_divergence_fn=record)(x)
+    assert seen["w"] is None  # local reparameterization draws no kernel (TFP passes None too)
+
+
+def test_bad_divergence_fns_are_named():
+    with pytest.raises(TypeError, match="kernel_divergence_fn: expected 'kl', None or a callable"):
+        pl.DenseFlipout(3, 2, kernel_divergence_fn="exact")
+    with pytest.raises(TypeError, match="bias_divergence_fn"):
+        pl.Conv2dFlipout(2, 2, 3, bias_divergence_fn=1.0)
+    layer = pl.DenseFlipout(3, 2, kernel_divergence_fn=lambda q, p, w: 0.5)
+    with pytest.raises(TypeError, match="DenseFlipout: a divergence_fn returned float, expected a Tensor"):
+        layer(torch.randn(2, 3))
+
+
 def test_monte_carlo_kl_is_unbiased():
     """DenseVariational's default one-sample KL averages to the exact KL (4 standard errors)."""
     torch.manual_seed(0)

@@ -6,7 +6,7 @@ import operator
 
 import torch
 
-__all__ = ["callable_or_none", "integer", "non_negative_number", "positive_int"]
+__all__ = ["callable_or_none", "divergence_fn", "integer", "non_negative_number", "positive_int"]
 
 
 def integer(value, name: str, what: str = "a positive int") -> int:
@@ -45,3 +45,11 @@ def callable_or_none(value, name: str):
     if value is not None and not callable(value):
         raise TypeError(f"{name}: expected a callable or None, got {type(value).__name__}")
     return value
+
+
+def divergence_fn(value, name: str):
+    """``value`` if it is ``"kl"``, ``None`` or a callable ``(q, p, w) -> Tensor`` (a weight
+    layer's ``kernel_divergence_fn``/``bias_divergence_fn``); ``TypeError`` naming ``name``."""
+    if value is None or value == "kl" or (callable(value) and not isinstance(value, str)):
+        return value
+    raise TypeError(f"{name}: expected 'kl', None or a callable (q, p, w) -> Tensor, got {value!r}"[:160])

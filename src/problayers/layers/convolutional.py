@@ -12,13 +12,20 @@ spatial dimensions (as TFP's convolutional Flipout), for the input and for the o
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
 
 from ._args import integer, positive_int
-from .reparameterization import BIAS_POSTERIOR_FN, WeightFn, _Flipout, _Reparameterization, _WeightUncertainty
+from ._conv_docs import _COUNT, _SPATIAL, _document
+from .reparameterization import (
+    BIAS_POSTERIOR_FN,
+    DivergenceFn,
+    WeightFn,
+    _Flipout,
+    _Reparameterization,
+    _WeightUncertainty,
+)
 from .variational import MeanFieldNormal, StandardNormal
 
 __all__ = [
@@ -38,13 +45,6 @@ __all__ = [
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 _CONV_T = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
-_COUNT = {1: "a tuple of one int", 2: "a pair of ints", 3: "a triple of ints"}
-_SPATIAL = {1: "L", 2: "H, W", 3: "D, H, W"}
-_KERNEL = {
-    1: "``(k,)`` (an int or a 1-tuple)",
-    2: "``(kh, kw)`` (an int for both)",
-    3: "``(kd, kh, kw)`` (an int for all three)",
-}
 _PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 
 
@@ -129,6 +129,8 @@ class _Conv(_ConvBase):
         dtype: torch.dtype | None = None,
         *,
         padding_mode: str = "zeros",
+        kernel_divergence_fn: DivergenceFn | str | None = "kl",
+        bias_divergence_fn: DivergenceFn | str | None = "kl",
     ) -> None:
         self._channels(in_channels, out_channels, kernel_size, stride, dilation, groups)
         self.padding: str | tuple[int, ...]
@@ -163,6 +165,8 @@ class _Conv(_ConvBase):
             kl_use_exact,
             activation,
             dtype,
+            kernel_divergence_fn,
+            bias_divergence_fn,
         )
 
     def _op(self, x, kernel, bias):
@@ -200,6 +204,9 @@ class _ConvTranspose(_ConvBase):
         kl_use_exact: bool = True,
         activation: Callable[[torch.Tensor], torch.Tensor] | None = None,
         dtype: torch.dtype | None = None,
+        *,
+        kernel_divergence_fn: DivergenceFn | str | None = "kl",
+        bias_divergence_fn: DivergenceFn | str | None = "kl",
     ) -> None:
         self._channels(in_channels, out_channels, kernel_size, stride, dilation, groups)
         self.padding = _ints(padding, self.spatial_dims, "padding", low=0)
@@ -221,6 +228,8 @@ class _ConvTranspose(_ConvBase):
             kl_use_exact,
             activation,
             dtype,
+            kernel_divergence_fn,
+            bias_divergence_fn,
         )
 
     def _op(self, x, kernel, bias):
@@ -231,112 +240,6 @@ class _ConvTranspose(_ConvBase):
 
     def _extra(self) -> str:
         return f"output_padding={self.output_padding}, "
-
-
-_WEIGHT_ARGS = """\
-    kernel_posterior_fn: ``(shape, dtype) -> nn.Module`` whose ``forward(x)`` returns the
-        kernel's posterior (batch ``()``, event ``shape``); default
-        :class:`~problayers.MeanFieldNormal`{symmetric}.
-    kernel_prior_fn: the same for the kernel's prior; default
-        :class:`~problayers.StandardNormal` (fixed ``N(0, 1)``).
-    bias_posterior_fn: the same for the bias's posterior; default TFP's point estimate
-        (``default_mean_field_normal_fn(is_singular=True)``); ``None``: no bias.
-    bias_prior_fn: the same for the bias's prior; default ``None``: no KL term for the
-        bias (TFP's).
-    kl_weight: the recorded added loss is ``kl_weight * KL`` (default 1: the whole KL; pass
-        ``1 / num_train_examples`` with a batch-mean data term).
-    kl_use_exact: exact KL (``torch.distributions.kl_divergence``, default ``True``) or the
-        one-sample Monte Carlo estimate ``log q(w) - log p(w)`` (``False``).
-    activation: optional callable applied to the output (default ``None``: linear).
-    dtype: the weights' dtype (default ``None``: ``torch.get_default_dtype()``).
-"""
-
-# (n, transposed) -> (constructor, example input shape, example output shape)
-_EXAMPLES = {
-    (1, False): ("1, 4, kernel_size=3, padding=1", (2, 1, 8), (2, 4, 8)),
-    (2, False): ("1, 4, kernel_size=3, padding=1", (2, 1, 8, 8), (2, 4, 8, 8)),
-    (3, False): ("1, 4, kernel_size=3, padding=1", (2, 1, 4, 4, 4), (2, 4, 4, 4, 4)),
-    (1, True): ("4, 1, kernel_size=2, stride=2", (2, 4, 8), (2, 1, 16)),
-    (2, True): ("4, 1, kernel_size=2, stride=2", (2, 4, 4, 4), (2, 1, 8, 8)),
-    (3, True): ("4, 1, kernel_size=2, stride=2", (2, 4, 2, 2, 2), (2, 1, 4, 4, 4)),
-}
-
-
-_ConvClass = TypeVar("_ConvClass", bound=type[_ConvBase])
-
-
-def _document(cls: _ConvClass) -> _ConvClass:
-    """Write the docstring of a public convolution from its dimensions, kind and estimator."""
-    n, transposed, flipout = cls.spatial_dims, cls.transposed, issubclass(cls, _Flipout)
-    ref = f"nn.ConvTranspose{n}d" if transposed else f"nn.Conv{n}d"
-    if flipout:
-        summary = f"``{ref}`` with a posterior over its kernel and bias; Flipout perturbations."
-        how = (
-            "One kernel perturbation per forward, decorrelated per example by random signs (one per\n"
-            "example and channel, shared over the spatial dimensions); the kernel's posterior must be\n"
-            "symmetric about its mean"
-        )
-        tfp = f"Convolution{n}DFlipout"
-    else:
-        summary = f"``{ref}`` with a posterior over its kernel and bias; one sample per forward."
-        how = "One reparameterized kernel (and bias) sample per forward is shared by the whole\nbatch"
-        tfp = f"Convolution{n}DReparameterization"
-    tfp = "no TFP counterpart" if transposed else f"``tfp.layers.{tfp}``"
-    sp = _SPATIAL[n]
-    out_sp = ", ".join(f"{d}_out" for d in sp.split(", "))
-    layout = "(C_in, C_out // groups, *k)" if transposed else "(C_out, C_in // groups, *k)"
-    args = [
-        "    in_channels: ``C_in``, the input's channels.",
-        "    out_channels: ``C_out``, the output's channels.",
-        f"    kernel_size: the kernel's {_KERNEL[n]}; the kernel has shape",
-        f"        ``{layout}``.",
-        f"    stride: as ``{ref}`` (default 1).",
-    ]
-    if transposed:
-        args += [
-            f"    padding: an int or {_COUNT[n]} (default 0), as ``{ref}``: it crops the",
-            "        output.",
-            f"    output_padding: added to one side of the output (default 0), as ``{ref}``; each",
-            "        must be smaller than its stride or its dilation.",
-            f"    groups: as ``{ref}`` (default 1); must divide ``in_channels`` and ``out_channels``.",
-            "    bias: whether the layer has a bias (default ``True``).",
-            f"    dilation: as ``{ref}`` (default 1).",
-        ]
-    else:
-        args += [
-            f'    padding: ``"same"`` (stride 1), ``"valid"``, an int or {_COUNT[n]} (default 0), as',
-            f"        ``{ref}``.",
-            f"    dilation: as ``{ref}`` (default 1).",
-            f"    groups: as ``{ref}`` (default 1); must divide ``in_channels`` and ``out_channels``.",
-            "    bias: whether the layer has a bias (default ``True``).",
-        ]
-    weight_args = _WEIGHT_ARGS.format(symmetric=" (it must be symmetric about its mean)" if flipout else "")
-    args.append(weight_args.rstrip("\n"))
-    if not transposed:
-        args.append(
-            '    padding_mode: keyword-only; ``"zeros"`` (default), ``"reflect"``, ``"replicate"``\n'
-            f'        or ``"circular"``, as ``{ref}``.'
-        )
-    make, x_shape, y_shape = _EXAMPLES[n, transposed]
-    cls.__doc__ = f"""{summary}
-
-{how} ({tfp}; see the module doc).
-
-Args:
-{chr(10).join(args)}
-
-Input: ``(N, C_in, {sp})`` or ``(C_in, {sp})``. Output: a tensor of shape
-``(N, C_out, {out_sp})`` (resp. without ``N``), the sizes as ``{ref}``'s;
-each forward records ``kl_weight * KL`` (kernel and bias) as an added loss
-(:func:`~problayers.collect_losses`).
-
-Example::
-
-    >>> layer = pl.{cls.__name__}({make})
-    >>> layer(torch.zeros{x_shape}).shape, pl.collect_losses(layer).shape
-    (torch.Size({list(y_shape)}), torch.Size([]))
-"""
-    return cls
 
 
 @_document

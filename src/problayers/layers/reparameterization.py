@@ -11,13 +11,15 @@ The three estimators of the output, for a posterior ``q`` over the kernel ``W`` 
   signs ``s_in``, ``s_out`` per example (needs a posterior symmetric about its mean).
 
 Each forward records ``kl_weight * (KL(q_W || p_W) + KL(q_b || p_b))`` with
-:func:`~problayers.set_added_loss`. Defaults (TFP's): exact KL (``kl_use_exact=True``),
-``kl_weight = 1`` (the whole KL; pass ``1 / num_train_examples`` with a batch-mean data term), a
-:class:`~problayers.MeanFieldNormal` posterior and a :class:`~problayers.StandardNormal` prior
-for the kernel; for the bias a point estimate (``BIAS_POSTERIOR_FN``,
-``default_mean_field_normal_fn(is_singular=True)``: TFP's ``Deterministic``) and no prior
-(``bias_prior_fn=None``: no KL term for the bias). A posterior/prior ``fn`` is ``(shape, dtype)
--> nn.Module`` whose ``forward(x)`` returns a distribution with batch ``()`` and event ``shape``.
+:func:`~problayers.set_added_loss`; TFP's ``kernel_divergence_fn``/``bias_divergence_fn``
+``(q, p, w) -> Tensor`` replace a term (``None`` drops it). Defaults (TFP's): exact KL
+(``kl_use_exact=True``), ``kl_weight = 1`` (the whole KL; pass ``1 / num_train_examples`` with
+a batch-mean data term), a :class:`~problayers.MeanFieldNormal` posterior and a
+:class:`~problayers.StandardNormal` prior for the kernel; for the bias a point estimate
+(``BIAS_POSTERIOR_FN``, ``default_mean_field_normal_fn(is_singular=True)``: TFP's
+``Deterministic``) and no prior (``bias_prior_fn=None``: no KL term for the bias). A
+posterior/prior ``fn`` is ``(shape, dtype) -> nn.Module`` whose ``forward(x)`` returns a
+distribution with batch ``()`` and event ``shape``.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from torch import nn
 
 from ..kl import prepare_kl_dispatch
 from ..losses import added_losses_enabled, init_added_losses, set_added_loss
-from ._args import callable_or_none, non_negative_number, positive_int
+from ._args import callable_or_none, divergence_fn, non_negative_number, positive_int
 from .base import tensor_input
 from .defaults import _PointMass, default_mean_field_normal_fn
 from .variational import MeanFieldNormal, StandardNormal, weight_distribution, weight_kl
@@ -44,6 +46,9 @@ __all__ = [
 ]
 
 WeightFn = Callable[[tuple[int, ...], torch.dtype | None], nn.Module]
+#: ``(posterior, prior, w) -> Tensor``, TFP's ``kernel_divergence_fn``: ``w`` is the weight drawn
+#: by the forward, ``None`` where the estimator draws none (local reparameterization).
+DivergenceFn = Callable[[D.Distribution, D.Distribution, torch.Tensor | None], torch.Tensor]
 
 #: The weight layers' default bias posterior, TFP's: a trainable point estimate (``loc ~ N(0,
 #: 0.1)`` at initialization; its samples are ``loc``), with no prior by default.
@@ -74,9 +79,13 @@ class _WeightUncertainty(nn.Module):
         kl_use_exact: bool,
         activation: Callable[[torch.Tensor], torch.Tensor] | None,
         dtype: torch.dtype | None,
+        kernel_divergence_fn: DivergenceFn | str | None = "kl",
+        bias_divergence_fn: DivergenceFn | str | None = "kl",
     ) -> None:
         super().__init__()
         init_added_losses(self)
+        self.kernel_divergence_fn = divergence_fn(kernel_divergence_fn, "kernel_divergence_fn")
+        self.bias_divergence_fn = divergence_fn(bias_divergence_fn, "bias_divergence_fn")
         for name, fn in (("kernel_posterior_fn", kernel_posterior_fn), ("kernel_prior_fn", kernel_prior_fn)):
             if not callable(fn):
                 raise TypeError(f"{name}: expected a callable (shape, dtype) -> nn.Module")
@@ -123,11 +132,25 @@ class _WeightUncertainty(nn.Module):
             pb = weight_distribution(name, "bias prior", self.bias_prior, x, self.bias_shape)  # type: ignore[arg-type]
         out, wk, wb = self._estimate(x, qk, qb)
         if added_losses_enabled():
-            kl = weight_kl(qk, pk, wk, self.kl_use_exact)
+            kl = self._divergence(self.kernel_divergence_fn, qk, pk, wk)
             if pb is not None:
-                kl = kl + weight_kl(qb, pb, wb, self.kl_use_exact)  # type: ignore[arg-type]  # pb => qb
+                kl = kl + self._divergence(self.bias_divergence_fn, qb, pb, wb)  # type: ignore[arg-type]  # pb => qb
             set_added_loss(self, "kl_divergence", self.kl_weight * kl)
         return out if self.activation is None else self.activation(out)
+
+    def _divergence(self, fn, q: D.Distribution, p: D.Distribution, w: torch.Tensor | None) -> torch.Tensor:
+        """One term of the added loss, a 0-dim tensor: the KL (``"kl"``), none (``None``, TFP's
+        way to drop it) or the user's ``fn(q, p, w)`` summed."""
+        if fn == "kl":
+            return weight_kl(q, p, w, self.kl_use_exact)
+        if fn is None:
+            return q.mean.new_zeros(())
+        value = fn(q, p, w)
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(
+                f"{type(self).__name__}: a divergence_fn returned {type(value).__name__}, expected a Tensor"
+            )
+        return value.sum()
 
 
 class _Reparameterization(_WeightUncertainty):
@@ -194,6 +217,9 @@ class _Dense(_WeightUncertainty):
         kl_use_exact: bool = True,
         activation: Callable[[torch.Tensor], torch.Tensor] | None = None,
         dtype: torch.dtype | None = None,
+        *,
+        kernel_divergence_fn: DivergenceFn | str | None = "kl",
+        bias_divergence_fn: DivergenceFn | str | None = "kl",
     ) -> None:
         self.in_features = positive_int(in_features, "in_features")
         self.out_features = positive_int(out_features, "out_features")
@@ -208,6 +234,8 @@ class _Dense(_WeightUncertainty):
             kl_use_exact,
             activation,
             dtype,
+            kernel_divergence_fn,
+            bias_divergence_fn,
         )
 
     def _op(self, x, kernel, bias):
@@ -253,6 +281,10 @@ class DenseReparameterization(_Dense, _Reparameterization):
             one-sample Monte Carlo estimate ``log q(w) - log p(w)`` (``False``).
         activation: optional callable applied to the output (default ``None``: linear).
         dtype: the weights' dtype (default ``None``: ``torch.get_default_dtype()``).
+        kernel_divergence_fn: keyword-only; the kernel's term of the added loss: ``"kl"``
+            (default: the KL as ``kl_use_exact`` says), ``None`` (no term) or TFP's ``(q, p, w)
+            -> Tensor`` (its sum; ``w`` the kernel drawn, ``None`` for local reparameterization).
+        bias_divergence_fn: the same for the bias (used where it has a prior).
 
     Input: ``(*B, in_features)``. Output: a tensor of shape ``(*B, out_features)``; each
     forward records ``kl_weight * KL`` (kernel and bias) as an added loss
@@ -295,6 +327,10 @@ class DenseLocalReparameterization(_Dense, _LocalReparameterization):
             one-sample Monte Carlo estimate ``log q(w) - log p(w)`` (``False``).
         activation: optional callable applied to the output (default ``None``: linear).
         dtype: the weights' dtype (default ``None``: ``torch.get_default_dtype()``).
+        kernel_divergence_fn: keyword-only; the kernel's term of the added loss: ``"kl"``
+            (default: the KL as ``kl_use_exact`` says), ``None`` (no term) or TFP's ``(q, p, w)
+            -> Tensor`` (its sum; ``w`` the kernel drawn, ``None`` for local reparameterization).
+        bias_divergence_fn: the same for the bias (used where it has a prior).
 
     Input: ``(*B, in_features)``. Output: a tensor of shape ``(*B, out_features)``; each
     forward records ``kl_weight * KL`` (kernel and bias) as an added loss
@@ -334,6 +370,10 @@ class DenseFlipout(_Dense, _Flipout):
             one-sample Monte Carlo estimate ``log q(w) - log p(w)`` (``False``).
         activation: optional callable applied to the output (default ``None``: linear).
         dtype: the weights' dtype (default ``None``: ``torch.get_default_dtype()``).
+        kernel_divergence_fn: keyword-only; the kernel's term of the added loss: ``"kl"``
+            (default: the KL as ``kl_use_exact`` says), ``None`` (no term) or TFP's ``(q, p, w)
+            -> Tensor`` (its sum; ``w`` the kernel drawn, ``None`` for local reparameterization).
+        bias_divergence_fn: the same for the bias (used where it has a prior).
 
     Input: ``(*B, in_features)``. Output: a tensor of shape ``(*B, out_features)``; each
     forward records ``kl_weight * KL`` (kernel and bias) as an added loss
