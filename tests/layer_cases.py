@@ -289,6 +289,14 @@ def _model_cases() -> list[ModelCase]:
         ModelCase(
             "AutoregressiveNetwork", lambda: pl.AutoregressiveNetwork(2, 5, hidden_units=(8,)), (5,), False
         ),
+        ModelCase("WeightNorm(Linear)", lambda: pl.WeightNorm(nn.Linear(5, 3)), (5,), distribution=False),
+        ModelCase("WeightNorm(Conv2d)", lambda: pl.WeightNorm(nn.Conv2d(2, 3, 3)), (2, 5, 5), False),
+        ModelCase(
+            "WeightNorm(ConvTranspose1d, no data init)",
+            lambda: pl.WeightNorm(nn.ConvTranspose1d(2, 3, 3, stride=2, bias=False), data_init=False),
+            (2, 4),
+            False,
+        ),
         ModelCase("Conv1dReparameterization", lambda: pl.Conv1dReparameterization(2, 3, 3), (2, 6), False),
         ModelCase("Conv1dFlipout", lambda: pl.Conv1dFlipout(2, 3, 3, padding=1), (2, 6), False),
         ModelCase(

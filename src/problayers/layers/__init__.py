@@ -46,6 +46,7 @@ from .variational import (
     prior_standard_normal,
     prior_trainable,
 )
+from .weight_norm import WeightNorm
 
 _reparameterization.Conv2dFlipout = _convolutional.Conv2dFlipout  # type: ignore[attr-defined]
 _reparameterization.Conv2dReparameterization = _convolutional.Conv2dReparameterization  # type: ignore[attr-defined]
@@ -87,6 +88,7 @@ __all__ = [
     "StandardNormal",
     "VariableLayer",
     "VariationalGaussianProcess",
+    "WeightNorm",
     "default_loc_scale_fn",
     "default_mean_field_normal_fn",
     "default_multivariate_normal_fn",

@@ -1,0 +1,136 @@
+"""``WeightNorm`` (``tfp.layers.WeightNorm``): a linear or convolutional layer whose weight is
+``g * v / ||v||``, its direction and its length trained apart (Salimans and Kingma, 2016), with
+their data-dependent initialization on the first batch.
+
+Why not ``torch.nn.utils.parametrizations.weight_norm``: a module with a parametrization cannot
+be pickled (torch supports its ``state_dict`` only), and the layers of this library pickle
+(``torch.save(model)``, Lightning's ``ddp_spawn``, ``multiprocessing``). Here ``g`` and ``v``
+are this module's own parameters and the wrapped layer runs at the weight they make, through
+``torch.func.functional_call``; the wrapped layer keeps its bias and its arguments.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from .base import tensor_input
+
+__all__ = ["WeightNorm"]
+
+_LAYERS = (
+    nn.Linear,
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.ConvTranspose1d,
+    nn.ConvTranspose2d,
+    nn.ConvTranspose3d,
+)
+
+
+class WeightNorm(nn.Module):
+    """A linear or convolutional layer with a weight-normalized weight (``tfp.layers.WeightNorm``).
+
+    The layer's weight becomes ``w = g * v / ||v||``: ``v`` (the layer's weight as it was) gives
+    the direction of each output unit's weights, ``g`` (one number per output unit) their length;
+    the norm is over all of a unit's inputs (and kernel positions). With ``data_init`` (TFP's
+    default), the first forward sets ``g`` and the bias so that the layer's outputs on that batch
+    have zero mean and unit variance per output unit (before any activation that follows), as
+    TFP's wrapper; without it ``g`` starts at ``||v||``, so the layer computes what it did.
+
+    The first batch should be a training batch as large as any. Under DDP each process would
+    initialize on its own batch: run one forward before wrapping the model in DDP (which then
+    broadcasts rank 0's parameters). A loaded ``state_dict`` carries the ``initialized`` flag, so
+    a trained model is not initialized again.
+
+    Args:
+        layer: an ``nn.Linear``, ``nn.Conv{1,2,3}d`` or ``nn.ConvTranspose{1,2,3}d`` (transposed
+            ones with ``groups=1``). Its ``weight`` parameter moves into this module as ``v``.
+        data_init: initialize ``g`` and the bias from the first batch (default ``True``).
+
+    Input: what ``layer`` takes (another layer's distribution output gives its tensor value).
+    Output: what ``layer`` gives, a tensor of the same shape.
+
+    Example::
+
+        >>> layer = pl.WeightNorm(nn.Linear(4, 3))
+        >>> out = layer(torch.randn(256, 4))  # the first batch initializes g and the bias
+        >>> out.mean(0).abs().max() < 1e-5, layer.g.shape, layer.v.shape
+        (tensor(True), torch.Size([3]), torch.Size([3, 4]))
+    """
+
+    def __init__(self, layer: nn.Module, data_init: bool = True) -> None:
+        super().__init__()
+        if not isinstance(layer, _LAYERS):
+            names = ", ".join(cls.__name__ for cls in _LAYERS)
+            raise TypeError(f"WeightNorm: layer: expected one of {names}, got {type(layer).__name__}")
+        transposed = isinstance(layer, nn.modules.conv._ConvTransposeNd)
+        if transposed and layer.groups != 1:
+            raise ValueError(
+                f"WeightNorm: layer: expected a transposed convolution with groups=1, got {layer.groups}"
+            )
+        if not isinstance(data_init, bool):
+            raise TypeError(f"WeightNorm: data_init: expected a bool, got {type(data_init).__name__}")
+        self.data_init = data_init
+        #: the weight's output-unit dimension (the transposed convolutions store (C_in, C_out, *k))
+        self.dim = 1 if transposed else 0
+        #: the output's channel dimension: last for Linear, before the spatial ones for convolutions
+        self.channel_dim = -1 if isinstance(layer, nn.Linear) else -1 - len(layer.kernel_size)
+        v = layer.weight.detach()
+        del layer.weight  # the layer runs at g * v / ||v|| (functional_call supplies it)
+        self.layer = layer
+        self.v = nn.Parameter(v.clone())
+        self.g = nn.Parameter(self._norm(self.v).detach().clone())  # (C_out,): the layer as it was
+        # TFP's flag, saved with the weights: a loaded model is not initialized again.
+        self.initialized: torch.Tensor
+        self.register_buffer("initialized", torch.tensor(not data_init))
+        self._ready = not data_init
+
+    def _norm(self, v: torch.Tensor) -> torch.Tensor:
+        """``||v||`` per output unit: ``(C_out,)``."""
+        other = [d for d in range(v.dim()) if d != self.dim]
+        return torch.linalg.vector_norm(v, dim=other)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """``g * v / ||v||``, the layer's weight (``v``'s shape)."""
+        shape = [1] * self.v.dim()
+        shape[self.dim] = -1
+        return self.v * (self.g / self._norm(self.v)).reshape(shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = tensor_input("WeightNorm", x)
+        if not self._ready:
+            self._initialize(x)
+        return functional_call(self.layer, {"weight": self.weight}, (x,))
+
+    @torch.no_grad()
+    def _initialize(self, x: torch.Tensor) -> None:
+        """Salimans and Kingma's init: with unit-norm weights and no bias the outputs ``t`` have
+        per-unit mean ``m`` and variance ``s^2`` on this batch; ``g = 1 / s``, ``bias = -m / s``."""
+        self.g.fill_(1.0)
+        bias = self.layer.bias
+        if bias is not None:
+            bias.zero_()
+        t = functional_call(self.layer, {"weight": self.weight}, (x,))  # (..., C_out, ...)
+        channel = t.dim() + self.channel_dim
+        var, mean = torch.var_mean(
+            t, dim=[d for d in range(t.dim()) if d != channel], correction=0
+        )  # (C_out,)
+        scale = torch.rsqrt(var + 1e-10)  # TFP's epsilon
+        self.g.copy_(scale)
+        if bias is not None:
+            bias.copy_(-mean * scale)
+        self.initialized.fill_(True)
+        self._ready = True
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        flag = state_dict.get(prefix + "initialized")
+        if flag is not None:
+            self._ready = bool(flag)
+
+    def extra_repr(self) -> str:
+        return f"data_init={self.data_init}, initialized={self._ready}"

@@ -1,0 +1,134 @@
+"""``WeightNorm``: TFP's numbers (recorded from TFP 0.25 by tests/fixtures/make_tfp_weight_norm.py),
+the data-dependent initialization, the weight's direction/length split, state dicts, errors.
+The generic tests (compile, autocast, pickle, meta device, a distribution as input) run it from
+tests/layer_cases.py MODEL_CASES."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import problayers as pl
+
+FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "tfp_weight_norm.json").read_text())
+
+
+def _t(values) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.float64)
+
+
+def _from_tfp(name: str, case: dict) -> tuple[pl.WeightNorm, torch.Tensor, torch.Tensor, callable]:
+    """The TFP case as a torch layer (NCHW, torch weight layouts) and its inputs; ``back`` puts
+    an output into TFP's layout."""
+    kernel, bias = _t(case["kernel"]), _t(case["bias"])
+    if name.startswith("dense"):
+        layer = nn.Linear(kernel.shape[0], kernel.shape[1], dtype=torch.float64)
+        weight, x1, x2 = kernel.T, _t(case["x1"]), _t(case["x2"])
+        back = lambda y: y  # noqa: E731
+    else:  # Keras (kh, kw, in, out) -> torch (out, in, kh, kw); NHWC -> NCHW
+        layer = nn.Conv2d(kernel.shape[2], kernel.shape[3], kernel.shape[0], dtype=torch.float64)
+        weight = kernel.permute(3, 2, 0, 1)
+        x1, x2 = (_t(case[k]).permute(0, 3, 1, 2) for k in ("x1", "x2"))
+        back = lambda y: y.permute(0, 2, 3, 1)  # noqa: E731
+    with torch.no_grad():
+        layer.weight.copy_(weight)
+        layer.bias.copy_(bias)
+    return pl.WeightNorm(layer, data_init=case["data_init"]), x1, x2, back
+
+
+@pytest.mark.parametrize("name", sorted(FIXTURE["cases"]))
+def test_matches_tfp(name):
+    case = FIXTURE["cases"][name]
+    layer, x1, x2, back = _from_tfp(name, case)
+    with torch.no_grad():
+        y1, y2 = back(layer(x1)), back(layer(x2))
+    np.testing.assert_allclose(y1.numpy(), case["y1"], rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(y2.numpy(), case["y2"], rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(layer.g.detach().numpy(), case["g"], rtol=1e-9)
+    np.testing.assert_allclose(layer.layer.bias.detach().numpy(), case["bias_after"], rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "make,x,channel",
+    [
+        (lambda: nn.Linear(4, 3), torch.randn(8, 16, 4) * 3 + 1, -1),
+        (lambda: nn.Conv2d(2, 5, 3), torch.randn(16, 2, 8, 8) + 2, 1),
+        (lambda: nn.ConvTranspose2d(2, 5, 3, stride=2), torch.randn(16, 2, 4, 4) - 1, 1),
+        (lambda: nn.Conv1d(2, 3, 3), torch.randn(2, 10) * 4, 0),  # unbatched: (C, L)
+    ],
+    ids=["Linear (2 batch dims)", "Conv2d", "ConvTranspose2d", "Conv1d unbatched"],
+)
+def test_first_batch_is_normalized_later_ones_are_not(make, x, channel):
+    torch.manual_seed(0)
+    layer = pl.WeightNorm(make())
+    assert not layer.initialized
+    with torch.no_grad():
+        y = layer(x)
+    dims = [d for d in range(y.dim()) if d != channel % y.dim()]
+    var, mean = torch.var_mean(y, dim=dims, correction=0)
+    torch.testing.assert_close(mean, torch.zeros_like(mean), atol=1e-5, rtol=0)
+    torch.testing.assert_close(var, torch.ones_like(var), atol=1e-4, rtol=0)
+    assert layer.initialized
+    g = layer.g.detach().clone()
+    layer(x * 2 + 1)  # no second initialization
+    torch.testing.assert_close(layer.g.detach(), g, rtol=0, atol=0)
+
+
+def test_without_data_init_the_layer_computes_what_it_did():
+    torch.manual_seed(0)
+    linear = nn.Linear(4, 3)
+    x = torch.randn(5, 4)
+    want = linear(x)
+    layer = pl.WeightNorm(linear, data_init=False)
+    torch.testing.assert_close(layer(x), want)
+    torch.testing.assert_close(layer.g.detach(), layer.v.detach().norm(dim=1))  # g = ||v||
+
+
+def test_weight_is_g_times_the_direction_of_v_and_both_train():
+    torch.manual_seed(0)
+    layer = pl.WeightNorm(nn.Conv2d(2, 3, 3), data_init=False)
+    x = torch.randn(2, 2, 5, 5)
+    w = layer.weight
+    unit = w.flatten(1).norm(dim=1)
+    torch.testing.assert_close(unit, layer.g.detach().abs())  # each unit's length is |g|
+    with torch.no_grad():
+        before = layer(x)
+        layer.v.mul_(7.0)  # the direction is v's; its length does not count
+    torch.testing.assert_close(layer(x), before)
+    layer(x).square().sum().backward()
+    assert layer.g.grad.abs().sum() > 0 and layer.v.grad.abs().sum() > 0
+    assert layer.layer.bias.grad.abs().sum() > 0
+    assert {name for name, _ in layer.named_parameters()} == {"v", "g", "layer.bias"}
+
+
+def test_a_loaded_state_dict_is_not_initialized_again():
+    torch.manual_seed(0)
+    trained = pl.WeightNorm(nn.Linear(4, 3))
+    trained(torch.randn(32, 4) * 5)
+    fresh = pl.WeightNorm(nn.Linear(4, 3))
+    fresh.load_state_dict(trained.state_dict())
+    x = torch.randn(6, 4)
+    torch.testing.assert_close(fresh(x), trained(x), rtol=0, atol=0)  # no data init on x
+    assert fresh.initialized and "initialized=True" in repr(fresh)
+
+
+@pytest.mark.parametrize(
+    "make,error,match",
+    [
+        (
+            lambda: pl.WeightNorm(nn.LSTM(3, 4)),
+            TypeError,
+            "WeightNorm: layer: expected one of Linear, Conv1d",
+        ),
+        (lambda: pl.WeightNorm(nn.ConvTranspose2d(2, 4, 3, groups=2)), ValueError, "groups=1, got 2"),
+        (lambda: pl.WeightNorm(nn.Linear(3, 4), data_init=1), TypeError, "data_init: expected a bool"),
+    ],
+)
+def test_bad_arguments_are_named(make, error, match):
+    with pytest.raises(error, match=match):
+        make()
