@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Protocol, TypeVar
 
-from .reparameterization import _Flipout
+from .reparameterization import _WEIGHT_ARGS, _Flipout
 
 _COUNT = {1: "a tuple of one int", 2: "a pair of ints", 3: "a triple of ints"}
 _SPATIAL = {1: "L", 2: "H, W", 3: "D, H, W"}
@@ -16,27 +16,6 @@ _KERNEL = {
     3: "``(kd, kh, kw)`` (an int for all three)",
 }
 
-_WEIGHT_ARGS = """\
-    kernel_posterior_fn: ``(shape, dtype) -> nn.Module`` whose ``forward(x)`` returns the
-        kernel's posterior (batch ``()``, event ``shape``); default
-        :class:`~problayers.MeanFieldNormal`{symmetric}.
-    kernel_prior_fn: the same for the kernel's prior; default
-        :class:`~problayers.StandardNormal` (fixed ``N(0, 1)``).
-    bias_posterior_fn: the same for the bias's posterior; default TFP's point estimate
-        (``default_mean_field_normal_fn(is_singular=True)``); ``None``: no bias.
-    bias_prior_fn: the same for the bias's prior; default ``None``: no KL term for the
-        bias (TFP's).
-    kl_weight: the recorded added loss is ``kl_weight * KL`` (default 1: the whole KL; pass
-        ``1 / num_train_examples`` with a batch-mean data term).
-    kl_use_exact: exact KL (``torch.distributions.kl_divergence``, default ``True``) or the
-        one-sample Monte Carlo estimate ``log q(w) - log p(w)`` (``False``).
-    activation: optional callable applied to the output (default ``None``: linear).
-    dtype: the weights' dtype (default ``None``: ``torch.get_default_dtype()``).
-    kernel_divergence_fn: keyword-only; the kernel's term of the added loss: ``"kl"``
-        (default: the KL as ``kl_use_exact`` says), ``None`` (no term) or TFP's ``(q, p, w) ->
-        Tensor`` (its sum; ``w`` the kernel drawn).
-    bias_divergence_fn: the same for the bias (used where it has a prior).
-"""
 
 # (n, transposed) -> (constructor, example input shape, example output shape)
 _EXAMPLES = {
@@ -102,7 +81,9 @@ def _document(cls: _ConvClass) -> _ConvClass:
             f"    groups: as ``{ref}`` (default 1); must divide ``in_channels`` and ``out_channels``.",
             "    bias: whether the layer has a bias (default ``True``).",
         ]
-    weight_args = _WEIGHT_ARGS.format(symmetric=" (it must be symmetric about its mean)" if flipout else "")
+    weight_args = _WEIGHT_ARGS.format(
+        posterior=" (it must be symmetric about its mean)" if flipout else "", w=""
+    )
     args.append(weight_args.rstrip("\n"))
     if not transposed:
         args.append(

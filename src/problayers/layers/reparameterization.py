@@ -25,6 +25,7 @@ distribution with batch ``()`` and event ``shape``.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 import torch.distributions as D
@@ -49,6 +50,31 @@ WeightFn = Callable[[tuple[int, ...], torch.dtype | None], nn.Module]
 #: ``(posterior, prior, w) -> Tensor``, TFP's ``kernel_divergence_fn``: ``w`` is the weight drawn
 #: by the forward, ``None`` where the estimator draws none (local reparameterization).
 DivergenceFn = Callable[[D.Distribution, D.Distribution, torch.Tensor | None], torch.Tensor]
+
+#: The weight layers' shared arguments, for their docstrings (dense here, convolutions in
+#: :mod:`._conv_docs`): ``posterior`` notes what the kernel posterior must be, ``w`` what the
+#: divergence function gets.
+_WEIGHT_ARGS = """\
+    kernel_posterior_fn: ``(shape, dtype) -> nn.Module`` whose ``forward(x)`` returns the
+        kernel's posterior (batch ``()``, event ``shape``); default
+        :class:`~problayers.MeanFieldNormal`{posterior}.
+    kernel_prior_fn: the same for the kernel's prior; default
+        :class:`~problayers.StandardNormal` (fixed ``N(0, 1)``).
+    bias_posterior_fn: the same for the bias's posterior; default TFP's point estimate
+        (``default_mean_field_normal_fn(is_singular=True)``); ``None``: no bias.
+    bias_prior_fn: the same for the bias's prior; default ``None``: no KL term for the
+        bias (TFP's).
+    kl_weight: the recorded added loss is ``kl_weight * KL`` (default 1: the whole KL; pass
+        ``1 / num_train_examples`` with a batch-mean data term).
+    kl_use_exact: exact KL (``torch.distributions.kl_divergence``, default ``True``) or the
+        one-sample Monte Carlo estimate ``log q(w) - log p(w)`` (``False``).
+    activation: optional callable applied to the output (default ``None``: linear).
+    dtype: the weights' dtype (default ``None``: ``torch.get_default_dtype()``).
+    kernel_divergence_fn: keyword-only; the kernel's term of the added loss: ``"kl"``
+        (default: the KL as ``kl_use_exact`` says), ``None`` (no term) or TFP's ``(q, p, w) ->
+        Tensor`` (its sum; ``w`` the kernel drawn{w}).
+    bias_divergence_fn: the same for the bias (used where it has a prior).
+"""
 
 #: The weight layers' default bias posterior, TFP's: a trainable point estimate (``loc ~ N(0,
 #: 0.1)`` at initialization; its samples are ``loc``), with no prior by default.
@@ -255,133 +281,63 @@ class _Dense(_WeightUncertainty):
         )
 
 
+_DenseClass = TypeVar("_DenseClass", bound=type)
+
+
+def _document_dense(summary: str, how: str, posterior: str = "") -> Callable[[_DenseClass], _DenseClass]:
+    """Write a dense weight layer's docstring: its summary and estimator, the shared arguments."""
+
+    def document(cls: _DenseClass) -> _DenseClass:
+        w = ", ``None`` for local reparameterization" if issubclass(cls, _LocalReparameterization) else ""
+        cls.__doc__ = f"""{summary}
+
+{how}
+(``tfp.layers.{cls.__name__}``; see the module doc).
+
+Args:
+    in_features: inputs per example.
+    out_features: outputs per example (the kernel has shape ``(out_features,
+        in_features)``, as ``nn.Linear``'s weight).
+    bias: whether the layer has a bias (default ``True``).
+{_WEIGHT_ARGS.format(posterior=posterior, w=w)}
+Input: ``(*B, in_features)``. Output: a tensor of shape ``(*B, out_features)``; each
+forward records ``kl_weight * KL`` (kernel and bias) as an added loss
+(:func:`~problayers.collect_losses`).
+
+Example::
+
+    >>> layer = pl.{cls.__name__}(4, 2, kl_weight=1 / 1000)
+    >>> layer(torch.zeros(8, 4)).shape, pl.collect_losses(layer).shape
+    (torch.Size([8, 2]), torch.Size([]))
+"""
+        return cls
+
+    return document
+
+
+@_document_dense(
+    "Dense layer with a posterior over its weights; one ``W ~ q`` per forward.",
+    "One reparameterized kernel (and bias) sample per forward is shared by the whole batch",
+)
 class DenseReparameterization(_Dense, _Reparameterization):
-    """Dense layer with a posterior over its weights; one ``W ~ q`` per forward.
-
-    One reparameterized kernel (and bias) sample per forward is shared by the whole batch
-    (``tfp.layers.DenseReparameterization``; see the module doc).
-
-    Args:
-        in_features: inputs per example.
-        out_features: outputs per example (the kernel has shape ``(out_features,
-            in_features)``, as ``nn.Linear``'s weight).
-        bias: whether the layer has a bias (default ``True``).
-        kernel_posterior_fn: ``(shape, dtype) -> nn.Module`` whose ``forward(x)`` returns the
-            kernel's posterior (batch ``()``, event ``shape``); default
-            :class:`~problayers.MeanFieldNormal`.
-        kernel_prior_fn: the same for the kernel's prior; default
-            :class:`~problayers.StandardNormal` (fixed ``N(0, 1)``).
-        bias_posterior_fn: the same for the bias's posterior; default TFP's point estimate
-            (``default_mean_field_normal_fn(is_singular=True)``); ``None``: no bias.
-        bias_prior_fn: the same for the bias's prior; default ``None``: no KL term for the
-            bias (TFP's).
-        kl_weight: the recorded added loss is ``kl_weight * KL`` (default 1: the whole KL; pass
-            ``1 / num_train_examples`` with a batch-mean data term).
-        kl_use_exact: exact KL (``torch.distributions.kl_divergence``, default ``True``) or the
-            one-sample Monte Carlo estimate ``log q(w) - log p(w)`` (``False``).
-        activation: optional callable applied to the output (default ``None``: linear).
-        dtype: the weights' dtype (default ``None``: ``torch.get_default_dtype()``).
-        kernel_divergence_fn: keyword-only; the kernel's term of the added loss: ``"kl"``
-            (default: the KL as ``kl_use_exact`` says), ``None`` (no term) or TFP's ``(q, p, w)
-            -> Tensor`` (its sum; ``w`` the kernel drawn, ``None`` for local reparameterization).
-        bias_divergence_fn: the same for the bias (used where it has a prior).
-
-    Input: ``(*B, in_features)``. Output: a tensor of shape ``(*B, out_features)``; each
-    forward records ``kl_weight * KL`` (kernel and bias) as an added loss
-    (:func:`~problayers.collect_losses`).
-
-    Example::
-
-        >>> layer = pl.DenseReparameterization(4, 2, kl_weight=1 / 1000)
-        >>> layer(torch.zeros(8, 4)).shape, pl.collect_losses(layer).shape
-        (torch.Size([8, 2]), torch.Size([]))
-    """
+    pass
 
 
+@_document_dense(
+    "Dense layer with a Gaussian posterior over its weights; local reparameterization.",
+    "Each example's pre-activation is drawn from its exact Gaussian instead of sampling the\n"
+    "weights, independently per example (lower-variance gradients than one ``W`` shared by the\n"
+    "batch), from two products per forward: the mean and the variance",
+    " (the kernel and bias posteriors must be\n        ``Normal`` or ``Independent(Normal)``)",
+)
 class DenseLocalReparameterization(_Dense, _LocalReparameterization):
-    """Dense layer with a Gaussian posterior over its weights; local reparameterization.
-
-    Each example's pre-activation is drawn from its exact Gaussian instead of sampling the
-    weights, independently per example (lower-variance gradients than one ``W`` shared by the
-    batch), from two products per forward: the mean and the variance
-    (``tfp.layers.DenseLocalReparameterization``; see the module doc).
-
-    Args:
-        in_features: inputs per example.
-        out_features: outputs per example (the kernel has shape ``(out_features,
-            in_features)``, as ``nn.Linear``'s weight).
-        bias: whether the layer has a bias (default ``True``).
-        kernel_posterior_fn: ``(shape, dtype) -> nn.Module`` whose ``forward(x)`` returns the
-            kernel's posterior (batch ``()``, event ``shape``); default
-            :class:`~problayers.MeanFieldNormal` (the kernel and bias posteriors must be
-            ``Normal`` or ``Independent(Normal)``).
-        kernel_prior_fn: the same for the kernel's prior; default
-            :class:`~problayers.StandardNormal` (fixed ``N(0, 1)``).
-        bias_posterior_fn: the same for the bias's posterior; default TFP's point estimate
-            (``default_mean_field_normal_fn(is_singular=True)``); ``None``: no bias.
-        bias_prior_fn: the same for the bias's prior; default ``None``: no KL term for the
-            bias (TFP's).
-        kl_weight: the recorded added loss is ``kl_weight * KL`` (default 1: the whole KL; pass
-            ``1 / num_train_examples`` with a batch-mean data term).
-        kl_use_exact: exact KL (``torch.distributions.kl_divergence``, default ``True``) or the
-            one-sample Monte Carlo estimate ``log q(w) - log p(w)`` (``False``).
-        activation: optional callable applied to the output (default ``None``: linear).
-        dtype: the weights' dtype (default ``None``: ``torch.get_default_dtype()``).
-        kernel_divergence_fn: keyword-only; the kernel's term of the added loss: ``"kl"``
-            (default: the KL as ``kl_use_exact`` says), ``None`` (no term) or TFP's ``(q, p, w)
-            -> Tensor`` (its sum; ``w`` the kernel drawn, ``None`` for local reparameterization).
-        bias_divergence_fn: the same for the bias (used where it has a prior).
-
-    Input: ``(*B, in_features)``. Output: a tensor of shape ``(*B, out_features)``; each
-    forward records ``kl_weight * KL`` (kernel and bias) as an added loss
-    (:func:`~problayers.collect_losses`).
-
-    Example::
-
-        >>> layer = pl.DenseLocalReparameterization(4, 2, kl_weight=1 / 1000)
-        >>> layer(torch.zeros(8, 4)).shape, pl.collect_losses(layer).shape
-        (torch.Size([8, 2]), torch.Size([]))
-    """
+    pass
 
 
+@_document_dense(
+    "Dense layer with a posterior over its weights; Flipout perturbations.",
+    "One weight perturbation per forward, decorrelated per example by random signs",
+    " (it must be symmetric about its mean)",
+)
 class DenseFlipout(_Dense, _Flipout):
-    """Dense layer with a posterior over its weights; Flipout perturbations.
-
-    One weight perturbation per forward, decorrelated per example by random signs
-    (``tfp.layers.DenseFlipout``; see the module doc).
-
-    Args:
-        in_features: inputs per example.
-        out_features: outputs per example (the kernel has shape ``(out_features,
-            in_features)``, as ``nn.Linear``'s weight).
-        bias: whether the layer has a bias (default ``True``).
-        kernel_posterior_fn: ``(shape, dtype) -> nn.Module`` whose ``forward(x)`` returns the
-            kernel's posterior (batch ``()``, event ``shape``); default
-            :class:`~problayers.MeanFieldNormal` (it must be symmetric about its mean).
-        kernel_prior_fn: the same for the kernel's prior; default
-            :class:`~problayers.StandardNormal` (fixed ``N(0, 1)``).
-        bias_posterior_fn: the same for the bias's posterior; default TFP's point estimate
-            (``default_mean_field_normal_fn(is_singular=True)``); ``None``: no bias.
-        bias_prior_fn: the same for the bias's prior; default ``None``: no KL term for the
-            bias (TFP's).
-        kl_weight: the recorded added loss is ``kl_weight * KL`` (default 1: the whole KL; pass
-            ``1 / num_train_examples`` with a batch-mean data term).
-        kl_use_exact: exact KL (``torch.distributions.kl_divergence``, default ``True``) or the
-            one-sample Monte Carlo estimate ``log q(w) - log p(w)`` (``False``).
-        activation: optional callable applied to the output (default ``None``: linear).
-        dtype: the weights' dtype (default ``None``: ``torch.get_default_dtype()``).
-        kernel_divergence_fn: keyword-only; the kernel's term of the added loss: ``"kl"``
-            (default: the KL as ``kl_use_exact`` says), ``None`` (no term) or TFP's ``(q, p, w)
-            -> Tensor`` (its sum; ``w`` the kernel drawn, ``None`` for local reparameterization).
-        bias_divergence_fn: the same for the bias (used where it has a prior).
-
-    Input: ``(*B, in_features)``. Output: a tensor of shape ``(*B, out_features)``; each
-    forward records ``kl_weight * KL`` (kernel and bias) as an added loss
-    (:func:`~problayers.collect_losses`).
-
-    Example::
-
-        >>> layer = pl.DenseFlipout(4, 2, kl_weight=1 / 1000)
-        >>> layer(torch.zeros(8, 4)).shape, pl.collect_losses(layer).shape
-        (torch.Size([8, 2]), torch.Size([]))
-    """
+    pass
