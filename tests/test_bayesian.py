@@ -109,6 +109,12 @@ def test_inplace_top_level_skip_subclasses_dtype_and_mode():
     assert converted(torch.randn(2, 3, 4)).shape == (2, 3, 4)
     no_bias = pl.to_bayesian(nn.Conv2d(2, 2, 3, bias=False))
     assert no_bias.bias_posterior is None
+    normed = nn.Sequential(pl.WeightNorm(nn.Linear(3, 4)), nn.Linear(4, 2))
+    converted = pl.to_bayesian(normed)  # a WeightNorm's layer runs at g * v / ||v||: kept
+    assert type(converted[0]) is pl.WeightNorm and type(converted[0].layer) is nn.Linear
+    assert isinstance(converted[1], pl.DenseReparameterization)
+    assert converted(torch.randn(5, 3)).shape == (5, 2)
+    assert pl.to_bayesian(pl.WeightNorm(nn.Linear(3, 4)), inplace=True).layer.bias is not None
 
 
 @pytest.mark.parametrize(

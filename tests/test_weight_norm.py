@@ -117,6 +117,17 @@ def test_a_loaded_state_dict_is_not_initialized_again():
     assert fresh.initialized and "initialized=True" in repr(fresh)
 
 
+def test_export_needs_the_first_forward_done():
+    layer = pl.WeightNorm(nn.Linear(4, 3))
+    x = torch.randn(8, 4)
+    with pytest.raises(RuntimeError, match=r"WeightNorm: run one forward .* before exporting"):
+        torch.export.export(layer, (x,))
+    layer(x)
+    program = torch.export.export(layer, (x,))
+    y = torch.randn(8, 4)  # another batch: the program does not initialize again
+    torch.testing.assert_close(program.module()(y), layer(y))
+
+
 @pytest.mark.parametrize(
     "make,error,match",
     [

@@ -35,6 +35,7 @@ from .layers.convolutional import (
 )
 from .layers.reparameterization import DenseFlipout, DenseReparameterization
 from .layers.variational import MeanFieldNormal, StandardNormal
+from .layers.weight_norm import WeightNorm
 
 if TYPE_CHECKING:
     from torch.nn.modules.conv import _ConvNd
@@ -150,7 +151,8 @@ def to_bayesian(
     :class:`~problayers.MeanFieldNormal` posteriors have their means at the module's weight and
     bias and a scale of ``init_scale``: at ``init_scale -> 0`` the converted network computes
     what the original did. Subclasses (e.g. ``nn.MultiheadAttention``'s ``out_proj``, lazy or
-    parametrized modules) are left as they are; a module shared by several parents stays shared.
+    parametrized modules) and the layers in a :class:`~problayers.WeightNorm` are left as they
+    are; a module shared by several parents stays shared.
     The twins are on the module's device and dtype and in its train/eval mode.
 
     Differences from Bayesian-Torch's ``dnn_to_bnn``: the initial posterior scale is
@@ -235,7 +237,7 @@ def to_bayesian(
     def walk(module: nn.Module, prefix: str) -> None:
         for child_name, child in list(module.named_children()):
             name = f"{prefix}{child_name}"
-            if name in skip:
+            if name in skip or isinstance(child, WeightNorm):
                 continue
             twin = convert(child, name)
             if twin is not None:
@@ -248,6 +250,6 @@ def to_bayesian(
     top = convert(model, "")
     if top is not None:
         return top
-    if "" not in skip:
+    if "" not in skip and not isinstance(model, WeightNorm):
         walk(model, "")
     return model

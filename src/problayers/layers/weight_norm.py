@@ -103,6 +103,8 @@ class WeightNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = tensor_input("WeightNorm", x)
         if not self._ready:
+            if torch.compiler.is_exporting():  # the program would initialize at every call
+                raise RuntimeError("WeightNorm: run one forward (the data-dependent init) before exporting")
             self._initialize(x)
         return functional_call(self.layer, {"weight": self.weight}, (x,))
 
