@@ -66,6 +66,7 @@ class LitVAE(L.LightningModule):
         nll = -self(x).log_prob(x).mean()
         added = pl.collect_losses(self, clear=True)
         self.nll_dtypes.add(nll.dtype)
+        self.last_added = added.detach()
         if self.hparams.log:
             self.log("added", added)
         return nll + added
@@ -138,6 +139,7 @@ def test_compiled_module(tmp_path):
     before = trainer.validate(model, data, verbose=False)[0]["val_nll"]
     trainer.fit(torch.compile(model, backend="aot_eager"), data, data)
     assert trainer.callback_metrics["val_nll"].item() < before - 1.0, before
+    assert math.isfinite(model.last_added.item()) and model.last_added.item() > 0
     torch.compiler.reset()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 
+import numpy as np
 import pytest
 import torch
 import torch.distributions as D
@@ -168,29 +169,55 @@ def test_divergence_fns_replace_or_drop_each_term(make, x_shape):
         torch.testing.assert_close(pl.collect_losses(layer), want, msg=str(kwargs))
 
 
-def test_divergence_fn_gets_the_kernel_the_forward_used():
+def test_divergence_fn_gets_the_weights_the_forward_used():
     seen = {}
 
-    def record(q, p, w):
-        seen["w"] = w
-        return D.kl_divergence(q, p)
+    def record(role):
+        def fn(q, p, w):
+            seen[role] = w
+            return D.kl_divergence(q, p)
 
-    layer = pl.DenseReparameterization(3, 2, kernel_divergence_fn=record)
+        return fn
+
+    kw = dict(kernel_divergence_fn=record("kernel"), bias_divergence_fn=record("bias"))
+    layer = pl.DenseReparameterization(3, 2, bias_prior_fn=pl.StandardNormal, **kw)
     _spread_posteriors(layer)
     x = torch.randn(4, 3)
     out = layer(x)
-    torch.testing.assert_close(out, F.linear(x, seen["w"], layer.bias_posterior(x).mean))
-    pl.DenseLocalReparameterization(3, 2, kernel_divergence_fn=record)(x)
-    assert seen["w"] is None  # local reparameterization draws no kernel (TFP passes None too)
+    torch.testing.assert_close(out, F.linear(x, seen["kernel"], seen["bias"]))
+    local = pl.DenseLocalReparameterization(
+        3, 2, bias_posterior_fn=pl.MeanFieldNormal, bias_prior_fn=pl.StandardNormal, **kw
+    )
+    local(x)
+    assert seen["kernel"] is None  # local reparameterization draws no kernel (TFP passes None too)
+    assert seen["bias"].shape == (2,)  # but TFP draws the bias: its sample, as a one-sample estimate needs
+    assert not torch.equal(seen["bias"], local.bias_posterior(x).mean)
+
+
+def test_dropped_terms_and_numbers():
+    # None drops a term even for a posterior that has no mean (a Logistic kernel posterior)
+    layer = pl.DenseReparameterization(
+        3, 2, kernel_posterior_fn=_LogisticPosterior, kernel_divergence_fn=None
+    )
+    assert layer(torch.randn(4, 3)).shape == (4, 2)
+    added = pl.collect_losses(layer)
+    assert isinstance(added, torch.Tensor) and added.item() == 0.0
+    constant = pl.DenseFlipout(3, 2, kernel_divergence_fn=lambda q, p, w: 0.5, kl_weight=2.0)
+    constant(torch.randn(2, 3))  # a number is taken, as TFP's tf.identity takes it
+    assert pl.collect_losses(constant).item() == 1.0
 
 
 def test_bad_divergence_fns_are_named():
     with pytest.raises(TypeError, match="kernel_divergence_fn: expected 'kl', None or a callable"):
         pl.DenseFlipout(3, 2, kernel_divergence_fn="exact")
-    with pytest.raises(TypeError, match="bias_divergence_fn"):
+    with pytest.raises(TypeError, match=r"bias_divergence_fn: expected .* got 1\.0"):
         pl.Conv2dFlipout(2, 2, 3, bias_divergence_fn=1.0)
-    layer = pl.DenseFlipout(3, 2, kernel_divergence_fn=lambda q, p, w: 0.5)
-    with pytest.raises(TypeError, match="DenseFlipout: a divergence_fn returned float, expected a Tensor"):
+    with pytest.raises(TypeError, match=r"kernel_divergence_fn: expected .* got ndarray"):
+        pl.DenseFlipout(3, 2, kernel_divergence_fn=np.zeros(3))
+    layer = pl.DenseFlipout(3, 2, bias_prior_fn=pl.StandardNormal, bias_divergence_fn=lambda q, p, w: "kl")
+    with pytest.raises(
+        TypeError, match="DenseFlipout: bias_divergence_fn returned str, expected a Tensor or a number"
+    ):
         layer(torch.randn(2, 3))
 
 

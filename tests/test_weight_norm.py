@@ -117,6 +117,51 @@ def test_a_loaded_state_dict_is_not_initialized_again():
     assert fresh.initialized and "initialized=True" in repr(fresh)
 
 
+def test_initialized_under_autocast_uses_its_own_bias():
+    """Autocast keeps its bf16 copy of a parameter for the whole region: the init computes its
+    statistics apart from the parameters, so the forwards after it see the bias it set."""
+    torch.manual_seed(0)
+    layer = pl.WeightNorm(nn.Linear(4, 3))
+    x = torch.randn(64, 4) * 2 + 1
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        first, second = layer(x), layer(x)
+    assert layer.layer.bias.abs().max() > 0.1
+    for y in (first, second):
+        assert y.float().mean(0).abs().max() < 0.05  # bf16 rounding; a zero bias gave ~0.44
+    torch.testing.assert_close(second.float(), layer(x), atol=0.05, rtol=0.02)
+
+
+def test_a_zero_unit_stays_zero():
+    layer = pl.WeightNorm(nn.Linear(4, 3))
+    with torch.no_grad():
+        layer.v[2] = 0.0  # TFP's l2_normalize divides by max(||v||, 1e-6)
+    y = layer(torch.randn(16, 4))
+    assert torch.isfinite(y).all() and torch.isfinite(layer.weight).all()
+    y.sum().backward()
+    assert torch.isfinite(layer.v.grad).all()
+
+
+def test_first_batch_too_small_and_lazy_layers_are_named():
+    layer = pl.WeightNorm(nn.Linear(4, 3))
+    with pytest.raises(ValueError, match=r"WeightNorm: the first batch .* got input of shape \(4,\)"):
+        layer(torch.randn(4))  # one value per unit: no spread to scale by
+    with pytest.raises(ValueError, match=r"got input of shape \(1, 4\)"):
+        layer(torch.randn(1, 4))
+    layer(torch.randn(8, 4))
+    assert layer(torch.randn(4)).shape == (3,)  # once initialized, any input
+    with pytest.raises(ValueError, match="WeightNorm: layer: LazyLinear has no weight yet"):
+        pl.WeightNorm(nn.LazyLinear(3))
+
+
+def test_on_the_meta_device_and_a_meta_state_dict():
+    with torch.device("meta"):
+        layer = pl.WeightNorm(nn.Linear(4, 3))
+        other = pl.WeightNorm(nn.Linear(4, 3))
+    assert {t.device.type for t in layer.state_dict().values()} == {"meta"}
+    other.load_state_dict(layer.state_dict())  # a meta state dict: nothing known yet
+    assert not other._ready
+
+
 def test_export_needs_the_first_forward_done():
     layer = pl.WeightNorm(nn.Linear(4, 3))
     x = torch.randn(8, 4)

@@ -50,6 +50,7 @@ def callable_or_none(value, name: str):
 def divergence_fn(value, name: str):
     """``value`` if it is ``"kl"``, ``None`` or a callable ``(q, p, w) -> Tensor`` (a weight
     layer's ``kernel_divergence_fn``/``bias_divergence_fn``); ``TypeError`` naming ``name``."""
-    if value is None or value == "kl" or (callable(value) and not isinstance(value, str)):
+    if value is None or (value == "kl" if isinstance(value, str) else callable(value)):
         return value
-    raise TypeError(f"{name}: expected 'kl', None or a callable (q, p, w) -> Tensor, got {value!r}"[:160])
+    got = repr(value) if isinstance(value, (str, int, float)) else type(value).__name__
+    raise TypeError(f"{name}: expected 'kl', None or a callable (q, p, w) -> Tensor, got {got}"[:160])

@@ -158,25 +158,31 @@ class _WeightUncertainty(nn.Module):
             pb = weight_distribution(name, "bias prior", self.bias_prior, x, self.bias_shape)  # type: ignore[arg-type]
         out, wk, wb = self._estimate(x, qk, qb)
         if added_losses_enabled():
-            kl = self._divergence(self.kernel_divergence_fn, qk, pk, wk)
+            kl = self._divergence("kernel_divergence_fn", qk, pk, wk)
             if pb is not None:
-                kl = kl + self._divergence(self.bias_divergence_fn, qb, pb, wb)  # type: ignore[arg-type]  # pb => qb
+                if wb is None and callable(self.bias_divergence_fn):  # TFP passes a bias sample
+                    wb = qb.rsample()  # type: ignore[union-attr]  # (local reparameterization draws none)
+                kl = kl + self._divergence("bias_divergence_fn", qb, pb, wb)  # type: ignore[arg-type]  # pb => qb
+            if not isinstance(kl, torch.Tensor):  # every term dropped, or numbers
+                kl = torch.tensor(float(kl), device=x.device)
             set_added_loss(self, "kl_divergence", self.kl_weight * kl)
         return out if self.activation is None else self.activation(out)
 
-    def _divergence(self, fn, q: D.Distribution, p: D.Distribution, w: torch.Tensor | None) -> torch.Tensor:
-        """One term of the added loss, a 0-dim tensor: the KL (``"kl"``), none (``None``, TFP's
-        way to drop it) or the user's ``fn(q, p, w)`` summed."""
-        if fn == "kl":
+    def _divergence(
+        self, role: str, q: D.Distribution, p: D.Distribution, w: torch.Tensor | None
+    ) -> torch.Tensor | float:
+        """One term of the added loss: the KL (``"kl"``), none (``None``, TFP's way to drop it)
+        or the user's ``fn(q, p, w)``, summed (a number is taken, as TFP's ``tf.identity`` does)."""
+        fn = getattr(self, role)
+        if isinstance(fn, str):  # "kl"
             return weight_kl(q, p, w, self.kl_use_exact)
         if fn is None:
-            return q.mean.new_zeros(())
+            return 0.0
         value = fn(q, p, w)
-        if not isinstance(value, torch.Tensor):
-            raise TypeError(
-                f"{type(self).__name__}: a divergence_fn returned {type(value).__name__}, expected a Tensor"
-            )
-        return value.sum()
+        if isinstance(value, bool) or not isinstance(value, (torch.Tensor, int, float)):
+            got = type(value).__name__
+            raise TypeError(f"{type(self).__name__}: {role} returned {got}, expected a Tensor or a number")
+        return value.sum() if isinstance(value, torch.Tensor) else float(value)
 
 
 class _Reparameterization(_WeightUncertainty):

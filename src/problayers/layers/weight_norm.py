@@ -14,7 +14,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 from torch.func import functional_call
+from torch.nn.modules.lazy import LazyModuleMixin
 
+from ..precision import in_fp32
 from .base import tensor_input
 
 __all__ = ["WeightNorm"]
@@ -40,9 +42,10 @@ class WeightNorm(nn.Module):
     have zero mean and unit variance per output unit (before any activation that follows), as
     TFP's wrapper; without it ``g`` starts at ``||v||``, so the layer computes what it did.
 
-    The first batch should be a training batch as large as any. Under DDP each process would
-    initialize on its own batch: run one forward before wrapping the model in DDP (which then
-    broadcasts rank 0's parameters). A loaded ``state_dict`` carries the ``initialized`` flag, so
+    The first batch the layer sees initializes it, in any mode (as TFP's; with Lightning that
+    is the sanity check's validation batch): give it a batch as large as any. Under DDP each
+    process would initialize on its own batch: run one forward before wrapping the model in DDP
+    (which then broadcasts rank 0's parameters). A loaded ``state_dict`` carries the ``initialized`` flag, so
     a trained model is not initialized again.
 
     Args:
@@ -66,6 +69,10 @@ class WeightNorm(nn.Module):
         if not isinstance(layer, _LAYERS):
             names = ", ".join(cls.__name__ for cls in _LAYERS)
             raise TypeError(f"WeightNorm: layer: expected one of {names}, got {type(layer).__name__}")
+        if isinstance(layer, LazyModuleMixin) and layer.has_uninitialized_params():
+            raise ValueError(
+                f"WeightNorm: layer: {type(layer).__name__} has no weight yet: run one forward first"
+            )
         transposed = isinstance(layer, nn.modules.conv._ConvTransposeNd)
         if transposed and layer.groups != 1:
             raise ValueError(
@@ -85,7 +92,7 @@ class WeightNorm(nn.Module):
         self.g = nn.Parameter(self._norm(self.v).detach().clone())  # (C_out,): the layer as it was
         # TFP's flag, saved with the weights: a loaded model is not initialized again.
         self.initialized: torch.Tensor
-        self.register_buffer("initialized", torch.tensor(not data_init))
+        self.register_buffer("initialized", torch.tensor(not data_init, device=v.device))
         self._ready = not data_init
 
     def _norm(self, v: torch.Tensor) -> torch.Tensor:
@@ -93,12 +100,16 @@ class WeightNorm(nn.Module):
         other = [d for d in range(v.dim()) if d != self.dim]
         return torch.linalg.vector_norm(v, dim=other)
 
+    def _unit(self, g: torch.Tensor) -> torch.Tensor:
+        """``g * v / max(||v||, 1e-6)`` (TFP's ``l2_normalize``: a zero row stays zero)."""
+        shape = [1] * self.v.dim()
+        shape[self.dim] = -1
+        return self.v * (g / self._norm(self.v).clamp_min(1e-6)).reshape(shape)
+
     @property
     def weight(self) -> torch.Tensor:
         """``g * v / ||v||``, the layer's weight (``v``'s shape)."""
-        shape = [1] * self.v.dim()
-        shape[self.dim] = -1
-        return self.v * (self.g / self._norm(self.v)).reshape(shape)
+        return self._unit(self.g)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = tensor_input("WeightNorm", x)
@@ -111,13 +122,20 @@ class WeightNorm(nn.Module):
     @torch.no_grad()
     def _initialize(self, x: torch.Tensor) -> None:
         """Salimans and Kingma's init: with unit-norm weights and no bias the outputs ``t`` have
-        per-unit mean ``m`` and variance ``s^2`` on this batch; ``g = 1 / s``, ``bias = -m / s``."""
-        self.g.fill_(1.0)
+        per-unit mean ``m`` and variance ``s^2`` on this batch; ``g = 1 / s``, ``bias = -m / s``.
+        Computed apart from the parameters and, under autocast, in fp32 (autocast keeps its cast
+        of a parameter for the whole region: a parameter changed in place would go unseen)."""
         bias = self.layer.bias
+        unit = {"weight": self._unit(torch.ones_like(self.g))}
         if bias is not None:
-            bias.zero_()
-        t = functional_call(self.layer, {"weight": self.weight}, (x,))  # (..., C_out, ...)
+            unit["bias"] = torch.zeros_like(bias)
+        t = in_fp32(lambda u, x: functional_call(self.layer, u, (x,)), unit, x)  # (..., C_out, ...)
         channel = t.dim() + self.channel_dim
+        if t.dim() == 0 or t.numel() // t.shape[channel] < 2:
+            raise ValueError(
+                "WeightNorm: the first batch sets each output unit's scale from its spread: expected "
+                f"2 or more values per unit, got input of shape {tuple(x.shape)}"
+            )
         var, mean = torch.var_mean(
             t, dim=[d for d in range(t.dim()) if d != channel], correction=0
         )  # (C_out,)
@@ -131,7 +149,7 @@ class WeightNorm(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         flag = state_dict.get(prefix + "initialized")
-        if flag is not None:
+        if flag is not None and not flag.is_meta:  # a meta state dict says nothing yet
             self._ready = bool(flag)
 
     def extra_repr(self) -> str:
