@@ -140,3 +140,75 @@ def test_every_layer_takes_a_distribution_as_its_input(case: ModelCase):
     assert (loc.grad is None) == (plain.grad is None)
     if plain.grad is not None:
         torch.testing.assert_close(loc.grad, plain.grad, rtol=0, atol=0)
+
+
+# -- what a port of TFP's examples runs into ---------------------------------------------------
+
+
+def test_an_initializer_that_returns_the_value_is_taken():
+    """A Keras-style callable returns the value instead of filling in place: it used to leave
+    the parameter as torch.empty left it."""
+    layer = pl.VariableLayer(4, initializer=lambda t: torch.full_like(t, 0.5413))
+    torch.testing.assert_close(layer.variable.detach(), torch.full((4,), 0.5413))
+    make = pl.default_mean_field_normal_fn(
+        loc_initializer=lambda t: torch.zeros_like(t), untransformed_scale_initializer=lambda t: -9.0
+    )
+    q = make((3,), None)
+    assert torch.equal(q.loc.detach(), torch.zeros(3)) and torch.equal(
+        q.untransformed_scale.detach(), torch.full((3,), -9.0)
+    )
+    nothing = pl.VariableLayer(3, initializer=lambda t: None)  # neither fills nor returns: zeros, not garbage
+    assert torch.equal(nothing.variable.detach(), torch.zeros(3))
+    with pytest.raises(
+        ValueError,
+        match=r"initializer: returned a value of shape \(2,\), expected one broadcasting to \(3,\)",
+    ):
+        pl.VariableLayer(3, initializer=lambda t: torch.zeros(2))
+    with pytest.raises(TypeError, match="loc_initializer: returned str"):
+        pl.default_mean_field_normal_fn(loc_initializer=lambda t: "zeros")((3,), None)
+
+
+def test_tfp_positional_arguments_are_refused_not_misread():
+    prior = D.Independent(D.Normal(torch.zeros(2), 1.0), 1)
+    with pytest.raises(TypeError):
+        pl.KLDivergenceAddLoss(prior, True)  # TFP's second argument is use_exact_kl, not weight
+    with pytest.raises(TypeError):
+        pl.KLDivergenceRegularizer(prior, 1.0)
+    with pytest.raises(TypeError):
+        pl.VariableLayer(3, torch.float32, torch.nn.functional.softplus)  # TFP's third is activation
+
+
+def test_tfp_method_names_and_attributes_say_what_torch_calls_them():
+    out = pl.IndependentNormal(2)(torch.zeros(4, 4))
+    with pytest.raises(
+        AttributeError, match=r"'quantile': TFP's Distribution.quantile is icdf\(p\) in torch"
+    ):
+        out.quantile(0.975)  # would have been the quantile of one random draw
+    with pytest.raises(AttributeError, match=r"'prob': TFP's Distribution.prob is log_prob\(x\).exp\(\)"):
+        out.prob(torch.zeros(4, 2))
+    with pytest.raises(
+        AttributeError, match="has no attribute 'logits': neither the Independent nor its tensor value has it"
+    ):
+        _ = out.logits
+    assert out.flatten().shape == (8,)  # the tensor value's own methods still work
+
+
+def test_a_convert_fn_asking_for_a_missing_attribute_is_named():
+    layer = pl.IndependentBernoulli((3,), convert_to_tensor_fn=lambda d: d.logits)  # tfd.Bernoulli.logits
+    out = layer(torch.zeros(2, 3))
+    with pytest.raises(
+        AttributeError, match=r"has no attribute 'logits' \(its convert_to_tensor_fn asked for it\)"
+    ):
+        out + 1.0  # was a RecursionError
+    ported = pl.IndependentBernoulli((3,), convert_to_tensor_fn=lambda d: d.base_dist.logits)(
+        torch.ones(2, 3)
+    )
+    assert torch.equal(ported + 0.0, torch.ones(2, 3))
+
+
+def test_an_int_sample_shape_is_taken_as_tfp_takes_it():
+    prior = D.Independent(D.Normal(torch.zeros(2), 1.0), 1)
+    reg = pl.KLDivergenceRegularizer(prior, test_points_fn=lambda q: q.sample(10), test_points_reduce_axis=0)
+    q = pl.IndependentNormal(2)(torch.zeros(4, 4))
+    assert q.sample(10).shape == (10, 4, 2) and q.rsample(3).shape == (3, 4, 2)
+    assert reg(q).shape == ()

@@ -56,6 +56,27 @@ __all__ = [
 ]
 
 
+#: TFP ``Distribution`` methods torch names otherwise; asked of an output, they are an error
+#: naming torch's form (``quantile`` would otherwise be the tensor value's quantile).
+_TFP_NAMES = {
+    "prob": "log_prob(x).exp()",
+    "quantile": "icdf(p)",
+    "covariance": "the covariance_matrix property",
+    "log_cdf": "cdf(x).log()",
+    "survival_function": "1 - cdf(x)",
+    "log_survival_function": "(1 - cdf(x)).log()",
+    "cross_entropy": "torch.distributions.kl_divergence(q, p) + q.entropy()",
+    "kl_divergence": "torch.distributions.kl_divergence(q, p)",
+}
+
+
+def _shape(sample_shape: Any) -> Any:
+    """TFP's int ``sample_shape`` as torch's ``(n,)``."""
+    if isinstance(sample_shape, int) and not isinstance(sample_shape, bool):
+        return torch.Size((sample_shape,))
+    return sample_shape
+
+
 def _resolve_convert_fn(fn: ConvertFn, dist: D.Distribution) -> Callable[[D.Distribution], Any]:
     """Validate ``convert_to_tensor_fn`` once, at construction, with a clear error."""
     fn = check_convert_fn(fn)
@@ -129,11 +150,15 @@ class TensorCoercible(_MixinBase):
         with autocast off under ``torch.autocast``)."""
         if self._tc_value is None:
             device_type = autocast_device()
-            if device_type is None:
-                value = self._tc_fn(self)
-            else:
-                with torch.autocast(device_type, enabled=False):
+            self._tc_busy = True  # an attribute the function asks for is not the value's
+            try:
+                if device_type is None:
                     value = self._tc_fn(self)
+                else:
+                    with torch.autocast(device_type, enabled=False):
+                        value = self._tc_fn(self)
+            finally:
+                self._tc_busy = False
             if isinstance(value, TensorCoercible):
                 value = value.tensor()
             if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -207,11 +232,12 @@ class TensorCoercible(_MixinBase):
         return self.tensor().device
 
     # -- the distribution's maths in fp32 under autocast ---------------------------------------
-    def rsample(self, sample_shape: torch.Size | list[int] | tuple[int, ...] = ()) -> torch.Tensor:
-        return in_fp32(super().rsample, sample_shape)
+    # An int sample_shape is taken as TFP takes it: (n,).
+    def rsample(self, sample_shape: torch.Size | list[int] | tuple[int, ...] | int = ()) -> torch.Tensor:
+        return in_fp32(super().rsample, _shape(sample_shape))
 
-    def sample(self, sample_shape: torch.Size | list[int] | tuple[int, ...] = ()) -> torch.Tensor:
-        return in_fp32(super().sample, sample_shape)
+    def sample(self, sample_shape: torch.Size | list[int] | tuple[int, ...] | int = ()) -> torch.Tensor:
+        return in_fp32(super().sample, _shape(sample_shape))
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         return in_fp32(super().log_prob, convert_to_tensor(value))
@@ -242,9 +268,19 @@ class TensorCoercible(_MixinBase):
 
     def __getattr__(self, name: str) -> Any:
         # Only reached when normal lookup fails: the name is not the distribution's.
+        missing = f"{type(self).__name__} has no attribute {name!r}"
         if name.startswith("_"):
-            raise AttributeError(f"{type(self).__name__!s} has no attribute {name!r}")
-        return getattr(self.tensor(), name)
+            raise AttributeError(missing)
+        if name in _TFP_NAMES:  # TFP's Distribution methods: not the tensor value's (quantile)
+            raise AttributeError(f"{missing}: TFP's Distribution.{name} is {_TFP_NAMES[name]} in torch")
+        if self.__dict__.get("_tc_busy", False):
+            raise AttributeError(f"{missing} (its convert_to_tensor_fn asked for it)")
+        value = self.tensor()
+        if not hasattr(value, name):
+            raise AttributeError(
+                f"{missing}: neither the {self._tc_base.__name__} nor its tensor value has it"
+            )
+        return getattr(value, name)
 
     def __array__(self, dtype: Any = None, copy: bool | None = None) -> Any:
         array = self.tensor().detach().cpu().numpy()

@@ -109,7 +109,9 @@ class KLDivergenceRegularizer(nn.Module):
             it was built with: torch's default checks each ``log_prob`` value on the host, so
             for a step captured as a CUDA graph build it with ``validate_args=False`` (the
             layers' own distributions are built so).
-        weight: scales the term exactly (default 1; ``weight != 1`` gives a beta-VAE).
+        weight: keyword-only, as the arguments after it (TFP's second argument is
+            ``use_exact_kl``: a positional port would mix them up); scales the term exactly
+            (default 1; ``weight != 1`` gives a beta-VAE).
         use_exact_kl: ``torch.distributions.kl_divergence`` (a clear error where torch has no
             formula for the pair) instead of the default (``False``) Monte Carlo estimate
             ``log q(z) - log prior(z)`` at ``z = test_points_fn(q)``.
@@ -134,6 +136,7 @@ class KLDivergenceRegularizer(nn.Module):
     def __init__(
         self,
         prior: PriorLike,
+        *,
         weight: float | torch.Tensor = 1.0,
         use_exact_kl: bool = False,
         test_points_fn: Callable[[D.Distribution], torch.Tensor] = convert_to_tensor,
@@ -274,7 +277,7 @@ class KLDivergenceAddLoss(nn.Module):
     Args:
         prior: the prior, as for :class:`KLDivergenceRegularizer` (a ``Distribution``, a
             zero-argument callable returning one, or an ``nn.Module`` returning one).
-        weight: scales the term (default 1).
+        weight: keyword-only, as the arguments after it; scales the term (default 1).
         use_exact_kl: exact KL instead of the default (``False``) Monte Carlo estimate.
         test_points_fn: ``q -> z`` for the Monte Carlo estimate (default: ``q``'s tensor value).
         test_points_reduce_axis: sample axes of ``z`` (default ``()``: none).
@@ -295,6 +298,7 @@ class KLDivergenceAddLoss(nn.Module):
     def __init__(
         self,
         prior: PriorLike,
+        *,
         weight: float | torch.Tensor = 1.0,
         use_exact_kl: bool = False,
         test_points_fn: Callable[[D.Distribution], torch.Tensor] = convert_to_tensor,
@@ -302,7 +306,11 @@ class KLDivergenceAddLoss(nn.Module):
     ) -> None:
         super().__init__()
         self.regularizer = KLDivergenceRegularizer(
-            prior, weight, use_exact_kl, test_points_fn, test_points_reduce_axis
+            prior,
+            weight=weight,
+            use_exact_kl=use_exact_kl,
+            test_points_fn=test_points_fn,
+            test_points_reduce_axis=test_points_reduce_axis,
         )
         init_added_losses(self)
 

@@ -6,7 +6,14 @@ import operator
 
 import torch
 
-__all__ = ["callable_or_none", "divergence_fn", "integer", "non_negative_number", "positive_int"]
+__all__ = [
+    "callable_or_none",
+    "divergence_fn",
+    "integer",
+    "non_negative_number",
+    "positive_int",
+    "run_initializer",
+]
 
 
 def integer(value, name: str, what: str = "a positive int") -> int:
@@ -54,3 +61,26 @@ def divergence_fn(value, name: str):
         return value
     got = repr(value) if isinstance(value, (str, int, float)) else type(value).__name__
     raise TypeError(f"{name}: expected 'kl', None or a callable (q, p, w) -> Tensor, got {got}"[:160])
+
+
+def run_initializer(initializer, tensor: torch.Tensor, name: str) -> None:
+    """Fill ``tensor`` with ``initializer(tensor)``, a ``torch.nn.init``-style callable that works
+    in place. One that returns the value instead (Keras' style: ``lambda t: torch.full_like(t,
+    0.5)``) is taken too: a returned tensor or number is copied in. ``tensor`` is zeroed first,
+    so no uninitialized memory is left whatever the callable does; a result that does not fit
+    raises naming ``name``."""
+    with torch.no_grad():
+        tensor.zero_()
+        result = initializer(tensor)
+        if result is None or result is tensor:
+            return
+        if isinstance(result, bool) or not isinstance(result, (torch.Tensor, int, float)):
+            raise TypeError(f"{name}: returned {type(result).__name__}, expected None, a tensor or a number")
+        try:
+            tensor.copy_(torch.as_tensor(result).expand(tensor.shape))
+        except RuntimeError:
+            got = tuple(result.shape) if isinstance(result, torch.Tensor) else ()
+            want = tuple(tensor.shape)
+            raise ValueError(
+                f"{name}: returned a value of shape {got}, expected one broadcasting to {want}"
+            ) from None

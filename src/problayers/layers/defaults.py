@@ -13,8 +13,9 @@ posterior/prior ``fn`` is ``(shape, dtype) -> nn.Module`` (the weight layers'
 * :func:`default_multivariate_normal_fn`: the fixed standard normal,
   :class:`~problayers.StandardNormal`.
 
-Differences from TFP: an initializer is a ``torch.nn.init``-style callable filling a tensor in
-place (``functools.partial(nn.init.normal_, std=0.1)``), not a Keras initializer; a regularizer's
+Differences from TFP: an initializer is a callable of the tensor, not of a shape and dtype as
+Keras' are: a ``torch.nn.init``-style one filling it in place
+(``functools.partial(nn.init.normal_, std=0.1)``) or one returning the value; a regularizer's
 value is recorded on each forward with :func:`~problayers.set_added_loss` (so
 :func:`~problayers.collect_losses` sums it, as Keras' ``model.losses``); there are no
 ``*_constraint`` arguments: torch has no post-update projection hook (project the parameters
@@ -35,7 +36,7 @@ from torch.distributions import constraints
 from torch.distributions.kl import register_kl
 
 from ..losses import added_losses_enabled, init_added_losses, set_added_loss
-from ._args import callable_or_none
+from ._args import callable_or_none, run_initializer
 from .base import normalize_event_shape
 from .variational import StandardNormal
 
@@ -110,10 +111,11 @@ class _LocScale(nn.Module):
         self.untransformed_scale = None
         if not is_singular:
             self.untransformed_scale = nn.Parameter(torch.empty(self.shape, dtype=dtype))
-        with torch.no_grad():
-            loc_initializer(self.loc)
-            if self.untransformed_scale is not None:
-                untransformed_scale_initializer(self.untransformed_scale)
+        run_initializer(loc_initializer, self.loc, "loc_initializer")
+        if self.untransformed_scale is not None:
+            run_initializer(
+                untransformed_scale_initializer, self.untransformed_scale, "untransformed_scale_initializer"
+            )
         self.loc_regularizer = loc_regularizer
         self.untransformed_scale_regularizer = untransformed_scale_regularizer
 

@@ -10,7 +10,7 @@ import torch.distributions as D
 from torch import nn
 
 from ..convert import ConvertFn, check_convert_fn
-from ._args import callable_or_none
+from ._args import callable_or_none, run_initializer
 from .base import DistributionLambda, normalize_event_shape
 
 __all__ = ["VariableLayer"]
@@ -31,9 +31,11 @@ class VariableLayer(nn.Module):
     Args:
         shape: the variable's shape (an int or a tuple of positive ints; ``()`` for a scalar).
         dtype: its floating dtype (default ``None``: ``torch.get_default_dtype()``).
-        initializer: ``"zeros"`` (default), ``"ones"``, ``"normal"`` (std 0.1), ``"uniform"``
-            (+-0.05), a number (constant fill), a tensor broadcastable to ``shape``, or an
-            in-place initializer ``tensor -> ...`` such as ``torch.nn.init.normal_``.
+        initializer: keyword-only, as the arguments after it (TFP's third argument is
+            ``activation``); ``"zeros"`` (default), ``"ones"``, ``"normal"`` (std 0.1), ``"uniform"``
+            (+-0.05), a number (constant fill), a tensor broadcastable to ``shape``, or a
+            callable: an in-place initializer such as ``torch.nn.init.normal_``, or one that
+            returns the value (``lambda t: torch.full_like(t, 0.5)``).
         activation: optional callable applied to the variable on each call (default ``None``:
             the variable itself).
         make_distribution_fn: optional ``tensor -> Distribution``; when given, the layer returns
@@ -63,6 +65,7 @@ class VariableLayer(nn.Module):
         self,
         shape: int | Iterable[int],
         dtype: torch.dtype | None = None,
+        *,
         initializer: Initializer = "zeros",
         activation: Callable[[torch.Tensor], torch.Tensor] | None = None,
         make_distribution_fn: Callable[[torch.Tensor], D.Distribution] | None = None,
@@ -106,7 +109,7 @@ class VariableLayer(nn.Module):
                         f"to shape {self.shape}"
                     ) from None
             elif callable(initializer):
-                initializer(self.variable)
+                run_initializer(initializer, self.variable, "initializer")
             else:
                 raise TypeError(
                     f"initializer: expected a name, a number, a tensor or a callable, got "

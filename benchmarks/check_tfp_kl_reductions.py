@@ -1,0 +1,60 @@
+"""What TFP's two KL layers put in the loss, as a multiple of the batch mean of the KL
+(tf_keras 2.18 + TFP 0.25), for docs/porting.md's reduction rows.
+
+Runs only in ``.tfp-venv`` (``python benchmarks/bench_train.py --setup-tfp``), from the repository root::
+
+    TF_USE_LEGACY_KERAS=1 .tfp-venv/bin/python benchmarks/check_tfp_kl_reductions.py
+
+For a batch of 8 ``IndependentNormal(2)`` posteriors against a standard normal prior, each of
+``KLDivergenceRegularizer`` (as an activity regularizer, where Keras divides by the batch size)
+and ``KLDivergenceAddLoss`` runs with the default Monte Carlo estimate, ``use_exact_kl=True`` and
+``test_points_reduce_axis=None``; the script prints the first added loss over the batch mean of
+the same estimate computed by hand (1: the batch mean; 8: the sum; 0.125: the mean / 8). problayers
+records the batch mean in every case. CPU only; seconds.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_probability as tfp
+import tf_keras
+
+BATCH = 8
+
+
+def main() -> None:
+    tfd, tfpl = tfp.distributions, tfp.layers
+    params = np.random.default_rng(0).normal(size=(BATCH, 4)).astype(np.float32)
+    prior = tfd.Independent(tfd.Normal(tf.zeros(2), 1.0), 1)
+    options = {"Monte Carlo": {}, "use_exact_kl=True": {"use_exact_kl": True}}
+    options["test_points_reduce_axis=None"] = {"test_points_reduce_axis": None}
+
+    def batch_mean(q, exact: bool) -> float:
+        z = tf.convert_to_tensor(q)
+        per = tfd.kl_divergence(q, prior) if exact else q.log_prob(z) - prior.log_prob(z)
+        return float(tf.reduce_mean(per))
+
+    for name, kwargs in options.items():
+        exact = kwargs.get("use_exact_kl", False)
+        inputs = tf_keras.Input([4])
+        regularizer = tfpl.KLDivergenceRegularizer(prior, **kwargs)
+        model = tf_keras.Model(inputs, tfpl.IndependentNormal(2, activity_regularizer=regularizer)(inputs))
+        q = model(params)
+        ratio = float(model.losses[0]) / batch_mean(q, exact)
+        print(f"KLDivergenceRegularizer  {name:30s} {ratio:6.3f} x the batch mean")
+        layer = tfpl.KLDivergenceAddLoss(prior, **kwargs)
+        q = tfpl.IndependentNormal(2)(params)
+        layer(q)
+        ratio = float(layer.losses[0]) / batch_mean(q, exact)
+        print(f"KLDivergenceAddLoss      {name:30s} {ratio:6.3f} x the batch mean")
+
+
+if __name__ == "__main__":
+    main()
