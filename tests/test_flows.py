@@ -210,7 +210,8 @@ def test_stacked_flows_fit_a_banana_better_than_any_gaussian():
         ({"params": 2, "event_shape": 3, "input_order": "middle-out"}, ValueError, "input_order"),
         ({"params": 2, "event_shape": 3, "input_order": [1, 1, 2]}, ValueError, "input_order"),
         ({"params": 2, "event_shape": 3, "hidden_degrees": "equal-ish"}, ValueError, "hidden_degrees"),
-        ({"params": 2, "event_shape": 3, "activation": "relu"}, TypeError, "activation"),
+        ({"params": 2, "event_shape": 3, "activation": "rectifier"}, ValueError, "activation"),
+        ({"params": 2, "event_shape": 3, "activation": 1.0}, TypeError, "activation"),
     ],
 )
 def test_made_bad_arguments(kwargs, error, argument):

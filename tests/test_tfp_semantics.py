@@ -5,6 +5,8 @@ layer's output (a distribution) as its input."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.distributions as D
@@ -212,3 +214,16 @@ def test_an_int_sample_shape_is_taken_as_tfp_takes_it():
     q = pl.IndependentNormal(2)(torch.zeros(4, 4))
     assert q.sample(10).shape == (10, 4, 2) and q.rsample(3).shape == (3, 4, 2)
     assert reg(q).shape == ()
+
+
+def test_keras_activation_names():
+    x = torch.randn(4, 3)
+    flipout = pl.DenseFlipout(3, 2, activation="relu")
+    assert flipout.activation is torch.relu and (flipout(x) >= 0).all()
+    assert pl.DenseVariational(3, 2, activation="tanh").activation is torch.tanh
+    made = pl.AutoregressiveNetwork(2, 3, hidden_units=(4,), activation="elu")
+    assert made.activation is torch.nn.functional.elu
+    assert pl.AutoregressiveNetwork(2, 3, activation="linear").activation is None
+    torch.testing.assert_close(pl.VariableLayer(2, activation="softplus")(), torch.full((2,), math.log(2.0)))
+    with pytest.raises(ValueError, match=r"activation: expected a callable, None or one of \['elu'"):
+        pl.AutoregressiveNetwork(2, 3, activation="leaky_relu")  # Keras' slope is not torch's

@@ -410,7 +410,12 @@ def test_exact_kl_without_a_formula_says_so():
         (lambda: pl.DenseReparameterization(3, 2.0), TypeError, "out_features"),
         (lambda: pl.DenseFlipout(3, 2, kl_weight=-1.0), ValueError, "kl_weight"),
         (lambda: pl.DenseFlipout(3, 2, kl_weight="1"), TypeError, "kl_weight"),
-        (lambda: pl.DenseFlipout(3, 2, activation="relu"), TypeError, "activation"),
+        (
+            lambda: pl.DenseFlipout(3, 2, activation="Relu"),
+            ValueError,
+            "activation: expected a callable, None or one of",
+        ),
+        (lambda: pl.DenseFlipout(3, 2, activation=3), TypeError, "activation"),
         (lambda: pl.DenseFlipout(3, 2, kernel_posterior_fn=None), TypeError, "kernel_posterior_fn"),
         (lambda: pl.Conv2dFlipout(3, 4, 3, groups=2), ValueError, "groups"),
         (lambda: pl.Conv2dFlipout(3, 4, (1, 2, 3)), ValueError, "kernel_size"),

@@ -5,8 +5,11 @@ from __future__ import annotations
 import operator
 
 import torch
+import torch.nn.functional as F
 
 __all__ = [
+    "ACTIVATIONS",
+    "activation_fn",
     "callable_or_none",
     "divergence_fn",
     "integer",
@@ -14,6 +17,23 @@ __all__ = [
     "positive_int",
     "run_initializer",
 ]
+
+#: Keras' activation names (tfp.layers code passes them, ``activation="relu"``) as torch's
+#: functions; only those defined the same way in both.
+ACTIVATIONS = {
+    "linear": None,
+    "relu": torch.relu,
+    "elu": F.elu,
+    "selu": F.selu,
+    "gelu": F.gelu,
+    "tanh": torch.tanh,
+    "sigmoid": torch.sigmoid,
+    "softplus": F.softplus,
+    "softsign": F.softsign,
+    "swish": F.silu,
+    "silu": F.silu,
+    "exponential": torch.exp,
+}
 
 
 def integer(value, name: str, what: str = "a positive int") -> int:
@@ -84,3 +104,15 @@ def run_initializer(initializer, tensor: torch.Tensor, name: str) -> None:
             raise ValueError(
                 f"{name}: returned a value of shape {got}, expected one broadcasting to {want}"
             ) from None
+
+
+def activation_fn(value, name: str = "activation"):
+    """``value`` if it is ``None`` or callable; a Keras name (:data:`ACTIVATIONS`) as torch's
+    function; anything else raises naming ``name`` and the names taken."""
+    if isinstance(value, str):
+        if value not in ACTIVATIONS:
+            raise ValueError(
+                f"{name}: expected a callable, None or one of {sorted(ACTIVATIONS)}, got {value!r}"
+            )
+        return ACTIVATIONS[value]
+    return callable_or_none(value, name)

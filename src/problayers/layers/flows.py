@@ -16,7 +16,7 @@ from torch.distributions import constraints
 from torch.distributions.transforms import Transform
 
 from ..coercible import ConvertFn, TensorCoercible
-from ._args import positive_int
+from ._args import activation_fn, positive_int
 from .base import DistributionLambda, normalize_event_shape
 
 __all__ = [
@@ -73,8 +73,8 @@ class AutoregressiveNetwork(nn.Module):
         input_order: ``'left-to-right'`` (default), ``'right-to-left'``, ``'random'`` or a
             permutation of ``1..d`` (the degree of each input).
         hidden_degrees: ``'equal'`` (default: evenly spread over ``1..d-1``) or ``'random'``.
-        activation: hidden activation (default ``torch.relu``; TFP's default is linear);
-            ``None`` for none.
+        activation: hidden activation, a callable or Keras' name (``"elu"``; default
+            ``torch.relu``; TFP's default is linear); ``None`` for none.
         use_bias: whether the masked layers have biases (default ``True``).
         dtype: the weights' dtype (default ``None``: ``torch.get_default_dtype()``).
 
@@ -115,9 +115,7 @@ class AutoregressiveNetwork(nn.Module):
         self.hidden_units = tuple(positive_int(h, "hidden_units") for h in hidden_units)
         if hidden_degrees not in ("equal", "random"):
             raise ValueError(f"hidden_degrees: expected 'equal' or 'random', got {hidden_degrees!r}")
-        if activation is not None and not callable(activation):
-            raise TypeError(f"activation: expected a callable or None, got {type(activation).__name__}")
-        self.activation = activation
+        self.activation = activation_fn(activation)
         degrees = [_input_order(input_order, d)]  # on the CPU: (d,), then (units,) per layer
         # the buffer on the default device (torch.empty's), the masks' too
         self.register_buffer("input_degrees", degrees[0].to(torch.empty(0).device))

@@ -34,7 +34,7 @@ from torch import nn
 
 from ..kl import prepare_kl_dispatch
 from ..losses import added_losses_enabled, init_added_losses, set_added_loss
-from ._args import callable_or_none, divergence_fn, non_negative_number, positive_int
+from ._args import activation_fn, callable_or_none, divergence_fn, non_negative_number, positive_int
 from .base import tensor_input
 from .defaults import _PointMass, default_mean_field_normal_fn
 from .variational import MeanFieldNormal, StandardNormal, weight_distribution, weight_kl
@@ -68,7 +68,8 @@ _WEIGHT_ARGS = """\
         ``1 / num_train_examples`` with a batch-mean data term).
     kl_use_exact: exact KL (``torch.distributions.kl_divergence``, default ``True``) or the
         one-sample Monte Carlo estimate ``log q(w) - log p(w)`` (``False``).
-    activation: optional callable applied to the output (default ``None``: linear).
+    activation: optional callable applied to the output, or Keras' name (``"relu"``;
+        default ``None``: linear).
     dtype: the weights' dtype (default ``None``: ``torch.get_default_dtype()``).
     kernel_divergence_fn: keyword-only; the kernel's term of the added loss: ``"kl"``
         (default: the KL as ``kl_use_exact`` says), ``None`` (no term) or TFP's ``(q, p, w) ->
@@ -120,7 +121,7 @@ class _WeightUncertainty(nn.Module):
         self.kl_weight = non_negative_number(kl_weight, "kl_weight")
         self.kl_use_exact = bool(kl_use_exact)
         prepare_kl_dispatch()  # so that torch.compile traces the exact KL
-        self.activation = callable_or_none(activation, "activation")
+        self.activation = activation_fn(activation)
         self.kernel_shape, self.bias_shape = kernel_shape, bias_shape
         self.kernel_posterior = kernel_posterior_fn(kernel_shape, dtype)
         self.kernel_prior = kernel_prior_fn(kernel_shape, dtype)

@@ -10,7 +10,7 @@ import torch.distributions as D
 from torch import nn
 
 from ..convert import ConvertFn, check_convert_fn
-from ._args import callable_or_none, run_initializer
+from ._args import activation_fn, callable_or_none, run_initializer
 from .base import DistributionLambda, normalize_event_shape
 
 __all__ = ["VariableLayer"]
@@ -36,8 +36,8 @@ class VariableLayer(nn.Module):
             (+-0.05), a number (constant fill), a tensor broadcastable to ``shape``, or a
             callable: an in-place initializer such as ``torch.nn.init.normal_``, or one that
             returns the value (``lambda t: torch.full_like(t, 0.5)``).
-        activation: optional callable applied to the variable on each call (default ``None``:
-            the variable itself).
+        activation: optional callable applied to the variable on each call, or Keras' name
+            (``"softplus"``; default ``None``: the variable itself).
         make_distribution_fn: optional ``tensor -> Distribution``; when given, the layer returns
             that distribution, tensor-coercible with ``convert_to_tensor_fn`` (this replaces
             TFP's ``VariableLayer`` + ``DistributionLambda`` pair in one layer). Default
@@ -75,7 +75,7 @@ class VariableLayer(nn.Module):
         self.shape = normalize_event_shape(shape, "shape")
         if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
             raise TypeError(f"dtype: expected a floating torch.dtype, got {dtype!r}")
-        self.activation = callable_or_none(activation, "activation")
+        self.activation = activation_fn(activation)
         self.make_distribution_fn = callable_or_none(make_distribution_fn, "make_distribution_fn")
         check_convert_fn(convert_to_tensor_fn)
         # TFP's VariableLayer + DistributionLambda pair: the distribution is made by a

@@ -28,7 +28,7 @@ from torch import nn
 
 from ..kl import exact_kl, prepare_kl_dispatch
 from ..losses import added_losses_enabled, init_added_losses, set_added_loss
-from ._args import callable_or_none, non_negative_number, positive_int
+from ._args import activation_fn, non_negative_number, positive_int
 from .base import normalize_event_shape
 from .variable import VariableLayer
 
@@ -254,7 +254,8 @@ class DenseVariational(nn.Module):
         kl_use_exact: exact KL (``torch.distributions.kl_divergence``) instead of the default
             (``False``) one-sample estimate ``log q(w) - log p(w)`` at the weights used in this
             forward.
-        activation: optional callable applied to the output (default ``None``: linear).
+        activation: optional callable applied to the output, or Keras' name (``"relu"``;
+            default ``None``: linear).
         use_bias: whether there is a bias (default ``True``: ``bias_size = units``; else 0).
         dtype: the weights' dtype (default ``None``: ``torch.get_default_dtype()``).
 
@@ -293,7 +294,7 @@ class DenseVariational(nn.Module):
         self.kl_weight = non_negative_number(kl_weight, "kl_weight")
         self.kl_use_exact = bool(kl_use_exact)
         prepare_kl_dispatch()  # so that torch.compile traces the exact KL
-        self.activation = callable_or_none(activation, "activation")
+        self.activation = activation_fn(activation)
         self.kernel_size = self.in_features * self.units
         self.bias_size = self.units if use_bias else 0
         self.posterior = make_posterior_fn(self.kernel_size, self.bias_size, dtype)
