@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 import torch.distributions as D
@@ -50,6 +52,18 @@ def test_exact_kl_names_the_option_only_where_torch_has_no_formula():
     @D.kl.register_kl(_Custom, D.Cauchy)
     def _fails_inside(q, p):
         raise NotImplementedError("no kernel for this dtype")
+
+    # problayers' Independent || MultivariateNormal formula is for a diagonal Normal only
+    logistic = D.Independent(pl.Logistic(torch.zeros(2), torch.ones(2)), 1)
+    mvn = D.MultivariateNormal(torch.zeros(2), scale_tril=torch.eye(2))
+    for a, b, pair in (
+        (logistic, mvn, "Independent(Logistic) || MultivariateNormal"),
+        (mvn, logistic, "MultivariateNormal || Independent(Logistic)"),
+    ):
+        with pytest.raises(
+            NotImplementedError, match=rf"^kl_use_exact=True: .* no KL formula for {re.escape(pair)};"
+        ):
+            pl.kl.exact_kl(a, b, "kl_use_exact")
 
     try:  # a formula that exists and fails gives its own error, not "no formula"
         with pytest.raises(NotImplementedError, match=r"^no kernel for this dtype$"):

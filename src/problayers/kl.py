@@ -32,7 +32,7 @@ __all__ = ["diagonal_normal_as_mvn", "exact_kl", "mvn_kl", "prepare_kl_dispatch"
 def _diagonal_normal(dist: D.Independent) -> D.Normal:
     """The ``Normal`` of ``Independent(Normal, 1)``; ``NotImplementedError`` for any other."""
     base = dist.base_dist
-    if not (isinstance(base, D.Normal) and dist.reinterpreted_batch_ndims == 1):
+    if not _is_diagonal(dist):
         raise NotImplementedError(
             f"no KL formula between MultivariateNormal and Independent({type(base).__name__}, "
             f"reinterpreted_batch_ndims={dist.reinterpreted_batch_ndims}); only Independent(Normal, 1)"
@@ -118,14 +118,27 @@ def prepare_kl_dispatch() -> None:
     memo[_Prepared, _Prepared] = NotImplemented
 
 
+def _label(dist: D.Distribution) -> str:
+    name = base_class(dist).__name__
+    return f"{name}({type(dist.base_dist).__name__})" if isinstance(dist, D.Independent) else name
+
+
 def _missing_pair(q: D.Distribution, p: D.Distribution) -> str | None:
     """``"Q || P"`` for the pair torch has no formula for (for two ``Independent``, the pair of
-    their base distributions, which torch's formula for them needs), else ``None``."""
+    their base distributions, which torch's formula for them needs; for ``Independent`` and
+    ``MultivariateNormal``, problayers' formula covers a diagonal Normal only), else ``None``."""
     if D.kl._dispatch_kl(type(q), type(p)) is NotImplemented:
-        return f"{base_class(q).__name__} || {base_class(p).__name__}"
+        return f"{_label(q)} || {_label(p)}"
     if isinstance(q, D.Independent) and isinstance(p, D.Independent):
         return _missing_pair(q.base_dist, p.base_dist)
+    for ind, mvn in ((q, p), (p, q)):
+        if isinstance(ind, D.Independent) and isinstance(mvn, D.MultivariateNormal) and not _is_diagonal(ind):
+            return f"{_label(q)} || {_label(p)}"
     return None
+
+
+def _is_diagonal(dist: D.Independent) -> bool:
+    return isinstance(dist.base_dist, D.Normal) and dist.reinterpreted_batch_ndims == 1
 
 
 def exact_kl(q: D.Distribution, p: D.Distribution, option: str) -> torch.Tensor:
