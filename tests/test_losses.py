@@ -21,7 +21,8 @@ def model(weight=1.0, deterministic=False):
         ),
         nn.Linear(2, pl.IndependentNormal.params_size(2)),
         pl.IndependentNormal(
-            2, activity_regularizer=pl.KLDivergenceRegularizer(prior, weight, use_exact_kl=deterministic)
+            2,
+            activity_regularizer=pl.KLDivergenceRegularizer(prior, weight=weight, use_exact_kl=deterministic),
         ),
     )
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.distributions as D
@@ -159,6 +160,11 @@ def test_an_initializer_that_returns_the_value_is_taken():
     assert torch.equal(q.loc.detach(), torch.zeros(3)) and torch.equal(
         q.untransformed_scale.detach(), torch.full((3,), -9.0)
     )
+    exact = pl.VariableLayer(1, dtype=torch.float64, initializer=lambda t: 0.1)
+    assert exact.variable.item() == 0.1  # a number goes in at the parameter's precision
+    view = pl.VariableLayer((4, 2, 3), initializer=lambda t: nn.init.orthogonal_(t.view(4, -1)))
+    rows = view.variable.detach().view(4, -1)  # filled in place, a view of it returned: kept
+    torch.testing.assert_close(rows @ rows.T, torch.eye(4))
     nothing = pl.VariableLayer(3, initializer=lambda t: None)  # neither fills nor returns: zeros, not garbage
     assert torch.equal(nothing.variable.detach(), torch.zeros(3))
     with pytest.raises(
@@ -213,6 +219,7 @@ def test_an_int_sample_shape_is_taken_as_tfp_takes_it():
     reg = pl.KLDivergenceRegularizer(prior, test_points_fn=lambda q: q.sample(10), test_points_reduce_axis=0)
     q = pl.IndependentNormal(2)(torch.zeros(4, 4))
     assert q.sample(10).shape == (10, 4, 2) and q.rsample(3).shape == (3, 4, 2)
+    assert q.sample(np.int64(2)).shape == (2, 4, 2) and q.sample(torch.tensor(2)).shape == (2, 4, 2)
     assert reg(q).shape == ()
 
 

@@ -71,10 +71,13 @@ _TFP_NAMES = {
 
 
 def _shape(sample_shape: Any) -> Any:
-    """TFP's int ``sample_shape`` as torch's ``(n,)``."""
-    if isinstance(sample_shape, int) and not isinstance(sample_shape, bool):
-        return torch.Size((sample_shape,))
-    return sample_shape
+    """TFP's integer ``sample_shape`` (a Python, numpy or 0-dim tensor integer) as torch's ``(n,)``."""
+    if isinstance(sample_shape, (torch.Size, list, tuple, bool)):
+        return sample_shape
+    try:
+        return torch.Size((operator.index(sample_shape),))
+    except TypeError:
+        return sample_shape
 
 
 def _resolve_convert_fn(fn: ConvertFn, dist: D.Distribution) -> Callable[[D.Distribution], Any]:

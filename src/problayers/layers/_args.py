@@ -85,25 +85,33 @@ def divergence_fn(value, name: str):
 
 def run_initializer(initializer, tensor: torch.Tensor, name: str) -> None:
     """Fill ``tensor`` with ``initializer(tensor)``, a ``torch.nn.init``-style callable that works
-    in place. One that returns the value instead (Keras' style: ``lambda t: torch.full_like(t,
-    0.5)``) is taken too: a returned tensor or number is copied in. ``tensor`` is zeroed first,
-    so no uninitialized memory is left whatever the callable does; a result that does not fit
-    raises naming ``name``."""
+    in place (and may return the tensor or a view of it). One that returns the value instead
+    (Keras' style: ``lambda t: torch.full_like(t, 0.5)``) is taken too: a returned tensor or
+    number is copied in. ``tensor`` is zeroed first, so no uninitialized memory is left whatever
+    the callable does; a result that does not fit raises naming ``name``."""
     with torch.no_grad():
         tensor.zero_()
         result = initializer(tensor)
-        if result is None or result is tensor:
+        if result is None or tensor.is_meta:
             return
+        if (
+            isinstance(result, torch.Tensor)
+            and result.untyped_storage().data_ptr() == tensor.untyped_storage().data_ptr()
+        ):
+            return  # the tensor itself, or a view of it: filled in place
         if isinstance(result, bool) or not isinstance(result, (torch.Tensor, int, float)):
             raise TypeError(f"{name}: returned {type(result).__name__}, expected None, a tensor or a number")
+        if not isinstance(result, torch.Tensor):
+            tensor.fill_(result)
+            return
         try:
-            tensor.copy_(torch.as_tensor(result).expand(tensor.shape))
+            fits = torch.broadcast_shapes(result.shape, tensor.shape) == tensor.shape
         except RuntimeError:
-            got = tuple(result.shape) if isinstance(result, torch.Tensor) else ()
-            want = tuple(tensor.shape)
-            raise ValueError(
-                f"{name}: returned a value of shape {got}, expected one broadcasting to {want}"
-            ) from None
+            fits = False
+        if not fits:
+            got, want = tuple(result.shape), tuple(tensor.shape)
+            raise ValueError(f"{name}: returned a value of shape {got}, expected one broadcasting to {want}")
+        tensor.copy_(result.expand(tensor.shape))
 
 
 def activation_fn(value, name: str = "activation"):
