@@ -202,16 +202,22 @@ def test_tfp_method_names_and_attributes_say_what_torch_calls_them():
 
 
 def test_a_convert_fn_asking_for_a_missing_attribute_is_named():
-    layer = pl.IndependentBernoulli((3,), convert_to_tensor_fn=lambda d: d.logits)  # tfd.Bernoulli.logits
+    layer = pl.IndependentBernoulli((3,), convert_to_tensor_fn=lambda d: d.rate)
     out = layer(torch.zeros(2, 3))
     with pytest.raises(
-        AttributeError, match=r"has no attribute 'logits' \(its convert_to_tensor_fn asked for it\)"
+        AttributeError, match=r"has no attribute 'rate' \(its convert_to_tensor_fn asked for it\)"
     ):
         out + 1.0  # was a RecursionError
-    ported = pl.IndependentBernoulli((3,), convert_to_tensor_fn=lambda d: d.base_dist.logits)(
-        torch.ones(2, 3)
-    )
-    assert torch.equal(ported + 0.0, torch.ones(2, 3))
+
+
+def test_independent_bernoulli_has_its_logits_and_probs_as_in_tfp():
+    """TFP's VAE example: IndependentBernoulli(shape, tfd.Bernoulli.logits)."""
+    params = torch.randn(2, 3)
+    out = pl.IndependentBernoulli((3,), convert_to_tensor_fn=lambda d: d.logits)(params)
+    assert torch.equal(out + 0.0, params)  # was a RecursionError
+    torch.testing.assert_close(out.probs, torch.sigmoid(params))
+    plain = pl.IndependentBernoulli((3,))(params)
+    assert torch.equal(plain.logits, params) and set((plain + 0.0).unique().tolist()) <= {0.0, 1.0}
 
 
 def test_an_int_sample_shape_is_taken_as_tfp_takes_it():

@@ -276,6 +276,11 @@ class TensorCoercible(_MixinBase):
             raise AttributeError(missing)
         if name in _TFP_NAMES:  # TFP's Distribution methods: not the tensor value's (quantile)
             raise AttributeError(f"{missing}: TFP's Distribution.{name} is {_TFP_NAMES[name]} in torch")
+        base = self.__dict__.get("base_dist")
+        if name in ("logits", "probs") and isinstance(self, D.Independent) and hasattr(base, name):
+            # TFP's IndependentBernoulli output has its Bernoulli's logits and probs
+            # (tfd.Bernoulli.logits as convert_to_tensor_fn, in TFP's VAE example).
+            return getattr(base, name)
         if self.__dict__.get("_tc_busy", False):
             raise AttributeError(f"{missing} (its convert_to_tensor_fn asked for it)")
         value = self.tensor()
