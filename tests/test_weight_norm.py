@@ -89,6 +89,24 @@ def test_without_data_init_the_layer_computes_what_it_did():
     torch.testing.assert_close(layer.g.detach(), layer.v.detach().norm(dim=1))  # g = ||v||
 
 
+def test_without_data_init_g_is_the_norm_of_v_at_the_first_call():
+    """TFP sets g = ||v|| at the first call (_init_norm), not at build: a direction set after
+    wrapping keeps its own lengths; a restored uninitialized state is not data-initialized."""
+    torch.manual_seed(0)
+    layer = pl.WeightNorm(nn.Linear(4, 3), data_init=False)
+    with torch.no_grad():
+        nn.init.normal_(layer.v, std=5.0)
+    x = torch.randn(16, 4)
+    torch.testing.assert_close(layer(x), nn.functional.linear(x, layer.v, layer.layer.bias))
+    torch.testing.assert_close(layer.g.detach(), layer.v.detach().norm(dim=1))
+    fresh = pl.WeightNorm(nn.Linear(4, 3), data_init=True)  # never called: initialized=False
+    plain = pl.WeightNorm(nn.Linear(4, 3), data_init=False)
+    plain.load_state_dict(fresh.state_dict())
+    y = plain(x * 3 + 2)
+    torch.testing.assert_close(plain.g.detach(), plain.v.detach().norm(dim=1))  # g = ||v||, no data init
+    assert y.mean(0).abs().max() > 0.1
+
+
 def test_weight_is_g_times_the_direction_of_v_and_both_train():
     torch.manual_seed(0)
     layer = pl.WeightNorm(nn.Conv2d(2, 3, 3), data_init=False)

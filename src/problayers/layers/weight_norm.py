@@ -40,7 +40,9 @@ class WeightNorm(nn.Module):
     the norm is over all of a unit's inputs (and kernel positions). With ``data_init`` (TFP's
     default), the first forward sets ``g`` and the bias so that the layer's outputs on that batch
     have zero mean and unit variance per output unit (before any activation that follows), as
-    TFP's wrapper; without it ``g`` starts at ``||v||``, so the layer computes what it did.
+    TFP's wrapper; without it the first forward sets ``g`` to ``||v||``, so the layer computes
+    what its weight ``v`` does (``v`` may be re-initialized until then). The wrapped layer has
+    no ``weight`` of its own (its ``reset_parameters`` fails): build a new ``WeightNorm`` instead.
 
     The first batch the layer sees initializes it, in any mode (as TFP's; with Lightning that
     is the sanity check's validation batch): give it a batch as large as any. Under DDP each
@@ -92,8 +94,8 @@ class WeightNorm(nn.Module):
         self.g = nn.Parameter(self._norm(self.v).detach().clone())  # (C_out,): the layer as it was
         # TFP's flag, saved with the weights: a loaded model is not initialized again.
         self.initialized: torch.Tensor
-        self.register_buffer("initialized", torch.tensor(not data_init, device=v.device))
-        self._ready = not data_init
+        self.register_buffer("initialized", torch.tensor(False, device=v.device))
+        self._ready = False
 
     def _norm(self, v: torch.Tensor) -> torch.Tensor:
         """``||v||`` per output unit: ``(C_out,)``."""
@@ -115,16 +117,23 @@ class WeightNorm(nn.Module):
         x = tensor_input("WeightNorm", x)
         if not self._ready:
             if torch.compiler.is_exporting():  # the program would initialize at every call
-                raise RuntimeError("WeightNorm: run one forward (the data-dependent init) before exporting")
+                raise RuntimeError("WeightNorm: run one forward (its initialization) before exporting")
             self._initialize(x)
         return functional_call(self.layer, {"weight": self.weight}, (x,))
 
     @torch.no_grad()
     def _initialize(self, x: torch.Tensor) -> None:
-        """Salimans and Kingma's init: with unit-norm weights and no bias the outputs ``t`` have
-        per-unit mean ``m`` and variance ``s^2`` on this batch; ``g = 1 / s``, ``bias = -m / s``.
-        Computed apart from the parameters and, under autocast, in fp32 (autocast keeps its cast
-        of a parameter for the whole region: a parameter changed in place would go unseen)."""
+        """TFP's first call: without ``data_init``, ``g = ||v||`` (``v`` as it is now: the layer
+        computes what its weight ``v`` does). With it, Salimans and Kingma's init: with unit-norm
+        weights and no bias the outputs ``t`` have per-unit mean ``m`` and variance ``s^2`` on
+        this batch; ``g = 1 / s``, ``bias = -m / s``. Computed apart from the parameters and,
+        under autocast, in fp32 (autocast keeps its cast of a parameter for the whole region: a
+        parameter changed in place would go unseen)."""
+        if not self.data_init:
+            self.g.copy_(self._norm(self.v))
+            self.initialized.fill_(True)
+            self._ready = True
+            return
         bias = self.layer.bias
         unit = {"weight": self._unit(torch.ones_like(self.g))}
         if bias is not None:
