@@ -169,7 +169,7 @@ def test_an_initializer_that_returns_the_value_is_taken():
     assert torch.equal(nothing.variable.detach(), torch.zeros(3))
     with pytest.raises(
         ValueError,
-        match=r"initializer: returned a value of shape \(2,\), expected one broadcasting to \(3,\)",
+        match=r"initializer: a value of shape \(2,\) does not broadcast to shape \(3,\)",
     ):
         pl.VariableLayer(3, initializer=lambda t: torch.zeros(2))
     with pytest.raises(TypeError, match="loc_initializer: returned str"):

@@ -110,7 +110,7 @@ def run_initializer(initializer, tensor: torch.Tensor, name: str) -> None:
             fits = False
         if not fits:
             got, want = tuple(result.shape), tuple(tensor.shape)
-            raise ValueError(f"{name}: returned a value of shape {got}, expected one broadcasting to {want}")
+            raise ValueError(f"{name}: a value of shape {got} does not broadcast to shape {want}")
         tensor.copy_(result.expand(tensor.shape))
 
 

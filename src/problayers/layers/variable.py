@@ -90,31 +90,24 @@ class VariableLayer(nn.Module):
         self._initialize(initializer)
 
     def _initialize(self, initializer: Initializer) -> None:
-        with torch.no_grad():
-            if isinstance(initializer, str):
-                if initializer not in _NAMED_INITIALIZERS:
-                    raise ValueError(
-                        f"initializer: expected one of {sorted(_NAMED_INITIALIZERS)}, a number, a tensor "
-                        f"or a callable, got {initializer!r}"
-                    )
-                _NAMED_INITIALIZERS[initializer](self.variable)
-            elif isinstance(initializer, (int, float)) and not isinstance(initializer, bool):
-                self.variable.fill_(initializer)
-            elif isinstance(initializer, torch.Tensor):
-                try:
-                    self.variable.copy_(initializer.expand(self.shape))
-                except RuntimeError:
-                    raise ValueError(
-                        f"initializer: a tensor of shape {tuple(initializer.shape)} does not broadcast "
-                        f"to shape {self.shape}"
-                    ) from None
-            elif callable(initializer):
-                run_initializer(initializer, self.variable, "initializer")
-            else:
-                raise TypeError(
-                    f"initializer: expected a name, a number, a tensor or a callable, got "
-                    f"{type(initializer).__name__}"
+        if isinstance(initializer, str):
+            if initializer not in _NAMED_INITIALIZERS:
+                raise ValueError(
+                    f"initializer: expected one of {sorted(_NAMED_INITIALIZERS)}, a number, a tensor "
+                    f"or a callable, got {initializer!r}"
                 )
+            initializer = _NAMED_INITIALIZERS[initializer]
+        elif isinstance(initializer, bool) or not (
+            callable(initializer) or isinstance(initializer, (int, float, torch.Tensor))
+        ):
+            raise TypeError(
+                f"initializer: expected a name, a number, a tensor or a callable, got "
+                f"{type(initializer).__name__}"
+            )
+        elif not callable(initializer):  # a number or a tensor: the value itself
+            value = initializer
+            initializer = lambda t: value  # noqa: E731
+        run_initializer(initializer, self.variable, "initializer")
 
     def forward(self, *inputs, **kwargs) -> torch.Tensor | D.Distribution:
         value = self.variable if self.activation is None else self.activation(self.variable)

@@ -124,16 +124,19 @@ class WeightNorm(nn.Module):
     @torch.no_grad()
     def _initialize(self, x: torch.Tensor) -> None:
         """TFP's first call: without ``data_init``, ``g = ||v||`` (``v`` as it is now: the layer
-        computes what its weight ``v`` does). With it, Salimans and Kingma's init: with unit-norm
-        weights and no bias the outputs ``t`` have per-unit mean ``m`` and variance ``s^2`` on
-        this batch; ``g = 1 / s``, ``bias = -m / s``. Computed apart from the parameters and,
-        under autocast, in fp32 (autocast keeps its cast of a parameter for the whole region: a
-        parameter changed in place would go unseen)."""
-        if not self.data_init:
+        computes what its weight ``v`` does); with it, :meth:`_data_init`."""
+        if self.data_init:
+            self._data_init(x)
+        else:
             self.g.copy_(self._norm(self.v))
-            self.initialized.fill_(True)
-            self._ready = True
-            return
+        self.initialized.fill_(True)
+        self._ready = True  # mirrors the flag without reading it back from the device each call
+
+    def _data_init(self, x: torch.Tensor) -> None:
+        """Salimans and Kingma's init: with unit-norm weights and no bias the outputs ``t`` have
+        per-unit mean ``m`` and variance ``s^2`` on this batch; ``g = 1 / s``, ``bias = -m / s``.
+        Computed apart from the parameters and, under autocast, in fp32 (autocast keeps its cast
+        of a parameter for the whole region: a parameter changed in place would go unseen)."""
         bias = self.layer.bias
         unit = {"weight": self._unit(torch.ones_like(self.g))}
         if bias is not None:
@@ -152,8 +155,6 @@ class WeightNorm(nn.Module):
         self.g.copy_(scale)
         if bias is not None:
             bias.copy_(-mean * scale)
-        self.initialized.fill_(True)
-        self._ready = True
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
