@@ -42,55 +42,10 @@ import torch
 import torch.distributions as D
 
 from ._state import first_floating_tensor, graph_tensors
-from .convert import CONVERT_TO_TENSOR_FNS, ConvertFn, check_convert_fn
-from .precision import autocast_device, fp32_inputs, in_fp32
+from .convert import TFP_METHOD_NAMES, ConvertFn, as_sample_shape, resolve_convert_fn, scalars_like
+from .precision import autocast_device, in_fp32
 
-__all__ = [
-    "CONVERT_TO_TENSOR_FNS",
-    "TensorCoercible",
-    "as_coercible",
-    "autocast_device",
-    "convert_to_tensor",
-    "fp32_inputs",
-    "is_coercible",
-]
-
-
-#: TFP ``Distribution`` methods torch names otherwise; asked of an output, they are an error
-#: naming torch's form (``quantile`` would otherwise be the tensor value's quantile).
-_TFP_NAMES = {
-    "prob": "log_prob(x).exp()",
-    "quantile": "icdf(p)",
-    "covariance": "the covariance_matrix property",
-    "log_cdf": "cdf(x).log()",
-    "survival_function": "1 - cdf(x)",
-    "log_survival_function": "(1 - cdf(x)).log()",
-    "cross_entropy": "torch.distributions.kl_divergence(q, p) + q.entropy()",
-    "kl_divergence": "torch.distributions.kl_divergence(q, p)",
-}
-
-
-def _shape(sample_shape: Any) -> Any:
-    """TFP's integer ``sample_shape`` (a Python, numpy or 0-dim tensor integer) as torch's ``(n,)``."""
-    if isinstance(sample_shape, (torch.Size, list, tuple, bool)):
-        return sample_shape
-    try:
-        return torch.Size((operator.index(sample_shape),))
-    except TypeError:
-        return sample_shape
-
-
-def _resolve_convert_fn(fn: ConvertFn, dist: D.Distribution) -> Callable[[D.Distribution], Any]:
-    """Validate ``convert_to_tensor_fn`` once, at construction, with a clear error."""
-    fn = check_convert_fn(fn)
-    if not isinstance(fn, str):
-        return fn
-    if fn == "rsample" and not dist.has_rsample:
-        raise ValueError(
-            f"convert_to_tensor_fn='rsample': {base_class(dist).__name__} has no reparameterized "
-            "sampler (has_rsample is False); use 'auto', 'sample', 'mean', 'mode' or a callable"
-        )
-    return CONVERT_TO_TENSOR_FNS[fn]
+__all__ = ["TensorCoercible", "as_coercible", "base_class", "convert_to_tensor", "is_coercible"]
 
 
 def convert_to_tensor(value: Any) -> Any:
@@ -237,10 +192,10 @@ class TensorCoercible(_MixinBase):
     # -- the distribution's maths in fp32 under autocast ---------------------------------------
     # An int sample_shape is taken as TFP takes it: (n,).
     def rsample(self, sample_shape: torch.Size | list[int] | tuple[int, ...] | int = ()) -> torch.Tensor:
-        return in_fp32(super().rsample, _shape(sample_shape))
+        return in_fp32(super().rsample, as_sample_shape(sample_shape))
 
     def sample(self, sample_shape: torch.Size | list[int] | tuple[int, ...] | int = ()) -> torch.Tensor:
-        return in_fp32(super().sample, _shape(sample_shape))
+        return in_fp32(super().sample, as_sample_shape(sample_shape))
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         return in_fp32(super().log_prob, convert_to_tensor(value))
@@ -266,7 +221,7 @@ class TensorCoercible(_MixinBase):
         args = convert_to_tensor(tuple(args))
         kwargs = convert_to_tensor(kwargs or {})
         if func is torch.broadcast_tensors:
-            args = _scalars_like(args)
+            args = scalars_like(args)
         return func(*args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
@@ -274,8 +229,8 @@ class TensorCoercible(_MixinBase):
         missing = f"{type(self).__name__} has no attribute {name!r}"
         if name.startswith("_"):
             raise AttributeError(missing)
-        if name in _TFP_NAMES:  # TFP's Distribution methods: not the tensor value's (quantile)
-            raise AttributeError(f"{missing}: TFP's Distribution.{name} is {_TFP_NAMES[name]} in torch")
+        if name in TFP_METHOD_NAMES:  # TFP's Distribution methods: not the tensor value's (quantile)
+            raise AttributeError(f"{missing}: TFP's Distribution.{name} is {TFP_METHOD_NAMES[name]} in torch")
         base = self.__dict__.get("base_dist")
         if name in ("logits", "probs") and isinstance(self, D.Independent) and hasattr(base, name):
             # TFP's IndependentBernoulli output has its Bernoulli's logits and probs
@@ -371,28 +326,6 @@ def _rebuild(base: type, state: dict, fn: ConvertFn, value: torch.Tensor | None)
     return out
 
 
-def _scalars_like(tensors: tuple) -> tuple:
-    """Move 0-dim CPU tensors (numbers that ``broadcast_all`` turned into default-dtype CPU
-    tensors because the tensor-like beside them is not a ``Tensor``) to the real tensors'
-    device and floating dtype, as ``broadcast_all`` does for plain tensors."""
-    reference = next((t for t in tensors if isinstance(t, torch.Tensor) and t.dim() > 0), None)
-    if reference is None:
-        return tensors
-    out = []
-    for t in tensors:
-        if isinstance(t, torch.Tensor) and t.dim() == 0 and t.device != reference.device:
-            t = t.to(reference.device)
-        if (
-            isinstance(t, torch.Tensor)
-            and t.dim() == 0
-            and t.dtype == torch.get_default_dtype()
-            and reference.is_floating_point()
-        ):
-            t = t.to(reference.dtype)
-        out.append(t)
-    return tuple(out)
-
-
 _CLASS_CACHE: dict[type, type] = {}
 
 
@@ -421,7 +354,7 @@ _warm_class_cache()
 def _new_coercible(base: type, state: dict, convert_to_tensor_fn: ConvertFn) -> TensorCoercible:
     out: TensorCoercible = object.__new__(_coercible_class(base))
     out.__dict__.update(state)
-    out._tc_fn = _resolve_convert_fn(convert_to_tensor_fn, out)
+    out._tc_fn = resolve_convert_fn(convert_to_tensor_fn, base, out.has_rsample)
     out._tc_name = convert_to_tensor_fn if isinstance(convert_to_tensor_fn, str) else None
     out._tc_value = None
     return out

@@ -2,18 +2,29 @@
 
 A name from :data:`CONVERT_TO_TENSOR_FNS` (TFP's ``tfd.Distribution.sample`` and friends) or any
 callable ``Distribution -> Tensor``; checked once, where a layer or a coercible is made
-(:func:`check_convert_fn`).
+(:func:`check_convert_fn`). Also how TFP's calls meet torch's: an integer ``sample_shape``
+(:func:`as_sample_shape`), TFP method names torch spells otherwise (:data:`TFP_METHOD_NAMES`),
+and numbers beside a tensor value in ``torch.broadcast_tensors`` (:func:`scalars_like`).
 """
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.distributions as D
 
-__all__ = ["CONVERT_TO_TENSOR_FNS", "ConvertFn", "check_convert_fn"]
+__all__ = [
+    "CONVERT_TO_TENSOR_FNS",
+    "TFP_METHOD_NAMES",
+    "ConvertFn",
+    "as_sample_shape",
+    "check_convert_fn",
+    "resolve_convert_fn",
+    "scalars_like",
+]
 
 ConvertFn = str | Callable[[D.Distribution], Any]
 
@@ -39,3 +50,65 @@ def check_convert_fn(fn: Any) -> ConvertFn:
         f"convert_to_tensor_fn: expected one of {sorted(CONVERT_TO_TENSOR_FNS)} or a callable "
         f"taking a Distribution, got {fn!r}"
     )
+
+
+#: TFP ``Distribution`` methods torch names otherwise; asked of an output, they are an error
+#: naming torch's form (``quantile`` would otherwise be the tensor value's quantile).
+TFP_METHOD_NAMES = {
+    "prob": "log_prob(x).exp()",
+    "quantile": "icdf(p)",
+    "covariance": "the covariance_matrix property",
+    "log_cdf": "cdf(x).log()",
+    "survival_function": "1 - cdf(x)",
+    "log_survival_function": "(1 - cdf(x)).log()",
+    "cross_entropy": "torch.distributions.kl_divergence(q, p) + q.entropy()",
+    "kl_divergence": "torch.distributions.kl_divergence(q, p)",
+}
+
+
+def as_sample_shape(sample_shape: Any) -> Any:
+    """TFP's integer ``sample_shape`` (a Python, numpy or 0-dim tensor integer) as torch's ``(n,)``."""
+    if isinstance(sample_shape, (torch.Size, list, tuple, bool)):
+        return sample_shape
+    try:
+        return torch.Size((operator.index(sample_shape),))
+    except TypeError:
+        return sample_shape
+
+
+def resolve_convert_fn(fn: ConvertFn, base: type, has_rsample: bool) -> Callable[[D.Distribution], Any]:
+    """``fn`` checked (:func:`check_convert_fn`) and, where it is a name, its function;
+    ``"rsample"`` for a distribution class ``base`` without a reparameterized sampler is a
+    one-line ``ValueError``."""
+    fn = check_convert_fn(fn)
+    if not isinstance(fn, str):
+        return fn
+    if fn == "rsample" and not has_rsample:
+        raise ValueError(
+            f"convert_to_tensor_fn='rsample': {base.__name__} has no reparameterized "
+            "sampler (has_rsample is False); use 'auto', 'sample', 'mean', 'mode' or a callable"
+        )
+    return CONVERT_TO_TENSOR_FNS[fn]
+
+
+def scalars_like(tensors: tuple) -> tuple:
+    """The arguments of ``torch.broadcast_tensors`` with their 0-dim CPU tensors (numbers that
+    ``broadcast_all`` made default-dtype CPU tensors because the tensor-like beside them is not
+    a ``Tensor``) moved to the real tensors' device and floating dtype, as ``broadcast_all``
+    does for plain tensors."""
+    reference = next((t for t in tensors if isinstance(t, torch.Tensor) and t.dim() > 0), None)
+    if reference is None:
+        return tensors
+    out = []
+    for t in tensors:
+        if isinstance(t, torch.Tensor) and t.dim() == 0 and t.device != reference.device:
+            t = t.to(reference.device)
+        if (
+            isinstance(t, torch.Tensor)
+            and t.dim() == 0
+            and t.dtype == torch.get_default_dtype()
+            and reference.is_floating_point()
+        ):
+            t = t.to(reference.dtype)
+        out.append(t)
+    return tuple(out)

@@ -18,7 +18,8 @@ import torch.distributions as D
 from torch import nn
 
 from ._state import first_floating_tensor
-from .coercible import CONVERT_TO_TENSOR_FNS, base_class, convert_to_tensor
+from .coercible import base_class, convert_to_tensor
+from .convert import CONVERT_TO_TENSOR_FNS
 from .kl import exact_kl, prepare_kl_dispatch
 from .losses import added_losses_enabled, init_added_losses, set_added_loss
 from .precision import in_fp32

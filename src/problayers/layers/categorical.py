@@ -7,7 +7,8 @@ from collections.abc import Callable
 import torch
 import torch.distributions as D
 
-from ..coercible import ConvertFn, _coercible_class
+from ..coercible import _coercible_class
+from ..convert import ConvertFn
 from ..numerics import logsumexp
 from ._args import positive_int as _positive_int
 from .base import DistributionLambda, check_params, params_size_of

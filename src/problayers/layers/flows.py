@@ -15,7 +15,8 @@ from torch import nn
 from torch.distributions import constraints
 from torch.distributions.transforms import Transform
 
-from ..coercible import ConvertFn, TensorCoercible
+from ..coercible import TensorCoercible
+from ..convert import ConvertFn
 from ._args import activation_fn, positive_int
 from .base import DistributionLambda, normalize_event_shape
 

@@ -14,7 +14,8 @@ from torch.distributions import constraints
 from torch.distributions.transforms import AffineTransform, SigmoidTransform, Transform
 from torch.distributions.utils import broadcast_all
 
-from ..coercible import ConvertFn, _coercible_class
+from ..coercible import _coercible_class
+from ..convert import ConvertFn
 from .base import DistributionLambda, check_params, event_size, normalize_event_shape, params_size_of
 
 __all__ = [

@@ -13,7 +13,8 @@ from collections.abc import Callable, Iterable
 import torch
 import torch.distributions as D
 
-from ..coercible import ConvertFn, TensorCoercible
+from ..coercible import TensorCoercible
+from ..convert import ConvertFn
 from ._args import positive_int
 from .base import DistributionLambda, check_params, normalize_event_shape, params_size_of
 from .independent import IndependentLogistic, IndependentNormal, _IndependentLayer, loc_scale_params_size

@@ -8,7 +8,7 @@ import torch
 import torch.distributions as D
 import torch.nn.functional as F
 
-from ..coercible import ConvertFn
+from ..convert import ConvertFn
 from .base import DistributionLambda, check_params, normalize_event_size, params_size_of
 
 __all__ = ["TRIL_ORDERS", "MultivariateNormalTriL", "fill_scale_tril", "fill_triangular"]
