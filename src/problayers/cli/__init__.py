@@ -42,7 +42,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     option or run directory checked on rank 0) ends the other ranks silently with the same status.
     """
     from ..train import distributed
-    from ..train.trainer import NonFiniteLossError
+    from ..train.divergence import NonFiniteLossError
     from ..vae.experiment import RunConfig, resume, train
     from ..vae.models import ModelConfig
 

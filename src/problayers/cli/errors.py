@@ -8,8 +8,8 @@ import re
 
 from ..train.checkpoint import CheckpointError
 from ..train.cudagraph import CaptureError
+from ..train.divergence import NonFiniteLossError
 from ..train.errors import ProblayersError, Terminated, WriteError, one_line, os_reason
-from ..train.trainer import NonFiniteLossError
 from ..vae.data import MNISTError
 
 __all__ = ["DEBUG_ENV", "debug_requested", "describe"]

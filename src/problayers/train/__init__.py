@@ -4,10 +4,11 @@ training step and Keras' Adam update (for ported recipes). Depends on torch and 
 the VAE toolkit (:mod:`problayers.vae`) is built on it."""
 
 from .averaging import EMA
+from .divergence import NonFiniteLossError
 from .fastpath import fastest_defaults, make_train_step
 from .keras_adam import KerasAdam
 from .schedules import LR_SCHEDULES, make_scheduler
-from .trainer import NonFiniteLossError, Trainer, TrainerConfig, fit
+from .trainer import Trainer, TrainerConfig, fit
 
 __all__ = [
     "EMA",

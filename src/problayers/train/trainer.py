@@ -21,7 +21,6 @@ writes the checkpoint (the unwrapped model's ``state_dict``, every rank's RNG st
 from __future__ import annotations
 
 import json
-import math
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence, Sized
@@ -33,6 +32,7 @@ import torch
 from torch import nn
 
 from .checkpoint import atomic_write, load_checkpoint, save_checkpoint
+from .divergence import NonFiniteLossError, check_weights, reduced_means
 from .trainstate import load_trainer_state, trainer_state
 
 if TYPE_CHECKING:
@@ -46,10 +46,6 @@ LossFn = Callable[[nn.Module, Any], "torch.Tensor | tuple[torch.Tensor, dict[str
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint (if any) is kept."""
 
 
 @dataclass(frozen=True)
@@ -198,7 +194,7 @@ class Trainer:
         try:
             while self.epoch < self.config.epochs:
                 record = self.train_epoch(self.epoch)
-                self._check_weights(self.epoch)
+                check_weights(self.model, self.epoch, self._kept())
                 if self.evaluate is not None:
                     record.update(self.evaluate(self.result_model, self.epoch))
                     if self.averaged is not None:
@@ -285,34 +281,10 @@ class Trainer:
     def _means(
         self, sums: dict[str, torch.Tensor], steps: int, epoch: int, images: int
     ) -> tuple[dict[str, float], int]:
-        """The metrics' means over the steps so far (over all ranks) and the images seen (by
-        all ranks); raises :class:`NonFiniteLossError` (on every rank) if a loss is not finite."""
-        stacked = torch.stack([v.float() for v in sums.values()]) / steps
-        if self.dist is None:
-            means = dict(zip(sums, stacked.tolist(), strict=True))
-            bad: list[int] = []
-        else:
-            # One all-reduce per logging point: [per-rank means..., images, non-finite flag per rank].
-            dtype = torch.float32 if stacked.device.type == "mps" else torch.float64
-            flags = torch.zeros(self.world_size, dtype=dtype, device=stacked.device)
-            flags[self.rank] = (~torch.isfinite(stacked[0])).to(dtype)
-            count = torch.tensor([images], dtype=dtype, device=stacked.device)
-            reduced = self.dist.all_reduce_sum(torch.cat([stacked.to(dtype), count, flags])).tolist()
-            n = len(sums)
-            means = {k: v / self.world_size for k, v in zip(sums, reduced[:n], strict=True)}
-            images = round(reduced[n])
-            bad = [r for r, flag in enumerate(reduced[n + 1 :]) if flag]
-        if bad or not math.isfinite(means["loss"]):
-            where = ""
-            if self.dist is not None and bad:
-                where = f" on rank(s) {', '.join(map(str, bad))} of {self.world_size}"
-            elif self.dist is not None:  # no rank's own loss: only their sum overflowed
-                where = f" (summed over {self.world_size} ranks)"
-            raise NonFiniteLossError(
-                f"loss is {means['loss']}{where} in epoch {epoch + 1} (within its first {steps} steps); "
-                f"training stopped{' on every rank' if where else ''}, {self._kept()}"
-            )
-        return means, images
+        """The metrics' means so far (over all ranks) and the images seen by all ranks
+        (:func:`~problayers.train.divergence.reduced_means`)."""
+        where = f"in epoch {epoch + 1} (within its first {steps} steps)"
+        return reduced_means(sums, steps, images, self.dist, where=where, kept=self._kept())
 
     def _kept(self) -> str:
         if self.run_dir is None:
@@ -320,20 +292,6 @@ class Trainer:
         if self.epoch == 0:
             return "no checkpoint was written (no epoch completed)"
         return f"the last good checkpoint (epoch {self.epoch}) is kept"
-
-    def _check_weights(self, epoch: int) -> None:
-        """Raise :class:`NonFiniteLossError` if a weight is not finite: an epoch's last updates
-        come after its last loss, so finite losses do not vouch for the weights saved (one sync
-        per epoch; the same on every rank, whose weights are the same)."""
-        named = list(self.model.named_parameters())
-        finite = torch.stack([torch.isfinite(p.detach()).all() for _, p in named]).tolist()
-        if all(finite):
-            return
-        bad = [name for (name, _), ok in zip(named, finite, strict=True) if not ok]
-        raise NonFiniteLossError(
-            f"weight(s) {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''} not finite after epoch "
-            f"{epoch + 1} (its last update diverged); training stopped, {self._kept()}"
-        )
 
     # -- checkpoints ----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
