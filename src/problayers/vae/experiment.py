@@ -180,7 +180,9 @@ def _setup(cfg: RunConfig, run_dir: Path, dist: DistContext | None = None) -> Tr
 
     def pictures_to_loggers(trainer: Trainer, record: dict[str, Any]) -> None:
         assert test_x is not None  # installed only where there is a test set (below)
-        images = _picture_arrays(cast(VAE, trainer.result_model), test_x)
+        from .pictures import picture_arrays
+
+        images = picture_arrays(cast(VAE, trainer.result_model), test_x)
         for logger in trainer.loggers:
             if hasattr(logger, "log_images"):
                 logger.log_images(record["epoch"], images)
@@ -200,25 +202,6 @@ def _setup(cfg: RunConfig, run_dir: Path, dist: DistContext | None = None) -> Tr
         averaged=averaged,
         on_epoch_end=pictures_to_loggers if cfg.logger != "none" and test_x is not None else None,
     )
-
-
-def _picture_arrays(model: VAE, test_x: torch.Tensor) -> dict[str, Any]:
-    """The grids :func:`~problayers.vae.pictures.save_pictures` draws, as ``(H, W)`` uint8
-    arrays by tag (drawn into a temporary directory: the same pictures as the run's PNGs)."""
-    import tempfile
-
-    import numpy as np
-    from PIL import Image
-
-    from .pictures import PRIOR_SAMPLES, RECONSTRUCTIONS, save_pictures
-
-    images = {}
-    with tempfile.TemporaryDirectory(prefix="problayers-pictures-") as tmp:
-        save_pictures(model, test_x, tmp)  # no metrics.jsonl there: no loss curve
-        for name in (PRIOR_SAMPLES, RECONSTRUCTIONS):
-            with Image.open(Path(tmp) / name) as image:
-                images[f"pictures/{Path(name).stem}"] = np.asarray(image.convert("L"))
-    return images
 
 
 def _attach_loggers(trainer: Trainer, cfg: RunConfig, run_dir: Path) -> None:

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from ..train.checkpoint import atomic_write
 from .models import VAE
 
-__all__ = ["image_grid", "loss_curve", "save_pictures"]
+__all__ = ["image_grid", "loss_curve", "picture_arrays", "save_pictures"]
 
 PRIOR_SAMPLES = "prior_samples.png"
 RECONSTRUCTIONS = "reconstructions.png"
@@ -105,3 +106,21 @@ def loss_curve(metrics_jsonl: str | Path, path: str | Path) -> Path:
     ax.legend()
     fig.tight_layout()
     return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
+
+
+def picture_arrays(model: VAE, test_x: torch.Tensor) -> dict[str, Any]:
+    """The grids :func:`save_pictures` draws, as ``(H, W)`` uint8 arrays by tag
+    (``"pictures/prior_samples"``, ...) for a logger: drawn into a temporary directory, so they
+    are the same pictures as the run's PNGs."""
+    import tempfile
+
+    import numpy as np
+    from PIL import Image
+
+    images = {}
+    with tempfile.TemporaryDirectory(prefix="problayers-pictures-") as tmp:
+        save_pictures(model, test_x, tmp)  # no metrics.jsonl there: no loss curve
+        for name in (PRIOR_SAMPLES, RECONSTRUCTIONS):
+            with Image.open(Path(tmp) / name) as image:
+                images[f"pictures/{Path(name).stem}"] = np.asarray(image.convert("L"))
+    return images
