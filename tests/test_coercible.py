@@ -216,3 +216,37 @@ def test_bitwise_operators():
     assert (out | torch.tensor([False, True])).tolist() == [True, True]
     assert (out ^ torch.tensor([True, True])).tolist() == [False, True]
     assert (~out).tolist() == [False, True]
+
+
+@pytest.mark.parametrize("mode", [torch.no_grad, torch.inference_mode])
+def test_a_first_look_with_autograd_off_keeps_the_sample_and_its_gradient_for_the_loss(mode):
+    # A metric or a log reads the output's value first (autograd off), the loss next: the loss
+    # gets the value looked at, with its graph (before, the cached value had none).
+    enc = nn.Sequential(nn.Linear(5, 6), pl.IndependentNormal(3))
+    x = torch.randn(4, 5)
+
+    def loss_grad(look: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        enc.zero_grad()
+        torch.manual_seed(1)
+        q = enc(x)
+        looked = None
+        if look:
+            with mode():
+                looked = q.tensor().clone()
+            assert not looked.requires_grad
+        (q * torch.arange(3.0)).square().sum().backward()
+        if looked is not None:
+            torch.testing.assert_close(looked, q.tensor().detach())
+        return enc[0].weight.grad.clone(), looked
+
+    reference, _ = loss_grad(look=False)
+    grad, _ = loss_grad(look=True)
+    torch.testing.assert_close(grad, reference)
+
+
+def test_a_look_with_autograd_off_at_an_output_made_without_it_draws_plainly():
+    enc = nn.Sequential(nn.Linear(5, 6), pl.IndependentNormal(3))
+    with torch.no_grad():
+        q = enc(torch.randn(4, 5))
+        v = q.tensor()
+    assert not v.requires_grad and v is q.tensor()

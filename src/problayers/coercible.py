@@ -105,33 +105,47 @@ class TensorCoercible(_MixinBase):
     # -- the tensor value --------------------------------------------------------------------
     def tensor(self) -> torch.Tensor:
         """The cached tensor value (computed by ``convert_to_tensor_fn`` on first use, in fp32
-        with autocast off under ``torch.autocast``)."""
-        if self._tc_value is None:
-            device_type = autocast_device()
-            self._tc_busy = True  # an attribute the function asks for is not the value's
-            try:
-                if device_type is None:
+        with autocast off under ``torch.autocast``).
+
+        Read first with autograd off (``torch.no_grad()``, ``inference_mode``: a metric, a log)
+        from an output made with autograd on, it is drawn with autograd on all the same, so the
+        training loss that reads it next gets this very value with its graph; the read itself
+        gets it detached.
+        """
+        value = self._tc_value
+        if value is None:
+            if not torch.is_grad_enabled() and graph_tensors(self.__dict__, []):
+                with torch.inference_mode(False), torch.enable_grad():
+                    value = self._tc_value = self._draw()
+            else:
+                value = self._tc_value = self._draw()
+        return value.detach() if value.requires_grad and not torch.is_grad_enabled() else value
+
+    def _draw(self) -> torch.Tensor:
+        device_type = autocast_device()
+        self._tc_busy = True  # an attribute the function asks for is not the value's
+        try:
+            if device_type is None:
+                value = self._tc_fn(self)
+            else:
+                with torch.autocast(device_type, enabled=False):
                     value = self._tc_fn(self)
-                else:
-                    with torch.autocast(device_type, enabled=False):
-                        value = self._tc_fn(self)
-            finally:
-                self._tc_busy = False
-            if isinstance(value, TensorCoercible):
-                value = value.tensor()
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                like = first_floating_tensor(self)
-                value = (
-                    torch.as_tensor(value)
-                    if like is None
-                    else torch.as_tensor(value, dtype=like.dtype, device=like.device)
-                )
-            if not isinstance(value, torch.Tensor):
-                raise TypeError(
-                    f"convert_to_tensor_fn must return a torch.Tensor or a number, got {type(value).__name__}"
-                )
-            self._tc_value = value
-        return self._tc_value
+        finally:
+            self._tc_busy = False
+        if isinstance(value, TensorCoercible):
+            value = value.tensor()
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            like = first_floating_tensor(self)
+            value = (
+                torch.as_tensor(value)
+                if like is None
+                else torch.as_tensor(value, dtype=like.dtype, device=like.device)
+            )
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(
+                f"convert_to_tensor_fn must return a torch.Tensor or a number, got {type(value).__name__}"
+            )
+        return value
 
     @property
     def distribution(self) -> D.Distribution:
