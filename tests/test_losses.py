@@ -83,6 +83,13 @@ def test_no_losses_gives_zero_and_backward_works():
     assert m[0].weight.grad is not None
 
 
+def test_no_losses_gives_a_zero_of_the_models_dtype():
+    zero = pl.collect_losses(nn.Sequential(nn.Linear(2, 2), pl.IndependentNormal(1)).double())
+    assert zero.dtype == torch.float64 and zero == 0
+    zero = pl.collect_losses(nn.BatchNorm1d(2).double().requires_grad_(False))
+    assert zero.dtype == torch.float64
+
+
 def test_set_added_loss_rejects_non_scalars():
     with pytest.raises(ValueError, match="0-dim"):
         pl.set_added_loss(nn.Linear(1, 1), "x", torch.ones(3))

@@ -121,7 +121,8 @@ def collect_losses(model: nn.Module, *, clear: bool = False) -> torch.Tensor:
         clear: drop the recorded terms after summing them.
 
     Returns:
-        A 0-dim tensor (zero, on the model's device, when no layer recorded a term).
+        A 0-dim tensor (zero, in the dtype and on the device of the model's first floating
+        parameter or buffer, when no layer recorded a term).
 
     Raises:
         TypeError: ``model`` is not an ``nn.Module``.
@@ -133,9 +134,12 @@ def collect_losses(model: nn.Module, *, clear: bool = False) -> torch.Tensor:
         terms.extend(store.values())
         if clear:
             store.clear()
-    if not terms:
-        ref = next(model.parameters(), None)
-        return torch.zeros((), device=ref.device if ref is not None else None)
+    if not terms:  # zero in the model's floating dtype, on its device
+        tensors = (t for t in (*model.parameters(), *model.buffers()) if t.is_floating_point())
+        ref = next(tensors, None)
+        return torch.zeros(
+            (), device=None if ref is None else ref.device, dtype=None if ref is None else ref.dtype
+        )
     total = terms[0]
     for term in terms[1:]:
         total = total + term
