@@ -192,6 +192,45 @@ def test_export_needs_the_first_forward_done():
 
 
 @pytest.mark.parametrize(
+    "make,x",
+    [
+        (lambda: nn.Linear(4, 3), torch.randn(8, 4)),
+        (lambda: nn.Conv2d(2, 3, 3, padding=1), torch.randn(2, 2, 5, 5)),
+        (lambda: nn.ConvTranspose2d(2, 3, 3, stride=2), torch.randn(2, 2, 4, 4)),
+    ],
+)
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch 2.13 deprecates jit.trace
+def test_traces_with_torch_jit_after_the_first_forward(make, x):
+    layer = pl.WeightNorm(make())
+    with pytest.raises(RuntimeError, match=r"WeightNorm: run one forward .* before exporting"):
+        torch.jit.trace(layer, (x,))
+    layer(x)
+    traced = torch.jit.trace(layer, (x,))
+    y = torch.randn_like(x)
+    torch.testing.assert_close(traced(y), layer(y))
+    assert "weight" not in vars(layer.layer)  # the call's weight is gone after it
+
+
+def test_the_first_call_through_torch_func_is_refused_later_calls_follow_the_tensors_passed():
+    layer = pl.WeightNorm(nn.Linear(4, 3))
+    x = torch.randn(8, 4)
+    clones = {k: v.detach().clone() for k, v in layer.named_parameters()}
+    with pytest.raises(RuntimeError, match="first call initializes the module's own g and bias"):
+        torch.func.functional_call(layer, clones, (x,))
+    with pytest.raises(RuntimeError, match="first call initializes the module's own g and bias"):
+        torch.func.vmap(lambda p: torch.func.functional_call(layer, p, (x,)), randomness="same")(
+            torch.func.stack_module_state([layer, layer])[0]
+        )
+    assert not layer.initialized and layer.g.equal(clones["g"])  # nothing half-initialized
+    out = layer(x)
+    torch.testing.assert_close(out.mean(0), torch.zeros(3), atol=1e-5, rtol=0)
+    params = {k: v.detach() * 2 for k, v in layer.named_parameters()}  # g, v, bias doubled
+    torch.testing.assert_close(torch.func.functional_call(layer, params, (x,)), 2 * out)
+    grads = torch.func.grad(lambda p: torch.func.functional_call(layer, p, (x,)).square().sum())(params)
+    assert set(grads) == {"g", "v", "layer.bias"} and all(g.abs().sum() > 0 for g in grads.values())
+
+
+@pytest.mark.parametrize(
     "make,error,match",
     [
         (

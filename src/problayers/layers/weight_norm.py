@@ -5,8 +5,10 @@ their data-dependent initialization on the first batch.
 Why not ``torch.nn.utils.parametrizations.weight_norm``: a module with a parametrization cannot
 be pickled (torch supports its ``state_dict`` only), and the layers of this library pickle
 (``torch.save(model)``, Lightning's ``ddp_spawn``, ``multiprocessing``). Here ``g`` and ``v``
-are this module's own parameters and the wrapped layer runs at the weight they make, through
-``torch.func.functional_call``; the wrapped layer keeps its bias and its arguments.
+are this module's own parameters; for each call the wrapped layer gets the weight they make as
+a plain attribute, removed after the call (the mechanism of torch's first ``weight_norm``, which
+``torch.jit.trace``, ``torch.compile`` and ``torch.export`` follow; ``torch.func.functional_call``
+refuses to run under ``torch.jit.trace``). The wrapped layer keeps its bias and its arguments.
 """
 
 from __future__ import annotations
@@ -47,8 +49,10 @@ class WeightNorm(nn.Module):
     The first batch the layer sees initializes it, in any mode (as TFP's; with Lightning that
     is the sanity check's validation batch): give it a batch as large as any. Under DDP each
     process would initialize on its own batch: run one forward before wrapping the model in DDP
-    (which then broadcasts rank 0's parameters). A loaded ``state_dict`` carries the ``initialized`` flag, so
-    a trained model is not initialized again.
+    (which then broadcasts rank 0's parameters). The same through ``torch.func``
+    (``functional_call`` with other tensors, ``vmap``, ``grad``): the first call must be one of
+    the module itself, which the init changes. A loaded ``state_dict`` carries the
+    ``initialized`` flag, so a trained model is not initialized again.
 
     Args:
         layer: an ``nn.Linear``, ``nn.Conv{1,2,3}d`` or ``nn.ConvTranspose{1,2,3}d`` (transposed
@@ -116,10 +120,24 @@ class WeightNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = tensor_input("WeightNorm", x)
         if not self._ready:
-            if torch.compiler.is_exporting():  # the program would initialize at every call
+            if torch.compiler.is_exporting() or torch.jit.is_tracing():  # it would init at every call
                 raise RuntimeError("WeightNorm: run one forward (its initialization) before exporting")
+            if not isinstance(self.g, nn.Parameter):  # the caller's tensors (torch.func)
+                raise RuntimeError(
+                    "WeightNorm: the first call initializes the module's own g and bias in place; "
+                    "it got other tensors (torch.func.functional_call, vmap, grad): run one forward "
+                    "of the module itself first"
+                )
             self._initialize(x)
-        return functional_call(self.layer, {"weight": self.weight}, (x,))
+        return self._run(x, self.weight)
+
+    def _run(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """The wrapped layer's forward at ``weight`` (a plain attribute for the call)."""
+        self.layer.weight = weight
+        try:
+            return self.layer(x)
+        finally:
+            del self.layer.weight  # no graph kept between calls (copies and pickles stay clean)
 
     @torch.no_grad()
     def _initialize(self, x: torch.Tensor) -> None:
