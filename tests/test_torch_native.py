@@ -239,3 +239,25 @@ def test_built_on_meta_then_to_empty_and_loaded_equals_the_model(case):
         torch.manual_seed(1)
         losses.append(_loss(case, m, x, values).detach())
     torch.testing.assert_close(losses[1], losses[0])
+
+
+def test_activation_checkpointing_of_a_block_that_takes_an_output_drawn_first():
+    # design.md: pass pl.convert_to_tensor(q) to torch.utils.checkpoint (the recipe documented).
+    enc = nn.Sequential(
+        nn.Linear(5, 6),
+        pl.IndependentNormal(3, activity_regularizer=pl.KLDivergenceRegularizer(pl.StandardNormal(3))),
+    )
+    dec = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 2))
+    x = torch.randn(4, 5)
+
+    def grads(checkpointed: bool) -> list[torch.Tensor]:
+        enc.zero_grad()
+        dec.zero_grad()
+        torch.manual_seed(0)
+        z = pl.convert_to_tensor(enc(x))
+        y = torch.utils.checkpoint.checkpoint(dec, z, use_reentrant=False) if checkpointed else dec(z)
+        (y.square().sum() + pl.collect_losses(enc, clear=True)).backward()
+        return [p.grad.clone() for p in (*enc.parameters(), *dec.parameters())]
+
+    for got, want in zip(grads(True), grads(False), strict=True):
+        torch.testing.assert_close(got, want)
