@@ -71,6 +71,28 @@ def test_q_equal_to_the_prior_predicts_the_prior():
     del prior
 
 
+def test_predictive_is_tfps_formula_with_the_jitter_in_the_solves_only():
+    """TFP's VariationalGaussianProcess: cov = K_xx - W^T (K_ZZ - S S^T) W with W = (K_ZZ +
+    jitter I)^-1 K_Zx (its K_ZZ between the solves has no jitter); a large jitter shows it."""
+    torch.manual_seed(0)
+    gp = pl.VariationalGaussianProcess(2, 5, mean_fn="constant", jitter=1e-2, dtype=torch.float64)
+    _randomize(gp)
+    x = torch.randn(7, 2, dtype=torch.float64)
+    with torch.no_grad():
+        z, S = gp.inducing_points, gp.variational_scale_tril
+        kzz = gp.kernel(z, z)
+        W = torch.linalg.solve(kzz + 1e-2 * torch.eye(5, dtype=torch.float64), gp.kernel(z, x))
+        cov = gp.kernel(x, x) - W.mT @ (kzz - S @ S.mT) @ W  # (7, 7)
+        noise = gp.observation_noise_variance
+        loc = gp.mean(x) + W.mT @ (gp.variational_loc - gp.mean(z))
+        out = gp(x)
+        torch.testing.assert_close(out.mean[:, 0], loc)
+        torch.testing.assert_close(out.variance[:, 0], cov.diagonal() + noise)
+        gp.joint = True
+        eye = torch.eye(7, dtype=torch.float64)
+        torch.testing.assert_close(gp(x).covariance_matrix, cov + (noise + 1e-2) * eye)
+
+
 def test_inducing_points_at_the_inputs_predict_q():
     """Z = x: the latent predictive is q(u) itself: mean m, covariance S S^T (plus the noise)."""
     torch.manual_seed(0)

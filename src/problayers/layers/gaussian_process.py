@@ -5,15 +5,18 @@ A GP prior ``f ~ GP(mean_fn, k)`` with the exponentiated quadratic (RBF) kernel 
 amplitude^2 exp(-|x - y|^2 / (2 length_scale^2))`` is summarized by its values ``u = f(Z)`` at
 ``M`` learnable inducing points ``Z``: prior ``p(u) = N(mean_fn(Z), K_ZZ)`` and variational
 posterior ``q(u) = N(m, S S^T)`` (``S`` lower-triangular with a positive diagonal). For inputs
-``x``, with ``W = K_ZZ^-1 K_Zx``, the predictive distribution of ``f(x)`` is Gaussian with
+``x``, with ``W = (K_ZZ + jitter I)^-1 K_Zx``, the predictive distribution of ``f(x)`` is
+Gaussian with
 
     mean = mean_fn(x) + W^T (m - mean_fn(Z))
-    cov  = K_xx - K_xZ K_ZZ^-1 K_Zx + W^T S S^T W
+    cov  = K_xx - W^T (K_ZZ - S S^T) W
 
-and the layer's output adds the (learnable) observation noise variance to its diagonal, as TFP's
-``predictive_noise_variance``. ``jitter`` is added to the diagonal of ``K_ZZ`` (and of the joint
-covariance) before the Cholesky factorizations. Each forward records ``kl_weight * KL(q(u) ||
-p(u))`` (``torch.distributions.kl_divergence`` of the two ``MultivariateNormal`` s) with
+(TFP's formula: the jitter enters the solves, not the ``K_ZZ`` between them), and the layer's
+output adds the (learnable) observation noise variance to its diagonal, as TFP's
+``predictive_noise_variance``. The joint covariance gets ``jitter`` on its diagonal too before its
+Cholesky factorization; the prior ``p(u)`` is ``N(mean_fn(Z), K_ZZ + jitter I)``. Each forward
+records ``kl_weight * KL(q(u) || p(u))`` (``torch.distributions.kl_divergence`` of the two
+``MultivariateNormal`` s) with
 :func:`~problayers.set_added_loss`: ``-output.log_prob(y).mean() + collect_losses(model)`` is
 then the predictive-log-likelihood objective (Jankowiak et al. 2020) with ``kl_weight = 1 /
 num_train_examples``.
@@ -198,10 +201,12 @@ class VariationalGaussianProcess(nn.Module):
             return self.mean_constant.expand(x.shape[0])
         return x.new_zeros(x.shape[0])
 
-    def _prior_tril(self) -> torch.Tensor:
+    def _prior_tril(self, kzz: torch.Tensor | None = None) -> torch.Tensor:
+        """``L = cholesky(K_ZZ + jitter I)``: ``(M, M)`` (``kzz``: ``K_ZZ`` if already computed)."""
         z = self.inducing_points
+        kzz = self.kernel(z, z) if kzz is None else kzz  # (M, M)
         eye = torch.eye(z.shape[0], dtype=z.dtype, device=z.device)
-        return torch.linalg.cholesky(self.kernel(z, z) + self.jitter * eye)  # L: (M, M)
+        return torch.linalg.cholesky(kzz + self.jitter * eye)  # L: (M, M)
 
     def prior(self) -> D.MultivariateNormal:
         """``p(u) = N(mean_fn(Z), K_ZZ + jitter I)``, batch ``()``, event ``(M,)``."""
@@ -223,21 +228,25 @@ class VariationalGaussianProcess(nn.Module):
         with torch.autocast(x.device.type, enabled=False):  # Cholesky maths in the parameters' dtype
             batch = x.shape[:-1]
             xf = x.reshape(-1, d).to(z.dtype)  # (N, d)
-            L = self._prior_tril()  # (M, M)
+            kzz = self.kernel(z, z)  # (M, M)
+            L = self._prior_tril(kzz)  # (M, M)
             A = torch.linalg.solve_triangular(L, self.kernel(z, xf), upper=False)  # L^-1 K_Zx: (M, N)
-            W = torch.linalg.solve_triangular(L.mT, A, upper=True)  # K_ZZ^-1 K_Zx: (M, N)
+            W = torch.linalg.solve_triangular(L.mT, A, upper=True)  # (K_ZZ + jI)^-1 K_Zx: (M, N)
+            # TFP's predictive covariance: K_xx - W^T (K_ZZ - S S^T) W, the jitter in the solves
+            # only (W^T K_ZZ W, not A^T A = W^T (K_ZZ + jI) W).
+            KW = kzz @ W  # (M, N)
             S = self.variational_scale_tril  # (M, M)
             mean_z = self.mean(z)  # (M,)
             loc = self.mean(xf) + W.mT @ (self.variational_loc - mean_z)  # (N,)
             SW = S.mT @ W  # (M, N)
             noise = self.observation_noise_variance
             if self.joint:
-                cov = self.kernel(xf, xf) - A.mT @ A + SW.mT @ SW  # (N, N)
+                cov = self.kernel(xf, xf) - W.mT @ KW + SW.mT @ SW  # (N, N)
                 eye = torch.eye(cov.shape[-1], dtype=cov.dtype, device=cov.device)
                 tril = torch.linalg.cholesky(cov + (noise + self.jitter) * eye)
                 dist: D.Distribution = D.MultivariateNormal(loc, scale_tril=tril, validate_args=False)
             else:
-                var = self.amplitude.square() - A.square().sum(0) + SW.square().sum(0) + noise  # (N,)
+                var = self.amplitude.square() - (W * KW).sum(0) + SW.square().sum(0) + noise  # (N,)
                 std = var.clamp_min(torch.finfo(var.dtype).tiny).sqrt()
                 normal = D.Normal(loc.view(*batch, 1), std.view(*batch, 1), validate_args=False)
                 dist = D.Independent(normal, 1)
