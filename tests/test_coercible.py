@@ -250,3 +250,16 @@ def test_a_look_with_autograd_off_at_an_output_made_without_it_draws_plainly():
         q = enc(torch.randn(4, 5))
         v = q.tensor()
     assert not v.requires_grad and v is q.tensor()
+
+
+@pytest.mark.parametrize("made_from", ["logits", "probs"])
+def test_mode_of_a_bernoulli_at_one_half_is_tfps_zero(made_from):
+    # torch's Bernoulli.mode is NaN at p = 1/2; TFP's mode (logits > 0, probs > 0.5) is 0, so a
+    # decoder whose logits start at zero gives 0s, not NaNs, as its "mode" value.
+    logits = torch.tensor([[-1.0, 0.0, 2.0]])
+    base = D.Bernoulli(logits=logits) if made_from == "logits" else D.Bernoulli(probs=torch.sigmoid(logits))
+    for dist in (base, D.Independent(base, 1)):
+        torch.testing.assert_close(pl.as_coercible(dist, "mode").tensor(), torch.tensor([[0.0, 0.0, 1.0]]))
+    layer = pl.IndependentBernoulli(3, convert_to_tensor_fn="mode")
+    torch.testing.assert_close(layer(logits).tensor(), torch.tensor([[0.0, 0.0, 1.0]]))
+    assert torch.isnan(layer(logits).mode[0, 1])  # the distribution's own .mode stays torch's

@@ -246,6 +246,14 @@ def test_variable_layer_initializers(initializer, expected):
     torch.testing.assert_close(pl.VariableLayer(3, initializer=initializer)(), expected)
 
 
+def test_variable_layer_named_random_initializers_are_keras():
+    torch.manual_seed(0)
+    normal = pl.VariableLayer(20000, initializer="normal")().detach()  # Keras' RandomNormal: std 0.05
+    assert abs(normal.std().item() - 0.05) < 0.05 * 0.03 and abs(normal.mean().item()) < 0.002
+    uniform = pl.VariableLayer(20000, initializer="uniform")().detach()  # RandomUniform: +-0.05
+    assert uniform.abs().max() <= 0.05 and uniform.abs().max() > 0.049
+
+
 def test_variable_layer_dtype_activation_and_scalar():
     layer = pl.VariableLayer(2, dtype=torch.float64, initializer=-1.0, activation=torch.exp)
     assert layer().dtype == torch.float64

@@ -28,6 +28,20 @@ __all__ = [
 
 ConvertFn = str | Callable[[D.Distribution], Any]
 
+
+def _mode(dist: D.Distribution) -> torch.Tensor:
+    """``dist.mode``, except a Bernoulli's (``Independent`` ones too) at ``p = 1/2``: TFP's 0
+    (``logits > 0``, or ``probs > 0.5`` where made from probabilities) where torch's is NaN."""
+    base = dist
+    while isinstance(base, D.Independent):
+        base = base.base_dist
+    if not isinstance(base, D.Bernoulli):
+        return dist.mode
+    state = vars(base)
+    above = state["logits"] > 0 if "logits" in state else state["probs"] > 0.5
+    return above.to(state.get("logits", state.get("probs")).dtype)
+
+
 #: The named ways of turning a distribution into its tensor value.
 CONVERT_TO_TENSOR_FNS: dict[str, Callable[[D.Distribution], torch.Tensor]] = {
     # TFP's default (its ``sample`` is reparameterized where it can be): rsample() where the
@@ -36,7 +50,7 @@ CONVERT_TO_TENSOR_FNS: dict[str, Callable[[D.Distribution], torch.Tensor]] = {
     "rsample": lambda d: d.rsample(),
     "sample": lambda d: d.sample(),
     "mean": lambda d: d.mean,
-    "mode": lambda d: d.mode,
+    "mode": lambda d: _mode(d),
     "stddev": lambda d: d.stddev,
     "variance": lambda d: d.variance,
 }

@@ -20,7 +20,7 @@ Initializer = str | float | torch.Tensor | Callable[[torch.Tensor], object]
 _NAMED_INITIALIZERS: dict[str, Callable[[torch.Tensor], object]] = {
     "zeros": nn.init.zeros_,
     "ones": nn.init.ones_,
-    "normal": lambda t: nn.init.normal_(t, 0.0, 0.1),
+    "normal": lambda t: nn.init.normal_(t, 0.0, 0.05),  # Keras' RandomNormal
     "uniform": lambda t: nn.init.uniform_(t, -0.05, 0.05),
 }
 
@@ -32,7 +32,7 @@ class VariableLayer(nn.Module):
         shape: the variable's shape (an int or a tuple of positive ints; ``()`` for a scalar).
         dtype: its floating dtype (default ``None``: ``torch.get_default_dtype()``).
         initializer: keyword-only, as the arguments after it (TFP's third argument is
-            ``activation``); ``"zeros"`` (default), ``"ones"``, ``"normal"`` (std 0.1), ``"uniform"``
+            ``activation``); ``"zeros"`` (default), ``"ones"``, ``"normal"`` (std 0.05), ``"uniform"``
             (+-0.05), a number (constant fill), a tensor broadcastable to ``shape``, or a
             callable: an in-place initializer such as ``torch.nn.init.normal_``, or one that
             returns the value (``lambda t: torch.full_like(t, 0.5)``).
