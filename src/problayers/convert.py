@@ -37,9 +37,9 @@ def _mode(dist: D.Distribution) -> torch.Tensor:
         base = base.base_dist
     if not isinstance(base, D.Bernoulli):
         return dist.mode
-    state = vars(base)
-    above = state["logits"] > 0 if "logits" in state else state["probs"] > 0.5
-    return above.to(state.get("logits", state.get("probs")).dtype)
+    if "logits" in vars(base):  # made from logits (or they were computed already)
+        return (base.logits > 0).to(base.logits.dtype)
+    return (base.probs > 0.5).to(base.probs.dtype)
 
 
 #: The named ways of turning a distribution into its tensor value.
