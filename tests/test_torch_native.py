@@ -12,6 +12,8 @@ from __future__ import annotations
 import copy
 import io
 import pickle
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -261,3 +263,21 @@ def test_activation_checkpointing_of_a_block_that_takes_an_output_drawn_first():
 
     for got, want in zip(grads(True), grads(False), strict=True):
         torch.testing.assert_close(got, want)
+
+
+def test_a_fresh_process_compiles_the_vgp_kl_in_one_graph():
+    # problayers registers mvn_kl with dynamo when dynamo is imported (not at its own import,
+    # which would cost seconds): torch.compile in a fresh process still traces it in the graph.
+    code = (
+        "import torch, problayers as pl\n"
+        "gp = pl.VariationalGaussianProcess(2, 4, dtype=torch.float64)\n"
+        "x = torch.randn(5, 2, dtype=torch.float64)\n"
+        "y = torch.zeros(5, 1, dtype=torch.float64)\n"
+        "f = lambda x: -gp(x).log_prob(y).mean() + pl.collect_losses(gp)\n"
+        "want = f(x)\n"
+        "got = torch.compile(f, backend='aot_eager', fullgraph=True)(x)\n"
+        "torch.testing.assert_close(got, want)\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]

@@ -24,6 +24,7 @@ import torch
 import torch.distributions as D
 from torch.distributions.kl import register_kl
 
+from ._on_import import when_imported
 from .coercible import base_class
 
 __all__ = ["diagonal_normal_as_mvn", "exact_kl", "mvn_kl", "prepare_kl_dispatch"]
@@ -49,7 +50,6 @@ def diagonal_normal_as_mvn(dist: D.Independent) -> D.MultivariateNormal:
     return D.MultivariateNormal(loc, scale_tril=torch.diag_embed(scale), validate_args=False)
 
 
-@torch.compiler.allow_in_graph
 def mvn_kl(
     q_loc: torch.Tensor, q_tril: torch.Tensor, p_loc: torch.Tensor, p_tril: torch.Tensor
 ) -> torch.Tensor:
@@ -59,6 +59,10 @@ def mvn_kl(
     q = D.MultivariateNormal(q_loc, scale_tril=q_tril, validate_args=False)
     p = D.MultivariateNormal(p_loc, scale_tril=p_tril, validate_args=False)
     return D.kl_divergence(q, p)
+
+
+# Registered once dynamo is imported (importing it here would add seconds to ``import problayers``).
+when_imported("torch._dynamo", lambda: torch.compiler.allow_in_graph(mvn_kl))
 
 
 @register_kl(D.MultivariateNormal, D.Independent)
