@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -107,8 +108,7 @@ class ModelConfig:
     @classmethod
     def for_model(cls, name: str, **given: Any) -> ModelConfig:
         """The config of model ``name``: its registered defaults, then ``given``."""
-        if name not in MODELS:
-            raise ValueError(f"model name: expected one of {sorted(MODELS)}, got {name!r}")
+        _check_name(name)
         return cls(name=name, **{**MODEL_DEFAULTS[name], **given})
 
     @classmethod
@@ -121,8 +121,7 @@ class ModelConfig:
         return cls(**{**old, **saved})
 
     def __post_init__(self) -> None:
-        if self.name not in MODELS:
-            raise ValueError(f"model name: expected one of {sorted(MODELS)}, got {self.name!r}")
+        _check_name(self.name)
         for field in ("latent_size", "base_depth"):
             value = getattr(self, field)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -154,13 +153,24 @@ class ModelConfig:
                 raise ValueError(f"{field}: expected one of {list(choices)}, got {getattr(self, field)!r}")
         if self.objective == "elbo" and self.num_samples != 1:
             raise ValueError(f"num_samples={self.num_samples} needs objective 'iwae' or 'dreg', not 'elbo'")
+        if self.objective != "elbo" and self.num_samples < 2:
+            raise ValueError(
+                f"num_samples: objective {self.objective!r} needs K >= 2 samples (with one it is the "
+                f"ELBO), got {self.num_samples}"
+            )
+        defaults = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
+        for field, used, users in (
+            ("flow_steps", self.posterior == "iaf", "posterior 'iaf' uses"),
+            ("prior_components", self.prior != "normal", "the priors 'mog' and 'vamp' use"),
+        ):
+            if not used and getattr(self, field) != defaults[field]:
+                raise ValueError(f"{field}={getattr(self, field)!r}: only {users} it")
         if self.objective != "elbo" and self.free_bits:
             raise ValueError(f"free_bits applies to the 'elbo' objective, not {self.objective!r}")
         if self.prior == "vamp" and self.posterior == "iaf":
             raise ValueError(
                 "prior 'vamp' with posterior 'iaf': the VampPrior mixes Gaussian posteriors only"
             )
-        defaults = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
         reads = MODEL_FIELDS[self.name]
         if reads is None:
             return
@@ -170,6 +180,14 @@ class ModelConfig:
                     f"{field}={getattr(self, field)!r}: the {self.name!r} model does not use it "
                     f"(its options: {sorted(reads - {'name'})})"
                 )
+
+
+def _check_name(name: Any) -> None:
+    """A one-line ``ValueError`` for a model name not registered, with the closest name."""
+    if name not in MODELS:
+        close = difflib.get_close_matches(str(name).lower(), list(MODELS), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"model name: expected one of {sorted(MODELS)}, got {name!r}{hint}")
 
 
 def register_model(
