@@ -277,6 +277,22 @@ def test_user_errors_are_one_line(argv, match, tmp_path, run_dir, capsys):
     assert not (tmp_path / "x").exists() or not any((tmp_path / "x").iterdir())
 
 
+def test_a_moved_run_whose_data_dir_is_gone_names_its_config_and_the_option_that_helps(
+    tmp_path, run_dir, capsys
+):
+    moved = tmp_path / "moved"
+    shutil.copytree(run_dir, moved)
+    config = json.loads((moved / "config.json").read_text())
+    config.update(data_dir=str(tmp_path / "gone"), synthetic=0)
+    (moved / "config.json").write_text(json.dumps(config))
+    with pytest.raises(SystemExit) as exc:
+        main(["evaluate", str(moved), "--iwae-samples", "0"])
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and "\n" not in err
+    assert "(from the run's data_dir (--data-dir, or its config.json)): not a directory" in err
+    assert "pass --data-dir DIR" in err and "PROBLAYERS_MNIST_DIR" not in err
+
+
 def test_export_never_replaces_another_runs_files(tmp_path, run_dir, capsys):
     """Even with --force: the export's config.json would make that run unusable."""
     other = Path(shutil.copytree(run_dir, tmp_path / "other"))

@@ -89,13 +89,13 @@ def default_cache_dir() -> Path:
     return base / "problayers" / "mnist"
 
 
-def _require_complete(directory: Path, source: str) -> Path:
+def _require_complete(directory: Path, source: str, hint: str) -> Path:
     if not directory.is_dir():
-        raise MNISTNotFoundError(f"{directory} (from {source}): not a directory; {_HINT}")
+        raise MNISTNotFoundError(f"{directory} (from {source}): not a directory; {hint}")
     missing = missing_mnist_files(directory)
     if missing:
         raise MNISTNotFoundError(
-            f"{directory} (from {source}) lacks {', '.join(missing)} (.gz or raw); {_HINT}"
+            f"{directory} (from {source}) lacks {', '.join(missing)} (.gz or raw); {hint}"
         )
     return directory
 
@@ -108,20 +108,24 @@ def resolve_mnist_dir(
     mirrors: Iterable[str] | None = None,
     md5s: dict[str, str] | None = None,
     timeout: float = 60.0,
+    source: str = "the data_dir argument / --data-dir",
 ) -> Path:
     """The directory holding all four MNIST files: ``data_dir``, else ``$PROBLAYERS_MNIST_DIR``, else
     the cache (``cache_dir`` or :func:`default_cache_dir`), downloading missing files into the cache
     when ``download`` is true (``mirrors``/``md5s``/``timeout`` go to
     :func:`problayers.vae.download.download_mnist`). An empty string counts as not given.
+    ``source`` says in an error where ``data_dir`` came from (a run's ``config.json``, ...).
 
     Raises :class:`MNISTNotFoundError` if a given directory lacks a file or nothing is found with
     ``download=False``, and :class:`MNISTDownloadError` if every mirror fails.
     """
     if data_dir is not None and os.fspath(data_dir) != "":
-        return _require_complete(Path(data_dir).expanduser(), "the data_dir argument / --data-dir")
+        # A given directory is used as it is: only another one helps (not the variable).
+        hint = f"pass --data-dir DIR, a directory holding the four MNIST IDX files ({', '.join(MNIST_FILES)})"
+        return _require_complete(Path(data_dir).expanduser(), source, hint)
     env = os.environ.get(MNIST_ENV_VAR, "")
     if env:
-        return _require_complete(Path(env).expanduser(), f"${MNIST_ENV_VAR}")
+        return _require_complete(Path(env).expanduser(), f"${MNIST_ENV_VAR}", _HINT)
     cache = default_cache_dir() if cache_dir is None else Path(cache_dir).expanduser()
     missing = missing_mnist_files(cache)
     if not missing:

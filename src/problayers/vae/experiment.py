@@ -83,7 +83,8 @@ def _images(cfg: RunConfig, split: str) -> torch.Tensor:
     if cfg.synthetic:
         images, _ = mnist.synthetic_mnist(cfg.synthetic, seed=cfg.seed + (split == "test"))
     else:
-        images, _ = mnist.load_mnist(cfg.data_dir, split=split)
+        where = "the run's data_dir (--data-dir, or its config.json)"
+        images, _ = mnist.load_mnist(cfg.data_dir, split=split, source=where)
     subset = cfg.train_subset if split == "train" else cfg.test_subset
     if subset and subset > len(images):  # a run records what it used: never fewer silently
         raise ValueError(f"{split}_subset: expected at most the {len(images)} {split} images, got {subset}")
