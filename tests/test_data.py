@@ -317,6 +317,8 @@ def test_epoch_covers_every_example_once():
     zero_rows = (seen == 0).nonzero().item()
     assert float(torch.cat(batches)[zero_rows].sum()) == 0.0
     assert len(EpochBatches(images, 10, drop_last=True)) == 10
+    epoch = eb.epoch(0)
+    assert len(epoch) == 11 and len(list(epoch)) == 11  # a progress bar shows the total
 
 
 def test_epoch_batches_are_the_binarized_permutation():

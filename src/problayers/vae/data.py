@@ -258,6 +258,19 @@ def _check_int(name: str, value: object, lo: int, expectation: str) -> int:
     return value
 
 
+class _Sized(Iterator[torch.Tensor]):
+    """An iterator that knows how many items it gives."""
+
+    def __init__(self, items: Iterator[torch.Tensor], length: int) -> None:
+        self._items, self._length = items, length
+
+    def __next__(self) -> torch.Tensor:
+        return next(self._items)
+
+    def __len__(self) -> int:
+        return self._length
+
+
 class EpochBatches:
     """One epoch at a time of dynamically binarized training batches, from device-resident images.
 
@@ -321,11 +334,12 @@ class EpochBatches:
         return torch.randperm(self.num_examples, generator=gen)
 
     def epoch(self, e: int) -> Iterator[torch.Tensor]:
-        """Iterator over the ``len(self)`` batches of epoch ``e``: float32 (b, 1, 28, 28) of {0, 1}."""
+        """Iterator over the ``len(self)`` batches of epoch ``e``: float32 (b, 1, 28, 28) of {0, 1}.
+        It has a ``len`` (a progress bar shows the epoch's total)."""
         device = self.images.device
         perm = self.permutation(e).to(device)
         noise = torch.Generator(device=device).manual_seed(_derived_seed("noise", self.seed, e))
-        return self._iterate(perm, noise)
+        return _Sized(self._iterate(perm, noise), len(self))
 
     def _iterate(self, perm: torch.Tensor, noise: torch.Generator) -> Iterator[torch.Tensor]:
         n, b, w, r = self.num_examples, self.batch_size, self.world_size, self.rank
