@@ -293,6 +293,21 @@ def test_a_moved_run_whose_data_dir_is_gone_names_its_config_and_the_option_that
     assert "pass --data-dir DIR" in err and "PROBLAYERS_MNIST_DIR" not in err
 
 
+def test_a_run_stopped_before_its_first_checkpoint_is_not_resumed_but_trained_again(tmp_path, capsys):
+    out = tmp_path / "early"
+    argv = ["train", "--out", str(out), "--epochs", "1", "--synthetic", "128", *TINY]
+    assert main(argv) == 0
+    (out / "checkpoint.pt").unlink()  # as if stopped (Ctrl-C) within the first epoch
+    (out / "metrics.jsonl").unlink()
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--resume", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and "\n" not in err
+    assert "stopped before its first epoch completed" in err and f"problayers train --out {out}" in err
+    assert main(argv) == 0 and (out / "checkpoint.pt").is_file()  # what the message says works
+
+
 def test_export_never_replaces_another_runs_files(tmp_path, run_dir, capsys):
     """Even with --force: the export's config.json would make that run unusable."""
     other = Path(shutil.copytree(run_dir, tmp_path / "other"))

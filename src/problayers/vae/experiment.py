@@ -321,6 +321,12 @@ def resume(run_dir: str | Path, *, dist: DistContext | None = None, **overrides:
     def read() -> tuple[RunConfig, dict[str, Any]]:
         saved = read_config(run_dir)
         path = run_dir / CHECKPOINT
+        if not path.exists() and not path.is_symlink():  # stopped before its first checkpoint
+            raise RunDirError(
+                f"run_dir: {run_dir} stopped before its first epoch completed (no {CHECKPOINT}), so "
+                f"nothing can be resumed; train it again with problayers train --out {run_dir} "
+                "and the options in its config.json"
+            )
         state = load_checkpoint(path)
         check_run_state(state, str(path), training=True)
         done = state["epoch"]
