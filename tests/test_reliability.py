@@ -563,3 +563,17 @@ def test_unreadable_data_dir_fails_the_cli(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(Path, "is_file", denied)
     err = fails(["train", "--out", tmp_path / "r", "--data-dir", tmp_path, *TINY], capsys)
     assert f"{tmp_path}" in err and "Permission denied (EACCES)" in err
+
+
+def test_a_failed_download_is_the_environments_fault(tmp_path, monkeypatch, capsys):
+    # No network, or a cache directory that cannot be made: exit 1 (the environment), not 2.
+    from problayers.vae import data
+
+    monkeypatch.delenv(data.MNIST_ENV_VAR, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(
+        "problayers.vae.download.download_mnist",
+        lambda *a, **k: (_ for _ in ()).throw(data.MNISTDownloadError("MNIST download failed: offline")),
+    )
+    err = fails(["train", "--out", tmp_path / "r", *TINY], capsys, code=1)
+    assert err == "problayers: error: MNIST download failed: offline"

@@ -10,7 +10,7 @@ from ..train.checkpoint import CheckpointError
 from ..train.cudagraph import CaptureError
 from ..train.divergence import NonFiniteLossError
 from ..train.errors import ProblayersError, Terminated, WriteError, one_line, os_reason
-from ..vae.data import MNISTError
+from ..vae.data import MNISTDownloadError, MNISTError
 
 __all__ = ["DEBUG_ENV", "debug_requested", "describe"]
 
@@ -36,7 +36,7 @@ def describe(err: BaseException) -> tuple[int, str]:
         return 130, "problayers: interrupted; the last complete checkpoint, if any, is kept"
     if isinstance(err, NonFiniteLossError):
         return 1, f"problayers: {one_line(err)}"
-    if isinstance(err, (WriteError, CaptureError)):
+    if isinstance(err, (WriteError, CaptureError, MNISTDownloadError)):  # the environment's fault
         return 1, f"problayers: error: {one_line(err)}"
     if isinstance(err, (ValueError, MNISTError, CheckpointError, ProblayersError)):
         return 2, f"problayers: error: {one_line(err)}"

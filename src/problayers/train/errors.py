@@ -3,8 +3,8 @@ CLI turns any exception into an exit status and one line on stderr.
 
 * ``2``: the inputs are wrong (an option, a run directory, a checkpoint, a ``config.json``, the
   data): ``problayers: error: <what>: expected <this>, got <that>``.
-* ``1``: the environment failed (disk full, permission denied, read-only filesystem), training
-  diverged (a non-finite loss), or an unforeseen internal error.
+* ``1``: the environment failed (disk full, permission denied, read-only filesystem, a failed
+  download), training diverged (a non-finite loss), or an unforeseen internal error.
 * ``130`` / ``143``: interrupted by SIGINT / SIGTERM (cleanly: no temporary files are left).
 
 No traceback is printed unless ``--debug`` is given or ``PROBLAYERS_DEBUG=1`` is set.
