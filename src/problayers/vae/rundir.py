@@ -128,9 +128,16 @@ def check_consistent(cfg: RunConfig, saved: dict[str, Any], epoch: int, source: 
     except (TypeError, ValueError):
         same = False
     if not same:
+        ours = cfg.to_json()["model"]
+        theirs = saved["model"] if isinstance(saved["model"], dict) else {}
+        diff = [
+            f"{k} {theirs.get(k, '(none)')!r} vs {ours.get(k, '(none)')!r}"
+            for k in sorted(set(ours) | set(theirs))
+            if theirs.get(k, ours.get(k)) != ours.get(k)
+        ] or [repr(saved["model"])]
         raise CheckpointError(
-            f"{source}: trained with model config {saved['model']}, but this run's model config is "
-            f"{cfg.to_json()['model']}"
+            f"{source}: trained with another model config than this run's {CONFIG} (checkpoint vs "
+            f"run: {', '.join(diff[:4])}{' ...' if len(diff) > 4 else ''})"
         )
     if epoch > cfg.epochs:
         raise CheckpointError(
