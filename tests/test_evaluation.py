@@ -417,6 +417,17 @@ def test_evaluate_without_iwae_and_statistics(m):
     assert abs(res["neg_elbo"] - exact) < Z_SE * se
 
 
+def test_the_elbo_does_not_change_with_the_iwae_samples(m):
+    # The IWAE draws are made on a fork of the random stream: at one seed the -ELBO of
+    # `evaluate --iwae-samples K` is the same for every K (it changed with K before).
+    images = m.data(40)
+    elbos = []
+    for k in (0, 1, 7):
+        torch.manual_seed(3)
+        elbos.append(evaluate(m.encode, m.decode, m.prior, images, batch_size=9, iwae_samples=k)["neg_elbo"])
+    assert elbos[0] == elbos[1] == elbos[2]
+
+
 def test_evaluate_does_not_sync_per_batch(m, monkeypatch):
     """Sums stay on the device: no .item() at all, one .tolist() at the end."""
     calls = {"item": 0, "tolist": 0}

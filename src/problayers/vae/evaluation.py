@@ -253,9 +253,12 @@ def evaluate(
                 terms = elbo_terms(encode, decode, prior, x, exact_kl=exact_kl)
                 columns = [terms["neg_elbo"], terms["recon"], terms["kl"]]  # each (b,)
                 if iwae_samples > 0:
-                    log_px = iwae_log_likelihood(
-                        encode, decode, prior, x, iwae_samples, chunk_size=chunk_size
-                    )  # (b,)
+                    # On a fork of the random stream: the ELBO terms draw the same samples whatever
+                    # the K (the -ELBO of a run does not change with --iwae-samples).
+                    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                        log_px = iwae_log_likelihood(
+                            encode, decode, prior, x, iwae_samples, chunk_size=chunk_size
+                        )  # (b,)
                     columns.append(-log_px)
                 sums += torch.stack([c.to(dtype).sum() for c in columns])  # (M,)
                 if bar is not None:
