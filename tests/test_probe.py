@@ -275,3 +275,27 @@ def test_an_avx512_cpu_without_bf16_instructions_has_no_native_bf16(monkeypatch)
     assert probe.cpu_has_native_bf16() is False
     monkeypatch.setattr(probe, "_cpuinfo", lambda: {"flags": "avx2 amx_bf16 amx_tile"})
     assert probe.cpu_has_native_bf16() == bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+@pytest.mark.real_probe
+@pytest.mark.parametrize(("budget", "calls"), [(0.0, 2 * (1 + 1)), (1e9, 2 * (1 + 3))])
+def test_a_slow_step_is_timed_once_within_the_budget(monkeypatch, budget, calls):
+    # A model whose step takes seconds (the resnet on 2 cores) is not timed `repeats` times over.
+    made = []
+
+    def fake_step(model, opt, loss_fn, **options):
+        made.append(0)
+        index = len(made) - 1
+
+        def step(batch):
+            made[index] += 1
+
+        return step
+
+    monkeypatch.setattr(probe, "make_train_step", fake_step)
+    model = _net()
+    cands = probe.CPU_CANDIDATES[:2]
+    times = probe._time_candidates(
+        model, torch.optim.Adam(model.parameters()), _loss, BATCH, cands, 1, 3, budget
+    )
+    assert sum(made) == calls and set(times) == {c.name for c in cands}

@@ -40,6 +40,7 @@ __all__ = [
     "BF16_MARGIN",
     "CONV_PASSES",
     "CPU_CANDIDATES",
+    "PROBE_BUDGET_S",
     "Candidate",
     "StepChoice",
     "cache_path",
@@ -51,6 +52,8 @@ __all__ = [
 
 #: bf16 is chosen only where its step is at least this fraction faster than the best fp32 one.
 BF16_MARGIN = 0.10
+#: Seconds after which the probe's timed rounds stop (after the first one).
+PROBE_BUDGET_S = 10.0
 _CACHE_FILE = "step-options.json"
 _CACHE_VERSION = 4  # 2: candidates with transposed_as_conv; 3: and narrow_conv_by_transposed;
 # 4: its one-channel forward depthwise (a candidate that changed is measured again)
@@ -262,21 +265,26 @@ def _time_candidates(
     candidates: Sequence[Candidate],
     warmup: int,
     repeats: int,
+    budget: float = PROBE_BUDGET_S,
 ) -> dict[str, float]:
-    """The fastest of ``repeats`` steps of each candidate (after ``warmup`` steps), the
-    candidates taking turns so that a slow spell of the machine hits them all alike."""
+    """The fastest of up to ``repeats`` steps of each candidate (after ``warmup`` steps), the
+    candidates taking turns so that a slow spell of the machine hits them all alike; no round
+    after the first timed one starts once ``budget`` seconds are spent."""
     steps = []
     for cand in candidates:
         twin = copy.deepcopy(model)  # channels_last converts in place: never the caller's model
         opt = type(optimizer)(twin.parameters(), **optimizer.defaults)
         steps.append(make_train_step(twin, opt, loss_fn, **cand.options))
     best = [float("inf")] * len(candidates)
+    began = time.perf_counter()
     for i in range(warmup + repeats):
         for j, step in enumerate(steps):
             start = time.perf_counter()
             step(batch)
             if i >= warmup:
                 best[j] = min(best[j], time.perf_counter() - start)
+        if i >= warmup and time.perf_counter() - began > budget:
+            break
     return {cand.name: t for cand, t in zip(candidates, best, strict=True)}
 
 
@@ -337,7 +345,7 @@ def probe_step_options(
         workload: the cache key's part for what is trained (e.g. the model config and batch size).
         candidates: the option sets to measure; bf16 ones are dropped where the CPU lacks bf16.
         warmup: untimed steps per candidate first. repeats: timed steps per candidate (the
-            fastest counts).
+            fastest counts), fewer (at least one) once :data:`PROBE_BUDGET_S` is spent.
         margin: how much faster bf16 must be than the best fp32 candidate to be chosen.
         cache: ``True``: :func:`cache_path`; a path; ``None``/``False``: no cache.
 
