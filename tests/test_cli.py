@@ -335,6 +335,25 @@ def test_module_entry_point_help():
         assert command in out.stdout
 
 
+def test_version_and_every_option_has_help(capsys):
+    from importlib.metadata import version
+
+    from problayers.cli.parser import build_parser
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0 and capsys.readouterr().out.strip() == f"problayers {version('problayers')}"
+    parser = build_parser()
+    commands = next(a for a in parser._actions if a.dest == "command").choices
+    missing = [
+        f"{name} {'/'.join(action.option_strings)}"
+        for name, sub in commands.items()
+        for action in sub._actions
+        if action.option_strings and not action.help
+    ]
+    assert missing == []
+
+
 def test_train_help_names_every_registered_model():
     from problayers.cli.parser import build_parser
     from problayers.vae.models.registry import MODELS

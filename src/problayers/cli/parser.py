@@ -74,8 +74,18 @@ def _add_weights_option(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("problayers")
+    except PackageNotFoundError:  # run from a source tree that was not installed
+        return "(not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="problayers", description=DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"problayers {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     common = _Parser(add_help=False)  # the subparsers' class: their parents= must be of it too
     common.add_argument(
@@ -90,9 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--epochs", type=_positive, default=None, help="epochs (default 15; with --resume: the total)"
     )
-    p.add_argument("--batch-size", type=_positive, default=256)
+    p.add_argument("--batch-size", type=_positive, default=256, help="images per step (default 256)")
     p.add_argument("--lr", type=_number, default=1e-3, help="(peak) learning rate; may change on --resume")
-    p.add_argument("--seed", type=_int_at_least(0), default=0)
+    p.add_argument("--seed", type=_int_at_least(0), default=0, help="seed of the run (default 0)")
     p.add_argument(
         "--model",
         default="seed",
@@ -239,7 +249,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", parents=[common], help="test -ELBO and the IWAE bound of a trained run")
     p.add_argument("run_dir")
     p.add_argument(
-        "--iwae-samples", type=_int_at_least(0), default=5000, help="K of the IWAE bound (0: none)"
+        "--iwae-samples",
+        type=_int_at_least(0),
+        default=5000,
+        help="K of the IWAE bound (default 5000; 0: none)",
     )
     p.add_argument(
         "--batch-size",
@@ -253,8 +266,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="IWAE samples per image at once (default 128 on a CPU, else 500)",
     )
-    p.add_argument("--test-subset", type=_positive, default=None)
-    p.add_argument("--seed", type=_int_at_least(0), default=0)
+    p.add_argument(
+        "--test-subset", type=_positive, default=None, help="the first N test images (default: all)"
+    )
+    p.add_argument("--seed", type=_int_at_least(0), default=0, help="seed of the sampling (default 0)")
     p.add_argument(
         "--out",
         default=None,
@@ -275,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--channels-last", action="store_true", help="NHWC convolutions")
     _add_weights_option(p)
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     _add_data_options(p)
 
     p = sub.add_parser(
@@ -284,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("--n", type=_positive, default=10, help="images per row")
     _add_weights_option(p)
-    p.add_argument("--seed", type=_int_at_least(0), default=0)
+    p.add_argument("--seed", type=_int_at_least(0), default=0, help="seed of the sampling (default 0)")
     p.add_argument("--out", default=None, help="output directory (default RUN_DIR)")
     _add_data_options(p)
 
@@ -303,9 +318,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "regression", parents=[common], help="the 1-D probabilistic regression demo (four PNGs)"
     )
-    p.add_argument("--out", default="runs/regression")
-    p.add_argument("--epochs", type=_positive, default=None)
+    p.add_argument("--out", default="runs/regression", help="output directory (default runs/regression)")
+    p.add_argument(
+        "--epochs", type=_positive, default=None, help="epochs of each model (default: the demo's)"
+    )
     # the demo seeds its models with seed * 1000 + i: the seed times 1000 must stay an int64
-    p.add_argument("--seed", type=_int_at_least(0, MAX_INT // 1000 - 1000), default=0)
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument(
+        "--seed", type=_int_at_least(0, MAX_INT // 1000 - 1000), default=0, help="seed (default 0)"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
