@@ -192,7 +192,10 @@ def test_weight_averaging_flags(tmp_path):
 @pytest.mark.parametrize(
     "argv,match",
     [
-        (["train", "--data-dir", "/nonexistent/mnist", "--out", "{tmp}/x"], "PROBLAYERS_MNIST_DIR"),
+        (
+            ["train", "--data-dir", "/nonexistent/mnist", "--out", "{tmp}/x"],
+            "/nonexistent/mnist (from the run's data_dir (--data-dir, or its config.json)): not a directory",
+        ),
         (["train", "--ema-decay", "1", "--synthetic", "8", "--out", "{tmp}/x"], "ema_decay"),
         (["train", "--batch-size", "0", "--synthetic", "8", "--out", "{tmp}/x"], "--batch-size"),
         (["train", "--batch-size", "999", "--synthetic", "8", "--out", "{tmp}/x"], "batch_size"),
