@@ -130,15 +130,19 @@ def test_bad_file_one_line_error(tmp_path, case, gz):
     assert isinstance(info.value, ValueError)
 
 
-@pytest.mark.parametrize("damage", ["garbage", "truncated gzip", "bad crc"])
+@pytest.mark.parametrize("damage", ["garbage", "truncated gzip", "bad crc", "longer, bad crc"])
 def test_bad_gzip(tmp_path, damage):
     write_mnist_split(tmp_path, *synthetic_mnist(6), "train")
     path = tmp_path / f"{TRAIN_IMAGES}.gz"
     blob = path.read_bytes()
+    # "longer, bad crc": what bits flipped in the deflate data give, a longer output that fails
+    # gzip's check (it was called trailing data, as if the file were another than MNIST's)
+    longer = gzip.compress(gzip.decompress(blob) + bytes(100))
     blob = {
         "garbage": b"this is not gzip data",
         "truncated gzip": blob[: len(blob) // 2],
         "bad crc": blob[:-8] + bytes(4) + blob[-4:],
+        "longer, bad crc": longer[:-8] + bytes(4) + longer[-4:],
     }[damage]
     path.write_bytes(blob)
     with pytest.raises(MNISTFormatError, match="corrupt or truncated gzip") as info:

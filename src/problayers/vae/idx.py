@@ -156,6 +156,13 @@ def _count_check(split: str) -> Callable[[Path, int], None]:
     return check
 
 
+def _drain(f: IO[bytes], limit: int = 64 << 20) -> None:
+    """Read on (at most ``limit`` bytes, discarded) to the end of a gzip stream, which checks it."""
+    for _ in range(limit >> 20):
+        if not f.read(1 << 20):
+            return
+
+
 def _parse_idx(path: Path, magic: int, check_count: Callable[[Path, int], None] | None = None) -> np.ndarray:
     """Stream an unsigned-byte IDX file: its header is validated (magic, dims, count, and
     ``check_count``) before the payload is read, and no more than the header's payload (plus one
@@ -197,6 +204,8 @@ def _parse_idx(path: Path, magic: int, check_count: Callable[[Path, int], None] 
                 f"({header + size} bytes) but the data is {header + len(payload)} bytes"
             )
         if f.read(1):
+            if path.name.endswith(".gz"):  # a damaged stream decompresses to more: let gzip say so
+                _drain(f)  # its CRC check at the end raises (a one-line gzip error)
             raise MNISTFormatError(
                 f"{path}: trailing data: the header declares {shape[0]} {kind}s "
                 f"({header + size} bytes) but the data is longer"
