@@ -200,6 +200,10 @@ def test_weight_averaging_flags(tmp_path):
         (["train", "--batch-size", "0", "--synthetic", "8", "--out", "{tmp}/x"], "--batch-size"),
         (["train", "--batch-size", "999", "--synthetic", "8", "--out", "{tmp}/x"], "batch_size"),
         (["train", "--epochs", "0", "--synthetic", "8", "--out", "{tmp}/x"], "argument --epochs"),
+        (
+            ["train", "--synthetic", "8", "--data-dir", "{tmp}", "--out", "{tmp}/x"],
+            "data_dir: a synthetic run (8 generated digits) reads no MNIST directory",
+        ),
         (["train", "--lr", "nan", "--synthetic", "8", "--out", "{tmp}/x"], "argument --lr"),
         (
             ["train", "--seed", "99999999999999999999", "--synthetic", "8", "--out", "{tmp}/x"],

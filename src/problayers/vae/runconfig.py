@@ -100,6 +100,11 @@ class RunConfig:
             raise ValueError(f"synthetic: expected an int >= 0, got {self.synthetic!r}")
         if self.data_dir is not None and not isinstance(self.data_dir, str):
             raise ValueError(f"data_dir: expected a path string or null, got {self.data_dir!r}")
+        if self.synthetic and self.data_dir:  # a run records what it used: not a directory unread
+            raise ValueError(
+                f"data_dir: a synthetic run ({self.synthetic} generated digits) reads no MNIST "
+                f"directory, got {self.data_dir!r}"
+            )
         from ..train.fastpath import COMPILE_MODES, PRECISIONS
         from ..train.loggers import LOGGERS
         from ..train.schedules import LR_SCHEDULES
