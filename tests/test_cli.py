@@ -200,6 +200,7 @@ def test_weight_averaging_flags(tmp_path):
         (["train", "--batch-size", "0", "--synthetic", "8", "--out", "{tmp}/x"], "--batch-size"),
         (["train", "--batch-size", "999", "--synthetic", "8", "--out", "{tmp}/x"], "batch_size"),
         (["train", "--epochs", "0", "--synthetic", "8", "--out", "{tmp}/x"], "argument --epochs"),
+        (["train", "--bogus"], "unrecognized arguments: --bogus (see problayers train --help)"),
         (
             ["train", "--synthetic", "8", "--data-dir", "{tmp}", "--out", "{tmp}/x"],
             "data_dir: a synthetic run (8 generated digits) reads no MNIST directory",

@@ -4,7 +4,7 @@ range-checked values, so a bad option fails before anything runs, naming the opt
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 __all__ = ["DESCRIPTION", "build_parser"]
 
@@ -14,7 +14,10 @@ DESCRIPTION = (
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse with one-line errors: ``problayers: error: argument --epochs: ...``."""
+    """argparse with one-line errors: ``problayers: error: argument --epochs: ...``.
+    ``commands``: the subcommands' parsers by name (on the top-level parser)."""
+
+    commands: Mapping[str, argparse.ArgumentParser]
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"problayers: error: {' '.join(message.split())} (see {self.prog} --help)\n")
@@ -83,10 +86,11 @@ def _version() -> str:
         return "(not installed)"
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> _Parser:
     parser = _Parser(prog="problayers", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"problayers {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
+    parser.commands = sub.choices
     common = _Parser(add_help=False)  # the subparsers' class: their parents= must be of it too
     common.add_argument(
         "--debug", action="store_true", help="show the traceback of an error (also: PROBLAYERS_DEBUG=1)"
