@@ -196,14 +196,20 @@ def test_weight_averaging_flags(tmp_path):
             ["train", "--data-dir", "/nonexistent/mnist", "--out", "{tmp}/x"],
             "/nonexistent/mnist (from the run's data_dir (--data-dir, or its config.json)): not a directory",
         ),
-        (["train", "--ema-decay", "1", "--synthetic", "8", "--out", "{tmp}/x"], "ema_decay"),
+        (
+            ["train", "--ema-decay", "1", "--synthetic", "8", "--out", "{tmp}/x"],
+            "--ema-decay: expected a number in (0, 1)",
+        ),
         (["train", "--batch-size", "0", "--synthetic", "8", "--out", "{tmp}/x"], "--batch-size"),
-        (["train", "--batch-size", "999", "--synthetic", "8", "--out", "{tmp}/x"], "batch_size"),
+        (
+            ["train", "--batch-size", "999", "--synthetic", "8", "--out", "{tmp}/x"],
+            "--batch-size: expected at most the 8 training images, got 999",
+        ),
         (["train", "--epochs", "0", "--synthetic", "8", "--out", "{tmp}/x"], "argument --epochs"),
         (["train", "--bogus"], "unrecognized arguments: --bogus (see problayers train --help)"),
         (
             ["train", "--synthetic", "8", "--data-dir", "{tmp}", "--out", "{tmp}/x"],
-            "data_dir: a synthetic run (8 generated digits) reads no MNIST directory",
+            "--data-dir: a synthetic run (8 generated digits) reads no MNIST directory",
         ),
         (["train", "--lr", "nan", "--synthetic", "8", "--out", "{tmp}/x"], "argument --lr"),
         (
@@ -220,9 +226,9 @@ def test_weight_averaging_flags(tmp_path):
         ),
         (
             ["train", "--synthetic", "64", "--train-subset", "1000", "--batch-size", "8", "--out", "{tmp}/x"],
-            "train_subset: expected at most the 64 train images, got 1000",
+            "--train-subset: expected at most the 64 train images, got 1000",
         ),
-        (["evaluate", "RUN", "--test-subset", "100000"], "test_subset: expected at most the"),
+        (["evaluate", "RUN", "--test-subset", "100000"], "--test-subset: expected at most the"),
         (["sample", "RUN", "--n", "100000", "--out", "{tmp}/s"], "--n: expected at most the"),
         (["train", "--synthetic", "8", "--out", ""], "--out: expected a directory, got an empty path"),
         (["train", "--synthetic", "8", "--out", "/dev/null"], "got an existing file"),
@@ -268,7 +274,7 @@ def test_weight_averaging_flags(tmp_path):
                 "--out",
                 "{tmp}/x",
             ],
-            "cuda_graph",
+            "--cuda-graph: needs a CUDA device",
         ),
     ],
 )
@@ -472,3 +478,20 @@ def test_train_step_line_without_a_probe(tmp_path, capsys, flags, line):
     cfg = json.loads((tmp_path / "r" / "config.json").read_text())
     assert cfg["step_choice"] is None
     assert cfg["retain_memory"] is ("--fast" in flags)  # the CPU's fast defaults only
+
+
+@pytest.mark.parametrize(
+    ("argv", "line"),
+    [
+        (
+            ["--model", "mlp", "--flow-steps", "3"],
+            "problayers: error: --flow-steps 3: only posterior 'iaf' uses it",
+        ),
+        (["--model", "mlp", "--objective", "iwae"], "problayers: error: --num-samples: objective 'iwae'"),
+        (["--model", "mpl"], "problayers: error: model name: expected one of"),  # not an option
+    ],
+)
+def test_errors_name_the_option_as_typed(tmp_path, capsys, argv, line):
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--synthetic", "64", "--out", str(tmp_path / "x"), *argv])
+    assert exc.value.code == 2 and capsys.readouterr().err.startswith(line)

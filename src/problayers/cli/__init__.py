@@ -10,6 +10,7 @@ SIGINT/SIGTERM. ``--debug`` or ``PROBLAYERS_DEBUG=1`` shows the traceback instea
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -362,7 +363,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         if debug_requested(args.debug):
             raise
         code, line = describe(err)
-        parser.exit(code, line + "\n")
+        parser.exit(code, _as_options(line, parser.commands[args.command], args) + "\n")
+
+
+def _as_options(line: str, command: argparse.ArgumentParser, args: argparse.Namespace) -> str:
+    """``line`` with a leading field name (``batch_size:``, ``flow_steps=3:``) written as the
+    command's option (``--batch-size:``, ``--flow-steps 3:``): what the user typed."""
+    match = re.match(r"(problayers: error: )([a-z_]+)(?:=(\S+))?:", line)
+    if match is None:
+        return line
+    field = match.group(2)
+    flags = {a.dest: a.option_strings[0] for a in command._actions if a.option_strings}
+    if field == "run_dir" and args.command == "train":
+        flags[field] = "--resume" if args.resume else "--out"
+    if field not in flags:
+        return line
+    value = f" {match.group(3)}" if match.group(3) is not None else ""
+    return f"{match.group(1)}{flags[field]}{value}:{line[match.end() :]}"
 
 
 if __name__ == "__main__":
