@@ -68,6 +68,18 @@ def test_poisson_rate_is_exp_of_params():
     assert (out.tensor() == out.tensor().round()).all()
 
 
+def test_poisson_log_prob_uses_the_log_rate_as_tfp():
+    # TFP's IndependentPoisson is Poisson(log_rate=params): its log density stays finite (and
+    # exact) where exp(log_rate) leaves fp32; torch's Poisson(exp(params)) gave -inf, NaN, or
+    # -301.74 for -301.79. Reference: scipy in float64 (exp is finite there), then cast to fp32.
+    log_rate = torch.tensor([-200.0, -100.0, 0.0, 5.0, 89.0])
+    out = pl.IndependentPoisson()(log_rate[:, None, None].expand(5, 2, 1))  # batch (5, 2)
+    counts = torch.tensor([0.0, 3.0]).expand(5, 2)
+    want = stats.poisson.logpmf(counts.numpy(), np.exp(log_rate.double().numpy())[:, None])
+    torch.testing.assert_close(out.log_prob(counts), torch.from_numpy(want).float())
+    assert isinstance(out.base_dist, D.Poisson) and torch.equal(out.mean, log_rate.exp()[:, None].expand(5, 2))
+
+
 def test_one_hot_samples_are_one_hot_and_probs_are_softmax():
     params = torch.randn(5, 6)
     out = pl.OneHotCategorical(6)(params)

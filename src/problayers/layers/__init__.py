@@ -29,6 +29,7 @@ from .independent import (
     IndependentNormal,
     IndependentPoisson,
     Logistic,
+    LogRatePoisson,
 )
 from .mixture import MixtureLogistic, MixtureNormal, MixtureSameFamily
 from .multivariate import MultivariateNormalTriL
@@ -77,6 +78,7 @@ __all__ = [
     "IndependentLogistic",
     "IndependentNormal",
     "IndependentPoisson",
+    "LogRatePoisson",
     "Logistic",
     "MaskedAutoregressiveTransform",
     "MeanFieldNormal",

@@ -23,6 +23,7 @@ __all__ = [
     "IndependentLogistic",
     "IndependentNormal",
     "IndependentPoisson",
+    "LogRatePoisson",
     "Logistic",
 ]
 
@@ -125,6 +126,54 @@ class Logistic(D.TransformedDistribution):
 
 
 _coercible_class(Logistic)  # its coercible class made up front, as torch's (see coercible.py)
+
+
+class LogRatePoisson(D.Poisson):
+    """torch's ``Poisson`` made from its log rate, as TFP's ``tfd.Poisson(log_rate=...)``.
+
+    ``log_prob`` is torch's ``x log(rate) - rate - lgamma(x + 1)`` with ``log(rate)`` the log
+    rate given, not the log of its exponential: where ``exp`` leaves the dtype (fp32: log rates
+    below about -87 or above 88.7), torch's ``Poisson(exp(log_rate))`` gives ``-inf`` or NaN, and
+    it loses digits before that (count 3 at log rate -100: -301.74 for TFP's -301.79); this gives
+    TFP's numbers. Sampling, ``mean``, ``variance`` and the KL are torch's at ``rate =
+    exp(log_rate)``.
+
+    Args:
+        log_rate: the log rates; their shape is the ``batch_shape``.
+        validate_args: torch's argument checks (default ``None``: torch's global default).
+
+    ``batch_shape`` is ``log_rate``'s shape; ``event_shape`` is ``()``.
+
+    Example::
+
+        >>> dist = pl.LogRatePoisson(torch.tensor([-100.0, 0.0, 100.0]))
+        >>> dist.log_prob(torch.tensor([3.0, 3.0, 0.0]))  # torch's Poisson: -301.74, -2.79, -inf
+        tensor([-301.7917,   -2.7918,      -inf])
+    """
+
+    arg_constraints: ClassVar[dict[str, constraints.Constraint]] = {  # type: ignore[misc]
+        "log_rate": constraints.real,
+    }
+
+    def __init__(self, log_rate, validate_args: bool | None = None) -> None:
+        (self.log_rate,) = broadcast_all(log_rate)  # (*B)
+        super().__init__(self.log_rate.exp(), validate_args=validate_args)
+
+    def expand(self, batch_shape, _instance=None):
+        new = self._get_checked_instance(LogRatePoisson, _instance)
+        new.log_rate = self.log_rate.expand(batch_shape)
+        return super().expand(batch_shape, _instance=new)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        if self._validate_args:
+            self._validate_sample(value)
+        log_rate, value = broadcast_all(self.log_rate, value)  # (*B)
+        # x log(rate), 0 where x = 0 (torch's xlogy, TFP's multiply_no_nan)
+        term = torch.where(value == 0, torch.zeros_like(log_rate), value * log_rate)
+        return term - log_rate.exp() - (value + 1).lgamma()
+
+
+_coercible_class(LogRatePoisson)
 
 
 def _one_per_element(layer: str, params, event_shape) -> tuple[torch.Tensor, tuple[int, ...]]:
@@ -312,7 +361,8 @@ class IndependentPoisson(_IndependentLayer):
             output (default ``None``: none).
 
     Input: ``(*B, params_size(event_shape))`` = ``(*B, prod(event_shape))`` log rates
-    (``rate = exp(params)``). Output: a tensor-coercible ``Independent(Poisson)`` with
+    (``rate = exp(params)``). Output: a tensor-coercible ``Independent(LogRatePoisson)`` (a
+    torch ``Poisson`` whose ``log_prob`` uses the log rate, as TFP's) with
     ``batch_shape`` B and ``event_shape`` ``event_shape``.
 
     Example::
@@ -334,4 +384,4 @@ class IndependentPoisson(_IndependentLayer):
         """``(*B, prod(event_shape))`` log rates -> ``Independent(Poisson)``, batch B, event
         ``event_shape``."""
         log_rate, shape = _one_per_element("IndependentPoisson", params, event_shape)  # (*B, *E)
-        return D.Independent(D.Poisson(log_rate.exp(), validate_args=validate_args), len(shape))
+        return D.Independent(LogRatePoisson(log_rate, validate_args=validate_args), len(shape))
