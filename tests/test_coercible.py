@@ -244,6 +244,35 @@ def test_a_first_look_with_autograd_off_keeps_the_sample_and_its_gradient_for_th
     torch.testing.assert_close(grad, reference)
 
 
+@pytest.mark.parametrize("mode", [torch.no_grad, torch.inference_mode])
+def test_the_same_for_an_output_made_straight_from_parameters(mode):
+    # A VariableLayer's distribution holds the parameter itself (no grad_fn in its state).
+    torch.manual_seed(0)
+    layer = pl.VariableLayer(
+        3, initializer="normal", make_distribution_fn=lambda t: D.Independent(D.Normal(t, 1.0), 1)
+    )
+    q = layer()
+    with mode():
+        q.tensor().mean()
+    (q * torch.arange(3.0)).square().sum().backward()
+    assert layer.variable.grad is not None and layer.variable.grad.abs().sum() > 0
+
+
+def test_a_look_with_autograd_off_compiles_in_one_graph():
+    enc = nn.Sequential(nn.Linear(5, 6), pl.IndependentNormal(3))
+    x = torch.randn(4, 5)
+
+    def loss(x):
+        q = enc(x)
+        with torch.no_grad():
+            q.tensor().mean()  # a metric, before the loss
+        return (q * torch.arange(3.0)).square().sum()
+
+    torch._dynamo.reset()
+    torch.compile(loss, backend="eager", fullgraph=True)(x).backward()
+    assert enc[0].weight.grad is not None and enc[0].weight.grad.abs().sum() > 0
+
+
 def test_a_look_with_autograd_off_at_an_output_made_without_it_draws_plainly():
     enc = nn.Sequential(nn.Linear(5, 6), pl.IndependentNormal(3))
     with torch.no_grad():

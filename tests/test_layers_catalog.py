@@ -77,7 +77,9 @@ def test_poisson_log_prob_uses_the_log_rate_as_tfp():
     counts = torch.tensor([0.0, 3.0]).expand(5, 2)
     want = stats.poisson.logpmf(counts.numpy(), np.exp(log_rate.double().numpy())[:, None])
     torch.testing.assert_close(out.log_prob(counts), torch.from_numpy(want).float())
-    assert isinstance(out.base_dist, D.Poisson) and torch.equal(out.mean, log_rate.exp()[:, None].expand(5, 2))
+    assert isinstance(out.base_dist, D.Poisson) and torch.equal(
+        out.mean, log_rate.exp()[:, None].expand(5, 2)
+    )
 
 
 def test_one_hot_samples_are_one_hot_and_probs_are_softmax():

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 import torch.distributions as D
 
-__all__ = ["first_floating_tensor", "graph_tensors"]
+__all__ = ["first_floating_tensor", "graph_tensors", "requires_grad"]
 
 
 def first_floating_tensor(obj: Any, depth: int = 0) -> torch.Tensor | None:
@@ -47,3 +47,20 @@ def graph_tensors(obj: Any, out: list[torch.Tensor], depth: int = 0) -> list[tor
     elif isinstance(obj, (D.Distribution, D.Transform)):
         graph_tensors(vars(obj), out, depth + 1)
     return out
+
+
+def requires_grad(obj: Any, depth: int = 0) -> bool:
+    """Whether a tensor of a distribution's state (nested distributions and transforms too)
+    requires grad: a parameter or a tensor computed from one with autograd on. (``requires_grad``,
+    not ``grad_fn``: dynamo traces the one, not the other.)"""
+    if depth > 16:
+        return False
+    if isinstance(obj, torch.Tensor):
+        return obj.requires_grad
+    if isinstance(obj, dict):
+        return any(requires_grad(v, depth + 1) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return any(requires_grad(v, depth + 1) for v in obj)
+    if isinstance(obj, (D.Distribution, D.Transform)):
+        return requires_grad(vars(obj), depth + 1)
+    return False

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.distributions as D
 
-from ._state import first_floating_tensor, graph_tensors
+from ._state import first_floating_tensor, graph_tensors, requires_grad
 from .convert import TFP_METHOD_NAMES, ConvertFn, as_sample_shape, resolve_convert_fn, scalars_like
 from .precision import autocast_device, in_fp32
 
@@ -114,7 +114,7 @@ class TensorCoercible(_MixinBase):
         """
         value = self._tc_value
         if value is None:
-            if not torch.is_grad_enabled() and graph_tensors(self.__dict__, []):
+            if not torch.is_grad_enabled() and requires_grad(self.__dict__):
                 with torch.inference_mode(False), torch.enable_grad():
                     value = self._tc_value = self._draw()
             else:
