@@ -384,7 +384,7 @@ def test_regression(tmp_path, capsys):
 
 
 def test_train_prints_and_records_its_step_choice(tmp_path, capsys, monkeypatch):
-    from problayers.train import probe
+    from problayers.train import cpu, probe
 
     monkeypatch.setenv("PROBLAYERS_CACHE_DIR", str(tmp_path / "cache-a"))  # nothing measured before
     argv = ["train", "--epochs", "1", "--synthetic", "64", "--device", "cpu", *TINY]
@@ -426,7 +426,7 @@ def test_train_prints_and_records_its_step_choice(tmp_path, capsys, monkeypatch)
     monkeypatch.setattr(
         probe, "_time_candidates", lambda m, o, f, b, cands, w, r: {c.name: times[c.name] for c in cands}
     )
-    monkeypatch.setattr(probe, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(cpu, "cpu_has_native_bf16", lambda: True)
     monkeypatch.setenv("PROBLAYERS_CACHE_DIR", str(tmp_path / "cache"))
     assert main([*argv, "--out", str(tmp_path / "b")]) == 0
     cfg = json.loads((tmp_path / "b" / "config.json").read_text())

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from problayers.train import probe
+from problayers.train import cpu, probe
 from problayers.train.probe import CPU_CANDIDATES, Candidate, probe_step_options
 
 
@@ -65,7 +65,7 @@ def _fake_times(times):
 def test_bf16_must_win_by_the_margin(monkeypatch, tmp_path, bf16_time, chosen):
     times = {"fp32": 1.1, "fp32+channels_last": 1.0, "bf16": 2.0, "bf16+channels_last": bf16_time}
     monkeypatch.setattr(probe, "_time_candidates", _fake_times(times))
-    monkeypatch.setattr(probe, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(cpu, "cpu_has_native_bf16", lambda: True)
     choice = probe_step_options(
         _net(), torch.optim.SGD(_net().parameters(), lr=0.1), _loss, BATCH, workload="w", cache=None
     )
@@ -81,7 +81,7 @@ def test_no_bf16_candidates_where_the_cpu_lacks_bf16(monkeypatch):
         return {c.name: 1.0 for c in candidates}
 
     monkeypatch.setattr(probe, "_time_candidates", timings)
-    monkeypatch.setattr(probe, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(cpu, "cpu_has_native_bf16", lambda: False)
     choice = probe_step_options(
         _net(), torch.optim.SGD(_net().parameters(), lr=0.1), _loss, BATCH, workload="w", cache=None
     )
@@ -105,7 +105,7 @@ def test_the_convolution_passes_are_a_candidate(monkeypatch, layer):
         return {c.name: 0.5 if c.options["transposed_as_conv"] else 1.0 for c in candidates}
 
     monkeypatch.setattr(probe, "_time_candidates", timings)
-    monkeypatch.setattr(probe, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(cpu, "cpu_has_native_bf16", lambda: False)
     torch.manual_seed(0)
     model = nn.Sequential(layer(), nn.Flatten())
     kind = type(model[0])
@@ -253,7 +253,7 @@ def test_machine_signature_names_the_cpu_and_torch():
 
 @pytest.mark.parametrize("variable", ["ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"])
 def test_a_onednn_isa_limit_without_bf16_means_no_native_bf16(monkeypatch, variable):
-    monkeypatch.setattr(probe, "_cpuinfo", lambda: {"flags": "avx512f avx512_bf16"})
+    monkeypatch.setattr(cpu, "_cpuinfo", lambda: {"flags": "avx512f avx512_bf16"})
     monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
     monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
     free = probe.machine_signature()
@@ -271,9 +271,9 @@ def test_an_avx512_cpu_without_bf16_instructions_has_no_native_bf16(monkeypatch)
     # oneDNN's own query says yes on any AVX-512 CPU (it emulates bf16 there): the flags decide.
     monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
     monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
-    monkeypatch.setattr(probe, "_cpuinfo", lambda: {"flags": "avx2 avx512f avx512bw avx512_vnni"})
+    monkeypatch.setattr(cpu, "_cpuinfo", lambda: {"flags": "avx2 avx512f avx512bw avx512_vnni"})
     assert probe.cpu_has_native_bf16() is False
-    monkeypatch.setattr(probe, "_cpuinfo", lambda: {"flags": "avx2 amx_bf16 amx_tile"})
+    monkeypatch.setattr(cpu, "_cpuinfo", lambda: {"flags": "avx2 amx_bf16 amx_tile"})
     assert probe.cpu_has_native_bf16() == bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 

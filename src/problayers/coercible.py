@@ -105,13 +105,9 @@ class TensorCoercible(_MixinBase):
     # -- the tensor value --------------------------------------------------------------------
     def tensor(self) -> torch.Tensor:
         """The cached tensor value (computed by ``convert_to_tensor_fn`` on first use, in fp32
-        with autocast off under ``torch.autocast``).
-
-        Read first with autograd off (``torch.no_grad()``, ``inference_mode``: a metric, a log)
-        from an output made with autograd on, it is drawn with autograd on all the same, so the
-        training loss that reads it next gets this very value with its graph; the read itself
-        gets it detached.
-        """
+        with autocast off under ``torch.autocast``). Read first with autograd off (a metric under
+        ``no_grad``) from parameters that need grad, it is drawn with autograd on all the same:
+        the loss reading it next gets this value with its graph; that read gets it detached."""
         value = self._tc_value
         if value is None:
             if not torch.is_grad_enabled() and requires_grad(self.__dict__):
