@@ -245,3 +245,29 @@ def test_the_first_call_through_torch_func_is_refused_later_calls_follow_the_ten
 def test_bad_arguments_are_named(make, error, match):
     with pytest.raises(error, match=match):
         make()
+
+
+def test_threads_may_share_one_module():
+    # Nothing of the wrapped module changes during a call (an inference server's threads).
+    import threading
+
+    layer = pl.WeightNorm(nn.Linear(4, 3))
+    x = torch.randn(8, 4)
+    layer(x)
+    want = layer(x).detach()
+    errors: list[BaseException] = []
+
+    def work():
+        try:
+            for _ in range(1500):
+                if not torch.equal(layer(x).detach(), want):
+                    raise AssertionError("another output")
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []

@@ -5,17 +5,21 @@ their data-dependent initialization on the first batch.
 Why not ``torch.nn.utils.parametrizations.weight_norm``: a module with a parametrization cannot
 be pickled (torch supports its ``state_dict`` only), and the layers of this library pickle
 (``torch.save(model)``, Lightning's ``ddp_spawn``, ``multiprocessing``). Here ``g`` and ``v``
-are this module's own parameters; for each call the wrapped layer gets the weight they make as
-a plain attribute, removed after the call (the mechanism of torch's first ``weight_norm``, which
-``torch.jit.trace``, ``torch.compile`` and ``torch.export`` follow; ``torch.func.functional_call``
-refuses to run under ``torch.jit.trace``). The wrapped layer keeps its bias and its arguments.
+are this module's own parameters, and each call computes the wrapped layer's operation
+(``F.linear``, its convolution, ``F.conv_transpose{1,2,3}d``) at the weight they make with the
+layer's bias and arguments: nothing of the wrapped module is changed during a call (threads may
+share the module), and ``torch.jit.trace``, ``torch.compile`` and ``torch.export`` follow it
+(``torch.func.functional_call``, the first way, cannot run under ``torch.jit.trace``). The
+wrapped layer's own ``forward`` and hooks are not run.
 """
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
+import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call
 from torch.nn.modules.lazy import LazyModuleMixin
 
 from ..precision import in_fp32
@@ -32,6 +36,9 @@ _LAYERS = (
     nn.ConvTranspose2d,
     nn.ConvTranspose3d,
 )
+
+
+_CONV_TRANSPOSE = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
 
 
 class WeightNorm(nn.Module):
@@ -92,7 +99,7 @@ class WeightNorm(nn.Module):
         #: the output's channel dimension: last for Linear, before the spatial ones for convolutions
         self.channel_dim = -1 if isinstance(layer, nn.Linear) else -1 - len(layer.kernel_size)
         v = layer.weight.detach()
-        del layer.weight  # the layer runs at g * v / ||v|| (functional_call supplies it)
+        del layer.weight  # the layer's operation runs at g * v / ||v|| (``_run``)
         self.layer = layer
         self.v = nn.Parameter(v.clone())
         self.g = nn.Parameter(self._norm(self.v).detach().clone())  # (C_out,): the layer as it was
@@ -131,13 +138,19 @@ class WeightNorm(nn.Module):
             self._initialize(x)
         return self._run(x, self.weight)
 
-    def _run(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        """The wrapped layer's forward at ``weight`` (a plain attribute for the call)."""
-        self.layer.weight = weight
-        try:
-            return self.layer(x)
-        finally:
-            del self.layer.weight  # no graph kept between calls (copies and pickles stay clean)
+    def _run(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """The wrapped layer's operation at ``weight`` (and its own bias unless ``bias`` is given)."""
+        layer = self.layer
+        bias = layer.bias if bias is None else bias
+        if isinstance(layer, nn.Linear):
+            return F.linear(x, weight, bias)
+        if isinstance(layer, nn.modules.conv._ConvTransposeNd):  # torch's forward without output_size
+            transpose = _CONV_TRANSPOSE[len(layer.kernel_size)]
+            padding = cast(tuple[int, ...], layer.padding)  # never a string for a transposed one
+            return transpose(
+                x, weight, bias, layer.stride, padding, layer.output_padding, layer.groups, layer.dilation
+            )
+        return layer._conv_forward(x, weight, bias)  # nn.Conv{1,2,3}d, its padding modes included
 
     @torch.no_grad()
     def _initialize(self, x: torch.Tensor) -> None:
@@ -159,7 +172,7 @@ class WeightNorm(nn.Module):
         unit = {"weight": self._unit(torch.ones_like(self.g))}
         if bias is not None:
             unit["bias"] = torch.zeros_like(bias)
-        t = in_fp32(lambda u, x: functional_call(self.layer, u, (x,)), unit, x)  # (..., C_out, ...)
+        t = in_fp32(lambda u, x: self._run(x, u["weight"], u.get("bias")), unit, x)  # (..., C_out, ...)
         channel = t.dim() + self.channel_dim
         if t.dim() == 0 or t.numel() // t.shape[channel] < 2:
             raise ValueError(
