@@ -245,22 +245,24 @@ def evaluate(
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=num_examples, unit="ex", desc="evaluate", leave=False)
+        passes = 2 if iwae_samples > 0 else 1
+        bar = tqdm(total=passes * num_examples, unit="ex", desc="evaluate", leave=False)
     try:
         with torch.no_grad():
+            # The ELBO over all batches first, then the IWAE bound: the ELBO draws the same
+            # samples whatever the K (a run's -ELBO does not change with --iwae-samples), and the
+            # IWAE's samples follow them in the one random stream.
             for start in range(0, num_examples, batch_size):
                 x = images[start : start + batch_size]  # (b, *X)
                 terms = elbo_terms(encode, decode, prior, x, exact_kl=exact_kl)
                 columns = [terms["neg_elbo"], terms["recon"], terms["kl"]]  # each (b,)
-                if iwae_samples > 0:
-                    # On a fork of the random stream: the ELBO terms draw the same samples whatever
-                    # the K (the -ELBO of a run does not change with --iwae-samples).
-                    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                        log_px = iwae_log_likelihood(
-                            encode, decode, prior, x, iwae_samples, chunk_size=chunk_size
-                        )  # (b,)
-                    columns.append(-log_px)
-                sums += torch.stack([c.to(dtype).sum() for c in columns])  # (M,)
+                sums[:3] += torch.stack([c.to(dtype).sum() for c in columns])  # (3,)
+                if bar is not None:
+                    bar.update(x.shape[0])
+            for start in range(0, num_examples if iwae_samples > 0 else 0, batch_size):
+                x = images[start : start + batch_size]  # (b, *X)
+                log_px = iwae_log_likelihood(encode, decode, prior, x, iwae_samples, chunk_size=chunk_size)
+                sums[3] -= log_px.to(dtype).sum()  # log_px: (b,)
                 if bar is not None:
                     bar.update(x.shape[0])
     finally:
