@@ -16,6 +16,7 @@ import torch
 from problayers.train.checkpoint import CheckpointError
 from problayers.vae.experiment import RunConfig, load_run, resume, train
 from problayers.vae.models import ModelConfig
+from problayers.vae.rundir import check_consistent
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ModelConfig(latent_size=4, base_depth=4)
@@ -76,6 +77,12 @@ def test_checkpoint_from_another_model_config_is_refused(tmp_path):
         load_run(tmp_path / "a", device="cpu")
     with pytest.raises(CheckpointError, match=match):
         resume(tmp_path / "a")
+    # a field the saved config lacks is named as it is read (a seed config without tril_order
+    # means the row-by-row order), not as a dump of both configs
+    cfg = tiny_config(epochs=1)
+    old = {k: v for k, v in cfg.to_json()["model"].items() if k != "tril_order"}
+    with pytest.raises(CheckpointError, match=r"\(checkpoint vs run: tril_order 'rows' vs 'tfp'\)$"):
+        check_consistent(cfg, {"model": old}, 1, "ckpt")
 
 
 def test_config_errors():

@@ -3,6 +3,7 @@ strictly, its checkpoint's metadata validated, and outputs kept off the run's ow
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
@@ -128,8 +129,11 @@ def check_consistent(cfg: RunConfig, saved: dict[str, Any], epoch: int, source: 
     except (TypeError, ValueError):
         same = False
     if not same:
-        ours = cfg.to_json()["model"]
-        theirs = saved["model"] if isinstance(saved["model"], dict) else {}
+        ours = dataclasses.asdict(cfg.model)
+        try:  # as read (fields added since filled in), so the fields named are those that differ
+            theirs = dataclasses.asdict(ModelConfig.from_dict(saved["model"]))
+        except (TypeError, ValueError):
+            theirs = saved["model"] if isinstance(saved["model"], dict) else {}
         diff = [
             f"{k} {theirs.get(k, '(none)')!r} vs {ours.get(k, '(none)')!r}"
             for k in sorted(set(ours) | set(theirs))
