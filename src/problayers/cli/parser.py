@@ -154,7 +154,12 @@ def build_parser() -> _Parser:
         help="the ELBO (default), the importance-weighted bound with --num-samples K, or the "
         "same bound with the DReG gradient",
     )
-    p.add_argument("--num-samples", type=_positive, default=None, help="K of --objective iwae/dreg")
+    p.add_argument(
+        "--num-samples",
+        type=_positive,
+        default=None,
+        help="K of --objective iwae/dreg (2 or more, no default); with elbo 1 (the default)",
+    )
     p.add_argument(
         "--kl-warmup-steps",
         type=_int_at_least(0),

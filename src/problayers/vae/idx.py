@@ -2,9 +2,10 @@
 
 Parsing streams each file (gunzipped on the fly): the header is validated (magic number,
 dims, a count of at most :data:`MAX_IDX_EXAMPLES`, and for the official file names MNIST's known
-counts) before the payload is read, and no more than the header's payload plus one byte is ever
-decompressed, so a gzip bomb costs at most the memory its header declares. :mod:`problayers.vae.data`
-re-exports everything here.
+counts) before the payload is read, and no more than the header's payload plus one byte is kept
+in memory, so a gzip bomb costs at most the memory its header declares (a stream longer than its
+header is read on, 64 MiB at most and discarded, only for gzip to check it).
+:mod:`problayers.vae.data` re-exports everything here.
 """
 
 from __future__ import annotations
@@ -166,8 +167,9 @@ def _drain(f: IO[bytes], limit: int = 64 << 20) -> None:
 def _parse_idx(path: Path, magic: int, check_count: Callable[[Path, int], None] | None = None) -> np.ndarray:
     """Stream an unsigned-byte IDX file: its header is validated (magic, dims, count, and
     ``check_count``) before the payload is read, and no more than the header's payload (plus one
-    byte, to detect trailing data) is ever decompressed: memory is bounded by the header's claim,
-    itself at most :data:`MAX_IDX_EXAMPLES` examples. Returns uint8 of the header's shape."""
+    byte, to detect trailing data) is kept: memory is bounded by the header's claim, itself at most
+    :data:`MAX_IDX_EXAMPLES` examples (a longer gzip stream is read on, discarded, by
+    :func:`_drain`). Returns uint8 of the header's shape."""
     ndim, kind = magic & 0xFF, "image" if magic == _IMAGE_MAGIC else "label"
     header = 4 + 4 * ndim
     with _reading(path) as f:
