@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import importlib
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -238,6 +239,10 @@ def init_from_env(*, timeout: timedelta | None = None) -> DistContext | None:
     if not dist.is_available():
         raise RuntimeError("this PyTorch build has no torch.distributed support")
     if not dist.is_initialized():
+        # torch._dynamo first imported while a process group lives (DDP imports it) keeps the
+        # group's gloo threads running past destroy_process_group (torch 2.13, measured):
+        # imported before, they are joined by shutdown() (tests/test_distributed.py).
+        importlib.import_module("torch._dynamo")
         backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
         kwargs: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
         dist.init_process_group(backend=backend, rank=rank, world_size=world, **kwargs)
