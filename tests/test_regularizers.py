@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.distributions as D
@@ -93,8 +94,10 @@ def test_errors_name_the_argument():
         pl.KLDivergenceRegularizer(lambda: 3)(posterior())
     with pytest.raises(TypeError, match="expected a Distribution"):
         pl.KLDivergenceRegularizer(std_normal())(torch.zeros(3))
-    with pytest.raises(ValueError, match=r"weight: expected a non-negative number, got -1\.0"):
-        pl.KLDivergenceRegularizer(std_normal(), weight=-1.0)
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match=rf"weight: expected a finite number >= 0, got {bad}"):
+            pl.KLDivergenceRegularizer(std_normal(), weight=bad)
+    assert pl.KLDivergenceRegularizer(std_normal(), weight=np.float32(0.5)).weight == 0.5  # numpy numbers
     with pytest.raises(TypeError, match=r"test_points_reduce_axis.*'0'"):
         pl.KLDivergenceRegularizer(std_normal(), test_points_reduce_axis="0")
     with pytest.raises(ValueError, match=r"test_points_reduce_axis: \(5,\) is out of range.*\(4,\)"):

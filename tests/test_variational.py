@@ -409,6 +409,12 @@ def test_exact_kl_without_a_formula_says_so():
         (lambda: pl.DenseFlipout(0, 2), ValueError, "in_features"),
         (lambda: pl.DenseReparameterization(3, 2.0), TypeError, "out_features"),
         (lambda: pl.DenseFlipout(3, 2, kl_weight=-1.0), ValueError, "kl_weight"),
+        (lambda: pl.DenseFlipout(3, 2, kl_weight=float("nan")), ValueError, "kl_weight: expected a finite"),
+        (
+            lambda: pl.DenseVariational(3, 2, kl_weight=float("inf")),
+            ValueError,
+            "kl_weight: expected a finite",
+        ),
         (lambda: pl.DenseFlipout(3, 2, kl_weight="1"), TypeError, "kl_weight"),
         (
             lambda: pl.DenseFlipout(3, 2, activation="Relu"),

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import copy
 import inspect
+import math
+import numbers
 import operator
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -149,10 +151,10 @@ class KLDivergenceRegularizer(nn.Module):
                 "prior: expected a torch.distributions.Distribution, an nn.Module returning one "
                 f"or a zero-argument callable returning one, got {type(prior).__name__}"
             )
-        if not isinstance(weight, (int, float, torch.Tensor)) or isinstance(weight, bool):
+        if not isinstance(weight, (numbers.Real, torch.Tensor)) or isinstance(weight, bool):
             raise TypeError(f"weight: expected a number or a tensor, got {type(weight).__name__}")
-        if not isinstance(weight, torch.Tensor) and not weight >= 0:
-            raise ValueError(f"weight: expected a non-negative number, got {weight}")
+        if not isinstance(weight, torch.Tensor) and not (weight >= 0 and math.isfinite(weight)):
+            raise ValueError(f"weight: expected a finite number >= 0, got {weight}")
         if not callable(test_points_fn):
             raise TypeError(f"test_points_fn: expected a callable, got {type(test_points_fn).__name__}")
         self.prior = prior  # an nn.Module prior is registered as a submodule

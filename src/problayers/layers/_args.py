@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 import operator
 
 import torch
@@ -57,13 +59,16 @@ def positive_int(value, name: str) -> int:
 
 
 def non_negative_number(value, name: str) -> float | torch.Tensor:
-    """``value`` if it is a number (or 0-dim tensor) ``>= 0``; raise naming ``name`` otherwise."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, torch.Tensor)):
+    """``value`` if it is a finite number (a Python or numpy one, or a 0-dim tensor) ``>= 0``;
+    raise naming ``name`` otherwise (NaN and inf included)."""
+    if isinstance(value, bool) or not isinstance(value, (numbers.Real, torch.Tensor)):
         raise TypeError(f"{name}: expected a non-negative number, got {type(value).__name__}")
     if isinstance(value, torch.Tensor) and value.dim() != 0:
         raise ValueError(f"{name}: expected a number or a 0-dim tensor, got shape {tuple(value.shape)}")
-    if value < 0:
-        raise ValueError(f"{name}: expected a non-negative number, got {float(value)}")
+    if not (isinstance(value, torch.Tensor) and value.is_meta):
+        number = float(value)
+        if not (number >= 0 and math.isfinite(number)):
+            raise ValueError(f"{name}: expected a finite number >= 0, got {number}")
     return value
 
 
