@@ -452,3 +452,15 @@ def test_bad_input_shape_is_named(layer, x):
         ValueError, match=rf"{type(layer).__name__}: expected input of shape.*{tuple(x.shape)}"
     ):
         layer(x)
+
+
+@pytest.mark.parametrize(
+    ("make", "name"),
+    [
+        (lambda: pl.DenseVariational(3, 2), "DenseVariational"),
+        (lambda: pl.AutoregressiveNetwork(2, 3), "AutoregressiveNetwork"),
+    ],
+)
+def test_a_list_as_input_is_named(make, name):
+    with pytest.raises(TypeError, match=f"{name}: expected input as a torch.Tensor, got list"):
+        make()([[0.0, 1.0, 2.0]])

@@ -18,7 +18,7 @@ from torch.distributions.transforms import Transform
 from ..coercible import TensorCoercible
 from ..convert import ConvertFn
 from ._args import activation_fn, positive_int
-from .base import DistributionLambda, normalize_event_shape
+from .base import DistributionLambda, normalize_event_shape, tensor_input
 
 __all__ = [
     "AutoregressiveNetwork",
@@ -140,6 +140,7 @@ class AutoregressiveNetwork(nn.Module):
         self.layers = nn.ModuleList(layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = tensor_input("AutoregressiveNetwork", x)
         if x.dim() == 0 or x.shape[-1] != self.event_shape[0]:
             raise ValueError(
                 f"AutoregressiveNetwork: expected input of shape (..., {self.event_shape[0]}), "

@@ -29,7 +29,7 @@ from torch import nn
 from ..kl import exact_kl, prepare_kl_dispatch
 from ..losses import added_losses_enabled, init_added_losses, set_added_loss
 from ._args import activation_fn, non_negative_number, positive_int
-from .base import normalize_event_shape
+from .base import normalize_event_shape, tensor_input
 from .variable import VariableLayer
 
 __all__ = [
@@ -304,6 +304,7 @@ class DenseVariational(nn.Module):
                 raise TypeError(f"{name}: expected it to return an nn.Module, got {type(module).__name__}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = tensor_input("DenseVariational", x)
         if x.shape[-1:] != (self.in_features,):
             raise ValueError(
                 f"DenseVariational: expected input of shape (..., {self.in_features}), got {tuple(x.shape)}"
