@@ -292,3 +292,9 @@ def test_mode_of_a_bernoulli_at_one_half_is_tfps_zero(made_from):
     layer = pl.IndependentBernoulli(3, convert_to_tensor_fn="mode")
     torch.testing.assert_close(layer(logits).tensor(), torch.tensor([[0.0, 0.0, 1.0]]))
     assert torch.isnan(layer(logits).mode[0, 1])  # the distribution's own .mode stays torch's
+
+
+def test_a_convert_fn_torch_does_not_implement_names_itself():
+    out = pl.MixtureNormal(2, convert_to_tensor_fn="mode")(torch.zeros(3, pl.MixtureNormal.params_size(2)))
+    with pytest.raises(NotImplementedError, match="convert_to_tensor_fn='mode': torch's MixtureSameFamily"):
+        out + 1

@@ -5,14 +5,12 @@ subclass of ``type(dist)`` (so ``isinstance`` and ``kl_divergence`` dispatch see
 class) that carries the same state as ``dist`` and, wherever a tensor is expected, stands for one
 tensor computed once by ``convert_to_tensor_fn`` and cached:
 
-* inside any torch function (``torch.*``, ``torch.nn.functional.*``, ``nn`` layers) through
-  ``__torch_function__``;
+* inside any torch function (``torch.*``, ``F.*``, ``nn`` layers): ``__torch_function__``;
 * with arithmetic, comparison and bitwise operators, indexing and ``numpy.asarray``;
-* for tensor attributes and methods the distribution does not have (``.flatten()``,
-  ``.view()``, ``.to()``, ...), through ``__getattr__``.
+* for tensor attributes the distribution lacks (``.flatten()``, ``.to()``): ``__getattr__``.
 
-``.shape``, ``.dtype``, ``.device`` and ``.ndim`` are known without drawing the value for the
-named convert functions (``batch_shape + event_shape``, the parameters' dtype and device).
+``.shape``, ``.dtype``, ``.device`` and ``.ndim`` are known without a draw for the named
+convert functions (``batch_shape + event_shape``, the parameters' dtype and device).
 Where a name means something on both ``Tensor`` and ``Distribution`` (``mean``, ``mode``,
 ``variance``, ``stddev``, ``expand``, ``sample``, ``entropy``, ...) the distribution's meaning
 wins. ``convert_to_tensor(x)`` (or ``x.tensor()``) gives the tensor explicitly.
@@ -25,10 +23,8 @@ Under ``torch.autocast`` the distribution's own maths (sampling, ``log_prob``, `
 lose the digits a likelihood needs, and some of it has no bf16 kernel at all
 (``triangular_solve`` on the CPU). Outputs pickle as the same coercible class (the named
 convert function by name, a callable by reference) and ``copy.deepcopy`` gives a copy detached
-from the autograd graph, as ``torch.save`` would.
-
-Caveat: a distribution that calls a clashing method on its parameters (``MultivariateNormal``
-calls ``loc.expand``) needs ``convert_to_tensor(x)`` as that parameter.
+from the autograd graph, as ``torch.save`` would. Caveat: a distribution that calls a clashing
+method on its parameters (``MultivariateNormal``: ``loc.expand``) needs ``convert_to_tensor(x)``.
 """
 
 from __future__ import annotations
@@ -42,7 +38,14 @@ import torch
 import torch.distributions as D
 
 from ._state import first_floating_tensor, graph_tensors, requires_grad
-from .convert import TFP_METHOD_NAMES, ConvertFn, as_sample_shape, resolve_convert_fn, scalars_like
+from .convert import (
+    TFP_METHOD_NAMES,
+    ConvertFn,
+    as_sample_shape,
+    resolve_convert_fn,
+    scalars_like,
+    unsupported,
+)
 from .precision import autocast_device, in_fp32
 
 __all__ = ["TensorCoercible", "as_coercible", "base_class", "convert_to_tensor", "is_coercible"]
@@ -73,6 +76,10 @@ def base_class(dist: D.Distribution) -> type:
 def is_coercible(value: Any) -> bool:
     """Whether ``value`` is a tensor-coercible distribution."""
     return isinstance(value, TensorCoercible)
+
+
+def _unary(op: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    return lambda self: op(self.tensor())
 
 
 def _binary(op: Callable[[Any, Any], Any], reflected: bool = False) -> Callable[[Any, Any], Any]:
@@ -126,6 +133,8 @@ class TensorCoercible(_MixinBase):
             else:
                 with torch.autocast(device_type, enabled=False):
                     value = self._tc_fn(self)
+        except NotImplementedError as exc:  # e.g. a mixture's mode: name the choice that asked
+            raise unsupported(self._tc_name or self._tc_fn, self._tc_base, exc) from exc
         finally:
             self._tc_busy = False
         if isinstance(value, TensorCoercible):
@@ -262,18 +271,10 @@ class TensorCoercible(_MixinBase):
     def __getitem__(self, index: Any) -> torch.Tensor:
         return self.tensor()[convert_to_tensor(index)]
 
-    def __neg__(self) -> torch.Tensor:
-        return -self.tensor()
-
-    def __pos__(self) -> torch.Tensor:
-        return self.tensor()
-
-    def __abs__(self) -> torch.Tensor:
-        return abs(self.tensor())
-
-    def __invert__(self) -> torch.Tensor:
-        return ~self.tensor()
-
+    __neg__ = _unary(operator.neg)
+    __pos__ = _unary(operator.pos)
+    __abs__ = _unary(operator.abs)
+    __invert__ = _unary(operator.invert)
     __add__ = _binary(operator.add)
     __radd__ = _binary(operator.add, reflected=True)
     __sub__ = _binary(operator.sub)
@@ -351,8 +352,7 @@ def _coercible_class(dist_cls: type) -> type:
 
 
 def _warm_class_cache() -> None:
-    """Make the coercible class of every ``torch.distributions`` class up front: a compiled
-    graph then never sees the cache change (which would recompile it once)."""
+    """Every ``torch.distributions`` class's coercible class, made up front (see design.md)."""
     for value in vars(D).values():
         if isinstance(value, type) and issubclass(value, D.Distribution) and value is not D.Distribution:
             _coercible_class(value)

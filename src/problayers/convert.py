@@ -24,6 +24,7 @@ __all__ = [
     "check_convert_fn",
     "resolve_convert_fn",
     "scalars_like",
+    "unsupported",
 ]
 
 ConvertFn = str | Callable[[D.Distribution], Any]
@@ -126,3 +127,13 @@ def scalars_like(tensors: tuple) -> tuple:
             t = t.to(reference.dtype)
         out.append(t)
     return tuple(out)
+
+
+def unsupported(fn: ConvertFn, base: type, exc: NotImplementedError) -> NotImplementedError:
+    """The error of a ``convert_to_tensor_fn`` the distribution class ``base`` does not
+    implement in torch (a mixture's ``mode``), naming the choice and what to choose instead."""
+    how = repr(fn) if isinstance(fn, str) else getattr(fn, "__name__", "a callable")
+    return NotImplementedError(
+        f"convert_to_tensor_fn={how}: torch's {base.__name__} does not implement it ({exc}); "
+        "choose another, e.g. 'sample' or 'mean'"
+    )
