@@ -4,6 +4,8 @@ and the CLI arguments that select real or generated data for the end-to-end test
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -81,3 +83,11 @@ def data_args() -> list[str]:
     if HAVE_MNIST:
         return ["--data-dir", str(SHARED_MNIST), "--train-subset", "256", "--test-subset", "100"]
     return ["--synthetic", "256"]
+
+
+def fresh_python(code: str) -> str:
+    """Run ``code`` in a fresh Python process (nothing imported yet); its stdout, stripped.
+    The test fails with the process's stderr if it exits with an error."""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout.strip()

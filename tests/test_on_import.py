@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import subprocess
 import sys
 
 import pytest
 
+from conftest import fresh_python
 from problayers._on_import import when_imported
 
 
@@ -57,5 +57,4 @@ def test_mvn_kl_is_registered_with_dynamo_after_an_availability_check_too():
         "import torch._dynamo.trace_rules as rules\n"
         "print(id(problayers.kl.mvn_kl) in rules._allowed_callable_ids)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0 and out.stdout.strip() == "True", out.stderr[-2000:]
+    assert fresh_python(code) == "True"

@@ -12,8 +12,6 @@ from __future__ import annotations
 import copy
 import io
 import pickle
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -21,6 +19,7 @@ import torch.distributions as D
 from torch import nn
 
 import problayers as pl
+from conftest import fresh_python
 from host_sync import HostSyncs
 from layer_cases import MODEL_CASES, ModelCase
 
@@ -279,5 +278,4 @@ def test_a_fresh_process_compiles_the_vgp_kl_in_one_graph():
         "torch.testing.assert_close(got, want)\n"
         "print('ok')\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+    assert fresh_python(code) == "ok"

@@ -31,36 +31,30 @@ def first_floating_tensor(obj: Any, depth: int = 0) -> torch.Tensor | None:
     return None
 
 
-def graph_tensors(obj: Any, out: list[torch.Tensor], depth: int = 0) -> list[torch.Tensor]:
-    """The non-leaf tensors of a distribution's state (nested distributions and transforms too)."""
+def _tensors(obj: Any, out: list[torch.Tensor], depth: int = 0) -> list[torch.Tensor]:
+    """The tensors of a distribution's state (nested distributions and transforms too)."""
     if depth > 16:
         return out
     if isinstance(obj, torch.Tensor):
-        if obj.grad_fn is not None:
-            out.append(obj)
+        out.append(obj)
     elif isinstance(obj, dict):
         for value in obj.values():
-            graph_tensors(value, out, depth + 1)
+            _tensors(value, out, depth + 1)
     elif isinstance(obj, (list, tuple)):
         for value in obj:
-            graph_tensors(value, out, depth + 1)
+            _tensors(value, out, depth + 1)
     elif isinstance(obj, (D.Distribution, D.Transform)):
-        graph_tensors(vars(obj), out, depth + 1)
+        _tensors(vars(obj), out, depth + 1)
     return out
 
 
-def requires_grad(obj: Any, depth: int = 0) -> bool:
+def graph_tensors(obj: Any) -> list[torch.Tensor]:
+    """The non-leaf tensors of a distribution's state (nested distributions and transforms too)."""
+    return [t for t in _tensors(obj, []) if t.grad_fn is not None]
+
+
+def requires_grad(obj: Any) -> bool:
     """Whether a tensor of a distribution's state (nested distributions and transforms too)
     requires grad: a parameter or a tensor computed from one with autograd on. (``requires_grad``,
     not ``grad_fn``: dynamo traces the one, not the other.)"""
-    if depth > 16:
-        return False
-    if isinstance(obj, torch.Tensor):
-        return obj.requires_grad
-    if isinstance(obj, dict):
-        return any(requires_grad(v, depth + 1) for v in obj.values())
-    if isinstance(obj, (list, tuple)):
-        return any(requires_grad(v, depth + 1) for v in obj)
-    if isinstance(obj, (D.Distribution, D.Transform)):
-        return requires_grad(vars(obj), depth + 1)
-    return False
+    return any(t.requires_grad for t in _tensors(obj, []))

@@ -310,7 +310,7 @@ class TensorCoercible(_MixinBase):
 
     def __deepcopy__(self, memo: dict) -> TensorCoercible:
         # A copy detached from the autograd graph (deepcopy refuses non-leaf tensors).
-        for tensor in graph_tensors(self.__dict__, []):
+        for tensor in graph_tensors(self.__dict__):
             if id(tensor) not in memo:
                 memo[id(tensor)] = tensor.detach().clone()
         new = object.__new__(type(self))
