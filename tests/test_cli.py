@@ -102,7 +102,7 @@ def test_train_fast_is_off_for_data_parallel_runs_unless_asked():
 
     args = build_parser().parse_args(["train", "--device", "cpu"])
     assert _fast_options(args, data_parallel=True)["channels_last"] is False
-    args = build_parser().parse_args(["train", "--device", "cpu", "--fast"])
+    args = build_parser().parse_args(["train", "--device", "cpu", "--channels-last"])
     assert _fast_options(args, data_parallel=True)["channels_last"] is True  # then train() refuses
 
 
@@ -488,6 +488,10 @@ def test_train_step_line_without_a_probe(tmp_path, capsys, flags, line):
             "problayers: error: --flow-steps 3: only posterior 'iaf' uses it",
         ),
         (["--model", "mlp", "--objective", "iwae"], "problayers: error: --num-samples: objective 'iwae'"),
+        (
+            ["--model", "mlp", "--num-samples", "5"],
+            "problayers: error: --num-samples 5: needs objective 'iwae'",
+        ),
         (["--model", "mpl"], "problayers: error: model name: expected one of"),  # not an option
     ],
 )
@@ -495,3 +499,21 @@ def test_errors_name_the_option_as_typed(tmp_path, capsys, argv, line):
     with pytest.raises(SystemExit) as exc:
         main(["train", "--synthetic", "64", "--out", str(tmp_path / "x"), *argv])
     assert exc.value.code == 2 and capsys.readouterr().err.startswith(line)
+
+
+def test_step_flags_refused_for_data_parallel_training_are_named_as_typed():
+    # Under torchrun an explicit --fast was named "--channels-last", an option it sets.
+    from problayers.cli import _as_options, _fast_options, build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["train", "--fast", "--synthetic", "64", "--out", "x"])
+    with pytest.raises(ValueError, match=r"^--fast: the fast step is single-process"):
+        _fast_options(args, data_parallel=True)
+    assert _fast_options(args, data_parallel=False)["auto_step"]
+    args = parser.parse_args(["train", "--compile", "--channels-last", "--out", "x"])
+    line = "problayers: error: compile/channels_last: the fast step is single-process for now"
+    got = _as_options(line, parser.commands["train"], args)
+    assert got == "problayers: error: --compile/--channels-last: the fast step is single-process for now"
+    assert _as_options("problayers: error: compile/nope: x", parser.commands["train"], args).endswith(
+        " compile/nope: x"
+    )

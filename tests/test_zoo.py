@@ -139,7 +139,7 @@ def test_the_seed_is_unchanged_by_the_zoo():
     [
         ("seed", {"prior": "vamp"}, "prior='vamp': the 'seed' model does not use it"),
         ("mlp", {"base_depth": 8}, "base_depth=8: the 'mlp' model does not use it"),
-        ("mlp", {"num_samples": 5}, "num_samples=5 needs objective 'iwae' or 'dreg'"),
+        ("mlp", {"num_samples": 5}, "num_samples=5: needs objective 'iwae' or 'dreg'"),
         (
             "mlp",
             {"objective": "iwae", "num_samples": 2, "free_bits": 1.0},

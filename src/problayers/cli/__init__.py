@@ -128,6 +128,10 @@ def _fast_options(args: argparse.Namespace, data_parallel: bool) -> dict:
     from ..vae.experiment import step_options
 
     explicit = _explicit(args)
+    if data_parallel and args.fast:  # named as typed (the experiment would name what it sets)
+        raise ValueError(
+            "--fast: the fast step is single-process for now; drop it for data-parallel training"
+        )
     fast = args.fast if args.fast is not None else not (explicit or data_parallel)
     opts = step_options(fast, args.device)
     if args.compile:
@@ -367,19 +371,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _as_options(line: str, command: argparse.ArgumentParser, args: argparse.Namespace) -> str:
-    """``line`` with a leading field name (``batch_size:``, ``flow_steps=3:``) written as the
-    command's option (``--batch-size:``, ``--flow-steps 3:``): what the user typed."""
-    match = re.match(r"(problayers: error: )([a-z_]+)(?:=(\S+))?:", line)
+    """``line`` with a leading field name (``batch_size:``, ``flow_steps=3:``, ``compile/channels_last:``)
+    written as the command's option (``--batch-size:``, ``--flow-steps 3:``, ``--compile/--channels-last:``):
+    what the user typed."""
+    match = re.match(r"(problayers: error: )([a-z_]+(?:/[a-z_]+)*)(?:=(\S+))?:", line)
     if match is None:
         return line
-    field = match.group(2)
+    fields = match.group(2).split("/")
     flags = {a.dest: a.option_strings[0] for a in command._actions if a.option_strings}
-    if field == "run_dir" and args.command == "train":
-        flags[field] = "--resume" if args.resume else "--out"
-    if field not in flags:
+    if args.command == "train":
+        flags["run_dir"] = "--resume" if args.resume else "--out"
+    if not all(field in flags for field in fields) or (len(fields) > 1 and match.group(3) is not None):
         return line
     value = f" {match.group(3)}" if match.group(3) is not None else ""
-    return f"{match.group(1)}{flags[field]}{value}:{line[match.end() :]}"
+    return f"{match.group(1)}{'/'.join(flags[f] for f in fields)}{value}:{line[match.end() :]}"
 
 
 if __name__ == "__main__":

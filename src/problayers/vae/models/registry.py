@@ -152,7 +152,7 @@ class ModelConfig:
             if getattr(self, field) not in choices:
                 raise ValueError(f"{field}: expected one of {list(choices)}, got {getattr(self, field)!r}")
         if self.objective == "elbo" and self.num_samples != 1:
-            raise ValueError(f"num_samples={self.num_samples} needs objective 'iwae' or 'dreg', not 'elbo'")
+            raise ValueError(f"num_samples={self.num_samples}: needs objective 'iwae' or 'dreg', not 'elbo'")
         if self.objective != "elbo" and self.num_samples < 2:
             raise ValueError(
                 f"num_samples: objective {self.objective!r} needs K >= 2 samples (with one it is the "
