@@ -8,6 +8,8 @@ import os
 import pickle
 import signal
 import stat
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -23,7 +25,7 @@ from problayers.train.checkpoint import (
     save_checkpoint,
     write_json,
 )
-from problayers.train.errors import Terminated, WriteError, sigterm_deferred, sigterm_raises
+from problayers.train.errors import Terminated, WriteError, interrupts_deferred, sigterm_raises
 
 
 def test_failed_write_keeps_old_file_and_leaves_no_temp(tmp_path):
@@ -42,7 +44,7 @@ def test_failed_write_keeps_old_file_and_leaves_no_temp(tmp_path):
 
 def test_the_temp_file_is_written_beside_the_target(tmp_path):
     # os.replace is atomic only within one filesystem, and remove_stale_temps looks beside the
-    # target: the temp must be in the target's own directory, under a name that marks it.
+    # target: the temp must be in the target's own directory, under a name that marks it and its writer.
     seen = []
 
     def write(f):
@@ -50,7 +52,7 @@ def test_the_temp_file_is_written_beside_the_target(tmp_path):
         f.write(b"x")
 
     atomic_write(tmp_path / "sub" / "f.bin", write)
-    assert len(seen) == 1 and seen[0].startswith(".f.bin.") and seen[0].endswith(".tmp"), seen
+    assert len(seen) == 1 and seen[0].startswith(f".f.bin.p{os.getpid()}.") and seen[0].endswith(".tmp"), seen
     assert [p.name for p in (tmp_path / "sub").iterdir()] == ["f.bin"]
 
 
@@ -195,15 +197,31 @@ def test_directory_is_fsynced_after_the_rename(tmp_path, monkeypatch):
     assert events == ["file", "replace", "dir"]
 
 
+DEAD_PID = 2**22 + 1  # above Linux's largest pid_max: no process has it
+
+
 def test_stale_temporaries_are_removed(tmp_path):
-    keep = [tmp_path / "checkpoint.pt", tmp_path / ".hidden", tmp_path / "x.tmp"]
-    for p in keep:
-        p.write_bytes(b"")
-    stale = [tmp_path / ".checkpoint.pt.a1b2_c3d.tmp", tmp_path / ".metrics.jsonl.zzzzzzzz.tmp"]
-    for p in stale:
-        p.write_bytes(b"partial")
-    assert sorted(remove_stale_temps(tmp_path)) == sorted(stale)
-    assert sorted(tmp_path.iterdir()) == sorted(keep)
+    writing = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        keep = [
+            tmp_path / "checkpoint.pt",
+            tmp_path / ".hidden",
+            tmp_path / "x.tmp",
+            tmp_path / ".notes.abcdefgh.tmp",  # a user's file of mkstemp's shape: no writer pid
+            tmp_path / f".eval.json.p{writing.pid}.a1b2c3d4.tmp",  # an evaluate still writing
+            tmp_path / f".sample.png.p{os.getpid()}.a1b2c3d4.tmp",  # this process's own
+        ]
+        for p in keep:
+            p.write_bytes(b"")
+        stale = [tmp_path / f".checkpoint.pt.p{DEAD_PID}.a1b2_c3d.tmp"]
+        for p in stale:
+            p.write_bytes(b"partial")
+        assert sorted(remove_stale_temps(tmp_path)) == sorted(stale)
+        assert sorted(tmp_path.iterdir()) == sorted(keep)
+    finally:
+        writing.kill()
+        writing.wait()
+    assert remove_stale_temps(tmp_path) == [keep[4]]  # its writer is gone now
 
 
 def test_sigterm_during_a_write_leaves_no_temp(tmp_path):
@@ -225,7 +243,7 @@ def test_sigterm_during_a_write_leaves_no_temp(tmp_path):
 def test_sigterm_in_a_critical_section_is_raised_after_it(tmp_path):
     done = []
     with pytest.raises(Terminated), sigterm_raises():
-        with sigterm_deferred():  # e.g. a checkpoint and its metrics.jsonl: both or neither
+        with interrupts_deferred():  # e.g. a checkpoint and its metrics.jsonl: both or neither
             os.kill(os.getpid(), signal.SIGTERM)
             write_json(tmp_path / "a.json", {})
             done.append("a")
@@ -233,8 +251,24 @@ def test_sigterm_in_a_critical_section_is_raised_after_it(tmp_path):
             done.append("b")
         done.append("after the section")
     assert done == ["a", "b"] and sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "b.json"]
-    with sigterm_raises(), sigterm_deferred():  # no signal, nothing raised
+    with sigterm_raises(), interrupts_deferred():  # no signal, nothing raised
         pass
+
+
+def test_ctrl_c_in_a_critical_section_is_raised_after_it(tmp_path):
+    # A Ctrl-C between a checkpoint and its metrics.jsonl left the run's last epoch out of the
+    # metrics for good (reliability audit).
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        with interrupts_deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            write_json(tmp_path / "a.json", {})
+            done.append("a")
+            write_json(tmp_path / "b.json", {})
+            done.append("b")
+        done.append("after the section")
+    assert done == ["a", "b"] and sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "b.json"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 class Evil:

@@ -440,11 +440,29 @@ def test_sigterm_stops_cleanly(tmp_path):
 
 
 def test_resume_removes_stale_temporaries(run):
-    stale = [run / ".checkpoint.pt.k1ll3d_x.tmp", run / ".metrics.jsonl.abcdefgh.tmp"]
+    stale = [
+        run / f".checkpoint.pt.p{2**22 + 1}.k1ll3d_x.tmp",
+        run / f".metrics.jsonl.p{2**22 + 1}.abcdefgh.tmp",
+    ]
     for p in stale:
         p.write_bytes(b"half a file")
     assert main(["train", "--resume", str(run), "--epochs", "3", "--no-progress"]) == 0
     assert not any(p.exists() for p in stale) and not list(run.glob(".*"))
+
+
+@pytest.mark.parametrize("damage", ["last epoch missing", "deleted", "garbled"])
+def test_resume_rewrites_metrics_from_the_checkpoint(run, damage):
+    # A SIGKILL between the last epoch's checkpoint and its metrics.jsonl left the file an epoch
+    # short, and resuming the finished run never mended it (reliability audit).
+    metrics = run / "metrics.jsonl"
+    rows = metrics.read_text().splitlines()
+    if damage == "deleted":
+        metrics.unlink()
+    else:
+        metrics.write_text(rows[0] + "\n" if damage == "last epoch missing" else "{not json\n")
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 0  # nothing left to train
+    history = json.loads(torch.load(run / "checkpoint.pt", weights_only=True)["history"])
+    assert metrics.read_text().splitlines() == rows and [json.loads(r) for r in rows] == history
 
 
 # ------------------------------------------------------------------------------- resume rules

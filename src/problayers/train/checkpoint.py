@@ -1,6 +1,6 @@
 """Atomic files and checkpoints that load without code execution.
 
-Every file is written to a temporary file in the same directory (``.NAME.XXXXXXXX.tmp``),
+Every file is written to a temporary file in the same directory (``.NAME.pPID.XXXXXXXX.tmp``),
 flushed and fsynced, renamed over the target (``os.replace``), and the directory is fsynced, so
 a crash leaves the old file or the new one, never a torn one, and the rename survives a power
 loss. A failed write (disk full, permission denied...) raises :class:`~problayers.train.errors.WriteError`
@@ -39,8 +39,9 @@ __all__ = [
     "write_json",
 ]
 
-#: The temporary files of :func:`atomic_write`: ``.NAME.XXXXXXXX.tmp`` (mkstemp's 8 characters).
-TEMP_PATTERN = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]{8}\.tmp$")
+#: The temporary files of :func:`atomic_write`: ``.NAME.pPID.XXXXXXXX.tmp`` (the writer's process
+#: id, mkstemp's 8 characters).
+TEMP_PATTERN = re.compile(r"^\.(?P<name>.+)\.p(?P<pid>[0-9]+)\.[A-Za-z0-9_]{8}\.tmp$")
 
 
 class CheckpointError(ValueError):
@@ -93,7 +94,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> 
     if path.exists() and not path.is_file():  # e.g. /dev/null: never replace a device or pipe
         raise WriteError(f"{path}: cannot write: it exists and is not a regular file", errno.EINVAL)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.p{os.getpid()}.", suffix=".tmp", dir=path.parent)
     except OSError as err:
         raise WriteError(f"{path}: cannot write in {path.parent}: {os_reason(err)}", err.errno) from None
     tracked: _Tracked | None = None
@@ -137,17 +138,35 @@ class _Tracked:
 
 def remove_stale_temps(directory: str | os.PathLike) -> list[Path]:
     """Remove the temporary files :func:`atomic_write` leaves when killed (SIGKILL, power loss)
-    between creating and renaming them. Call it only while no other process writes there (under
-    the run's lock). Returns the removed paths."""
+    between creating and renaming them: those whose writer (the process id in the name) is gone
+    from this machine, never one that another process (an ``evaluate`` beside a resumed run) is
+    still writing. Returns the removed paths."""
     removed: list[Path] = []
     directory = Path(directory)
     if not directory.is_dir():
         return removed
     for entry in directory.iterdir():
-        if TEMP_PATTERN.match(entry.name) and entry.is_file():
+        match = TEMP_PATTERN.match(entry.name)
+        if match and not pid_alive(int(match["pid"])) and entry.is_file():
             entry.unlink(missing_ok=True)
             removed.append(entry)
     return removed
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this machine (a zombie, killed but not yet reaped by its
+    parent, does not)."""
+    try:
+        os.kill(pid, 0)  # signal 0: only whether it exists
+    except (ProcessLookupError, OverflowError):
+        return False
+    except PermissionError:
+        pass  # exists, owned by someone else
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state not in ("Z", "X")
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:

@@ -22,9 +22,9 @@ __all__ = [
     "RunDirError",
     "Terminated",
     "WriteError",
+    "interrupts_deferred",
     "one_line",
     "os_reason",
-    "sigterm_deferred",
     "sigterm_raises",
 ]
 
@@ -67,32 +67,46 @@ def os_reason(err: OSError) -> str:
     return f"{text} ({name})" if name else text
 
 
-_deferring = [0]  # depth of sigterm_deferred blocks
+_deferring = [0]  # depth of interrupts_deferred blocks
 _pending = [False]  # a SIGTERM arrived inside one
 
 
 @contextmanager
-def sigterm_deferred() -> Iterator[None]:
-    """A critical section (e.g. writing a checkpoint and its ``metrics.jsonl``): a SIGTERM that
-    arrives inside is held back and raised as :class:`Terminated` when the block ends, so the
-    block's files are all written or none is. Without :func:`sigterm_raises`: no effect."""
+def interrupts_deferred() -> Iterator[None]:
+    """A critical section (e.g. writing a checkpoint and its ``metrics.jsonl``): a SIGTERM (under
+    :func:`sigterm_raises`) or a Ctrl-C (SIGINT, where Python's own handler is installed) that
+    arrives inside is held back and raised when the block ends, as :class:`Terminated` or
+    ``KeyboardInterrupt``, so the block's files are all written or none is. In the main thread
+    only; SIGKILL cannot be deferred (a resumed run repairs what it can, see ``Trainer.resume``)."""
+    import threading
+
+    interrupted: list[int] = []
+    swap = (
+        threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    )
+    previous = (
+        signal.signal(signal.SIGINT, lambda signum, frame: interrupted.append(signum)) if swap else None
+    )
     _deferring[0] += 1
     try:
         yield
-    except BaseException:
+    finally:
         _deferring[0] -= 1
-        raise
-    _deferring[0] -= 1
+        if swap:
+            signal.signal(signal.SIGINT, previous)
     if _deferring[0] == 0 and _pending[0]:
         _pending[0] = False
         raise Terminated()
+    if interrupted:
+        raise KeyboardInterrupt
 
 
 @contextmanager
 def sigterm_raises() -> Iterator[None]:
     """Within the block SIGTERM raises :class:`Terminated` in the main thread (like SIGINT's
     KeyboardInterrupt), so ``finally`` blocks and the atomic writers clean up; inside a
-    :func:`sigterm_deferred` block it is raised when that block ends. A second SIGTERM while the
+    :func:`interrupts_deferred` block it is raised when that block ends. A second SIGTERM while the
     first is being handled is ignored. Outside the main thread: no change."""
     import threading
 

@@ -20,6 +20,7 @@ writes the checkpoint (the unwrapped model's ``state_dict``, every rank's RNG st
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -319,12 +320,28 @@ class Trainer:
         state = self.state_dict()
         if not self.is_main:
             return
-        from .errors import sigterm_deferred
+        from .errors import interrupts_deferred
 
-        lines = "".join(json.dumps(r) + "\n" for r in self.history).encode()
-        with sigterm_deferred():  # a SIGTERM now: both files are written, then the run stops
+        lines = self._metrics_lines()
+        with interrupts_deferred():  # a SIGTERM or Ctrl-C now: both files are written, then the run stops
             save_checkpoint(self.run_dir / CHECKPOINT, state)
             atomic_write(self.run_dir / METRICS, lambda f: f.write(lines))
+
+    def _metrics_lines(self) -> bytes:
+        return "".join(json.dumps(r) + "\n" for r in self.history).encode()
+
+    def repair_metrics(self) -> bool:
+        """Rewrite ``run_dir/metrics.jsonl`` from the loaded history where it differs (a SIGKILL
+        or a power loss between a checkpoint and its metrics leaves the file an epoch behind, and
+        a finished run writes no more checkpoints to mend it). Rank 0; returns whether it wrote."""
+        if self.run_dir is None or not self.is_main:
+            return False
+        path, lines = self.run_dir / METRICS, self._metrics_lines()
+        with contextlib.suppress(OSError):
+            if path.read_bytes() == lines:
+                return False
+        atomic_write(path, lambda f: f.write(lines))
+        return True
 
     def resume(self, path: str | Path | None = None) -> dict[str, Any]:
         """Load the last complete checkpoint (default ``run_dir/checkpoint.pt``); returns its meta.
@@ -340,6 +357,7 @@ class Trainer:
         else:
             state = self.dist.run_on_main(lambda: load_checkpoint(path))
         self.load_state_dict(state, source=str(path))
+        self.repair_metrics()
         return json.loads(state["meta"])
 
 

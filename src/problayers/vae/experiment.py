@@ -361,6 +361,7 @@ def resume(run_dir: str | Path, *, dist: DistContext | None = None, **overrides:
     with _locked(run_dir, dist, read) as (cfg, state):  # rank 0 reads, the others get it
         trainer = _setup(cfg, run_dir, dist)
         trainer.load_state_dict(state, source=str(run_dir / CHECKPOINT))
+        trainer.repair_metrics()
         if trainer.scheduler is None:  # --lr on resume (a constant schedule; others refuse it)
             for group in trainer.optimizer.param_groups:
                 group["lr"] = cfg.lr

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..train.checkpoint import pid_alive
 from ..train.errors import ProblayersError, WriteError, os_reason
 
 __all__ = ["LOCK", "RunLock", "RunLockError"]
@@ -38,21 +39,6 @@ def _start_time(pid: int) -> str | None:
     except OSError:
         return None
     return stat.rsplit(")", 1)[-1].split()[19]  # field 22 of proc(5), after "pid (comm)"
-
-
-def _alive(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie, killed but not yet reaped by its parent, does not)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # exists, owned by someone else
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
-    except (OSError, IndexError):
-        return True
-    return state not in ("Z", "X")
 
 
 class RunLock:
@@ -133,7 +119,7 @@ class RunLock:
         if owner.get("host") != self.owner["host"] or not isinstance(owner.get("pid"), int):
             return False  # another machine's process: cannot tell
         pid = owner["pid"]
-        if pid != os.getpid() and not _alive(pid):
+        if pid != os.getpid() and not pid_alive(pid):
             return True
         start = owner.get("start")
         return start is not None and _start_time(pid) not in (None, start)  # the PID was reused
