@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import pickle
 
@@ -73,7 +74,10 @@ def test_the_files_are_the_hub_layout(run_dir, exported):
     config = json.loads((exported / "config.json").read_text())
     assert config["format"] == FORMAT and config["problayers_version"] == problayers.__version__
     fields = {f.name for f in dataclasses.fields(ModelConfig)}
-    assert set(config) == fields | {"format", "problayers_version"}
+    assert set(config) == fields | {"format", "problayers_version", "weights_sha256"}
+    assert (
+        config["weights_sha256"] == hashlib.sha256((exported / "model.safetensors").read_bytes()).hexdigest()
+    )
     assert ModelConfig(**{k: config[k] for k in fields}) == cfg.model
 
 
@@ -98,6 +102,27 @@ def test_force_replaces_an_export(run_dir, exported, tmp_path, capsys):
     assert main(["export", str(run_dir), str(out), "--force"]) == 0
     assert (out / "README.md").read_text() == "my model card"  # only the two files are written
     assert (out / "model.safetensors").read_bytes() == (exported / "model.safetensors").read_bytes()
+
+
+def test_weights_and_config_of_two_exports_are_refused(run_dir, exported, tmp_path):
+    # `export --force` killed between its two files left one export's weights beside the other's
+    # config.json, which loaded silently where the shapes agree (reliability audit).
+    other = tmp_path / "online"
+    assert main(["export", str(run_dir), str(other), "--online-weights"]) == 0  # other weights
+    out = tmp_path / "mixed"
+    out.mkdir()
+    (out / "config.json").write_bytes((other / "config.json").read_bytes())
+    (out / "model.safetensors").write_bytes((exported / "model.safetensors").read_bytes())
+    with pytest.raises(
+        PretrainedError, match=r"model.safetensors: not the weights config.json was exported with"
+    ):
+        load_pretrained(out)
+    (out / "config.json").write_bytes((exported / "config.json").read_bytes())
+    load_pretrained(out)
+    config = json.loads((out / "config.json").read_text())
+    del config["weights_sha256"]  # an export written before the digest: loads as before
+    (out / "config.json").write_text(json.dumps(config))
+    load_pretrained(out)
 
 
 @pytest.mark.parametrize(
@@ -176,6 +201,11 @@ def test_load_pretrained_refuses_non_finite_weights(exported, tmp_path):
     key = next(iter(weights))
     weights[key][0] = float("nan")
     save_file(weights, out / "model.safetensors")
+    with pytest.raises(PretrainedError, match=r"not the weights config\.json was exported with"):
+        load_pretrained(out)  # replaced by hand
+    config = json.loads((out / "config.json").read_text())
+    del config["weights_sha256"]  # as in an export written before the digest
+    (out / "config.json").write_text(json.dumps(config))
     with pytest.raises(PretrainedError, match="non-finite"):
         load_pretrained(out)
 

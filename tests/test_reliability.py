@@ -270,6 +270,25 @@ def test_disk_full_while_evaluating(run, monkeypatch, capsys):
     assert not list(run.glob(".*.tmp")) and not (run / "e.json").exists()
 
 
+def test_disk_full_while_exporting_leaves_what_was_there(trained, tmp_path, monkeypatch, capsys):
+    # It left an empty OUT_DIR; with the config written first, a failed --force would have left
+    # a new config beside the old weights (reliability audit).
+    from problayers.vae import load_pretrained
+    from test_checkpoint import _DiskFull
+
+    old = tmp_path / "old"
+    assert main(["export", str(trained), str(old), "--online-weights"]) == 0
+    before = {p.name: p.read_bytes() for p in old.iterdir()}
+    monkeypatch.setattr(checkpoint.os, "fdopen", _DiskFull(room=5_000)(os.fdopen))  # the config fits
+    new = tmp_path / "new"
+    for argv in (["export", trained, new], ["export", trained, old, "--force"]):
+        assert "No space left on device (ENOSPC)" in fails(argv, capsys, code=1)
+    assert not new.exists()
+    assert {p.name: p.read_bytes() for p in old.iterdir()} == before
+    monkeypatch.undo()
+    load_pretrained(old)
+
+
 def test_unwritable_run_directory(tmp_path, monkeypatch, capsys):
     import errno
 
@@ -463,6 +482,102 @@ def test_resume_rewrites_metrics_from_the_checkpoint(run, damage):
     assert main(["train", "--resume", str(run), "--no-progress"]) == 0  # nothing left to train
     history = json.loads(torch.load(run / "checkpoint.pt", weights_only=True)["history"])
     assert metrics.read_text().splitlines() == rows and [json.loads(r) for r in rows] == history
+
+
+def test_train_refuses_a_folder_of_other_files(tmp_path, capsys):
+    # It replaced the folder's config.json and metrics.jsonl and deleted a .x.abcdefgh.tmp of the
+    # user's (reliability audit).
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    mine = {"config.json": b'{"my": "settings"}', "metrics.jsonl": b"notes", ".notes.abcdefgh.tmp": b"keep"}
+    for name, data in mine.items():
+        (folder / name).write_bytes(data)
+    err = fails(["train", "--out", folder, "--epochs", "1", "--synthetic", "64", *TINY], capsys)
+    assert err.startswith(
+        f"problayers: error: --out: {folder} holds files that are not a run's (.notes.abcdefgh"
+    )
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == mine
+    (folder / ".notes.abcdefgh.tmp").unlink()
+    (folder / "metrics.jsonl").unlink()
+    err = fails(["train", "--out", folder, "--epochs", "1", "--synthetic", "64", *TINY], capsys)
+    assert str(folder / "config.json") in err  # a config.json that is not a run's
+    assert (folder / "config.json").read_bytes() == mine["config.json"]
+
+
+def test_a_run_started_again_hides_what_its_killed_first_attempt_logged(tmp_path):
+    pytest.importorskip("tensorboard")
+    from problayers.train.loggers import TensorBoardLogger
+
+    out = tmp_path / "run"
+    argv = [
+        "train",
+        "--out",
+        str(out),
+        "--epochs",
+        "1",
+        "--synthetic",
+        "64",
+        "--logger",
+        "tensorboard",
+        *TINY,
+    ]
+    assert main(argv) == 0
+    for path in out.iterdir():  # killed within its first epoch: its config and its first events
+        if path.is_file() and path.name != "config.json":
+            path.unlink()
+    ghost = TensorBoardLogger(out / "tensorboard")
+    ghost.log_scalars(1, {"train/loss": 1e6})
+    ghost.close()
+    time.sleep(1.1)  # event files are read in the order of their names (seconds first)
+    assert main(argv) == 0
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(out / "tensorboard"), size_guidance={"scalars": 0})
+    acc.Reload()
+    steps = [e.step for e in acc.Scalars("train/loss")]
+    assert steps == sorted(set(steps)) and all(e.value < 1e6 for e in acc.Scalars("train/loss"))
+
+
+def test_evaluate_never_writes_over_another_runs_files(trained, run, capsys):
+    before = (run / "checkpoint.pt").read_bytes()
+    for name in ("checkpoint.pt", "config.json", "metrics.jsonl"):
+        err = fails(["evaluate", trained, *EVAL, "--out", run / name], capsys)
+        assert f"would replace a run's own file ({name})" in err
+    assert (run / "checkpoint.pt").read_bytes() == before
+
+
+def test_a_run_without_a_checkpoint_says_why_to_every_command(run, tmp_path, capsys):
+    # evaluate, sample and export said "no such file" for a run stopped in its first epoch, and
+    # every command said so for a checkpoint.pt that is a directory (reliability audit).
+    (run / "checkpoint.pt").unlink()
+    for argv in (["evaluate", run, *EVAL], ["sample", run], ["export", run, tmp_path / "x"]):
+        err = fails(argv, capsys)
+        assert (
+            "stopped before its first epoch completed (no checkpoint.pt), so it has no trained model yet"
+            in err
+        )
+        assert f"train it again with problayers train --out {run}" in err
+    (run / "checkpoint.pt").mkdir()
+    for argv in (["evaluate", run, *EVAL], ["train", "--resume", run]):
+        assert fails(argv, capsys).endswith("checkpoint.pt: expected a file, got a directory")
+
+
+def test_sample_reads_a_damaged_metrics_file_before_writing_anything(run, capsys):
+    # It rewrote both pictures before it failed on metrics.jsonl (reliability audit).
+    (run / "metrics.jsonl").write_text("{not json\n")
+    before = {p.name: p.stat().st_mtime_ns for p in run.glob("*.png")}
+    assert "metrics.jsonl: expected JSON lines of epoch records" in fails(["sample", run], capsys)
+    assert {p.name: p.stat().st_mtime_ns for p in run.glob("*.png")} == before
+    (run / "metrics.jsonl").unlink()
+    assert main(["sample", str(run)]) == 0
+    assert f"no loss curve: {run / 'metrics.jsonl'} is missing" in capsys.readouterr().out
+
+
+def test_resume_keeps_the_runs_progress_setting(run):
+    assert json.loads((run / "config.json").read_text())["progress"] is False
+    assert main(["train", "--resume", str(run), "--epochs", "3"]) == 0  # no --no-progress
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["progress"] is False and cfg["resumed"] == [{"at_epoch": 2, "epochs": 3}]
 
 
 # ------------------------------------------------------------------------------- resume rules

@@ -104,7 +104,7 @@ def _resume_overrides(args: argparse.Namespace) -> dict:
             f"--resume {args.resume}: {flags} cannot change on resume (the run's config.json fixes them); "
             "--epochs (the total), --lr (constant schedule), --device, --data-dir and --no-progress can"
         )
-    overrides: dict = {"progress": not args.no_progress}
+    overrides: dict = {"progress": False} if args.no_progress else {}  # else the run's own
     for name in ("epochs", "lr", "device", "data_dir"):
         if name in given:
             overrides[name] = getattr(args, name)
@@ -311,6 +311,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     out_dir = prepare_run_dir(out_dir, "--out")
     for path in save_pictures(model, test_x, out_dir, n=args.n, seed=args.seed, metrics=metrics):
         print(f"written {path}")
+    if not metrics.is_file():
+        print(f"no loss curve: {metrics} is missing")
     return 0
 
 

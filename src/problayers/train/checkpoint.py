@@ -186,6 +186,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     (a crafted or foreign pickle is refused, never loaded with ``weights_only=False``)."""
     path = Path(path)
     try:
+        if path.is_dir():
+            raise CheckpointError(f"checkpoint {path}: expected a file, got a directory")
         if not path.is_file():
             raise CheckpointError(f"checkpoint {path}: no such file")
         return _as_dict(torch.load(path, map_location=map_location, weights_only=True), path)

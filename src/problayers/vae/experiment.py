@@ -54,7 +54,16 @@ from .runconfig import (
     step_options,
     train_step_args,
 )
-from .rundir import CONFIG, check_consistent, check_run_state, prepare_run_dir, read_config
+from .rundir import (
+    CONFIG,
+    TENSORBOARD,
+    check_consistent,
+    check_has_checkpoint,
+    check_new_run,
+    check_run_state,
+    prepare_run_dir,
+    read_config,
+)
 from .runlock import RunLock
 
 __all__ = [
@@ -72,8 +81,6 @@ __all__ = [
 
 #: Seed of the sampling inside per-epoch test evaluation (fixed: epochs are comparable).
 EVAL_SEED = 1234
-#: The directory of a run's TensorBoard event files (``RunConfig.logger == "tensorboard"``).
-TENSORBOARD = "tensorboard"
 #: What ``resume`` may change (the rest defines the run and is refused).
 RESUME_OVERRIDES = ("epochs", "lr", "device", "data_dir", "progress", "log_every")
 
@@ -206,9 +213,10 @@ def _setup(cfg: RunConfig, run_dir: Path, dist: DistContext | None = None) -> Tr
 
 
 def _attach_loggers(trainer: Trainer, cfg: RunConfig, run_dir: Path) -> None:
-    """Rank 0: the run's logger; a resumed run hides what a killed one logged after its checkpoint."""
+    """Rank 0: the run's logger; it hides what a killed run logged after its checkpoint (all of
+    it for a run started again, killed before its first)."""
     if trainer.is_main and cfg.logger == "tensorboard":
-        purge = trainer.global_step + 1 if trainer.epoch else None
+        purge = trainer.global_step + 1 if trainer.epoch else 0
         trainer.loggers.append(
             TensorBoardLogger(run_dir / TENSORBOARD, purge_step=purge, what="--logger tensorboard")
         )
@@ -224,13 +232,6 @@ def _finish(trainer: Trainer, run_dir: Path) -> list[dict[str, Any]]:
         model = cast(VAE, trainer.result_model)
         save_pictures(model, load_test_images(cfg, next(model.parameters()).device), run_dir)
     return history
-
-
-def _absolute_data(cfg: RunConfig) -> RunConfig:
-    """``cfg`` with its ``data_dir`` absolute (a run must not depend on the directory it ran in)."""
-    if not cfg.data_dir:
-        return cfg
-    return dataclasses.replace(cfg, data_dir=str(Path(cfg.data_dir).expanduser().resolve()))
 
 
 @contextmanager
@@ -283,12 +284,11 @@ def train(cfg: RunConfig, run_dir: str | Path, *, dist: DistContext | None = Non
     ``dist``: the process group to train data-parallel in (default: the one torchrun's
     environment set up through :func:`problayers.train.distributed.launch`, if any)."""
     dist = _dist(dist)
-    cfg = _absolute_data(cfg)
+    cfg = cfg.with_absolute_data_dir()
     given, run_dir = run_dir, Path(run_dir).expanduser()
 
     def check() -> None:
-        if (run_dir / CHECKPOINT).exists():
-            raise ValueError(f"run_dir: {run_dir} already holds a run; resume it with --resume {run_dir}")
+        check_new_run(run_dir, CHECKPOINT)
 
     options = functools.partial(_check_options, cfg, dist)  # before the directory is made
     with _locked(given, dist, check, create=True, before=options):  # "" is refused, not taken as "."
@@ -320,18 +320,12 @@ def resume(run_dir: str | Path, *, dist: DistContext | None = None, **overrides:
 
     def read() -> tuple[RunConfig, dict[str, Any]]:
         saved = read_config(run_dir)
-        path = run_dir / CHECKPOINT
-        if not path.exists() and not path.is_symlink():  # stopped before its first checkpoint
-            raise RunDirError(
-                f"run_dir: {run_dir} stopped before its first epoch completed (no {CHECKPOINT}), so "
-                f"nothing can be resumed; train it again with problayers train --out {run_dir} "
-                "and the options in its config.json"
-            )
+        path = check_has_checkpoint(run_dir, CHECKPOINT, "nothing can be resumed")
         state = load_checkpoint(path)
         check_run_state(state, str(path), training=True)
         done = state["epoch"]
         check_consistent(saved, json.loads(state["meta"])["config"], done, str(path))
-        cfg = _absolute_data(dataclasses.replace(saved, **overrides))
+        cfg = dataclasses.replace(saved, **overrides).with_absolute_data_dir()
         if cfg.epochs < done:
             raise ValueError(
                 f"epochs: the run has trained {done} epochs; expected a total >= {done}, got {cfg.epochs}"
@@ -382,7 +376,7 @@ def load_run(
     run_dir = Path(run_dir)
     resolve_device(device)
     cfg = dataclasses.replace(read_config(run_dir), device=device)
-    path = run_dir / CHECKPOINT
+    path = check_has_checkpoint(run_dir, CHECKPOINT, "it has no trained model yet")
     state = load_checkpoint(path)
     saved = check_run_state(state, str(path))
     check_consistent(cfg, saved, state["epoch"], str(path))

@@ -63,6 +63,8 @@ def save_pictures(
     * ``loss_curve.png`` from ``metrics`` (default ``out_dir/metrics.jsonl``) if it exists.
     """
     out_dir = Path(out_dir)
+    metrics = Path(metrics) if metrics is not None else out_dir / "metrics.jsonl"
+    records = read_metrics(metrics) if metrics.is_file() else None  # a damaged one: before any file
     was_training = model.training
     model.eval()
     devices = [test_x.device] if test_x.device.type == "cuda" else []
@@ -75,16 +77,13 @@ def save_pictures(
         rv_x = model(x)
         paths.append(image_grid([x, rv_x.mean, rv_x.sample(), rv_x.mode], out_dir / RECONSTRUCTIONS))
     model.train(was_training)
-    metrics = Path(metrics) if metrics is not None else out_dir / "metrics.jsonl"
-    if metrics.is_file():
-        paths.append(loss_curve(metrics, out_dir / LOSS_CURVE))
+    if records is not None:
+        paths.append(loss_curve(records, out_dir / LOSS_CURVE))
     return paths
 
 
-def loss_curve(metrics_jsonl: str | Path, path: str | Path) -> Path:
-    """Plot train loss and test -ELBO per epoch from ``metrics.jsonl`` to a PNG."""
-    from matplotlib.figure import Figure  # no pyplot: no global backend state
-
+def read_metrics(metrics_jsonl: str | Path) -> list[dict[str, Any]]:
+    """The epoch records of a ``metrics.jsonl``; a one-line ``ValueError`` naming it if damaged."""
     try:
         text = Path(metrics_jsonl).read_text()
         records = [json.loads(line) for line in text.splitlines() if line.strip()]
@@ -92,6 +91,14 @@ def loss_curve(metrics_jsonl: str | Path, path: str | Path) -> Path:
             raise ValueError("a line is not an epoch record")
     except (ValueError, UnicodeDecodeError) as err:
         raise ValueError(f"{metrics_jsonl}: expected JSON lines of epoch records ({err})") from None
+    return records
+
+
+def loss_curve(metrics: str | Path | list[dict[str, Any]], path: str | Path) -> Path:
+    """Plot train loss and test -ELBO per epoch from ``metrics.jsonl`` (or its records) to a PNG."""
+    from matplotlib.figure import Figure  # no pyplot: no global backend state
+
+    records = metrics if isinstance(metrics, list) else read_metrics(metrics)
     fig = Figure(figsize=(6, 4))
     ax = fig.add_subplot()
     epochs = [r["epoch"] for r in records]

@@ -13,7 +13,9 @@ own reader: a file read never runs code. Uploading is the user's step, e.g.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -39,7 +41,7 @@ WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 #: ``config.json``'s ``format``: what the directory holds (a reader checks it first).
 FORMAT = "problayers-vae-v1"
-_META = ("format", "problayers_version")
+_META = ("format", "problayers_version", "weights_sha256")
 
 
 class PretrainedError(CheckpointError):
@@ -90,8 +92,11 @@ def save_pretrained(
     run_dir: str | os.PathLike | None = None,
 ) -> list[Path]:
     """Write ``out_dir/model.safetensors`` (``model``'s state dict) and ``out_dir/config.json``
-    (``config`` plus ``format`` and ``problayers_version``); returns their paths. ``out_dir`` is
-    checked first (:func:`check_out_dir`)."""
+    (``config`` plus ``format``, ``problayers_version`` and the weights' ``weights_sha256``);
+    returns their paths. ``out_dir`` is checked first (:func:`check_out_dir`).
+
+    The config is written first: an export killed while it replaced another (``--force``) leaves
+    a config whose digest the old weights do not match, which :func:`load_pretrained` refuses."""
     from .. import __version__
     from .rundir import prepare_run_dir
 
@@ -103,13 +108,32 @@ def save_pretrained(
             raise ValueError(f"export: the model's {key!r} is a {type(value).__name__}, not a tensor")
         tensors[key] = value.detach().cpu().contiguous()
     data = st.save(tensors, metadata={"format": "pt"})  # "pt": torch tensors, as the Hub expects
-    meta = {"format": FORMAT, "problayers_version": __version__}
+    meta = {"format": FORMAT, "problayers_version": __version__, "weights_sha256": _digest(data)}
+    made = not out.is_dir()
     out = prepare_run_dir(out, "OUT_DIR")
-    weights = atomic_write(out / WEIGHTS, lambda f: f.write(data))
-    return [weights, write_json(out / CONFIG, {**dataclasses.asdict(config), **meta})]
+    config_path = out / CONFIG
+    old = config_path.read_bytes() if config_path.is_file() else None  # a --force export's
+    try:
+        write_json(config_path, {**dataclasses.asdict(config), **meta})
+        return [atomic_write(out / WEIGHTS, lambda f: f.write(data)), config_path]
+    except BaseException:  # e.g. a full disk: leave what was there (an old export, or nothing)
+        with contextlib.suppress(OSError):
+            if old is not None:
+                atomic_write(config_path, lambda f: f.write(old))
+            else:
+                config_path.unlink(missing_ok=True)
+                if made:
+                    out.rmdir()
+        raise
 
 
-def _read_config(path: Path) -> ModelConfig:
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _read_config(path: Path) -> tuple[ModelConfig, str | None]:
+    """The model config of an export's ``config.json``, and its weights' digest (None in exports
+    written before it was recorded)."""
     try:
         obj = json.loads(path.read_bytes().decode())
     except OSError as err:
@@ -126,7 +150,9 @@ def _read_config(path: Path) -> ModelConfig:
             raise PretrainedError(f"{path}: format {got!r}, this problayers reads {FORMAT!r}{newer}")
         raise PretrainedError(f"{path}: not a problayers export (format: expected {FORMAT!r}, got {got!r})")
     try:
-        return ModelConfig.from_dict({k: v for k, v in obj.items() if k not in _META})
+        return ModelConfig.from_dict({k: v for k, v in obj.items() if k not in _META}), obj.get(
+            "weights_sha256"
+        )
     except (TypeError, ValueError) as err:
         raise PretrainedError(f"{path}: not a valid model config ({one_line(err)}){newer}") from None
 
@@ -156,14 +182,21 @@ def load_pretrained(path: str | os.PathLike, device: str = "cpu") -> VAE:
         if not (path / name).is_file():
             raise PretrainedError(f"{path}: has no {name} (not a problayers export)")
     dev = resolve_device(device)
-    cfg = _read_config(path / CONFIG)
+    cfg, digest = _read_config(path / CONFIG)
     source = str(path / WEIGHTS)
     try:
-        weights = st.load((path / WEIGHTS).read_bytes())
+        data = (path / WEIGHTS).read_bytes()
     except OSError as err:
         raise PretrainedError(f"{source}: cannot be read ({os_reason(err)})") from None
+    try:
+        weights = st.load(data)
     except Exception as err:  # safetensors' SafetensorError: a truncated or foreign file
         raise PretrainedError(f"{source}: not a safetensors file ({one_line(err)})") from None
+    if digest is not None and _digest(data) != digest:
+        raise PretrainedError(
+            f"{source}: not the weights {CONFIG} was exported with (its weights_sha256 differs: an "
+            "export interrupted while it replaced another, or a file replaced by hand); export the run again"
+        )
     model = build_model(cfg)
     try:
         check_state_dict(model, weights, "weights", f"{source} (for the config in {CONFIG})")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -154,6 +155,12 @@ class RunConfig:
         if not isinstance(self.resumed, tuple) or not all(isinstance(r, dict) for r in self.resumed):
             raise ValueError(f"resumed: expected a list of objects, got {self.resumed!r}")
         _device_name(self.device)  # its availability is checked where it is used (resolve_device)
+
+    def with_absolute_data_dir(self) -> RunConfig:
+        """This config with its ``data_dir`` absolute (a run must not depend on where it ran)."""
+        if not self.data_dir:
+            return self
+        return dataclasses.replace(self, data_dir=str(Path(self.data_dir).expanduser().resolve()))
 
     def to_json(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)

@@ -10,14 +10,17 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ..train.checkpoint import CheckpointError, check_finite
+from ..train.checkpoint import TEMP_PATTERN, CheckpointError, check_finite
 from ..train.errors import RunDirError, WriteError, os_reason
 from .runconfig import MAX_EPOCHS, RunConfig
 
 __all__ = [
     "CONFIG",
     "OWN_FILES",
+    "TENSORBOARD",
     "check_consistent",
+    "check_has_checkpoint",
+    "check_new_run",
     "check_output",
     "check_run_state",
     "check_writable",
@@ -28,6 +31,8 @@ __all__ = [
 CONFIG = "config.json"
 #: The files that make a run: nothing but ``train``/``resume`` may write them.
 OWN_FILES = (CONFIG, "checkpoint.pt", "metrics.jsonl", ".lock")
+#: The directory of a run's TensorBoard event files (``RunConfig.logger == "tensorboard"``).
+TENSORBOARD = "tensorboard"
 
 
 def prepare_run_dir(run_dir: str | os.PathLike, option: str = "--out") -> Path:
@@ -47,6 +52,39 @@ def prepare_run_dir(run_dir: str | os.PathLike, option: str = "--out") -> Path:
             f"{option} {path}: cannot create the directory: {os_reason(err)}", err.errno
         ) from None
     return path
+
+
+def check_has_checkpoint(run_dir: Path, checkpoint: str, so: str) -> Path:
+    """``run_dir / checkpoint``, or a one-line error for a run stopped before its first one
+    (``so``: what that means for the command) saying how to start it again."""
+    path = run_dir / checkpoint
+    if not path.exists() and not path.is_symlink():
+        raise RunDirError(
+            f"run_dir: {run_dir} stopped before its first epoch completed (no {checkpoint}), so {so}; "
+            f"train it again with problayers train --out {run_dir} and the options in its config.json"
+        )
+    return path
+
+
+def check_new_run(run_dir: Path, checkpoint: str) -> None:
+    """A fresh ``train`` may write into ``run_dir`` (made already): it holds no ``checkpoint``
+    (resume that run instead) and nothing but a run's own files from before its first checkpoint
+    (such a run is started again): never a folder of other files, which the run would overwrite
+    (a ``config.json``, pictures) or mix with."""
+    if (run_dir / checkpoint).exists():
+        raise RunDirError(f"run_dir: {run_dir} already holds a run; resume it with --resume {run_dir}")
+    ours = (*OWN_FILES, TENSORBOARD)
+    others = sorted(
+        p.name for p in run_dir.iterdir() if p.name not in ours and not TEMP_PATTERN.match(p.name)
+    )
+    if others:
+        listed = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+        raise RunDirError(
+            f"run_dir: {run_dir} holds files that are not a run's ({listed}); expected a new or empty "
+            "directory, or a run stopped before its first checkpoint; choose another directory"
+        )
+    if (run_dir / CONFIG).exists():
+        read_config(run_dir)  # a run's, or a one-line error naming the file
 
 
 def read_config(run_dir: str | os.PathLike) -> RunConfig:
@@ -150,13 +188,16 @@ def check_consistent(cfg: RunConfig, saved: dict[str, Any], epoch: int, source: 
 
 
 def check_output(out: str | os.PathLike, run_dir: str | os.PathLike, option: str) -> Path:
-    """``out`` unless it is one of the run's own files (``config.json``, the checkpoint...)."""
+    """``out`` unless it is one of the run's own files (``config.json``, the checkpoint...), or
+    an existing file of such a name (another run's)."""
     if os.fspath(out) == "":
         raise RunDirError(f"{option}: expected a path, got an empty path")
     out = Path(out).expanduser()
     own = {(Path(run_dir) / name).resolve() for name in OWN_FILES}
     if out.resolve() in own:
         raise RunDirError(f"{option} {out}: is one of the run's own files; choose another path")
+    if out.name in OWN_FILES and out.exists():
+        raise RunDirError(f"{option} {out}: would replace a run's own file ({out.name}); choose another path")
     return out
 
 
