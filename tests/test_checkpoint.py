@@ -240,35 +240,26 @@ def test_sigterm_during_a_write_leaves_no_temp(tmp_path):
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
 
 
-def test_sigterm_in_a_critical_section_is_raised_after_it(tmp_path):
+@pytest.mark.parametrize(
+    ("signum", "raised"), [(signal.SIGTERM, Terminated), (signal.SIGINT, KeyboardInterrupt)]
+)
+def test_an_interrupt_in_a_critical_section_is_raised_after_it(tmp_path, signum, raised):
+    # e.g. a checkpoint and its metrics.jsonl: both or neither (a Ctrl-C between them left a run's
+    # last epoch out of its metrics for good; reliability audit)
     done = []
-    with pytest.raises(Terminated), sigterm_raises():
-        with interrupts_deferred():  # e.g. a checkpoint and its metrics.jsonl: both or neither
-            os.kill(os.getpid(), signal.SIGTERM)
-            write_json(tmp_path / "a.json", {})
-            done.append("a")
-            write_json(tmp_path / "b.json", {})
-            done.append("b")
-        done.append("after the section")
-    assert done == ["a", "b"] and sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "b.json"]
-    with sigterm_raises(), interrupts_deferred():  # no signal, nothing raised
-        pass
-
-
-def test_ctrl_c_in_a_critical_section_is_raised_after_it(tmp_path):
-    # A Ctrl-C between a checkpoint and its metrics.jsonl left the run's last epoch out of the
-    # metrics for good (reliability audit).
-    done = []
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt) as exc, sigterm_raises():
         with interrupts_deferred():
-            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signum)
             write_json(tmp_path / "a.json", {})
             done.append("a")
             write_json(tmp_path / "b.json", {})
             done.append("b")
         done.append("after the section")
+    assert exc.type is raised
     assert done == ["a", "b"] and sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "b.json"]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    with sigterm_raises(), interrupts_deferred():  # no signal, nothing raised
+        pass
 
 
 class Evil:

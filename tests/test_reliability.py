@@ -509,18 +509,8 @@ def test_a_run_started_again_hides_what_its_killed_first_attempt_logged(tmp_path
     from problayers.train.loggers import TensorBoardLogger
 
     out = tmp_path / "run"
-    argv = [
-        "train",
-        "--out",
-        str(out),
-        "--epochs",
-        "1",
-        "--synthetic",
-        "64",
-        "--logger",
-        "tensorboard",
-        *TINY,
-    ]
+    argv = ["train", "--out", str(out), "--epochs", "1", "--synthetic", "64", *TINY]
+    argv += ["--logger", "tensorboard"]
     assert main(argv) == 0
     for path in out.iterdir():  # killed within its first epoch: its config and its first events
         if path.is_file() and path.name != "config.json":
