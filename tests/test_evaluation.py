@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -320,6 +321,16 @@ def test_contract_violations_are_reported(m):
         elbo_terms(lambda x: m.encode(x[:1]), m.decode, m.prior, x)
     with pytest.raises(ValueError, match="x: expected"):
         elbo_terms(m.encode, m.decode, m.prior, x.flatten())
+    # Images of another shape than the decoder's event (MNIST's (B, 28, 28) for (1, 28, 28)) were
+    # broadcast by log_prob and summed to a -ELBO B times too large; uint8 images failed in a
+    # matrix product (API audit).
+    enc = lambda t: m.encode(t.reshape(t.shape[0], *x.shape[1:]))  # noqa: E731
+    event = re.escape(str(tuple(x.shape[1:])))
+    for fn in (elbo_terms, lambda *a: iwae_log_likelihood(*a, 4)):
+        with pytest.raises(ValueError, match=rf"event_shape {event}, got \({DIMS},\) after the batch"):
+            fn(enc, m.decode, m.prior, x.reshape(3, DIMS))
+    with pytest.raises(ValueError, match=r"^x: expected float data .*got torch.uint8"):
+        elbo_terms(m.encode, m.decode, m.prior, x.to(torch.uint8))
 
 
 # --------------------------------------------------------------------------- elbo_terms

@@ -9,7 +9,7 @@ import torch
 import torch.distributions as D
 
 import problayers as pl
-from problayers.vae.models import MODELS, ModelConfig, build_model, register_model, vae_loss
+from problayers.vae.models import MODELS, ModelConfig, build_model, register_model, registry, vae_loss
 
 
 def test_seed_shapes_forward_backward():
@@ -65,6 +65,24 @@ def test_registry():
     assert "seed" in MODELS
     with pytest.raises(ValueError, match="already registered"):
         register_model("seed")(lambda cfg: None)
+    # a misspelt field was accepted, to fail later in ModelConfig; a builder's None was a model
+    with pytest.raises(
+        ValueError, match=r"register_model\('x'\): \['hiddn_size'\] are not ModelConfig fields"
+    ):
+        register_model("x", hiddn_size=3)
+    with pytest.raises(ValueError, match=r"\['hiddn'\] are not ModelConfig fields"):
+        register_model("x", fields={"hiddn"})
+    register_model("returns-none")(lambda cfg: None)
+    try:
+        with pytest.raises(
+            TypeError, match="model 'returns-none': its builder returned a NoneType, expected a VAE"
+        ):
+            build_model(ModelConfig(name="returns-none"))
+    finally:
+        for table in (MODELS, registry.MODEL_DEFAULTS, registry.MODEL_FIELDS):
+            table.pop("returns-none")
+    with pytest.raises(ValueError, match=r"got 'mine' \(a registered model: import its module first\)"):
+        ModelConfig(name="mine")
 
 
 def test_seed_written_with_library_layers():

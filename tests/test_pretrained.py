@@ -104,6 +104,23 @@ def test_force_replaces_an_export(run_dir, exported, tmp_path, capsys):
     assert (out / "model.safetensors").read_bytes() == (exported / "model.safetensors").read_bytes()
 
 
+def test_save_pretrained_takes_a_wrapped_model_and_refuses_another_config(run_dir, tmp_path):
+    # A compiled model's export ('_orig_mod.' keys) and one under another model's config were
+    # written, then refused by load_pretrained (API audit).
+    from problayers.vae import save_pretrained
+
+    model, cfg, _ = load_run(run_dir, device="cpu")
+    compiled = torch.compile(model, backend="eager")  # compiled lazily: not here
+    save_pretrained(compiled, cfg.model, tmp_path / "compiled")
+    for got, ref in zip(_outputs(load_pretrained(tmp_path / "compiled")), _outputs(model), strict=True):
+        assert torch.equal(got, ref)
+    with pytest.raises(
+        ValueError, match=r"^export of a 'mlp' model: state dict does not fit the model: missing"
+    ):
+        save_pretrained(model, ModelConfig.for_model("mlp"), tmp_path / "wrong")
+    assert not (tmp_path / "wrong").exists()
+
+
 def test_weights_and_config_of_two_exports_are_refused(run_dir, exported, tmp_path):
     # `export --force` killed between its two files left one export's weights beside the other's
     # config.json, which loaded silently where the shapes agree (reliability audit).

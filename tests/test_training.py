@@ -56,6 +56,39 @@ def test_fit_collects_added_kl_losses():
     assert history[-1]["train_kl"] > 0
 
 
+def test_fit_takes_a_dataloader_without_a_length_with_its_progress_bar():
+    # len() of a DataLoader over an IterableDataset raises TypeError: the bar crashed (API audit)
+    class Stream(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            yield from regression_data()
+
+    torch.manual_seed(0)
+    model = make_model()
+    data = torch.utils.data.DataLoader(Stream(), batch_size=None)
+    history = fit(model, data, nll, torch.optim.Adam(model.parameters(), 0.05), epochs=2, progress=True)
+    assert [r["steps"] for r in history] == [len(regression_data())] * 2
+
+
+@pytest.mark.parametrize(
+    ("metric", "error"),
+    [(0.5, None), (torch.ones(1), None), (torch.ones(3), "a tensor of shape [(]3,[)]"), ("x", "got str")],
+)
+def test_metrics_are_numbers_or_one_element_tensors(metric, error):
+    model = make_model()
+
+    def loss(m, batch):
+        return nll(m, batch), {"a": metric}
+
+    run = lambda: fit(model, regression_data(), loss, torch.optim.Adam(model.parameters(), 0.05))  # noqa: E731
+    if error is None:
+        assert run()[0]["train_a"] == pytest.approx(float(metric))
+    else:  # a float crashed with AttributeError 'clone', a vector with torch.stack's message (API audit)
+        with pytest.raises(
+            ValueError, match=rf"^metric 'a': expected a number or a one-element tensor .*{error}"
+        ):
+            run()
+
+
 def _trainer(run_dir, epochs=3, loss_fn=nll, seed=0, schedule=False, ema=False, evaluate=None):
     torch.manual_seed(seed)
     model = make_model()
@@ -136,6 +169,10 @@ def test_scheduler_errors(tmp_path):
     plain.fit()
     with pytest.raises(CheckpointError, match="without a learning-rate scheduler"):
         _trainer(tmp_path / "c", epochs=4, schedule=True).resume()
+    # the other way round it was accepted, and the lr stayed where the schedule stopped (API audit)
+    _trainer(tmp_path / "s", epochs=1, schedule=True).fit()
+    with pytest.raises(CheckpointError, match="written with a learning-rate scheduler, resumed without it"):
+        _trainer(tmp_path / "s", epochs=4).resume()
 
 
 def test_weight_averaging_is_evaluated_and_checkpointed(tmp_path):
@@ -159,6 +196,8 @@ def test_weight_averaging_is_evaluated_and_checkpointed(tmp_path):
     assert plain.result_model is plain.model
     with pytest.raises(CheckpointError, match="without weight averaging"):
         _trainer(tmp_path / "p", epochs=2, ema=True).resume()
+    with pytest.raises(CheckpointError, match="written with weight averaging, resumed without it"):
+        _trainer(tmp_path / "e", epochs=3).resume()  # the average would have been dropped
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):

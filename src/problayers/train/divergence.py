@@ -17,11 +17,24 @@ from torch import nn
 if TYPE_CHECKING:
     from .distributed import DistContext
 
-__all__ = ["NonFiniteLossError", "check_weights", "reduced_means"]
+__all__ = ["NonFiniteLossError", "as_metric", "check_weights", "reduced_means"]
 
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint (if any) is kept."""
+
+
+def as_metric(name: str, value: object, loss: torch.Tensor) -> torch.Tensor:
+    """A step's metric as a one-element tensor: a tensor of one element, or a Python number (put
+    beside ``loss``); anything else is a one-line ``ValueError`` naming it."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return value.detach().reshape(())
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return torch.tensor(float(value), device=loss.device)
+    got = (
+        f"a tensor of shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
+    )
+    raise ValueError(f"metric {name!r}: expected a number or a one-element tensor (e.g. a mean), got {got}")
 
 
 def reduced_means(

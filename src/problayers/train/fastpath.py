@@ -269,7 +269,9 @@ def make_train_step(
     Raises:
         TypeError: ``model``, ``optimizer`` or ``loss_fn`` of the wrong kind.
         ValueError: an option of the wrong type or value (naming the argument), or bf16 on a
-            device without it.
+            CUDA device without it (on a CPU bf16 always runs, emulated where the CPU has no bf16
+            instructions, and slower: :func:`~problayers.train.probe.probe_step_options` does not
+            choose it there).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")

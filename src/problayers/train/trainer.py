@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from .checkpoint import atomic_write, load_checkpoint, save_checkpoint
-from .divergence import NonFiniteLossError, check_weights, reduced_means
+from .divergence import NonFiniteLossError, as_metric, check_weights, reduced_means
 from .trainstate import load_trainer_state, trainer_state
 
 if TYPE_CHECKING:
@@ -51,6 +51,8 @@ METRICS = "metrics.jsonl"
 
 @dataclass(frozen=True)
 class TrainerConfig:
+    """How long to train and what to show: ``epochs``, ``log_every``, ``progress`` (a tqdm bar)."""
+
     epochs: int = 15
     log_every: int = 25  # steps between progress-bar updates (each one syncs with the device)
     progress: bool = True
@@ -72,16 +74,18 @@ class Trainer:
 
     Args:
         model, optimizer: as usual (``model`` may already be a ``DistributedDataParallel``).
-        loss_fn: ``(model, batch) -> loss`` or ``-> (loss, {name: 0-dim tensor})``.
+        loss_fn: ``(model, batch) -> loss`` or ``-> (loss, {name: number or one-element tensor})``.
         batches: ``epoch -> iterable of batches`` (epoch counts from 0); deterministic per
-            epoch if resumed runs must match uninterrupted ones.
+            epoch if resumed runs must match uninterrupted ones (a DataLoader's own
+            ``generator`` is not in the checkpoint: seed its order from ``epoch``).
         config: :class:`TrainerConfig`.
         evaluate: ``(model, epoch) -> {name: float}`` after each epoch (e.g. test metrics).
         run_dir: where the checkpoint and ``metrics.jsonl`` go (``None``: nothing written).
         meta: JSON-able description stored in each checkpoint (e.g. the run's config).
         on_epoch_end: ``(trainer, record)`` after each epoch's checkpoint (e.g. pictures).
-        step_fn: replaces the default step ``(batch) -> (loss, metrics)`` (e.g. a compiled one;
-            data-parallel, it must run the forward through ``trainer.train_model``).
+        step_fn: replaces the default step ``(batch) -> (loss, metrics)`` (e.g. a compiled one,
+            or :meth:`step` with ``torch.nn.utils.clip_grad_norm_`` between ``backward`` and the
+            optimizer step; data-parallel, it must run the forward through ``trainer.train_model``).
         scheduler: a ``torch.optim.lr_scheduler`` of ``optimizer``, stepped after every optimizer
             step (whatever ``step_fn``); its state is part of the checkpoint.
         averaged: an :class:`~problayers.train.averaging.EMA` of ``model``, updated after every
@@ -226,7 +230,9 @@ class Trainer:
         if self.config.progress and self.is_main:
             from tqdm.auto import tqdm
 
-            total = len(cast(Sized, batches)) if hasattr(batches, "__len__") else None
+            total = None  # a DataLoader of an IterableDataset has __len__, which raises TypeError
+            with contextlib.suppress(TypeError):
+                total = len(cast(Sized, batches))
             bar = tqdm(batches, total=total, desc=f"epoch {epoch + 1}/{self.config.epochs}", leave=False)
             batches = bar
         sums: dict[str, torch.Tensor] = {}
@@ -241,6 +247,7 @@ class Trainer:
             if self.averaged is not None:
                 self.averaged.update(self.model)
             for name, value in (("loss", loss), *metrics.items()):
+                value = as_metric(name, value, loss)
                 sums[name] = sums[name] + value if name in sums else value.clone()
             steps += 1
             images += _batch_size(batch)

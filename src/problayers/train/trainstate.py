@@ -99,6 +99,15 @@ def check_trainer_state(trainer: Any, state: Any, source: str) -> None:
         raise CheckpointError(f"{source}: world_size: expected an int >= 1, got {world!r}")
     if ranks is not None and len(ranks) != world:
         raise CheckpointError(f"{source}: rng_cpu_ranks: {len(ranks)} states for world_size {world}")
+    # either way round: resumed without its scheduler a run's lr stays where it stopped, and
+    # without its averaging the average is dropped at the next checkpoint
+    for key, ours, what in (
+        ("scheduler", trainer.scheduler, "a learning-rate scheduler"),
+        ("averaged", trainer.averaged, "weight averaging"),
+    ):
+        if (ours is None) != (key not in state):
+            written, resumed = ("without", "with") if ours is not None else ("with", "without")
+            raise CheckpointError(f"{source}: written {written} {what}, resumed {resumed} it")
     if trainer.averaged is not None and "averaged" in state:
         check_state_dict(trainer.averaged, state["averaged"], "averaged", source)
     for key in ("scheduler",):
@@ -170,12 +179,8 @@ def load_trainer_state(trainer: Any, state: Any, source: str) -> None:
             if isinstance(step, torch.Tensor):
                 trainer.optimizer.state[param]["step"] = step.to(param.device if on_device else "cpu")
     if trainer.scheduler is not None:
-        if "scheduler" not in state:
-            raise CheckpointError(f"{source}: written without a learning-rate scheduler, resumed with one")
         trainer.scheduler.load_state_dict(state["scheduler"])
     if trainer.averaged is not None:
-        if "averaged" not in state:
-            raise CheckpointError(f"{source}: written without weight averaging, resumed with it")
         decay = trainer.averaged.decay
         try:
             trainer.averaged.load_state_dict(state["averaged"])

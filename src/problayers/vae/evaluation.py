@@ -58,6 +58,11 @@ def _check_data(name: str, x: object) -> torch.Tensor:
         raise ValueError(
             f"{name}: expected a tensor of shape (B, *X) with at least 2 dims, got {tuple(x.shape)}"
         )
+    if not x.is_floating_point():  # e.g. the uint8 images of load_mnist
+        raise ValueError(
+            f"{name}: expected float data (binarized images: see problayers.vae.data.binarize_fixed), "
+            f"got {x.dtype}"
+        )
     return x
 
 
@@ -92,6 +97,11 @@ def _decoder_log_prob(decode: Decoder, z: torch.Tensor, x: torch.Tensor) -> torc
         raise ValueError(
             f"decode(z) for z of shape {tuple(z.shape)}: expected a distribution with batch_shape "
             f"({n},) and event_shape X, got batch_shape {tuple(px.batch_shape)}"
+        )
+    if tuple(x.shape[1:]) != tuple(px.event_shape):  # torch would broadcast, to a wrong sum
+        raise ValueError(
+            f"x of shape {tuple(x.shape)}: expected (B, *event_shape) with the decoder's event_shape "
+            f"{tuple(px.event_shape)}, got {tuple(x.shape[1:])} after the batch"
         )
     return px.log_prob(x)  # (N,)
 

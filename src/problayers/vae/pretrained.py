@@ -102,8 +102,15 @@ def save_pretrained(
 
     st = _needs_safetensors("export")
     out = check_out_dir(out_dir, force=force, run_dir=run_dir)
+    state = dict(model.state_dict())
+    for prefix in ("_orig_mod.", "module."):  # torch.compile's and DDP's wrappers: the model's own keys
+        torch.nn.modules.utils.consume_prefix_in_state_dict_if_present(state, prefix)
+    try:  # an export that load_pretrained would refuse is refused now
+        check_state_dict(build_model(config), state, "state dict", f"export of a {config.name!r} model")
+    except CheckpointError as err:
+        raise ValueError(str(err)) from None
     tensors: dict[str, torch.Tensor] = {}
-    for key, value in model.state_dict().items():
+    for key, value in state.items():
         if not isinstance(value, torch.Tensor):
             raise ValueError(f"export: the model's {key!r} is a {type(value).__name__}, not a tensor")
         tensors[key] = value.detach().cpu().contiguous()

@@ -186,7 +186,8 @@ def _check_name(name: Any) -> None:
     """A one-line ``ValueError`` for a model name not registered, with the closest name."""
     if name not in MODELS:
         close = difflib.get_close_matches(str(name).lower(), list(MODELS), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        # a model of one's own (register_model) exists only once its module is imported
+        hint = f" (did you mean {close[0]!r}?)" if close else " (a registered model: import its module first)"
         raise ValueError(f"model name: expected one of {sorted(MODELS)}, got {name!r}{hint}")
 
 
@@ -201,7 +202,17 @@ def register_model(
             the objective's; a config that sets another one is refused. Default ``None``: not
             declared, no field is refused.
         defaults: the model's own defaults (:meth:`ModelConfig.for_model`).
+
+    A model has only ``ModelConfig``'s fields (``latent_size``, ``hidden_size``, ...); ``fields``
+    and ``defaults`` naming another are refused. A run's ``config.json`` names its model, so the
+    module that registers it must be imported before the run is loaded or resumed.
     """
+    known = {f.name for f in dataclasses.fields(ModelConfig)}
+    unknown = sorted((set(fields or ()) | set(defaults)) - known)
+    if unknown:
+        raise ValueError(
+            f"register_model({name!r}): {unknown} are not ModelConfig fields; it has {sorted(known)}"
+        )
 
     def wrap(builder: Callable[[ModelConfig], VAE]) -> Callable[[ModelConfig], VAE]:
         if name in MODELS:
@@ -229,5 +240,7 @@ def make_objective(cfg: ModelConfig) -> Objective:
 def build_model(cfg: ModelConfig) -> VAE:
     """The model ``cfg`` describes (on the CPU, float32), initialized as ``cfg.init`` says."""
     model = MODELS[cfg.name](cfg)
+    if not isinstance(model, VAE):
+        raise TypeError(f"model {cfg.name!r}: its builder returned a {type(model).__name__}, expected a VAE")
     INITS[cfg.init](model)
     return model
