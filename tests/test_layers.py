@@ -184,6 +184,14 @@ def test_convert_to_tensor_fn_callable_and_bad_name():
         ):
             with pytest.raises(ValueError, match=r"^convert_to_tensor_fn: expected one of \['auto'"):
                 make()
+    # TFP's example passes tfd.Bernoulli.logits, a method there and a property here: the error
+    # showed the property object's repr (first-programs audit)
+    with pytest.raises(ValueError, match=r"the property Bernoulli.logits .*; pass lambda d: d.logits$"):
+        pl.IndependentBernoulli(3, convert_to_tensor_fn=D.Bernoulli.logits)
+    with pytest.raises(
+        ValueError, match=r"the property Distribution.mean .*; pass lambda d: d.mean or \"mean\"$"
+    ):
+        pl.IndependentNormal(3, convert_to_tensor_fn=D.Distribution.mean)
 
 
 def test_distribution_lambda_must_return_distribution():

@@ -428,6 +428,11 @@ def test_exact_kl_without_a_formula_says_so():
         (lambda: pl.Conv2dReparameterization(3, 4, 3, padding="full"), ValueError, "padding"),
         (lambda: pl.Conv2dReparameterization(3, 4, 3, stride=0), ValueError, "stride"),
         (lambda: pl.DenseVariational(3, 0), ValueError, "units"),
+        (  # TFP's order (units, posterior, prior): the message said only "got function"
+            lambda: pl.DenseVariational(2, pl.posterior_mean_field, pl.prior_trainable),
+            TypeError,
+            r"units: .*got a callable; DenseVariational takes in_features first",
+        ),
         (lambda: pl.DenseVariational(3, 2, make_posterior_fn=3), TypeError, "make_posterior_fn"),
         (lambda: pl.DenseVariational(3, 2, make_prior_fn=lambda k, b, d: 3), TypeError, "make_prior_fn"),
     ],

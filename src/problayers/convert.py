@@ -61,6 +61,14 @@ def check_convert_fn(fn: Any) -> ConvertFn:
     """``fn`` if it is a callable or one of the names, else a one-line ``ValueError``."""
     if callable(fn) or (isinstance(fn, str) and fn in CONVERT_TO_TENSOR_FNS):
         return fn
+    getter = getattr(fn, "fget", None) or getattr(fn, "wrapped", None)  # property, torch's lazy_property
+    if callable(getter):  # TFP's tfd.Bernoulli.logits is a method; torch's is a property
+        name = getattr(getter, "__qualname__", getattr(getter, "__name__", "?"))
+        attr = name.rsplit(".", 1)[-1]
+        raise ValueError(
+            f"convert_to_tensor_fn: got the property {name} (a TFP method, a property in torch); "
+            f"pass lambda d: d.{attr}" + (f' or "{attr}"' if attr in CONVERT_TO_TENSOR_FNS else "")
+        )
     raise ValueError(
         f"convert_to_tensor_fn: expected one of {sorted(CONVERT_TO_TENSOR_FNS)} or a callable "
         f"taking a Distribution, got {fn!r}"

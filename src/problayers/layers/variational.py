@@ -286,6 +286,11 @@ class DenseVariational(nn.Module):
     ) -> None:
         super().__init__()
         init_added_losses(self)
+        if callable(units):  # TFP's order, DenseVariational(units, make_posterior_fn, make_prior_fn)
+            raise TypeError(
+                "units: expected a positive int, got a callable; DenseVariational takes in_features "
+                "first: DenseVariational(in_features, units, make_posterior_fn, make_prior_fn)"
+            )
         self.in_features = positive_int(in_features, "in_features")
         self.units = positive_int(units, "units")
         for name, fn in (("make_posterior_fn", make_posterior_fn), ("make_prior_fn", make_prior_fn)):
