@@ -27,8 +27,8 @@ class NonFiniteLossError(RuntimeError):
 def as_metric(name: str, value: object, loss: torch.Tensor) -> torch.Tensor:
     """A step's metric as a one-element tensor: a tensor of one element, or a Python number (put
     beside ``loss``); anything else is a one-line ``ValueError`` naming it."""
-    if isinstance(value, torch.Tensor) and value.numel() == 1:
-        return value.detach().reshape(())
+    if isinstance(value, torch.Tensor) and value.numel() == 1:  # no host sync: shapes only
+        return value.detach() if value.dim() == 0 else value.detach().reshape(())
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return torch.tensor(float(value), device=loss.device)
     got = (
