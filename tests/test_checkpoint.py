@@ -10,6 +10,7 @@ import signal
 import stat
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -213,10 +214,17 @@ def test_stale_temporaries_are_removed(tmp_path):
         ]
         for p in keep:
             p.write_bytes(b"")
-        stale = [tmp_path / f".checkpoint.pt.p{DEAD_PID}.a1b2_c3d.tmp"]
+        stale = [
+            tmp_path / f".checkpoint.pt.p{DEAD_PID}.a1b2_c3d.tmp",
+            # this pid's before this process started (a restarted container reuses its pids)
+            tmp_path / f".metrics.jsonl.p{os.getpid()}.zzzzzzzz.tmp",
+            tmp_path / ".config.json.abcdefgh.tmp",  # an earlier version's, of a run's own file
+        ]
         for p in stale:
             p.write_bytes(b"partial")
-        assert sorted(remove_stale_temps(tmp_path)) == sorted(stale)
+        day_ago = time.time() - 86400
+        os.utime(stale[1], (day_ago, day_ago))
+        assert sorted(remove_stale_temps(tmp_path, legacy_names=["config.json"])) == sorted(stale)
         assert sorted(tmp_path.iterdir()) == sorted(keep)
     finally:
         writing.kill()

@@ -111,9 +111,18 @@ def test_save_pretrained_takes_a_wrapped_model_and_refuses_another_config(run_di
 
     model, cfg, _ = load_run(run_dir, device="cpu")
     compiled = torch.compile(model, backend="eager")  # compiled lazily: not here
-    save_pretrained(compiled, cfg.model, tmp_path / "compiled")
-    for got, ref in zip(_outputs(load_pretrained(tmp_path / "compiled")), _outputs(model), strict=True):
-        assert torch.equal(got, ref)
+    for i, wrapped in enumerate(
+        [
+            compiled,
+            torch.nn.DataParallel(compiled),
+            torch.compile(torch.nn.DataParallel(model), backend="eager"),
+        ]
+    ):
+        save_pretrained(wrapped, cfg.model, tmp_path / f"wrapped{i}")
+        for got, ref in zip(
+            _outputs(load_pretrained(tmp_path / f"wrapped{i}")), _outputs(model), strict=True
+        ):
+            assert torch.equal(got, ref)
     with pytest.raises(
         ValueError, match=r"^export of a 'mlp' model: state dict does not fit the model: missing"
     ):

@@ -287,6 +287,29 @@ def test_disk_full_while_exporting_leaves_what_was_there(trained, tmp_path, monk
     assert {p.name: p.read_bytes() for p in old.iterdir()} == before
     monkeypatch.undo()
     load_pretrained(old)
+    # The new weights in place and only the directory's fsync failing: the new export stands (a
+    # rollback of the config then would have paired the old config with the new weights; review).
+    from problayers.vae import save_pretrained
+    from problayers.vae.experiment import load_run
+
+    model, cfg, _ = load_run(trained, device="cpu")
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)  # an export of other weights, to be replaced
+    save_pretrained(model, cfg.model, old, force=True)
+    before = {p.name: p.read_bytes() for p in old.iterdir()}
+    real, calls = checkpoint.fsync_dir, []
+
+    def fsync_fails_after_the_weights(directory):
+        calls.append(directory)
+        if len(calls) == 2:  # the config's, then the weights'
+            raise OSError(5, "Input/output error")
+        real(directory)
+
+    monkeypatch.setattr(checkpoint, "fsync_dir", fsync_fails_after_the_weights)
+    assert "Input/output error" in fails(["export", trained, old, "--force"], capsys, code=1)
+    monkeypatch.undo()
+    assert (old / "model.safetensors").read_bytes() != before["model.safetensors"]
+    load_pretrained(old)  # the pair is the new export's
 
 
 def test_unwritable_run_directory(tmp_path, monkeypatch, capsys):

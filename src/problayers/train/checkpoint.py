@@ -12,6 +12,7 @@ a file holding anything but tensors and plain data is refused, never unpickled w
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import math
@@ -19,7 +20,7 @@ import os
 import pickle
 import re
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO, Any, cast
 
@@ -42,6 +43,8 @@ __all__ = [
 #: The temporary files of :func:`atomic_write`: ``.NAME.pPID.XXXXXXXX.tmp`` (the writer's process
 #: id, mkstemp's 8 characters).
 TEMP_PATTERN = re.compile(r"^\.(?P<name>.+)\.p(?P<pid>[0-9]+)\.[A-Za-z0-9_]{8}\.tmp$")
+#: Those of problayers before 2026-12-06, without the writer: ``.NAME.XXXXXXXX.tmp``.
+LEGACY_TEMP_PATTERN = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]{8}\.tmp$")
 
 
 class CheckpointError(ValueError):
@@ -136,21 +139,45 @@ class _Tracked:
         return getattr(self._f, name)
 
 
-def remove_stale_temps(directory: str | os.PathLike) -> list[Path]:
+def remove_stale_temps(directory: str | os.PathLike, legacy_names: Iterable[str] = ()) -> list[Path]:
     """Remove the temporary files :func:`atomic_write` leaves when killed (SIGKILL, power loss)
-    between creating and renaming them: those whose writer (the process id in the name) is gone
-    from this machine, never one that another process (an ``evaluate`` beside a resumed run) is
-    still writing. Returns the removed paths."""
+    between creating and renaming them: those whose writer (the process id in the name) no
+    longer runs on this machine, or started after the file was last written (its id reused, as
+    by a restarted container), never one that another process (an ``evaluate`` beside a resumed
+    run) is still writing; and the writer-less temporaries of earlier versions for the files
+    ``legacy_names``. Returns the removed paths."""
     removed: list[Path] = []
     directory = Path(directory)
     if not directory.is_dir():
         return removed
+    legacy = set(legacy_names)
     for entry in directory.iterdir():
-        match = TEMP_PATTERN.match(entry.name)
-        if match and not pid_alive(int(match["pid"])) and entry.is_file():
+        match, old = TEMP_PATTERN.match(entry.name), LEGACY_TEMP_PATTERN.match(entry.name)
+        stale = False
+        if match:
+            pid = int(match["pid"])
+            with contextlib.suppress(OSError):  # gone meanwhile: its writer renamed it
+                stale = not pid_alive(pid) or _started_after(pid, entry.stat().st_mtime)
+        else:
+            stale = old is not None and old["name"] in legacy
+        if (match or old) and stale and entry.is_file():
             entry.unlink(missing_ok=True)
             removed.append(entry)
     return removed
+
+
+def _started_after(pid: int, when: float) -> bool:
+    """Whether process ``pid`` started after the time ``when`` (False where ``/proc`` cannot say)."""
+    try:
+        ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[19])  # field 22
+        boot = next(
+            float(line.split()[1])
+            for line in Path("/proc/stat").read_text().splitlines()
+            if line.startswith("btime")
+        )
+    except (OSError, ValueError, IndexError, StopIteration):
+        return False
+    return boot + ticks / os.sysconf("SC_CLK_TCK") > when + 1.0  # btime has whole seconds
 
 
 def pid_alive(pid: int) -> bool:

@@ -30,7 +30,7 @@ def as_metric(name: str, value: object, loss: torch.Tensor) -> torch.Tensor:
     if isinstance(value, torch.Tensor) and value.numel() == 1:  # no host sync: shapes only
         return value.detach() if value.dim() == 0 else value.detach().reshape(())
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return torch.tensor(float(value), device=loss.device)
+        return torch.full((), float(value), device=loss.device)  # a fill, no host-to-device copy
     got = (
         f"a tensor of shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
     )

@@ -56,6 +56,7 @@ from .runconfig import (
 )
 from .rundir import (
     CONFIG,
+    OWN_FILES,
     TENSORBOARD,
     check_consistent,
     check_has_checkpoint,
@@ -262,7 +263,7 @@ def _locked(
             raise RunDirError(f"run_dir: {run_dir} is not a directory (not a problayers run directory)")
         lock.acquire()
         try:
-            remove_stale_temps(run_dir)
+            remove_stale_temps(run_dir, legacy_names=OWN_FILES)
             return check()
         except BaseException:
             lock.release()

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from ..train.checkpoint import CheckpointError, atomic_write, check_finite, check_state_dict, write_json
-from ..train.errors import RunDirError, one_line, os_reason
+from ..train.errors import RunDirError, interrupts_deferred, one_line, os_reason
 from .models import VAE, ModelConfig, build_model
 
 __all__ = [
@@ -102,9 +102,13 @@ def save_pretrained(
 
     st = _needs_safetensors("export")
     out = check_out_dir(out_dir, force=force, run_dir=run_dir)
-    state = dict(model.state_dict())
-    for prefix in ("_orig_mod.", "module."):  # torch.compile's and DDP's wrappers: the model's own keys
-        torch.nn.modules.utils.consume_prefix_in_state_dict_if_present(state, prefix)
+    wrappers = (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)
+    while True:  # the model inside torch.compile's and DDP's wrappers, in any order
+        inner = getattr(model, "_orig_mod", None) or (model.module if isinstance(model, wrappers) else None)
+        if not isinstance(inner, torch.nn.Module):
+            break
+        model = inner
+    state = model.state_dict()
     try:  # an export that load_pretrained would refuse is refused now
         check_state_dict(build_model(config), state, "state dict", f"export of a {config.name!r} model")
     except CheckpointError as err:
@@ -121,13 +125,17 @@ def save_pretrained(
     config_path = out / CONFIG
     old = config_path.read_bytes() if config_path.is_file() else None  # a --force export's
     try:
-        write_json(config_path, {**dataclasses.asdict(config), **meta})
-        return [atomic_write(out / WEIGHTS, lambda f: f.write(data)), config_path]
+        with interrupts_deferred():  # a Ctrl-C or SIGTERM now: both files, then it stops
+            write_json(config_path, {**dataclasses.asdict(config), **meta})
+            return [atomic_write(out / WEIGHTS, lambda f: f.write(data)), config_path]
     except BaseException:  # e.g. a full disk: leave what was there (an old export, or nothing)
+        landed = False  # the new weights in place (a later fsync failed): the new export stands
         with contextlib.suppress(OSError):
-            if old is not None:
+            landed = _digest((out / WEIGHTS).read_bytes()) == meta["weights_sha256"]
+        with contextlib.suppress(OSError):
+            if not landed and old is not None:
                 atomic_write(config_path, lambda f: f.write(old))
-            else:
+            elif not landed:
                 config_path.unlink(missing_ok=True)
                 if made:
                     out.rmdir()

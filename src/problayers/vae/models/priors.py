@@ -61,8 +61,8 @@ class DiagonalGaussianMixture(D.MixtureSameFamily):
         dtype = torch.promote_types(value.dtype, self._loc.dtype)  # as MixtureSameFamily's
         # The expanded terms are ~|z|^2 / scale^2 and cancel where z is near a mean, as a
         # posterior sample is: in fp32 that costs 0.5 nats at scale 0.01 and tens at 1e-3 (40
-        # latents, |z| ~ 2). In fp64 the products stay exact to ~1e-8 nats there and cost ~10%
-        # more than in fp32 (the (N, C) log-sum-exp dominates); MPS has no fp64.
+        # latents, |z| ~ 2). In fp64 the products stay exact to ~1e-8 nats there; this term costs
+        # twice the time, a VampPrior IWAE training step ~10% (docs/zoo.md). MPS has no fp64.
         wide = dtype if value.device.type == "mps" else torch.float64
         loc, scale = self._loc.to(wide), self._scale.to(wide)  # (C, D)
         d = loc.shape[-1]
