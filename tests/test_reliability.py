@@ -312,6 +312,15 @@ def test_disk_full_while_exporting_leaves_what_was_there(trained, tmp_path, monk
     load_pretrained(old)  # the pair is the new export's
 
 
+def test_an_export_removes_what_a_killed_one_left(trained, tmp_path):
+    out = tmp_path / "exp"
+    assert main(["export", str(trained), str(out)]) == 0
+    left = out / f".model.safetensors.p{2**22 + 1}.abcdefgh.tmp"  # a SIGKILLed export's (re-audit)
+    left.write_bytes(b"partial")
+    assert main(["export", str(trained), str(out), "--force"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
+
+
 def test_unwritable_run_directory(tmp_path, monkeypatch, capsys):
     import errno
 
@@ -525,6 +534,19 @@ def test_train_refuses_a_folder_of_other_files(tmp_path, capsys):
     err = fails(["train", "--out", folder, "--epochs", "1", "--synthetic", "64", *TINY], capsys)
     assert str(folder / "config.json") in err  # a config.json that is not a run's
     assert (folder / "config.json").read_bytes() == mine["config.json"]
+    # A refused folder is left as it was (its stale temporaries were removed first), a run stopped
+    # before its first checkpoint has no metrics.jsonl, and its tensorboard/ only event files (re-audit).
+    (folder / "config.json").unlink()
+    for extra in ("data.csv", "metrics.jsonl", "tensorboard/mine.txt"):
+        (folder / extra).parent.mkdir(exist_ok=True)
+        (folder / extra).write_bytes(b"mine")
+        stale = folder / f".{Path(extra).name}.p{2**22 + 1}.abcdefgh.tmp"
+        stale.write_bytes(b"partial")
+        err = fails(["train", "--out", folder, "--epochs", "1", "--synthetic", "64", *TINY], capsys)
+        assert f"holds files that are not a run's ({extra}" in err
+        assert stale.is_file() and (folder / extra).read_bytes() == b"mine"
+        (folder / extra).unlink()
+        stale.unlink()
 
 
 def test_a_run_started_again_hides_what_its_killed_first_attempt_logged(tmp_path):

@@ -263,8 +263,9 @@ def _locked(
             raise RunDirError(f"run_dir: {run_dir} is not a directory (not a problayers run directory)")
         lock.acquire()
         try:
+            checked = check()  # first: a directory refused is left as it is
             remove_stale_temps(run_dir, legacy_names=OWN_FILES)
-            return check()
+            return checked
         except BaseException:
             lock.release()
             raise

@@ -23,7 +23,14 @@ from typing import Any
 
 import torch
 
-from ..train.checkpoint import CheckpointError, atomic_write, check_finite, check_state_dict, write_json
+from ..train.checkpoint import (
+    CheckpointError,
+    atomic_write,
+    check_finite,
+    check_state_dict,
+    remove_stale_temps,
+    write_json,
+)
 from ..train.errors import RunDirError, interrupts_deferred, one_line, os_reason
 from .models import VAE, ModelConfig, build_model
 
@@ -122,6 +129,7 @@ def save_pretrained(
     meta = {"format": FORMAT, "problayers_version": __version__, "weights_sha256": _digest(data)}
     made = not out.is_dir()
     out = prepare_run_dir(out, "OUT_DIR")
+    remove_stale_temps(out, legacy_names=(CONFIG, WEIGHTS))  # of an export killed (SIGKILL) before
     config_path = out / CONFIG
     old = config_path.read_bytes() if config_path.is_file() else None  # a --force export's
     try:

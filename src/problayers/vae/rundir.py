@@ -10,9 +10,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ..train.checkpoint import TEMP_PATTERN, CheckpointError, check_finite
+from ..train.checkpoint import LEGACY_TEMP_PATTERN, TEMP_PATTERN, CheckpointError, check_finite
 from ..train.errors import RunDirError, WriteError, os_reason
 from .runconfig import MAX_EPOCHS, RunConfig
+from .runlock import LOCK
 
 __all__ = [
     "CONFIG",
@@ -73,10 +74,21 @@ def check_new_run(run_dir: Path, checkpoint: str) -> None:
     (a ``config.json``, pictures) or mix with."""
     if (run_dir / checkpoint).exists():
         raise RunDirError(f"run_dir: {run_dir} already holds a run; resume it with --resume {run_dir}")
-    ours = (*OWN_FILES, TENSORBOARD)
-    others = sorted(
-        p.name for p in run_dir.iterdir() if p.name not in ours and not TEMP_PATTERN.match(p.name)
-    )
+
+    def ours(name: str) -> bool:  # what a run writes before its first checkpoint
+        legacy = LEGACY_TEMP_PATTERN.match(name)
+        return name in (CONFIG, LOCK, TENSORBOARD) or bool(
+            TEMP_PATTERN.match(name) or (legacy and legacy["name"] in OWN_FILES)
+        )
+
+    others = sorted(p.name for p in run_dir.iterdir() if not ours(p.name))
+    board = run_dir / TENSORBOARD
+    if board.is_dir():  # its event files only
+        others += [
+            f"{TENSORBOARD}/{p.name}"
+            for p in board.iterdir()
+            if not p.name.startswith("events.out.tfevents.")
+        ]
     if others:
         listed = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
         raise RunDirError(
