@@ -150,26 +150,46 @@ def remove_stale_temps(directory: str | os.PathLike, legacy_names: Iterable[str]
     directory = Path(directory)
     if not directory.is_dir():
         return removed
-    legacy = set(legacy_names)
     for entry in directory.iterdir():
-        match, old = TEMP_PATTERN.match(entry.name), LEGACY_TEMP_PATTERN.match(entry.name)
-        stale = False
+        if not is_temp(entry.name, legacy_names):
+            continue
+        match = TEMP_PATTERN.match(entry.name)
+        stale = match is None  # an earlier version's, of one of legacy_names
         if match:
             pid = int(match["pid"])
             with contextlib.suppress(OSError):  # gone meanwhile: its writer renamed it
                 stale = not pid_alive(pid) or _started_after(pid, entry.stat().st_mtime)
-        else:
-            stale = old is not None and old["name"] in legacy
-        if (match or old) and stale and entry.is_file():
+        if stale and entry.is_file():
             entry.unlink(missing_ok=True)
             removed.append(entry)
     return removed
 
 
+def is_temp(name: str, legacy_names: Iterable[str] = ()) -> bool:
+    """Whether ``name`` is a temporary of :func:`atomic_write`, or an earlier version's of one
+    of the files ``legacy_names``."""
+    legacy = LEGACY_TEMP_PATTERN.match(name)
+    return bool(TEMP_PATTERN.match(name) or (legacy and legacy["name"] in set(legacy_names)))
+
+
+def _proc_stat(pid: int) -> list[str] | None:
+    """The fields of ``/proc/PID/stat`` after ``pid (comm)`` (field 3 on), or None if unknown."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()
+    except OSError:
+        return None
+
+
+def process_start(pid: int) -> str | None:
+    """The process's start time (clock ticks since boot, field 22 of proc(5)), or None if unknown."""
+    fields = _proc_stat(pid)
+    return fields[19] if fields is not None and len(fields) > 19 else None
+
+
 def _started_after(pid: int, when: float) -> bool:
     """Whether process ``pid`` started after the time ``when`` (False where ``/proc`` cannot say)."""
     try:
-        ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[19])  # field 22
+        ticks = int(process_start(pid) or "")
         boot = next(
             float(line.split()[1])
             for line in Path("/proc/stat").read_text().splitlines()
@@ -189,11 +209,8 @@ def pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         pass  # exists, owned by someone else
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
-    except (OSError, IndexError):
-        return True
-    return state not in ("Z", "X")
+    fields = _proc_stat(pid)
+    return not fields or fields[0] not in ("Z", "X")
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:

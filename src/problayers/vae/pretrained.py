@@ -136,17 +136,16 @@ def save_pretrained(
         with interrupts_deferred():  # a Ctrl-C or SIGTERM now: both files, then it stops
             write_json(config_path, {**dataclasses.asdict(config), **meta})
             return [atomic_write(out / WEIGHTS, lambda f: f.write(data)), config_path]
-    except BaseException:  # e.g. a full disk: leave what was there (an old export, or nothing)
-        landed = False  # the new weights in place (a later fsync failed): the new export stands
-        with contextlib.suppress(OSError):
-            landed = _digest((out / WEIGHTS).read_bytes()) == meta["weights_sha256"]
-        with contextlib.suppress(OSError):
-            if not landed and old is not None:
-                atomic_write(config_path, lambda f: f.write(old))
-            elif not landed:
-                config_path.unlink(missing_ok=True)
-                if made:
-                    out.rmdir()
+    except BaseException:  # e.g. a full disk: leave what was there (an old export, or nothing),
+        with contextlib.suppress(OSError):  # unless the new weights landed (a later fsync failed)
+            weights = out / WEIGHTS
+            if not (weights.is_file() and _digest(weights.read_bytes()) == meta["weights_sha256"]):
+                if old is not None:
+                    atomic_write(config_path, lambda f: f.write(old))
+                else:
+                    config_path.unlink(missing_ok=True)
+                    if made:
+                        out.rmdir()
         raise
 
 

@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ..train.checkpoint import LEGACY_TEMP_PATTERN, TEMP_PATTERN, CheckpointError, check_finite
+from ..train.checkpoint import CheckpointError, check_finite, is_temp
 from ..train.errors import RunDirError, WriteError, os_reason
 from .runconfig import MAX_EPOCHS, RunConfig
 from .runlock import LOCK
@@ -75,13 +75,10 @@ def check_new_run(run_dir: Path, checkpoint: str) -> None:
     if (run_dir / checkpoint).exists():
         raise RunDirError(f"run_dir: {run_dir} already holds a run; resume it with --resume {run_dir}")
 
-    def ours(name: str) -> bool:  # what a run writes before its first checkpoint
-        legacy = LEGACY_TEMP_PATTERN.match(name)
-        return name in (CONFIG, LOCK, TENSORBOARD) or bool(
-            TEMP_PATTERN.match(name) or (legacy and legacy["name"] in OWN_FILES)
-        )
-
-    others = sorted(p.name for p in run_dir.iterdir() if not ours(p.name))
+    before = (CONFIG, LOCK, TENSORBOARD)  # what a run writes before its first checkpoint
+    others = sorted(
+        p.name for p in run_dir.iterdir() if p.name not in before and not is_temp(p.name, OWN_FILES)
+    )
     board = run_dir / TENSORBOARD
     if board.is_dir():  # its event files only
         others += [

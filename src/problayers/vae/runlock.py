@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..train.checkpoint import pid_alive
+from ..train.checkpoint import pid_alive, process_start
 from ..train.errors import ProblayersError, WriteError, os_reason
 
 __all__ = ["LOCK", "RunLock", "RunLockError"]
@@ -32,15 +32,6 @@ class RunLockError(ProblayersError, ValueError):
     """The run directory is in use by another ``train``/``resume``."""
 
 
-def _start_time(pid: int) -> str | None:
-    """The process's start time (clock ticks since boot) from ``/proc``, or None if unknown."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[-1].split()[19]  # field 22 of proc(5), after "pid (comm)"
-
-
 class RunLock:
     """``with RunLock(run_dir):`` holds the run directory's lock (see the module docstring)."""
 
@@ -50,7 +41,7 @@ class RunLock:
         self.owner = {
             "pid": os.getpid(),
             "host": socket.gethostname(),
-            "start": _start_time(os.getpid()),
+            "start": process_start(os.getpid()),
             "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         self._held = False
@@ -122,7 +113,7 @@ class RunLock:
         if pid != os.getpid() and not pid_alive(pid):
             return True
         start = owner.get("start")
-        return start is not None and _start_time(pid) not in (None, start)  # the PID was reused
+        return start is not None and process_start(pid) not in (None, start)  # the PID was reused
 
     def _take_over(self, stale: dict[str, Any] | None) -> bool:
         """Remove the stale lock if it still is the one judged stale; False if it changed."""
