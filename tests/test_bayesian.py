@@ -178,3 +178,11 @@ def test_docstring_example_runs():
     assert [t.name for t in tests] == ["problayers.bayesian.to_bayesian"]
     with torch.random.fork_rng(devices=[]):
         assert runner.run(tests[0]).failed == 0
+
+
+def test_dilated_transposed_convolution_keeps_its_dilation():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.ConvTranspose1d(2, 3, 3, dilation=2))
+    bnn = pl.to_bayesian(net, init_scale=1e-6)  # the weights' posterior means, scale ~1e-6
+    x = torch.randn(2, 2, 5)
+    torch.testing.assert_close(bnn(x), net(x), atol=1e-3, rtol=0)

@@ -298,3 +298,50 @@ def test_a_convert_fn_torch_does_not_implement_names_itself():
     out = pl.MixtureNormal(2, convert_to_tensor_fn="mode")(torch.zeros(3, pl.MixtureNormal.params_size(2)))
     with pytest.raises(NotImplementedError, match="convert_to_tensor_fn='mode': torch's MixtureSameFamily"):
         out + 1
+
+
+def test_value_read_under_no_grad_is_detached():
+    # A metric read under no_grad gets no graph, while the loss later reuses the graph-carrying value.
+    out = nn.Sequential(nn.Linear(2, 4), pl.IndependentNormal(2))(torch.randn(3, 2))
+    with torch.no_grad():
+        value = out.tensor()
+    assert not value.requires_grad
+    assert out.tensor().requires_grad
+
+
+def test_deepcopy_detaches_the_parameters():
+    import copy
+
+    out = nn.Sequential(nn.Linear(2, 5), pl.MultivariateNormalTriL(2))(torch.randn(3, 2))
+    copied = copy.deepcopy(out)
+    assert copied.loc.grad_fn is None and not copied.loc.requires_grad
+    torch.testing.assert_close(copied.loc, out.loc.detach())
+
+
+def test_log_prob_under_cpu_bf16_autocast_is_the_fp32_density():
+    # LowRankMultivariateNormal's log_prob is matrix products: under autocast they would run in bf16.
+    g = torch.Generator().manual_seed(0)
+    loc, factor = torch.randn(8, generator=g), torch.randn(8, 3, generator=g)
+    diag = torch.rand(8, generator=g) + 0.5
+    q = as_coercible(D.LowRankMultivariateNormal(loc, factor, diag))
+    x = torch.randn(5, 8, generator=g)
+    expected = D.LowRankMultivariateNormal(loc, factor, diag).log_prob(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = q.log_prob(x)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, expected)
+
+
+def test_in_fp32_leaves_fp64_as_it_is():
+    from problayers.precision import in_fp32
+
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert in_fp32(lambda t: t, torch.zeros(2, dtype=torch.float64)).dtype == torch.float64
+        assert in_fp32(lambda t: t, torch.zeros(2, dtype=torch.bfloat16)).dtype == torch.float32
+
+
+def test_scalars_like_keeps_an_explicit_fp64_scalar():
+    from problayers.convert import scalars_like
+
+    out = scalars_like((torch.zeros(3), torch.tensor(0.1, dtype=torch.float64)))
+    assert out[1].dtype == torch.float64

@@ -171,3 +171,28 @@ def test_integer_likes_are_accepted():
     assert all(type(v) is int for v in (*layer.kernel_size, *layer.stride, *layer.padding, layer.in_channels))
     with pytest.raises(TypeError, match="stride"):
         pl.ConvTranspose1dFlipout(2, 2, 3, stride=1.5)
+
+
+def _point_mass(cls, *args, **kwargs):
+    """A reparameterization conv layer whose kernel and bias are their posterior means."""
+    singular = pl.default_mean_field_normal_fn(is_singular=True)
+    return cls(*args, kernel_posterior_fn=singular, bias_posterior_fn=singular, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("cls", "conv", "kernel", "padding", "shape"),
+    [
+        (pl.Conv1dReparameterization, nn.Conv1d, 4, "same", (2, 2, 9)),  # even kernel: uneven pads
+        (pl.Conv2dReparameterization, nn.Conv2d, (3, 5), (1, 2), (2, 2, 7, 8)),  # per-axis pads
+        (pl.Conv2dReparameterization, nn.Conv2d, (2, 4), "same", (2, 2, 7, 8)),
+    ],
+)
+def test_padding_modes_match_torch_conv(cls, conv, kernel, padding, shape):
+    torch.manual_seed(0)
+    layer = _point_mass(cls, 2, 3, kernel, padding=padding, padding_mode="reflect")
+    reference = conv(2, 3, kernel, padding=padding, padding_mode="reflect")
+    with torch.no_grad():
+        reference.weight.copy_(layer.kernel_posterior().mean)
+        reference.bias.copy_(layer.bias_posterior().mean)
+    x = torch.randn(shape)
+    torch.testing.assert_close(layer(x), reference(x))

@@ -180,3 +180,11 @@ def test_regularized_posterior_compiles_fullgraph():
     finally:
         torch.compiler.reset()
     torch.testing.assert_close(got, expected)
+
+
+def test_mean_field_normal_fn_scale_has_an_eps_floor():
+    made = pl.default_mean_field_normal_fn()((3,), None)
+    with torch.no_grad():
+        made.untransformed_scale.fill_(-200.0)
+    assert torch.all(made().base_dist.scale == torch.finfo(torch.float32).eps)
+    assert torch.isfinite(made().log_prob(torch.zeros(3)))

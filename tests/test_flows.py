@@ -248,3 +248,11 @@ def test_transform_validates_only_when_asked(validate_args):
             out.log_prob(nan)
     else:
         assert out.log_prob(nan).isnan().all()
+
+
+def test_random_hidden_degrees_cover_1_to_d_minus_1():
+    # Left-to-right input order: a hidden unit of degree k sees inputs 1..k, so its mask row sums to k.
+    torch.manual_seed(0)
+    made = pl.AutoregressiveNetwork(2, 4, hidden_units=(200,), hidden_degrees="random")
+    degrees = made.layers[0].mask.sum(-1).long()
+    assert set(degrees.tolist()) == {1, 2, 3}

@@ -71,3 +71,13 @@ def test_exact_kl_names_the_option_only_where_torch_has_no_formula():
     finally:
         del D.kl._KL_REGISTRY[_Custom, D.Cauchy]
         D.kl._KL_MEMOIZE.clear()
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_mvn_vs_independent_over_two_dims_is_refused(reverse):
+    # The registered MVN <-> Independent(Normal) formulas hold for one reinterpreted dim only; an
+    # Independent over (2, 3) against an MVN over 3 must be refused, not summed into a number.
+    mvn = D.MultivariateNormal(torch.zeros(2, 3), scale_tril=torch.eye(3))
+    ind = D.Independent(D.Normal(torch.zeros(2, 3), 1.0), 2)
+    with pytest.raises(NotImplementedError):
+        D.kl_divergence(*((ind, mvn) if reverse else (mvn, ind)))

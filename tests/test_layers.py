@@ -219,3 +219,11 @@ def test_validate_args_refuses_nan_parameters(make):
         layer(params)
     # Without validate_args (the default, as in TFP) nothing is checked: the value propagates.
     assert not torch.isfinite(type(layer)(2)(params).mean).all()
+
+
+def test_multivariate_normal_tril_layer_uses_its_tril_order():
+    params = torch.randn(2, 9)
+    out = pl.MultivariateNormalTriL(3, tril_order="rows")(params)
+    expected = pl.MultivariateNormalTriL.new(params, 3, tril_order="rows").scale_tril
+    torch.testing.assert_close(out.scale_tril, expected)
+    assert not torch.equal(expected, pl.MultivariateNormalTriL.new(params, 3).scale_tril)

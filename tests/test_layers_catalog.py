@@ -318,3 +318,27 @@ def test_one_hot_categorical_checks_only_when_asked_inner_categorical_too(valida
     torch.testing.assert_close(out.log_prob(torch.eye(3)[[0, 2]]), torch.full((2,), -math.log(3)))
     mix = pl.CategoricalMixtureOfOneHotCategorical(3, 2, validate_args=validate_args)(torch.zeros(2, 8))
     assert mix.component_distribution._categorical._validate_args is validate_args
+
+
+def test_log_rate_poisson_expand_expands_the_log_rate():
+    d = pl.LogRatePoisson(torch.zeros(3)).expand((2, 3))
+    assert d.log_rate.shape == (2, 3)
+    assert d.log_prob(torch.ones(())).shape == (2, 3)
+    expected = stats.poisson(1.0).logpmf(1)  # rate exp(0) = 1
+    np.testing.assert_allclose(d.log_prob(torch.ones(())).numpy(), np.full((2, 3), expected), rtol=1e-6)
+
+
+def test_mixture_of_a_plain_callable_infers_its_component_size():
+    # (*B, K + K * p) with K = 2 and a callable taking p = 6 params (3 locs, 3 raw scales).
+    def component(p):  # (*B, K, 6) -> batch (*B, K), event (3,)
+        return D.Independent(D.Normal(p[..., :3], nn.functional.softplus(p[..., 3:])), 1)
+
+    out = pl.MixtureSameFamily.new(torch.zeros(4, 2 + 2 * 6), 2, component)
+    assert out.batch_shape == (4,) and out.event_shape == (3,)
+
+
+def test_mixture_of_a_layer_returning_coercibles_holds_plain_distributions():
+    layer = pl.MixtureSameFamily(2, lambda p: pl.IndependentNormal(3)(p), component_params_size=6)
+    out = layer(torch.zeros(4, 14))
+    assert not pl.is_coercible(out.component_distribution)
+    assert type(out.component_distribution) is D.Independent

@@ -93,3 +93,19 @@ def test_no_losses_gives_a_zero_of_the_models_dtype():
 def test_set_added_loss_rejects_non_scalars():
     with pytest.raises(ValueError, match="0-dim"):
         pl.set_added_loss(nn.Linear(1, 1), "x", torch.ones(3))
+
+
+def test_nested_added_losses_skipped_restores_the_outer_block():
+    from problayers.losses import added_losses_enabled, added_losses_skipped
+
+    with added_losses_skipped():
+        with added_losses_skipped():
+            pass
+        assert not added_losses_enabled()  # the outer block (an export) still skips them
+    assert added_losses_enabled()
+
+
+def test_collect_losses_zero_takes_a_buffer_only_models_dtype():
+    model = nn.Module()
+    model.register_buffer("b", torch.zeros(1, dtype=torch.float64))
+    assert pl.collect_losses(model).dtype == torch.float64

@@ -219,3 +219,44 @@ def test_prior_made_on_meta_says_so_when_the_model_gets_values():
         reg = pl.KLDivergenceRegularizer(pl.StandardNormal(2))  # a module that makes the prior
     reg.to_empty(device="cpu")
     assert reg.resolve_prior(None).mean.tolist() == [0.0, 0.0]
+
+
+def test_prior_is_placed_from_the_prior_as_given_not_rounded():
+    # .half() then .float() must give back the prior's own values, not their fp16 rounding.
+    reg = pl.KLDivergenceRegularizer(D.Independent(D.Normal(torch.full((2,), 0.1), 1.0), 1))
+    reg.half()
+    reg.float()
+    assert torch.equal(reg.prior.mean, torch.full((2,), 0.1))
+
+
+def test_prior_replaced_by_the_user_is_the_one_moved():
+    reg = pl.KLDivergenceRegularizer(D.Normal(torch.zeros(()), 1.0))
+    reg.prior = D.Normal(torch.tensor(5.0), 1.0)
+    reg.double()
+    assert reg.prior.loc.item() == 5.0 and reg.prior.loc.dtype == torch.float64
+
+
+def test_distribution_to_keeps_integer_tensors_integer():
+    from problayers.regularizers import distribution_to
+
+    dist = D.Normal(torch.zeros(3), 1.0)
+    dist.index = torch.arange(3)  # e.g. a categorical's support kept on the object
+    moved = distribution_to(dist, torch.device("cpu"), torch.float64)
+    assert moved.loc.dtype == torch.float64 and moved.index.dtype == torch.int64
+
+
+def test_exact_kl_of_an_fp64_posterior_is_fp64():
+    # The prior goes to the posterior's dtype: KL(N(0, I) || N(1, I)) in 3 dims = |mu|^2 / 2 = 1.5.
+    eye = torch.eye(3, dtype=torch.float64)
+    q = pl.as_coercible(D.MultivariateNormal(torch.zeros(4, 3, dtype=torch.float64), scale_tril=eye))
+    prior = D.MultivariateNormal(torch.ones(3), scale_tril=torch.eye(3))
+    kl = pl.KLDivergenceRegularizer(prior, use_exact_kl=True)(q)
+    assert kl.dtype == torch.float64
+    torch.testing.assert_close(kl, torch.tensor(1.5, dtype=torch.float64))
+
+
+def test_test_points_reduce_axis_equal_to_the_rank_is_refused():
+    q = pl.as_coercible(D.Independent(D.Normal(torch.zeros(4, 3), 1.0), 1))
+    reg = pl.KLDivergenceRegularizer(std_normal(), test_points_reduce_axis=1)  # log q - log p: (4,)
+    with pytest.raises(ValueError, match="out of range"):
+        reg(q)

@@ -469,3 +469,25 @@ def test_bad_input_shape_is_named(layer, x):
 def test_a_list_as_input_is_named(make, name):
     with pytest.raises(TypeError, match=f"{name}: expected input as a torch.Tensor, got list"):
         make()([[0.0, 1.0, 2.0]])
+
+
+def test_mean_field_scale_has_an_eps_floor():
+    # A collapsed raw scale gives eps, not 0: log_prob and the KL stay finite.
+    q = pl.MeanFieldNormal(3)
+    with torch.no_grad():
+        q.untransformed_scale.fill_(-200.0)
+    assert torch.all(q.scale == torch.finfo(torch.float32).eps)
+    assert torch.isfinite(q().log_prob(torch.zeros(3)))
+
+
+def test_prior_trainable_has_unit_scale():
+    prior = pl.prior_trainable(6, 2)(torch.zeros(1))
+    assert torch.equal(prior.stddev, torch.ones(8))
+    assert prior.event_shape == (8,)
+
+
+def test_divergence_fn_returning_per_weight_terms_is_summed():
+    # A TFP-style divergence_fn may return one term per weight; the layer records their sum.
+    layer = pl.DenseReparameterization(3, 2, kernel_divergence_fn=lambda q, p, w: torch.ones(2, 3))
+    layer(torch.zeros(5, 3))
+    assert pl.collect_losses(layer).item() == 6.0

@@ -271,3 +271,12 @@ def test_threads_may_share_one_module():
     for thread in threads:
         thread.join()
     assert errors == []
+
+
+def test_small_direction_norm_is_not_clamped_away():
+    # w = g v / |v|: a direction of norm 1e-4 is still a unit direction times g.
+    wn = pl.WeightNorm(nn.Linear(2, 1), data_init=False)
+    with torch.no_grad():
+        wn.v.copy_(torch.tensor([[1e-4, 0.0]]))
+        wn.g.fill_(1.0)
+    torch.testing.assert_close(wn.weight, torch.tensor([[1.0, 0.0]]))
