@@ -338,6 +338,9 @@ def test_state_dict_checks():
             check_state_dict(module, state, "model", "c.pt")
     with pytest.raises(CheckpointError, match=r"'weight' holds 1 non-finite"):
         check_finite({**good, "weight": torch.tensor([1.0, float("nan")])}, "weight", "c.pt")
+    for dtype in (torch.bfloat16, torch.float16, torch.float64):
+        with pytest.raises(CheckpointError, match=r"'weight' holds 1 non-finite"):
+            check_finite({"weight": torch.tensor([float("inf"), 1.0], dtype=dtype)}, "weight", "c.pt")
 
 
 def test_files_get_the_usual_permissions(tmp_path):

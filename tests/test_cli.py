@@ -446,8 +446,9 @@ def test_train_prints_and_records_its_step_choice(tmp_path, capsys, monkeypatch)
     assert evaluated_b["step_choice"]["chosen"] == "bf16+channels_last+conv_passes"
     assert evaluated_b["narrow_conv_by_transposed"] is True
     assert evaluated["narrow_conv_by_transposed"] is False
-    # a resumed run keeps its recorded choice (no new measurement)
+    # a resumed run keeps its recorded choice (no new measurement, not even from a cache)
     monkeypatch.setattr(probe, "_time_candidates", None)
+    monkeypatch.setenv("PROBLAYERS_CACHE_DIR", str(tmp_path / "cache-empty"))
     assert main(["train", "--resume", str(tmp_path / "b"), "--epochs", "2", "--no-progress"]) == 0
     assert json.loads((tmp_path / "b" / "config.json").read_text())["step_choice"] == cfg["step_choice"]
 

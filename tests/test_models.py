@@ -160,3 +160,35 @@ def test_saved_configs_before_tril_order_keep_the_row_order():
     assert ModelConfig.from_dict({"name": "mlp", "latent_size": 4}).tril_order == "tfp"
     with pytest.raises(ValueError, match="tril_order"):
         ModelConfig(tril_order="cols")
+
+
+def test_seed_is_the_tfp_examples_architecture():
+    # TFP's example: the encoder sees x - 0.5, every hidden activation is LeakyReLU(0.2), and the
+    # KL regularizer is Monte Carlo unless exact_kl is asked for.
+    model = build_model(ModelConfig())
+    shift = model.encoder[0]
+    assert type(shift).__name__ == "Shift" and shift.offset == -0.5
+    slopes = {m.negative_slope for m in model.modules() if isinstance(m, torch.nn.LeakyReLU)}
+    assert slopes == {0.2}
+    assert sum(isinstance(m, torch.nn.LeakyReLU) for m in model.modules()) == 11  # 5 + 6
+    assert model.regularizer.use_exact_kl is False and model.regularizer.weight == 1.0
+    exact = build_model(ModelConfig(exact_kl=True, beta=0.5)).regularizer
+    assert exact.use_exact_kl is True and exact.weight == 0.5
+
+
+def test_zoo_models_weight_the_kl_by_beta():
+    torch.manual_seed(0)
+    x = torch.bernoulli(torch.full((4, 1, 28, 28), 0.3))
+    model = build_model(ModelConfig.for_model("mlp", beta=2.5, latent_size=4, hidden_size=16))
+    _, metrics = vae_loss(model, x)
+    exact = D.kl_divergence(model.encode(x), model.prior()).mean()
+    torch.testing.assert_close(metrics["kl"], 2.5 * exact)
+
+
+def test_he_init_takes_the_gain_of_the_leaky_slope_that_follows():
+    # gain sqrt(2 / (1 + a^2)): 1.051 for a = 0.9, against ReLU's 1.414 and a linear layer's 1.
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(500, 400), torch.nn.LeakyReLU(0.9), torch.nn.Linear(400, 300))
+    registry.INITS["he"](net)
+    assert net[0].weight.std().item() == pytest.approx((2 / 1.81) ** 0.5 / 500**0.5, rel=0.02)
+    assert net[2].weight.std().item() == pytest.approx(1 / 400**0.5, rel=0.02)

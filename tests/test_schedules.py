@@ -97,3 +97,17 @@ def test_scheduler_state_round_trips_through_a_weights_only_checkpoint(tmp_path)
         optimizer2.load_state_dict(state["o"])
         scheduler2.load_state_dict(state["s"])
         assert math.isclose(optimizer2.param_groups[0]["lr"], lrs[15], rel_tol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["cosine", "wsd"])
+def test_decaying_schedules_stay_at_zero_past_the_end(name):
+    # Neither rises again (cosine) nor goes negative (wsd: gradient ascent) if stepped past total.
+    optimizer = torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=0.1)
+    scheduler = make_scheduler(name, optimizer, 10)
+    after = []
+    for step in range(1, 16):
+        optimizer.step()
+        scheduler.step()
+        if step >= 10:
+            after.append(optimizer.param_groups[0]["lr"])
+    assert after == pytest.approx([0.0] * 6, abs=1e-12)

@@ -216,16 +216,19 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     assert all(torch.isfinite(t).all() for t in state["model"].values())
 
 
-def test_weights_made_non_finite_by_an_epochs_last_update_are_not_saved(tmp_path):
+@pytest.mark.parametrize("part", [slice(None), (0, 0)], ids=["whole-weight", "one-element"])
+def test_weights_made_non_finite_by_an_epochs_last_update_are_not_saved(tmp_path, part):
     """The loss of each step is finite, but epoch 2's last update (its gradient NaN: d/dw sqrt(w
-    - w)) makes the weights NaN: the checkpoint of epoch 1 stays, and the error says so."""
+    - w)) makes the weights NaN (all of them, or one element): the checkpoint of epoch 1 stays,
+    and the error says so."""
     calls = {"n": 0}
 
     def nan_gradient_at_step_8(m, batch):
         calls["n"] += 1
         loss = nll(m, batch)
         if calls["n"] == 8:  # 4 steps per epoch: epoch 2's last
-            loss = loss + torch.sqrt(m[0].weight - m[0].weight).sum()  # value 0, gradient NaN
+            w = m[0].weight[part]
+            loss = loss + torch.sqrt(w - w).sum()  # value 0, gradient NaN
         return loss
 
     trainer = _trainer(tmp_path, epochs=3, loss_fn=nan_gradient_at_step_8)
@@ -301,3 +304,29 @@ def test_resume_validates_the_checkpoint(tmp_path, edit, phrase):
     with pytest.raises(CheckpointError, match=phrase) as info:
         _trainer(tmp_path, epochs=3).resume()
     assert str(tmp_path / "checkpoint.pt") in str(info.value) and "\n" not in str(info.value)
+
+
+def test_images_per_s_counts_examples():
+    # 4 batches of 16 examples an epoch (regression_data): 64 images in the epoch's seconds.
+    model = make_model()
+    history = fit(model, regression_data(), nll, torch.optim.Adam(model.parameters(), 0.05), epochs=2)
+    for record in history:
+        assert record["steps"] == 4
+        assert record["images_per_s"] * record["seconds"] == pytest.approx(64)
+
+
+def test_every_epoch_trains_in_training_mode_after_an_evaluation(tmp_path):
+    # An evaluate callback that leaves the model in eval mode (as evaluation code does) must not
+    # make the next epoch train with BatchNorm's running statistics or a frozen warm-up.
+    modes = []
+
+    def recording_loss(m, batch):
+        modes.append(m.training)
+        return nll(m, batch)
+
+    def evaluate(m, epoch):
+        m.eval()
+        return {"x": 0.0}
+
+    _trainer(tmp_path, epochs=3, loss_fn=recording_loss, evaluate=evaluate).fit()
+    assert len(modes) == 12 and all(modes)

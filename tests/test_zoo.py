@@ -217,3 +217,46 @@ def test_zoo_objectives_compile_to_the_eager_loss_and_gradients(options):
     torch.testing.assert_close(lc, le)
     for a, b in zip(gc, ge, strict=True):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("name", ["mlp", "hvae"])
+def test_mlp_decoders_end_in_logits_without_an_activation(name):
+    # A GELU on the logits would bound p(x=1) below by sigmoid(-0.17) = 0.46.
+    model = build_model(_config(name, {}))
+    assert isinstance(model.decoder[-1], pl.IndependentBernoulli)
+    assert isinstance(model.decoder[-2], torch.nn.Linear)
+    with torch.no_grad():
+        model.decoder[-2].weight.zero_()
+        model.decoder[-2].bias.fill_(-10.0)
+        assert float(model.decoder(torch.zeros(2, model.decoder[0].in_features)).mean.max()) < 1e-4
+
+
+@pytest.mark.parametrize("name", ["mlp", "resnet"])
+def test_iaf_posterior_has_flow_steps_inverse_flows_of_alternating_orders(name):
+    model = build_model(_config(name, {"posterior": "iaf", "flow_steps": 3}))
+    flows = [m for m in model.encoder.modules() if isinstance(m, pl.AutoregressiveTransform)]
+    assert len(flows) == 3
+    assert all(f.inverse for f in flows)  # IAF: one network pass per sample (not MAF's d)
+    d = model.encoder(torch.zeros(1, 1, 28, 28)).event_shape[0]
+    ascending = list(range(1, d + 1))
+    orders = [f.made.input_degrees.tolist() for f in flows]
+    assert orders == [ascending, ascending[::-1], ascending]  # left-to-right, right-to-left, ...
+
+
+def test_resnet_block_is_residual():
+    from problayers.vae.models.resnet import ResidualBlock
+
+    block = ResidualBlock(4)
+    with torch.no_grad():
+        block.body[-1].weight.zero_()
+        block.body[-1].bias.zero_()
+    x = torch.randn(2, 4, 5, 5)
+    torch.testing.assert_close(block(x), x)
+
+
+def test_vampprior_pseudo_inputs_start_around_0_05():
+    torch.manual_seed(0)
+    model = build_model(_config("mlp", {"prior": "vamp", "prior_components": 50}))
+    u = model.prior_module.pseudo_inputs.detach()
+    assert float(u.mean()) == pytest.approx(0.05, abs=0.002)
+    assert float(u.std()) == pytest.approx(0.01, rel=0.1)

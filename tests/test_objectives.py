@@ -1,0 +1,98 @@
+"""The objectives' schedules and their gradients: the KL warm-up (in the IWAE too), free bits
+with a warm-up, and the Monte Carlo KL's reparameterized gradient."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from problayers.coercible import convert_to_tensor
+from problayers.vae.models import ModelConfig, build_model
+from problayers.vae.objectives import ELBO, IWAE
+from test_zoo_maths import _toy_vae
+
+
+def _warmup_factors(model, x, calls):
+    factors = []
+    for _ in range(calls):
+        loss, m = model(x, loss=True)
+        factors.append(float((loss.detach() - m["recon"]) / m["kl"]))
+    return factors
+
+
+@pytest.mark.parametrize("dreg", [False, True], ids=["iwae", "dreg"])
+def test_iwae_kl_warmup_weights_the_prior_and_q_terms(dreg):
+    # log w_k = log p(x|z_k) + c (log p(z_k) - log q(z_k|x)), c = min(1, step / 4): at step 0
+    # the bound is the decoder's term alone, then c rises by 1/4 a training step.
+    k = 5
+    model = _toy_vae(IWAE(k, dreg=dreg, kl_warmup_steps=4))
+    x = torch.randn(6, 3)
+    for step in range(6):
+        c = min(1.0, step / 4)
+        torch.manual_seed(step)
+        loss, _ = model(x, loss=True)
+        torch.manual_seed(step)
+        with torch.no_grad():
+            q = model.encoder(x)
+            z = q.rsample((k,))  # (K, B, 2)
+            log_px = torch.stack([model.decoder(z[i]).log_prob(x) for i in range(k)])  # (K, B)
+            log_w = log_px + c * (model.prior().log_prob(z) - q.log_prob(z))
+            expected = -(torch.logsumexp(log_w, 0) - math.log(k)).mean()
+        torch.testing.assert_close(loss.detach(), expected)
+    assert int(model.objective.steps) == 6
+
+
+def test_warmup_counts_only_steps_with_gradients():
+    model = _toy_vae(ELBO(kl_warmup_steps=4))
+    x = torch.randn(8, 3)
+    with torch.no_grad():  # a training-mode pass without gradients (a metric) is not a step
+        model(x, loss=True)
+    assert int(model.objective.steps) == 0
+    model(x, loss=True)
+    assert int(model.objective.steps) == 1
+
+
+def test_one_warmup_step_starts_at_zero():
+    assert _warmup_factors(_toy_vae(ELBO(kl_warmup_steps=1)), torch.randn(8, 3), 3) == pytest.approx(
+        [0, 1, 1], abs=1e-6
+    )
+
+
+def test_free_bits_floor_is_warmed_up_with_the_kl():
+    # The term is warm-up * max(KL, floor): 0 at the first step, then a quarter of the floor.
+    model = _toy_vae(ELBO(free_bits=100.0, kl_warmup_steps=4))
+    x = torch.randn(8, 3)
+    terms = []
+    for _ in range(3):
+        loss, m = model(x, loss=True)
+        terms.append(float(loss.detach() - m["recon"]))
+    assert terms == pytest.approx([0.0, 50.0, 100.0], abs=1e-4)  # floor: 100 nats x 2 latents
+
+
+def test_seed_free_bits_floor_is_scaled_by_the_regularizers_weight():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(beta=0.5, free_bits=100.0))  # beta: the KL regularizer's weight
+    x = torch.bernoulli(torch.full((2, 1, 28, 28), 0.3))
+    loss, m = model(x, loss=True)
+    assert float(loss.detach() - m["recon"]) == pytest.approx(0.5 * 100.0 * 16, rel=1e-6)
+
+
+def test_monte_carlo_kl_gradient_is_the_reparameterized_one():
+    # ELBO(exact_kl=False): -log p(x|z) + log q(z|x) - log p(z) at z = loc + scale * eps, all
+    # differentiated through z (the path term) and q's parameters (the score term).
+    x = torch.randn(8, 3)
+    model = _toy_vae(ELBO(exact_kl=False))
+    torch.manual_seed(4)
+    loss, _ = model(x, loss=True)
+    got = torch.autograd.grad(loss, list(model.encoder.parameters()))
+    torch.manual_seed(4)
+    q = model.encoder(x)
+    z = convert_to_tensor(q)  # the same draw: (B, 2)
+    q_plain = q.distribution
+    by_hand = (-model.decoder(z).log_prob(x) + q_plain.log_prob(z) - model.prior().log_prob(z)).mean()
+    torch.testing.assert_close(by_hand, loss.detach())
+    expected = torch.autograd.grad(by_hand, list(model.encoder.parameters()))
+    for a, b in zip(got, expected, strict=True):
+        torch.testing.assert_close(a, b)
