@@ -157,3 +157,59 @@ def test_variable_layer_with_a_distribution_exports():
     exported = pl.export(layer, (torch.zeros(3, 5),))
     y = torch.randn(2)
     torch.testing.assert_close(exported(torch.zeros(7, 5)).log_prob(y), layer(torch.zeros(7, 5)).log_prob(y))
+
+
+def test_parameters_wrapper_adds_no_loss_and_draws_nothing():
+    torch.manual_seed(0)
+    prior = D.Independent(D.Normal(torch.zeros(3), 1.0), 1)
+    mvn = pl.MultivariateNormalTriL
+    kl = pl.KLDivergenceRegularizer(prior)
+    model = nn.Sequential(nn.Linear(5, mvn.params_size(3)), mvn(3, activity_regularizer=kl))
+    params = DistributionParams(model, torch.zeros(4, 5))
+    pl.clear_losses(model)
+    state = torch.get_rng_state()
+    params(torch.randn(6, 5, generator=torch.Generator().manual_seed(1)))
+    assert pl.collect_losses(model).item() == 0.0
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+class _Scaled(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin, self.head = nn.Linear(2, 6), pl.IndependentBernoulli(6)
+
+    def forward(self, z, scale=1.0, shift=None):
+        h = self.lin(z) * scale
+        return self.head(h if shift is None else h + shift)
+
+
+class _KeywordOnly(_Scaled):
+    def forward(self, z, *, scale=1.0):
+        return self.head(self.lin(z) * scale)
+
+
+def test_export_with_keyword_inputs_and_a_dynamic_batch():
+    # torch.export 2.13 fails on a **kwargs wrapper with dynamic shapes (pytorch#150022): the
+    # keyword inputs go in by position, and a call binds its keywords the same way.
+    torch.manual_seed(0)
+    m = _Scaled()
+    z, x = torch.randn(7, 2), torch.bernoulli(torch.full((7, 6), 0.5))
+    exported = pl.export(m, (torch.zeros(4, 2),), {"scale": 2.0})
+    torch.testing.assert_close(exported(z, scale=2.0).log_prob(x), m(z, scale=2.0).log_prob(x))
+    torch.testing.assert_close(exported(z, 2.0).log_prob(x), m(z, 2.0).log_prob(x))
+    exported = pl.export(m, (torch.zeros(4, 2),), {"shift": torch.zeros(4, 6)})  # a tensor, batch 7 below
+    shift = torch.randn(7, 6)
+    torch.testing.assert_close(exported(z, shift=shift).log_prob(x), m(z, shift=shift).log_prob(x))
+    with pytest.raises(TypeError, match=r"^export: the inputs do not fit _Scaled.forward: .*'nope'"):
+        pl.export(m, (torch.zeros(4, 2),), {"nope": 1})
+
+
+def test_keyword_only_inputs_need_a_fixed_batch():
+    m = _KeywordOnly()
+    with pytest.raises(
+        ValueError, match=r"^kwargs: scale can only be passed by keyword, .*dynamic_batch=False"
+    ):
+        pl.export(m, (torch.zeros(4, 2),), {"scale": 2.0})
+    exported = pl.export(m, (torch.zeros(4, 2),), {"scale": 2.0}, dynamic_batch=False)
+    z = torch.randn(4, 2)
+    torch.testing.assert_close(exported(z, scale=2.0).mean, m(z, scale=2.0).mean)

@@ -17,6 +17,7 @@ args, dynamo=True)`` exports the same parameter graph (docs/export.md).
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -160,16 +161,32 @@ class ExportedDistribution:
         params: the :class:`DistributionParams` wrapper (its ``rebuild`` makes the distribution).
     """
 
-    def __init__(self, program: torch.export.ExportedProgram, params: DistributionParams) -> None:
+    def __init__(
+        self, program: torch.export.ExportedProgram, params: DistributionParams, by_position: bool = False
+    ) -> None:
         self.program = program
         self.params = params
         self._run: Callable[..., Any] = program.module()
+        self._by_position = by_position
 
     def __call__(self, *args: Any, **kwargs: Any) -> D.Distribution:
+        if self._by_position:  # exported with keyword inputs: the program takes them by position
+            args, kwargs = _by_position(self.params.module, args, kwargs, "exported(...)")
         return self.params.rebuild(self._run(*args, **kwargs))
 
     def __repr__(self) -> str:
         return f"ExportedDistribution(head={type(self.params._plan.layer).__name__})"
+
+
+def _by_position(module: nn.Module, args: tuple, kwargs: dict, what: str) -> tuple[tuple, dict]:
+    """``args, kwargs`` bound to ``module.forward`` with its defaults, every input it takes by
+    position moved into ``args`` (what is left: keyword-only inputs)."""
+    try:
+        bound = inspect.signature(module.forward).bind(*args, **kwargs)
+    except TypeError as err:
+        raise TypeError(f"{what}: the inputs do not fit {type(module).__name__}.forward: {err}") from None
+    bound.apply_defaults()
+    return bound.args, bound.kwargs
 
 
 def export(
@@ -185,7 +202,10 @@ def export(
     Args:
         module: e.g. a VAE's decoder ``(N, D) -> p(x|z)`` or encoder ``(B, *X) -> q(z|x)``.
         args: example positional inputs (a tuple).
-        kwargs: example keyword inputs.
+        kwargs: example keyword inputs. Those that ``module.forward`` also takes by position
+            are exported by position, with the forward's defaults filled in (torch.export
+            2.13 makes no dynamic shapes for keyword inputs, pytorch#150022): the program
+            takes them so, and the returned object binds a call's keywords the same way.
         dynamic_batch: make dimension 0 of every tensor input dynamic (one ``Dim`` shared by all).
         strict: ``torch.export``'s ``strict`` (default ``False``: non-strict tracing).
 
@@ -195,11 +215,23 @@ def export(
 
     Raises:
         TypeError: ``args`` is not a tuple, or the output is not a distribution layer's output.
-        ValueError: ``dynamic_batch`` with an example batch of 0 or 1.
+        ValueError: ``dynamic_batch`` with an example batch of 0 or 1, or with keyword-only
+            inputs.
     """
     if not isinstance(args, tuple):
         raise TypeError(f"args: expected a tuple of example inputs, got {type(args).__name__}")
     kwargs = dict(kwargs or {})
+    # torch.export (2.13) makes no dynamic shapes for the wrapper's **kwargs (pytorch#150022):
+    # keyword inputs the module also takes by position go in by position.
+    by_position = bool(kwargs)
+    if by_position:
+        args, kwargs = _by_position(module, args, kwargs, "export")
+        if kwargs and dynamic_batch:
+            raise ValueError(
+                f"kwargs: {', '.join(kwargs)} can only be passed by keyword, and torch.export "
+                f"{torch.__version__.split('+')[0]} makes no dynamic batch with keyword inputs "
+                "(pytorch/pytorch#150022); pass dynamic_batch=False, or let forward take them by position"
+            )
     params = DistributionParams(module, *args, **kwargs)
     dynamic_shapes: dict[str, Any] | None = None
     if dynamic_batch:
@@ -217,7 +249,5 @@ def export(
                 )
 
         dynamic_shapes = {"args": tuple(spec(a) for a in args)}
-        if kwargs:
-            dynamic_shapes["kwargs"] = {k: spec(v) for k, v in kwargs.items()}
     program = torch.export.export(params, args, kwargs, dynamic_shapes=dynamic_shapes, strict=strict)
-    return ExportedDistribution(program, params)
+    return ExportedDistribution(program, params, by_position)
