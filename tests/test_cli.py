@@ -519,3 +519,13 @@ def test_step_flags_refused_for_data_parallel_training_are_named_as_typed():
     assert _as_options("problayers: error: compile/nope: x", parser.commands["train"], args).endswith(
         " compile/nope: x"
     )
+
+
+def test_documented_defaults():
+    from problayers.cli import build_parser
+
+    parser = build_parser()
+    train_args = parser.parse_args(["train"])
+    assert (train_args.batch_size, train_args.lr) == (256, 1e-3)
+    assert parser.parse_args(["evaluate", "r"]).iwae_samples == 5000
+    assert parser.parse_args(["sample", "r"]).n == 10

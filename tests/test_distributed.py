@@ -510,3 +510,28 @@ def test_resume_on_the_same_world_size_is_bitwise(tmp_path):
         return [{k: v for k, v in r.items() if k not in ("seconds", "images_per_s")} for r in _rows(run_dir)]
 
     assert strip(tmp_path / "full") == strip(tmp_path / "part")
+
+
+def test_env_ranks_checks_the_local_rank_and_defaults_the_local_world():
+    with pytest.raises(ValueError, match="inconsistent"):
+        distributed.env_ranks({"RANK": "1", "WORLD_SIZE": "4", "LOCAL_RANK": "2", "LOCAL_WORLD_SIZE": "2"})
+    # no LOCAL_WORLD_SIZE: one node, all ranks local
+    assert distributed.env_ranks({"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}) == (1, 2, 1, 2)
+
+
+def test_split_rng_leaves_rank_0_and_gives_each_rank_its_own_stream():
+    draws = []
+    for rank in range(3):
+        torch.manual_seed(0)
+        distributed.DistContext(rank, 3, rank, 3).split_rng()
+        draws.append(torch.rand(4))
+    torch.manual_seed(0)
+    assert torch.equal(draws[0], torch.rand(4))
+    assert not torch.equal(draws[1], draws[2]) and not torch.equal(draws[0], draws[1])
+
+
+def test_cuda_device_is_the_local_rank(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: None)
+    assert distributed.DistContext(3, 4, 1, 2).device_for("cuda") == torch.device("cuda", 1)

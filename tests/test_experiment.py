@@ -264,3 +264,17 @@ def test_weight_averaging(tmp_path):
     assert len(resume(tmp_path, epochs=3)) == 3
     with pytest.raises(ValueError, match=r"^ema_decay: expected a number in \(0, 1\), got 1.0"):
         tiny_config(ema_decay=1.0)
+
+
+def test_check_consistent_refuses_a_checkpoint_past_the_configs_epochs():
+    cfg = tiny_config(epochs=2)
+    check_consistent(cfg, {"model": cfg.to_json()["model"]}, 2, "ckpt")
+    with pytest.raises(CheckpointError, match="has trained 3 epochs"):
+        check_consistent(cfg, {"model": cfg.to_json()["model"]}, 3, "ckpt")
+
+
+def test_a_subset_larger_than_the_data_is_refused():
+    from problayers.vae import experiment
+
+    with pytest.raises(ValueError, match=r"^train_subset: expected at most the 128 train images, got 129"):
+        experiment._images(tiny_config(train_subset=129), "train")

@@ -325,3 +325,51 @@ def test_a_failed_cuda_graph_capture_is_one_clear_line_and_keeps_the_learning_ra
     assert optimizer.param_groups[0]["lr"] == 0.1  # a float again, not the graph's tensor
     status, line = describe(exc.value)
     assert status == 1 and line.startswith("problayers: error: cuda_graph:") and "\n" not in line
+
+
+def test_channels_last_batch_keeps_named_tuples_and_converts_dicts():
+    import collections
+
+    from problayers.train.fastpath import channels_last_batch
+
+    x = torch.rand(2, 3, 4, 4)
+    Pair = collections.namedtuple("Pair", "x y")
+    assert type(channels_last_batch(Pair(x, x))) is Pair
+    d = channels_last_batch({"x": x})
+    assert d["x"].is_contiguous(memory_format=torch.channels_last) and not d["x"].is_contiguous()
+
+
+def test_channels_last_converts_the_models_weights_and_the_batch():
+    # Three input channels: a one-channel weight is both layouts at once and proves nothing.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten())
+    seen = []
+
+    def loss_fn(m, batch):
+        seen.append(batch.is_contiguous(memory_format=torch.channels_last) and not batch.is_contiguous())
+        return m(batch).pow(2).mean()
+
+    step = make_train_step(model, torch.optim.SGD(model.parameters(), lr=0.1), loss_fn, channels_last=True)
+    w = model[0].weight
+    assert w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
+    step(torch.rand(2, 3, 6, 6))
+    assert seen == [True]
+
+
+def test_fastest_defaults_on_a_cpu_and_on_a_gpu_without_bf16(monkeypatch):
+    assert fastest_defaults("cpu")["channels_last"] is True
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert fastest_defaults("cuda")["precision"] == "fp32"
+
+
+def test_cpu_threads_follow_the_affinity_not_the_machine(monkeypatch):
+    from problayers.train import fastpath
+
+    before = torch.get_num_threads()
+    monkeypatch.setattr(fastpath.os, "sched_getaffinity", lambda pid: {3}, raising=False)
+    monkeypatch.setattr(fastpath.os, "cpu_count", lambda: 64)
+    try:
+        assert configure_cpu_threads() == 1
+    finally:
+        torch.set_num_threads(before)

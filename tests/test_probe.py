@@ -299,3 +299,122 @@ def test_a_slow_step_is_timed_once_within_the_budget(monkeypatch, budget, calls)
         model, torch.optim.Adam(model.parameters()), _loss, BATCH, cands, 1, 3, budget
     )
     assert sum(made) == calls and set(times) == {c.name for c in cands}
+
+
+@pytest.mark.real_probe
+def test_time_candidates_keeps_the_fastest_step_after_the_warmup(monkeypatch):
+    # A fake clock: candidate 0's steps take 5 (warm-up), 1, 3, 3 s; candidate 1's 0.5 (warm-up),
+    # 2, 2, 2 s. Each keeps its fastest timed step: 1 and 2 (not the warm-up's 0.5, not the last).
+    import types
+
+    clock = [0.0]
+    durations = [[5.0, 1.0, 3.0, 3.0], [0.5, 2.0, 2.0, 2.0]]
+    made = []
+
+    def fake_step(model, opt, loss_fn, **options):
+        calls = iter(durations[len(made)])
+        made.append(options)
+
+        def step(batch):
+            clock[0] += next(calls)
+
+        return step
+
+    monkeypatch.setattr(probe, "make_train_step", fake_step)
+    monkeypatch.setattr(probe, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    model = nn.Linear(2, 1)
+    cands = CPU_CANDIDATES[:2]
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    times = probe._time_candidates(model, opt, None, None, cands, 1, 3, 1e9)
+    assert times == {cands[0].name: 1.0, cands[1].name: 2.0}
+
+
+@pytest.mark.real_probe
+@pytest.mark.parametrize(
+    "running, busy",
+    [([2] * 5, True), ([1] * 5, False), ([1, 3, 3, 3, 3], False)],  # counts include this process
+)
+def test_a_machine_is_busy_when_every_reading_has_another_runnable_task(monkeypatch, running, busy):
+    readings = iter(running)
+
+    class LoadAvg:
+        def __init__(self, *args):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *args):
+            return False
+
+        def read(self):
+            return f"0.1 0.1 0.1 {next(readings)}/300 123\n"
+
+    monkeypatch.setattr(probe, "open", LoadAvg, raising=False)
+    monkeypatch.setattr(probe.os, "sched_getaffinity", lambda pid: {0, 1})
+    assert (probe._busy() is not None) == busy
+
+
+def test_a_relative_xdg_cache_home_is_ignored(monkeypatch, tmp_path):
+    monkeypatch.delenv("PROBLAYERS_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/dir")  # the XDG spec: ignore a relative path
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert probe.cache_path() == tmp_path / ".cache" / "problayers" / "step-options.json"
+
+
+def test_a_cache_entry_without_its_date_is_measured_over(monkeypatch, tmp_path):
+    monkeypatch.setattr(probe, "_busy", lambda: None)  # cached even on a loaded machine
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 16, 3), nn.Flatten(), nn.Linear(16 * 6 * 6, 1))
+
+    def loss(m, b):
+        return m(b).pow(2).mean()
+
+    batch, path = torch.rand(4, 1, 8, 8), tmp_path / "c.json"
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    kwargs = {"workload": "w", "cache": path, "candidates": CPU_CANDIDATES[:2]}
+    probe_step_options(net, opt, loss, batch, **kwargs)
+    saved = json.loads(path.read_text())
+    for entry in saved["entries"].values():
+        del entry["measured_at"]
+    path.write_text(json.dumps(saved))
+    assert not probe_step_options(net, opt, loss, batch, **kwargs).cached
+
+
+def _no_isa_limit(monkeypatch):
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+
+
+def test_amx_alone_is_native_bf16(monkeypatch):
+    _no_isa_limit(monkeypatch)
+    monkeypatch.setattr(cpu, "_cpuinfo", lambda: {"flags": "avx2 amx_bf16 amx_tile"})
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    assert cpu.cpu_has_native_bf16() is True
+
+
+def test_a_torch_without_the_bf16_query_trusts_the_flags(monkeypatch):
+    _no_isa_limit(monkeypatch)
+    monkeypatch.setattr(cpu, "_cpuinfo", lambda: {"flags": "avx512_bf16"})
+
+    def missing():
+        raise RuntimeError("no such op")
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", missing)
+    assert cpu.cpu_has_native_bf16() is True
+
+
+def test_an_avx2_isa_limit_means_no_native_bf16(monkeypatch):
+    monkeypatch.setattr(cpu, "_cpuinfo", lambda: {"flags": "avx512_bf16"})
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "avx2")
+    assert cpu.cpu_has_native_bf16() is False
+
+
+def test_the_cache_key_has_the_isa_and_the_cpu_id(monkeypatch):
+    monkeypatch.setattr(cpu, "_cpuinfo", lambda: {"vendor_id": "V", "cpu family": "25", "model": "17"})
+    a = cpu.machine_signature()
+    assert a["cpu_id"] == "V family 25 model 17"
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "OTHER_ISA")
+    b = cpu.machine_signature()
+    assert b["isa"] == "OTHER_ISA" and probe._cache_key(a, "w") != probe._cache_key(b, "w")

@@ -454,6 +454,10 @@ def test_stale_and_foreign_locks(run, capsys):
     lock.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "start": "reused"}))
     with RunLock(run):  # this PID, but another process's start time: a reused PID
         pass
+    # another host's lock, whose pid runs nothing here: its process cannot be judged from here
+    lock.write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname() + "-other"}))
+    with pytest.raises(ValueError, match="in use"):
+        RunLock(run).acquire()
     lock.write_text(json.dumps({"pid": 1, "host": "elsewhere", "since": "t"}))
     err = fails(["train", "--resume", run, "--epochs", "3"], capsys)
     assert "in use by process 1 on elsewhere" in err and f"remove {lock}" in err
@@ -745,3 +749,10 @@ def test_a_failed_download_is_the_environments_fault(tmp_path, monkeypatch, caps
     )
     err = fails(["train", "--out", tmp_path / "r", *TINY], capsys, code=1)
     assert err == "problayers: error: MNIST download failed: offline"
+
+
+def test_release_leaves_a_lock_that_is_not_ours(tmp_path):
+    lock = tmp_path / LOCK
+    with RunLock(tmp_path):
+        lock.write_text(json.dumps({"pid": 1, "host": "elsewhere"}))  # taken over meanwhile
+    assert lock.exists()

@@ -244,3 +244,35 @@ def test_only_narrow_stride_one_convolutions_switch():
     torch.testing.assert_close(model(x[0]), model(x[0:1])[0])  # unbatched: torch's own path
     with pytest.raises(TypeError, match=r"^model: expected a torch.nn.Module"):
         use_transposed_weight_gradient(None)  # type: ignore[arg-type]
+
+
+def test_switched_narrow_conv_changed_afterwards_computes_as_torch():
+    # A switched layer whose stride is changed after the switch is no longer exchangeable: it
+    # must take torch's own path, not the exchanged one at its old settings.
+    torch.manual_seed(0)
+    ref = nn.Conv2d(3, 1, 3, padding=1)
+    new = copy.deepcopy(ref)
+    assert use_transposed_weight_gradient(new) == 1
+    for m in (ref, new):
+        m.stride = (2, 2)
+    x = torch.randn(2, 3, 7, 7)
+    torch.testing.assert_close(new(x), ref(x))
+
+
+def test_a_conv_strided_in_a_later_dim_is_not_switched():
+    torch.manual_seed(0)
+    ref = nn.Conv2d(4, 1, 3, stride=(1, 2))
+    new = copy.deepcopy(ref)
+    assert use_transposed_weight_gradient(new) == 0
+    x = torch.randn(2, 4, 7, 7)
+    torch.testing.assert_close(new(x), ref(x))
+
+
+def test_conv_transpose_by_conv_one_value_options_apply_to_every_dim():
+    torch.manual_seed(0)
+    x, w, b = torch.randn(2, 3, 5, 4), torch.randn(3, 2, 3, 3), torch.randn(2)
+    torch.testing.assert_close(conv_transpose_by_conv(x, w, b), nn.functional.conv_transpose2d(x, w, b))
+    torch.testing.assert_close(
+        conv_transpose_by_conv(x, w, b, stride=(2,), padding=(1,), output_padding=(1,)),
+        nn.functional.conv_transpose2d(x, w, b, stride=2, padding=1, output_padding=1),
+    )
