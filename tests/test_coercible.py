@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import operator
+
 import numpy as np
 import pytest
 import torch
@@ -345,3 +348,113 @@ def test_scalars_like_keeps_an_explicit_fp64_scalar():
 
     out = scalars_like((torch.zeros(3), torch.tensor(0.1, dtype=torch.float64)))
     assert out[1].dtype == torch.float64
+
+
+class _LabelledNormal(D.Normal):
+    """A user distribution holding an integer tensor (labels) before its floating parameters."""
+
+    def __init__(self, loc, scale):
+        self.labels = torch.arange(loc.shape[-1])  # int64, first in __dict__
+        super().__init__(loc, scale)
+
+
+def test_dtype_and_number_value_skip_integer_state():
+    """The value's dtype without drawing is the floating parameters' (int64 labels held first
+    in the state are not a parameter), and a number returned by convert_to_tensor_fn takes that
+    dtype. Catches the mutation (first_floating_tensor returns any tensor: int64)."""
+    out = pl.as_coercible(_LabelledNormal(torch.zeros(3), torch.ones(3)), "mean")
+    assert next(iter(vars(out))) == "labels"
+    assert out.dtype == torch.float32 == out.tensor().dtype
+    number = pl.as_coercible(
+        _LabelledNormal(torch.zeros(3, dtype=torch.float64), torch.ones(3)), lambda d: 0.5
+    )
+    assert number.tensor().dtype == torch.float64
+
+
+def test_deepcopy_keeps_a_leaf_parameter_requiring_grad():
+    """deepcopy detaches graph (non-leaf) tensors only; a parameter held in the state is copied
+    as deepcopy copies a parameter (requires_grad kept), as for the plain distribution. Catches the mutation
+     (graph_tensors takes every tensor that requires grad)."""
+    loc = torch.nn.Parameter(torch.zeros(3))
+    out = pl.as_coercible(D.Normal(loc, 1.0), "mean")
+    plain_copy = copy.deepcopy(D.Normal(loc, 1.0))
+    got = copy.deepcopy(out)
+    assert plain_copy.loc.requires_grad
+    assert got.loc.requires_grad
+
+
+def test_mode_of_a_doubly_independent_bernoulli_at_one_half_is_zero():
+    """TFP's Bernoulli mode at p = 1/2 is 0 (torch's is NaN), through any number of
+    Independent wrappers. Catches the mutation (only one Independent unwrapped)."""
+    inner = D.Independent(D.Bernoulli(logits=torch.zeros(2, 3, 4)), 1)
+    out = pl.as_coercible(D.Independent(inner, 1), "mode")
+    torch.testing.assert_close(out.tensor(), torch.zeros(2, 3, 4))
+
+
+def test_mode_of_a_bernoulli_made_from_tiny_positive_logits_is_one():
+    """Made from logits, the mode is logits > 0 (TFP): logits 1e-9 give 1 although
+    sigmoid(1e-9) rounds to exactly 0.5 in float32. Catches the mutation (the probs branch taken first)."""
+    logits = torch.full((3,), 1e-9)
+    assert torch.sigmoid(logits).eq(0.5).all()  # the case where the two branches differ
+    out = pl.as_coercible(D.Bernoulli(logits=logits), "mode")
+    torch.testing.assert_close(out.tensor(), torch.ones(3))
+
+
+def test_broadcast_tensors_keeps_a_non_scalar_tensors_dtype():
+    """torch.broadcast_tensors on a coercible and a tensor gives what it gives on the two tensors
+    (dtypes kept); only 0-dim default-dtype scalars are adapted. Catches the mutation (the 0-dim condition
+    dropped: a float32 tensor beside a float64 value is cast)."""
+    c64 = pl.as_coercible(D.Normal(torch.zeros(3, dtype=torch.float64), 1.0), "mean")
+    got = torch.broadcast_tensors(c64, torch.zeros(3))
+    want = torch.broadcast_tensors(c64.tensor(), torch.zeros(3))
+    assert [t.dtype for t in got] == [t.dtype for t in want] == [torch.float64, torch.float32]
+
+
+def test_a_bool_sample_shape_is_not_an_int():
+    """TFP's int sample_shape is (n,); a bool is not taken as 1. Catches the mutation (bool dropped from
+    the pass-through types: sample(True) draws one sample)."""
+    out = pl.as_coercible(D.Normal(torch.zeros(2), 1.0), "mean")
+    with pytest.raises(TypeError):
+        out.sample(True)
+
+
+def test_convert_fn_returning_another_coercible_gives_its_tensor():
+    """A convert_to_tensor_fn may return another layer's output: its tensor value is taken.
+    Catches the mutation (that unwrapping removed: a TypeError)."""
+    inner = pl.as_coercible(D.Normal(torch.arange(3.0), 1.0), "mean")
+    out = pl.as_coercible(D.Normal(torch.zeros(3), 1.0), lambda d: inner)
+    value = out.tensor()
+    assert type(value) is torch.Tensor
+    torch.testing.assert_close(value, torch.arange(3.0))
+
+
+def test_numpy_of_a_value_that_requires_grad():
+    """numpy.asarray of an rsample value that carries gradients (a training output). Catches the mutation
+    (.detach() dropped: numpy() refuses tensors that require grad)."""
+    loc = torch.zeros(3, requires_grad=True)
+    out = pl.as_coercible(D.Normal(loc, 1.0), "rsample")
+    array = np.asarray(out)
+    np.testing.assert_allclose(array, out.tensor().detach().numpy())
+
+
+def test_le_is_less_or_equal_and_matmul_on_the_right():
+    """x <= y is true where equal. Catches the mutation (__le__ as <). (M @ x is checked too; it goes
+    through Tensor.__matmul__ and __torch_function__, so __rmatmul__ is not reached.)"""
+    m = torch.arange(9.0).reshape(3, 3)
+    v = torch.tensor([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    out = pl.as_coercible(D.Independent(D.Normal(v, 1.0), 1), "mean")
+    torch.testing.assert_close(m @ out, m @ v)
+    assert not torch.equal(m @ v, v @ m)
+    torch.testing.assert_close(out <= v, torch.ones(3, 3, dtype=torch.bool))
+    assert operator.le(out, v.clone()).all()
+
+
+def test_torch_function_converts_keyword_arguments():
+    """A coercible passed by keyword to a torch function is converted too. Catches the mutation (dicts not
+    converted: the kwargs keep the coercible)."""
+    out = pl.as_coercible(D.Normal(torch.arange(3.0), 1.0), "mean")
+    torch.testing.assert_close(torch.add(torch.ones(3), other=out), torch.arange(3.0) + 1)
+    torch.testing.assert_close(
+        torch.where(torch.tensor([True, False, True]), torch.zeros(3), other=out),
+        torch.tensor([0.0, 1.0, 0.0]),
+    )

@@ -9,6 +9,7 @@ import torch.distributions as D
 from torch import nn
 
 import problayers as pl
+from problayers.losses import added_losses_skipped
 
 
 def _randomize(gp: pl.VariationalGaussianProcess, seed: int = 0) -> None:
@@ -179,3 +180,90 @@ def test_kernel_is_the_exponentiated_quadratic():
     expected = 1.5**2 * torch.exp(-torch.cdist(x1, x2).square() / (2 * 0.7**2))
     torch.testing.assert_close(gp.kernel(x1, x2), expected)
     torch.testing.assert_close(gp.kernel(x1, x1).diagonal(), torch.full((5,), 1.5**2, dtype=torch.float64))
+
+
+def _randomized_gp(dtype=torch.float32, seed=0, **kwargs):
+    gen = torch.Generator().manual_seed(seed)
+    gp = pl.VariationalGaussianProcess(2, 6, mean_fn="constant", dtype=dtype, **kwargs)
+    with torch.no_grad():
+        for p in gp.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+    return gp
+
+
+def test_gp_initial_variational_distribution_is_standard_normal():
+    """Doc: variational_scale (default 1) is S's initial diagonal and m starts at 0, so q(u)
+    starts at N(0, variational_scale^2 I). Catches the mutation (no inverse softplus: S = softplus(1) I)
+    and (m initialized to ones)."""
+    gp = pl.VariationalGaussianProcess(2, 5, dtype=torch.float64)
+    q = gp.variational_distribution()
+    eye = torch.eye(5, dtype=torch.float64)
+    torch.testing.assert_close(q.mean, torch.zeros(5, dtype=torch.float64))
+    torch.testing.assert_close(q.covariance_matrix, eye)
+    half = pl.VariationalGaussianProcess(2, 5, variational_scale=0.5, dtype=torch.float64)
+    torch.testing.assert_close(half.variational_scale_tril, 0.5 * eye)
+
+
+def test_gp_defaults_far_from_the_data_are_the_documented_prior_noise_and_jitter():
+    """x far from every inducing point and from each other (k = exp(-5000) = 0 in float64): W =
+    0, so by the module doc the marginal variance is amplitude^2 + noise = 1 + 1e-2 and the
+    joint covariance is (1 + 1e-2 + jitter) I with jitter = 1e-6 (TFP's default). Catches the mutation
+    (jitter default 1e-3), (noise default 1e-1), (amplitude default 2)."""
+    torch.manual_seed(0)
+    gp = pl.VariationalGaussianProcess(1, 4, dtype=torch.float64)
+    x = torch.tensor([[100.0], [200.0], [300.0]], dtype=torch.float64)
+    out = gp(x)
+    torch.testing.assert_close(out.mean, torch.zeros(3, 1, dtype=torch.float64))
+    torch.testing.assert_close(
+        out.variance, torch.full((3, 1), 1.01, dtype=torch.float64), rtol=1e-12, atol=1e-12
+    )
+    gp.joint = True
+    cov = gp(x).covariance_matrix.detach()
+    torch.testing.assert_close(cov, (1.01 + 1e-6) * torch.eye(3, dtype=torch.float64), rtol=1e-12, atol=1e-12)
+
+
+def test_gp_copies_the_initial_inducing_points():
+    """The layer's inducing points are its own parameter: training them must not change the
+    caller's tensor. Catches the mutation (.clone() dropped: the parameter aliases the caller's tensor)."""
+    z = torch.linspace(-1, 1, 4)[:, None]
+    before = z.clone()
+    gp = pl.VariationalGaussianProcess(1, 4, inducing_points=z)
+    with torch.no_grad():
+        gp.inducing_points.add_(1.0)
+    torch.testing.assert_close(z, before)
+
+
+def test_gp_computes_in_the_parameters_dtype_whatever_the_inputs():
+    """Doc/code comment: the Cholesky maths run in the parameters' dtype; float32 inputs to a
+    float64 layer give the float64 predictive (that of the same inputs in float64). Catches the mutation
+    (the input cast dropped: a dtype mismatch in the kernel's matmul)."""
+    gp = _randomized_gp(torch.float64)
+    x = torch.randn(5, 2)
+    out = gp(x)
+    assert out.mean.dtype == torch.float64
+    torch.testing.assert_close(out.mean, gp(x.double()).mean)
+
+
+def test_gp_under_bf16_autocast_is_its_fp32_predictive():
+    """The layer disables autocast for its kernel/Cholesky maths (the predictive and the KL in the
+    parameters' dtype); under CPU bf16 autocast it equals its fp32 output to fp32 rounding.
+    Catches the mutation (autocast left on: the kernel matmuls run in bf16, ~1e-2 relative errors)."""
+    gp = _randomized_gp(torch.float32)
+    x = torch.randn(7, 2, generator=torch.Generator().manual_seed(1))
+    ref = gp(x)
+    ref_kl = pl.collect_losses(gp, clear=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = gp(x)
+        got_kl = pl.collect_losses(gp, clear=True)
+    torch.testing.assert_close(got.mean, ref.mean, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got.stddev, ref.stddev, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got_kl, ref_kl, rtol=1e-5, atol=1e-5)
+
+
+def test_gp_records_no_kl_inside_added_losses_skipped():
+    """losses.added_losses_skipped: layers neither compute nor record added losses. Catches the mutation
+    (the added_losses_enabled() check removed in the GP's forward)."""
+    gp = _randomized_gp()
+    with added_losses_skipped():
+        gp(torch.randn(3, 2))
+    assert float(pl.collect_losses(gp)) == 0.0

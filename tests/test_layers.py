@@ -10,6 +10,7 @@ import torch.distributions as D
 
 import problayers as pl
 from layer_cases import CASES
+from problayers.losses import added_losses_skipped
 
 BATCH_SHAPES = [(), (4,), (2, 3)]
 ids = [c.name for c in CASES]
@@ -227,3 +228,20 @@ def test_multivariate_normal_tril_layer_uses_its_tril_order():
     expected = pl.MultivariateNormalTriL.new(params, 3, tril_order="rows").scale_tril
     torch.testing.assert_close(out.scale_tril, expected)
     assert not torch.equal(expected, pl.MultivariateNormalTriL.new(params, 3).scale_tril)
+
+
+def test_activity_regularizer_is_not_recorded_inside_added_losses_skipped():
+    """Catches the mutation (added_losses_enabled() dropped from the activity_regularizer condition)."""
+    layer = pl.DistributionLambda(lambda t: D.Normal(t, 1.0), activity_regularizer=lambda d: d.mean.sum())
+    with added_losses_skipped():
+        layer(torch.ones(3))
+    assert float(pl.collect_losses(layer)) == 0.0
+    layer(torch.ones(3))  # outside the block it is recorded: sum of the means = 3
+    assert float(pl.collect_losses(layer)) == 3.0
+
+
+def test_params_size_on_an_instance_with_keyword_arguments_uses_them():
+    """As TFP's static params_size: arguments win over the instance's settings, keywords too.
+    Catches the mutation (only positional arguments taken: keywords silently ignored)."""
+    assert pl.OneHotCategorical(4).params_size(event_size=6) == 6
+    assert pl.CategoricalMixtureOfOneHotCategorical(4, 3).params_size(event_size=2, num_components=5) == 15

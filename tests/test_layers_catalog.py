@@ -342,3 +342,38 @@ def test_mixture_of_a_layer_returning_coercibles_holds_plain_distributions():
     out = layer(torch.zeros(4, 14))
     assert not pl.is_coercible(out.component_distribution)
     assert type(out.component_distribution) is D.Independent
+
+
+def test_one_hot_categorical_default_value_is_a_random_sample():
+    """Doc: default convert_to_tensor_fn "sample". With uniform logits over 4 classes and 4000
+    rows each class gets ~1000 (binomial sd ~27); the mode would put all 4000 in class 0.
+    Catches the mutation (default "mode")."""
+    torch.manual_seed(0)
+    value = pl.convert_to_tensor(pl.OneHotCategorical(4)(torch.zeros(4000, 4)))
+    counts = value.sum(0)
+    assert counts.sum() == 4000 and (counts > 800).all()
+
+
+def test_categorical_mixture_default_value_is_a_one_hot_sample():
+    """Doc: default "sample": a one-hot vector per row (not the mean class probabilities).
+    Catches the mutation (default "mean")."""
+    torch.manual_seed(0)
+    out = pl.CategoricalMixtureOfOneHotCategorical(3, 2)(torch.zeros(50, 8))
+    value = pl.convert_to_tensor(out)
+    assert value.shape == (50, 3)
+    assert set(value.unique().tolist()) <= {0.0, 1.0} and (value.sum(-1) == 1).all()
+
+
+@pytest.mark.parametrize("validate_args", [False, True])
+def test_categorical_mixture_validates_only_when_asked_the_mixture_too(validate_args):
+    """validate_args=False: no checks anywhere (torch's default would check); a non-one-hot value
+    is then not refused by the mixture. Catches the mutation (validate_args not passed to the
+    MixtureSameFamily itself: the global default, checks on)."""
+    mix = pl.CategoricalMixtureOfOneHotCategorical(3, 2, validate_args=validate_args)(torch.zeros(2, 8))
+    assert mix._validate_args is validate_args
+    bad = torch.tensor([0.5, 0.5, 0.0])
+    if validate_args:
+        with pytest.raises(ValueError):
+            mix.log_prob(bad)
+    else:
+        mix.log_prob(bad)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -91,3 +93,30 @@ def test_main_and_no_side_effects_at_import(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["files"]
     assert len(list(tmp_path.glob("regression_*.png"))) == 4
+
+
+def test_regression_plot_band_is_the_mixture_predictive_std(tmp_path, monkeypatch):
+    """The blue band of the plot is mean +- 2 std of the predictive over posterior draws, a
+    mixture: std^2 = mean_s(std_s^2) + var_s(mean_s) (law of total variance). Two draws at one
+    grid point with means 0, 2 and stds 1, 1: std^2 = 1 + 1 = 2. Catches the mutation (the band's std as
+    the mean of the draws' stds, 1)."""
+    from matplotlib.axes import Axes
+
+    from problayers.demos import regression
+
+    bands = []
+    real = Axes.fill_between
+
+    def spy(self, x, y1, y2=0, **kwargs):
+        bands.append((kwargs.get("label"), np.asarray(y1), np.asarray(y2)))
+        return real(self, x, y1, y2, **kwargs)
+
+    monkeypatch.setattr(Axes, "fill_between", spy)
+    grid = torch.zeros(1, 1)
+    means = torch.tensor([[0.0], [2.0]])  # (draws, G)
+    stds = torch.ones(2, 1)
+    xy = torch.zeros(3, 1)
+    regression._plot(tmp_path / "p.png", "both", xy, xy, grid, means, stds)
+    ((lo, hi),) = [(y1, y2) for label, y1, y2 in bands if label == "mean +- 2 std (predictive)"]
+    np.testing.assert_allclose(lo, [1.0 - 2 * math.sqrt(2.0)], rtol=1e-6)
+    np.testing.assert_allclose(hi, [1.0 + 2 * math.sqrt(2.0)], rtol=1e-6)

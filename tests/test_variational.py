@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 
 import numpy as np
 import pytest
@@ -491,3 +492,11 @@ def test_divergence_fn_returning_per_weight_terms_is_summed():
     layer = pl.DenseReparameterization(3, 2, kernel_divergence_fn=lambda q, p, w: torch.ones(2, 3))
     layer(torch.zeros(5, 3))
     assert pl.collect_losses(layer).item() == 6.0
+
+
+def test_variable_layer_activation_passes_gradients_to_the_variable():
+    """activation(variable) is differentiable in the variable: d/dv sum(exp(v)) = exp(v) = e^-1.
+    Catches the mutation (activation applied to a detached variable)."""
+    layer = pl.VariableLayer(2, dtype=torch.float64, initializer=-1.0, activation=torch.exp)
+    layer().sum().backward()
+    torch.testing.assert_close(layer.variable.grad, torch.full((2,), math.exp(-1.0), dtype=torch.float64))
