@@ -313,8 +313,6 @@ def test_value_read_under_no_grad_is_detached():
 
 
 def test_deepcopy_detaches_the_parameters():
-    import copy
-
     out = nn.Sequential(nn.Linear(2, 5), pl.MultivariateNormalTriL(2))(torch.randn(3, 2))
     copied = copy.deepcopy(out)
     assert copied.loc.grad_fn is None and not copied.loc.requires_grad

@@ -188,6 +188,12 @@ class _KeywordOnly(_Scaled):
         return self.head(self.lin(z) * scale)
 
 
+class _WithAKeywordOnlyDefault(_Scaled):
+    def forward(self, z, scale=1.0, *, flip=False):
+        h = self.lin(z) * scale
+        return self.head(-h if flip else h)
+
+
 def test_export_with_keyword_inputs_and_a_dynamic_batch():
     # torch.export 2.13 fails on a **kwargs wrapper with dynamic shapes (pytorch#150022): the
     # keyword inputs go in by position, and a call binds its keywords the same way.
@@ -200,6 +206,10 @@ def test_export_with_keyword_inputs_and_a_dynamic_batch():
     exported = pl.export(m, (torch.zeros(4, 2),), {"shift": torch.zeros(4, 6)})  # a tensor, batch 7 below
     shift = torch.randn(7, 6)
     torch.testing.assert_close(exported(z, shift=shift).log_prob(x), m(z, shift=shift).log_prob(x))
+    # a keyword-only input left at its default is not an input of the program
+    other = _WithAKeywordOnlyDefault()
+    exported = pl.export(other, (torch.zeros(4, 2),), {"scale": 2.0})
+    torch.testing.assert_close(exported(z, scale=2.0).log_prob(x), other(z, scale=2.0).log_prob(x))
     with pytest.raises(TypeError, match=r"^export: the inputs do not fit _Scaled.forward: .*'nope'"):
         pl.export(m, (torch.zeros(4, 2),), {"nope": 1})
 

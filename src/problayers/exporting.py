@@ -179,13 +179,18 @@ class ExportedDistribution:
 
 
 def _by_position(module: nn.Module, args: tuple, kwargs: dict, what: str) -> tuple[tuple, dict]:
-    """``args, kwargs`` bound to ``module.forward`` with its defaults, every input it takes by
-    position moved into ``args`` (what is left: keyword-only inputs)."""
+    """``args, kwargs`` bound to ``module.forward``, every input it takes by position moved into
+    ``args`` (the positional defaults filled in, so that none is skipped); what is left: the
+    keyword-only inputs given."""
+    signature = inspect.signature(module.forward)
     try:
-        bound = inspect.signature(module.forward).bind(*args, **kwargs)
+        bound = signature.bind(*args, **kwargs)
     except TypeError as err:
         raise TypeError(f"{what}: the inputs do not fit {type(module).__name__}.forward: {err}") from None
-    bound.apply_defaults()
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    for name, p in signature.parameters.items():
+        if p.kind in positional and p.default is not p.empty:
+            bound.arguments.setdefault(name, p.default)
     return bound.args, bound.kwargs
 
 
