@@ -3,6 +3,8 @@
 ``load_images(data_dir, n, seed)``: uint8 ``(n, 28, 28)``: the first ``n`` MNIST training images
 from ``data_dir`` (IDX files, ``.gz`` or raw), or, with ``data_dir=None``, synthetic images:
 pixels 255 with probability 0.13 (MNIST's mean ink), else 0, from ``numpy`` seeded ``seed``.
+``load_split(data_dir, split)``: a whole split (``"train"`` or ``"test"``), uint8 images
+``(N, 28, 28)`` and int64 labels ``(N,)``.
 """
 
 from __future__ import annotations
@@ -12,9 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["describe", "load_images"]
+__all__ = ["describe", "load_images", "load_split"]
 
 TRAIN_IMAGES = "train-images-idx3-ubyte"
+SPLIT_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
 
 
 def _read_idx_images(path: Path) -> np.ndarray:
@@ -27,13 +33,36 @@ def _read_idx_images(path: Path) -> np.ndarray:
     return np.frombuffer(raw[16:], dtype=np.uint8).reshape(int(n), int(rows), int(cols))
 
 
+def _read_idx_labels(path: Path) -> np.ndarray:
+    raw = path.read_bytes()
+    if path.suffix == ".gz":
+        raw = gzip.decompress(raw)
+    magic, n = np.frombuffer(raw[:8], dtype=">u4")
+    if magic != 0x801:
+        raise ValueError(f"{path}: not an IDX label file (magic {magic:#x})")
+    return np.frombuffer(raw[8:], dtype=np.uint8)[: int(n)].astype(np.int64)
+
+
+def _idx_path(data_dir: str, name: str) -> Path:
+    base = Path(data_dir) / name
+    path = base if base.is_file() else base.with_name(name + ".gz")
+    if not path.is_file():
+        raise FileNotFoundError(f"{base}[.gz]: not found")
+    return path
+
+
+def load_split(data_dir: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+    images, labels = SPLIT_FILES[split]
+    x = _read_idx_images(_idx_path(data_dir, images))
+    y = _read_idx_labels(_idx_path(data_dir, labels))
+    if len(x) != len(y):
+        raise ValueError(f"{data_dir}: {len(x)} {split} images but {len(y)} labels")
+    return np.ascontiguousarray(x), y
+
+
 def load_images(data_dir: str | None, n: int, seed: int = 0) -> np.ndarray:
     if data_dir:
-        base = Path(data_dir) / TRAIN_IMAGES
-        path = base if base.is_file() else base.with_name(TRAIN_IMAGES + ".gz")
-        if not path.is_file():
-            raise FileNotFoundError(f"{base}[.gz]: not found")
-        images = _read_idx_images(path)[:n]
+        images = _read_idx_images(_idx_path(data_dir, TRAIN_IMAGES))[:n]
         return np.ascontiguousarray(images)
     rng = np.random.default_rng(seed)
     return (rng.random((n, 28, 28)) < 0.13).astype(np.uint8) * np.uint8(255)
