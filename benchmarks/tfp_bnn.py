@@ -316,10 +316,41 @@ def _run(args, argv: list[str]) -> int:
     return 0
 
 
+def _table(paths: list[Path]) -> str:
+    """One Markdown row per result file: the KL term along training, the last epoch's loss,
+    the test scores, the median training time of a step over the epochs, the evaluation's time."""
+    rows = [
+        "| library | seed | KL term: start, epoch 1, 5, last | loss, last epoch | test accuracy: 1 draw, "
+        "all draws | test NLL (nats) | the example's held-out nats | ms/step (median epoch) | eval s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for path in paths:
+        r = json.loads(path.read_text())
+        e, f = r["epochs"], r["final"]
+        kls = ", ".join(
+            f"{v:.2f}" for v in (r["init"]["kl"], e[0]["kl"], e[min(4, len(e) - 1)]["kl"], e[-1]["kl"])
+        )
+        ms = sorted(1e3 * x["train_seconds"] / x["steps"] for x in e)[len(e) // 2]
+        cells = [
+            r["library"],
+            r["seed"],
+            kls,
+            f"{e[-1]['loss']:.3f}",
+            f"{e[-1]['test_accuracy_one_draw']:.4f}, {f['test_accuracy']:.4f}",
+            f"{f['test_nll']:.4f}",
+            f"{f['example_heldout_nats']:.2f}",
+            f"{ms:.0f}",
+            f"{f['eval_seconds']:.0f}",
+        ]
+        rows.append("| " + " | ".join(map(str, cells)) + " |")
+    return "\n".join(rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data-dir", required=True, help="MNIST IDX directory")
+    p.add_argument("--data-dir", help="MNIST IDX directory")
     p.add_argument("--out", help="where the results go (orchestrator)")
+    p.add_argument("--table", metavar="DIR", help="print the Markdown table of DIR's results instead")
     p.add_argument("--seeds", default="0,1")
     p.add_argument("--libraries", default="tfp,problayers")
     p.add_argument("--worker", choices=("tfp", "problayers"), help=argparse.SUPPRESS)
@@ -334,6 +365,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-images", type=int, default=NUM_TRAIN, help="the first N (smoke tests)")
     p.add_argument("--test-images", type=int, default=10000)
     args = p.parse_args(argv)
+    if args.table:
+        print(_table(sorted(Path(args.table).glob("*-seed*.json"))))
+        return 0
+    if not args.data_dir:
+        p.error("--data-dir is required")
     if args.worker:
         worker = _tfp_worker if args.worker == "tfp" else _problayers_worker
         print("RESULT " + json.dumps(worker(args)), flush=True)

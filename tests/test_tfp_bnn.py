@@ -92,6 +92,13 @@ def test_the_port_trains_and_reports(mnist_dir, tmp_path, capsys):
     final = result["final"]
     assert 0 <= final["test_accuracy"] <= 1 and final["test_nll"] > 0 and final["example_heldout_nats"] < 0
     assert "problayers seed 3: KL term at start" in capsys.readouterr().out
+    assert tfp_bnn.main(["--table", str(out)]) == 0
+    header, rule, row = capsys.readouterr().out.strip().splitlines()
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert len(cells) == header.count("|") - 1 == rule.count("---")
+    kls = [result["init"]["kl"], first["kl"], second["kl"], second["kl"]]  # start, 1, 5 (the last), last
+    assert cells[:3] == ["problayers", "3", ", ".join(f"{v:.2f}" for v in kls)]
+    assert cells[6] == f"{final['example_heldout_nats']:.2f}"
 
 
 def test_unknown_library_and_missing_tfp_venv_are_one_line(tmp_path, monkeypatch, capsys):
@@ -102,6 +109,12 @@ def test_unknown_library_and_missing_tfp_venv_are_one_line(tmp_path, monkeypatch
     monkeypatch.setattr(tfp_bnn, "TFP_PYTHON", tmp_path / "none" / "python")
     assert tfp_bnn.main([*argv, "--libraries", "tfp-onednn"]) == 2
     assert "none/python: not found" in capsys.readouterr().out
+
+
+def test_data_dir_is_required_except_for_the_table(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        tfp_bnn.main(["--out", str(tmp_path)])
+    assert exit_.value.code == 2 and "--data-dir is required" in capsys.readouterr().err
 
 
 def test_a_failed_worker_is_reported_and_writes_nothing(tmp_path, capsys):
