@@ -78,22 +78,12 @@ def _summary(labels, p):
     }
 
 
-# -------------------------------------------------------------------------------------------- TFP worker
-def _tfp_worker(args) -> dict:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import numpy as np
-    import tensorflow as tf
-    import tensorflow_probability as tfp
-    import tf_keras as tfk
-
-    tf.config.threading.set_intra_op_parallelism_threads(args.threads)
-    tf.config.threading.set_inter_op_parallelism_threads(args.threads)
-    tfk.utils.set_random_seed(args.seed)
-    tfd = tfp.distributions
-    xtr, ytr, xte, yte = _data(args)
+# ------------------------------------------------------------------------------------------------ models
+def tfp_model(tf, tfp, tfk):
+    """The example's LeNet-5 (tf_keras), each layer's KL divided by 60000; built for NHWC 28x28x1."""
 
     def kl_fn(q, p, _):  # the example's kl_divergence_function
-        return tfd.kl_divergence(q, p) / tf.cast(NUM_TRAIN, dtype=tf.float32)
+        return tfp.distributions.kl_divergence(q, p) / tf.cast(NUM_TRAIN, dtype=tf.float32)
 
     relu, conv = tf.nn.relu, tfp.layers.Convolution2DFlipout
     model = tfk.Sequential([
@@ -106,10 +96,50 @@ def _tfp_worker(args) -> dict:
         tfp.layers.DenseFlipout(84, kernel_divergence_fn=kl_fn, activation=relu),
         tfp.layers.DenseFlipout(10, kernel_divergence_fn=kl_fn, activation=tf.nn.softmax),
     ])  # fmt: skip
+    model.build(input_shape=[None, 28, 28, 1])
+    return model
+
+
+def problayers_model():
+    """The port: the same LeNet-5 of problayers layers (NCHW), ending in logits."""
+    import torch
+    import torch.distributions as D
+    from torch import nn
+
+    import problayers as pl
+
+    def kl_fn(q, p, _):  # the example's kl_divergence_function, as written
+        return D.kl_divergence(q, p) / NUM_TRAIN
+
+    relu = torch.relu
+    return nn.Sequential(
+        pl.Conv2dFlipout(1, 6, 5, padding="same", kernel_divergence_fn=kl_fn, activation=relu),
+        nn.MaxPool2d(2),
+        pl.Conv2dFlipout(6, 16, 5, padding="same", kernel_divergence_fn=kl_fn, activation=relu),
+        nn.MaxPool2d(2),
+        pl.Conv2dFlipout(16, 120, 5, padding="same", kernel_divergence_fn=kl_fn, activation=relu),
+        nn.Flatten(),
+        pl.DenseFlipout(120 * 7 * 7, 84, kernel_divergence_fn=kl_fn, activation=relu),
+        pl.DenseFlipout(84, 10, kernel_divergence_fn=kl_fn),  # logits: the softmax is in the loss
+    )
+
+
+# -------------------------------------------------------------------------------------------- TFP worker
+def _tfp_worker(args) -> dict:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import numpy as np
+    import tensorflow as tf
+    import tensorflow_probability as tfp
+    import tf_keras as tfk
+
+    tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+    tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+    tfk.utils.set_random_seed(args.seed)
+    xtr, ytr, xte, yte = _data(args)
+    model = tfp_model(tf, tfp, tfk)
     model.compile(
         tfk.optimizers.Adam(learning_rate=args.lr), loss="categorical_crossentropy", metrics=["accuracy"]
     )
-    model.build(input_shape=[None, 28, 28, 1])
     onehot = tfk.utils.to_categorical(ytr, 10)
 
     def kl_term() -> float:  # exact KLs: the same for any input
@@ -168,9 +198,7 @@ def _epoch(epoch, losses, accs, kl, seconds, one_draw_acc) -> dict:
 def _problayers_worker(args) -> dict:
     import numpy as np
     import torch
-    import torch.distributions as D
     import torch.nn.functional as F
-    from torch import nn
 
     import problayers as pl
     from problayers.train import KerasAdam
@@ -179,21 +207,7 @@ def _problayers_worker(args) -> dict:
     torch.manual_seed(args.seed)
     xtr, ytr, xte, yte = (torch.from_numpy(a) for a in _data(args))
     xtr, xte = xtr.permute(0, 3, 1, 2).contiguous(), xte.permute(0, 3, 1, 2).contiguous()  # NCHW
-
-    def kl_fn(q, p, _):  # the example's kl_divergence_function, as written
-        return D.kl_divergence(q, p) / NUM_TRAIN
-
-    relu = torch.relu
-    net = nn.Sequential(
-        pl.Conv2dFlipout(1, 6, 5, padding="same", kernel_divergence_fn=kl_fn, activation=relu),
-        nn.MaxPool2d(2),
-        pl.Conv2dFlipout(6, 16, 5, padding="same", kernel_divergence_fn=kl_fn, activation=relu),
-        nn.MaxPool2d(2),
-        pl.Conv2dFlipout(16, 120, 5, padding="same", kernel_divergence_fn=kl_fn, activation=relu),
-        nn.Flatten(),
-        pl.DenseFlipout(120 * 7 * 7, 84, kernel_divergence_fn=kl_fn, activation=relu),
-        pl.DenseFlipout(84, 10, kernel_divergence_fn=kl_fn),  # logits: the softmax is in the loss
-    )
+    net = problayers_model()
     opt = KerasAdam(net.parameters(), lr=args.lr)
 
     def kl_term() -> float:

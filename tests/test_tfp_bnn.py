@@ -124,3 +124,14 @@ def test_a_failed_worker_is_reported_and_writes_nothing(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "problayers seed 0: the worker failed" in printed and "not found" in printed
     assert list(out.iterdir()) == []
+
+
+def test_the_kl_only_check_trains_the_port_on_its_kl_term(monkeypatch, tmp_path, capsys):
+    check = _load("check_tfp_bnn_kl")
+    start, end = check._problayers(3)  # steps 0 and 3
+    assert start == pytest.approx(_expected_kl_term(), rel=0.005)
+    # Keras' Adam moves each posterior parameter by about lr at first, all of them against the KL.
+    assert 0.001 < start - end < 0.05
+    monkeypatch.setattr(check, "TFP_PYTHON", tmp_path / "none" / "python")
+    assert check.main(["--steps", "1"]) == 2
+    assert "none/python: not found" in capsys.readouterr().out
