@@ -23,10 +23,13 @@ SPLIT_FILES = {
 }
 
 
-def _read_idx_images(path: Path) -> np.ndarray:
+def _read(path: Path) -> bytes:
     raw = path.read_bytes()
-    if path.suffix == ".gz":
-        raw = gzip.decompress(raw)
+    return gzip.decompress(raw) if path.suffix == ".gz" else raw
+
+
+def _read_idx_images(path: Path) -> np.ndarray:
+    raw = _read(path)
     magic, n, rows, cols = np.frombuffer(raw[:16], dtype=">u4")
     if magic != 0x803:
         raise ValueError(f"{path}: not an IDX image file (magic {magic:#x})")
@@ -34,9 +37,7 @@ def _read_idx_images(path: Path) -> np.ndarray:
 
 
 def _read_idx_labels(path: Path) -> np.ndarray:
-    raw = path.read_bytes()
-    if path.suffix == ".gz":
-        raw = gzip.decompress(raw)
+    raw = _read(path)
     magic, n = np.frombuffer(raw[:8], dtype=">u4")
     if magic != 0x801:
         raise ValueError(f"{path}: not an IDX label file (magic {magic:#x})")

@@ -251,7 +251,9 @@ def _problayers_worker(args) -> dict:
     t0 = time.perf_counter()
     mean = np.mean([probs(xte) for _ in range(args.mc_draws)], axis=0)
     final = {**_summary(yte.numpy(), mean), "eval_seconds": time.perf_counter() - t0}
-    n_losses = sum(1 for m in net.modules() if isinstance(m, (pl.Conv2dFlipout, pl.DenseFlipout)))
+    with torch.no_grad():  # as TF's len(model.losses): the layers that recorded a term in a forward
+        net(xtr[:2])
+    n_losses = sum(1 for m in net if float(pl.collect_losses(m, clear=True)) > 0)
     return {
         "init": init,
         "epochs": epochs,
