@@ -91,7 +91,10 @@ def test_the_port_trains_and_reports(mnist_dir, tmp_path, capsys):
         assert epoch["loss"] > epoch["kl"] * 0.99 and 0 <= epoch["accuracy"] <= 1
     final = result["final"]
     assert 0 <= final["test_accuracy"] <= 1 and final["test_nll"] > 0 and final["example_heldout_nats"] < 0
-    assert "problayers seed 3: KL term at start" in capsys.readouterr().out
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith("problayers seed 3: KL term at start")
+    # The log line's time is the table's: the median epoch's (a mean would count a compile).
+    assert line.endswith(f"; {tfp_bnn._median_ms(result['epochs']):.1f} ms/step")
     assert tfp_bnn.main(["--table", str(out)]) == 0
     header, rule, row = capsys.readouterr().out.strip().splitlines()
     cells = [c.strip() for c in row.strip("|").split("|")]
@@ -135,3 +138,8 @@ def test_the_kl_only_check_trains_the_port_on_its_kl_term(monkeypatch, tmp_path,
     monkeypatch.setattr(check, "TFP_PYTHON", tmp_path / "none" / "python")
     assert check.main(["--steps", "1"]) == 2
     assert "none/python: not found" in capsys.readouterr().out
+
+
+def test_step_time_is_the_median_epochs():
+    epochs = [{"train_seconds": s, "steps": 100} for s in (40.0, 6.0, 5.0)]  # a compile, then two
+    assert tfp_bnn._median_ms(epochs) == pytest.approx(60.0)  # the mean would say 170 ms
