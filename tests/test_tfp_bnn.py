@@ -143,3 +143,43 @@ def test_the_kl_only_check_trains_the_port_on_its_kl_term(monkeypatch, tmp_path,
 def test_step_time_is_the_median_epochs():
     epochs = [{"train_seconds": s, "steps": 100} for s in (40.0, 6.0, 5.0)]  # a compile, then two
     assert tfp_bnn._median_ms(epochs) == pytest.approx(60.0)  # the mean would say 170 ms
+
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
+@pytest.mark.parametrize("results", ["tfp-bnn-cpu", "tfp-bnn-zen4"])
+def test_porting_md_tables_are_the_committed_results(results, capsys):
+    """Each row of porting.md's per-seed tables is `tfp_bnn.py --table` of its result files."""
+    assert tfp_bnn.main(["--table", str(DOCS / "results" / results)]) == 0
+    rows = capsys.readouterr().out.strip().splitlines()
+    assert len(rows) == 2 + (4 if results == "tfp-bnn-cpu" else 10)
+    doc = (DOCS / "porting.md").read_text().splitlines()
+    assert [row for row in rows if row not in doc] == []
+
+
+@pytest.mark.parametrize(
+    ("metric", "digits", "label"),
+    [
+        ("epochs.4.kl", 3, "KL term after epoch 5"),
+        ("epochs.-1.kl", 3, "KL term after epoch 10"),
+        ("final.test_accuracy", 4, "test accuracy, 50 draws"),
+        ("final.test_nll", 4, "test NLL, nats"),
+    ],
+)
+def test_porting_md_five_seed_summary_is_tfp_gaps(metric, digits, label, capsys):
+    """porting.md's five-seed summary row is what `tfp_gap.py --metric` prints for those files."""
+    gap = _load("tfp_gap")
+    d = DOCS / "results" / "tfp-bnn-zen4"
+    groups = [
+        f"{lib}=" + ",".join(str(d / f"{lib}-seed{s}.json") for s in range(5))
+        for lib in ("tfp", "problayers")
+    ]
+    assert gap.main(["--metric", metric, "--digits", str(digits), *groups]) == 0
+    table = capsys.readouterr().out.strip().splitlines()
+    tfp, port = ([c.strip() for c in row.strip("|").split("|")] for row in table[2:])
+    (row,) = [
+        r for r in (DOCS / "porting.md").read_text().splitlines() if r.startswith(f"| {label} (`{metric}`)")
+    ]
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1:] == [f"{tfp[3]} (sd {tfp[4]})", f"{port[3]} (sd {port[4]})", port[5], port[6]]
