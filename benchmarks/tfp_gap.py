@@ -28,16 +28,18 @@ import sys
 from pathlib import Path
 
 
-def final_neg_elbo(path: Path, metric: str = "test_neg_elbo") -> float:
+def metric_value(path: Path, metric: str = "test_neg_elbo") -> float:
     """The number at key path ``metric`` of a result file, of a run directory's last epoch or
     of a ``metrics.jsonl``'s last line (by default the test -ELBO the run ended with)."""
     if path.is_dir():
         path = path / "metrics.jsonl"
-    if path.suffix == ".jsonl":
-        lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
-        value = json.loads(lines[-1])
-    else:
-        value = json.loads(path.read_text())
+    text = path.read_text()
+    if path.suffix == ".jsonl":  # the last record
+        text = ([ln for ln in text.splitlines() if ln.strip()] or [""])[-1]
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise SystemExit(f"{path}: expected a JSON result, got {err.msg} at character {err.pos}") from None
     for key in metric.split("."):
         try:
             value = value[int(key)] if isinstance(value, list) else value[key]
@@ -57,7 +59,7 @@ def parse_group(text: str, metric: str = "test_neg_elbo") -> tuple[str, list[flo
         path = Path(p)
         if not path.exists():
             raise SystemExit(f"{path}: not found")
-        values.append(final_neg_elbo(path, metric))
+        values.append(metric_value(path, metric))
     return name, values
 
 

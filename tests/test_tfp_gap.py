@@ -27,16 +27,16 @@ def test_default_reads_the_final_neg_elbo_of_files_runs_and_metrics(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     (run / "metrics.jsonl").write_text('{"test_neg_elbo": 101.0}\n{"test_neg_elbo": 98.25}\n\n')
-    assert tfp_gap.final_neg_elbo(tmp_path / "tfp.json") == 99.5
-    assert tfp_gap.final_neg_elbo(run) == 98.25
-    assert tfp_gap.final_neg_elbo(run / "metrics.jsonl") == 98.25
+    assert tfp_gap.metric_value(tmp_path / "tfp.json") == 99.5
+    assert tfp_gap.metric_value(run) == 98.25
+    assert tfp_gap.metric_value(run / "metrics.jsonl") == 98.25
 
 
 def test_metric_key_path_indexes_dicts_and_lists(tmp_path):
     path = _bnn_result(tmp_path / "r.json", kl=5.25, nll=0.037)
-    assert tfp_gap.final_neg_elbo(path, "epochs.-1.kl") == 5.25
-    assert tfp_gap.final_neg_elbo(path, "epochs.0.kl") == 9.0
-    assert tfp_gap.final_neg_elbo(path, "final.test_nll") == 0.037
+    assert tfp_gap.metric_value(path, "epochs.-1.kl") == 5.25
+    assert tfp_gap.metric_value(path, "epochs.0.kl") == 9.0
+    assert tfp_gap.metric_value(path, "final.test_nll") == 0.037
 
 
 @pytest.mark.parametrize(
@@ -51,7 +51,7 @@ def test_metric_key_path_indexes_dicts_and_lists(tmp_path):
 def test_a_metric_that_is_not_a_number_there_is_one_line(tmp_path, metric, message):
     path = _bnn_result(tmp_path / "r.json", kl=5.25, nll=0.037)
     with pytest.raises(SystemExit, match=rf"^.*r\.json: {message}$"):
-        tfp_gap.final_neg_elbo(path, metric)
+        tfp_gap.metric_value(path, metric)
 
 
 def test_table_has_each_groups_values_and_welch_against_the_first(tmp_path, capsys):
@@ -78,3 +78,14 @@ def test_bad_group_and_missing_file_are_one_line(tmp_path):
         tfp_gap.main(["nogroup"])
     with pytest.raises(SystemExit, match=r"absent\.json: not found$"):
         tfp_gap.main([f"a={tmp_path / 'absent.json'}"])
+
+
+def test_a_file_that_is_not_a_result_is_one_line(tmp_path):
+    (tmp_path / "cut.json").write_text('{"test_neg_elbo": 9')
+    with pytest.raises(SystemExit, match=r"cut\.json: expected a JSON result, got Expecting "):
+        tfp_gap.metric_value(tmp_path / "cut.json")
+    (tmp_path / "metrics.jsonl").write_text("\n")
+    with pytest.raises(
+        SystemExit, match=r"metrics\.jsonl: expected a JSON result, got Expecting value at character 0$"
+    ):
+        tfp_gap.metric_value(tmp_path / "metrics.jsonl")
