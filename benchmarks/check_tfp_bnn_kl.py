@@ -19,13 +19,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from tfp_bnn import TFP_PYTHON, problayers_model, tfp_model  # noqa: E402
+from tfp_bnn import TFP_PYTHON, problayers_model, run_worker, tfp_model  # noqa: E402
 
 EVERY = 100
 
@@ -96,12 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     curves = {}
     for lib, python in (("tfp", str(TFP_PYTHON)), ("problayers", sys.executable)):
         cmd = [python, str(Path(__file__).resolve()), "--worker", lib, "--steps", str(args.steps)]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-        if proc.returncode != 0 or not lines:
-            print(f"{lib}: the worker failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
+        curves[lib] = run_worker(lib, cmd)
+        if curves[lib] is None:
             return 1
-        curves[lib] = json.loads(lines[-1][len("RESULT ") :])
     tfp_c, ours = curves["tfp"], curves["problayers"]
     print("step  KL term: TFP   problayers   fall: TFP   problayers   difference")
     worst = 0.0

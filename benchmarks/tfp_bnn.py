@@ -34,6 +34,7 @@ import argparse
 import datetime
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -54,17 +55,12 @@ def _data(args):
     from bench_data import load_split
 
     (xtr, ytr), (xte, yte) = load_split(args.data_dir, "train"), load_split(args.data_dir, "test")
-    xtr, ytr, xte, yte = (
-        xtr[: args.train_images],
-        ytr[: args.train_images],
-        xte[: args.test_images],
-        yte[: args.test_images],
-    )
+    n, m = args.train_images, args.test_images
 
     def prep(x):
         return (2.0 * (x.astype(np.float32) / 255.0) - 1.0)[..., None]  # (N, 28, 28, 1)
 
-    return prep(xtr), ytr, prep(xte), yte
+    return prep(xtr[:n]), ytr[:n], prep(xte[:m]), yte[:m]
 
 
 def _summary(labels, p):
@@ -281,6 +277,16 @@ def _worker_args(args, seed: int) -> list[str]:
     ]  # fmt: skip
 
 
+def run_worker(name: str, cmd: list[str], env: dict[str, str] | None = None):
+    """A worker process's last ``RESULT {json}`` value, or None after printing why there is none."""
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        print(f"{name}: the worker failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
+        return None
+    return json.loads(lines[-1][len("RESULT ") :])
+
+
 def _run(args, argv: list[str]) -> int:
     libraries = [s.strip() for s in args.libraries.split(",")]
     unknown = [lib for lib in libraries if lib not in LIBRARIES]
@@ -299,21 +305,12 @@ def _run(args, argv: list[str]) -> int:
             env = {**os.environ, **({"TF_ENABLE_ONEDNN_OPTS": "1"} if lib == "tfp-onednn" else {})}
             cmd = [python, str(Path(__file__).resolve()), "--worker", worker, *_worker_args(args, seed)]
             cmd += ["--compile"] if lib == "problayers-compile" else []
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-            lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-            if proc.returncode != 0 or not lines:
-                print(
-                    f"{lib} seed {seed}: the worker failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}"
-                )
+            result = run_worker(f"{lib} seed {seed}", cmd, env)
+            if result is None:
                 return 1
-            result = json.loads(lines[-1][len("RESULT ") :])
-            result.update(
-                library=lib,
-                seed=seed,
-                cpu=_cpu(),
-                date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-                command=" ".join(["python", "benchmarks/tfp_bnn.py", *argv]),
-            )
+            now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+            command = " ".join(["python", "benchmarks/tfp_bnn.py", *argv])
+            result.update(library=lib, seed=seed, cpu=_cpu(), date=now, command=command)
             path = out / f"{lib}-seed{seed}.json"
             tmp = path.with_name(path.name + ".tmp")
             tmp.write_text(json.dumps(result, indent=1) + "\n")
@@ -330,7 +327,7 @@ def _run(args, argv: list[str]) -> int:
 
 def _median_ms(epochs: list[dict]) -> float:
     """The median epoch's training time per step (what the log line and the table report)."""
-    return sorted(1e3 * e["train_seconds"] / e["steps"] for e in epochs)[len(epochs) // 2]
+    return statistics.median_high(1e3 * e["train_seconds"] / e["steps"] for e in epochs)
 
 
 def _table(paths: list[Path]) -> str:
@@ -382,8 +379,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--test-images", type=int, default=10000)
     args = p.parse_args(argv)
     if args.table:
-        print(_table(sorted(Path(args.table).glob("*-seed*.json"))))
-        return 0
+        paths = sorted(Path(args.table).glob("*-seed*.json"))
+        print(_table(paths) if paths else f"--table {args.table}: no results (*-seed*.json) there")
+        return 0 if paths else 2
     if not args.data_dir:
         p.error("--data-dir is required")
     if args.worker:

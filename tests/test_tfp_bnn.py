@@ -120,6 +120,11 @@ def test_data_dir_is_required_except_for_the_table(tmp_path, capsys):
     assert exit_.value.code == 2 and "--data-dir is required" in capsys.readouterr().err
 
 
+def test_a_table_of_a_directory_without_results_is_one_line(tmp_path, capsys):
+    assert tfp_bnn.main(["--table", str(tmp_path)]) == 2
+    assert capsys.readouterr().out.strip() == f"--table {tmp_path}: no results (*-seed*.json) there"
+
+
 def test_a_failed_worker_is_reported_and_writes_nothing(tmp_path, capsys):
     out = tmp_path / "out"
     argv = ["--data-dir", str(tmp_path / "absent"), "--libraries", "problayers", "--out", str(out)]
