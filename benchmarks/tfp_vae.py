@@ -89,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--windows", type=int, default=5)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--threads", type=int, default=2, help="TF intra- and inter-op threads")
+    p.add_argument("--inter-op", type=int, default=None, help="TF inter-op threads (default: --threads)")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--num-images", type=int, default=60000)
     p.add_argument("--seed", type=int, default=0)
@@ -102,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     from bench_data import load_images
 
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)
-    tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+    inter_op = args.threads if args.inter_op is None else args.inter_op
+    tf.config.threading.set_inter_op_parallelism_threads(inter_op)
     tf.random.set_seed(args.seed)
 
     images = load_images(args.data_dir, args.num_images, args.seed)[..., None]  # (N, 28, 28, 1) uint8
@@ -147,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         "final_loss": float(history.history["loss"][-1]),
         "versions": {"tensorflow": tf.__version__, "tf_keras": tfk.__version__,
                      "tensorflow_probability": tfp.__version__},
-        "threads": {"intra_op": args.threads, "inter_op": args.threads},
+        "threads": {"intra_op": args.threads, "inter_op": inter_op},
         "device": "cpu",
         "tf_onednn": _onednn_enabled(),
     }  # fmt: skip
