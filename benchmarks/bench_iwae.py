@@ -106,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(HERE.parent / "src"))  # run from a checkout without installing
     import torch
 
+    from problayers.train.cpu import cpu_label
     from problayers.train.fastpath import bf16_autocast
     from problayers.vae.evaluation import evaluate
 
@@ -156,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         "device": str(device),
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "torch": torch.__version__,
+        "cpu": cpu_label(),
         "threads": torch.get_num_threads(),
         "n": args.n,
         "k": args.k,
@@ -180,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     extrapolated = args.target_n * (per_image_us + per_sample_us * args.target_k) / 1e6
     result["target_seconds"] = med if measured else extrapolated
     result["target_is_extrapolated"] = not measured
-    print(f"# torch {result['torch']}, device {device}, threads {result['threads']}")
+    print(f"# {result['cpu']}; torch {result['torch']}, device {device}, threads {result['threads']}")
     print(f"# load average (1/5/15 min) {result['load_average']}")
     print(f"# {result['data']}; model: {result['model']}; batch {args.batch_size}, chunk {args.chunk_size}")
     print(

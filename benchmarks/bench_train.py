@@ -87,14 +87,10 @@ def _rss_mib() -> float:
 
 
 def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return platform.processor() or "unknown"
+    """The CPU's name with its vendor/family/model (``problayers.train.cpu.cpu_label``)."""
+    from problayers.train.cpu import cpu_label
+
+    return cpu_label()
 
 
 def cpu_isa() -> str:

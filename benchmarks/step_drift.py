@@ -22,15 +22,14 @@ from __future__ import annotations
 import argparse
 import copy
 import math
-import platform
 import statistics
 import time
-from pathlib import Path
 
 import torch
 
 from problayers import numerics
 from problayers.train.allocator import retain_freed_memory
+from problayers.train.cpu import cpu_label
 from problayers.train.fastpath import make_train_step
 from problayers.vae import data as mnist
 from problayers.vae.experiment import load_run
@@ -104,9 +103,7 @@ def main() -> None:
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     p.add_argument("--steps", type=int, default=100, help="timed steps per configuration")
     args = p.parse_args()
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())  # fmt: skip
-    print(f"# {cpu}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+    print(f"# {cpu_label()}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")  # fmt: skip
     kernels()
     steps(args.run, args.precision, args.steps)

@@ -261,13 +261,6 @@ def _problayers_worker(args) -> dict:
 
 
 # ------------------------------------------------------------------------------------------ orchestrator
-def _cpu() -> str:
-    from problayers.train.probe import machine_signature
-
-    sig = machine_signature()
-    return f"{sig['cpu']} ({sig['cpu_id']})"
-
-
 def _worker_args(args, seed: int) -> list[str]:
     return [
         "--data-dir", args.data_dir, "--seed", str(seed), "--epochs", str(args.epochs),
@@ -296,6 +289,8 @@ def _run(args, argv: list[str]) -> int:
     if any(not lib.startswith("problayers") for lib in libraries) and not TFP_PYTHON.is_file():
         print(f"{TFP_PYTHON}: not found; create it with `python benchmarks/bench_train.py --setup-tfp`")
         return 2
+    from problayers.train.cpu import cpu_label
+
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for seed in (int(s) for s in args.seeds.split(",")):
@@ -310,7 +305,7 @@ def _run(args, argv: list[str]) -> int:
                 return 1
             now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
             command = " ".join(["python", "benchmarks/tfp_bnn.py", *argv])
-            result.update(library=lib, seed=seed, cpu=_cpu(), date=now, command=command)
+            result.update(library=lib, seed=seed, cpu=cpu_label(), date=now, command=command)
             path = out / f"{lib}-seed{seed}.json"
             tmp = path.with_name(path.name + ".tmp")
             tmp.write_text(json.dumps(result, indent=1) + "\n")

@@ -27,14 +27,6 @@ HERE = Path(__file__).resolve().parent
 TFP_PYTHON = HERE.parent / ".tfp-venv" / "bin" / "python"
 
 
-def _cpu() -> str:
-    """The CPU by name and vendor/family/model (two CPUs of one name may differ: Zen 3 and 4)."""
-    from problayers.train.probe import machine_signature
-
-    sig = machine_signature()
-    return f"{sig['cpu']} ({sig['cpu_id']})"
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", required=True)
@@ -55,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         npy = Path(tmp) / "test.npy"
         np.save(npy, test[:, 0].numpy().astype(np.uint8))
+        from problayers.train.cpu import cpu_label
+
         for seed in (int(s) for s in args.seeds.split(",")):
             cmd = [str(TFP_PYTHON), str(HERE / "tfp_train.py"), "--data-dir", args.data_dir,
                    "--test-npy", str(npy), "--epochs", str(args.epochs), "--seed", str(seed),
@@ -66,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"seed {seed}: the TFP worker failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
                 return 1
             result = json.loads(lines[-1][len("RESULT ") :])
-            result["cpu"] = _cpu()
+            result["cpu"] = cpu_label()
             result["date"] = datetime.date.today().isoformat()
             result["command"] = " ".join(["python", "benchmarks/tfp_quality.py", *sys.argv[1:]])
             path = out / f"{'as-written-' if args.as_written else ''}seed{seed}.json"

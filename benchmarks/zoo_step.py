@@ -10,13 +10,13 @@ code on the same machine (alternate the two, several times).
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 
 import torch
 
 import problayers
+from problayers.train.cpu import cpu_label
 from problayers.vae.models import ModelConfig, build_model, vae_loss
 
 
@@ -55,7 +55,7 @@ def main() -> None:
             step()
         windows.append((time.perf_counter() - start) / args.steps * 1e3)
     print(
-        f"{problayers.__file__}: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+        f"{problayers.__file__}: {cpu_label()}, torch {torch.__version__}, "
         f"{args.threads} threads; step ms median {statistics.median(windows):.1f} "
         f"(min {min(windows):.1f}, max {max(windows):.1f})"
     )

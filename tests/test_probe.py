@@ -251,6 +251,23 @@ def test_machine_signature_names_the_cpu_and_torch():
     assert Candidate("x", {"precision": "bf16"}).bf16 and not Candidate("y").bf16
 
 
+def test_cpu_label_tells_apart_cpus_of_one_name(monkeypatch):
+    # A KVM guest names Zen 1, Zen 3 and Zen 4 alike "AMD EPYC": the label adds family and model,
+    # in benchmark headers and in the probe's line.
+    for model in ("1", "17"):
+        info = {"model name": "AMD EPYC", "vendor_id": "AuthenticAMD", "cpu family": "25", "model": model}
+        monkeypatch.setattr(cpu, "_cpuinfo", lambda info=info: info)
+        assert cpu.cpu_label() == f"AMD EPYC (AuthenticAMD family 25 model {model})"
+    recorded = {**probe.machine_signature(), "cpu": "Some CPU", "cpu_id": "GenuineIntel family 6 model 207"}
+    assert cpu.cpu_label(recorded) == "Some CPU (GenuineIntel family 6 model 207)"
+    assert cpu.cpu_label({"cpu": "Old record"}) == "Old record"  # recorded before cpu_id existed
+    choice = probe.StepChoice(
+        chosen="fp32", options={}, seconds_per_step={"fp32": 1.0}, reason="only one",
+        machine=recorded, measured_at="now", cache=None,
+    )  # fmt: skip
+    assert "Some CPU (GenuineIntel family 6 model 207), torch" in choice.describe()
+
+
 @pytest.mark.parametrize("variable", ["ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"])
 def test_a_onednn_isa_limit_without_bf16_means_no_native_bf16(monkeypatch, variable):
     monkeypatch.setattr(cpu, "_cpuinfo", lambda: {"flags": "avx512f avx512_bf16"})

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import os
 import platform
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["cpu_has_native_bf16", "machine_signature", "onednn_isa_limit"]
+__all__ = ["cpu_has_native_bf16", "cpu_label", "machine_signature", "onednn_isa_limit"]
 
 
 def _cpuinfo() -> dict[str, str]:
@@ -88,3 +89,17 @@ def machine_signature() -> dict[str, Any]:
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
     }
+
+
+def cpu_label(signature: Mapping[str, Any] | None = None) -> str:
+    """The CPU in one label for a figure's header: its name and vendor/family/model, e.g.
+    ``AMD EPYC (AuthenticAMD family 25 model 1)``. A name alone does not tell CPUs apart: a KVM
+    guest calls Zen 1, Zen 3 and Zen 4 alike "AMD EPYC".
+
+    Args:
+        signature: a :func:`machine_signature` (one recorded with a measurement); default: this
+            machine's.
+    """
+    sig = machine_signature() if signature is None else signature
+    name, cpu_id = sig.get("cpu") or "unknown CPU", sig.get("cpu_id")
+    return f"{name} ({cpu_id})" if cpu_id else str(name)

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from .checkpoint import write_json
-from .cpu import cpu_has_native_bf16, machine_signature, onednn_isa_limit
+from .cpu import cpu_has_native_bf16, cpu_label, machine_signature, onednn_isa_limit
 from .fastpath import make_train_step
 from .transposed import use_convolution_passes, use_transposed_weight_gradient
 
@@ -123,7 +123,7 @@ class StepChoice:
         where = f"cached {self.measured_at} in {self.cache}" if self.cached else "measured now"
         if self.cache and not self.cached:
             where += f", cached in {self.cache}"
-        cpu, torch_version = self.machine.get("cpu", "?"), self.machine.get("torch")
+        cpu, torch_version = cpu_label(self.machine), self.machine.get("torch")
         return (
             f"step: {'+'.join([self.chosen, *also])} ({self.reason}; s/step: {times}; {cpu}, "
             f"torch {torch_version}, {self.machine.get('threads')} threads; {where})"
