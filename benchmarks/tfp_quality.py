@@ -39,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     if not TFP_PYTHON.is_file():
         print(f"{TFP_PYTHON}: not found; create it with `python benchmarks/bench_train.py --setup-tfp`")
         return 2
+    from problayers.train.cpu import cpu_label
     from problayers.vae import data as mnist
 
     out = Path(args.out)
@@ -47,8 +48,6 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         npy = Path(tmp) / "test.npy"
         np.save(npy, test[:, 0].numpy().astype(np.uint8))
-        from problayers.train.cpu import cpu_label
-
         for seed in (int(s) for s in args.seeds.split(",")):
             cmd = [str(TFP_PYTHON), str(HERE / "tfp_train.py"), "--data-dir", args.data_dir,
                    "--test-npy", str(npy), "--epochs", str(args.epochs), "--seed", str(seed),
