@@ -1,5 +1,8 @@
 """Time of ``problayers evaluate``'s IWAE bound: ``problayers.vae.evaluation.evaluate`` with
-``iwae_samples=K`` on ``N`` test images, as the CLI calls it.
+``iwae_samples=K`` on ``N`` test images, as the CLI calls it: the same options by default
+(``problayers.vae.evalsetup.prepare_evaluation``: on a CPU the probe's precision and layout, 4
+images x 128 samples per decoder call, freed memory kept; on a GPU bf16 where it has it,
+channels_last, 100 x 500), and the CLI's ``--no-fast``, ``--precision`` and ``--channels-last``.
 
 The seed model is a fresh one (seed ``--seed``) or a trained run's (``--run-dir``): the time does
 not depend on the weights. Test images: MNIST's first ``N`` (``--data-dir``) binarized with the
@@ -13,13 +16,13 @@ with ``a + b`` measured at ``K = 1`` and ``b`` from the difference to ``K``.
 Examples::
 
     python benchmarks/bench_iwae.py --device cpu --n 100 --k 100           # CPU: extrapolated
+    python benchmarks/bench_iwae.py --device cpu --n 100 --k 100 --no-fast # fp32, NCHW
     python benchmarks/bench_iwae.py --device cuda --n 10000 --k 5000       # the GPU target, measured
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import statistics
@@ -45,17 +48,20 @@ def _test_images(args, device):
 
 
 def _model(args, device):
+    """The model and its run config (the probe's cache key), as ``problayers evaluate`` loads them."""
     import torch
 
     if args.run_dir:
         from problayers.vae.experiment import load_run
 
-        model, _, _ = load_run(args.run_dir, device=str(device))
-        return model
-    from problayers.vae.models import ModelConfig, build_model
+        model, cfg, _ = load_run(args.run_dir, device=str(device))
+        return model, cfg
+    from problayers.vae.models import build_model
+    from problayers.vae.runconfig import RunConfig
 
     torch.manual_seed(args.seed)
-    return build_model(ModelConfig()).to(device).eval()
+    cfg = RunConfig()
+    return build_model(cfg.model).to(device).eval(), cfg
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -63,9 +69,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu")
     p.add_argument("--n", type=int, default=100, help="test images (default 100)")
     p.add_argument("--k", type=int, default=200, help="IWAE samples per image (default 200)")
-    p.add_argument("--batch-size", type=int, default=100, help="evaluate's batch size (CLI default 100)")
     p.add_argument(
-        "--chunk-size", type=int, default=500, help="samples per example at once (CLI default 500)"
+        "--batch-size",
+        type=int,
+        default=None,
+        help="test images per decoder call (the CLI's: 4 on a CPU, else 100)",
+    )
+    p.add_argument(
+        "--chunk-size",
+        type=int,
+        default=None,
+        help="samples per image per call (the CLI's: 128 on a CPU, else 500)",
     )
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
@@ -74,8 +88,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--target-n", type=int, default=10000)
     p.add_argument("--target-k", type=int, default=5000)
-    p.add_argument("--bf16", action="store_true", help="experimental: fastpath.bf16_autocast around evaluate")
-    p.add_argument("--channels-last", action="store_true", help="experimental: model in channels_last")
+    p.add_argument(
+        "--fast",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="as `problayers evaluate --fast` (the default unless an option below is given); "
+        "--no-fast: fp32, NCHW",
+    )
+    p.add_argument("--precision", choices=["fp32", "bf16"], default=None, help="as `problayers evaluate`")
+    p.add_argument("--bf16", action="store_true", help="the same as --precision bf16")
+    p.add_argument("--channels-last", action="store_true", help="model in channels_last")
     p.add_argument(
         "--transposed-as-conv",
         action="store_true",
@@ -96,8 +118,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--json", dest="json_out", default=None)
     args = p.parse_args(argv)
     for name in ("n", "k", "batch_size", "chunk_size", "repeats", "threads", "target_n", "target_k"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')}: expected a positive int")
+    if args.bf16:
+        if args.precision == "fp32":
+            p.error("--bf16: expected no --precision fp32 beside it")
+        args.precision = "bf16"
     return args
 
 
@@ -107,38 +133,36 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from problayers.train.cpu import cpu_label
-    from problayers.train.fastpath import bf16_autocast
+    from problayers.vae.evalsetup import prepare_evaluation
     from problayers.vae.evaluation import evaluate
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    if device.type == "cpu" and not args.no_keep_memory:  # as `problayers evaluate` on a CPU
-        from problayers.train.allocator import retain_freed_memory
-
-        print(f"# memory: {retain_freed_memory().reason}", flush=True)
-    model = _model(args, device)
-    if args.channels_last:
-        model.to(memory_format=torch.channels_last)
+    model, cfg = _model(args, device)
+    test_x = _test_images(args, device)
+    # The CLI's choice; --transposed-as-conv, which the CLI does not offer, counts as an explicit option.
+    setup = prepare_evaluation(
+        model, cfg, test_x, fast=False if args.transposed_as_conv and args.fast is None else args.fast,
+        precision=args.precision, channels_last=args.channels_last,
+        narrow_conv_by_transposed=args.narrow_conv_by_transposed, batch_size=args.batch_size,
+        chunk_size=args.chunk_size, keep_memory=not args.no_keep_memory,
+    )  # fmt: skip
+    for line in setup.report():
+        print(f"# {line}", flush=True)
     if args.transposed_as_conv:
         from problayers.train.transposed import use_convolution_passes
 
         use_convolution_passes(model)
-    if args.narrow_conv_by_transposed:
-        from problayers.train.transposed import use_transposed_weight_gradient
-
-        use_transposed_weight_gradient(model)
-    test_x = _test_images(args, device)
 
     def run(k: int) -> tuple[float, dict[str, Any]]:
-        ctx = bf16_autocast(model) if args.bf16 else contextlib.nullcontext()
         torch.manual_seed(args.seed)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         t0 = time.perf_counter()
-        with ctx:
+        with setup.autocast(model):
             out = evaluate(
-                model.encode, model.decode, model.prior(), test_x, batch_size=args.batch_size,
-                iwae_samples=k, chunk_size=args.chunk_size,
+                model.encode, model.decode, model.prior(), test_x, batch_size=setup.batch_size,
+                iwae_samples=k, chunk_size=setup.chunk_size,
             )  # fmt: skip
         return time.perf_counter() - t0, out  # evaluate ends with a host transfer: synced
 
@@ -161,12 +185,11 @@ def main(argv: list[str] | None = None) -> int:
         "threads": torch.get_num_threads(),
         "n": args.n,
         "k": args.k,
-        "batch_size": args.batch_size,
-        "chunk_size": args.chunk_size,
-        "bf16": args.bf16,
-        "channels_last": args.channels_last,
+        **setup.options(),
+        "bf16": setup.precision == "bf16",
         "transposed_as_conv": args.transposed_as_conv,
-        "narrow_conv_by_transposed": args.narrow_conv_by_transposed,
+        "memory_kept": bool(setup.memory and setup.memory.applied),
+        "step_choice": setup.step_choice.record() if setup.step_choice else None,
         "seconds": times,
         "median_seconds": med,
         "seconds_k1": ones,
@@ -184,7 +207,11 @@ def main(argv: list[str] | None = None) -> int:
     result["target_is_extrapolated"] = not measured
     print(f"# {result['cpu']}; torch {result['torch']}, device {device}, threads {result['threads']}")
     print(f"# load average (1/5/15 min) {result['load_average']}")
-    print(f"# {result['data']}; model: {result['model']}; batch {args.batch_size}, chunk {args.chunk_size}")
+    print(
+        f"# {result['data']}; model: {result['model']}; {setup.precision}, channels_last "
+        f"{setup.channels_last}, narrow convolutions depthwise {setup.narrow_conv_by_transposed}; "
+        f"batch {setup.batch_size}, chunk {setup.chunk_size}"
+    )
     print(
         f"IWAE K={args.k} on N={args.n}: median {med:.3f} s over {args.repeats} runs "
         f"({', '.join(f'{t:.3f}' for t in times)}); K=1: {med1:.3f} s; "

@@ -41,7 +41,7 @@ for s in "$@"; do
       ;;
     iwae-probe)  # IWAE time on 500 test images, K=1000 (extrapolated to 10k x 5000), fp32 / bf16+cl
       stage iwae-probe
-      for flags in "" "--channels-last" "--bf16 --channels-last"; do
+      for flags in "--no-fast" "--channels-last" "--bf16 --channels-last"; do
         timeout 200 $PY benchmarks/bench_iwae.py --device cuda --run-dir "$RUNS/seed-gpu" \
           --data-dir "$MNIST" --n 500 --k 1000 --batch-size 100 --chunk-size 500 --repeats 1 $flags
       done

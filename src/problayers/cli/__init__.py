@@ -193,13 +193,13 @@ def _explicit(args: argparse.Namespace) -> bool:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    import contextlib
     import dataclasses
     import time
 
     import torch
 
     from ..train.checkpoint import write_json
+    from ..vae.evalsetup import prepare_evaluation
     from ..vae.evaluation import evaluate, format_table
     from ..vae.experiment import load_run, load_test_images
     from ..vae.rundir import check_output, check_writable
@@ -214,60 +214,30 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         cfg = dataclasses.replace(cfg, test_subset=args.test_subset)
     device = next(model.parameters()).device
     test_x = load_test_images(cfg, device)
-    # --fast (the default): channels_last, and bf16 on a GPU that has it (measured: the IWAE
-    # bound agreed with fp32 to 0.01 nats, 2.9x faster on an H100); on a CPU the choice a run
-    # of this model trained here measured (the probe's cache; else measured now). Explicit
-    # --precision / --channels-last replace it.
-    explicit = args.precision is not None or args.channels_last
-    fast = args.fast if args.fast is not None else not explicit
-    from ..train.allocator import retain_freed_memory
-
-    memory = retain_freed_memory() if fast and device.type == "cpu" else None
-    if memory is not None:
-        print(f"memory: {memory.reason}", flush=True)
-    step_choice, narrow = None, False
-    if fast and not explicit and device.type == "cpu":
-        from ..vae.runconfig import measure_step
-
-        probe_batch = test_x[: min(cfg.batch_size, len(test_x))]  # cached under its own size
-        probe_cfg = dataclasses.replace(cfg, batch_size=len(probe_batch))
-        choice = measure_step(probe_cfg, model, torch.optim.Adam(model.parameters(), lr=cfg.lr), probe_batch)
-        print(choice.describe().replace("step:", "evaluation step:", 1), flush=True)
-        # Not transposed_as_conv (the IWAE runs forward only, where it was slower); the narrow
-        # convolutions' depthwise forward where the step takes it (docs/benchmarks.md).
-        args.precision, args.channels_last = choice.options["precision"], choice.options["channels_last"]
-        step_choice = choice.record()
-        if choice.options["narrow_conv_by_transposed"]:
-            from ..train.transposed import use_transposed_weight_gradient
-
-            narrow = use_transposed_weight_gradient(model) > 0
-    # The decoder's calls: on a CPU 512 samples at once, whose activations glibc can reuse
-    # (docs/benchmarks.md: 1.5x faster than 50,000 at once); on a GPU large calls fill it.
-    cpu_sizes = device.type == "cpu"
-    args.batch_size = args.batch_size or (4 if cpu_sizes else 100)
-    args.chunk_size = args.chunk_size or (128 if cpu_sizes else 500)
-    bf16_ok = device.type == "cuda" and torch.cuda.is_bf16_supported()
-    args.precision = args.precision or ("bf16" if fast and bf16_ok else "fp32")
-    args.channels_last = args.channels_last or (fast and step_choice is None)
-    if args.channels_last:
-        # Module.to takes memory_format (as Tensor.to does); torch's stubs lack it
-        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    precision: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
-    if args.precision == "bf16":
-        from ..train.fastpath import bf16_autocast
-
-        precision = bf16_autocast(model)
+    # --fast (the default) or explicit --precision / --channels-last: see vae/evalsetup.py
+    setup = prepare_evaluation(
+        model,
+        cfg,
+        test_x,
+        fast=args.fast,
+        precision=args.precision,
+        channels_last=args.channels_last,
+        batch_size=args.batch_size,
+        chunk_size=args.chunk_size,
+    )
+    for line in setup.report():
+        print(line, flush=True)
     torch.manual_seed(args.seed)
     start = time.perf_counter()
-    with precision:
+    with setup.autocast(model):
         results = evaluate(
             model.encode,
             model.decode,
             model.prior(),
             test_x,
-            batch_size=args.batch_size,
+            batch_size=setup.batch_size,
             iwae_samples=args.iwae_samples,
-            chunk_size=args.chunk_size,
+            chunk_size=setup.chunk_size,
             progress=not args.no_progress,
         )
     results.update(
@@ -275,17 +245,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         weights="online" if args.online_weights or cfg.ema_decay is None else f"ema {cfg.ema_decay}",
         seed=args.seed,
         device=str(next(model.parameters()).device),
-        precision=args.precision,
-        channels_last=args.channels_last,
-        narrow_conv_by_transposed=narrow,
-        batch_size=args.batch_size,
-        chunk_size=args.chunk_size,
+        **setup.options(),
         seconds=time.perf_counter() - start,
     )
-    if memory is not None:
-        results["memory"] = memory.record()
-    if step_choice is not None:
-        results["step_choice"] = step_choice
+    if setup.memory is not None:
+        results["memory"] = setup.memory.record()
+    if setup.step_choice is not None:
+        results["step_choice"] = setup.step_choice.record()
     print(format_table(results))
     write_json(out, results)
     print(f"written {out}")
