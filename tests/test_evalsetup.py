@@ -34,8 +34,12 @@ def _no_probe(monkeypatch):
 
 
 def test_call_sizes_per_device():
-    assert default_call_sizes("cpu") == (4, 128) and default_call_sizes(torch.device("cpu")) == (4, 128)
-    assert default_call_sizes("cuda") == (100, 500) and default_call_sizes("mps") == (100, 500)
+    # on a CPU 512 latents a call in bf16, 256 in fp32: activations under glibc's mmap threshold
+    assert default_call_sizes("cpu", "bf16") == (4, 128) == default_call_sizes(torch.device("cpu"), "bf16")
+    assert default_call_sizes("cpu") == (4, 64) == default_call_sizes("cpu", "fp32")
+    assert default_call_sizes("cuda", "bf16") == (100, 500) == default_call_sizes("mps")
+    with pytest.raises(ValueError, match="precision: expected 'fp32' or 'bf16', got 'fp16'"):
+        default_call_sizes("cpu", "fp16")
 
 
 def test_no_fast_is_fp32_as_built_without_probe_or_memory(monkeypatch):
@@ -47,7 +51,7 @@ def test_no_fast_is_fp32_as_built_without_probe_or_memory(monkeypatch):
         "channels_last": False,
         "narrow_conv_by_transposed": False,
         "batch_size": 4,
-        "chunk_size": 128,
+        "chunk_size": 64,
     }
     assert setup.memory is None and setup.step_choice is None and setup.report() == []
     assert all(p.is_contiguous() for p in model.parameters())  # the layout as built
@@ -70,6 +74,9 @@ def test_explicit_options_replace_the_probe(monkeypatch):
     model = _model()
     setup = prepare_evaluation(model, CFG, X, channels_last=True)
     assert (setup.precision, setup.channels_last, setup.step_choice) == ("fp32", True, None)
+    assert (setup.batch_size, setup.chunk_size) == (4, 64)
+    setup = prepare_evaluation(_model(), CFG, X, precision="bf16")
+    assert (setup.batch_size, setup.chunk_size) == (4, 128)
     conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
 
@@ -127,7 +134,7 @@ def test_the_iwae_benchmark_times_what_the_cli_runs(tmp_path, monkeypatch, capsy
     assert bench.main(argv) == 0
     result = json.loads(out.read_text())
     assert calls[-1]["fast"] is None and calls[-1]["keep_memory"] is True  # the CLI's default choice
-    assert (result["batch_size"], result["chunk_size"]) == (4, 128)
+    assert (result["batch_size"], result["chunk_size"]) == (4, 64)  # fp32 on a CPU
     assert result["step_choice"]["chosen"] == "fp32+channels_last" and result["channels_last"] is True
     assert "# evaluation step: fp32+channels_last (" in capsys.readouterr().out
     assert bench.main([*argv, "--no-fast", "--chunk-size", "5"]) == 0
