@@ -1,9 +1,9 @@
 """Time of ``problayers evaluate``'s IWAE bound: ``problayers.vae.evaluation.evaluate`` with
 ``iwae_samples=K`` on ``N`` test images, as the CLI calls it: the same options by default
 (``problayers.vae.evalsetup.prepare_evaluation``: on a CPU the probe's precision and layout, 4
-images x 128 samples per decoder call in bf16, 4 x 64 in fp32, freed memory kept; on a GPU bf16
-where it has it, channels_last, 100 x 500), and the CLI's ``--no-fast``, ``--precision`` and
-``--channels-last``.
+images x 128 samples per decoder call (fewer where its activations are large), freed memory
+kept; on a GPU bf16 where it has it, channels_last, 100 x 500), and the CLI's ``--no-fast``,
+``--precision`` and ``--channels-last``.
 
 The seed model is a fresh one (seed ``--seed``) or a trained run's (``--run-dir``): the time does
 not depend on the weights. Test images: MNIST's first ``N`` (``--data-dir``) binarized with the
@@ -80,7 +80,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--chunk-size",
         type=int,
         default=None,
-        help="samples per image per call (the CLI's: on a CPU 128 in bf16, 64 in fp32; else 500)",
+        help="samples per image per call (the CLI's: on a CPU 128, fewer for large activations; else 500)",
     )
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads")

@@ -12,7 +12,7 @@ import torch
 
 from problayers.train.transposed import Conv2dByTransposed
 from problayers.vae import evalsetup, runconfig
-from problayers.vae.evalsetup import default_call_sizes, prepare_evaluation
+from problayers.vae.evalsetup import default_call_sizes, largest_activation_bytes, prepare_evaluation
 from problayers.vae.models import ModelConfig, build_model
 from problayers.vae.runconfig import RunConfig
 
@@ -34,12 +34,28 @@ def _no_probe(monkeypatch):
 
 
 def test_call_sizes_per_device():
-    # on a CPU 512 latents a call in bf16, 256 in fp32: activations under glibc's mmap threshold
-    assert default_call_sizes("cpu", "bf16") == (4, 128) == default_call_sizes(torch.device("cpu"), "bf16")
-    assert default_call_sizes("cpu") == (4, 64) == default_call_sizes("cpu", "fp32")
-    assert default_call_sizes("cuda", "bf16") == (100, 500) == default_call_sizes("mps")
-    with pytest.raises(ValueError, match="precision: expected 'fp32' or 'bf16', got 'fp16'"):
-        default_call_sizes("cpu", "fp16")
+    # on a CPU 512 latents a call, fewer while the largest activation of the call exceeds 32 MiB
+    assert default_call_sizes("cpu") == (4, 128) == default_call_sizes(torch.device("cpu"), 65536)
+    assert default_call_sizes("cpu", 32 * 28 * 28 * 4) == (4, 64)  # the seed decoder in fp32
+    assert default_call_sizes("cpu", 32 * 28 * 28 * 2) == (4, 128)  # ... in bf16
+    assert default_call_sizes("cpu", 10**9) == (4, 1)
+    assert default_call_sizes("cuda", 10**9) == (100, 500) == default_call_sizes("mps")
+
+
+def test_largest_activation_of_the_decoders():
+    torch.manual_seed(0)
+    seed = build_model(ModelConfig()).eval()
+    state = torch.get_rng_state()
+    assert largest_activation_bytes(seed) == 32 * 28 * 28 * 4  # the last transposed convolution's
+    assert largest_activation_bytes(seed, "bf16") == 32 * 28 * 28 * 2
+    assert torch.equal(torch.get_rng_state(), state)
+    assert not any(m._forward_hooks for m in seed.modules())  # its hooks are gone
+    mlp = build_model(ModelConfig.for_model("mlp", prior="vamp")).eval()
+    assert largest_activation_bytes(mlp) < 10_000  # the decoder's; not the prior's pseudo-inputs
+    # so the seed model in fp32 takes 256 latents a call, in bf16 512, and an MLP 512 in fp32
+    assert prepare_evaluation(seed, CFG, X, fast=False).chunk_size == 64
+    assert prepare_evaluation(seed, CFG, X, precision="bf16").chunk_size == 128
+    assert prepare_evaluation(mlp, CFG, X, fast=False).chunk_size == 128
 
 
 def test_no_fast_is_fp32_as_built_without_probe_or_memory(monkeypatch):
@@ -51,7 +67,7 @@ def test_no_fast_is_fp32_as_built_without_probe_or_memory(monkeypatch):
         "channels_last": False,
         "narrow_conv_by_transposed": False,
         "batch_size": 4,
-        "chunk_size": 64,
+        "chunk_size": 128,
     }
     assert setup.memory is None and setup.step_choice is None and setup.report() == []
     assert all(p.is_contiguous() for p in model.parameters())  # the layout as built
@@ -74,9 +90,7 @@ def test_explicit_options_replace_the_probe(monkeypatch):
     model = _model()
     setup = prepare_evaluation(model, CFG, X, channels_last=True)
     assert (setup.precision, setup.channels_last, setup.step_choice) == ("fp32", True, None)
-    assert (setup.batch_size, setup.chunk_size) == (4, 64)
-    setup = prepare_evaluation(_model(), CFG, X, precision="bf16")
-    assert (setup.batch_size, setup.chunk_size) == (4, 128)
+    assert (setup.batch_size, setup.chunk_size) == (4, 128)  # a small decoder: 512 latents a call
     conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
 

@@ -273,7 +273,8 @@ def build_parser() -> _Parser:
         "--chunk-size",
         type=_positive,
         default=None,
-        help="IWAE samples per image at once (default on a CPU 128 in bf16, 64 in fp32; else 500)",
+        help="IWAE samples per image at once (default on a CPU 128, fewer where the decoder's "
+        "activations are large; else 500)",
     )
     p.add_argument(
         "--test-subset", type=_positive, default=None, help="the first N test images (default: all)"

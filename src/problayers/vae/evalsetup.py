@@ -10,11 +10,12 @@ a timing of the benchmark is a timing of what the command runs. The choices, and
   there (the probe's cache, else a new probe of a few seconds): its precision, its layout and,
   where it took them, the narrow convolutions' depthwise forward. Not ``transposed_as_conv``:
   the IWAE runs the decoder forward only, where it was slower (docs/benchmarks.md).
-* Decoder calls: on a CPU 512 latents at once in bf16 (4 images x 128 samples), 256 in fp32 (4 x
-  64): the seed decoder's largest activation (32 x 28 x 28 per latent) then stays under glibc's
-  largest mmap threshold (32 MiB), so its memory is reused instead of mapped and page-faulted in
-  afresh for every call (1.5x faster than 100 x 500 in bf16, 1.27x faster than 4 x 128 in fp32,
-  docs/benchmarks.md); on a GPU 100 x 500, large calls that fill it.
+* Decoder calls: on a CPU 4 images x 128 samples (512 latents) at once, halved until the
+  decoder's largest activation for the call fits under glibc's largest mmap threshold (32 MiB),
+  so its memory is reused instead of mapped and page-faulted in afresh for every call: the seed
+  decoder (32 x 28 x 28 per latent) takes 512 in bf16 and 256 in fp32 (1.5x faster than 100 x
+  500 in bf16; in fp32 1.27x faster than 512, while an MLP decoder's 512 fp32 latents were
+  faster than 256: docs/benchmarks.md). On a GPU 100 x 500, large calls that fill it.
 * On a CPU with ``fast``, freed memory stays with the process (``retain_freed_memory``).
 """
 
@@ -31,19 +32,46 @@ if TYPE_CHECKING:
     from ..train.probe import StepChoice
     from .runconfig import RunConfig
 
-__all__ = ["EvalSetup", "default_call_sizes", "prepare_evaluation"]
+__all__ = ["EvalSetup", "default_call_sizes", "largest_activation_bytes", "prepare_evaluation"]
 
 PRECISIONS = ("fp32", "bf16")
 
 
-def default_call_sizes(device: torch.device | str, precision: str = "fp32") -> tuple[int, int]:
-    """``(batch_size, chunk_size)`` of the decoder calls on ``device`` in ``precision``: on a CPU
-    ``(4, 128)`` in bf16 and ``(4, 64)`` in fp32, elsewhere ``(100, 500)`` (see the module's note)."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision: expected 'fp32' or 'bf16', got {precision!r}")
+def default_call_sizes(device: torch.device | str, activation_bytes: int = 0) -> tuple[int, int]:
+    """``(batch_size, chunk_size)`` of the decoder calls on ``device``: elsewhere than on a CPU
+    ``(100, 500)``; on a CPU ``(4, 128)``, the chunk halved (to 1 at least) while ``4 * chunk``
+    latents times ``activation_bytes`` (the decoder's largest activation for one latent) exceed
+    glibc's largest mmap threshold (see the module's note)."""
     if torch.device(device).type != "cpu":
         return (100, 500)
-    return (4, 128) if precision == "bf16" else (4, 64)
+    from ..train.allocator import MMAP_THRESHOLD
+
+    chunk = 128
+    while chunk > 1 and 4 * chunk * activation_bytes > MMAP_THRESHOLD:
+        chunk //= 2
+    return (4, chunk)
+
+
+def largest_activation_bytes(model: torch.nn.Module, precision: str = "fp32") -> int:
+    """Bytes of the largest tensor a submodule of ``model`` returns while ``model.decode`` decodes
+    one latent (zeros of the prior's ``event_shape``) in ``precision``; the RNG is left as it was."""
+    sizes = [0]
+
+    def record(module: torch.nn.Module, args: Any, out: Any) -> None:
+        if isinstance(out, torch.Tensor):
+            sizes.append(out.numel() * out.element_size())
+
+    setup = EvalSetup(precision, False, False, 1, 1)
+    with torch.random.fork_rng(devices=[]), torch.no_grad(), setup.autocast(model):
+        prior = model.prior()  # type: ignore[operator]  # (evaluate builds it once, not per call)
+        z = torch.zeros((1, *prior.event_shape), device=next(model.parameters()).device)  # (1, D)
+        handles = [m.register_forward_hook(record) for m in model.modules()]
+        try:
+            model.decode(z)  # type: ignore[operator]
+        finally:
+            for handle in handles:
+                handle.remove()
+    return max(sizes)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,7 +186,9 @@ def prepare_evaluation(
     if channels_last:
         # Module.to takes memory_format (as Tensor.to does); torch's stubs lack it
         model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    default_batch, default_chunk = default_call_sizes(device, precision)
+    default_batch, default_chunk = default_call_sizes(device)
+    if device.type == "cpu" and (batch_size is None or chunk_size is None):
+        default_batch, default_chunk = default_call_sizes(device, largest_activation_bytes(model, precision))
     return EvalSetup(
         precision=precision,
         channels_last=bool(channels_last),
