@@ -148,7 +148,8 @@ def prepare_evaluation(
         channels_last: NHWC convolutions (also where ``fast`` would not choose them).
         narrow_conv_by_transposed: the decoder's narrow convolutions as depthwise + channel sum.
         batch_size, chunk_size: test images and samples per image per decoder call; ``None``:
-            :func:`default_call_sizes` of the device.
+            :func:`default_call_sizes` of the device (on a CPU for the decoder's
+            :func:`largest_activation_bytes` in the chosen precision).
         keep_memory: on a CPU keep freed memory in the process; ``None``: where ``fast``.
 
     Returns:
