@@ -52,6 +52,15 @@ def default_call_sizes(device: torch.device | str, activation_bytes: int = 0) ->
     return (4, chunk)
 
 
+def _precision(model: torch.nn.Module, precision: str) -> contextlib.AbstractContextManager[Any]:
+    """bf16 autocast on ``model``'s device where ``precision`` is bf16, else nothing."""
+    if precision != "bf16":
+        return contextlib.nullcontext()
+    from ..train.fastpath import bf16_autocast
+
+    return bf16_autocast(model)
+
+
 def largest_activation_bytes(model: torch.nn.Module, precision: str = "fp32") -> int:
     """Bytes of the largest tensor a submodule of ``model`` returns while ``model.decode`` decodes
     one latent (zeros of the prior's ``event_shape``) in ``precision``; the RNG is left as it was."""
@@ -61,8 +70,7 @@ def largest_activation_bytes(model: torch.nn.Module, precision: str = "fp32") ->
         if isinstance(out, torch.Tensor):
             sizes.append(out.numel() * out.element_size())
 
-    setup = EvalSetup(precision, False, False, 1, 1)
-    with torch.random.fork_rng(devices=[]), torch.no_grad(), setup.autocast(model):
+    with torch.random.fork_rng(devices=[]), torch.no_grad(), _precision(model, precision):
         prior = model.prior()  # type: ignore[operator]  # (evaluate builds it once, not per call)
         z = torch.zeros((1, *prior.event_shape), device=next(model.parameters()).device)  # (1, D)
         handles = [m.register_forward_hook(record) for m in model.modules()]
@@ -93,11 +101,7 @@ class EvalSetup:
 
     def autocast(self, model: torch.nn.Module) -> contextlib.AbstractContextManager[Any]:
         """bf16 autocast on ``model``'s device where ``precision`` is bf16, else nothing."""
-        if self.precision != "bf16":
-            return contextlib.nullcontext()
-        from ..train.fastpath import bf16_autocast
-
-        return bf16_autocast(model)
+        return _precision(model, self.precision)
 
     def options(self) -> dict[str, Any]:
         """The options as JSON fields (what ``eval.json`` records next to the results)."""
@@ -187,9 +191,9 @@ def prepare_evaluation(
     if channels_last:
         # Module.to takes memory_format (as Tensor.to does); torch's stubs lack it
         model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    default_batch, default_chunk = default_call_sizes(device)
-    if device.type == "cpu" and (batch_size is None or chunk_size is None):
-        default_batch, default_chunk = default_call_sizes(device, largest_activation_bytes(model, precision))
+    sized = cpu and (batch_size is None or chunk_size is None)
+    activation = largest_activation_bytes(model, precision) if sized else 0
+    default_batch, default_chunk = default_call_sizes(device, activation)
     return EvalSetup(
         precision=precision,
         channels_last=bool(channels_last),
