@@ -116,6 +116,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="CPU: let glibc give freed blocks back (evaluate keeps them by default since 2026-12-05)",
     )
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="also print torch.profiler's operators of one more timed run (by self CPU time)",
+    )
     p.add_argument("--json", dest="json_out", default=None)
     args = p.parse_args(argv)
     for name in ("n", "k", "batch_size", "chunk_size", "repeats", "threads", "target_n", "target_k"):
@@ -174,6 +179,15 @@ def main(argv: list[str] | None = None) -> int:
         times.append(seconds)
         if args.k > 1:
             ones.append(run(1)[0])
+    profile_table = None
+    if args.profile:  # one more run, apart from the timed ones (the profiler slows what it sees)
+        from torch.profiler import ProfilerActivity, profile
+
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        with profile(activities=activities) as prof:
+            run(args.k)
+        sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+        profile_table = prof.key_averages().table(sort_by=sort, row_limit=15, max_name_column_width=40)
     med = statistics.median(times)
     med1 = statistics.median(ones) if ones else med
     per_sample_us = (med - med1) / (args.n * (args.k - 1)) * 1e6 if args.k > 1 else float("nan")
@@ -197,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         "us_per_image_sample": per_sample_us,
         "us_per_image_fixed": per_image_us,
         "iwae_nll": out["iwae_nll"],
+        "profile": profile_table,
         "neg_elbo": out["neg_elbo"],
         "load_average": os.getloadavg(),
         "data": f"MNIST test images from {args.data_dir}" if args.data_dir else "synthetic test images",
@@ -219,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{per_sample_us:.1f} us per image-sample + {per_image_us:.1f} us per image; "
         f"IWAE NLL {out['iwae_nll']:.2f} nats, -ELBO {out['neg_elbo']:.2f}"
     )
+    if profile_table:
+        print(f"# torch.profiler, one more run of K={args.k} on N={args.n}:\n{profile_table}")
     label = "measured" if measured else "EXTRAPOLATED as N * (a + b * K) from the measurements above"
     print(f"N={args.target_n}, K={args.target_k}: {result['target_seconds']:.1f} s ({label})")
     if args.json_out:

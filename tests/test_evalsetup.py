@@ -155,3 +155,9 @@ def test_the_iwae_benchmark_times_what_the_cli_runs(tmp_path, monkeypatch, capsy
     result = json.loads(out.read_text())
     assert (result["precision"], result["channels_last"], result["step_choice"]) == ("fp32", False, None)
     assert (result["batch_size"], result["chunk_size"]) == (4, 5)
+    assert result["profile"] is None
+    capsys.readouterr()
+    assert bench.main([*argv, "--no-fast", "--profile"]) == 0  # the operators of one more run
+    table = json.loads(out.read_text())["profile"]
+    assert "aten::" in table and "Self CPU" in table
+    assert f"# torch.profiler, one more run of K=2 on N=2:\n{table}" in capsys.readouterr().out
