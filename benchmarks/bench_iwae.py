@@ -18,6 +18,7 @@ Examples::
 
     python benchmarks/bench_iwae.py --device cpu --n 100 --k 100           # CPU: extrapolated
     python benchmarks/bench_iwae.py --device cpu --n 100 --k 100 --no-fast # fp32, NCHW
+    python benchmarks/bench_iwae.py --device cpu --n 100 --k 1000 --profile # where the time goes
     python benchmarks/bench_iwae.py --device cuda --n 10000 --k 5000       # the GPU target, measured
 """
 
@@ -119,7 +120,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--profile",
         action="store_true",
-        help="also print torch.profiler's operators of one more timed run (by self CPU time)",
+        help="also print torch.profiler's operators of one more run, not timed (by self time)",
     )
     p.add_argument("--json", dest="json_out", default=None)
     args = p.parse_args(argv)
