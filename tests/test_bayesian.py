@@ -117,6 +117,28 @@ def test_inplace_top_level_skip_subclasses_dtype_and_mode():
     assert pl.to_bayesian(pl.WeightNorm(nn.Linear(3, 4)), inplace=True).layer.bias is not None
 
 
+def test_a_module_under_two_names_of_one_parent_is_one_twin():
+    """A layer applied twice (``nn.Sequential(lin, act, lin)``) or tied under two attribute names
+    is converted at every name, to one twin: the network stays tied and wholly Bayesian."""
+    lin = nn.Linear(2, 2)
+    bnn = pl.to_bayesian(nn.Sequential(lin, nn.ReLU(), lin))
+    assert isinstance(bnn[0], pl.DenseReparameterization) and bnn[2] is bnn[0]
+    tied = nn.Module()
+    tied.enc = nn.Linear(2, 2)
+    tied.dec = tied.enc
+    converted = pl.to_bayesian(tied)
+    assert isinstance(converted.enc, pl.DenseReparameterization) and converted.dec is converted.enc
+    # skipped under either of its names, or a parent's: kept at every name (still one module)
+    for name in ("0", "2"):
+        lin = nn.Linear(2, 2)
+        kept = pl.to_bayesian(nn.Sequential(lin, nn.ReLU(), lin), skip=[name])
+        assert type(kept[0]) is nn.Linear and kept[2] is kept[0]
+    lin = nn.Linear(2, 2)
+    kept = pl.to_bayesian(nn.Sequential(nn.Sequential(lin), lin, nn.Linear(2, 2)), skip=["0"])
+    assert type(kept[1]) is nn.Linear and kept[1] is kept[0][0]
+    assert isinstance(kept[2], pl.DenseReparameterization)
+
+
 @pytest.mark.parametrize(
     "kwargs,error,argument",
     [

@@ -152,7 +152,8 @@ def to_bayesian(
     bias and a scale of ``init_scale``: at ``init_scale -> 0`` the converted network computes
     what the original did. Subclasses (e.g. ``nn.MultiheadAttention``'s ``out_proj``, lazy or
     parametrized modules) and the layers in a :class:`~problayers.WeightNorm` are left as they
-    are; a module shared by several parents stays shared.
+    are; a shared module (under several parents or names) stays shared, and is kept as it is
+    wherever one of its names is in ``skip``.
     The twins are on the module's device and dtype and in its train/eval mode.
 
     Differences from Bayesian-Torch's ``dnn_to_bnn``: the initial posterior scale is
@@ -210,8 +211,7 @@ def to_bayesian(
     if isinstance(skip, str):
         raise TypeError("skip: expected an iterable of module names, got a str")
     skip = set(skip)
-    names = {name for name, _ in model.named_modules()}
-    unknown = sorted(skip - names)
+    unknown = sorted(skip - {name for name, _ in model.named_modules(remove_duplicate=False)})
     if unknown:
         raise ValueError(f"skip: no module named {unknown[0]!r} in the model")
     weights = {
@@ -227,7 +227,7 @@ def to_bayesian(
 
     def convert(module: nn.Module, name: str) -> nn.Module | None:
         twins = _TWINS.get(type(module))
-        if twins is None or name in skip:
+        if twins is None or id(module) in kept:
             return None
         if id(module) not in converted:
             layer = cast("nn.Linear | _ConvNd", module)  # a key of _TWINS
@@ -235,9 +235,11 @@ def to_bayesian(
         return converted[id(module)]
 
     def walk(module: nn.Module, prefix: str) -> None:
-        for child_name, child in list(module.named_children()):
+        # ``_modules``, not ``named_children()``: a module under two names of one parent (a tied
+        # layer, ``nn.Sequential(lin, act, lin)``) is converted at both.
+        for child_name, child in list(module._modules.items()):
             name = f"{prefix}{child_name}"
-            if name in skip or isinstance(child, WeightNorm):
+            if child is None or id(child) in kept or isinstance(child, WeightNorm):
                 continue
             twin = convert(child, name)
             if twin is not None:
@@ -247,6 +249,9 @@ def to_bayesian(
 
     if not inplace:
         model = copy.deepcopy(model)
+    # A shared module is one module: kept wherever one of its names (or a parent's) is skipped.
+    every = model.named_modules(remove_duplicate=False)  # a shared module under each of its names
+    kept = {id(sub) for name, m in every if name in skip for sub in m.modules()}
     top = convert(model, "")
     if top is not None:
         return top
