@@ -191,6 +191,20 @@ def test_export_needs_the_first_forward_done():
     torch.testing.assert_close(program.module()(y), layer(y))
 
 
+def test_pl_export_refuses_an_uninitialized_weight_norm_and_leaves_the_model_as_it_was():
+    """The export's example input must not become the data-dependent initialization (an
+    all-zeros example would set g to 1e5 in the user's own model)."""
+    decoder = nn.Sequential(pl.WeightNorm(nn.Linear(2, 6)), pl.IndependentBernoulli(6))
+    g = decoder[0].g.detach().clone()
+    with pytest.raises(RuntimeError, match=r"^WeightNorm '0': run one forward .* before exporting$"):
+        pl.export(decoder, (torch.zeros(4, 2),))
+    assert not decoder[0]._ready and torch.equal(decoder[0].g, g)
+    z = torch.randn(8, 2)
+    decoder(z)  # the initialization, on real data
+    exported = pl.export(decoder, (torch.zeros(4, 2),))
+    torch.testing.assert_close(exported(z).logits, decoder(z).logits)
+
+
 @pytest.mark.parametrize(
     "make,x",
     [

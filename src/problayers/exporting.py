@@ -28,6 +28,7 @@ from torch import nn
 
 from .coercible import as_coercible
 from .layers.base import DistributionLambda
+from .layers.weight_norm import require_initialized
 from .losses import added_losses_skipped
 
 __all__ = ["DistributionParams", "ExportedDistribution", "export"]
@@ -133,6 +134,7 @@ class DistributionParams(nn.Module):
         if not isinstance(module, nn.Module):
             raise TypeError(f"module: expected an nn.Module, got {type(module).__name__}")
         self.module = module
+        require_initialized(module)  # the example's forward must not be a WeightNorm's first
         with torch.no_grad(), added_losses_skipped(), _Calls(module) as recorder:
             out = module(*example_args, **example_kwargs)
             leaves: list[torch.Tensor] = []

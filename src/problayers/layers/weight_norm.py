@@ -128,7 +128,7 @@ class WeightNorm(nn.Module):
         x = tensor_input("WeightNorm", x)
         if not self._ready:
             if torch.compiler.is_exporting() or torch.jit.is_tracing():  # it would init at every call
-                raise RuntimeError("WeightNorm: run one forward (its initialization) before exporting")
+                raise RuntimeError(_not_initialized(""))
             if not isinstance(self.g, nn.Parameter):  # the caller's tensors (torch.func)
                 raise RuntimeError(
                     "WeightNorm: the first call initializes the module's own g and bias in place; "
@@ -195,3 +195,17 @@ class WeightNorm(nn.Module):
 
     def extra_repr(self) -> str:
         return f"data_init={self.data_init}, initialized={self._ready}"
+
+
+def _not_initialized(name: str) -> str:
+    where = f" {name!r}" if name else ""
+    return f"WeightNorm{where}: run one forward (its initialization) before exporting"
+
+
+def require_initialized(module: nn.Module) -> None:
+    """A one-line ``RuntimeError`` naming the first :class:`WeightNorm` of ``module`` that has not
+    run its first forward: an export's example input would otherwise be its data-dependent
+    initialization, and change the user's model."""
+    for name, sub in module.named_modules():
+        if isinstance(sub, WeightNorm) and not sub._ready:
+            raise RuntimeError(_not_initialized(name))
