@@ -297,10 +297,27 @@ def test_mode_of_a_bernoulli_at_one_half_is_tfps_zero(made_from):
     assert torch.isnan(layer(logits).mode[0, 1])  # the distribution's own .mode stays torch's
 
 
-def test_a_convert_fn_torch_does_not_implement_names_itself():
-    out = pl.MixtureNormal(2, convert_to_tensor_fn="mode")(torch.zeros(3, pl.MixtureNormal.params_size(2)))
-    with pytest.raises(NotImplementedError, match="convert_to_tensor_fn='mode': torch's MixtureSameFamily"):
+def test_a_convert_fn_torch_does_not_implement_names_itself_and_only_choices_that_work():
+    params = torch.zeros(3, pl.MixtureNormal.params_size(2))
+    out = pl.MixtureNormal(2, convert_to_tensor_fn="mode")(params)
+    with pytest.raises(NotImplementedError) as info:
         out + 1
+    assert str(info.value) == (  # no rsample, no mode for a mixture; not torch's internal class name
+        "convert_to_tensor_fn='mode': torch's MixtureSameFamily does not implement it; "
+        "use 'auto', 'sample', 'mean' or a callable"
+    )
+    with pytest.raises(
+        ValueError, match=r"has no reparameterized sampler .*; use 'auto', 'sample', 'mean' or"
+    ):
+        pl.MixtureNormal(2, convert_to_tensor_fn="rsample")(params)
+    base = D.Independent(D.Normal(torch.zeros(4, 3), 1.0), 1)
+    flow = pl.AutoregressiveTransform(pl.AutoregressiveNetwork(2, 3), convert_to_tensor_fn="mean")
+    with pytest.raises(NotImplementedError) as info:
+        flow(base) * 1
+    assert str(info.value) == (  # torch's TransformedDistribution has no mean (and says nothing)
+        "convert_to_tensor_fn='mean': torch's TransformedDistribution does not implement it; "
+        "use 'auto', 'sample', 'rsample' or a callable"
+    )
 
 
 def test_value_read_under_no_grad_is_detached():

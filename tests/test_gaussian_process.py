@@ -155,12 +155,22 @@ def test_fit_a_sine():
         ({"jitter": -1e-6}, ValueError, "jitter"),
         ({"kl_weight": -1.0}, ValueError, "kl_weight"),
         ({"convert_to_tensor_fn": 3}, TypeError, "convert_to_tensor_fn"),
+        ({"convert_to_tensor_fn": "samples"}, ValueError, "convert_to_tensor_fn"),
     ],
 )
 def test_bad_arguments_are_named(kwargs, error, argument):
     args = {"input_dim": 2, "num_inducing_points": 4, **kwargs}
     with pytest.raises(error, match=argument):
         pl.VariationalGaussianProcess(**args)
+
+
+@pytest.mark.parametrize("joint", [False, True])
+def test_a_mean_fn_of_the_wrong_shape_is_named(joint):
+    """``nn.Linear(d, 1)`` gives ``(N, 1)``, which would broadcast against the ``(M,)`` inducing
+    values into ``(N, M)``: refused in one line, with the shape expected."""
+    gp = pl.VariationalGaussianProcess(2, 4, mean_fn=nn.Linear(2, 1), joint=joint)
+    with pytest.raises(ValueError, match=r"^mean_fn: expected a tensor of shape \(4,\), got \(4, 1\)$"):
+        gp(torch.zeros(5, 2))
 
 
 @pytest.mark.parametrize(

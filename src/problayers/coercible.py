@@ -134,7 +134,7 @@ class TensorCoercible(_MixinBase):
                 with torch.autocast(device_type, enabled=False):
                     value = self._tc_fn(self)
         except NotImplementedError as exc:  # e.g. a mixture's mode: name the choice that asked
-            raise unsupported(self._tc_name or self._tc_fn, self._tc_base, exc) from exc
+            raise unsupported(self._tc_name or self._tc_fn, self._tc_base, self.has_rsample, exc) from exc
         finally:
             self._tc_busy = False
         if isinstance(value, TensorCoercible):

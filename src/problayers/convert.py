@@ -109,9 +109,19 @@ def resolve_convert_fn(fn: ConvertFn, base: type, has_rsample: bool) -> Callable
     if fn == "rsample" and not has_rsample:
         raise ValueError(
             f"convert_to_tensor_fn='rsample': {base.__name__} has no reparameterized "
-            "sampler (has_rsample is False); use 'auto', 'sample', 'mean', 'mode' or a callable"
+            f"sampler (has_rsample is False); use {_alternatives(fn, base, has_rsample)}"
         )
     return CONVERT_TO_TENSOR_FNS[fn]
+
+
+def _alternatives(fn: ConvertFn, base: type, has_rsample: bool) -> str:
+    """The names other than ``fn`` that the class ``base`` supports, as a message's choice:
+    ``rsample`` where it has one, ``mean``/``mode`` where it overrides ``Distribution``'s (which
+    raise); a wrapper such as ``Independent`` is taken at its word."""
+    names = ["auto", "sample"] + (["rsample"] if has_rsample else [])
+    names += [n for n in ("mean", "mode") if getattr(base, n, None) is not getattr(D.Distribution, n)]
+    quoted = [repr(n) for n in names if n != fn]
+    return ", ".join(quoted) + " or a callable"
 
 
 def scalars_like(tensors: tuple) -> tuple:
@@ -137,11 +147,14 @@ def scalars_like(tensors: tuple) -> tuple:
     return tuple(out)
 
 
-def unsupported(fn: ConvertFn, base: type, exc: NotImplementedError) -> NotImplementedError:
+def unsupported(
+    fn: ConvertFn, base: type, has_rsample: bool, exc: NotImplementedError
+) -> NotImplementedError:
     """The error of a ``convert_to_tensor_fn`` the distribution class ``base`` does not
     implement in torch (a mixture's ``mode``), naming the choice and what to choose instead."""
     how = repr(fn) if isinstance(fn, str) else getattr(fn, "__name__", "a callable")
+    why = f" ({exc})" if str(exc) and "does not implement" not in str(exc) else ""  # not torch's own
     return NotImplementedError(
-        f"convert_to_tensor_fn={how}: torch's {base.__name__} does not implement it ({exc}); "
-        "choose another, e.g. 'sample' or 'mean'"
+        f"convert_to_tensor_fn={how}: torch's {base.__name__} does not implement it{why}; "
+        f"use {_alternatives(fn, base, has_rsample)}"
     )

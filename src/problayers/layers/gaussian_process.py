@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..coercible import as_coercible
+from ..convert import check_convert_fn
 from ..kl import mvn_kl
 from ..losses import added_losses_enabled, init_added_losses, set_added_loss
 from ._args import non_negative_number, positive_int
@@ -165,7 +166,7 @@ class VariationalGaussianProcess(nn.Module):
             raise TypeError(
                 f"convert_to_tensor_fn: expected a name or a callable, got {convert_to_tensor_fn!r}"
             )
-        self.convert_to_tensor_fn = convert_to_tensor_fn
+        self.convert_to_tensor_fn = check_convert_fn(convert_to_tensor_fn)  # a name: a known one
 
     # -- parameters ------------------------------------------------------------------------------
     @property
@@ -196,7 +197,11 @@ class VariationalGaussianProcess(nn.Module):
     def mean(self, x: torch.Tensor) -> torch.Tensor:
         """The prior mean function at ``x``: ``(N, d) -> (N,)``."""
         if self.mean_fn is not None:
-            return self.mean_fn(x)
+            mean = self.mean_fn(x)
+            if not isinstance(mean, torch.Tensor) or mean.shape != x.shape[:1]:
+                got = tuple(mean.shape) if isinstance(mean, torch.Tensor) else type(mean).__name__
+                raise ValueError(f"mean_fn: expected a tensor of shape {tuple(x.shape[:1])}, got {got}")
+            return mean
         if self.mean_constant is not None:
             return self.mean_constant.expand(x.shape[0])
         return x.new_zeros(x.shape[0])
