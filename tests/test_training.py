@@ -271,6 +271,18 @@ def test_empty_epoch_is_an_error():
         fit(model, [], nll, torch.optim.SGD(model.parameters(), 0.1))
 
 
+def test_a_generator_for_several_epochs_is_refused_before_training():
+    """A generator is used up by the first epoch: the second would have no batch."""
+    model = make_model()
+    before = [p.detach().clone() for p in model.parameters()]
+    data = (batch for batch in regression_data())
+    with pytest.raises(ValueError, match=r"^data: expected a re-iterable .* for 2 epochs, got a generator"):
+        fit(model, data, nll, torch.optim.SGD(model.parameters(), 0.1), epochs=2)
+    assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before, strict=True))
+    history = fit(model, iter(regression_data()), nll, torch.optim.Adam(model.parameters(), 0.05))
+    assert len(history) == 1  # one epoch: an iterator is fine
+
+
 def test_non_finite_loss_in_the_first_epoch_says_no_checkpoint(tmp_path):
     def nan_loss(m, batch):
         return nll(m, batch) * float("nan")

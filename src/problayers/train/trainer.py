@@ -24,7 +24,7 @@ import contextlib
 import json
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence, Sized
+from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -257,7 +257,7 @@ class Trainer:
                     bar.set_postfix({k: f"{v:.2f}" for k, v in means.items()})
                 logged = self._log_window(first, steps, means, logged)
         if steps == 0:
-            raise ValueError(f"batches({epoch}) yielded no batch")
+            raise ValueError(f"batches({epoch}) yielded no batch (epoch {epoch + 1}: no data)")
         means, images = self._means(sums, steps, epoch, images)  # one sync per epoch at least
         seconds = time.perf_counter() - start
         if steps > logged[0]:  # the epoch's last steps
@@ -382,12 +382,18 @@ def fit(
     progress: bool = False,
     evaluate: Callable[[nn.Module, int], dict[str, float]] | None = None,
 ) -> list[dict[str, Any]]:
-    """Train like any model: ``epochs`` passes over ``data`` (re-iterable: a list, a DataLoader).
+    """Train like any model: ``epochs`` passes over ``data`` (re-iterable: a list, a DataLoader;
+    a generator or other iterator only with ``epochs=1``).
 
     ``loss_fn(model, batch)`` returns the loss (e.g. ``-model(x).log_prob(x).mean() +
     pl.collect_losses(model, clear=True)``) or ``(loss, metrics)``. Returns one dict per epoch.
     """
     config = TrainerConfig(epochs=epochs, progress=progress)
+    if epochs > 1 and isinstance(data, Iterator):  # iter(data) is data: used up after one epoch
+        raise ValueError(
+            f"data: expected a re-iterable (a list, a DataLoader) for {epochs} epochs, "
+            f"got a {type(data).__name__}, which one epoch uses up"
+        )
     return Trainer(
         model, optimizer, loss_fn, lambda epoch: data, config, evaluate=evaluate, log=lambda msg: None
     ).fit()
