@@ -140,6 +140,39 @@ def test_evaluate(run_dir, tmp_path, capsys):
     assert results["iwae_nll"] <= results["neg_elbo"] + 5.0  # IWAE is the tighter bound (MC noise aside)
 
 
+def test_evaluate_takes_every_test_image_unless_told_not_to_whatever_the_run_used(tmp_path, capsys):
+    """A run's --test-subset speeds up its epochs' reports; its evaluation is of the whole test set."""
+    out = tmp_path / "run"
+    argv = ["train", "--out", str(out), "--epochs", "1", "--synthetic", "64", "--test-subset", "16", *TINY]
+    assert main(argv) == 0
+    assert (
+        main(
+            ["evaluate", str(out), "--iwae-samples", "0", "--no-progress", "--out", str(tmp_path / "a.json")]
+        )
+        == 0
+    )
+    assert json.loads((tmp_path / "a.json").read_text())["num_examples"] == 64
+    argv = ["evaluate", str(out), "--iwae-samples", "0", "--no-progress", "--test-subset", "8"]
+    assert main([*argv, "--out", str(tmp_path / "b.json")]) == 0
+    assert json.loads((tmp_path / "b.json").read_text())["num_examples"] == 8
+
+
+def test_a_refused_run_leaves_no_directory_it_made(tmp_path, capsys):
+    """``--out new/run`` with data that is refused: neither ``run`` nor ``new`` is left behind."""
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--out", str(tmp_path / "new" / "run"), "--data-dir", str(tmp_path / "empty"), *TINY])
+    assert exc.value.code == 2 and "problayers: error:" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]
+
+
+def test_the_parsers_epoch_limit_is_the_run_configs():
+    from problayers.cli import parser
+    from problayers.vae import runconfig
+
+    assert parser.MAX_EPOCHS == runconfig.MAX_EPOCHS
+
+
 def test_evaluate_bf16_channels_last(run_dir, tmp_path, capsys):
     out = tmp_path / "eval.json"
     argv = ["evaluate", str(run_dir), "--iwae-samples", "4", "--test-subset", "10", "--no-progress"]
@@ -231,6 +264,13 @@ def test_weight_averaging_flags(tmp_path):
         (["evaluate", "RUN", "--test-subset", "100000"], "--test-subset: expected at most the"),
         (["sample", "RUN", "--n", "100000", "--out", "{tmp}/s"], "--n: expected at most the"),
         (["train", "--synthetic", "8", "--out", ""], "--out: expected a directory, got an empty path"),
+        # an empty path (an unset shell variable) is not taken for the option's absence
+        (["train", "--resume", ""], "argument --resume: expected a directory, got an empty path"),
+        (["evaluate", "RUN", "--data-dir", ""], "argument --data-dir: expected a directory, got an empty"),
+        (
+            ["train", "--epochs", "100001", "--out", "{tmp}/x"],
+            "argument --epochs: expected an integer <= 100000",
+        ),
         (["train", "--synthetic", "8", "--out", "/dev/null"], "got an existing file"),
         (["train", "--synthetic", "8", "--out", "{tmp}/f/sub"], "a parent is a file"),
         (["train", "--device", "meta", "--synthetic", "8", "--out", "{tmp}/x"], "device"),
@@ -494,7 +534,22 @@ def test_train_step_line_without_a_probe(tmp_path, capsys, flags, line):
             ["--model", "mlp", "--num-samples", "5"],
             "problayers: error: --num-samples 5: needs objective 'iwae'",
         ),
-        (["--model", "mpl"], "problayers: error: model name: expected one of"),  # not an option
+        (["--model", "mpl"], "problayers: error: --model: expected a registered model (hvae, mlp"),
+        (
+            ["--model", "mlp", "--prior", "vamp", "--posterior", "iaf"],
+            "problayers: error: --prior/--posterior:",
+        ),
+        (["--model", "mlp", "--free-bits", "1e38"], "problayers: error: --free-bits: expected nats per"),
+        # options the config does not use are refused at their default values too
+        (["--model", "mlp", "--flow-steps", "2"], "problayers: error: --flow-steps 2: only posterior 'iaf'"),
+        (
+            ["--model", "seed", "--hidden-size", "300"],
+            "problayers: error: --hidden-size 300: the 'seed' model",
+        ),
+        (
+            ["--model", "hvae", "--posterior", "gaussian"],
+            "problayers: error: --posterior 'gaussian': the 'hvae'",
+        ),
     ],
 )
 def test_errors_name_the_option_as_typed(tmp_path, capsys, argv, line):

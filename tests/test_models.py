@@ -50,7 +50,7 @@ def test_options_change_the_architecture():
 @pytest.mark.parametrize(
     "kwargs,match",
     [
-        ({"name": "nope"}, "model name"),
+        ({"name": "nope"}, "name: expected a registered model"),
         ({"latent_size": 0}, "latent_size"),
         ({"base_depth": 2.5}, "base_depth"),
         ({"beta": -1.0}, "beta"),
@@ -81,7 +81,7 @@ def test_registry():
     finally:
         for table in (MODELS, registry.MODEL_DEFAULTS, registry.MODEL_FIELDS):
             table.pop("returns-none")
-    with pytest.raises(ValueError, match=r"got 'mine' \(a registered model: import its module first\)"):
+    with pytest.raises(ValueError, match=r"got 'mine' \(a model of your own: import its module first\)"):
         ModelConfig(name="mine")
 
 

@@ -71,6 +71,14 @@ def test_free_bits_floor_is_warmed_up_with_the_kl():
     assert terms == pytest.approx([0.0, 50.0, 100.0], abs=1e-4)  # floor: 100 nats x 2 latents
 
 
+def test_a_floor_beyond_float32_makes_an_infinite_loss_not_an_error():
+    """beta * free_bits * D above float32's range: the floor is float32's largest number (the
+    trainer's non-finite check reports the sums), not torch's conversion error from the clamp."""
+    model = _toy_vae(ELBO(beta=1e36, free_bits=1e4))
+    loss, _ = model(torch.randn(8, 3), loss=True)
+    assert float(loss.detach()) == pytest.approx(torch.finfo(torch.float32).max, rel=1e-6)
+
+
 def test_seed_free_bits_floor_is_scaled_by_the_regularizers_weight():
     torch.manual_seed(0)
     model = build_model(ModelConfig(beta=0.5, free_bits=100.0))  # beta: the KL regularizer's weight

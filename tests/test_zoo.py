@@ -143,7 +143,7 @@ def test_the_seed_is_unchanged_by_the_zoo():
         (
             "mlp",
             {"objective": "iwae", "num_samples": 2, "free_bits": 1.0},
-            "free_bits applies to the 'elbo' objective",
+            "free_bits=1.0: only the 'elbo' objective uses it, not 'iwae'",
         ),
         ("mlp", {"prior": "vamp", "posterior": "iaf"}, "VampPrior mixes Gaussian posteriors only"),
         ("mlp", {"prior": "flow"}, "prior: expected one of ['normal', 'mog', 'vamp']"),
@@ -151,7 +151,18 @@ def test_the_seed_is_unchanged_by_the_zoo():
         ("mlp", {"kl_warmup_steps": 2**64}, "kl_warmup_steps: expected an int in 0.."),
         ("mlp", {"beta": float("nan")}, "beta: expected a finite number >= 0, got nan"),
         ("mlp", {"exact_kl": "yes"}, "exact_kl: expected true or false, got 'yes'"),
-        ("nope", {}, "model name: expected one of"),
+        ("nope", {}, "name: expected a registered model (hvae, mlp, resnet, seed), got 'nope'"),
+        (
+            "mlp",
+            {"free_bits": 1e38},
+            "free_bits: expected nats per latent dimension in [0, 10000], got 1e+38",
+        ),
+        (
+            "mlp",
+            {"flow_steps": 2},
+            "flow_steps=2: only posterior 'iaf' uses it",
+        ),  # given: refused at its default
+        ("seed", {"prior_components": 500}, "prior_components=500: the 'seed' model does not use it"),
         ("mpl", {}, "got 'mpl' (did you mean 'mlp'?)"),
         ("MLP", {}, "got 'MLP' (did you mean 'mlp'?)"),
         ("mlp", {"objective": "iwae"}, "num_samples: objective 'iwae' needs K >= 2 samples"),
@@ -168,7 +179,7 @@ def test_bad_zoo_configs_are_refused_naming_the_field(name, options, match):
 def test_vamp_prior_refuses_an_encoder_with_batch_norm():
     """The pseudo-inputs are encoded as a batch of their own: BatchNorm (the resnet's) would give
     them another q than the data's and mix their statistics into the running ones."""
-    with pytest.raises(ValueError, match="prior 'vamp': the encoder has BatchNorm"):
+    with pytest.raises(ValueError, match="prior='vamp': the encoder has BatchNorm"):
         build_model(ModelConfig.for_model("resnet", prior="vamp", base_depth=4, prior_components=4))
     encoder = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 4), pl.IndependentNormal(2))
     assert VampPrior(encoder, 3, (4,))().batch_shape == ()  # without BatchNorm: the mixture

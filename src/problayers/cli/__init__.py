@@ -51,7 +51,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         with distributed.launch() as dist:
             rank = 0 if dist is None else dist.rank
-            if args.resume:
+            if args.resume is not None:
                 history = resume(args.resume, dist=dist, **_resume_overrides(args))
                 run_dir = args.resume
             else:
@@ -210,8 +210,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     model, cfg, info = load_run(args.run_dir, device=args.device, online=args.online_weights)
     if args.data_dir is not None:
         cfg = dataclasses.replace(cfg, data_dir=args.data_dir)
-    if args.test_subset is not None:
-        cfg = dataclasses.replace(cfg, test_subset=args.test_subset)
+    # all the test images unless --test-subset: the run's own subset sped up its epochs' reports
+    cfg = dataclasses.replace(cfg, test_subset=args.test_subset)
     device = next(model.parameters()).device
     test_x = load_test_images(cfg, device)
     # --fast (the default) or explicit --precision / --channels-last: see vae/evalsetup.py
@@ -349,6 +349,7 @@ def _as_options(line: str, command: argparse.ArgumentParser, args: argparse.Name
     flags = {a.dest: a.option_strings[0] for a in command._actions if a.option_strings}
     if args.command == "train":
         flags["run_dir"] = "--resume" if args.resume else "--out"
+        flags["name"] = "--model"  # ModelConfig's field
     if not all(field in flags for field in fields) or (len(fields) > 1 and match.group(3) is not None):
         return line
     value = f" {match.group(3)}" if match.group(3) is not None else ""

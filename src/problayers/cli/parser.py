@@ -25,6 +25,9 @@ class _Parser(argparse.ArgumentParser):
 
 #: The largest integer an option takes: torch's int64 (a seed, a step count above it overflows).
 MAX_INT = 2**63 - 1
+#: The most epochs a run takes (``problayers.vae.runconfig.MAX_EPOCHS``; not imported: the parser
+#: is built before torch is).
+MAX_EPOCHS = 100_000
 
 
 def _int_at_least(minimum: int, maximum: int = MAX_INT) -> Callable[[str], int]:
@@ -59,9 +62,18 @@ def _number(text: str) -> float:
     return value
 
 
+def _directory(text: str) -> str:
+    """A directory option's text; an empty one (an unset shell variable) is refused rather than
+    taken for the option's absence."""
+    if text == "":
+        raise argparse.ArgumentTypeError("expected a directory, got an empty path")
+    return text
+
+
 def _add_data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--data-dir",
+        type=_directory,
         default=None,
         help="directory with the four MNIST IDX files (.gz or raw); default: "
         "$PROBLAYERS_MNIST_DIR, then ~/.cache/problayers/mnist, then a download",
@@ -100,9 +112,14 @@ def build_parser() -> _Parser:
         "train", parents=[common], help="train a VAE on binarized MNIST (the seed model by default)"
     )
     p.add_argument("--out", default="runs/seed", help="run directory (default runs/seed)")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR from its last checkpoint")
     p.add_argument(
-        "--epochs", type=_positive, default=None, help="epochs (default 15; with --resume: the total)"
+        "--resume", type=_directory, metavar="RUN_DIR", help="continue RUN_DIR from its last checkpoint"
+    )
+    p.add_argument(
+        "--epochs",
+        type=_int_at_least(1, MAX_EPOCHS),
+        default=None,
+        help="epochs (default 15; with --resume: the total)",
     )
     p.add_argument("--batch-size", type=_positive, default=256, help="images per step (default 256)")
     p.add_argument("--lr", type=_number, default=1e-3, help="(peak) learning rate; may change on --resume")
@@ -277,7 +294,10 @@ def build_parser() -> _Parser:
         "activations are large; else 500)",
     )
     p.add_argument(
-        "--test-subset", type=_positive, default=None, help="the first N test images (default: all)"
+        "--test-subset",
+        type=_positive,
+        default=None,
+        help="the first N test images (default: all of them, whatever the run used while training)",
     )
     p.add_argument("--seed", type=_int_at_least(0), default=0, help="seed of the sampling (default 0)")
     p.add_argument(

@@ -246,8 +246,9 @@ def _locked(
 ) -> Iterator[Any]:
     """Rank 0 runs ``before`` (option checks), checks ``run_dir`` (``create``: makes it), takes
     its lock, removes stale temporaries and runs ``check``, whose result (or error) every rank
-    gets; the lock is held until the block ends. A directory made here that is still empty
-    then (the run failed before writing anything) is removed again."""
+    gets; the lock is held until the block ends. The directories made here (``run_dir`` and the
+    parents made for it) that are still empty then (the run failed before writing anything) are
+    removed again."""
     lock = RunLock(run_dir)
     made = []
 
@@ -255,10 +256,10 @@ def _locked(
         if before is not None:
             before()
         if create:
-            existed = os.fspath(run_dir) == "" or Path(run_dir).expanduser().is_dir()
-            path = prepare_run_dir(run_dir, "--out")
-            if not existed:
-                made.append(path)
+            wanted = Path(run_dir).expanduser()
+            new = [] if os.fspath(run_dir) == "" else [p for p in (wanted, *wanted.parents) if not p.exists()]
+            prepare_run_dir(run_dir, "--out")
+            made.extend(new)  # the deepest first: its parents made for it are removed after it
         elif not Path(run_dir).is_dir():
             raise RunDirError(f"run_dir: {run_dir} is not a directory (not a problayers run directory)")
         lock.acquire()

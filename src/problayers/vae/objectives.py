@@ -108,6 +108,7 @@ class ELBO(Objective):
         else:
             kl = self.beta * self._kl(q, vae.prior()).mean()
             floor = self.beta * self.free_bits * q.event_shape.numel()
+        floor = min(floor, torch.finfo(kl.dtype).max)  # a huge beta: not a conversion error here
         term = torch.clamp(kl, min=floor) if self.free_bits > 0 else kl
         if self.kl_warmup_steps > 0:
             term = self.warmup() * term

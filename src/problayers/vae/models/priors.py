@@ -109,7 +109,7 @@ class VampPrior(nn.Module):
             # The pseudo-inputs are a batch of their own: BatchNorm would normalize them with
             # their statistics (another q than the data's) and mix them into its running ones.
             raise ValueError(
-                "prior 'vamp': the encoder has BatchNorm, which would normalize the pseudo-inputs "
+                "prior='vamp': the encoder has BatchNorm, which would normalize the pseudo-inputs "
                 "as a batch of their own; use another prior, or an encoder without BatchNorm"
             )
         object.__setattr__(self, "_encoder", encoder)  # not a submodule (see above)

@@ -25,6 +25,9 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {}
 #: name -> the ``ModelConfig`` fields its builder reads (the others must keep their defaults);
 #: ``None``: not declared (a model registered without ``fields``), nothing is checked.
 MODEL_FIELDS: dict[str, frozenset[str] | None] = {}
+#: The most free bits (nats per latent dimension) a config takes: far above any KL a latent
+#: dimension carries, and its floor times the latents stays a float32 number.
+MAX_FREE_BITS = 1e4
 #: Fields every model reads.
 COMMON_FIELDS = frozenset({"name", "latent_size", "beta", "exact_kl", "init"})
 #: The objective's fields (every builder passes them to ``make_objective``).
@@ -107,9 +110,14 @@ class ModelConfig:
 
     @classmethod
     def for_model(cls, name: str, **given: Any) -> ModelConfig:
-        """The config of model ``name``: its registered defaults, then ``given``."""
+        """The config of model ``name``: its registered defaults, then ``given``. A field given
+        that the config does not use (``flow_steps`` without an IAF posterior, ``hidden_size``
+        for the seed model) is refused, even at its default value."""
         _check_name(name)
-        return cls(name=name, **{**MODEL_DEFAULTS[name], **given})
+        config = cls(name=name, **{**MODEL_DEFAULTS[name], **given})
+        for field in given:
+            config._check_used(field, True)
+        return config
 
     @classmethod
     def from_dict(cls, saved: dict) -> ModelConfig:
@@ -146,8 +154,10 @@ class ModelConfig:
         if not isinstance(warm, int) or isinstance(warm, bool) or not 0 <= warm < 2**63:
             raise ValueError(f"kl_warmup_steps: expected an int in 0..2**63 - 1, got {warm!r}")
         bits = self.free_bits
-        if not isinstance(bits, (int, float)) or isinstance(bits, bool) or not 0 <= bits < float("inf"):
-            raise ValueError(f"free_bits: expected a finite number >= 0, got {bits!r}")
+        if not isinstance(bits, (int, float)) or isinstance(bits, bool) or not 0 <= bits <= MAX_FREE_BITS:
+            raise ValueError(
+                f"free_bits: expected nats per latent dimension in [0, {MAX_FREE_BITS:g}], got {bits!r}"
+            )
         for field, choices in (("prior", PRIORS), ("posterior", POSTERIORS), ("objective", OBJECTIVES)):
             if getattr(self, field) not in choices:
                 raise ValueError(f"{field}: expected one of {list(choices)}, got {getattr(self, field)!r}")
@@ -159,27 +169,38 @@ class ModelConfig:
                 f"ELBO), got {self.num_samples}"
             )
         defaults = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
-        for field, used, users in (
-            ("flow_steps", self.posterior == "iaf", "posterior 'iaf' uses"),
-            ("prior_components", self.prior != "normal", "the priors 'mog' and 'vamp' use"),
-        ):
-            if not used and getattr(self, field) != defaults[field]:
-                raise ValueError(f"{field}={getattr(self, field)!r}: only {users} it")
+        for field in ("flow_steps", "prior_components"):
+            self._check_used(field, getattr(self, field) != defaults[field])
         if self.objective != "elbo" and self.free_bits:
-            raise ValueError(f"free_bits applies to the 'elbo' objective, not {self.objective!r}")
+            raise ValueError(
+                f"free_bits={self.free_bits!r}: only the 'elbo' objective uses it, not {self.objective!r}"
+            )
         if self.prior == "vamp" and self.posterior == "iaf":
             raise ValueError(
-                "prior 'vamp' with posterior 'iaf': the VampPrior mixes Gaussian posteriors only"
+                "prior/posterior: 'vamp' with 'iaf': the VampPrior mixes Gaussian posteriors only"
             )
-        reads = MODEL_FIELDS[self.name]
-        if reads is None:
-            return
         for field, default in defaults.items():
-            if field not in reads and getattr(self, field) != default:
-                raise ValueError(
-                    f"{field}={getattr(self, field)!r}: the {self.name!r} model does not use it "
-                    f"(its options: {sorted(reads - {'name'})})"
-                )
+            self._check_used(field, getattr(self, field) != default)
+
+    def _check_used(self, field: str, set_: bool) -> None:
+        """A one-line ``ValueError`` where ``field`` was set (``set_``: given, or not its
+        default) but this config does not use it: not read by the model, or an option of a
+        prior or posterior the config does not have."""
+        if not set_:
+            return
+        value = getattr(self, field)
+        reads = MODEL_FIELDS[self.name]
+        if reads is not None and field not in reads:
+            raise ValueError(
+                f"{field}={value!r}: the {self.name!r} model does not use it "
+                f"(its options: {sorted(reads - {'name'})})"
+            )
+        conditional = {
+            "flow_steps": (self.posterior == "iaf", "only posterior 'iaf' uses it"),
+            "prior_components": (self.prior != "normal", "only the priors 'mog' and 'vamp' use it"),
+        }
+        if field in conditional and not conditional[field][0]:
+            raise ValueError(f"{field}={value!r}: {conditional[field][1]}")
 
 
 def _check_name(name: Any) -> None:
@@ -187,8 +208,12 @@ def _check_name(name: Any) -> None:
     if name not in MODELS:
         close = difflib.get_close_matches(str(name).lower(), list(MODELS), n=1)
         # a model of one's own (register_model) exists only once its module is imported
-        hint = f" (did you mean {close[0]!r}?)" if close else " (a registered model: import its module first)"
-        raise ValueError(f"model name: expected one of {sorted(MODELS)}, got {name!r}{hint}")
+        hint = (
+            f" (did you mean {close[0]!r}?)" if close else " (a model of your own: import its module first)"
+        )
+        raise ValueError(
+            f"name: expected a registered model ({', '.join(sorted(MODELS))}), got {name!r}{hint}"
+        )
 
 
 def register_model(
