@@ -166,6 +166,23 @@ def test_a_refused_run_leaves_no_directory_it_made(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]
 
 
+def test_sample_and_regression_that_fail_leave_no_directory_they_made(run_dir, tmp_path, monkeypatch, capsys):
+    """A disk full while the pictures are written: the empty ``--out`` (and its new parent) go."""
+    import problayers.demos.regression
+    import problayers.vae.pictures
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(problayers.vae.pictures, "save_pictures", full)
+    monkeypatch.setattr(problayers.demos.regression, "run", full)
+    for argv in (["sample", str(run_dir)], ["regression"]):
+        with pytest.raises(SystemExit) as exc:
+            main([*argv, "--out", str(tmp_path / "new" / "out")])
+        assert exc.value.code == 1 and "No space left on device" in capsys.readouterr().err
+        assert not (tmp_path / "new").exists()
+
+
 def test_the_parsers_epoch_limit_is_the_run_configs():
     from problayers.cli import parser
     from problayers.vae import runconfig

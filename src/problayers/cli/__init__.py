@@ -263,7 +263,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     from ..vae.experiment import load_run, load_test_images
     from ..vae.pictures import save_pictures
-    from ..vae.rundir import check_output, prepare_run_dir
+    from ..vae.rundir import check_output, made_dir
 
     out_dir = args.run_dir if args.out is None else args.out
     check_output(out_dir, args.run_dir, "--out")
@@ -274,9 +274,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise ValueError(f"--n: expected at most the {len(test_x)} test images, got {args.n}")
     test_x = test_x[: args.n]
     metrics = Path(args.run_dir) / "metrics.jsonl"
-    out_dir = prepare_run_dir(out_dir, "--out")
-    for path in save_pictures(model, test_x, out_dir, n=args.n, seed=args.seed, metrics=metrics):
-        print(f"written {path}")
+    with made_dir(out_dir, "--out") as out:
+        for path in save_pictures(model, test_x, out, n=args.n, seed=args.seed, metrics=metrics):
+            print(f"written {path}")
     if not metrics.is_file():
         print(f"no loss curve: {metrics} is missing")
     return 0
@@ -295,10 +295,12 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_regression(args: argparse.Namespace) -> int:
     from ..demos import regression
-    from ..vae.rundir import prepare_run_dir
+    from ..vae.rundir import made_dir
 
-    prepare_run_dir(args.out, "--out")  # "" is refused, not taken as the current directory
-    results = regression.run(args.out, epochs=args.epochs, seed=args.seed, show_progress=not args.no_progress)
+    with made_dir(args.out, "--out"):  # "" is refused, not taken as the current directory
+        results = regression.run(
+            args.out, epochs=args.epochs, seed=args.seed, show_progress=not args.no_progress
+        )
     for name, value in results.items():
         print(f"{name}: {value}")
     return 0

@@ -24,7 +24,6 @@ import contextlib
 import dataclasses
 import functools
 import json
-import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -62,7 +61,7 @@ from .rundir import (
     check_has_checkpoint,
     check_new_run,
     check_run_state,
-    prepare_run_dir,
+    made_dir,
     read_config,
 )
 from .runlock import RunLock
@@ -250,16 +249,13 @@ def _locked(
     parents made for it) that are still empty then (the run failed before writing anything) are
     removed again."""
     lock = RunLock(run_dir)
-    made = []
+    made = contextlib.ExitStack()
 
     def locked_check() -> Any:
         if before is not None:
             before()
         if create:
-            wanted = Path(run_dir).expanduser()
-            new = [] if os.fspath(run_dir) == "" else [p for p in (wanted, *wanted.parents) if not p.exists()]
-            prepare_run_dir(run_dir, "--out")
-            made.extend(new)  # the deepest first: its parents made for it are removed after it
+            made.enter_context(made_dir(run_dir, "--out"))
         elif not Path(run_dir).is_dir():
             raise RunDirError(f"run_dir: {run_dir} is not a directory (not a problayers run directory)")
         lock.acquire()
@@ -275,9 +271,7 @@ def _locked(
         yield _on_main(dist, locked_check)
     finally:
         lock.release()
-        for path in made:
-            with contextlib.suppress(OSError):
-                path.rmdir()  # only if empty
+        made.close()
 
 
 def train(cfg: RunConfig, run_dir: str | Path, *, dist: DistContext | None = None) -> list[dict[str, Any]]:

@@ -3,10 +3,12 @@ strictly, its checkpoint's metadata validated, and outputs kept off the run's ow
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,7 @@ __all__ = [
     "check_output",
     "check_run_state",
     "check_writable",
+    "made_dir",
     "prepare_run_dir",
     "read_config",
 ]
@@ -53,6 +56,22 @@ def prepare_run_dir(run_dir: str | os.PathLike, option: str = "--out") -> Path:
             f"{option} {path}: cannot create the directory: {os_reason(err)}", err.errno
         ) from None
     return path
+
+
+@contextlib.contextmanager
+def made_dir(path: str | os.PathLike, option: str = "--out") -> Iterator[Path]:
+    """:func:`prepare_run_dir` for the block. The directories it made (``path`` and the parents
+    made for it) that are empty when the block ends (the command failed before writing) are
+    removed again, the deepest first."""
+    wanted = Path(path).expanduser()
+    made = [] if os.fspath(path) == "" else [p for p in (wanted, *wanted.parents) if not p.exists()]
+    prepared = prepare_run_dir(path, option)
+    try:
+        yield prepared
+    finally:
+        for directory in made:
+            with contextlib.suppress(OSError):
+                directory.rmdir()  # only if empty
 
 
 def check_has_checkpoint(run_dir: Path, checkpoint: str, so: str) -> Path:
