@@ -260,3 +260,42 @@ def test_test_points_reduce_axis_equal_to_the_rank_is_refused():
     reg = pl.KLDivergenceRegularizer(std_normal(), test_points_reduce_axis=1)  # log q - log p: (4,)
     with pytest.raises(ValueError, match="out of range"):
         reg(q)
+
+
+def test_a_member_kl_is_summed_over_the_batch_axes_after_the_first():
+    """A ``Normal`` over ``(N, D)`` without ``Independent`` (common in TFP code): the recorded
+    term is the mean over the N rows of the sum over the D latents, as TFP's sum over every
+    axis divided by Keras' batch size (N) gives; averaging all N x D terms would divide the
+    KL by D. Exact: ``KL(N(m, 1) || N(0, 1)) = m^2 / 2``; measured against TFP 0.25 by
+    ``benchmarks/check_tfp_kl_reductions.py``."""
+    loc = torch.randn(4, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    prior = D.Normal(torch.tensor(0.0, dtype=torch.float64), 1.0)
+    expected = (loc.square() / 2).sum(1).mean()  # mean over the 4 rows of the sum over the 3
+    q = D.Normal(loc, 1.0)
+    torch.testing.assert_close(pl.KLDivergenceRegularizer(prior, use_exact_kl=True)(q), expected)
+    layer = pl.DistributionLambda(
+        lambda t: D.Normal(t, 1.0), activity_regularizer=pl.KLDivergenceRegularizer(prior, weight=2.0)
+    )
+    value = layer(loc).tensor()  # the Monte Carlo estimate at the layer's own sample
+    per_element = D.Normal(loc, 1.0).log_prob(value) - prior.log_prob(value)  # (4, 3)
+    torch.testing.assert_close(pl.collect_losses(layer), 2.0 * per_element.sum(1).mean())
+    # a batch axis named in test_points_reduce_axis is averaged, not summed; None: every axis
+    for axes, want in (
+        ((-1,), per_element.mean()),
+        (None, per_element.mean()),
+        ((), per_element.sum(1).mean()),
+    ):
+        reg = pl.KLDivergenceRegularizer(prior, test_points_fn=lambda d: value, test_points_reduce_axis=axes)
+        torch.testing.assert_close(reg(q), want)
+
+
+def test_sample_axes_of_the_test_points_are_averaged():
+    """Draws of the test points (a leading sample axis) are averaged whether or not
+    ``test_points_reduce_axis`` names them; the batch axes after the first are still summed."""
+    loc = torch.randn(2, 3, dtype=torch.float64)
+    q, prior = D.Normal(loc, 1.0), D.Normal(torch.tensor(0.0, dtype=torch.float64), 1.0)
+    z = q.sample((5,))  # (5, 2, 3)
+    per = q.log_prob(z) - prior.log_prob(z)  # (5, 2, 3)
+    for axes in ((), 0):
+        reg = pl.KLDivergenceRegularizer(prior, test_points_fn=lambda d: z, test_points_reduce_axis=axes)
+        torch.testing.assert_close(reg(q), per.sum(-1).mean())

@@ -1,8 +1,10 @@
 """KL regularization of a distribution layer's output: the KL term of the ELBO.
 
 ``KLDivergenceRegularizer(prior)`` is used as a distribution layer's ``activity_regularizer``;
-``KLDivergenceAddLoss(prior)`` is the same as a pass-through layer. Either records
-``weight * mean_over_batch(KL(q || prior))`` as an added loss (see :mod:`problayers.losses`).
+``KLDivergenceAddLoss(prior)`` is the same as a pass-through layer. Either records ``weight``
+times the batch mean of ``KL(q || prior)`` as an added loss (see :mod:`problayers.losses`): as in
+Keras, the batch members are the rows of the first batch axis, and a member's KL is summed over
+the batch axes after it (``Normal`` over ``(B, D)`` without ``Independent``: its ``D`` latents).
 """
 
 from __future__ import annotations
@@ -95,7 +97,7 @@ def _check_event_shapes(q: D.Distribution, prior: D.Distribution) -> None:
 
 
 class KLDivergenceRegularizer(nn.Module):
-    """``weight * KL(q || prior)``, averaged over the batch, of a layer's output ``q``.
+    """``weight * KL(q || prior)``, averaged over the batch members, of a layer's output ``q``.
 
     Used as a distribution layer's ``activity_regularizer`` (``tfp.layers.KLDivergenceRegularizer``):
     the layer records its value on each output as an added loss (the ELBO's KL term).
@@ -120,13 +122,16 @@ class KLDivergenceRegularizer(nn.Module):
             ``log q(z) - log prior(z)`` at ``z = test_points_fn(q)``.
         test_points_fn: ``q -> z``; default: ``q``'s cached tensor value, so the KL is computed
             at the very sample the next layer consumes.
-        test_points_reduce_axis: axes of ``log q(z) - log prior(z)`` that are sample axes of
-            ``z`` (averaged first); ``None``: all axes (TFP's meaning). The result is then
-            averaged over the remaining (batch) axes, so for the scalar it returns this only
-            documents what the axes mean. Default ``()``: none.
+        test_points_reduce_axis: axes of ``log q(z) - log prior(z)`` to average (sample axes
+            of ``z``, or batch axes not to sum); ``None``: every axis averaged, the batch's
+            too (TFP's meaning). Default ``()``: none named.
 
     Input: a distribution ``q`` with ``batch_shape`` B and ``event_shape`` E (a layer's
-    output). Output: a 0-dim tensor, ``weight`` times the KL averaged over B.
+    output). Output: a 0-dim tensor, ``weight`` times the KL summed over B's axes after the
+    first and averaged over its first (the batch members, as Keras counts them) and over any
+    sample axes of the test points: for ``B = (N,)`` the batch mean, for ``B = (N, D)`` (a
+    ``Normal`` over ``(N, D)`` without ``Independent``) the mean over N of the sum over D, the
+    number TFP's sum divided by Keras' batch size gives.
 
     Example::
 
@@ -245,19 +250,29 @@ class KLDivergenceRegularizer(nn.Module):
             prior = self.resolve_prior(params, q)
             _check_event_shapes(q, prior)
             kl = exact_kl(q, prior, "use_exact_kl")  # (*B)
+            averaged: tuple[int, ...] = ()
         else:
             z = self._test_points(q)  # (*S, *B, *E)
             prior = self.resolve_prior(params if params is not None else z, q)
             _check_event_shapes(q, prior)
             kl = q.log_prob(z) - prior.log_prob(z)  # (*S, *B)
-            if self.test_points_reduce_axis:
-                if any(not -kl.dim() <= a < kl.dim() for a in self.test_points_reduce_axis):
-                    raise ValueError(
-                        f"test_points_reduce_axis: {self.test_points_reduce_axis} is out of range "
-                        f"for log q(z) - log prior(z) of shape {tuple(kl.shape)}"
-                    )
-                kl = kl.mean(dim=self.test_points_reduce_axis)
-        return self.weight * kl.mean()  # test_points_reduce_axis=None: all axes, the same mean
+            axes = self.test_points_reduce_axis
+            if axes is None:  # TFP's meaning: every axis averaged, the batch's too
+                return self.weight * kl.mean()
+            if any(not -kl.dim() <= a < kl.dim() for a in axes):
+                raise ValueError(
+                    f"test_points_reduce_axis: {axes} is out of range "
+                    f"for log q(z) - log prior(z) of shape {tuple(kl.shape)}"
+                )
+            averaged = tuple(sorted({a % kl.dim() for a in axes}))
+        # Keras' batch members are the rows of the first batch axis: each member's KL is summed
+        # over the batch axes after it (a Normal over (B, D) without Independent: the D latents),
+        # then averaged over the members and the sample axes, as TFP's sum divided by the rows.
+        batch = len(torch.broadcast_shapes(q.batch_shape, prior.batch_shape))
+        inner = [a for a in range(kl.dim() - batch + 1, kl.dim()) if a not in averaged]
+        if inner:
+            kl = kl.sum(dim=inner, keepdim=True)  # (*S, B0, 1, ...)
+        return self.weight * kl.mean()
 
     def _test_points(self, q: D.Distribution) -> torch.Tensor:
         z = convert_to_tensor(self.test_points_fn(q))
@@ -286,8 +301,8 @@ class KLDivergenceAddLoss(nn.Module):
         test_points_reduce_axis: sample axes of ``z`` (default ``()``: none).
 
     Input: a distribution ``q`` with ``batch_shape`` B and ``event_shape`` E. Output: ``q``
-    itself, unchanged; ``weight`` times the KL averaged over B is recorded as an added loss
-    (:func:`~problayers.collect_losses`).
+    itself, unchanged; the regularizer's ``weight`` times the batch mean of the KL (summed over
+    B's axes after the first) is recorded as an added loss (:func:`~problayers.collect_losses`).
 
     Example::
 
