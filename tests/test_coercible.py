@@ -213,6 +213,16 @@ def test_convert_fn_may_return_a_number():
     assert on_meta.tensor().device.type == "meta" and on_meta.tensor().dtype == torch.float32
 
 
+def test_convert_fn_may_return_a_list_or_a_numpy_array_as_tfp_converts_them():
+    """TFP's ``tf.convert_to_tensor`` takes them, with the distribution's dtype as the hint."""
+    normal = D.Normal(torch.zeros(2, dtype=torch.float64), 1.0)
+    for value in ([1, 2], np.array([1.0, 2.0], dtype=np.float32)):
+        out = as_coercible(normal, lambda d, value=value: value)
+        assert out.tensor().dtype == torch.float64 and torch.equal(out * 1, torch.tensor([1.0, 2.0]).double())
+    with pytest.raises(TypeError, match=r"a number, a list or a numpy array, got tuple"):
+        as_coercible(normal, lambda d: (1.0, 2.0)) * 1  # TFP refuses a tuple too
+
+
 def test_bitwise_operators():
     out = as_coercible(D.Bernoulli(probs=torch.tensor([1.0, 0.0])), lambda d: d.sample().bool())
     assert (out & torch.tensor([True, True])).tolist() == [True, False]

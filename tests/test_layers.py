@@ -105,14 +105,17 @@ def test_event_size_is_one_int():
         pl.MultivariateNormalTriL((4, 4))
     with pytest.raises(TypeError, match=r"event_size: .* got str '16'"):
         pl.MultivariateNormalTriL("16")
+    with pytest.raises(TypeError, match=r"event_size: expected a positive int, got tuple \(4, 4\)"):
+        pl.OneHotCategorical((4, 4))  # one class count: a sequence of one only
 
 
 @pytest.mark.parametrize("size", [np.int64(3), np.int32(3), torch.tensor(3), (np.int64(3),), 3])
 def test_integer_like_sizes(size):
     assert pl.IndependentNormal(size).event_shape == (3,)
     assert pl.MultivariateNormalTriL(size).event_size == 3
-    if not isinstance(size, tuple):
-        assert pl.OneHotCategorical(size).event_size == 3
+    assert pl.OneHotCategorical(size).event_size == 3  # TFP takes (3,) and [3] too
+    assert pl.OneHotCategorical.params_size(size) == 3
+    assert pl.CategoricalMixtureOfOneHotCategorical.params_size(size, 2) == 8
     assert pl.IndependentNormal.params_size(size) == 6 and pl.MultivariateNormalTriL.params_size(size) == 9
     assert pl.MixtureNormal(np.int64(2), size).num_components == 2
 

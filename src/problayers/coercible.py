@@ -34,6 +34,7 @@ import operator
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 import torch.distributions as D
 
@@ -139,7 +140,8 @@ class TensorCoercible(_MixinBase):
             self._tc_busy = False
         if isinstance(value, TensorCoercible):
             value = value.tensor()
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if isinstance(value, (int, float, list, np.ndarray)) and not isinstance(value, bool):
+            # as TFP converts them: in the distribution's floating dtype, on its device
             like = first_floating_tensor(self)
             value = (
                 torch.as_tensor(value)
@@ -148,7 +150,8 @@ class TensorCoercible(_MixinBase):
             )
         if not isinstance(value, torch.Tensor):
             raise TypeError(
-                f"convert_to_tensor_fn must return a torch.Tensor or a number, got {type(value).__name__}"
+                "convert_to_tensor_fn must return a torch.Tensor, a number, a list or a numpy "
+                f"array, got {type(value).__name__}"
             )
         return value
 
@@ -378,7 +381,8 @@ def as_coercible(dist: D.Distribution, convert_to_tensor_fn: ConvertFn = "rsampl
         convert_to_tensor_fn: ``"rsample"`` (default; gradients flow through the
             reparameterized sample), ``"auto"`` (``rsample`` where the distribution has one,
             else ``sample``: TFP's default), ``"sample"``, ``"mean"``, ``"mode"``,
-            ``"stddev"``, ``"variance"``, or a callable ``Distribution -> Tensor`` (or a number).
+            ``"stddev"``, ``"variance"``, or a callable ``Distribution -> Tensor`` (or a number,
+            a list or a numpy array, made a tensor in the distribution's dtype, as TFP does).
 
     Returns:
         An instance of a subclass of ``type(dist)`` with the same state (``batch_shape`` B,

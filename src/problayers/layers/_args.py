@@ -13,6 +13,7 @@ __all__ = [
     "ACTIVATIONS",
     "activation_fn",
     "callable_or_none",
+    "class_count",
     "divergence_fn",
     "integer",
     "non_negative_number",
@@ -56,6 +57,14 @@ def positive_int(value, name: str) -> int:
     if value <= 0:
         raise ValueError(f"{name}: expected a positive int, got {value}")
     return value
+
+
+def class_count(value, name: str = "event_size") -> int:
+    """A number of classes as a positive ``int``: an integer, or TFP's event-shape form of it, a
+    sequence of one (``(3,)``, ``[3]``, ``torch.Size([3])``)."""
+    if isinstance(value, (tuple, list, torch.Size)) and len(value) == 1:
+        value = value[0]
+    return positive_int(value, name)
 
 
 def non_negative_number(value, name: str) -> float | torch.Tensor:

@@ -127,7 +127,7 @@ class DistributionLambda(nn.Module):
             (default, as TFP: ``rsample()`` where the distribution has one, so gradients flow
             through the sample, else ``sample()``), ``"rsample"``, ``"sample"``, ``"mean"``,
             ``"mode"``, ``"stddev"``, ``"variance"`` or a callable ``Distribution -> Tensor``
-            (or a number).
+            (or a number, a list or a numpy array: a tensor in the distribution's dtype).
         activity_regularizer: optional ``Distribution -> 0-dim tensor`` (e.g.
             :class:`~problayers.KLDivergenceRegularizer`); its value on each output is recorded
             as an added loss (:func:`~problayers.collect_losses`). Default ``None``: none.

@@ -10,6 +10,7 @@ import torch.distributions as D
 from ..coercible import _coercible_class
 from ..convert import ConvertFn
 from ..numerics import logsumexp
+from ._args import class_count
 from ._args import positive_int as _positive_int
 from .base import DistributionLambda, check_params, params_size_of
 
@@ -70,7 +71,7 @@ class OneHotCategorical(DistributionLambda):
     """One-hot categorical over ``event_size`` classes, parameterized by logits.
 
     Args:
-        event_size: the number of classes.
+        event_size: the number of classes (an int, or TFP's one-element shape ``(K,)``).
         convert_to_tensor_fn: how the output becomes a tensor (see
             :class:`~problayers.DistributionLambda`); default ``"sample"``, a one-hot floating
             sample, as the distribution has no ``rsample``.
@@ -98,18 +99,18 @@ class OneHotCategorical(DistributionLambda):
         activity_regularizer: Callable[[D.Distribution], torch.Tensor] | None = None,
     ) -> None:
         super().__init__(None, convert_to_tensor_fn, activity_regularizer)
-        self.event_size = _positive_int(event_size, "event_size")
+        self.event_size = class_count(event_size)
         self.validate_args = validate_args
 
     @params_size_of("event_size")
     def params_size(event_size: int) -> int:
         """Number of inputs per example: ``event_size`` logits."""
-        return _positive_int(event_size, "event_size")
+        return class_count(event_size)
 
     @staticmethod
     def new(params, event_size: int, validate_args: bool = False) -> D.OneHotCategorical:
         """``(*B, event_size)`` logits -> ``OneHotCategorical``, batch B, event ``(event_size,)``."""
-        k = _positive_int(event_size, "event_size")
+        k = class_count(event_size)
         params = check_params("OneHotCategorical", params, k)  # (*B, K)
         return one_hot_categorical(params, validate_args)
 
@@ -124,7 +125,7 @@ class CategoricalMixtureOfOneHotCategorical(DistributionLambda):
     """A ``num_components`` mixture of one-hot categoricals over ``event_size`` classes.
 
     Args:
-        event_size: the number of classes.
+        event_size: the number of classes (an int, or TFP's one-element shape ``(K,)``).
         num_components: K, the number of mixture components.
         convert_to_tensor_fn: how the output becomes a tensor (see
             :class:`~problayers.DistributionLambda`); default ``"sample"`` (a mixture has no
@@ -157,14 +158,14 @@ class CategoricalMixtureOfOneHotCategorical(DistributionLambda):
         activity_regularizer: Callable[[D.Distribution], torch.Tensor] | None = None,
     ) -> None:
         super().__init__(None, convert_to_tensor_fn, activity_regularizer)
-        self.event_size = _positive_int(event_size, "event_size")
+        self.event_size = class_count(event_size)
         self.num_components = _positive_int(num_components, "num_components")
         self.validate_args = validate_args
 
     @params_size_of("event_size", "num_components")
     def params_size(event_size: int, num_components: int) -> int:
         """Number of inputs per example: ``num_components * (1 + event_size)``."""
-        e = _positive_int(event_size, "event_size")
+        e = class_count(event_size)
         return _positive_int(num_components, "num_components") * (1 + e)
 
     @staticmethod
@@ -173,7 +174,7 @@ class CategoricalMixtureOfOneHotCategorical(DistributionLambda):
     ) -> OneHotCategoricalMixture:
         """``(*B, K * (1 + E))`` -> :class:`OneHotCategoricalMixture` (a ``MixtureSameFamily`` of
         ``Categorical`` and ``OneHotCategorical`` with ``log_mean``), batch B, event ``(E,)``."""
-        e = _positive_int(event_size, "event_size")
+        e = class_count(event_size)
         k = _positive_int(num_components, "num_components")
         params = check_params("CategoricalMixtureOfOneHotCategorical", params, k * (1 + e))
         mix_logits = params[..., :k]  # (*B, K)
