@@ -130,6 +130,27 @@ def test_save_pretrained_takes_a_wrapped_model_and_refuses_another_config(run_di
     assert not (tmp_path / "wrong").exists()
 
 
+def test_the_weights_come_back_in_the_dtype_they_were_saved_in(run_dir, tmp_path):
+    """A float64 (or bf16) model was loaded back as float32, its weights rounded without a word."""
+    from problayers.vae import save_pretrained
+
+    model, cfg, _ = load_run(run_dir, device="cpu")
+    for dtype in (torch.float64, torch.bfloat16):
+        cast = model.to(dtype)
+        save_pretrained(cast, cfg.model, tmp_path / str(dtype))
+        back = load_pretrained(tmp_path / str(dtype))
+        for (name, got), ref in zip(back.state_dict().items(), cast.state_dict().values(), strict=True):
+            assert got.dtype == ref.dtype and torch.equal(got, ref), name
+    mixed = model.float()
+    next(mixed.parameters()).data = next(mixed.parameters()).data.double()
+    with pytest.raises(ValueError, match=r"^export: the model's floating tensors have several dtypes"):
+        save_pretrained(mixed, cfg.model, tmp_path / "mixed")
+    with pytest.raises(TypeError, match=r"^model: expected the VAE \(an nn.Module\), got OrderedDict"):
+        save_pretrained(model.state_dict(), cfg.model, tmp_path / "sd")
+    with pytest.raises(TypeError, match=r"^config: expected a ModelConfig, got dict"):
+        save_pretrained(model, {"name": "seed"}, tmp_path / "cfg")
+
+
 def test_weights_and_config_of_two_exports_are_refused(run_dir, exported, tmp_path):
     # `export --force` killed between its two files left one export's weights beside the other's
     # config.json, which loaded silently where the shapes agree (reliability audit).

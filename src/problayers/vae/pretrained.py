@@ -107,6 +107,10 @@ def save_pretrained(
     from .. import __version__
     from .rundir import prepare_run_dir
 
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model: expected the VAE (an nn.Module), got {type(model).__name__}")
+    if not isinstance(config, ModelConfig):
+        raise TypeError(f"config: expected a ModelConfig, got {type(config).__name__}")
     st = _needs_safetensors("export")
     out = check_out_dir(out_dir, force=force, run_dir=run_dir)
     wrappers = (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)
@@ -125,6 +129,12 @@ def save_pretrained(
         if not isinstance(value, torch.Tensor):
             raise ValueError(f"export: the model's {key!r} is a {type(value).__name__}, not a tensor")
         tensors[key] = value.detach().cpu().contiguous()
+    floating = sorted({str(t.dtype) for t in tensors.values() if t.is_floating_point()})
+    if len(floating) > 1:  # load_pretrained builds the model in the one dtype it finds
+        raise ValueError(
+            f"export: the model's floating tensors have several dtypes ({', '.join(floating)}); "
+            "cast it to one first (model.float(), model.double())"
+        )
     data = st.save(tensors, metadata={"format": "pt"})  # "pt": torch tensors, as the Hub expects
     meta = {"format": FORMAT, "problayers_version": __version__, "weights_sha256": _digest(data)}
     made = not out.is_dir()
@@ -190,7 +200,8 @@ def _newer(obj: dict, mine: str) -> bool:
 
 
 def load_pretrained(path: str | os.PathLike, device: str = "cpu") -> VAE:
-    """The model of an exported directory (``problayers export``), in eval mode on ``device``.
+    """The model of an exported directory (``problayers export``), in eval mode on ``device``,
+    in the floating dtype its weights were saved in.
 
     One-line :class:`PretrainedError` for a missing or damaged file, or weights that do not fit
     the config (other keys or shapes)."""
@@ -220,6 +231,9 @@ def load_pretrained(path: str | os.PathLike, device: str = "cpu") -> VAE:
             "export interrupted while it replaced another, or a file replaced by hand); export the run again"
         )
     model = build_model(cfg)
+    floating = {t.dtype for t in weights.values() if t.is_floating_point()}
+    if len(floating) == 1:  # the dtype it was exported in (float64, bf16), not rounded to float32
+        model = model.to(floating.pop())
     try:
         check_state_dict(model, weights, "weights", f"{source} (for the config in {CONFIG})")
         check_finite(weights, "weight", source)
