@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.distributions as D
@@ -173,6 +175,96 @@ def test_scheduler_errors(tmp_path):
     _trainer(tmp_path / "s", epochs=1, schedule=True).fit()
     with pytest.raises(CheckpointError, match="written with a learning-rate scheduler, resumed without it"):
         _trainer(tmp_path / "s", epochs=4).resume()
+
+
+@pytest.mark.parametrize(
+    "change, error, match",
+    [
+        ({"batches": regression_data()}, TypeError, r"^batches: .* got list \(data itself: pass lambda"),
+        ({"optimizer": nll}, TypeError, r"^optimizer: expected a torch.optim.Optimizer, got function"),
+        ({"loss_fn": "nll"}, TypeError, r"^loss_fn: expected a callable"),
+        ({"config": 3}, TypeError, r"^config: expected a TrainerConfig, got int"),
+        ({"evaluate": {"a": 1}}, TypeError, r"^evaluate: expected a callable or None, got dict"),
+        ({"meta": {"data": Path("x")}}, TypeError, r"^meta: expected JSON values"),
+        ({"plateau": True}, TypeError, r"^scheduler: ReduceLROnPlateau steps on a metric"),
+    ],
+)
+def test_trainer_arguments_of_the_wrong_kind_are_named_when_built(change, error, match):
+    """Each failed later (at the first step, or after an epoch when the checkpoint was written)
+    with torch's or json's message (API audit)."""
+    model = make_model()
+    optimizer = torch.optim.Adam(model.parameters(), 0.05)
+    args = {"optimizer": optimizer, "loss_fn": nll, "batches": lambda e: regression_data()}
+    kwargs = {k: v for k, v in change.items() if k not in args and k != "plateau"}
+    if change.get("plateau"):
+        kwargs["scheduler"] = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer)
+    args.update({k: v for k, v in change.items() if k in args})
+    with pytest.raises(error, match=match):
+        Trainer(model, args["optimizer"], args["loss_fn"], args["batches"], **kwargs)
+    with pytest.raises(TypeError, match=r"^progress: expected True or False, got 'no'"):
+        TrainerConfig(progress="no")
+
+
+@pytest.mark.parametrize(
+    "loss_fn, error, match",
+    [
+        (lambda m, b: (nll(m, b), [1.0]), TypeError, r"^loss_fn: expected its metrics as a dict"),
+        (lambda m, b: -m(b[0]).log_prob(b[1]), ValueError, r"^loss_fn: expected a 0-dim loss .* \(16,\)"),
+    ],
+)
+def test_a_loss_fn_result_of_the_wrong_kind_is_named(loss_fn, error, match):
+    model = make_model()
+    with pytest.raises(error, match=match):
+        fit(model, regression_data(), loss_fn, torch.optim.Adam(model.parameters(), 0.05))
+
+
+def test_evaluate_may_return_tensors_and_numpy_numbers_and_dict_batches_count_their_examples(tmp_path):
+    """Both were written to metrics.jsonl only after the epoch, where json refused them."""
+    model = make_model()
+    data = [{"x": x, "y": y} for x, y in regression_data()]  # 4 batches of 16
+
+    def evaluate(m, epoch):
+        return {"t": torch.tensor(1.5), "n": np.float32(2.5), "k": np.int64(3)}
+
+    trainer = Trainer(
+        model,
+        torch.optim.Adam(model.parameters(), 0.05),
+        lambda m, b: nll(m, (b["x"], b["y"])),
+        lambda e: data,
+        TrainerConfig(epochs=1, progress=False),
+        evaluate=evaluate,
+        run_dir=tmp_path,
+        log=lambda msg: None,
+    )
+    record = trainer.fit()[0]
+    assert (record["t"], record["n"], record["k"]) == (1.5, 2.5, 3)
+    assert json.loads((tmp_path / "metrics.jsonl").read_text())["k"] == 3
+    assert record["images_per_s"] * record["seconds"] == pytest.approx(64)  # examples, not steps
+    with pytest.raises(TypeError, match=r"^evaluate: expected it to return a dict"):
+        fit(
+            model,
+            regression_data(),
+            nll,
+            torch.optim.Adam(model.parameters(), 0.05),
+            evaluate=lambda m, e: [1],
+        )
+
+
+def test_another_optimizer_or_schedule_on_resume_is_one_line(tmp_path):
+    """Resumed with SGD where Adam wrote the checkpoint (or a cosine schedule where a one-cycle one
+    did): torch loaded it and failed at the first step with a KeyError (API audit)."""
+    _trainer(tmp_path / "a", epochs=1, schedule=True).fit()
+    resumed = _trainer(tmp_path / "a", epochs=4, schedule=True)
+    model = resumed.model
+    resumed.optimizer = torch.optim.SGD(model.parameters(), 0.05)
+    resumed.scheduler = torch.optim.lr_scheduler.OneCycleLR(resumed.optimizer, max_lr=0.05, total_steps=16)
+    with pytest.raises(CheckpointError, match=r"optimizer: written by another optimizer than this run's SGD"):
+        resumed.resume()
+    assert "momentum" in resumed.optimizer.param_groups[0]  # its own settings, restored
+    resumed.optimizer = torch.optim.Adam(model.parameters(), 0.05)
+    resumed.scheduler = torch.optim.lr_scheduler.LambdaLR(resumed.optimizer, lambda step: 1.0)
+    with pytest.raises(CheckpointError, match=r"scheduler: written by another kind of .* LambdaLR"):
+        resumed.resume()
 
 
 def test_weight_averaging_is_evaluated_and_checkpointed(tmp_path):

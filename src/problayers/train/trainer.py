@@ -34,6 +34,7 @@ from torch import nn
 
 from .checkpoint import atomic_write, load_checkpoint, save_checkpoint
 from .divergence import NonFiniteLossError, as_metric, check_weights, reduced_means
+from .trainerargs import batch_size, check_trainer_args, epoch_metrics, step_output
 from .trainstate import load_trainer_state, trainer_state
 
 if TYPE_CHECKING:
@@ -62,11 +63,8 @@ class TrainerConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name}: expected a positive int, got {value!r}")
-
-
-def _batch_size(batch: Any) -> int:
-    first = batch[0] if isinstance(batch, (tuple, list)) else batch
-    return int(first.shape[0]) if isinstance(first, torch.Tensor) else 1
+        if not isinstance(self.progress, bool):  # a string would be true: a bar for "no"
+            raise TypeError(f"progress: expected True or False, got {self.progress!r}")
 
 
 class Trainer:
@@ -122,14 +120,10 @@ class Trainer:
         averaged: EMA | None = None,
         loggers: Sequence[Logger] = (),
     ) -> None:
-        if scheduler is not None:
-            if not isinstance(scheduler, torch.optim.lr_scheduler.LRScheduler):
-                raise TypeError(
-                    "scheduler: expected a torch.optim.lr_scheduler.LRScheduler, "
-                    f"got {type(scheduler).__name__}"
-                )
-            if scheduler.optimizer is not optimizer:
-                raise ValueError("scheduler: it schedules another optimizer than the trainer's")
+        callables = {"evaluate": evaluate, "on_epoch_end": on_epoch_end, "step_fn": step_fn, "log": log}
+        check_trainer_args(
+            model, optimizer, loss_fn, batches, config, TrainerConfig, scheduler, meta, callables
+        )
         self.scheduler = scheduler
         self.averaged = averaged
         self.dist = dist if dist is not None and dist.world_size > 1 else None
@@ -187,8 +181,7 @@ class Trainer:
     def step(self, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """One optimizer step on ``batch``; returns the detached loss and metrics."""
         self.optimizer.zero_grad(set_to_none=True)
-        out = self.loss_fn(self.train_model, batch)
-        loss, metrics = out if isinstance(out, tuple) else (out, {})
+        loss, metrics = step_output(self.loss_fn(self.train_model, batch))
         loss.backward()  # data-parallel: DDP averages the gradients over the ranks here
         self.optimizer.step()
         return loss.detach(), metrics
@@ -201,9 +194,9 @@ class Trainer:
                 record = self.train_epoch(self.epoch)
                 check_weights(self.model, self.epoch, self._kept())
                 if self.evaluate is not None:
-                    record.update(self.evaluate(self.result_model, self.epoch))
+                    record.update(epoch_metrics(self.evaluate(self.result_model, self.epoch)))
                     if self.averaged is not None:
-                        online = self.evaluate(self.model, self.epoch)
+                        online = epoch_metrics(self.evaluate(self.model, self.epoch))
                         record.update({f"online_{k}": v for k, v in online.items()})
                 if self.dist is not None:
                     record = self.dist.broadcast_object(record)  # rank 0's record, on every rank
@@ -250,7 +243,7 @@ class Trainer:
                 value = as_metric(name, value, loss)
                 sums[name] = sums[name] + value if name in sums else value.clone()
             steps += 1
-            images += _batch_size(batch)
+            images += batch_size(batch)
             if steps % self.config.log_every == 0:
                 means, _ = self._means(sums, steps, epoch, images)
                 if bar is not None:

@@ -113,6 +113,13 @@ def check_trainer_state(trainer: Any, state: Any, source: str) -> None:
     for key in ("scheduler",):
         if key in state and not isinstance(state[key], dict):
             raise CheckpointError(f"{source}: {key}: expected a dict, got a {type(state[key]).__name__}")
+    if trainer.scheduler is not None:  # another kind of schedule: its own fields are not there
+        missing = sorted(set(trainer.scheduler.state_dict()) - set(state["scheduler"]) - {"verbose"})
+        if missing:
+            raise CheckpointError(
+                f"{source}: scheduler: written by another kind of learning-rate scheduler than this "
+                f"run's {type(trainer.scheduler).__name__} (it has no {', '.join(missing)})"
+            )
 
 
 def _device(trainer: Any) -> torch.device:
@@ -167,10 +174,22 @@ def load_trainer_state(trainer: Any, state: Any, source: str) -> None:
     # How the optimizer steps (fused, foreach, capturable) is this run's choice, for its device;
     # torch's load_state_dict would bring back the flags of the run that wrote the checkpoint.
     kernels = [{k: g[k] for k in _STEP_KERNEL_FLAGS if k in g} for g in trainer.optimizer.param_groups]
+    settings = [set(g) - {"params"} for g in trainer.optimizer.param_groups]
+    before = trainer.optimizer.state_dict()
     try:
         trainer.optimizer.load_state_dict(state["optimizer"])
     except (ValueError, KeyError, TypeError, RuntimeError) as err:
         raise CheckpointError(f"{source}: optimizer: does not fit ({one_line(err)})") from None
+    # Another optimizer's groups lack this one's settings (SGD's momentum, Adam's betas); torch
+    # fills in only the optional ones a newer version added.
+    groups = trainer.optimizer.param_groups
+    lacking = sorted(set().union(*(s - set(g) for s, g in zip(settings, groups, strict=True))))
+    if lacking:
+        trainer.optimizer.load_state_dict(before)
+        raise CheckpointError(
+            f"{source}: optimizer: written by another optimizer than this run's "
+            f"{type(trainer.optimizer).__name__} (its parameter groups have no {', '.join(lacking)})"
+        )
     for group, flags in zip(trainer.optimizer.param_groups, kernels, strict=True):
         group.update(flags)
         on_device = bool(group.get("fused") or group.get("capturable"))  # else: torch's CPU step count
@@ -179,7 +198,10 @@ def load_trainer_state(trainer: Any, state: Any, source: str) -> None:
             if isinstance(step, torch.Tensor):
                 trainer.optimizer.state[param]["step"] = step.to(param.device if on_device else "cpu")
     if trainer.scheduler is not None:
-        trainer.scheduler.load_state_dict(state["scheduler"])
+        try:
+            trainer.scheduler.load_state_dict(state["scheduler"])
+        except (ValueError, KeyError, TypeError, RuntimeError) as err:
+            raise CheckpointError(f"{source}: scheduler: does not fit ({one_line(err)})") from None
     if trainer.averaged is not None:
         decay = trainer.averaged.decay
         try:
