@@ -44,7 +44,9 @@ def test_matches_torch_averaged_model_with_the_warmed_up_decay():
 def test_the_decay_binds_after_the_warm_up():
     model = nn.Linear(2, 1)
     ema = EMA(model, 0.5)
-    assert ema.current_decay() == pytest.approx(0.1)  # (1 + 0) / (10 + 0)
+    assert ema.current_decay() == 0.0  # the first update copies the weights
+    ema.updates = 1
+    assert ema.current_decay() == pytest.approx(2 / 11)  # (1 + 1) / (10 + 1)
     ema.updates = 100
     assert ema.current_decay() == 0.5
     with torch.no_grad():
@@ -52,6 +54,14 @@ def test_the_decay_binds_after_the_warm_up():
     ema.module.weight.data.fill_(0.0)
     ema.update(model)
     torch.testing.assert_close(ema.module.weight, torch.full_like(model.weight, 0.5))
+
+
+def test_a_model_of_other_shapes_is_named():
+    ema = EMA(nn.Linear(4, 2), 0.9)
+    with pytest.raises(
+        ValueError, match=r"^model: parameter 0: expected the averaged model's shape \(2, 4\), got \(2, 5\)"
+    ):
+        ema.update(nn.Linear(5, 2))
 
 
 def test_first_update_copies_and_buffers_follow_the_model():

@@ -331,6 +331,19 @@ def test_contract_violations_are_reported(m):
             fn(enc, m.decode, m.prior, x.reshape(3, DIMS))
     with pytest.raises(ValueError, match=r"^x: expected float data .*got torch.uint8"):
         elbo_terms(m.encode, m.decode, m.prior, x.to(torch.uint8))
+    # The prior was not checked: a function (model.prior for model.prior()) failed in log_prob,
+    # and one without Independent broadcast (with K = B = D, iwae returned (B, B)) (API audit).
+    latent = m.prior.event_shape[0]
+    plain = D.Normal(torch.zeros(latent), 1.0)  # batch (D,), event ()
+    for fn in (elbo_terms, lambda *a: iwae_log_likelihood(*a, 4)):
+        with pytest.raises(
+            ValueError, match=r"^prior: expected a torch Distribution, got function \(a model"
+        ):
+            fn(m.encode, m.decode, lambda: m.prior, x)
+        with pytest.raises(
+            ValueError, match=rf"^prior: .* got batch_shape \({latent},\) and event_shape \(\)$"
+        ):
+            fn(m.encode, m.decode, plain, x)
 
 
 # --------------------------------------------------------------------------- elbo_terms

@@ -76,6 +76,14 @@ def test_errors_name_the_argument(name, total, match):
     optimizer = torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=0.1)
     with pytest.raises(ValueError, match=match):
         make_scheduler(name, optimizer, total)
+    with pytest.raises(TypeError, match=r"^optimizer: expected a torch.optim.Optimizer, got str"):
+        make_scheduler("cosine", "adam", 10)
+
+
+@pytest.mark.parametrize("total, expected", [(1, [0.0]), (2, [0.81, 0.0])])
+def test_onecycle_over_very_few_steps_is_what_the_docstring_says(total, expected):
+    lrs, _ = rates("onecycle", total)
+    assert [lr / 1e-3 for lr in lrs] == pytest.approx(expected, abs=0.01)
 
 
 def test_scheduler_state_round_trips_through_a_weights_only_checkpoint(tmp_path):

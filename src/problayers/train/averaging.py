@@ -48,14 +48,17 @@ class EMA(nn.Module):
         self.module = copy.deepcopy(model).requires_grad_(False)
         self.decay = float(decay)
         self.updates = 0
+        self._shapes_checked = False
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self.module(*args, **kwargs)
 
     def current_decay(self) -> float:
-        """The decay the next update uses (warm-up: ``min(decay, (1 + n) / (10 + n))``)."""
+        """The decay the next update uses: 0 for the first (a copy of the weights, as torch's
+        ``AveragedModel`` starts), then the warm-up ``min(decay, (1 + n) / (10 + n))`` after
+        ``n`` updates."""
         n = self.updates
-        return min(self.decay, (1 + n) / (10 + n))
+        return 0.0 if n == 0 else min(self.decay, (1 + n) / (10 + n))
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
@@ -66,7 +69,15 @@ class EMA(nn.Module):
             raise ValueError(
                 f"model: expected the averaged model's {len(mine)} parameters, got {len(theirs)}"
             )
-        if self.updates == 0:
+        if not self._shapes_checked:  # once: a step's update reads no more than it must
+            for index, (a, b) in enumerate(zip(mine, theirs, strict=True)):
+                if a.shape != b.shape:
+                    raise ValueError(
+                        f"model: parameter {index}: expected the averaged model's shape "
+                        f"{tuple(a.shape)}, got {tuple(b.shape)}"
+                    )
+            self._shapes_checked = True
+        if self.updates == 0:  # current_decay() is 0: a copy
             torch._foreach_copy_(mine, theirs)
         else:
             torch._foreach_lerp_(mine, theirs, 1.0 - self.current_decay())

@@ -30,9 +30,10 @@ class KerasAdam(torch.optim.Adam):
         eps: Keras' ``epsilon``, added to ``sqrt(v)`` before the bias correction (default 1e-7).
 
     Each parameter group counts its steps (``"iterations"``, as Keras' optimizer does; saved in
-    ``state_dict``) and keeps ``eps`` in ``"keras_eps"``; its ``"eps"`` is the torch-terms value of
-    the coming step. ``capturable=True`` is refused: a captured CUDA graph would keep the first
-    step's epsilon.
+    ``state_dict``) and keeps ``eps`` in ``"keras_eps"``; ``step()`` first sets its ``"eps"`` to
+    that step's value in torch's terms (``keras_eps / sqrt(1 - beta2^t)``), so between steps it
+    holds the last step's (``keras_eps`` before the first). ``capturable=True`` is refused: a
+    captured CUDA graph would keep the first step's epsilon.
     """
 
     def __init__(

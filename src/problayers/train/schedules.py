@@ -14,7 +14,8 @@ optimizer whose ``lr`` is the peak rate, stepped once per optimizer step over ``
     ``torch.optim.lr_scheduler.OneCycleLR`` (warm-up over 30% of the steps from ``lr / 25``,
     cosine annealing to ``(lr / 25) / 1e4 = lr / 2.5e5``: torch's defaults) with the
     optimizer's momentum left alone (``cycle_momentum=False``: a CUDA-graph step fixes Adam's
-    betas at capture).
+    betas at capture). torch's phases need room: over fewer than about 5 steps the warm-up
+    has none (one step: the rate is 0 at its only step; two: about 0.8 ``lr``, then 0).
 """
 
 from __future__ import annotations
@@ -83,6 +84,8 @@ def make_scheduler(name: str, optimizer: torch.optim.Optimizer, total_steps: int
     optimizer steps (``>= 1``); ``None`` for ``"constant"``."""
     if name not in LR_SCHEDULES:
         raise ValueError(f"lr_schedule: expected one of {sorted(LR_SCHEDULES)}, got {name!r}")
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"optimizer: expected a torch.optim.Optimizer, got {type(optimizer).__name__}")
     if not isinstance(total_steps, int) or isinstance(total_steps, bool) or total_steps < 1:
         raise ValueError(f"total_steps: expected a positive int, got {total_steps!r}")
     return LR_SCHEDULES[name](optimizer, total_steps)

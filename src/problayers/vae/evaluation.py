@@ -81,6 +81,20 @@ def _posterior(encode: Encoder, x: torch.Tensor) -> D.Distribution:
     return q
 
 
+def _check_prior(prior: object, q: D.Distribution) -> D.Distribution:
+    """``prior``, checked against its contract: batch ``()``, the posterior's event ``(D,)``."""
+    if not isinstance(prior, D.Distribution):
+        called = " (a model's prior is prior(): call it)" if callable(prior) else ""
+        raise ValueError(f"prior: expected a torch Distribution, got {type(prior).__name__}{called}")
+    if tuple(prior.batch_shape) != () or prior.event_shape != q.event_shape:
+        raise ValueError(
+            f"prior: expected a distribution with batch_shape () and the posterior's event_shape "
+            f"{tuple(q.event_shape)} (an Independent over the latents), got batch_shape "
+            f"{tuple(prior.batch_shape)} and event_shape {tuple(prior.event_shape)}"
+        )
+    return prior
+
+
 def _draw(q: D.Distribution, sample_shape: tuple[int, ...] = ()) -> torch.Tensor:
     """A reparameterized sample when ``q`` has one, else a plain sample."""
     shape = torch.Size(sample_shape)
@@ -138,6 +152,7 @@ def elbo_terms(
     x = _check_data("x", x)
     batch = x.shape[0]
     q = _posterior(encode, x)  # batch (B,), event (D,)
+    prior = _check_prior(prior, q)  # batch (), event (D,)
     z = _draw(q)  # (B, D)
     recon = -_decoder_log_prob(decode, z, x)  # (B,)
 
@@ -184,6 +199,7 @@ def iwae_log_likelihood(
     x = _check_data("x", x)
     batch, event = x.shape[0], x.shape[1:]
     q = _posterior(encode, x)  # batch (B,), event (D,)
+    prior = _check_prior(prior, q)  # batch (), event (D,)
 
     running = None  # (B,): logsumexp of the log-weights seen so far
     for start in range(0, num_samples, chunk_size):
