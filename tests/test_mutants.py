@@ -293,13 +293,13 @@ MUTANTS = [
     ),
     (
         "train/trainer.py",
-        "images += _batch_size(batch)",
+        "images += batch_size(batch)",
         "images += 1",
         "tests/test_training.py::test_images_per_s_counts_examples",
     ),
     (
-        "train/trainer.py",
-        "return int(first.shape[0]) if isinstance(first, torch.Tensor) else 1",
+        "train/trainerargs.py",
+        "return int(first.shape[0]) if isinstance(first, torch.Tensor) and first.dim() > 0 else 1",
         "return 1",
         "tests/test_training.py::test_images_per_s_counts_examples",
     ),
