@@ -754,6 +754,24 @@ MUTANTS = [
         "tests/test_coercible.py::test_torch_function_converts_keyword_arguments",
     ),
     (
+        "regularizers.py",
+        "kl = kl.sum(dim=inner, keepdim=True)",
+        "kl = kl.mean(dim=inner, keepdim=True)",
+        "tests/test_regularizers.py::test_a_member_kl_is_summed_over_the_batch_axes_after_the_first",
+    ),
+    (
+        "bayesian.py",
+        "for child_name, child in list(module._modules.items()):",
+        "for child_name, child in list(module.named_children()):",
+        "tests/test_bayesian.py::test_a_module_under_two_names_of_one_parent_is_one_twin",
+    ),
+    (
+        "vae/pretrained.py",
+        "model = model.to(floating.pop())",
+        "floating.pop()",
+        "tests/test_pretrained.py::test_the_weights_come_back_in_the_dtype_they_were_saved_in",
+    ),
+    (
         "demos/regression.py",
         "std = (stds.square().mean(0) + means.var(0, unbiased=False)).sqrt()",
         "std = stds.mean(0)",
