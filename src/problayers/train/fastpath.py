@@ -64,7 +64,8 @@ Options (each can be combined with the others, except ``cuda_graph`` with ``comp
 
 ``channels_last``
     Converts the model's 4-D parameters to ``torch.channels_last`` (in place: the parameters
-    stay the same objects, so the optimizer is unaffected) and each 4-D floating batch tensor,
+    stay the same objects; an optimizer's existing state follows their layout) and each 4-D
+    floating batch tensor,
     so convolutions run NHWC (oneDNN on the CPU, cuDNN/tensor cores on the GPU). Values and
     ``state_dict`` contents are unchanged (only strides).
 """
@@ -125,6 +126,24 @@ def model_device(model: nn.Module) -> torch.device:
     for buffer in model.buffers():
         return buffer.device
     return torch.device("cpu")
+
+
+@torch.no_grad()
+def channels_last_model(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """``model``'s 4-D parameters and buffers in channels_last, in place (the same objects; a
+    Conv3d's 5-D weight is left as it is), and the optimizer's state of each parameter in the
+    parameter's new layout: fused Adam reads its moments with the parameter's strides."""
+    for tensor in (*model.parameters(), *model.buffers()):
+        if tensor.dim() == 4:
+            tensor.data = tensor.data.contiguous(memory_format=torch.channels_last)
+    for param, state in optimizer.state.items():
+        for key, value in state.items():
+            if (
+                isinstance(value, torch.Tensor)
+                and value.shape == param.shape
+                and value.stride() != param.stride()
+            ):
+                state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
 
 
 def channels_last_batch(batch: Any) -> Any:
@@ -310,8 +329,7 @@ def make_train_step(
         if device.type == "cuda" and not torch.cuda.is_bf16_supported():
             raise ValueError(f"precision='bf16': {torch.cuda.get_device_name(device)} does not support bf16")
     if channels_last:
-        # Module.to takes memory_format (as Tensor.to does); torch's stubs lack it
-        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        channels_last_model(model, optimizer)
     if transposed_as_conv or narrow_conv_by_transposed:
         from .transposed import use_convolution_passes, use_transposed_weight_gradient
 
