@@ -370,7 +370,7 @@ MUTANTS = [
         "tests/test_zoo_maths.py::test_mixture_of_gaussians_weights_and_vampprior_pseudo_inputs_get_gradients",
     ),
     (
-        "train/transposed.py",
+        "train/narrowconv.py",
         "if input.dim() != self._dims + 2 or not _exchangeable(self):",
         "if input.dim() != self._dims + 2:",
         "tests/test_transposed.py::test_switched_narrow_conv_changed_afterwards_computes_as_torch",
@@ -382,7 +382,7 @@ MUTANTS = [
         "tests/test_transposed.py::test_conv_transpose_by_conv_one_value_options_apply_to_every_dim",
     ),
     (
-        "train/transposed.py",
+        "train/narrowconv.py",
         "and all(s == 1 for s in c.stride)",
         "and c.stride[0] == 1",
         "tests/test_transposed.py::test_a_conv_strided_in_a_later_dim_is_not_switched",
@@ -473,8 +473,8 @@ MUTANTS = [
     ),
     (
         "train/fastpath.py",
-        "        model.to(memory_format=torch.channels_last)  # type",
-        "        pass  # type",
+        "            tensor.data = tensor.data.contiguous(memory_format=torch.channels_last)",
+        "            pass",
         "tests/test_fastpath.py::test_channels_last_converts_the_models_weights_and_the_batch",
     ),
     (

@@ -26,6 +26,10 @@ CASES = [
     (lambda: nn.ConvTranspose2d(16, 8, 7), (3, 16, 1, 1)),  # the seed decoder's first layer
     (lambda: nn.ConvTranspose1d(4, 2, 3, stride=3, padding=1, output_padding=2), (2, 4, 9)),
     (lambda: nn.ConvTranspose3d(2, 4, 3, stride=2, padding=1, output_padding=1), (2, 2, 3, 4, 5)),
+    # output padding >= stride (a dilation above the stride allows it): torch's own forward; the
+    # convolution's passes raised (fast-path audit)
+    (lambda: nn.ConvTranspose2d(3, 2, 3, stride=1, dilation=2, output_padding=1), (2, 3, 5, 5)),
+    (lambda: nn.ConvTranspose2d(3, 2, 3, stride=2, dilation=3, output_padding=2), (2, 3, 5, 5)),
 ]  # fmt: skip
 
 
@@ -131,6 +135,42 @@ def test_bad_arguments_name_themselves():
         conv_transpose_by_conv(torch.randn(3, 4), w)
     with pytest.raises(ValueError, match=r"^stride: expected an int or 2 ints, got \(1, 2, 3\)"):
         conv_transpose_by_conv(torch.randn(1, 3, 4, 4), w, stride=(1, 2, 3))
+
+
+@pytest.mark.parametrize(
+    "make, switch",
+    [
+        (lambda: nn.ConvTranspose2d(3, 2, 3, stride=2, padding=1), use_convolution_passes),
+        (lambda: nn.Conv2d(3, 1, 3, padding=1), use_transposed_weight_gradient),
+    ],
+    ids=["transposed", "narrow"],
+)
+def test_float64_under_autocast_stays_float64_and_torch_func_sees_through(make, switch):
+    """Autocast leaves float64 alone (the layers cast it to bf16: 3e-3 off); torch.func.grad
+    and vmap needed the Functions' setup_context (fast-path audit)."""
+    ref, new = _pair(make, torch.float64, switch=switch)
+    x = torch.randn(2, 3, 5, 5, dtype=torch.float64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got, want = new(x), ref(x)
+    assert got.dtype == torch.float64
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    params = {k: v.detach() for k, v in new.named_parameters()}
+
+    def loss(p, xs):
+        return torch.func.functional_call(new, p, (xs,)).square().sum()
+
+    grads = torch.func.grad(loss)(params, x)
+    ref(x).square().sum().backward()
+    for name, p in ref.named_parameters():
+        torch.testing.assert_close(grads[name], p.grad, rtol=1e-10, atol=1e-12)
+    per_example = torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0))(params, x[:, None])
+    torch.testing.assert_close(per_example["weight"].sum(0), grads["weight"], rtol=1e-10, atol=1e-12)
+
+
+def test_a_wrong_channel_count_is_torchs_own_error():
+    _, new = _pair(lambda: nn.ConvTranspose2d(4, 2, 3, stride=2))
+    with pytest.raises(RuntimeError, match=r"expected input\[2, 3, 5, 5\] to have 4 channels"):
+        new(torch.randn(2, 3, 5, 5, dtype=torch.float64))
 
 
 # dynamo itself instantiates torch.autograd.Function to trace the Function's ctx (torch 2.13)
