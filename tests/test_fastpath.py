@@ -381,6 +381,18 @@ def test_channels_last_after_steps_keeps_fused_adams_moments_in_the_weights_layo
         torch.testing.assert_close(got, ref, rtol=0, atol=1e-6)
 
 
+def test_channels_last_spells_out_a_one_channel_weights_strides_as_module_to_does():
+    """A (C, 1, k, k) weight is contiguous in both layouts; its strides decide oneDNN's kernels,
+    and the step's numbers were measured with Module.to's (channels_last spelled out)."""
+    model = nn.Sequential(nn.Conv2d(1, 8, 5), nn.Conv2d(8, 1, 3))
+    reference = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    make_train_step(
+        model, torch.optim.SGD(model.parameters(), lr=0.1), lambda m, b: m(b).sum(), channels_last=True
+    )
+    for got, want in zip(model.parameters(), reference.parameters(), strict=True):
+        assert got.stride() == want.stride()
+
+
 def test_channels_last_leaves_a_conv3d_weight_as_it_is():
     """Module.to(memory_format=channels_last) raises on a 5-D weight; the docstring promised
     the 4-D ones only."""

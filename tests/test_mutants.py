@@ -473,7 +473,7 @@ MUTANTS = [
     ),
     (
         "train/fastpath.py",
-        "            tensor.data = tensor.data.contiguous(memory_format=torch.channels_last)",
+        "            tensor.data = tensor.data.to(memory_format=torch.channels_last)",
         "            pass",
         "tests/test_fastpath.py::test_channels_last_converts_the_models_weights_and_the_batch",
     ),

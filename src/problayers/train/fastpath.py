@@ -134,8 +134,8 @@ def channels_last_model(model: nn.Module, optimizer: torch.optim.Optimizer) -> N
     Conv3d's 5-D weight is left as it is), and the optimizer's state of each parameter in the
     parameter's new layout: fused Adam reads its moments with the parameter's strides."""
     for tensor in (*model.parameters(), *model.buffers()):
-        if tensor.dim() == 4:
-            tensor.data = tensor.data.contiguous(memory_format=torch.channels_last)
+        if tensor.dim() == 4:  # .to spells the strides out where the layouts coincide (one channel)
+            tensor.data = tensor.data.to(memory_format=torch.channels_last)
     for param, state in optimizer.state.items():
         for key, value in state.items():
             if (
