@@ -377,6 +377,28 @@ def test_global_batch_not_divisible_is_a_clear_error(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def _bad_test_subset(ctx, out_dir):
+    from problayers.vae.experiment import RunConfig, train
+    from problayers.vae.models import ModelConfig
+
+    tiny = ModelConfig(latent_size=4, base_depth=4)
+    cfg = RunConfig(model=tiny, batch_size=32, synthetic=64, test_subset=1000, epochs=1, progress=False)
+    try:
+        train(cfg, out_dir / "run", dist=ctx)
+    except Exception as err:
+        return {"type": type(err).__name__, "message": str(err)}
+    return {"type": None}
+
+
+def test_an_error_of_rank_0_while_it_loads_the_data_stops_the_others_quietly(tmp_path):
+    """Rank 0 failed inside local_main_first (the data: only it loads the test set) and never
+    reached the barrier: rank 1 printed gloo's 'connection closed' as an internal error (DDP
+    audit)."""
+    r0, r1 = _spawn(_bad_test_subset, tmp_path)
+    assert r0["type"] == "ValueError" and "expected at most the 64 test images, got 1000" in r0["message"]
+    assert r1["type"] == "RankZeroError" and "rank 0 failed: ValueError" in r1["message"]
+
+
 def _threads() -> int:
     return len(os.listdir("/proc/self/task"))
 

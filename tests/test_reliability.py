@@ -693,6 +693,8 @@ def test_a_gpu_runs_fast_step_is_resumed_with_the_cpus(run, capsys):
     assert main(["train", "--resume", str(run), "--epochs", "3", "--device", "cpu", "--no-progress"]) == 0
     after = json.loads((run / "config.json").read_text())
     assert not after["cuda_graph"] and after["auto_step"] and after["fused_adam"]  # the CPU's fast step
+    step = after["resumed"][-1]["step"]  # the change recorded (DDP audit: it was not)
+    assert step["cuda_graph"] is False and step["auto_step"] is True
     groups = torch.load(run / "checkpoint.pt", weights_only=True)["optimizer"]["param_groups"]
     assert all(not g["capturable"] for g in groups)
 

@@ -198,12 +198,22 @@ class DistContext:
     @contextmanager
     def local_main_first(self) -> Iterator[None]:
         """The body runs on each machine's LOCAL_RANK 0 first, then on the others (e.g. a
-        download into a cache shared by the machine's processes happens once)."""
-        if self.local_rank != 0:
-            self.barrier()
-        yield
-        if self.local_rank == 0:
-            self.barrier()
+        download into a cache shared by the machine's processes happens once). Where it raises
+        on a LOCAL_RANK 0, that process raises its error and the others
+        :class:`RankZeroError` (printed once, not as a broken connection on every rank)."""
+        if self.local_rank != 0:  # one collective each: before the body here, after it there
+            outcomes: list[tuple[int, str] | None] = self.all_gather_object(None)
+            failed = [f for f in outcomes if f is not None]
+            if failed:
+                raise RankZeroError(f"rank {failed[0][0]} failed: {failed[0][1]}")
+            yield
+            return
+        try:
+            yield
+        except Exception as err:
+            self.all_gather_object((self.rank, f"{type(err).__name__}: {err}"))
+            raise
+        self.all_gather_object(None)
 
     # -- random numbers -------------------------------------------------------------------
     def split_rng(self) -> None:

@@ -339,13 +339,19 @@ def resume(run_dir: str | Path, *, dist: DistContext | None = None, **overrides:
             for k in ("epochs", "lr", "device", "data_dir")
             if getattr(cfg, k) != getattr(saved, k)
         }
-        if changed:
-            cfg = dataclasses.replace(cfg, resumed=(*saved.resumed, {"at_epoch": done, **changed}))
+        step = None
         if dist is not None:  # the fast step is single-process: data-parallel, the eager step
-            cfg = dataclasses.replace(cfg, **step_options(fast=False))
+            step = step_options(fast=False)
         elif cfg.cuda_graph and resolve_device(cfg.device).type != "cuda":
             # a GPU run's fast step, resumed without a GPU: this device's fast step instead
-            cfg = dataclasses.replace(cfg, **step_options(fast=True, device=cfg.device))
+            step = step_options(fast=True, device=cfg.device)
+        if step is not None:
+            step_changed = {k: v for k, v in step.items() if getattr(cfg, k) != v}
+            if step_changed:  # recorded, and the probe's choice no longer the step's
+                changed["step"] = step_changed
+                cfg = dataclasses.replace(cfg, **step, step_choice=None)
+        if changed:
+            cfg = dataclasses.replace(cfg, resumed=(*saved.resumed, {"at_epoch": done, **changed}))
         _check_options(cfg, dist)
         return cfg, state
 
