@@ -219,6 +219,14 @@ def test_prior_made_on_meta_says_so_when_the_model_gets_values():
         reg = pl.KLDivergenceRegularizer(pl.StandardNormal(2))  # a module that makes the prior
     reg.to_empty(device="cpu")
     assert reg.resolve_prior(None).mean.tolist() == [0.0, 0.0]
+    # used as it is, on a CPU output: the same line (it was torch's "Cannot copy out of meta tensor")
+    with torch.device("meta"):
+        prior = D.Independent(D.Normal(torch.zeros(2), 1.0, validate_args=False), 1)
+    layer = pl.IndependentNormal(2, activity_regularizer=pl.KLDivergenceRegularizer(prior))
+    with pytest.raises(
+        RuntimeError, match=r"^KLDivergenceRegularizer: the prior was made on the meta device"
+    ):
+        layer(torch.randn(3, 4))
 
 
 def test_prior_is_placed_from_the_prior_as_given_not_rounded():

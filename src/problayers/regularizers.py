@@ -87,6 +87,14 @@ def _forward_takes_an_argument(module: nn.Module) -> bool:
     return False
 
 
+def _meta_prior(device: torch.device) -> RuntimeError:
+    return RuntimeError(
+        f"KLDivergenceRegularizer: the prior was made on the meta device and has no values to put "
+        f"on {device}; make it outside torch.device('meta'), or pass a module that makes it "
+        "(e.g. problayers.StandardNormal(shape))"
+    )
+
+
 def _check_event_shapes(q: D.Distribution, prior: D.Distribution) -> None:
     if q.event_shape != prior.event_shape:
         raise ValueError(
@@ -204,6 +212,8 @@ class KLDivergenceRegularizer(nn.Module):
             if ref is None or (ref.device == like.device and ref.dtype == like.dtype):
                 return prior
             key = (like.device, like.dtype)
+            if ref.is_meta and not like.is_meta:  # no values to copy to the output's device
+                raise _meta_prior(like.device)
             if key not in self._moved:
                 self._moved[key] = distribution_to(prior, like.device, like.dtype)
             prior = self._moved[key]
@@ -228,11 +238,7 @@ class KLDivergenceRegularizer(nn.Module):
                 like = fn(torch.empty(0, dtype=ref.dtype, device=ref.device))
                 given = first_floating_tensor(self._given_prior)
                 if given is not None and given.is_meta and not like.is_meta:
-                    raise RuntimeError(
-                        f"KLDivergenceRegularizer: the prior was made on the meta device and has no "
-                        f"values to put on {like.device}; make it outside torch.device('meta'), or "
-                        "pass a module that makes it (e.g. problayers.StandardNormal(shape))"
-                    )
+                    raise _meta_prior(like.device)
                 self.prior = distribution_to(self._given_prior, like.device, like.dtype)
             self._placed_prior = self.prior
             self._moved = {}
