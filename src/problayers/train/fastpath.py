@@ -81,6 +81,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from .trainerargs import check_step_args
+
 if TYPE_CHECKING:
     from .cudagraph import CUDAGraphStep
 
@@ -292,12 +294,7 @@ def make_train_step(
             instructions, and slower: :func:`~problayers.train.probe.probe_step_options` does not
             choose it there).
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
-    if not isinstance(optimizer, torch.optim.Optimizer):
-        raise TypeError(f"optimizer: expected a torch.optim.Optimizer, got {type(optimizer).__name__}")
-    if not callable(loss_fn):
-        raise TypeError(f"loss_fn: expected a callable (model, batch) -> loss, got {type(loss_fn).__name__}")
+    check_step_args(model, optimizer, loss_fn)
     _check_bool("compile", compile)
     _check_bool("channels_last", channels_last)
     if precision not in PRECISIONS:

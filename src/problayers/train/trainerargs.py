@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["batch_size", "check_trainer_args", "epoch_metrics", "step_output"]
+__all__ = ["batch_size", "check_step_args", "check_trainer_args", "epoch_metrics", "step_output"]
 
 
 def _name(value: Any) -> str:
@@ -32,12 +32,7 @@ def check_trainer_args(
     callables: Mapping[str, Any],
 ) -> None:
     """A one-line ``TypeError``/``ValueError`` naming the first argument of the wrong kind."""
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model: expected an nn.Module, got {_name(model)}")
-    if not isinstance(optimizer, torch.optim.Optimizer):
-        raise TypeError(f"optimizer: expected a torch.optim.Optimizer, got {_name(optimizer)}")
-    if not callable(loss_fn):
-        raise TypeError(f"loss_fn: expected a callable (model, batch) -> loss, got {_name(loss_fn)}")
+    check_step_args(model, optimizer, loss_fn)
     if not callable(batches):
         hint = (
             " (data itself: pass lambda epoch: data, or use fit())" if isinstance(batches, Iterable) else ""
@@ -69,6 +64,17 @@ def check_trainer_args(
             json.dumps(meta)
         except (TypeError, ValueError) as err:  # written with every checkpoint: fail now, not then
             raise TypeError(f"meta: expected JSON values (it is saved in each checkpoint): {err}") from None
+
+
+def check_step_args(model: Any, optimizer: Any, loss_fn: Any) -> None:
+    """A one-line ``TypeError`` naming the first of a step's model, optimizer and loss function
+    of the wrong kind (the trainer's and :func:`~problayers.train.fastpath.make_train_step`'s)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected an nn.Module, got {_name(model)}")
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"optimizer: expected a torch.optim.Optimizer, got {_name(optimizer)}")
+    if not callable(loss_fn):
+        raise TypeError(f"loss_fn: expected a callable (model, batch) -> loss, got {_name(loss_fn)}")
 
 
 def step_output(out: Any) -> tuple[torch.Tensor, dict[str, Any]]:
