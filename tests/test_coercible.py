@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import operator
+import pickle
 
 import numpy as np
 import pytest
@@ -483,3 +484,56 @@ def test_torch_function_converts_keyword_arguments():
         torch.where(torch.tensor([True, False, True]), torch.zeros(3), other=out),
         torch.tensor([0.0, 1.0, 0.0]),
     )
+
+
+def test_expand_gives_a_coercible_output_of_its_own():
+    """torch's expand built the coercible class without its state: every tensor use of the
+    result raised AttributeError (coercion audit)."""
+    q = as_coercible(D.Normal(torch.zeros(3), 1.0), "mean")
+    e = q.expand((5, 3))
+    assert e.batch_shape == (5, 3) and e.shape == (5, 3)
+    assert torch.equal(e + 1, torch.ones(5, 3)) and "TensorCoercible" in repr(e)
+    assert pickle.loads(pickle.dumps(e)).shape == (5, 3)
+    layer_out = pl.IndependentNormal(2)(torch.zeros(4, 4))
+    assert (layer_out.expand((3, 4)) * 1).shape == (3, 4, 2)
+
+
+def test_a_first_look_under_inference_mode_leaves_a_value_autograd_can_use():
+    """A frozen encoder's output logged under inference_mode cached an inference tensor: the
+    trainable head's backward then raised (coercion audit)."""
+    encoder = nn.Sequential(nn.Linear(2, 4), pl.IndependentNormal(2)).requires_grad_(False)
+    head = nn.Linear(2, 1)
+    q = encoder(torch.randn(3, 2))
+    with torch.inference_mode():
+        float(q.tensor().mean())
+    assert not q.tensor().is_inference()
+    head(q).sum().backward()
+    assert head.weight.grad is not None
+
+
+def test_numpy_on_the_left_keeps_the_graph_and_python_conversions_use_the_value():
+    q = as_coercible(D.Normal(torch.zeros(2, requires_grad=True), 1.0), "mean")
+    for left in (np.float32(0.5), np.ones(2, dtype=np.float32)):
+        out = left * q
+        assert isinstance(out, torch.Tensor) and out.requires_grad  # it was a detached ndarray
+    one = as_coercible(D.Normal(torch.tensor(2.0), 1.0), "mean")
+    assert float(one) == 2.0 and int(one) == 2
+    bits = as_coercible(D.Categorical(logits=torch.zeros(2, 4)), lambda d: torch.tensor([4, 8]))
+    assert (bits >> 2).tolist() == [1, 2] and (bits << 1).tolist() == [8, 16]
+
+
+def test_iterating_a_scalar_output_raises_as_a_0_dim_tensor_does():
+    """It iterated as an empty sequence (__getitem__'s IndexError ended it): list(x) == []."""
+    x = as_coercible(D.Normal(torch.tensor(5.0), 1.0), "mean")
+    with pytest.raises(TypeError, match="iteration over a 0-d tensor"):
+        list(x)
+    rows = as_coercible(D.Normal(torch.zeros(3, 2), 1.0), "mean")
+    assert [r.shape for r in rows] == [(2,)] * 3
+
+
+def test_a_convert_fn_that_uses_the_output_as_a_tensor_is_one_line():
+    """d + 1, d.shape, torch.exp(d) inside the function ended in a RecursionError."""
+    for fn in (lambda d: d + 1, lambda d: torch.exp(d), lambda d: torch.zeros(d.shape)):
+        out = as_coercible(D.Normal(torch.zeros(2), 1.0), fn)
+        with pytest.raises(RuntimeError, match=r"^convert_to_tensor_fn of a Normal output used the output"):
+            out * 1

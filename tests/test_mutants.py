@@ -742,13 +742,13 @@ MUTANTS = [
         "tests/test_coercible.py::test_numpy_of_a_value_that_requires_grad",
     ),
     (
-        "coercible.py",
+        "convert.py",
         "__le__ = _binary(operator.le)",
         "__le__ = _binary(operator.lt)",
         "tests/test_coercible.py::test_le_is_less_or_equal_and_matmul_on_the_right",
     ),
     (
-        "coercible.py",
+        "convert.py",
         "    if isinstance(value, dict):\n        return {k: convert_to_tensor(v)",
         "    if False:\n        return {k: convert_to_tensor(v)",
         "tests/test_coercible.py::test_torch_function_converts_keyword_arguments",

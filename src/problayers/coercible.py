@@ -15,22 +15,15 @@ Where a name means something on both ``Tensor`` and ``Distribution`` (``mean``, 
 ``variance``, ``stddev``, ``expand``, ``sample``, ``entropy``, ...) the distribution's meaning
 wins. ``convert_to_tensor(x)`` (or ``x.tensor()``) gives the tensor explicitly.
 
-Why it is built this way (see docs/design.md): the object is made with ``object.__new__`` of a
-cached subclass and a copy of the distribution's ``__dict__`` (no ``__class__`` assignment, no
-mutation of a type), so ``torch.compile`` traces a layer's forward without a graph break.
-Under ``torch.autocast`` the distribution's own maths (sampling, ``log_prob``, ``entropy``,
-``cdf``, the tensor value) run in fp32 with autocast off: half-precision distribution maths
-lose the digits a likelihood needs, and some of it has no bf16 kernel at all
-(``triangular_solve`` on the CPU). Outputs pickle as the same coercible class (the named
-convert function by name, a callable by reference) and ``copy.deepcopy`` gives a copy detached
-from the autograd graph, as ``torch.save`` would. Caveat: a distribution that calls a clashing
-method on its parameters (``MultivariateNormal``: ``loc.expand``) needs ``convert_to_tensor(x)``.
+Under ``torch.autocast`` the distribution's maths and the value run in fp32. Outputs pickle
+(a callable convert function by reference) and deep-copy detached from the graph. Why it is
+built so, and its caveats (the value of ``"mean"`` is the ``loc`` tensor itself, as torch's
+``mean`` is: in-place changes to it change the distribution): docs/design.md.
 """
 
 from __future__ import annotations
 
 import copy
-import operator
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -42,7 +35,9 @@ from ._state import first_floating_tensor, graph_tensors, requires_grad
 from .convert import (
     TFP_METHOD_NAMES,
     ConvertFn,
+    TensorValue,
     as_sample_shape,
+    convert_to_tensor,
     resolve_convert_fn,
     scalars_like,
     unsupported,
@@ -50,23 +45,6 @@ from .convert import (
 from .precision import autocast_device, in_fp32
 
 __all__ = ["TensorCoercible", "as_coercible", "base_class", "convert_to_tensor", "is_coercible"]
-
-
-def convert_to_tensor(value: Any) -> Any:
-    """The tensor that ``value`` stands for.
-
-    A tensor-coercible distribution gives its cached tensor value (shape
-    ``sample_shape + batch_shape + event_shape`` as produced by its ``convert_to_tensor_fn``);
-    lists, tuples and dicts are converted element-wise; anything else is returned unchanged.
-    """
-    if isinstance(value, TensorCoercible):
-        return value.tensor()
-    if isinstance(value, (list, tuple)):
-        converted = [convert_to_tensor(v) for v in value]
-        return type(value)(converted) if not hasattr(value, "_fields") else type(value)(*converted)
-    if isinstance(value, dict):
-        return {k: convert_to_tensor(v) for k, v in value.items()}
-    return value
 
 
 def base_class(dist: D.Distribution) -> type:
@@ -79,16 +57,6 @@ def is_coercible(value: Any) -> bool:
     return isinstance(value, TensorCoercible)
 
 
-def _unary(op: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    return lambda self: op(self.tensor())
-
-
-def _binary(op: Callable[[Any, Any], Any], reflected: bool = False) -> Callable[[Any, Any], Any]:
-    if reflected:
-        return lambda self, other: op(convert_to_tensor(other), self.tensor())
-    return lambda self, other: op(self.tensor(), convert_to_tensor(other))
-
-
 if TYPE_CHECKING:
     # For the type checker the mixin is a ``Distribution`` (it only ever sits in front of one);
     # at run time it is a plain mixin.
@@ -97,7 +65,7 @@ else:
     _MixinBase = object
 
 
-class TensorCoercible(_MixinBase):
+class TensorCoercible(TensorValue, _MixinBase):
     """Mixin placed in front of a ``Distribution`` class by :func:`as_coercible`.
 
     Not instantiated directly. ``tensor()`` computes (once) and returns the cached value;
@@ -118,12 +86,27 @@ class TensorCoercible(_MixinBase):
         the loss reading it next gets this value with its graph; that read gets it detached."""
         value = self._tc_value
         if value is None:
-            if not torch.is_grad_enabled() and requires_grad(self.__dict__):
-                with torch.inference_mode(False), torch.enable_grad():
-                    value = self._tc_value = self._draw()
-            else:
+            if self.__dict__.get("_tc_busy", False):  # d + 1, d.shape, torch.exp(d) inside the fn
+                raise RuntimeError(
+                    f"convert_to_tensor_fn of a {self._tc_base.__name__} output used the output "
+                    "as a tensor (its own value, being computed); use the distribution's methods"
+                )
+            grad = not torch.is_grad_enabled() and requires_grad(self.__dict__)
+            # never an inference tensor: a later loss could not save it for backward
+            with torch.inference_mode(False), torch.set_grad_enabled(grad or torch.is_grad_enabled()):
                 value = self._tc_value = self._draw()
         return value.detach() if value.requires_grad and not torch.is_grad_enabled() else value
+
+    def expand(self, batch_shape: Any, _instance: Any = None) -> D.Distribution:
+        """torch's ``expand`` (the distribution's meaning): a tensor-coercible output of its own,
+        with this one's ``convert_to_tensor_fn``, its value computed from it when asked."""
+        new = super().expand(batch_shape, _instance)
+        if isinstance(new, TensorCoercible) and "_tc_fn" not in new.__dict__:
+            new._tc_fn, new._tc_name, new._tc_value = self._tc_fn, self._tc_name, None
+        return new
+
+    def __iter__(self) -> Any:  # a 0-dim value raises, as a 0-dim tensor does
+        return iter(self.tensor())
 
     def _draw(self) -> torch.Tensor:
         device_type = autocast_device()
@@ -273,37 +256,6 @@ class TensorCoercible(_MixinBase):
 
     def __getitem__(self, index: Any) -> torch.Tensor:
         return self.tensor()[convert_to_tensor(index)]
-
-    __neg__ = _unary(operator.neg)
-    __pos__ = _unary(operator.pos)
-    __abs__ = _unary(operator.abs)
-    __invert__ = _unary(operator.invert)
-    __add__ = _binary(operator.add)
-    __radd__ = _binary(operator.add, reflected=True)
-    __sub__ = _binary(operator.sub)
-    __rsub__ = _binary(operator.sub, reflected=True)
-    __mul__ = _binary(operator.mul)
-    __rmul__ = _binary(operator.mul, reflected=True)
-    __truediv__ = _binary(operator.truediv)
-    __rtruediv__ = _binary(operator.truediv, reflected=True)
-    __floordiv__ = _binary(operator.floordiv)
-    __rfloordiv__ = _binary(operator.floordiv, reflected=True)
-    __mod__ = _binary(operator.mod)
-    __rmod__ = _binary(operator.mod, reflected=True)
-    __pow__ = _binary(operator.pow)
-    __rpow__ = _binary(operator.pow, reflected=True)
-    __matmul__ = _binary(operator.matmul)
-    __rmatmul__ = _binary(operator.matmul, reflected=True)
-    __and__ = _binary(operator.and_)
-    __rand__ = _binary(operator.and_, reflected=True)
-    __or__ = _binary(operator.or_)
-    __ror__ = _binary(operator.or_, reflected=True)
-    __xor__ = _binary(operator.xor)
-    __rxor__ = _binary(operator.xor, reflected=True)
-    __lt__ = _binary(operator.lt)
-    __le__ = _binary(operator.le)
-    __gt__ = _binary(operator.gt)
-    __ge__ = _binary(operator.ge)
 
     # -- copying and pickling ------------------------------------------------------------------
     def __reduce__(self) -> tuple[Callable[..., D.Distribution], tuple[Any, ...]]:

@@ -13,6 +13,7 @@ import operator
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributions as D
 
@@ -20,8 +21,10 @@ __all__ = [
     "CONVERT_TO_TENSOR_FNS",
     "TFP_METHOD_NAMES",
     "ConvertFn",
+    "TensorValue",
     "as_sample_shape",
     "check_convert_fn",
+    "convert_to_tensor",
     "resolve_convert_fn",
     "scalars_like",
     "unsupported",
@@ -158,3 +161,85 @@ def unsupported(
         f"convert_to_tensor_fn={how}: torch's {base.__name__} does not implement it{why}; "
         f"use {_alternatives(fn, base, has_rsample)}"
     )
+
+
+def _unary(op: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    return lambda self: op(self.tensor())
+
+
+def _operand(other: Any, value: torch.Tensor) -> Any:
+    """The other side of an operator: a coercible's value, a numpy array as a tensor beside
+    ``value`` (as TFP converts it; torch's operators refuse arrays), anything else as it is."""
+    if isinstance(other, np.ndarray):
+        return torch.as_tensor(other, device=value.device)
+    return convert_to_tensor(other)
+
+
+def _binary(op: Callable[[Any, Any], Any], reflected: bool = False) -> Callable[[Any, Any], Any]:
+    if reflected:
+        return lambda self, other: op(_operand(other, self.tensor()), self.tensor())
+    return lambda self, other: op(self.tensor(), _operand(other, self.tensor()))
+
+
+class TensorValue:
+    """What acts as a tensor through a ``tensor()`` value: Python's operators on it (the base of
+    :class:`~problayers.coercible.TensorCoercible`; numpy on the left defers to them, as to a
+    ``Tensor``). ``==`` and ``hash`` stay the object's own."""
+
+    def tensor(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    __neg__ = _unary(operator.neg)
+    __pos__ = _unary(operator.pos)
+    __abs__ = _unary(operator.abs)
+    __invert__ = _unary(operator.invert)
+    __add__ = _binary(operator.add)
+    __radd__ = _binary(operator.add, reflected=True)
+    __sub__ = _binary(operator.sub)
+    __rsub__ = _binary(operator.sub, reflected=True)
+    __mul__ = _binary(operator.mul)
+    __rmul__ = _binary(operator.mul, reflected=True)
+    __truediv__ = _binary(operator.truediv)
+    __rtruediv__ = _binary(operator.truediv, reflected=True)
+    __floordiv__ = _binary(operator.floordiv)
+    __rfloordiv__ = _binary(operator.floordiv, reflected=True)
+    __mod__ = _binary(operator.mod)
+    __rmod__ = _binary(operator.mod, reflected=True)
+    __pow__ = _binary(operator.pow)
+    __rpow__ = _binary(operator.pow, reflected=True)
+    __matmul__ = _binary(operator.matmul)
+    __rmatmul__ = _binary(operator.matmul, reflected=True)
+    __and__ = _binary(operator.and_)
+    __rand__ = _binary(operator.and_, reflected=True)
+    __or__ = _binary(operator.or_)
+    __ror__ = _binary(operator.or_, reflected=True)
+    __xor__ = _binary(operator.xor)
+    __rxor__ = _binary(operator.xor, reflected=True)
+    __lshift__ = _binary(operator.lshift)
+    __rlshift__ = _binary(operator.lshift, reflected=True)
+    __rshift__ = _binary(operator.rshift)
+    __rrshift__ = _binary(operator.rshift, reflected=True)
+    __float__ = _unary(float)
+    __int__ = _unary(int)
+    __lt__ = _binary(operator.lt)
+    __le__ = _binary(operator.le)
+    __gt__ = _binary(operator.gt)
+    __ge__ = _binary(operator.ge)
+    __array_priority__ = 1000  # numpy on the left defers to the operators here, as to a Tensor
+
+
+def convert_to_tensor(value: Any) -> Any:
+    """The tensor that ``value`` stands for.
+
+    A tensor-coercible distribution gives its cached tensor value (shape
+    ``sample_shape + batch_shape + event_shape`` as produced by its ``convert_to_tensor_fn``);
+    lists, tuples and dicts are converted element-wise; anything else is returned unchanged.
+    """
+    if isinstance(value, TensorValue):
+        return value.tensor()
+    if isinstance(value, (list, tuple)):
+        converted = [convert_to_tensor(v) for v in value]
+        return type(value)(converted) if not hasattr(value, "_fields") else type(value)(*converted)
+    if isinstance(value, dict):
+        return {k: convert_to_tensor(v) for k, v in value.items()}
+    return value
