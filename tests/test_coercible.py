@@ -537,3 +537,11 @@ def test_a_convert_fn_that_uses_the_output_as_a_tensor_is_one_line():
         out = as_coercible(D.Normal(torch.zeros(2), 1.0), fn)
         with pytest.raises(RuntimeError, match=r"^convert_to_tensor_fn of a Normal output used the output"):
             out * 1
+
+
+def test_the_dtype_of_a_mixture_of_categoricals_is_known_before_the_draw():
+    mix = D.MixtureSameFamily(
+        D.Categorical(logits=torch.zeros(4, 2)), D.Categorical(logits=torch.zeros(4, 2, 3))
+    )
+    out = as_coercible(mix, "sample")
+    assert out.dtype == torch.int64 == out.tensor().dtype  # it said float32 until the draw

@@ -173,11 +173,12 @@ class TensorCoercible(TensorValue, _MixinBase):
     @property
     def dtype(self) -> torch.dtype:
         """The tensor value's dtype (the parameters' for the named functions, without drawing;
-        ``torch.int64`` for a ``Categorical``'s sample or mode, ``Independent`` ones too)."""
+        ``torch.int64`` for a ``Categorical``'s sample or mode, ``Independent`` ones and mixtures
+        of them too)."""
         if self._known():
             base: D.Distribution = self
-            while isinstance(base, D.Independent):
-                base = base.base_dist
+            while isinstance(base, (D.Independent, D.MixtureSameFamily)):  # a mixture's draw: its component's
+                base = base.base_dist if isinstance(base, D.Independent) else base.component_distribution
             if isinstance(base, D.Categorical) and self._tc_name in ("auto", "sample", "mode"):
                 return torch.int64
             like = first_floating_tensor(self)
