@@ -32,9 +32,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    cfg = ModelConfig.for_model(
-        args.model, prior=args.prior, objective=args.objective, num_samples=args.num_samples
-    )
+    given = {"prior": args.prior, "objective": args.objective, "num_samples": args.num_samples}
+    defaults = {"prior": "normal", "objective": "elbo", "num_samples": 1}
+    # only what differs from the defaults: for_model refuses an option a model does not use
+    cfg = ModelConfig.for_model(args.model, **{k: v for k, v in given.items() if v != defaults[k]})
     torch.manual_seed(0)
     model = build_model(cfg)
     optimizer = torch.optim.Adam(model.parameters(), 1e-3)
