@@ -92,8 +92,13 @@ class TensorCoercible(TensorValue, _MixinBase):
                     "as a tensor (its own value, being computed); use the distribution's methods"
                 )
             grad = not torch.is_grad_enabled() and requires_grad(self.__dict__)
-            # never an inference tensor: a later loss could not save it for backward
-            with torch.inference_mode(False), torch.set_grad_enabled(grad or torch.is_grad_enabled()):
+            # (dynamo cannot trace the inference-mode query; a compiled forward is not in it)
+            if grad or (not torch.compiler.is_compiling() and torch.is_inference_mode_enabled()):
+                # never an inference tensor (a later loss could not save it for backward), and
+                # with its graph where the parameters have one
+                with torch.inference_mode(False), torch.set_grad_enabled(grad):
+                    value = self._tc_value = self._draw()
+            else:  # the usual case (a training forward): drawn as it is
                 value = self._tc_value = self._draw()
         return value.detach() if value.requires_grad and not torch.is_grad_enabled() else value
 

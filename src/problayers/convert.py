@@ -176,9 +176,12 @@ def _operand(other: Any, value: torch.Tensor) -> Any:
 
 
 def _binary(op: Callable[[Any, Any], Any], reflected: bool = False) -> Callable[[Any, Any], Any]:
-    if reflected:
-        return lambda self, other: op(_operand(other, self.tensor()), self.tensor())
-    return lambda self, other: op(self.tensor(), _operand(other, self.tensor()))
+    def apply(self: Any, other: Any) -> Any:
+        value = self.tensor()
+        other = _operand(other, value)
+        return op(other, value) if reflected else op(value, other)
+
+    return apply
 
 
 class TensorValue:

@@ -48,7 +48,6 @@ class EMA(nn.Module):
         self.module = copy.deepcopy(model).requires_grad_(False)
         self.decay = float(decay)
         self.updates = 0
-        self._shapes_checked = False
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self.module(*args, **kwargs)
@@ -69,15 +68,13 @@ class EMA(nn.Module):
             raise ValueError(
                 f"model: expected the averaged model's {len(mine)} parameters, got {len(theirs)}"
             )
-        if not self._shapes_checked:  # once: a step's update reads no more than it must
+        if self.updates == 0:  # current_decay() is 0: a copy, of a model of the same shapes
             for index, (a, b) in enumerate(zip(mine, theirs, strict=True)):
                 if a.shape != b.shape:
                     raise ValueError(
                         f"model: parameter {index}: expected the averaged model's shape "
                         f"{tuple(a.shape)}, got {tuple(b.shape)}"
                     )
-            self._shapes_checked = True
-        if self.updates == 0:  # current_decay() is 0: a copy
             torch._foreach_copy_(mine, theirs)
         else:
             torch._foreach_lerp_(mine, theirs, 1.0 - self.current_decay())

@@ -105,7 +105,7 @@ def save_pretrained(
     The config is written first: an export killed while it replaced another (``--force``) leaves
     a config whose digest the old weights do not match, which :func:`load_pretrained` refuses."""
     from .. import __version__
-    from .rundir import prepare_run_dir
+    from .rundir import made_dir
 
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model: expected the VAE (an nn.Module), got {type(model).__name__}")
@@ -137,26 +137,23 @@ def save_pretrained(
         )
     data = st.save(tensors, metadata={"format": "pt"})  # "pt": torch tensors, as the Hub expects
     meta = {"format": FORMAT, "problayers_version": __version__, "weights_sha256": _digest(data)}
-    made = not out.is_dir()
-    out = prepare_run_dir(out, "OUT_DIR")
-    remove_stale_temps(out, legacy_names=(CONFIG, WEIGHTS))  # of an export killed (SIGKILL) before
-    config_path = out / CONFIG
-    old = config_path.read_bytes() if config_path.is_file() else None  # a --force export's
-    try:
-        with interrupts_deferred():  # a Ctrl-C or SIGTERM now: both files, then it stops
-            write_json(config_path, {**dataclasses.asdict(config), **meta})
-            return [atomic_write(out / WEIGHTS, lambda f: f.write(data)), config_path]
-    except BaseException:  # e.g. a full disk: leave what was there (an old export, or nothing),
-        with contextlib.suppress(OSError):  # unless the new weights landed (a later fsync failed)
-            weights = out / WEIGHTS
-            if not (weights.is_file() and _digest(weights.read_bytes()) == meta["weights_sha256"]):
-                if old is not None:
-                    atomic_write(config_path, lambda f: f.write(old))
-                else:
-                    config_path.unlink(missing_ok=True)
-                    if made:
-                        out.rmdir()
-        raise
+    with made_dir(out, "OUT_DIR") as out:  # a directory made here and left empty goes again
+        remove_stale_temps(out, legacy_names=(CONFIG, WEIGHTS))  # of an export killed (SIGKILL) before
+        config_path = out / CONFIG
+        old = config_path.read_bytes() if config_path.is_file() else None  # a --force export's
+        try:
+            with interrupts_deferred():  # a Ctrl-C or SIGTERM now: both files, then it stops
+                write_json(config_path, {**dataclasses.asdict(config), **meta})
+                return [atomic_write(out / WEIGHTS, lambda f: f.write(data)), config_path]
+        except BaseException:  # e.g. a full disk: leave what was there (an old export, or nothing),
+            with contextlib.suppress(OSError):  # unless the new weights landed (a later fsync failed)
+                weights = out / WEIGHTS
+                if not (weights.is_file() and _digest(weights.read_bytes()) == meta["weights_sha256"]):
+                    if old is not None:
+                        atomic_write(config_path, lambda f: f.write(old))
+                    else:
+                        config_path.unlink(missing_ok=True)
+            raise
 
 
 def _digest(data: bytes) -> str:

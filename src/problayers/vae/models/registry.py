@@ -116,7 +116,7 @@ class ModelConfig:
         _check_name(name)
         config = cls(name=name, **{**MODEL_DEFAULTS[name], **given})
         for field in given:
-            config._check_used(field, True)
+            config._check_used(field)
         return config
 
     @classmethod
@@ -168,9 +168,6 @@ class ModelConfig:
                 f"num_samples: objective {self.objective!r} needs K >= 2 samples (with one it is the "
                 f"ELBO), got {self.num_samples}"
             )
-        defaults = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
-        for field in ("flow_steps", "prior_components"):
-            self._check_used(field, getattr(self, field) != defaults[field])
         if self.objective != "elbo" and self.free_bits:
             raise ValueError(
                 f"free_bits={self.free_bits!r}: only the 'elbo' objective uses it, not {self.objective!r}"
@@ -179,15 +176,14 @@ class ModelConfig:
             raise ValueError(
                 "prior/posterior: 'vamp' with 'iaf': the VampPrior mixes Gaussian posteriors only"
             )
-        for field, default in defaults.items():
-            self._check_used(field, getattr(self, field) != default)
+        for f in dataclasses.fields(ModelConfig):  # a field set away from its default must be used
+            if getattr(self, f.name) != f.default:
+                self._check_used(f.name)
 
-    def _check_used(self, field: str, set_: bool) -> None:
-        """A one-line ``ValueError`` where ``field`` was set (``set_``: given, or not its
-        default) but this config does not use it: not read by the model, or an option of a
-        prior or posterior the config does not have."""
-        if not set_:
-            return
+    def _check_used(self, field: str) -> None:
+        """A one-line ``ValueError`` where this config does not use ``field`` (given, or set
+        away from its default): not read by the model, or an option of a prior or posterior
+        the config does not have."""
         value = getattr(self, field)
         reads = MODEL_FIELDS[self.name]
         if reads is not None and field not in reads:
