@@ -356,6 +356,39 @@ def test_nan_on_one_rank_stops_every_rank(tmp_path):
     assert not any(name.startswith(".") for name in os.listdir(tmp_path / "run"))  # no temp files
 
 
+def _uneven_steps(ctx, out_dir):
+    model = nn.Sequential(nn.Linear(3, 2), pl.IndependentNormal(1))
+    x, y = torch.randn(40, 3), torch.randn(40, 1)
+    shard = (4, 5)[ctx.rank]  # rank 0: 4 batches of 8, rank 1: 5 of 8 (a mis-sharded loader)
+
+    def batches(epoch):
+        return [(x[i : i + 8], y[i : i + 8]) for i in range(0, 8 * shard, 8)]
+
+    trainer = Trainer(
+        model,
+        torch.optim.Adam(model.parameters(), 0.01),
+        lambda m, b: -m(b[0]).log_prob(b[1]).mean(),
+        batches,
+        TrainerConfig(epochs=1, progress=False),
+        log=lambda msg: None,
+        dist=ctx,
+    )
+    try:
+        trainer.fit()
+    except ValueError as err:
+        return {"message": str(err)}
+    return {"message": None}
+
+
+def test_ranks_with_unequal_epoch_lengths_stop_with_one_line(tmp_path):
+    r0, r1 = _spawn(_uneven_steps, tmp_path)
+    assert r0 == r1  # both ranks stop before any step, with the same message
+    assert r0["message"] == (
+        "batches(0) has 4 on rank 0, 5 on rank 1: every rank needs the same number of steps "
+        "(its shard of every global batch)"
+    )
+
+
 def _bad_batch(ctx, out_dir):
     from problayers.vae.experiment import RunConfig, train
     from problayers.vae.models import ModelConfig

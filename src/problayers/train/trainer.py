@@ -9,9 +9,10 @@ A run resumed from its checkpoint continues exactly where it stopped (same batch
 Data-parallel (``dist``, a :class:`~problayers.train.distributed.DistContext`): the model is wrapped in
 ``DistributedDataParallel`` and ``loss_fn`` gets the wrapped model, so gradients are averaged over
 the ranks in ``backward``; each rank's ``batches(epoch)`` must yield its shard of every global
-batch, the same number of steps on every rank. The metric sums are all-reduced (one collective
-per logging point, with a per-rank non-finite flag, so a NaN on any rank stops every rank at the
-same step); ``evaluate`` runs on every rank and rank 0's record is the epoch's record; rank 0 alone
+batch, the same number of steps on every rank (unequal lengths, where known, are a ``ValueError``
+on every rank before the epoch's first step). The metric sums are all-reduced (one collective per
+logging point, with a per-rank non-finite flag, so a NaN on any rank stops every rank at the same
+step); ``evaluate`` runs on every rank and rank 0's record is the epoch's record; rank 0 alone
 writes the checkpoint (the unwrapped model's ``state_dict``, every rank's RNG state) and
 ``metrics.jsonl``, logs, calls the ``loggers`` (:mod:`problayers.train.loggers`) and
 ``on_epoch_end``. A checkpoint resumes on any number of processes; see
@@ -24,17 +25,25 @@ import contextlib
 import json
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from .checkpoint import atomic_write, load_checkpoint, save_checkpoint
 from .divergence import NonFiniteLossError, as_metric, check_weights, reduced_means
-from .trainerargs import batch_size, check_trainer_args, epoch_metrics, step_output
+from .trainerargs import (
+    batch_size,
+    check_equal_steps,
+    check_trainer_args,
+    check_trainer_config,
+    epoch_length,
+    epoch_metrics,
+    step_output,
+)
 from .trainstate import load_trainer_state, trainer_state
 
 if TYPE_CHECKING:
@@ -59,12 +68,7 @@ class TrainerConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "log_every"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name}: expected a positive int, got {value!r}")
-        if not isinstance(self.progress, bool):  # a string would be true: a bar for "no"
-            raise TypeError(f"progress: expected True or False, got {self.progress!r}")
+        check_trainer_config(self.epochs, self.log_every, self.progress)
 
 
 class Trainer:
@@ -220,14 +224,14 @@ class Trainer:
         self.train_model.train()
         bar = None
         batches = self.batches(epoch)
+        total = epoch_length(batches)
+        if self.dist is not None:  # one small collective per epoch
+            check_equal_steps(self.dist.all_gather_object(total), epoch)
         if self.config.progress and self.is_main:
             from tqdm.auto import tqdm
 
-            total = None  # a DataLoader of an IterableDataset has __len__, which raises TypeError
-            with contextlib.suppress(TypeError):
-                total = len(cast(Sized, batches))
-            bar = tqdm(batches, total=total, desc=f"epoch {epoch + 1}/{self.config.epochs}", leave=False)
-            batches = bar
+            desc = f"epoch {epoch + 1}/{self.config.epochs}"
+            batches = bar = tqdm(batches, total=total, desc=desc, leave=False)
         sums: dict[str, torch.Tensor] = {}
         steps = images = 0
         logged: tuple[int, dict[str, float]] = (0, {})  # the steps and means last sent to the loggers

@@ -66,6 +66,15 @@ def check_trainer_args(
             raise TypeError(f"meta: expected JSON values (it is saved in each checkpoint): {err}") from None
 
 
+def check_trainer_config(epochs: Any, log_every: Any, progress: Any) -> None:
+    """A :class:`~problayers.train.trainer.TrainerConfig`'s fields."""
+    for name, value in (("epochs", epochs), ("log_every", log_every)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name}: expected a positive int, got {value!r}")
+    if not isinstance(progress, bool):  # a string would be true: a bar for "no"
+        raise TypeError(f"progress: expected True or False, got {progress!r}")
+
+
 def check_step_args(model: Any, optimizer: Any, loss_fn: Any) -> None:
     """A one-line ``TypeError`` naming the first of a step's model, optimizer and loss function
     of the wrong kind (the trainer's and :func:`~problayers.train.fastpath.make_train_step`'s)."""
@@ -112,3 +121,26 @@ def batch_size(batch: Any) -> int:
         batch = next((v for v in batch.values() if isinstance(v, torch.Tensor)), None)
     first = batch[0] if isinstance(batch, (tuple, list)) and batch else batch
     return int(first.shape[0]) if isinstance(first, torch.Tensor) and first.dim() > 0 else 1
+
+
+def epoch_length(batches: Any) -> int | None:
+    """``len(batches)``, or ``None`` where it has no length (a generator; a ``DataLoader`` of an
+    ``IterableDataset`` has ``__len__``, which raises ``TypeError``)."""
+    try:
+        return len(batches)
+    except TypeError:
+        return None
+
+
+def check_equal_steps(lengths: list[int | None], epoch: int) -> None:
+    """Data-parallel, every rank must take the same number of steps (each step's gradient
+    all-reduce pairs the ranks' steps); ``lengths`` are the ranks' epoch lengths, ``None`` where
+    unknown. Unequal known lengths are one line on every rank, not a collective that never pairs.
+    """
+    known = {rank: n for rank, n in enumerate(lengths) if n is not None}
+    if len(set(known.values())) > 1:
+        per_rank = ", ".join(f"{n} on rank {rank}" for rank, n in known.items())
+        raise ValueError(
+            f"batches({epoch}) has {per_rank}: every rank needs the same number of steps "
+            "(its shard of every global batch)"
+        )
