@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.distributions as D
 from torch import nn
+from torch.nn import functional as F
 
 import problayers as pl
 
@@ -307,3 +308,70 @@ def test_sample_axes_of_the_test_points_are_averaged():
     for axes in ((), 0):
         reg = pl.KLDivergenceRegularizer(prior, test_points_fn=lambda d: z, test_points_reduce_axis=axes)
         torch.testing.assert_close(reg(q), per.sum(-1).mean())
+
+
+def _trained_prior_kls(dtype, via_double, linear_dtype=None):
+    loc = torch.zeros(2, requires_grad=True)  # float32, trained by the user's optimizer
+    prior = D.Independent(D.Normal(loc, 1.0), 1)
+    reg = pl.KLDivergenceRegularizer(prior, use_exact_kl=True)
+    model = nn.Sequential(
+        nn.Linear(3, 4, dtype=linear_dtype), pl.IndependentNormal(2, activity_regularizer=reg)
+    )
+    with torch.no_grad():  # q = N(3, softplus(0)) for every row
+        model[0].weight.zero_()
+        model[0].bias.copy_(torch.tensor([3.0, 3.0, 0.0, 0.0]))
+    if via_double:
+        model.double()
+    opt = torch.optim.SGD([loc], lr=0.5)
+    kls = []
+    for _ in range(3):
+        model(torch.zeros(8, 3, dtype=dtype))
+        kl = pl.collect_losses(model, clear=True)
+        opt.zero_grad()
+        kl.backward()
+        opt.step()
+        kls.append(kl.item())
+    return kls
+
+
+def test_a_prior_the_user_trains_is_trained_whatever_the_model_dtype():
+    # The float64 copies used to be made once: the KL stayed at its first value while the
+    # user's loc ran away (its gradient, through the stale copy, never shrank).
+    reference = _trained_prior_kls(torch.float32, False)
+    assert reference[-1] < reference[0] / 10
+    np.testing.assert_allclose(_trained_prior_kls(torch.float64, True), reference, rtol=1e-6)
+    np.testing.assert_allclose(_trained_prior_kls(torch.float64, False, torch.float64), reference, rtol=1e-6)
+
+
+@pytest.mark.parametrize("where", ["output float64", "model.double()"])
+def test_a_prior_changed_in_place_is_seen_in_every_dtype(where):
+    scale = torch.ones(2)
+    prior = D.Independent(D.Normal(torch.zeros(2), scale), 1)
+    layer = pl.IndependentNormal(2, activity_regularizer=pl.KLDivergenceRegularizer(prior, use_exact_kl=True))
+    if where == "model.double()":
+        layer.double()
+    x = torch.zeros(1, 4, dtype=torch.float64)
+    kls = []
+    for s in (1.0, 0.5, 0.25):
+        scale.fill_(s)  # annealed by the user between epochs
+        layer(x)
+        kls.append(pl.collect_losses(layer, clear=True).item())
+    q = D.Independent(
+        D.Normal(torch.zeros(2, dtype=torch.float64), F.softplus(torch.zeros(2, dtype=torch.float64))), 1
+    )
+    expected = [
+        D.kl_divergence(q, D.Independent(D.Normal(0.0, torch.full((2,), s).double()), 1)).item()
+        for s in (1.0, 0.5, 0.25)
+    ]
+    np.testing.assert_allclose(kls, expected, rtol=1e-12)
+
+
+def test_a_prior_assigned_after_a_call_is_the_one_used():
+    reg = pl.KLDivergenceRegularizer(std_normal(2), use_exact_kl=True)
+    layer = pl.IndependentNormal(2, activity_regularizer=reg)
+    x = torch.zeros(1, 4, dtype=torch.float64)
+    layer(x)
+    first = pl.collect_losses(layer, clear=True).item()
+    reg.prior = D.Independent(D.Normal(torch.ones(2), 1.0), 1)  # a new prior, float32 again
+    layer(x)
+    assert pl.collect_losses(layer, clear=True).item() == pytest.approx(first + 1.0, rel=1e-9)  # + |1|^2 / 2

@@ -58,3 +58,9 @@ def requires_grad(obj: Any) -> bool:
     requires grad: a parameter or a tensor computed from one with autograd on. (``requires_grad``,
     not ``grad_fn``: dynamo traces the one, not the other.)"""
     return any(t.requires_grad for t in _tensors(obj, []))
+
+
+def versions(obj: Any) -> tuple[int, ...]:
+    """The version counters of a distribution's tensors: an in-place change (``scale.fill_(0.5)``)
+    bumps one, so a copy made before it can be told stale. Inference tensors count as 0."""
+    return tuple(0 if t.is_inference() else t._version for t in _tensors(obj, []))

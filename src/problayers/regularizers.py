@@ -21,7 +21,7 @@ import torch
 import torch.distributions as D
 from torch import nn
 
-from ._state import first_floating_tensor
+from ._state import first_floating_tensor, requires_grad, versions
 from .coercible import base_class, convert_to_tensor
 from .convert import CONVERT_TO_TENSOR_FNS
 from .kl import exact_kl, prepare_kl_dispatch
@@ -189,9 +189,13 @@ class KLDivergenceRegularizer(nn.Module):
                     f"test_points_reduce_axis: expected an int, a tuple of ints or None, got {axes!r}"
                 ) from None
         self._prior_takes_input = isinstance(prior, nn.Module) and _forward_takes_an_argument(prior)
-        self._moved: dict[tuple[torch.device, torch.dtype], D.Distribution] = {}
+        # (device, dtype) -> (the prior copied, its versions then, its copy there)
+        self._moved: dict[
+            tuple[torch.device, torch.dtype], tuple[D.Distribution, tuple[int, ...], D.Distribution]
+        ] = {}
         # A Distribution prior as given (its values) and the copy ``_apply`` last placed.
         self._given_prior = self._placed_prior = prior
+        self._placed_versions: tuple[int, ...] = ()
 
     def resolve_prior(self, like: torch.Tensor | None, q: D.Distribution | None = None) -> D.Distribution:
         """The prior as a ``Distribution`` on ``like``'s device and dtype (``None``: where it is).
@@ -208,16 +212,45 @@ class KLDivergenceRegularizer(nn.Module):
                 f"{type(prior).__name__}, not a Distribution"
             )
         if isinstance(self.prior, D.Distribution) and like is not None:
+            if self._given_prior is not self.prior:  # placed by the model's move
+                self._replace_if_changed()
+                prior = self.prior
             ref = first_floating_tensor(prior)
             if ref is None or (ref.device == like.device and ref.dtype == like.dtype):
                 return prior
             key = (like.device, like.dtype)
             if ref.is_meta and not like.is_meta:  # no values to copy to the output's device
                 raise _meta_prior(like.device)
-            if key not in self._moved:
-                self._moved[key] = distribution_to(prior, like.device, like.dtype)
-            prior = self._moved[key]
+            if requires_grad(prior):  # trained by the user: converted at each call, differentiably
+                return distribution_to(prior, like.device, like.dtype)
+            moved = self._moved.get(key)
+            if moved is None or moved[0] is not prior or self._stale(prior, moved[1]):
+                # the first call, a prior assigned since, or one changed in place since
+                moved = self._moved[key] = (
+                    prior,
+                    versions(prior),
+                    distribution_to(prior, like.device, like.dtype),
+                )
+            prior = moved[2]
         return prior
+
+    def _stale(self, given: D.Distribution, copied: tuple[int, ...]) -> bool:
+        """Whether ``given`` changed in place since a copy was made at its ``copied`` versions
+        (not asked under ``torch.compile``: a compiled step reads the copy it was traced with)."""
+        return not torch.compiler.is_compiling() and versions(given) != copied
+
+    def _replace_if_changed(self) -> None:
+        """Place the prior as given again where it changed in place since the model moved it."""
+        given = self._given_prior
+        if (
+            self.prior is self._placed_prior
+            and isinstance(given, D.Distribution)
+            and self._stale(given, self._placed_versions)
+        ):
+            ref = first_floating_tensor(self.prior)
+            if ref is not None:
+                self.prior = self._placed_prior = distribution_to(given, ref.device, ref.dtype)
+                self._placed_versions = versions(given)
 
     def _apply(
         self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True
@@ -226,9 +259,11 @@ class KLDivergenceRegularizer(nn.Module):
         # buffer would: a compiled graph then finds it where the data is, with nothing to cache.
         # It takes the device and dtype ``fn`` gives a tensor like its own, and its values from
         # the prior as given: ``to_empty`` (meta-device init) would leave it uninitialized, and
-        # no state_dict restores it.
+        # no state_dict restores it. A prior the user trains (a tensor that requires grad) stays
+        # as given: ``resolve_prior`` converts it at each call, so the gradient reaches the user's
+        # tensor and the updates are seen.
         super()._apply(fn, recurse)
-        if isinstance(self.prior, D.Distribution):
+        if isinstance(self.prior, D.Distribution) and not requires_grad(self.prior):
             if self.prior is not self._placed_prior or not isinstance(self._given_prior, D.Distribution):
                 self._given_prior = self.prior  # replaced by the user since
             ref = first_floating_tensor(self.prior)
@@ -241,6 +276,7 @@ class KLDivergenceRegularizer(nn.Module):
                     raise _meta_prior(like.device)
                 self.prior = distribution_to(self._given_prior, like.device, like.dtype)
             self._placed_prior = self.prior
+            self._placed_versions = versions(self._given_prior)
             self._moved = {}
         return self
 
