@@ -340,3 +340,44 @@ def test_chain_samples_the_second_part_from_its_conditional(method):
         a, b = z[..., :2], z[..., 2:]
         assert float((b - net(a)).std()) == pytest.approx(0.5, abs=0.02)
         assert float(a.std()) == pytest.approx(1.0, abs=0.03)
+
+
+@pytest.mark.parametrize(
+    ("name", "options"),
+    [("mlp", {}), ("mlp", {"posterior": "iaf"}), ("hvae", {}), ("resnet", {"base_depth": 4})],
+    ids=["mlp", "mlp-iaf", "hvae", "resnet"],
+)
+def test_dregs_stopped_log_q_reaches_no_encoder_parameter(name, options):
+    # hvae's posterior runs its conditional network inside log_prob: it must run at the
+    # detached weights too (it ran at the real ones, a biased encoder gradient), and the
+    # value is the encoder's log q.
+    from problayers.vae.objectives import _stopped_log_prob
+
+    torch.manual_seed(0)
+    size = {} if name == "resnet" else {"hidden_size": 16}
+    cfg = ModelConfig.for_model(name, latent_size=4, objective="dreg", num_samples=2, **size, **options)
+    vae = build_model(cfg)
+    x = torch.bernoulli(torch.rand(3, 1, 28, 28), generator=torch.Generator().manual_seed(0))
+    z = vae.encoder(x).rsample((2,)).detach().requires_grad_()  # (K, B, D)
+    log_q = _stopped_log_prob(vae, x, z)
+    torch.testing.assert_close(log_q, vae.encoder(x).log_prob(z))
+    log_q.sum().backward()
+    assert all(p.grad is None for p in vae.encoder.parameters())
+    assert z.grad is not None and z.grad.abs().sum() > 0  # the path through z is kept
+
+
+def test_dreg_moves_batchnorms_running_statistics_once_per_step():
+    # The stopped log q and the weights' pass run on copies of the buffers: the statistics
+    # are those of one training forward of the encoder and one of the decoder, as with iwae.
+    stats = {}
+    for objective in ("iwae", "dreg"):
+        torch.manual_seed(0)
+        cfg = ModelConfig.for_model("resnet", base_depth=4, latent_size=4, objective=objective, num_samples=2)
+        vae = build_model(cfg)
+        x = torch.bernoulli(torch.rand(3, 1, 28, 28), generator=torch.Generator().manual_seed(0))
+        torch.manual_seed(1)
+        vae(x, loss=True)[0].backward()
+        stats[objective] = {n: b.clone() for n, b in vae.named_buffers() if "running" in n or "tracked" in n}
+    assert stats["dreg"] and stats["dreg"].keys() == stats["iwae"].keys()
+    for n, b in stats["iwae"].items():
+        torch.testing.assert_close(stats["dreg"][n], b, msg=n)

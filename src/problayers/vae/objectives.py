@@ -156,9 +156,10 @@ class IWAE(Objective):
         prior = vae.prior()
         kl_weight = self.beta * self.warmup()
 
-        def log_weights(z: torch.Tensor) -> torch.Tensor:  # (K, B, D) -> (K, B)
-            log_px = vae.decoder(z.reshape(k * batch, -1)).log_prob(_repeat(x, k)).reshape(k, batch)
-            log_q = _stopped_log_prob(vae.encoder, x, z) if self.dreg else q.log_prob(z)
+        def log_weights(z: torch.Tensor, decoder: Callable[..., Any] = vae.decoder) -> torch.Tensor:
+            # (K, B, D) -> (K, B)
+            log_px = decoder(z.reshape(k * batch, -1)).log_prob(_repeat(x, k)).reshape(k, batch)
+            log_q = _stopped_log_prob(vae, x, z) if self.dreg else q.log_prob(z)
             return log_px + kl_weight * (prior.log_prob(z) - log_q)
 
         z = q.rsample((k,))  # (K, B, D)
@@ -174,8 +175,8 @@ class IWAE(Objective):
         # kl_weight + kl_weight w_k: Tucker et al.'s w_k^2 at kl_weight 1, and unbiased for a
         # beta or during a warm-up too. No hook: the same graph under torch.compile.
         fixed = z.detach()
-        with torch.no_grad():
-            w = torch.softmax(log_weights(fixed), 0)  # (K, B)
+        with torch.no_grad():  # the decoder's running statistics are updated by the pass below only
+            w = torch.softmax(log_weights(fixed, _with_copied_buffers(vae.decoder)), 0)  # (K, B)
         scale = (1 - kl_weight) + kl_weight * w  # (K, B)
         log_w = log_weights(fixed + scale.unsqueeze(-1) * (z - fixed))  # (K, B)
         neg_bound = -(logsumexp(log_w.detach(), 0) - math.log(k)).mean()
@@ -183,14 +184,25 @@ class IWAE(Objective):
         return neg_bound + (surrogate - surrogate.detach()), {"iwae": neg_bound}
 
 
-def _stopped_log_prob(encoder: nn.Module, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+def _stopped_log_prob(vae: Any, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """``log q(z|x)`` with no gradient to the encoder's parameters (only through ``z``): the
-    encoder at detached weights (a flow's output runs its network at the weights of the call
-    that made it). ``(K, B)``."""
-    stopped = {name: p.detach() for name, p in encoder.named_parameters()}
+    encoder, and the networks its posterior's ``log_prob`` runs (a hierarchical posterior's
+    conditional), at detached weights (a flow's output runs its network at the weights of the
+    call that made it). Its buffers are copies, so that BatchNorm's running statistics move
+    once per step, in the encoder's own forward. ``(K, B)``."""
+    state = {f"encoder.{n}": p.detach() for n, p in vae.encoder.named_parameters()}
+    state |= {f"encoder.{n}": b.clone() for n, b in vae.encoder.named_buffers()}
     with added_losses_skipped():
-        q = torch.func.functional_call(encoder, stopped, (x,))
-    return q.log_prob(z)
+        return torch.func.functional_call(vae, state, (x,), {"log_q_at": z})
+
+
+def _with_copied_buffers(module: nn.Module) -> Callable[..., Any]:
+    """``module`` as a function that runs on copies of its buffers (a pass that must not move
+    BatchNorm's running statistics); ``module`` itself where it has none."""
+    buffers = {n: b.clone() for n, b in module.named_buffers()}
+    if not buffers:
+        return module
+    return lambda *args: torch.func.functional_call(module, buffers, args)
 
 
 #: name -> ``(exact_kl, num_samples, **Objective's arguments) -> Objective``

@@ -33,6 +33,10 @@ class VAE(nn.Module):
     ``forward(x)``: ``(B, *X)`` -> p(x|z) at the encoder's cached sample z, batch ``(B,)``.
     ``forward(x, loss=True)``: the objective's ``(loss, metrics)`` on the batch (so that a
     wrapper such as ``DistributedDataParallel`` sees the whole objective as one forward).
+    ``forward(x, log_q_at=z)``: ``log q(z|x)``, ``z`` of shape ``(K, B, D)`` -> ``(K, B)``, the
+    encoder and the networks its posterior's ``log_prob`` runs (a hierarchical posterior's
+    conditional) in one call, so that ``torch.func.functional_call`` evaluates all of it at the
+    weights it is given (DReG's stopped ``log q``).
     """
 
     def __init__(
@@ -57,9 +61,11 @@ class VAE(nn.Module):
             objective = ELBO()
         self.objective = objective
 
-    def forward(self, x: torch.Tensor, *, loss: bool = False) -> Any:
+    def forward(self, x: torch.Tensor, *, loss: bool = False, log_q_at: torch.Tensor | None = None) -> Any:
         if loss:
             return self.objective(self, x)
+        if log_q_at is not None:
+            return self.encoder(x).log_prob(log_q_at)  # (K, B)
         return self.decoder(self.encoder(x))
 
     def encode(self, x: torch.Tensor) -> D.Distribution:
