@@ -121,3 +121,19 @@ def test_update_with_another_architecture_is_an_error():
     ema = EMA(nn.Linear(2, 1), 0.9)
     with pytest.raises(ValueError, match=r"^model: expected the averaged model's 2 parameters, got 4"):
         ema.update(nn.Sequential(nn.Linear(2, 1), nn.Linear(1, 1)))
+
+
+def test_an_average_of_weight_normed_layers_is_not_initialized_again():
+    # The EMA is made before the model's first forward (as Trainer(averaged=...) is used): its
+    # WeightNorm gets the initialized flag from the model's buffer, and its first forward must
+    # not run the data-dependent init over the averaged g and bias.
+    import problayers as pl
+
+    torch.manual_seed(0)
+    model = nn.Sequential(pl.WeightNorm(nn.Linear(3, 4), data_init=True), nn.Linear(4, 2))
+    ema = EMA(model, 0.9)
+    model(torch.randn(64, 3))  # the model's own data-dependent init
+    ema.update(model)  # the first update copies the weights
+    x = torch.randn(8, 3) * 5 + 2  # another distribution: an init here would change g and the bias
+    torch.testing.assert_close(ema.module(x), model(x))
+    torch.testing.assert_close(ema.module[0].g, model[0].g)

@@ -126,7 +126,7 @@ class WeightNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = tensor_input("WeightNorm", x)
-        if not self._ready:
+        if not self._refresh_ready():
             if torch.compiler.is_exporting() or torch.jit.is_tracing():  # it would init at every call
                 raise RuntimeError(_not_initialized(""))
             if not isinstance(self.g, nn.Parameter):  # the caller's tensors (torch.func)
@@ -137,6 +137,15 @@ class WeightNorm(nn.Module):
                 )
             self._initialize(x)
         return self._run(x, self.weight)
+
+    def _refresh_ready(self) -> bool:
+        """``_ready``, read again from the ``initialized`` buffer while it is not set: a copy of
+        another module's buffers sets the buffer without a forward or ``load_state_dict`` (an
+        :class:`~problayers.train.averaging.EMA`'s update). Reads the device only until ready,
+        and not while tracing (``torch.export``, ``torch.jit.trace``)."""
+        if not self._ready and not (torch.compiler.is_exporting() or torch.jit.is_tracing()):
+            self._ready = bool(self.initialized)
+        return self._ready
 
     def _run(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         """The wrapped layer's operation at ``weight`` (and its own bias unless ``bias`` is given)."""
@@ -207,5 +216,5 @@ def require_initialized(module: nn.Module) -> None:
     run its first forward: an export's example input would otherwise be its data-dependent
     initialization, and change the user's model."""
     for name, sub in module.named_modules():
-        if isinstance(sub, WeightNorm) and not sub._ready:
+        if isinstance(sub, WeightNorm) and not sub._refresh_ready():
             raise RuntimeError(_not_initialized(name))
