@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.distributions as D
+import torch.nn.functional as F
 from scipy import stats
 from torch import nn
 
@@ -313,11 +314,33 @@ def test_variable_layer_make_distribution_fn_must_return_a_distribution():
 def test_one_hot_categorical_checks_only_when_asked_inner_categorical_too(validate_args):
     # torch's OneHotCategorical builds its Categorical with the global default (checks on).
     out = pl.OneHotCategorical(3, validate_args=validate_args)(torch.zeros(2, 3))
-    assert type(out.distribution) is D.OneHotCategorical
+    assert type(out.distribution) is pl.layers.categorical.SoftOneHotCategorical
     assert out._validate_args is out.distribution._categorical._validate_args is validate_args
     torch.testing.assert_close(out.log_prob(torch.eye(3)[[0, 2]]), torch.full((2,), -math.log(3)))
     mix = pl.CategoricalMixtureOfOneHotCategorical(3, 2, validate_args=validate_args)(torch.zeros(2, 8))
     assert mix.component_distribution._categorical._validate_args is validate_args
+
+
+def test_one_hot_log_prob_of_a_soft_label_is_tfps_cross_entropy():
+    # tfd.OneHotCategorical.log_prob(y) = -softmax_cross_entropy(labels=y, logits): a smoothed
+    # label, a count vector or an all-zero row score as such (torch's scores argmax(y) only),
+    # in the layer, the categorical mixture and a MixtureSameFamily of it; TFP 0.25 gave
+    # -0.46631 for the first row and 0 for the second (logits below).
+    logits = torch.tensor([[2.0, 0.5, -1.0], [0.0, 1.0, 3.0]], requires_grad=True)
+    y = torch.tensor([[0.9, 0.05, 0.05], [0.0, 0.0, 0.0]])
+    out = pl.OneHotCategorical(3)(logits)
+    log_p = out.log_prob(y)
+    torch.testing.assert_close(log_p, -F.cross_entropy(logits, y, reduction="none"))
+    assert log_p[0].item() == pytest.approx(-0.46631, abs=1e-5) and log_p[1].item() == 0.0
+    (grad,) = torch.autograd.grad(log_p[0], logits)
+    torch.testing.assert_close(grad[0], y[0] - logits.softmax(-1)[0])  # the soft label's gradient
+    hard = torch.eye(3)[[0, 2]]
+    torch.testing.assert_close(out.log_prob(hard), D.OneHotCategorical(logits=logits).log_prob(hard))
+    params = torch.randn(2, 8)
+    mix = pl.CategoricalMixtureOfOneHotCategorical(3, 2)(params)
+    comp = params[:, 2:].reshape(2, 2, 3).log_softmax(-1)  # (B, K, E)
+    direct = torch.logsumexp(params[:, :2].log_softmax(-1) + (y.unsqueeze(1) * comp).sum(-1), -1)
+    torch.testing.assert_close(mix.log_prob(y), direct)
 
 
 def test_log_rate_poisson_expand_expands_the_log_rate():

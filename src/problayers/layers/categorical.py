@@ -14,20 +14,43 @@ from ._args import class_count
 from ._args import positive_int as _positive_int
 from .base import DistributionLambda, check_params, params_size_of
 
-__all__ = ["CategoricalMixtureOfOneHotCategorical", "OneHotCategorical", "OneHotCategoricalMixture"]
+__all__ = [
+    "CategoricalMixtureOfOneHotCategorical",
+    "OneHotCategorical",
+    "OneHotCategoricalMixture",
+    "SoftOneHotCategorical",
+]
 
 
-def one_hot_categorical(logits: torch.Tensor, validate_args: bool = False) -> D.OneHotCategorical:
-    """``torch.distributions.OneHotCategorical(logits=logits)`` whose inner ``Categorical`` gets
+class SoftOneHotCategorical(D.OneHotCategorical):
+    """torch's ``OneHotCategorical`` whose ``log_prob(x)`` is TFP's: ``sum_e x_e log p_e`` for any
+    ``x`` of shape ``(*B, E)`` -> ``(*B,)``, so a smoothed or soft label (label smoothing, mixup)
+    scores as its cross-entropy, as in ``tfd.OneHotCategorical``; torch's scores ``argmax(x)``
+    only. On a one-hot ``x`` both are the same number. Everything else is torch's; with
+    ``validate_args`` torch's support check (one-hot values) applies."""
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        if self._validate_args:
+            self._validate_sample(value)
+        log_p = self._categorical.logits  # (*B, E), normalized by torch
+        value = value.to(log_p.dtype)
+        return torch.where(value != 0, value * log_p, 0.0).sum(-1)  # (*B,); 0 * -inf counts 0
+
+
+_coercible_class(SoftOneHotCategorical)  # made up front, as torch's (see coercible.py)
+
+
+def one_hot_categorical(logits: torch.Tensor, validate_args: bool = False) -> SoftOneHotCategorical:
+    """:class:`SoftOneHotCategorical` of ``logits`` whose inner ``Categorical`` gets
     ``validate_args`` too (batch ``logits.shape[:-1]``, event ``logits.shape[-1:]``).
 
     torch's constructor builds its ``Categorical`` with the global default (checks on), so its
     parameters are checked at every construction and each ``log_prob`` value is checked again,
     each check a value read back on the host: an eager GPU step waits for the device there, and
-    a CUDA graph cannot capture the step at all. This builds the same object (the same class and
-    attributes) with the checks as asked.
+    a CUDA graph cannot capture the step at all. This builds the same attributes with the checks
+    as asked.
     """
-    dist = D.OneHotCategorical.__new__(D.OneHotCategorical)
+    dist = SoftOneHotCategorical.__new__(SoftOneHotCategorical)
     dist._categorical = cat = D.Categorical(logits=logits, validate_args=validate_args)
     D.Distribution.__init__(dist, cat.batch_shape, cat.param_shape[-1:], validate_args=validate_args)
     return dist
@@ -80,7 +103,8 @@ class OneHotCategorical(DistributionLambda):
             loss on each output (default ``None``: none).
 
     Input: ``(*B, params_size(event_size))`` = ``(*B, event_size)`` logits. Output: a
-    tensor-coercible ``torch.distributions.OneHotCategorical`` with ``batch_shape`` B and
+    tensor-coercible :class:`SoftOneHotCategorical` (a ``torch.distributions.OneHotCategorical``
+    whose ``log_prob`` of a soft label is TFP's cross-entropy) with ``batch_shape`` B and
     ``event_shape`` ``(event_size,)``.
 
     Example::
@@ -108,13 +132,13 @@ class OneHotCategorical(DistributionLambda):
         return class_count(event_size)
 
     @staticmethod
-    def new(params, event_size: int, validate_args: bool = False) -> D.OneHotCategorical:
+    def new(params, event_size: int, validate_args: bool = False) -> SoftOneHotCategorical:
         """``(*B, event_size)`` logits -> ``OneHotCategorical``, batch B, event ``(event_size,)``."""
         k = class_count(event_size)
         params = check_params("OneHotCategorical", params, k)  # (*B, K)
         return one_hot_categorical(params, validate_args)
 
-    def make_distribution(self, params) -> D.OneHotCategorical:
+    def make_distribution(self, params) -> SoftOneHotCategorical:
         return self.new(params, self.event_size, self.validate_args)
 
     def extra_repr(self) -> str:

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.lazy import LazyModuleMixin
 
+from .._state import versions
 from ..precision import in_fp32
 from .base import tensor_input
 
@@ -107,6 +108,7 @@ class WeightNorm(nn.Module):
         self.initialized: torch.Tensor
         self.register_buffer("initialized", torch.tensor(False, device=v.device))
         self._ready = False
+        self._flag_seen = versions(self.initialized)  # the flag's version when last read
 
     def _norm(self, v: torch.Tensor) -> torch.Tensor:
         """``||v||`` per output unit: ``(C_out,)``."""
@@ -139,12 +141,17 @@ class WeightNorm(nn.Module):
         return self._run(x, self.weight)
 
     def _refresh_ready(self) -> bool:
-        """``_ready``, read again from the ``initialized`` buffer while it is not set: a copy of
-        another module's buffers sets the buffer without a forward or ``load_state_dict`` (an
-        :class:`~problayers.train.averaging.EMA`'s update). Reads the device only until ready,
-        and not while tracing (``torch.export``, ``torch.jit.trace``)."""
-        if not self._ready and not (torch.compiler.is_exporting() or torch.jit.is_tracing()):
-            self._ready = bool(self.initialized)
+        """``_ready``, read again from the ``initialized`` buffer where something wrote to it
+        since (its version counter moved) while not ready: a copy of another module's buffers
+        sets it without a forward or ``load_state_dict`` (an
+        :class:`~problayers.train.averaging.EMA`'s update). So the device is read once after
+        such a write, never in a step, and not while tracing (``torch.compile`` and ``export``
+        trace the first call's initialization; ``jit.trace``)."""
+        if not self._ready and not (torch.compiler.is_compiling() or torch.jit.is_tracing()):
+            seen = versions(self.initialized)
+            if seen != self._flag_seen:
+                self._flag_seen = seen
+                self._ready = bool(self.initialized)
         return self._ready
 
     def _run(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
