@@ -500,3 +500,29 @@ def test_variable_layer_activation_passes_gradients_to_the_variable():
     layer = pl.VariableLayer(2, dtype=torch.float64, initializer=-1.0, activation=torch.exp)
     layer().sum().backward()
     torch.testing.assert_close(layer.variable.grad, torch.full((2,), math.exp(-1.0), dtype=torch.float64))
+
+
+def test_dense_variational_uses_a_coercible_posteriors_value():
+    # TFP's w = convert_to_tensor(q): a posterior built as the notebooks build it, a
+    # VariableLayer and a DistributionLambda with convert_to_tensor_fn="mean", gives the
+    # posterior-mean weights every call (it used to draw q.rsample() regardless); the MC KL is
+    # evaluated there.
+    def posterior(kernel_size, bias_size, dtype=None):
+        n = kernel_size + bias_size
+        return nn.Sequential(
+            pl.VariableLayer(2 * n, dtype=dtype),
+            pl.DistributionLambda(
+                lambda t: D.Independent(D.Normal(t[..., :n], 1e-5 + F.softplus(t[..., n:])), 1),
+                convert_to_tensor_fn="mean",
+            ),
+        )
+
+    torch.manual_seed(0)
+    layer = pl.DenseVariational(3, 2, make_posterior_fn=posterior)
+    x = torch.randn(4, 3)
+    mean = layer.posterior[0].variable[:8].detach()  # (kernel_size + bias_size,)
+    expected = F.linear(x, mean[:6].view(2, 3), mean[6:])
+    torch.testing.assert_close(layer(x), expected)
+    torch.testing.assert_close(layer(x), expected)  # the same weights every call
+    q, p = layer.posterior(x), layer.prior(x)
+    torch.testing.assert_close(pl.collect_losses(layer), q.log_prob(mean) - p.log_prob(mean))

@@ -26,6 +26,7 @@ import torch.distributions as D
 import torch.nn.functional as F
 from torch import nn
 
+from ..coercible import convert_to_tensor, is_coercible
 from ..kl import exact_kl, prepare_kl_dispatch
 from ..losses import added_losses_enabled, init_added_losses, set_added_loss
 from ._args import activation_fn, non_negative_number, positive_int
@@ -260,7 +261,10 @@ class DenseVariational(nn.Module):
         dtype: the weights' dtype (default ``None``: ``torch.get_default_dtype()``).
 
     The kernel is ``w[:kernel_size].view(units, in_features)`` (``nn.Linear`` layout), the bias
-    ``w[kernel_size:]``; one weight sample ``w ~ q`` per forward is shared by the whole batch.
+    ``w[kernel_size:]``; one weight sample ``w ~ q`` per forward is shared by the whole batch:
+    ``q.rsample()``, or, where the posterior is a tensor-coercible output (a
+    ``DistributionLambda``'s, as TFP's notebooks build it), its value (``convert_to_tensor(q)``,
+    as TFP: its ``convert_to_tensor_fn``, e.g. the mean, decides).
 
     Input: ``(*B, in_features)``. Output: a tensor of shape ``(*B, units)``; each forward
     records ``kl_weight * KL`` as an added loss (:func:`~problayers.collect_losses`).
@@ -317,7 +321,9 @@ class DenseVariational(nn.Module):
         shape = (self.kernel_size + self.bias_size,)
         q = weight_distribution("DenseVariational", "posterior", self.posterior, x, shape)
         p = weight_distribution("DenseVariational", "prior", self.prior, x, shape)
-        w = q.rsample()  # (kernel_size + bias_size,)
+        # TFP's w = convert_to_tensor(q): a coercible posterior's value (its convert_to_tensor_fn,
+        # e.g. the mean), else a reparameterized draw.
+        w = convert_to_tensor(q) if is_coercible(q) else q.rsample()  # (kernel_size + bias_size,)
         kernel = w[: self.kernel_size].view(self.units, self.in_features)  # (units, in)
         bias = w[self.kernel_size :] if self.bias_size else None  # (units,)
         out = F.linear(x, kernel, bias)  # (*B, units)
