@@ -256,3 +256,27 @@ def test_random_hidden_degrees_cover_1_to_d_minus_1():
     made = pl.AutoregressiveNetwork(2, 4, hidden_units=(200,), hidden_degrees="random")
     degrees = made.layers[0].mask.sum(-1).long()
     assert set(degrees.tolist()) == {1, 2, 3}
+
+
+@pytest.mark.parametrize("hidden_degrees", ["equal", "random"])
+def test_made_built_on_meta_is_a_made_after_to_empty_and_reset_parameters(hidden_degrees):
+    # torch's idiom for meta-device init (FSDP's default param_init_fn): to_empty, then
+    # reset_parameters; the masks and degrees come back as constructed (they were garbage).
+    torch.manual_seed(0)
+    reference = pl.AutoregressiveNetwork(2, event_shape=3, hidden_units=(5, 4), hidden_degrees=hidden_degrees)
+    torch.manual_seed(0)
+    with torch.device("meta"):
+        made = pl.AutoregressiveNetwork(2, event_shape=3, hidden_units=(5, 4), hidden_degrees=hidden_degrees)
+    made.to_empty(device="cpu")
+    with torch.no_grad():  # what uninitialized memory may hold
+        for b in made.buffers():
+            b.fill_(7)
+    for module in made.modules():
+        if hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+    assert torch.equal(made.input_degrees, reference.input_degrees)
+    for mine, theirs in zip(made.layers, reference.layers, strict=True):
+        assert torch.equal(mine.mask, theirs.mask)
+    x = torch.randn(1, 3, requires_grad=True)
+    (grad,) = torch.autograd.grad(made(x)[0, 0].sum(), x)  # output 0 sees no input
+    assert torch.equal(grad, torch.zeros(1, 3))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Mapping, Sequence
+from typing import cast
 
 import torch
 import torch.distributions as D
@@ -36,7 +37,16 @@ class MaskedLinear(nn.Linear):
     def __init__(self, mask: torch.Tensor, bias: bool = True, dtype: torch.dtype | None = None) -> None:
         out_features, in_features = mask.shape
         super().__init__(in_features, out_features, bias=bias, dtype=dtype)
+        self._mask_init = mask.detach().to("cpu", torch.bool, copy=True)  # for reset_parameters
         self.register_buffer("mask", mask.to(device=self.weight.device, dtype=self.weight.dtype))
+
+    def reset_parameters(self) -> None:
+        """``nn.Linear``'s init of the weight and bias, and the mask again as constructed: a module
+        made under ``torch.device("meta")`` and materialized with ``to_empty`` has garbage there."""
+        super().reset_parameters()
+        if "mask" in self._buffers:  # not yet during nn.Linear's __init__
+            with torch.no_grad():
+                self.mask.copy_(self._mask_init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight * self.mask, self.bias)
@@ -138,6 +148,15 @@ class AutoregressiveNetwork(nn.Module):
         out_mask = out_deg[:, None] > degrees[-1][None, :]  # strictly: output i sees degrees < i
         layers.append(MaskedLinear(out_mask, use_bias, dtype))
         self.layers = nn.ModuleList(layers)
+        self._degrees_init = degrees[0].clone()  # (d,), on the CPU: for reset_parameters
+
+    def reset_parameters(self) -> None:
+        """The input degrees and every masked layer (weights, biases, masks) again, as torch's
+        layers re-initialize (``to_empty`` after building under ``torch.device("meta")``)."""
+        with torch.no_grad():
+            self.input_degrees.copy_(self._degrees_init)
+        for layer in self.layers:
+            cast(MaskedLinear, layer).reset_parameters()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = tensor_input("AutoregressiveNetwork", x)
