@@ -375,3 +375,25 @@ def test_a_prior_assigned_after_a_call_is_the_one_used():
     reg.prior = D.Independent(D.Normal(torch.ones(2), 1.0), 1)  # a new prior, float32 again
     layer(x)
     assert pl.collect_losses(layer, clear=True).item() == pytest.approx(first + 1.0, rel=1e-9)  # + |1|^2 / 2
+
+
+def test_a_tensor_weight_is_saved_moved_and_annealed_in_place():
+    # TFP's KL annealing with a tf.Variable weight: the tensor is a buffer (it was a plain
+    # attribute: lost by a state_dict round trip, left float32 by .double()).
+    def model(weight):
+        reg = pl.KLDivergenceRegularizer(std_normal(2), weight=weight, use_exact_kl=True)
+        return nn.Sequential(nn.Linear(3, 4), pl.IndependentNormal(2, activity_regularizer=reg))
+
+    torch.manual_seed(0)
+    a = model(torch.tensor(0.5))
+    b = model(torch.tensor(0.0))
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(5, 3)
+    a(x), b(x)
+    torch.testing.assert_close(pl.collect_losses(b, clear=True), pl.collect_losses(a, clear=True))
+    a[1].activity_regularizer.weight.fill_(0.25)  # annealed in place
+    a(x)
+    b(x)
+    torch.testing.assert_close(pl.collect_losses(a, clear=True) * 2, pl.collect_losses(b, clear=True))
+    assert a.double()[1].activity_regularizer.weight.dtype == torch.float64
+    assert pl.KLDivergenceRegularizer(std_normal(2), weight=None).weight == 1.0  # TFP's default

@@ -124,7 +124,9 @@ class KLDivergenceRegularizer(nn.Module):
             layers' own distributions are built so).
         weight: keyword-only, as the arguments after it (TFP's second argument is
             ``use_exact_kl``: a positional port would mix them up); scales the term exactly
-            (default 1; ``weight != 1`` gives a beta-VAE).
+            (default 1, as TFP's ``None``; ``weight != 1`` gives a beta-VAE). A tensor (TFP's
+            ``tf.Variable`` for a KL annealing) is a buffer: saved in the ``state_dict``, moved
+            with the model (``.double()``), changed in place (``reg.weight.fill_(beta)``).
         use_exact_kl: ``torch.distributions.kl_divergence`` (a clear error where torch has no
             formula for the pair) instead of the default (``False``) Monte Carlo estimate
             ``log q(z) - log prior(z)`` at ``z = test_points_fn(q)``.
@@ -153,7 +155,7 @@ class KLDivergenceRegularizer(nn.Module):
         self,
         prior: PriorLike,
         *,
-        weight: float | torch.Tensor = 1.0,
+        weight: float | torch.Tensor | None = 1.0,
         use_exact_kl: bool = False,
         test_points_fn: Callable[[D.Distribution], torch.Tensor] = convert_to_tensor,
         test_points_reduce_axis: int | Sequence[int] | None = (),
@@ -164,6 +166,8 @@ class KLDivergenceRegularizer(nn.Module):
                 "prior: expected a torch.distributions.Distribution, an nn.Module returning one "
                 f"or a zero-argument callable returning one, got {type(prior).__name__}"
             )
+        if weight is None:  # TFP's default: no scaling
+            weight = 1.0
         if not isinstance(weight, (numbers.Real, torch.Tensor)) or isinstance(weight, bool):
             raise TypeError(f"weight: expected a number or a tensor, got {type(weight).__name__}")
         if not isinstance(weight, torch.Tensor) and not (weight >= 0 and math.isfinite(weight)):
@@ -171,7 +175,11 @@ class KLDivergenceRegularizer(nn.Module):
         if not callable(test_points_fn):
             raise TypeError(f"test_points_fn: expected a callable, got {type(test_points_fn).__name__}")
         self.prior = prior  # an nn.Module prior is registered as a submodule
-        self.weight = weight
+        self.weight: float | torch.Tensor
+        if isinstance(weight, torch.Tensor):  # a buffer: saved and moved with the model
+            self.register_buffer("weight", weight)
+        else:
+            self.weight = weight
         self.use_exact_kl = bool(use_exact_kl)
         prepare_kl_dispatch()  # so that torch.compile traces the exact KL
         self.test_points_fn = test_points_fn
@@ -359,7 +367,7 @@ class KLDivergenceAddLoss(nn.Module):
         self,
         prior: PriorLike,
         *,
-        weight: float | torch.Tensor = 1.0,
+        weight: float | torch.Tensor | None = 1.0,
         use_exact_kl: bool = False,
         test_points_fn: Callable[[D.Distribution], torch.Tensor] = convert_to_tensor,
         test_points_reduce_axis: int | Sequence[int] = (),
