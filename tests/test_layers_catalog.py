@@ -400,3 +400,18 @@ def test_categorical_mixture_validates_only_when_asked_the_mixture_too(validate_
             mix.log_prob(bad)
     else:
         mix.log_prob(bad)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: pl.IndependentBernoulli((2,), "sample", torch.int32),
+        lambda: pl.OneHotCategorical(3, "sample", torch.int32, False),
+        lambda: pl.CategoricalMixtureOfOneHotCategorical(3, 2, "sample", torch.int32),
+    ],
+    ids=["IndependentBernoulli", "OneHotCategorical", "CategoricalMixtureOfOneHotCategorical"],
+)
+def test_tfps_positional_sample_dtype_is_refused_not_read_as_validate_args(make):
+    # TFP's next positional argument is sample_dtype; it was silently taken as validate_args.
+    with pytest.raises(TypeError, match="positional argument"):
+        make()

@@ -125,8 +125,9 @@ class KLDivergenceRegularizer(nn.Module):
         weight: keyword-only, as the arguments after it (TFP's second argument is
             ``use_exact_kl``: a positional port would mix them up); scales the term exactly
             (default 1, as TFP's ``None``; ``weight != 1`` gives a beta-VAE). A tensor (TFP's
-            ``tf.Variable`` for a KL annealing) is a buffer: saved in the ``state_dict``, moved
-            with the model (``.double()``), changed in place (``reg.weight.fill_(beta)``).
+            ``tf.Variable`` for a KL annealing) is a buffer, an ``nn.Parameter`` a parameter
+            (trained): either is saved in the ``state_dict`` and moved with the model
+            (``.double()``); change a buffer in place (``reg.weight.fill_(beta)``).
         use_exact_kl: ``torch.distributions.kl_divergence`` (a clear error where torch has no
             formula for the pair) instead of the default (``False``) Monte Carlo estimate
             ``log q(z) - log prior(z)`` at ``z = test_points_fn(q)``.
@@ -176,8 +177,8 @@ class KLDivergenceRegularizer(nn.Module):
             raise TypeError(f"test_points_fn: expected a callable, got {type(test_points_fn).__name__}")
         self.prior = prior  # an nn.Module prior is registered as a submodule
         self.weight: float | torch.Tensor
-        if isinstance(weight, torch.Tensor):  # a buffer: saved and moved with the model
-            self.register_buffer("weight", weight)
+        if isinstance(weight, torch.Tensor) and not isinstance(weight, nn.Parameter):
+            self.register_buffer("weight", weight)  # saved and moved with the model (a Parameter is)
         else:
             self.weight = weight
         self.use_exact_kl = bool(use_exact_kl)

@@ -98,7 +98,8 @@ class OneHotCategorical(DistributionLambda):
         convert_to_tensor_fn: how the output becomes a tensor (see
             :class:`~problayers.DistributionLambda`); default ``"sample"``, a one-hot floating
             sample, as the distribution has no ``rsample``.
-        validate_args: passed to the distribution (default ``False``: no argument checks).
+        validate_args: keyword-only, as the argument after it (TFP's third argument is
+            ``sample_dtype``); passed to the distribution (default ``False``: no checks).
         activity_regularizer: optional ``Distribution -> 0-dim tensor`` recorded as an added
             loss on each output (default ``None``: none).
 
@@ -119,6 +120,7 @@ class OneHotCategorical(DistributionLambda):
         self,
         event_size: int,
         convert_to_tensor_fn: ConvertFn = "sample",
+        *,
         validate_args: bool = False,
         activity_regularizer: Callable[[D.Distribution], torch.Tensor] | None = None,
     ) -> None:
@@ -154,7 +156,8 @@ class CategoricalMixtureOfOneHotCategorical(DistributionLambda):
         convert_to_tensor_fn: how the output becomes a tensor (see
             :class:`~problayers.DistributionLambda`); default ``"sample"`` (a mixture has no
             ``rsample``).
-        validate_args: passed to the distributions (default ``False``: no argument checks).
+        validate_args: keyword-only, as the argument after it (TFP's next argument is
+            ``sample_dtype``); passed to the distributions (default ``False``: no checks).
         activity_regularizer: optional ``Distribution -> 0-dim tensor`` recorded as an added
             loss on each output (default ``None``: none).
 
@@ -178,6 +181,7 @@ class CategoricalMixtureOfOneHotCategorical(DistributionLambda):
         event_size: int,
         num_components: int,
         convert_to_tensor_fn: ConvertFn = "sample",
+        *,
         validate_args: bool = False,
         activity_regularizer: Callable[[D.Distribution], torch.Tensor] | None = None,
     ) -> None:

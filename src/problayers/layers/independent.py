@@ -231,7 +231,9 @@ class IndependentBernoulli(_IndependentLayer):
         convert_to_tensor_fn: how the output becomes a tensor (see
             :class:`~problayers.DistributionLambda`); default ``None``:
             ``"sample"`` (Bernoulli has no ``rsample``).
-        validate_args: passed to the distribution (default ``False``: no argument checks).
+        validate_args: keyword-only, as the argument after it (TFP's third argument is
+            ``sample_dtype``: a positional port would mix them up); passed to the distribution
+            (default ``False``: no argument checks).
         activity_regularizer: optional ``Distribution -> 0-dim tensor`` (e.g.
             :class:`~problayers.KLDivergenceRegularizer`) recorded as an added loss on each
             output (default ``None``: none).
@@ -249,6 +251,16 @@ class IndependentBernoulli(_IndependentLayer):
     """
 
     default_convert_to_tensor_fn: ConvertFn = "sample"  # no rsample
+
+    def __init__(
+        self,
+        event_shape: int | Iterable[int] = (),
+        convert_to_tensor_fn: ConvertFn | None = None,
+        *,
+        validate_args: bool = False,
+        activity_regularizer: Callable[[D.Distribution], torch.Tensor] | None = None,
+    ) -> None:
+        super().__init__(event_shape, convert_to_tensor_fn, validate_args, activity_regularizer)
 
     @params_size_of("event_shape")
     def params_size(event_shape: int | Iterable[int] = ()) -> int:
