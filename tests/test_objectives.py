@@ -104,3 +104,14 @@ def test_monte_carlo_kl_gradient_is_the_reparameterized_one():
     expected = torch.autograd.grad(by_hand, list(model.encoder.parameters()))
     for a, b in zip(got, expected, strict=True):
         torch.testing.assert_close(a, b)
+
+
+def test_the_warmup_factor_takes_the_models_dtype_without_float32_rounding():
+    # 1/3 of the way through a warm-up: a float64 model's factor is 1/3 in float64 (it was
+    # float32's 0.33333334), a bf16 model's keeps its loss bf16 (it became float32).
+    model = _toy_vae(ELBO(exact_kl=False, kl_warmup_steps=3)).double()
+    model.objective.steps.fill_(1)
+    assert model.objective.warmup(torch.zeros((), dtype=torch.float64)).item() == 1 / 3
+    bf16 = _toy_vae(ELBO(exact_kl=False, kl_warmup_steps=3)).to(torch.bfloat16)
+    loss, _ = bf16(torch.randn(4, 3, dtype=torch.bfloat16), loss=True)
+    assert loss.dtype == torch.bfloat16

@@ -208,6 +208,26 @@ def test_dropped_terms_and_numbers():
     assert pl.collect_losses(constant).item() == 1.0
 
 
+def test_number_terms_and_flipout_outputs_take_the_models_dtype():
+    # A divergence given as a number is recorded in the input's dtype (it was float32 in a
+    # float64 model), and Flipout's output under bf16 autocast is bf16, as nn.Linear's and the
+    # other weight layers' (its sign tensor made it float32).
+    layer = pl.DenseFlipout(3, 2, kernel_divergence_fn=lambda q, p, w: 0.1, bias_divergence_fn=None).double()
+    layer(torch.randn(2, 3, dtype=torch.float64))
+    term = pl.collect_losses(layer)
+    assert term.dtype == torch.float64 and term.item() == 0.1
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        for make in (
+            lambda: pl.DenseFlipout(3, 2),
+            lambda: pl.Conv1dFlipout(1, 2, 3),
+            lambda: nn.Linear(3, 2),
+        ):
+            out = make()(
+                torch.randn(2, 3) if not isinstance(make(), pl.Conv1dFlipout) else torch.randn(2, 1, 5)
+            )
+            assert out.dtype == torch.bfloat16
+
+
 def test_bad_divergence_fns_are_named():
     with pytest.raises(TypeError, match="kernel_divergence_fn: expected 'kl', None or a callable"):
         pl.DenseFlipout(3, 2, kernel_divergence_fn="exact")

@@ -165,7 +165,8 @@ class _WeightUncertainty(nn.Module):
                     wb = qb.rsample()  # type: ignore[union-attr]  # (local reparameterization draws none)
                 kl = kl + self._divergence("bias_divergence_fn", qb, pb, wb)  # type: ignore[arg-type]  # pb => qb
             if not isinstance(kl, torch.Tensor):  # every term dropped, or numbers
-                kl = torch.tensor(float(kl), device=x.device)
+                dtype = x.dtype if x.is_floating_point() else torch.get_default_dtype()
+                kl = torch.tensor(float(kl), device=x.device, dtype=dtype)
             set_added_loss(self, "kl_divergence", self.kl_weight * kl)
         return out if self.activation is None else self.activation(out)
 
@@ -216,11 +217,13 @@ class _Flipout(_WeightUncertainty):
         delta = wk - loc  # one perturbation, decorrelated per example by the signs
         mean = self._op(x, loc, None)  # (*B, out)
         s_in, s_out = self._sign_shapes(x, mean)
-        out = mean + self._op(x * _rademacher(s_in, x), delta, None) * _rademacher(s_out, x)
+        # The output signs and the bias in the output's dtype: bf16 under autocast, as torch's
+        # layers (and the other estimators, whose op takes the bias) give.
+        out = mean + self._op(x * _rademacher(s_in, x), delta, None) * _rademacher(s_out, mean)
         wb = None
         if qb is not None:
             wb = qb.rsample()  # bias_shape
-            out = out + self._bias_view(wb)
+            out = out + self._bias_view(wb).to(out.dtype)
         return out, wk, wb
 
     def _bias_view(self, bias: torch.Tensor) -> torch.Tensor:

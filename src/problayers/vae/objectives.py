@@ -25,6 +25,7 @@ import torch
 import torch.distributions as D
 from torch import nn
 
+from .._state import first_floating_tensor
 from ..coercible import convert_to_tensor
 from ..losses import added_losses_skipped, collect_losses
 from ..numerics import logsumexp
@@ -58,12 +59,16 @@ class Objective(nn.Module):
         if self.kl_warmup_steps > 0:  # only then: the seed's state_dict stays what it was
             self.register_buffer("steps", torch.zeros((), dtype=torch.long))
 
-    def warmup(self) -> torch.Tensor | float:
+    def warmup(self, like: torch.Tensor | None = None) -> torch.Tensor | float:
         """The warm-up factor ``min(1, steps / kl_warmup_steps)`` (1.0 without a warm-up, else
-        a 0-dim tensor); advances the step count in a training step."""
+        a 0-dim tensor in ``like``'s dtype, computed in float64 where the device has it, so a
+        float64 model's is not rounded to float32; float32 without ``like``); advances the
+        step count in a training step."""
         if self.kl_warmup_steps <= 0:
             return 1.0
-        factor = (self.steps.float() / self.kl_warmup_steps).clamp(max=1.0)
+        wide = torch.float32 if self.steps.device.type == "mps" else torch.float64
+        factor = (self.steps.to(wide) / self.kl_warmup_steps).clamp(max=1.0)
+        factor = factor.to(torch.float32 if like is None else like.dtype)
         if self.training and torch.is_grad_enabled():
             self.steps.add_(1)
         return factor
@@ -111,7 +116,7 @@ class ELBO(Objective):
         floor = min(floor, torch.finfo(kl.dtype).max)  # a huge beta: not a conversion error here
         term = torch.clamp(kl, min=floor) if self.free_bits > 0 else kl
         if self.kl_warmup_steps > 0:
-            term = self.warmup() * term
+            term = self.warmup(term) * term
         return recon + term, {"recon": recon.detach(), "kl": kl.detach()}
 
     def _kl(self, q: D.Distribution, prior: D.Distribution) -> torch.Tensor:
@@ -154,7 +159,7 @@ class IWAE(Objective):
         with added_losses_skipped():
             q = vae.encoder(x)  # batch (B,), event (D,)
         prior = vae.prior()
-        kl_weight = self.beta * self.warmup()
+        kl_weight = self.beta * self.warmup(first_floating_tensor(q))
 
         def log_weights(z: torch.Tensor, decoder: Callable[..., Any] = vae.decoder) -> torch.Tensor:
             # (K, B, D) -> (K, B)
