@@ -197,14 +197,14 @@ MUTANTS = [
     ),
     (
         "vae/objectives.py",
-        "kl_weight = self.beta * self.warmup()",
-        "kl_weight = self.beta; self.warmup()",
+        "kl_weight = self.beta * self.warmup(first_floating_tensor(q))",
+        "kl_weight = self.beta; self.warmup(first_floating_tensor(q))",
         "tests/test_objectives.py::test_iwae_kl_warmup_weights_the_prior_and_q_terms",
     ),
     (
         "vae/objectives.py",
-        "term = self.warmup() * term",
-        "term = torch.clamp(self.warmup() * kl, min=floor) if self.free_bits > 0 else self.warmup() * kl",
+        "term = self.warmup(term) * term",
+        "term = torch.clamp(self.warmup(kl) * kl, min=floor) if self.free_bits > 0 else self.warmup(kl) * kl",
         "tests/test_objectives.py::test_free_bits_floor_is_warmed_up_with_the_kl",
     ),
     (
