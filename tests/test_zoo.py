@@ -271,3 +271,23 @@ def test_vampprior_pseudo_inputs_start_around_0_05():
     u = model.prior_module.pseudo_inputs.detach()
     assert float(u.mean()) == pytest.approx(0.05, abs=0.002)
     assert float(u.std()) == pytest.approx(0.01, rel=0.1)
+
+
+def test_hvae_posterior_and_prior_pickle_and_export_names_the_chain():
+    # The chains' conditionals were lambdas: pickle and torch.save of q(z|x) and p(z) failed.
+    import io
+    import pickle
+
+    torch.manual_seed(0)
+    vae = build_model(_config("hvae", {})).eval()
+    x = torch.rand(3, 1, 28, 28).round()
+    q = vae.encoder(x)
+    z = pl.convert_to_tensor(q)
+    for dist in (q, vae.prior()):
+        copy = pickle.loads(pickle.dumps(dist))
+        torch.testing.assert_close(copy.log_prob(z), dist.log_prob(z))
+        torch.save(dist, io.BytesIO())
+    with pytest.raises(
+        TypeError, match="DistributionLambda was given a Chain that no problayers distribution layer"
+    ):
+        pl.export(vae.encoder, (x,))

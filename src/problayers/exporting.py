@@ -69,12 +69,19 @@ class _Calls:
             handle.remove()
 
 
-def _plan(out: Any, calls: dict, leaves: list[torch.Tensor]) -> _Node:
-    """The rebuild plan of ``out`` (appending its tensor parameters to ``leaves``)."""
+def _plan(out: Any, calls: dict, leaves: list[torch.Tensor], parent: Any = None) -> _Node:
+    """The rebuild plan of ``out`` (appending its tensor parameters to ``leaves``); ``parent``:
+    the layer that took ``out`` as an input, if any."""
     if id(out) not in calls:
+        if parent is None:
+            raise TypeError(
+                "DistributionParams: the module's output must be the output of a problayers "
+                f"distribution layer (a DistributionLambda), got {type(out).__name__}"
+            )
         raise TypeError(
-            "DistributionParams: the module's output must be the output of a problayers distribution "
-            f"layer (a DistributionLambda), got {type(out).__name__}"
+            f"DistributionParams: the module's {type(parent).__name__} was given a "
+            f"{type(out).__name__} that no problayers distribution layer made, so its parameters "
+            "cannot be exported"
         )
     layer, args, kwargs = calls[id(out)]
 
@@ -83,7 +90,7 @@ def _plan(out: Any, calls: dict, leaves: list[torch.Tensor]) -> _Node:
             leaves.append(value)
             return ("param", len(leaves) - 1)
         if isinstance(value, D.Distribution):
-            return ("node", _plan(value, calls, leaves))
+            return ("node", _plan(value, calls, leaves, layer))
         return ("const", value)
 
     node = _Node(layer)

@@ -86,6 +86,18 @@ def _joined(features: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
     return torch.cat([features.expand(*a.shape[:-1], features.shape[-1]), a], -1)
 
 
+class _Conditional:
+    """``a -> net(a).distribution``, or ``net(cat(features, a))``'s where ``features`` is given:
+    a :class:`Chain`'s conditional as an object, so that the chain pickles (a lambda does not)."""
+
+    def __init__(self, net: nn.Module, features: torch.Tensor | None = None) -> None:
+        self.net, self.features = net, features
+
+    def __call__(self, a: torch.Tensor) -> D.Distribution:
+        inputs = a if self.features is None else _joined(self.features, a)  # (*S, B, [H +] Da)
+        return self.net(inputs).distribution
+
+
 class TwoLevelPosterior(nn.Module):
     """``x (B, 1, 28, 28) -> q(z2, z1 | x)``, a :class:`Chain` (batch ``(B,)``, event ``(2D,)``)."""
 
@@ -106,7 +118,7 @@ class TwoLevelPosterior(nn.Module):
     def forward(self, x: torch.Tensor) -> D.Distribution:
         h = self.features(x)  # (B, h)
         q2 = self.top(h)
-        chain = Chain(q2.distribution, lambda z2: self.bottom(_joined(h, z2)).distribution, self.latent)
+        chain = Chain(q2.distribution, _Conditional(self.bottom, h), self.latent)
         return self.out(chain)
 
 
@@ -122,7 +134,7 @@ class TwoLevelPrior(nn.Module):
         self.latent = latent
 
     def forward(self) -> D.Distribution:
-        return Chain(self.top(), lambda z2: self.bottom(z2).distribution, self.latent)
+        return Chain(self.top(), _Conditional(self.bottom), self.latent)
 
 
 class _TopPosterior(nn.Module):
