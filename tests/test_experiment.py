@@ -83,6 +83,17 @@ def test_checkpoint_from_another_model_config_is_refused(tmp_path):
     old = {k: v for k, v in cfg.to_json()["model"].items() if k != "tril_order"}
     with pytest.raises(CheckpointError, match=r"\(checkpoint vs run: tril_order 'rows' vs 'tfp'\)$"):
         check_consistent(cfg, {"model": old}, 1, "ckpt")
+    # another model: its name first (it was cut off behind four fields in sorted order)
+    other = {
+        **cfg.to_json()["model"],
+        "name": "mlp",
+        "base_depth": 5,
+        "beta": 2.0,
+        "exact_kl": False,
+        "hidden_size": 7,
+    }
+    with pytest.raises(CheckpointError, match=r"\(checkpoint vs run: name 'mlp' vs 'seed', base_depth 5 vs "):
+        check_consistent(cfg, {"model": other}, 1, "ckpt")
 
 
 def test_config_errors():

@@ -260,3 +260,18 @@ def test_load_pretrained_refuses_non_finite_weights(exported, tmp_path):
 def test_load_pretrained_of_a_missing_directory(tmp_path):
     with pytest.raises(PretrainedError, match="is not a directory"):
         load_pretrained(tmp_path / "nope")
+
+
+@pytest.mark.parametrize("command", ["evaluate", "sample", "resume"])
+def test_an_export_given_as_a_run_says_what_it_is(exported, command, capsys):
+    # It listed config.json's ~19 keys as unknown.
+    argv = {"evaluate": ["evaluate", str(exported)], "sample": ["sample", str(exported)]}
+    with pytest.raises(SystemExit) as exc:
+        main(argv.get(command, ["train", "--resume", str(exported)]))
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"problayers: error: {exported / 'config.json'}: an export ({FORMAT!r}, made by problayers "
+        "export), not a run's settings; give the run directory it came from, or load it with "
+        "problayers.vae.load_pretrained"
+    )

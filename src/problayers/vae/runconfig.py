@@ -173,6 +173,12 @@ class RunConfig:
         ``source`` for anything but an object with the known keys and valid values."""
         if not isinstance(obj, dict):
             raise ValueError(f"{source}: expected a JSON object of run settings, got {_kind(obj)}")
+        fmt = obj.get("format")
+        if isinstance(fmt, str) and fmt.startswith("problayers-vae"):  # pretrained.FORMAT
+            raise ValueError(
+                f"{source}: an export ({fmt!r}, made by problayers export), not a run's settings; "
+                "give the run directory it came from, or load it with problayers.vae.load_pretrained"
+            )
         known = [f.name for f in dataclasses.fields(cls)]
         unknown = sorted(set(obj) - set(known))
         if unknown:

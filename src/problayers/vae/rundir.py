@@ -202,7 +202,7 @@ def check_consistent(cfg: RunConfig, saved: dict[str, Any], epoch: int, source: 
             theirs = saved["model"] if isinstance(saved["model"], dict) else {}
         diff = [
             f"{k} {theirs.get(k, '(none)')!r} vs {ours.get(k, '(none)')!r}"
-            for k in sorted(set(ours) | set(theirs))
+            for k in sorted(set(ours) | set(theirs), key=lambda k: (k != "name", k))  # the model first
             if theirs.get(k, ours.get(k)) != ours.get(k)
         ] or [repr(saved["model"])]
         raise CheckpointError(
