@@ -289,3 +289,16 @@ def test_a_subset_larger_than_the_data_is_refused():
 
     with pytest.raises(ValueError, match=r"^train_subset: expected at most the 128 train images, got 129"):
         experiment._images(tiny_config(train_subset=129), "train")
+
+
+def test_load_run_refuses_a_checkpoint_whose_averaging_the_config_does_not_say(tmp_path):
+    # An EMA checkpoint beside a config without ema_decay was evaluated with the averaged
+    # weights and labelled "online" (and the reverse); resume already refused it.
+    train(tiny_config(epochs=1, ema_decay=0.9), tmp_path / "ema")
+    cfg = json.loads((tmp_path / "ema" / "config.json").read_text())
+    cfg["ema_decay"] = None
+    (tmp_path / "ema" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(
+        CheckpointError, match=r"written with weight averaging, but the run's config.json has ema_decay None$"
+    ):
+        load_run(tmp_path / "ema", device="cpu")

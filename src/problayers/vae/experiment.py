@@ -382,7 +382,7 @@ def load_run(
     path = check_has_checkpoint(run_dir, CHECKPOINT, "it has no trained model yet")
     state = load_checkpoint(path)
     saved = check_run_state(state, str(path))
-    check_consistent(cfg, saved, state["epoch"], str(path))
+    check_consistent(cfg, saved, state["epoch"], str(path), averaged="averaged" in state)
     model = build_model(cfg.model)
     weights, what = state["model"], "model"
     if "averaged" in state and not online:  # EMA.state_dict(): the weights under "module."

@@ -186,8 +186,17 @@ def check_run_state(state: dict[str, Any], source: str, *, training: bool = Fals
     return saved
 
 
-def check_consistent(cfg: RunConfig, saved: dict[str, Any], epoch: int, source: str) -> None:
-    """The checkpoint's model config is the run's, and it has not trained past its config."""
+def check_consistent(
+    cfg: RunConfig, saved: dict[str, Any], epoch: int, source: str, *, averaged: bool | None = None
+) -> None:
+    """The checkpoint's model config is the run's, and it has not trained past its config;
+    where ``averaged`` is given (whether the checkpoint holds an EMA), the run's ``ema_decay``
+    agrees with it (else the weights loaded would be labelled as the others)."""
+    if averaged is not None and averaged != (cfg.ema_decay is not None):
+        raise CheckpointError(
+            f"{source}: written {'with' if averaged else 'without'} weight averaging, but the "
+            f"run's {CONFIG} has ema_decay {cfg.ema_decay}"
+        )
     from .models import ModelConfig
 
     try:
