@@ -150,7 +150,9 @@ def to_bayesian(
     ``Conv2dFlipout``, ... with the same arguments, ``padding_mode`` included) whose
     :class:`~problayers.MeanFieldNormal` posteriors have their means at the module's weight and
     bias and a scale of ``init_scale``: at ``init_scale -> 0`` the converted network computes
-    what the original did. Subclasses (e.g. ``nn.MultiheadAttention``'s ``out_proj``, lazy or
+    what the original did (the scale is at least twice the dtype's ``eps``, TFP's floor: 0.0156
+    for bf16, 0.002 for float16; convert a half-precision network in float32, then cast it).
+    Subclasses (e.g. ``nn.MultiheadAttention``'s ``out_proj``, lazy or
     parametrized modules) and the layers in a :class:`~problayers.WeightNorm` are left as they
     are; a shared module (under several parents or names) stays shared, and is kept as it is
     wherever one of its names is in ``skip``.
