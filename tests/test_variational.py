@@ -544,3 +544,17 @@ def test_dense_variational_uses_a_coercible_posteriors_value():
     torch.testing.assert_close(layer(x), expected)  # the same weights every call
     q, p = layer.posterior(x), layer.prior(x)
     torch.testing.assert_close(pl.collect_losses(layer), q.log_prob(mean) - p.log_prob(mean))
+
+
+def test_tfps_call_forms_padding_in_capitals_and_kl_weight_none():
+    # TFP's Bayesian MNIST example writes padding="SAME"; DenseVariational's kl_weight
+    # defaults to None in TFP (no scaling).
+    layer = pl.Conv2dFlipout(1, 2, 3, padding="SAME")
+    assert layer.padding == "same" and layer(torch.randn(1, 1, 5, 5)).shape == (1, 2, 5, 5)
+    assert pl.Conv2dReparameterization(1, 2, 3, padding="VALID")(torch.randn(1, 1, 5, 5)).shape == (
+        1,
+        2,
+        3,
+        3,
+    )
+    assert pl.DenseVariational(3, 2, kl_weight=None).kl_weight == 1.0

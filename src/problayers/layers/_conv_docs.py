@@ -75,8 +75,8 @@ def _document(cls: _ConvClass) -> _ConvClass:
         ]
     else:
         args += [
-            f'    padding: ``"same"`` (stride 1), ``"valid"``, an int or {_COUNT[n]} (default 0), as',
-            f"        ``{ref}``.",
+            '    padding: ``"same"`` (stride 1), ``"valid"`` (either in any case: Keras\' ``"SAME"``),',
+            f"        an int or {_COUNT[n]} (default 0), as ``{ref}``.",
             f"    dilation: as ``{ref}`` (default 1).",
             f"    groups: as ``{ref}`` (default 1); must divide ``in_channels`` and ``out_channels``.",
             "    bias: whether the layer has a bias (default ``True``).",

@@ -135,6 +135,7 @@ class _Conv(_ConvBase):
         self._channels(in_channels, out_channels, kernel_size, stride, dilation, groups)
         self.padding: str | tuple[int, ...]
         if isinstance(padding, str):
+            padding = padding.lower()  # Keras' "SAME"/"VALID" too, as Keras lowercases them
             if padding not in ("same", "valid"):
                 raise ValueError(f"padding: expected 'same', 'valid', an int or ints, got {padding!r}")
             if padding == "same" and any(s != 1 for s in self.stride):

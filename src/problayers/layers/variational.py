@@ -250,8 +250,8 @@ class DenseVariational(nn.Module):
             returns the posterior over the ``kernel_size + bias_size`` flattened weights (batch
             ``()``, event ``(kernel_size + bias_size,)``). Default :func:`posterior_mean_field`.
         make_prior_fn: the same for the prior. Default :func:`prior_standard_normal`.
-        kl_weight: the recorded term is ``kl_weight * KL`` (default 1: the whole KL; pass
-            ``1 / num_train_examples`` with a batch-mean data term).
+        kl_weight: the recorded term is ``kl_weight * KL`` (default 1, as TFP's ``None``: the
+            whole KL; pass ``1 / num_train_examples`` with a batch-mean data term).
         kl_use_exact: exact KL (``torch.distributions.kl_divergence``) instead of the default
             (``False``) one-sample estimate ``log q(w) - log p(w)`` at the weights used in this
             forward.
@@ -282,7 +282,7 @@ class DenseVariational(nn.Module):
         units: int,
         make_posterior_fn: Callable[..., nn.Module] = posterior_mean_field,
         make_prior_fn: Callable[..., nn.Module] = prior_standard_normal,
-        kl_weight: float | torch.Tensor = 1.0,
+        kl_weight: float | torch.Tensor | None = 1.0,
         kl_use_exact: bool = False,
         activation: Callable[[torch.Tensor], torch.Tensor] | None = None,
         use_bias: bool = True,
@@ -300,7 +300,9 @@ class DenseVariational(nn.Module):
         for name, fn in (("make_posterior_fn", make_posterior_fn), ("make_prior_fn", make_prior_fn)):
             if not callable(fn):
                 raise TypeError(f"{name}: expected a callable (kernel_size, bias_size, dtype) -> nn.Module")
-        self.kl_weight = non_negative_number(kl_weight, "kl_weight")
+        self.kl_weight = non_negative_number(
+            1.0 if kl_weight is None else kl_weight, "kl_weight"
+        )  # TFP's None
         self.kl_use_exact = bool(kl_use_exact)
         prepare_kl_dispatch()  # so that torch.compile traces the exact KL
         self.activation = activation_fn(activation)
