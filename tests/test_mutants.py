@@ -777,6 +777,60 @@ MUTANTS = [
         "std = stds.mean(0)",
         "tests/test_regression.py::test_regression_plot_band_is_the_mixture_predictive_std",
     ),
+    (
+        "regularizers.py",
+        "if requires_grad(prior):  # trained by the user",
+        "if False:  # trained by the user",
+        "tests/test_regularizers.py::test_a_prior_the_user_trains_is_trained_whatever_the_model_dtype",
+    ),
+    (
+        "regularizers.py",
+        "return not torch.compiler.is_compiling() and versions(given) != copied",
+        "return False",
+        "tests/test_regularizers.py::test_a_prior_changed_in_place_is_seen_in_every_dtype",
+    ),
+    (
+        "vae/objectives.py",
+        'state = {f"encoder.{n}": p.detach() for n, p in vae.encoder.named_parameters()}',
+        "state = {}",
+        "tests/test_zoo_maths.py::test_dregs_stopped_log_q_reaches_no_encoder_parameter",
+    ),
+    (
+        "vae/objectives.py",
+        'state |= {f"encoder.{n}": b.clone() for n, b in vae.encoder.named_buffers()}',
+        "pass",
+        "tests/test_zoo_maths.py::test_dreg_moves_batchnorms_running_statistics_once_per_step",
+    ),
+    (
+        "layers/weight_norm.py",
+        "self._ready = bool(self.initialized)",
+        "self._ready = False",
+        "tests/test_averaging.py::test_an_average_of_weight_normed_layers_is_not_initialized_again",
+    ),
+    (
+        "layers/categorical.py",
+        "return torch.where(value != 0, value * log_p, 0.0).sum(-1)",
+        "return super().log_prob(value)",
+        "tests/test_layers_catalog.py::test_one_hot_log_prob_of_a_soft_label_is_tfps_cross_entropy",
+    ),
+    (
+        "layers/variational.py",
+        "w = convert_to_tensor(q) if is_coercible(q) else q.rsample()",
+        "w = q.rsample()",
+        "tests/test_variational.py::test_dense_variational_uses_a_coercible_posteriors_value",
+    ),
+    (
+        "layers/flows.py",
+        "self.mask.copy_(self._mask_init)",
+        "pass",
+        "tests/test_flows.py::test_made_built_on_meta_is_a_made_after_to_empty_and_reset_parameters",
+    ),
+    (
+        "regularizers.py",
+        'self.register_buffer("weight", weight)',
+        "self.weight = weight",
+        "tests/test_regularizers.py::test_a_tensor_weight_is_saved_moved_and_annealed_in_place",
+    ),
 ]
 
 

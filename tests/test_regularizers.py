@@ -323,6 +323,9 @@ def _trained_prior_kls(dtype, via_double, linear_dtype=None):
     if via_double:
         model.double()
     opt = torch.optim.SGD([loc], lr=0.5)
+    with torch.no_grad():  # a look before training: no copy without a graph may outlive it
+        model(torch.zeros(8, 3, dtype=dtype))
+    pl.clear_losses(model)
     kls = []
     for _ in range(3):
         model(torch.zeros(8, 3, dtype=dtype))
