@@ -341,6 +341,11 @@ def test_one_hot_log_prob_of_a_soft_label_is_tfps_cross_entropy():
     comp = params[:, 2:].reshape(2, 2, 3).log_softmax(-1)  # (B, K, E)
     direct = torch.logsumexp(params[:, :2].log_softmax(-1) + (y.unsqueeze(1) * comp).sum(-1), -1)
     torch.testing.assert_close(mix.log_prob(y), direct)
+    # a masked class (logit -inf) and a value with a gradient (straight-through): finite
+    masked = pl.OneHotCategorical(3)(torch.tensor([[1.0, 0.0, -math.inf]]))
+    soft = torch.tensor([[0.7, 0.3, 0.0]], requires_grad=True)
+    (g,) = torch.autograd.grad(masked.log_prob(soft).sum(), soft)
+    assert torch.isfinite(g).all() and g[0, 2] == 0
 
 
 def test_log_rate_poisson_expand_expands_the_log_rate():

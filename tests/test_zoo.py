@@ -274,7 +274,9 @@ def test_vampprior_pseudo_inputs_start_around_0_05():
 
 
 def test_hvae_posterior_and_prior_pickle_and_export_names_the_chain():
-    # The chains' conditionals were lambdas: pickle and torch.save of q(z|x) and p(z) failed.
+    # The chains' conditionals were lambdas: pickle and torch.save of q(z|x) and p(z) failed
+    # (and a deep copy must leave the features' graph behind).
+    import copy as copy_module
     import io
     import pickle
 
@@ -284,8 +286,8 @@ def test_hvae_posterior_and_prior_pickle_and_export_names_the_chain():
     q = vae.encoder(x)
     z = pl.convert_to_tensor(q)
     for dist in (q, vae.prior()):
-        copy = pickle.loads(pickle.dumps(dist))
-        torch.testing.assert_close(copy.log_prob(z), dist.log_prob(z))
+        for copy in (pickle.loads(pickle.dumps(dist)), copy_module.deepcopy(dist)):
+            torch.testing.assert_close(copy.log_prob(z), dist.log_prob(z))
         torch.save(dist, io.BytesIO())
     with pytest.raises(
         TypeError, match="DistributionLambda was given a Chain that no problayers distribution layer"

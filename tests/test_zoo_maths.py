@@ -381,3 +381,15 @@ def test_dreg_moves_batchnorms_running_statistics_once_per_step():
     assert stats["dreg"] and stats["dreg"].keys() == stats["iwae"].keys()
     for n, b in stats["iwae"].items():
         torch.testing.assert_close(stats["dreg"][n], b, msg=n)
+
+
+def test_dreg_leaves_a_weight_normed_decoder_initialized():
+    # The weights' pass (no gradients) is the decoder's first call: a WeightNorm initializes
+    # there, and its flag must be the module's, not a discarded copy's (only BatchNorm's
+    # running statistics are copied).
+    torch.manual_seed(0)
+    encoder = nn.Sequential(nn.Linear(3, 4), pl.IndependentNormal(2))
+    decoder = nn.Sequential(pl.WeightNorm(nn.Linear(2, 6), data_init=True), pl.IndependentNormal(3))
+    vae = VAE(encoder, decoder, prior=StandardNormal(2), objective=IWAE(3, dreg=True))
+    vae(torch.randn(8, 3), loss=True)[0].backward()
+    assert bool(decoder[0].initialized)

@@ -125,9 +125,9 @@ class KLDivergenceRegularizer(nn.Module):
         weight: keyword-only, as the arguments after it (TFP's second argument is
             ``use_exact_kl``: a positional port would mix them up); scales the term exactly
             (default 1, as TFP's ``None``; ``weight != 1`` gives a beta-VAE). A tensor (TFP's
-            ``tf.Variable`` for a KL annealing) is a buffer, an ``nn.Parameter`` a parameter
-            (trained): either is saved in the ``state_dict`` and moved with the model
-            (``.double()``); change a buffer in place (``reg.weight.fill_(beta)``).
+            ``tf.Variable`` for a KL annealing) is used as given: change it in place, and the
+            next term uses the new value, wherever the model moved; like a Keras regularizer's
+            variable it is not in the ``state_dict`` (an ``nn.Parameter`` is: it is trained).
         use_exact_kl: ``torch.distributions.kl_divergence`` (a clear error where torch has no
             formula for the pair) instead of the default (``False``) Monte Carlo estimate
             ``log q(z) - log prior(z)`` at ``z = test_points_fn(q)``.
@@ -176,11 +176,7 @@ class KLDivergenceRegularizer(nn.Module):
         if not callable(test_points_fn):
             raise TypeError(f"test_points_fn: expected a callable, got {type(test_points_fn).__name__}")
         self.prior = prior  # an nn.Module prior is registered as a submodule
-        self.weight: float | torch.Tensor
-        if isinstance(weight, torch.Tensor) and not isinstance(weight, nn.Parameter):
-            self.register_buffer("weight", weight)  # saved and moved with the model (a Parameter is)
-        else:
-            self.weight = weight
+        self.weight = weight  # a tensor: the user's own (an nn.Parameter is registered)
         self.use_exact_kl = bool(use_exact_kl)
         prepare_kl_dispatch()  # so that torch.compile traces the exact KL
         self.test_points_fn = test_points_fn
@@ -237,7 +233,7 @@ class KLDivergenceRegularizer(nn.Module):
                 # the first call, a prior assigned since, or one changed in place since
                 moved = self._moved[key] = (
                     prior,
-                    versions(prior),
+                    () if torch.compiler.is_compiling() else versions(prior),  # dynamo cannot read them
                     distribution_to(prior, like.device, like.dtype),
                 )
             prior = moved[2]

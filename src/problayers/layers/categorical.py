@@ -34,7 +34,9 @@ class SoftOneHotCategorical(D.OneHotCategorical):
             self._validate_sample(value)
         log_p = self._categorical.logits  # (*B, E), normalized by torch
         value = value.to(log_p.dtype)
-        return torch.where(value != 0, value * log_p, 0.0).sum(-1)  # (*B,); 0 * -inf counts 0
+        # 0 * log p counts 0 where p = 0 (log p = -inf), in the value and in the gradients
+        log_p = torch.where(value != 0, log_p, 0.0)
+        return (value * log_p).sum(-1)  # (*B,)
 
 
 _coercible_class(SoftOneHotCategorical)  # made up front, as torch's (see coercible.py)

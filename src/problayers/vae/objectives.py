@@ -193,21 +193,34 @@ def _stopped_log_prob(vae: Any, x: torch.Tensor, z: torch.Tensor) -> torch.Tenso
     """``log q(z|x)`` with no gradient to the encoder's parameters (only through ``z``): the
     encoder, and the networks its posterior's ``log_prob`` runs (a hierarchical posterior's
     conditional), at detached weights (a flow's output runs its network at the weights of the
-    call that made it). Its buffers are copies, so that BatchNorm's running statistics move
-    once per step, in the encoder's own forward. ``(K, B)``."""
+    call that made it), on copies of its running statistics (:func:`_running_stats`). ``(K, B)``."""
     state = {f"encoder.{n}": p.detach() for n, p in vae.encoder.named_parameters()}
-    state |= {f"encoder.{n}": b.clone() for n, b in vae.encoder.named_buffers()}
+    state |= _running_stats(vae.encoder, "encoder.")
     with added_losses_skipped():
         return torch.func.functional_call(vae, state, (x,), {"log_q_at": z})
 
 
+def _running_stats(module: nn.Module, prefix: str = "") -> dict[str, torch.Tensor]:
+    """Copies of the running statistics of the normalization layers in ``module`` (BatchNorm's
+    ``running_mean``, ``running_var``, ``num_batches_tracked``), named for ``functional_call``:
+    an extra pass in training mode updates the copies, so the statistics move once per step,
+    in the step's own forward. Other buffers are the module's own (a ``WeightNorm``'s
+    initialized flag, set by whichever pass comes first, must stay set)."""
+    return {
+        f"{prefix}{name}.{b}" if name else f"{prefix}{b}": buf.clone()
+        for name, sub in module.named_modules()
+        if isinstance(sub, nn.modules.batchnorm._NormBase)
+        for b, buf in sub.named_buffers(recurse=False)
+    }
+
+
 def _with_copied_buffers(module: nn.Module) -> Callable[..., Any]:
-    """``module`` as a function that runs on copies of its buffers (a pass that must not move
-    BatchNorm's running statistics); ``module`` itself where it has none."""
-    buffers = {n: b.clone() for n, b in module.named_buffers()}
-    if not buffers:
+    """``module`` as a function that runs on copies of its running statistics (a pass that
+    must not move them); ``module`` itself where it has none."""
+    stats = _running_stats(module)
+    if not stats:
         return module
-    return lambda *args: torch.func.functional_call(module, buffers, args)
+    return lambda *args: torch.func.functional_call(module, stats, args)
 
 
 #: name -> ``(exact_kl, num_samples, **Objective's arguments) -> Objective``

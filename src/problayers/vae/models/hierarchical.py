@@ -93,6 +93,11 @@ class _Conditional:
     def __init__(self, net: nn.Module, features: torch.Tensor | None = None) -> None:
         self.net, self.features = net, features
 
+    def __deepcopy__(self, memo: dict) -> _Conditional:
+        # A deep copy of the chain is detached (design.md): the features without their graph;
+        # the network is the model's own, shared as the chain's parameters are not copies.
+        return _Conditional(self.net, None if self.features is None else self.features.detach().clone())
+
     def __call__(self, a: torch.Tensor) -> D.Distribution:
         inputs = a if self.features is None else _joined(self.features, a)  # (*S, B, [H +] Da)
         return self.net(inputs).distribution
