@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from problayers.train.checkpoint import CheckpointError
-from problayers.vae.experiment import RunConfig, load_run, resume, train
+from problayers.vae.experiment import RunConfig, _images, load_run, load_test_images, resume, train
 from problayers.vae.models import ModelConfig
 from problayers.vae.rundir import check_consistent
 
@@ -302,3 +302,12 @@ def test_load_run_refuses_a_checkpoint_whose_averaging_the_config_does_not_say(t
         CheckpointError, match=r"written with weight averaging, but the run's config.json has ema_decay None$"
     ):
         load_run(tmp_path / "ema", device="cpu")
+
+
+def test_synthetic_data_is_a_fixed_train_and_test_set_whatever_the_seed():
+    # As MNIST's: the run's seed picked the synthetic test set (another seed's training set).
+    sets = [load_test_images(tiny_config(seed=s, synthetic=64), torch.device("cpu")) for s in (0, 1, 2)]
+    assert torch.equal(sets[0], sets[1]) and torch.equal(sets[0], sets[2])
+    train_set = _images(tiny_config(seed=1, synthetic=64), "train")
+    assert torch.equal(train_set, _images(tiny_config(seed=2, synthetic=64), "train"))
+    assert not torch.equal(train_set, _images(tiny_config(seed=0, synthetic=64), "test"))

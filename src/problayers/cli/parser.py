@@ -309,14 +309,15 @@ def build_parser() -> _Parser:
         "--fast",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="channels_last, and bf16 on a GPU (the default unless --precision or --channels-last "
-        "is given); --no-fast: fp32, the layout as trained",
+        help="the device's fast options (the default unless --precision or --channels-last is "
+        "given): on a GPU channels_last and bf16 where it has it, on a CPU the training probe's "
+        "choice; --no-fast: fp32, contiguous",
     )
     p.add_argument(
         "--precision",
         choices=["fp32", "bf16"],
         default=None,
-        help="bf16: autocast convolutions (distribution maths stay fp32)",
+        help="bf16: autocast the network's layers (distribution maths stay fp32)",
     )
     p.add_argument("--channels-last", action="store_true", help="NHWC convolutions")
     _add_weights_option(p)

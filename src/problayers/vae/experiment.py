@@ -88,7 +88,9 @@ RESUME_OVERRIDES = ("epochs", "lr", "device", "data_dir", "progress", "log_every
 def _images(cfg: RunConfig, split: str) -> torch.Tensor:
     """uint8 ``(N, 28, 28)`` images of ``split`` (subset applied)."""
     if cfg.synthetic:
-        images, _ = mnist.synthetic_mnist(cfg.synthetic, seed=cfg.seed + (split == "test"))
+        # fixed sets, as MNIST's: the run's seed does not pick the data (it picked the test
+        # set, another seed's training set, before 2026-12-07)
+        images, _ = mnist.synthetic_mnist(cfg.synthetic, seed=int(split == "test"))
     else:
         where = "the run's data_dir (--data-dir, or its config.json)"
         images, _ = mnist.load_mnist(cfg.data_dir, split=split, source=where)

@@ -48,7 +48,7 @@ class RunConfig:
     seed: int = 0
     device: str = "auto"
     data_dir: str | None = None  # None: $PROBLAYERS_MNIST_DIR, the cache, or a download
-    synthetic: int = 0  # > 0: train on this many generated digits instead of MNIST (tests, demos)
+    synthetic: int = 0  # > 0: this many generated digits (fixed train and test sets) for MNIST's
     train_subset: int | None = None  # use only the first N training images
     test_subset: int | None = None  # ... and the first N test images
     eval_batch_size: int = 500
