@@ -346,6 +346,11 @@ def test_one_hot_log_prob_of_a_soft_label_is_tfps_cross_entropy():
     soft = torch.tensor([[0.7, 0.3, 0.0]], requires_grad=True)
     (g,) = torch.autograd.grad(masked.log_prob(soft).sum(), soft)
     assert torch.isfinite(g).all() and g[0, 2] == 0
+    # with every class possible, d log_prob / d x_e = log p_e for every class, also where
+    # x_e = 0 (a straight-through one-hot sample's gradient)
+    hard = torch.tensor([[0.0, 1.0, 0.0]], requires_grad=True)
+    (g,) = torch.autograd.grad(out.log_prob(hard)[:1].sum(), hard)
+    torch.testing.assert_close(g, logits[:1].detach().log_softmax(-1))
 
 
 def test_log_rate_poisson_expand_expands_the_log_rate():

@@ -289,6 +289,16 @@ def test_hvae_posterior_and_prior_pickle_and_export_names_the_chain():
         for copy in (pickle.loads(pickle.dumps(dist)), copy_module.deepcopy(dist)):
             torch.testing.assert_close(copy.log_prob(z), dist.log_prob(z))
         torch.save(dist, io.BytesIO())
+    # a deep copy is detached: no gradient reaches the model, and copied with the model it
+    # runs the copied model's network
+    assert not any(
+        g is not None
+        for g in torch.autograd.grad(
+            copy_module.deepcopy(q).log_prob(z.detach()).sum(), list(vae.parameters()), allow_unused=True
+        )
+    )
+    vae2, q2 = copy_module.deepcopy((vae, q))
+    assert q2.conditional.net is vae2.encoder.bottom
     with pytest.raises(
         TypeError, match="DistributionLambda was given a Chain that no problayers distribution layer"
     ):

@@ -393,3 +393,15 @@ def test_dreg_leaves_a_weight_normed_decoder_initialized():
     vae = VAE(encoder, decoder, prior=StandardNormal(2), objective=IWAE(3, dreg=True))
     vae(torch.randn(8, 3), loss=True)[0].backward()
     assert bool(decoder[0].initialized)
+
+
+def test_dreg_trains_a_decoder_with_a_lazy_norm_layer():
+    # The weights' pass is the decoder's first call: a lazy BatchNorm has no statistics to
+    # copy yet (it raised at the first step).
+    torch.manual_seed(0)
+    encoder = nn.Sequential(nn.Linear(3, 4), pl.IndependentNormal(2))
+    decoder = nn.Sequential(nn.Linear(2, 6), nn.LazyBatchNorm1d(), pl.IndependentNormal(3))
+    vae = VAE(encoder, decoder, prior=StandardNormal(2), objective=IWAE(3, dreg=True))
+    loss, _ = vae(torch.randn(8, 3), loss=True)
+    loss.backward()
+    assert torch.isfinite(loss) and int(decoder[1].num_batches_tracked) == 1

@@ -311,7 +311,7 @@ def build_parser() -> _Parser:
         default=None,
         help="the device's fast options (the default unless --precision or --channels-last is "
         "given): on a GPU channels_last and bf16 where it has it, on a CPU the training probe's "
-        "choice; --no-fast: fp32, contiguous",
+        "choice (given with --precision: that precision, channels_last); --no-fast: fp32, contiguous",
     )
     p.add_argument(
         "--precision",

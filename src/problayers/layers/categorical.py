@@ -34,8 +34,9 @@ class SoftOneHotCategorical(D.OneHotCategorical):
             self._validate_sample(value)
         log_p = self._categorical.logits  # (*B, E), normalized by torch
         value = value.to(log_p.dtype)
-        # 0 * log p counts 0 where p = 0 (log p = -inf), in the value and in the gradients
-        log_p = torch.where(value != 0, log_p, 0.0)
+        # 0 * log p counts 0 where p = 0 (log p = -inf), in the value and in the gradients;
+        # elsewhere d/dx_e is log p_e, as TFP's, for every class (a straight-through sample)
+        log_p = torch.where((value == 0) & torch.isneginf(log_p), 0.0, log_p)
         return (value * log_p).sum(-1)  # (*B,)
 
 

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 import torch.distributions as D
 from torch import nn
+from torch.nn.parameter import UninitializedBuffer
 
 from .._state import first_floating_tensor
 from ..coercible import convert_to_tensor
@@ -211,6 +212,7 @@ def _running_stats(module: nn.Module, prefix: str = "") -> dict[str, torch.Tenso
         for name, sub in module.named_modules()
         if isinstance(sub, nn.modules.batchnorm._NormBase)
         for b, buf in sub.named_buffers(recurse=False)
+        if not isinstance(buf, UninitializedBuffer)  # a lazy layer's before its first call
     }
 
 

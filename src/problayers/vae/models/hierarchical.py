@@ -20,6 +20,7 @@ estimate (no formula for a chain).
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import ClassVar
 
@@ -94,9 +95,10 @@ class _Conditional:
         self.net, self.features = net, features
 
     def __deepcopy__(self, memo: dict) -> _Conditional:
-        # A deep copy of the chain is detached (design.md): the features without their graph;
-        # the network is the model's own, shared as the chain's parameters are not copies.
-        return _Conditional(self.net, None if self.features is None else self.features.detach().clone())
+        # A deep copy of the chain is detached (design.md): the features without their graph,
+        # the network copied (the copied model's own where the model is copied in the same call)
+        features = None if self.features is None else self.features.detach().clone()
+        return _Conditional(copy.deepcopy(self.net, memo), features)
 
     def __call__(self, a: torch.Tensor) -> D.Distribution:
         inputs = a if self.features is None else _joined(self.features, a)  # (*S, B, [H +] Da)
