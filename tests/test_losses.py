@@ -109,3 +109,34 @@ def test_collect_losses_zero_takes_a_buffer_only_models_dtype():
     model = nn.Module()
     model.register_buffer("b", torch.zeros(1, dtype=torch.float64))
     assert pl.collect_losses(model).dtype == torch.float64
+
+
+def test_added_losses_skipped_is_this_threads_only():
+    # One process-wide flag: a thread exporting or serving switched every other thread's KL
+    # off, and two overlapping blocks could leave it off for good.
+    import threading
+
+    from problayers.losses import added_losses_enabled, added_losses_skipped
+
+    inside, leave = threading.Event(), threading.Event()
+
+    def other():
+        with added_losses_skipped():
+            inside.set()
+            leave.wait(10)
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    inside.wait(10)
+    try:
+        assert added_losses_enabled()  # here, while the other thread is in its block
+        layer = pl.IndependentNormal(2, activity_regularizer=pl.KLDivergenceRegularizer(pl.StandardNormal(2)))
+        layer(torch.ones(3, 4))
+        assert pl.collect_losses(layer).item() > 0
+        with added_losses_skipped():  # overlapping blocks, exited in the other order
+            leave.set()
+            thread.join(10)
+        assert added_losses_enabled()
+    finally:
+        leave.set()
+        thread.join(10)

@@ -29,8 +29,8 @@ MUTANTS = [
     ),
     (
         "losses.py",
-        "_SKIP[0] = previous",
-        "_SKIP[0] = False",
+        "_LOCAL.skip = previous",
+        "_LOCAL.skip = False",
         "tests/test_losses.py::test_nested_added_losses_skipped_restores_the_outer_block",
     ),
     (
@@ -41,8 +41,8 @@ MUTANTS = [
     ),
     (
         "regularizers.py",
-        "distribution_to(self._given_prior, like.device",
-        "distribution_to(self.prior, like.device",
+        "_kept_copy(self._given_prior, like.device",
+        "_kept_copy(self.prior, like.device",
         "tests/test_regularizers.py::test_prior_is_placed_from_the_prior_as_given_not_rounded",
     ),
     (
@@ -824,6 +824,24 @@ MUTANTS = [
         "self.mask.copy_(self._mask_init)",
         "pass",
         "tests/test_flows.py::test_made_built_on_meta_is_a_made_after_to_empty_and_reset_parameters",
+    ),
+    (
+        "losses.py",
+        "_LOCAL = threading.local()",
+        '_LOCAL = type("Shared", (), {})()',
+        "tests/test_losses.py::test_added_losses_skipped_is_this_threads_only",
+    ),
+    (
+        "regularizers.py",
+        "if not torch.compiler.is_compiling() and torch.is_inference_mode_enabled():",
+        "if False:",
+        "tests/test_regularizers.py::test_a_prior_copy_made_under_inference_mode_serves_later_training",
+    ),
+    (
+        "train/probe.py",
+        'isinstance(hit.get("chosen"), str)',
+        "True",
+        "tests/test_probe.py::test_a_damaged_entry_is_measured_over",
     ),
 ]
 

@@ -155,7 +155,9 @@ def test_cache_hit_skips_the_measurement_and_keys_on_the_workload(monkeypatch, t
         probe_step_options(_net(), opt, _loss, BATCH, workload="a", cache=path, candidates=FP32)
 
 
-@pytest.mark.parametrize("content", ["{not json", '{"version": 0, "entries": {}}', "[1, 2]", ""])
+@pytest.mark.parametrize(
+    "content", ["{not json", '{"version": 0, "entries": {}}', "[1, 2]", "", "[" * 100_000]
+)
 def test_a_damaged_cache_is_measured_over_and_rewritten(tmp_path, content):
     path = tmp_path / "step-options.json"
     path.write_text(content)
@@ -175,8 +177,19 @@ def test_a_damaged_cache_is_measured_over_and_rewritten(tmp_path, content):
         lambda e: e["options"].update(epochs=1, lr=10.0),  # never a run's own settings
         lambda e: e.update(chosen="fp16"),
         lambda e: e.update(reason=None),
+        lambda e: e.update(chosen=["fp32"]),  # unhashable: it was an internal TypeError
+        lambda e: e.update(chosen={"a": 1}),
     ],
-    ids=["times-a-list", "options-a-list", "unknown-option", "run-settings", "unknown-name", "no-reason"],
+    ids=[
+        "times-a-list",
+        "options-a-list",
+        "unknown-option",
+        "run-settings",
+        "unknown-name",
+        "no-reason",
+        "chosen-a-list",
+        "chosen-a-dict",
+    ],
 )
 def test_a_damaged_entry_is_measured_over(tmp_path, edit):
     path = tmp_path / "step-options.json"

@@ -411,3 +411,20 @@ def test_a_prior_copied_inside_a_compiled_first_call_traces_in_one_graph():
     compiled = torch.compile(loss, backend="eager", fullgraph=True)(x)
     reg._moved.clear()
     torch.testing.assert_close(compiled, loss(x))
+
+
+def test_a_prior_copy_made_under_inference_mode_serves_later_training():
+    # A validation forward under inference_mode made the kept float64 copy of inference
+    # tensors: every later training step failed ("Inference tensors cannot be saved").
+    scale = torch.ones(2)
+    prior = D.Independent(D.Normal(torch.zeros(2), scale), 1)
+    reg = pl.KLDivergenceRegularizer(prior, use_exact_kl=True)
+    model = nn.Sequential(nn.Linear(3, 4), pl.IndependentNormal(2, activity_regularizer=reg)).double()
+    x = torch.randn(5, 3, dtype=torch.float64)
+    scale.fill_(0.5)  # annealed: the next call copies the prior again
+    with torch.inference_mode():
+        model(x)
+    pl.clear_losses(model)
+    model(x)
+    pl.collect_losses(model, clear=True).backward()
+    assert model[0].weight.grad is not None

@@ -89,7 +89,8 @@ class TensorCoercible(TensorValue, _MixinBase):
             if self.__dict__.get("_tc_busy", False):  # d + 1, d.shape, torch.exp(d) inside the fn
                 raise RuntimeError(
                     f"convert_to_tensor_fn of a {self._tc_base.__name__} output used the output "
-                    "as a tensor (its own value, being computed); use the distribution's methods"
+                    "as a tensor (its own value, being computed); use the distribution's methods "
+                    "(or, if two threads read one output first at once: read it in one first)"
                 )
             grad = not torch.is_grad_enabled() and requires_grad(self.__dict__)
             # (dynamo cannot trace the inference-mode query; a compiled forward is not in it)

@@ -23,6 +23,7 @@ Caveat: a layer applied several times in one forward keeps the term of its last 
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator
 
 import torch
@@ -38,7 +39,7 @@ __all__ = [
 ]
 
 _ATTR = "_problayers_added_losses"
-_SKIP = [False]
+_LOCAL = threading.local()  # per thread: .skip, whether layers skip their added losses
 
 
 class _AddedLosses:
@@ -72,7 +73,7 @@ def added_losses_enabled() -> bool:
     """Whether layers compute and record their added losses (False inside
     :func:`added_losses_skipped`, and while ``torch.export`` traces: an exported program does
     not return them, and the module would keep a traced fake tensor as its term)."""
-    return not _SKIP[0] and not _exporting()
+    return not getattr(_LOCAL, "skip", False) and not _exporting()
 
 
 def _exporting() -> bool:
@@ -83,13 +84,15 @@ def _exporting() -> bool:
 @contextlib.contextmanager
 def added_losses_skipped() -> Iterator[None]:
     """Within the block, layers neither compute nor record added losses (e.g. while exporting
-    or serving a model: no KL term, no sample drawn for it)."""
-    previous = _SKIP[0]
-    _SKIP[0] = True
+    or serving a model: no KL term, no sample drawn for it), in this thread only: another
+    thread training meanwhile keeps its terms (``torch.export`` tracing in another thread does
+    not: torch's flag for it is process-wide)."""
+    previous = getattr(_LOCAL, "skip", False)
+    _LOCAL.skip = True
     try:
         yield
     finally:
-        _SKIP[0] = previous
+        _LOCAL.skip = previous
 
 
 def set_added_loss(module: nn.Module, name: str, value: torch.Tensor) -> None:

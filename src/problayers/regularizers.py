@@ -41,6 +41,16 @@ def distribution_to(dist: D.Distribution, device: torch.device, dtype: torch.dty
     )
 
 
+def _kept_copy(dist: D.Distribution, device: torch.device, dtype: torch.dtype) -> D.Distribution:
+    """:func:`distribution_to` for a copy the regularizer keeps across calls: never of inference
+    tensors (made inside ``torch.inference_mode``, a validation forward, a kept copy would fail
+    every later training step's backward)."""
+    if not torch.compiler.is_compiling() and torch.is_inference_mode_enabled():
+        with torch.inference_mode(False):
+            return distribution_to(dist, device, dtype)
+    return distribution_to(dist, device, dtype)
+
+
 def _map_tensors(
     obj: D.Distribution | D.Transform, fn: Callable[[torch.Tensor], torch.Tensor], memo: dict | None = None
 ) -> Any:
@@ -234,7 +244,7 @@ class KLDivergenceRegularizer(nn.Module):
                 moved = self._moved[key] = (
                     prior,
                     () if torch.compiler.is_compiling() else versions(prior),  # dynamo cannot read them
-                    distribution_to(prior, like.device, like.dtype),
+                    _kept_copy(prior, like.device, like.dtype),
                 )
             prior = moved[2]
         return prior
@@ -254,7 +264,7 @@ class KLDivergenceRegularizer(nn.Module):
         ):
             ref = first_floating_tensor(self.prior)
             if ref is not None:
-                self.prior = self._placed_prior = distribution_to(given, ref.device, ref.dtype)
+                self.prior = self._placed_prior = _kept_copy(given, ref.device, ref.dtype)
                 self._placed_versions = versions(given)
 
     def _apply(
@@ -279,7 +289,7 @@ class KLDivergenceRegularizer(nn.Module):
                 given = first_floating_tensor(self._given_prior)
                 if given is not None and given.is_meta and not like.is_meta:
                     raise _meta_prior(like.device)
-                self.prior = distribution_to(self._given_prior, like.device, like.dtype)
+                self.prior = _kept_copy(self._given_prior, like.device, like.dtype)
             self._placed_prior = self.prior
             self._placed_versions = versions(self._given_prior)
             self._moved = {}

@@ -25,7 +25,7 @@ __all__ = [
 class SoftOneHotCategorical(D.OneHotCategorical):
     """torch's ``OneHotCategorical`` whose ``log_prob(x)`` is TFP's: ``sum_e x_e log p_e`` for any
     ``x`` of shape ``(*B, E)`` -> ``(*B,)``, so a smoothed or soft label (label smoothing, mixup)
-    scores as its cross-entropy, as in ``tfd.OneHotCategorical``; torch's scores ``argmax(x)``
+    scores as minus its cross-entropy, as in ``tfd.OneHotCategorical``; torch's scores ``argmax(x)``
     only. On a one-hot ``x`` both are the same number. Everything else is torch's; with
     ``validate_args`` torch's support check (one-hot values) applies."""
 
@@ -108,7 +108,7 @@ class OneHotCategorical(DistributionLambda):
 
     Input: ``(*B, params_size(event_size))`` = ``(*B, event_size)`` logits. Output: a
     tensor-coercible :class:`SoftOneHotCategorical` (a ``torch.distributions.OneHotCategorical``
-    whose ``log_prob`` of a soft label is TFP's cross-entropy) with ``batch_shape`` B and
+    whose ``log_prob`` of a soft label is TFP's, minus the cross-entropy) with ``batch_shape`` B and
     ``event_shape`` ``(event_size,)``.
 
     Example::

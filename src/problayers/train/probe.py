@@ -146,7 +146,7 @@ def cache_path() -> Path:
 def _read_cache(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # RecursionError: nesting too deep to parse
         return {}  # absent, unreadable or damaged: measure again (and rewrite it)
     if (
         not isinstance(data, dict)
@@ -235,7 +235,8 @@ def _valid_entry(hit: Any, candidates: Sequence[Candidate]) -> bool:
     known = {c.name: c.options for c in candidates}
     times = hit.get("seconds_per_step")
     return (
-        hit.get("chosen") in known
+        isinstance(hit.get("chosen"), str)  # a list or a dict is not a name (nor hashable)
+        and hit["chosen"] in known
         and hit.get("options") == known[hit["chosen"]]
         and isinstance(times, dict)
         and all(isinstance(k, str) and isinstance(v, (int, float)) for k, v in times.items())
@@ -318,7 +319,9 @@ def probe_step_options(
     if path is not None:
         record = choice.record()
         record.pop("machine")
-        entries = _read_cache(path)  # again: what runs measuring meanwhile cached is kept
+        # read again: what other runs cached meanwhile is kept (no lock: two runs writing at
+        # once can still lose one's entry, which the next run measures again)
+        entries = _read_cache(path)
         entries[key] = record
         try:
             write_json(path, {"version": _CACHE_VERSION, "entries": entries})

@@ -8,10 +8,9 @@ a timing of the benchmark is a timing of what the command runs. The choices, and
   is given): on a GPU channels_last and, where the GPU has it, bf16 (the IWAE bound agreed with
   fp32 to 0.01 nats, 2.9x faster on an H100); on a CPU what the run's training step measured
   there (the probe's cache, else a new probe of a few seconds): its precision, its layout and,
-  where it took them, the narrow convolutions' depthwise forward. bf16's agreement depends on
-  the model (the seed's IWAE-1000 of 100 images agreed to 0.003 nats on a CPU; a 2-epoch resnet's
-  IWAE-50 of 200 images moved 0.12): the result records its precision, and ``--precision fp32``
-  fixes it. Not ``transposed_as_conv``:
+  where it took them, the narrow convolutions' depthwise forward. bf16's agreement with fp32
+  depends on the model (docs/benchmarks.md has the seed's): the result records its precision,
+  and ``--precision fp32`` fixes it. Not ``transposed_as_conv``:
   the IWAE runs the decoder forward only, where it was slower (docs/benchmarks.md).
 * Decoder calls: on a CPU 4 images x 128 samples (512 latents) at once, halved until the
   decoder's largest activation for the call fits under glibc's largest mmap threshold (32 MiB),
