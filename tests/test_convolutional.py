@@ -8,6 +8,7 @@ import pickle
 import pytest
 import torch
 import torch.distributions as D
+import torch.nn.functional as F
 from torch import nn
 
 import problayers as pl
@@ -131,7 +132,11 @@ def test_old_import_path_and_pickles():
         (lambda: pl.Conv1dFlipout(3, 4, (1, 2)), ValueError, "kernel_size"),
         (lambda: pl.Conv3dFlipout(3, 4, (1, 2)), ValueError, "kernel_size"),
         (lambda: pl.Conv3dFlipout(3, 4, 2.0), TypeError, "kernel_size"),
-        (lambda: pl.Conv1dReparameterization(2, 4, 3, stride=2, padding="same"), ValueError, "padding"),
+        (
+            lambda: pl.Conv1dReparameterization(2, 4, 3, stride=2, dilation=2, padding="same"),
+            ValueError,
+            "padding",
+        ),
         (lambda: pl.Conv1dReparameterization(2, 4, 3, padding=-1), ValueError, "padding"),
         (lambda: pl.Conv2dReparameterization(2, 4, 3, padding_mode="edge"), ValueError, "padding_mode"),
         (
@@ -196,3 +201,24 @@ def test_padding_modes_match_torch_conv(cls, conv, kernel, padding, shape):
         reference.bias.copy_(layer.bias_posterior().mean)
     x = torch.randn(shape)
     torch.testing.assert_close(layer(x), reference(x))
+
+
+@pytest.mark.parametrize("size", [7, 8])
+def test_same_padding_at_a_stride_is_tfs(size):
+    # TF's "same" at stride 2: ceil(n / 2) outputs, the odd padding after (TFP's
+    # Convolution2DFlipout(6, 5, strides=2, padding="same") on 8x8 gave (2, 4, 4, 6)); torch
+    # refuses it.
+    torch.manual_seed(0)
+    layer = pl.Conv2dReparameterization(2, 6, 3, stride=2, padding="same")
+    x = torch.randn(2, 2, size, size)
+    torch.manual_seed(1)
+    out = layer(x)
+    assert out.shape == (2, 6, (size + 1) // 2, (size + 1) // 2)
+    total = max(((size + 1) // 2 - 1) * 2 + 3 - size, 0)
+    padded = F.pad(x, (total // 2, total - total // 2, total // 2, total - total // 2))
+    torch.manual_seed(1)
+    kernel = layer.kernel_posterior(x).rsample()
+    bias = layer.bias_posterior(x).rsample() if layer.bias_posterior is not None else None
+    torch.testing.assert_close(out, F.conv2d(padded, kernel, bias, stride=2))
+    with pytest.raises(ValueError, match="needs dilation 1"):
+        pl.Conv2dFlipout(2, 6, 3, stride=2, dilation=2, padding="same")

@@ -843,6 +843,12 @@ MUTANTS = [
         "True",
         "tests/test_probe.py::test_a_damaged_entry_is_measured_over",
     ),
+    (
+        "layers/convolutional.py",
+        "total = max((-(-n // s) - 1) * s + k - n, 0)",
+        "total = max((n // s - 1) * s + k - n, 0)",
+        "tests/test_convolutional.py::test_same_padding_at_a_stride_is_tfs",
+    ),
 ]
 
 

@@ -75,8 +75,9 @@ def _document(cls: _ConvClass) -> _ConvClass:
         ]
     else:
         args += [
-            '    padding: ``"same"`` (stride 1), ``"valid"`` (either in any case: Keras\' ``"SAME"``),',
-            f"        an int or {_COUNT[n]} (default 0), as ``{ref}``.",
+            '    padding: ``"same"``, ``"valid"`` (either in any case: Keras\' ``"SAME"``), an int or',
+            f'        {_COUNT[n]} (default 0), as ``{ref}``; ``"same"`` at a stride is TF\'s (``ceil(n /',
+            "        stride)`` outputs, the odd padding after), which torch refuses.",
             f"    dilation: as ``{ref}`` (default 1).",
             f"    groups: as ``{ref}`` (default 1); must divide ``in_channels`` and ``out_channels``.",
             "    bias: whether the layer has a bias (default ``True``).",

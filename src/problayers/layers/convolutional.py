@@ -138,8 +138,10 @@ class _Conv(_ConvBase):
             padding = padding.lower()  # Keras' "SAME"/"VALID" too, as Keras lowercases them
             if padding not in ("same", "valid"):
                 raise ValueError(f"padding: expected 'same', 'valid', an int or ints, got {padding!r}")
-            if padding == "same" and any(s != 1 for s in self.stride):
-                raise ValueError(f"padding: 'same' needs stride 1 (as nn.Conv*d), got stride {self.stride}")
+            if padding == "same" and any(s != 1 for s in self.stride) and any(d != 1 for d in self.dilation):
+                raise ValueError(  # as Keras refuses it
+                    f"padding: 'same' with stride {self.stride} needs dilation 1, got {self.dilation}"
+                )
             self.padding = padding
         else:
             self.padding = _ints(padding, self.spatial_dims, "padding", low=0)
@@ -172,10 +174,22 @@ class _Conv(_ConvBase):
 
     def _op(self, x, kernel, bias):
         conv = _CONV[self.spatial_dims]
-        if self.padding_mode == "zeros":
+        strided_same = self.padding == "same" and any(s != 1 for s in self.stride)
+        if self.padding_mode == "zeros" and not strided_same:
             return conv(x, kernel, bias, self.stride, self.padding, self.dilation, self.groups)
-        x = F.pad(x, self._pad, mode=self.padding_mode)  # (N, C_in, *padded)
+        pad = self._strided_same_pad(x) if strided_same else self._pad
+        mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
+        x = F.pad(x, pad, mode=mode)  # (N, C_in, *padded)
         return conv(x, kernel, bias, self.stride, 0, self.dilation, self.groups)
+
+    def _strided_same_pad(self, x: torch.Tensor) -> tuple[int, ...]:
+        """TF's 'same' at a stride: ``ceil(n / s)`` outputs per dimension, the padding split with
+        the odd one after (what Keras' layers, and so TFP's, compute); F.pad's order."""
+        pads = []
+        for n, k, s in zip(x.shape[-self.spatial_dims :], self.kernel_size, self.stride, strict=True):
+            total = max((-(-n // s) - 1) * s + k - n, 0)
+            pads.append((total // 2, total - total // 2))
+        return tuple(p for pair in pads[::-1] for p in pair)  # the last dimension first
 
     def _extra(self) -> str:
         return "" if self.padding_mode == "zeros" else f"padding_mode={self.padding_mode!r}, "
