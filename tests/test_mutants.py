@@ -833,8 +833,8 @@ MUTANTS = [
     ),
     (
         "regularizers.py",
-        "if not torch.compiler.is_compiling() and torch.is_inference_mode_enabled():",
-        "if False:",
+        "    if in_inference_mode():\n        with torch.inference_mode(False):",
+        "    if False:\n        with torch.inference_mode(False):",
         "tests/test_regularizers.py::test_a_prior_copy_made_under_inference_mode_serves_later_training",
     ),
     (

@@ -64,3 +64,10 @@ def versions(obj: Any) -> tuple[int, ...]:
     """The version counters of a distribution's tensors: an in-place change (``scale.fill_(0.5)``)
     bumps one, so a copy made before it can be told stale. Inference tensors count as 0."""
     return tuple(0 if t.is_inference() else t._version for t in _tensors(obj, []))
+
+
+def in_inference_mode() -> bool:
+    """Whether ``torch.inference_mode`` is on, where anything kept would become an inference
+    tensor; ``False`` under ``torch.compile`` (dynamo cannot trace the query, and a compiled
+    forward does not run in it)."""
+    return not torch.compiler.is_compiling() and torch.is_inference_mode_enabled()

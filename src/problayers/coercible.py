@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.distributions as D
 
-from ._state import first_floating_tensor, graph_tensors, requires_grad
+from ._state import first_floating_tensor, graph_tensors, in_inference_mode, requires_grad
 from .convert import (
     TFP_METHOD_NAMES,
     ConvertFn,
@@ -93,8 +93,7 @@ class TensorCoercible(TensorValue, _MixinBase):
                     "(or, if two threads read one output first at once: read it in one first)"
                 )
             grad = not torch.is_grad_enabled() and requires_grad(self.__dict__)
-            # (dynamo cannot trace the inference-mode query; a compiled forward is not in it)
-            if grad or (not torch.compiler.is_compiling() and torch.is_inference_mode_enabled()):
+            if grad or in_inference_mode():
                 # never an inference tensor (a later loss could not save it for backward), and
                 # with its graph where the parameters have one
                 with torch.inference_mode(False), torch.set_grad_enabled(grad):

@@ -21,7 +21,7 @@ import torch
 import torch.distributions as D
 from torch import nn
 
-from ._state import first_floating_tensor, requires_grad, versions
+from ._state import first_floating_tensor, in_inference_mode, requires_grad, versions
 from .coercible import base_class, convert_to_tensor
 from .convert import CONVERT_TO_TENSOR_FNS
 from .kl import exact_kl, prepare_kl_dispatch
@@ -45,7 +45,7 @@ def _kept_copy(dist: D.Distribution, device: torch.device, dtype: torch.dtype) -
     """:func:`distribution_to` for a copy the regularizer keeps across calls: never of inference
     tensors (made inside ``torch.inference_mode``, a validation forward, a kept copy would fail
     every later training step's backward)."""
-    if not torch.compiler.is_compiling() and torch.is_inference_mode_enabled():
+    if in_inference_mode():
         with torch.inference_mode(False):
             return distribution_to(dist, device, dtype)
     return distribution_to(dist, device, dtype)

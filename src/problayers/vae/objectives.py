@@ -182,7 +182,7 @@ class IWAE(Objective):
         # beta or during a warm-up too. No hook: the same graph under torch.compile.
         fixed = z.detach()
         with torch.no_grad():  # the decoder's running statistics are updated by the pass below only
-            w = torch.softmax(log_weights(fixed, _with_copied_buffers(vae.decoder)), 0)  # (K, B)
+            w = torch.softmax(log_weights(fixed, _on_copied_stats(vae.decoder)), 0)  # (K, B)
         scale = (1 - kl_weight) + kl_weight * w  # (K, B)
         log_w = log_weights(fixed + scale.unsqueeze(-1) * (z - fixed))  # (K, B)
         neg_bound = -(logsumexp(log_w.detach(), 0) - math.log(k)).mean()
@@ -216,7 +216,7 @@ def _running_stats(module: nn.Module, prefix: str = "") -> dict[str, torch.Tenso
     }
 
 
-def _with_copied_buffers(module: nn.Module) -> Callable[..., Any]:
+def _on_copied_stats(module: nn.Module) -> Callable[..., Any]:
     """``module`` as a function that runs on copies of its running statistics (a pass that
     must not move them); ``module`` itself where it has none."""
     stats = _running_stats(module)
