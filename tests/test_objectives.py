@@ -115,3 +115,20 @@ def test_the_warmup_factor_takes_the_models_dtype_without_float32_rounding():
     bf16 = _toy_vae(ELBO(exact_kl=False, kl_warmup_steps=3)).to(torch.bfloat16)
     loss, _ = bf16(torch.randn(4, 3, dtype=torch.bfloat16), loss=True)
     assert loss.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize(
+    ("name", "objective"),
+    [("mlp", "elbo"), ("mlp", "iwae"), ("mlp", "dreg"), ("hvae", "elbo"), ("hvae", "iwae")],
+)
+def test_images_without_their_channel_axis_are_refused_not_broadcast(name, objective):
+    # (B, 28, 28) against a decoder event (1, 28, 28) (the MLP encoders flatten any image):
+    # torch's log_prob broadcasts every image against every example's distribution, a loss B
+    # (or K B) times too large. The conv models fail in conv2d instead.
+    extra = {"num_samples": 3} if objective != "elbo" else {}
+    model = build_model(ModelConfig.for_model(name, latent_size=4, objective=objective, **extra))
+    x = torch.bernoulli(torch.full((4, 1, 28, 28), 0.3))
+    loss, _ = model(x, loss=True)
+    assert torch.isfinite(loss)
+    with pytest.raises(ValueError, match=r"x of shape \(4, 28, 28\): expected \(B, \*event_shape\)"):
+        model(x[:, 0], loss=True)

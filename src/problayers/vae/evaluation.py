@@ -34,6 +34,7 @@ import torch
 import torch.distributions as D
 
 from ..numerics import logsumexp
+from .objectives import data_log_prob
 
 __all__ = ["elbo_terms", "evaluate", "format_table", "iwae_log_likelihood"]
 
@@ -101,8 +102,9 @@ def _draw(q: D.Distribution, sample_shape: tuple[int, ...] = ()) -> torch.Tensor
     return q.rsample(shape) if q.has_rsample else q.sample(shape)
 
 
-def _decoder_log_prob(decode: Decoder, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """``log p(x|z)`` for ``z`` of shape ``(N, D)`` and ``x`` of shape ``(N, *X)``: shape ``(N,)``."""
+def _decoder_log_prob(decode: Decoder, z: torch.Tensor, x: torch.Tensor, k: int = 1) -> torch.Tensor:
+    """``log p(x|z)`` for ``z`` of shape ``(N, D)``, ``N = k * B`` sample-major, and ``x`` of
+    shape ``(B, *X)``: shape ``(N,)``."""
     px = decode(z)
     n = z.shape[0]
     if not isinstance(px, D.Distribution):
@@ -112,12 +114,7 @@ def _decoder_log_prob(decode: Decoder, z: torch.Tensor, x: torch.Tensor) -> torc
             f"decode(z) for z of shape {tuple(z.shape)}: expected a distribution with batch_shape "
             f"({n},) and event_shape X, got batch_shape {tuple(px.batch_shape)}"
         )
-    if tuple(x.shape[1:]) != tuple(px.event_shape):  # torch would broadcast, to a wrong sum
-        raise ValueError(
-            f"x of shape {tuple(x.shape)}: expected (B, *event_shape) with the decoder's event_shape "
-            f"{tuple(px.event_shape)}, got {tuple(x.shape[1:])} after the batch"
-        )
-    return px.log_prob(x)  # (N,)
+    return data_log_prob(px, x, k)  # (N,)
 
 
 def _accumulator_dtype(device: torch.device) -> torch.dtype:
@@ -197,7 +194,7 @@ def iwae_log_likelihood(
     num_samples = _check_int("num_samples", num_samples, 1)
     chunk_size = _check_int("chunk_size", chunk_size, 1)
     x = _check_data("x", x)
-    batch, event = x.shape[0], x.shape[1:]
+    batch = x.shape[0]
     q = _posterior(encode, x)  # batch (B,), event (D,)
     prior = _check_prior(prior, q)  # batch (), event (D,)
 
@@ -207,8 +204,7 @@ def iwae_log_likelihood(
         z = _draw(q, (k,))  # (k, B, D)
         log_q = q.log_prob(z)  # (k, B)
         log_prior = prior.log_prob(z)  # (k, B)
-        x_rep = x.unsqueeze(0).expand(k, *x.shape).reshape(k * batch, *event)  # (k*B, *X)
-        log_lik = _decoder_log_prob(decode, z.reshape(k * batch, z.shape[-1]), x_rep)  # (k*B,)
+        log_lik = _decoder_log_prob(decode, z.reshape(k * batch, z.shape[-1]), x, k)  # (k*B,)
         log_w = log_lik.reshape(k, batch) + log_prior - log_q  # (k, B)
         chunk = logsumexp(log_w, dim=0)  # (B,)
         running = chunk if running is None else logsumexp(torch.stack([running, chunk]), dim=0)

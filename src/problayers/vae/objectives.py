@@ -31,7 +31,21 @@ from ..coercible import convert_to_tensor
 from ..losses import added_losses_skipped, collect_losses
 from ..numerics import logsumexp
 
-__all__ = ["ELBO", "IWAE", "OBJECTIVES", "Objective"]
+__all__ = ["ELBO", "IWAE", "OBJECTIVES", "Objective", "data_log_prob"]
+
+
+def data_log_prob(px: D.Distribution, x: torch.Tensor, k: int = 1) -> torch.Tensor:
+    """``log p(x|z)`` per example and sample: ``px`` (batch ``(k * B,)``, event X, sample-major)
+    at ``x`` ``(B, *X)`` repeated ``k`` times, shape ``(k * B,)``. An ``x`` whose shape after
+    the batch is not the decoder's event shape (images ``(B, 28, 28)`` for an event
+    ``(1, 28, 28)``) is refused: torch would broadcast it against every example's
+    distribution, to a sum over the whole batch."""
+    if tuple(x.shape[1:]) != tuple(px.event_shape):
+        raise ValueError(
+            f"x of shape {tuple(x.shape)}: expected (B, *event_shape) with the decoder's event_shape "
+            f"{tuple(px.event_shape)}, got {tuple(x.shape[1:])} after the batch"
+        )
+    return px.log_prob(x if k == 1 else _repeat(x, k))  # (k * B,)
 
 
 class Objective(nn.Module):
@@ -107,7 +121,7 @@ class ELBO(Objective):
     def forward(self, vae: Any, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         q = vae.encoder(x)  # batch (B,), event (D,); its tensor value is the sample z
         rv_x = vae.decoder(q)  # batch (B,), event X
-        recon = -rv_x.log_prob(x).mean()
+        recon = -data_log_prob(rv_x, x).mean()
         if vae.regularizer is not None:  # the encoder added weight * KL (batch mean)
             kl = collect_losses(vae, clear=True)
             floor = float(vae.regularizer.weight) * self.free_bits * q.event_shape.numel()
@@ -164,7 +178,8 @@ class IWAE(Objective):
 
         def log_weights(z: torch.Tensor, decoder: Callable[..., Any] = vae.decoder) -> torch.Tensor:
             # (K, B, D) -> (K, B)
-            log_px = decoder(z.reshape(k * batch, -1)).log_prob(_repeat(x, k)).reshape(k, batch)
+            px = decoder(z.reshape(k * batch, -1))  # batch (K * B,), event X
+            log_px = data_log_prob(px, x, k).reshape(k, batch)
             log_q = _stopped_log_prob(vae, x, z) if self.dreg else q.log_prob(z)
             return log_px + kl_weight * (prior.log_prob(z) - log_q)
 
