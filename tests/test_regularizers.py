@@ -77,6 +77,45 @@ def test_prior_as_callable_and_module():
     assert reg.prior.loc.grad.abs().sum() > 0
 
 
+def test_a_module_prior_is_one_submodule_under_its_name():
+    # Registered under a second and third (bookkeeping) name, it was saved three times, stayed
+    # trained after being replaced, and torch.func's swap of its tensors left one batched.
+    class Trainable(nn.Module):
+        def __init__(self, loc):
+            super().__init__()
+            self.loc = nn.Parameter(torch.full((3,), loc))
+
+        def forward(self):
+            return D.Independent(D.Normal(self.loc, 1.0), 1)
+
+    reg = pl.KLDivergenceRegularizer(Trainable(0.0))
+    assert [n for n, _ in reg.named_modules(remove_duplicate=False)] == ["", "prior"]
+    assert list(reg.state_dict()) == ["prior.loc"]
+    reg.prior = Trainable(5.0)
+    assert [p.tolist() for p in reg.parameters()] == [[5.0, 5.0, 5.0]]
+
+    def make():
+        return nn.Sequential(
+            nn.Linear(5, 6),
+            pl.IndependentNormal(3, activity_regularizer=pl.KLDivergenceRegularizer(pl.StandardNormal(3))),
+        )
+
+    torch.manual_seed(0)
+    members = [make() for _ in range(3)]
+    base, x = members[0], torch.randn(4, 5)
+    params, buffers = torch.func.stack_module_state(members)
+
+    def kl(p, b):
+        torch.func.functional_call(base, (p, b), (x,))
+        return pl.collect_losses(base, clear=True)
+
+    assert torch.func.vmap(kl, randomness="same")(params, buffers).shape == (3,)
+    prior = base[1].activity_regularizer.prior
+    assert not any(torch._C._functorch.is_batchedtensor(t) for t in prior.buffers())
+    base(x)  # an eager forward after the ensemble's
+    assert torch.isfinite(pl.collect_losses(base, clear=True))
+
+
 def test_prior_follows_dtype():
     q = pl.as_coercible(D.Independent(D.Normal(torch.zeros(2, 3, dtype=torch.float64), 1.0), 1))
     reg = pl.KLDivergenceRegularizer(std_normal())

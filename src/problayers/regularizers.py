@@ -208,8 +208,11 @@ class KLDivergenceRegularizer(nn.Module):
         self._moved: dict[
             tuple[torch.device, torch.dtype], tuple[D.Distribution, tuple[int, ...], D.Distribution]
         ] = {}
-        # A Distribution prior as given (its values) and the copy ``_apply`` last placed.
-        self._given_prior = self._placed_prior = prior
+        # A Distribution prior as given and the copy ``_apply`` last placed; None for a module
+        # prior, registered once (under ``prior``: a second name saves it twice, breaks torch.func).
+        given = prior if isinstance(prior, D.Distribution) else None
+        self._given_prior: D.Distribution | None = given
+        self._placed_prior: D.Distribution | None = given
         self._placed_versions: tuple[int, ...] = ()
 
     def resolve_prior(self, like: torch.Tensor | None, q: D.Distribution | None = None) -> D.Distribution:
@@ -282,15 +285,16 @@ class KLDivergenceRegularizer(nn.Module):
             if self.prior is not self._placed_prior or not isinstance(self._given_prior, D.Distribution):
                 self._given_prior = self.prior  # replaced by the user since
             ref = first_floating_tensor(self.prior)
+            placed: D.Distribution
             if ref is None:
-                self.prior = _map_tensors(self.prior, fn)
+                placed = _map_tensors(self.prior, fn)
             else:
                 like = fn(torch.empty(0, dtype=ref.dtype, device=ref.device))
                 given = first_floating_tensor(self._given_prior)
                 if given is not None and given.is_meta and not like.is_meta:
                     raise _meta_prior(like.device)
-                self.prior = _kept_copy(self._given_prior, like.device, like.dtype)
-            self._placed_prior = self.prior
+                placed = _kept_copy(self._given_prior, like.device, like.dtype)
+            self.prior = self._placed_prior = placed
             self._placed_versions = versions(self._given_prior)
             self._moved = {}
         return self
