@@ -434,3 +434,29 @@ def test_every_epoch_trains_in_training_mode_after_an_evaluation(tmp_path):
 
     _trainer(tmp_path, epochs=3, loss_fn=recording_loss, evaluate=evaluate).fit()
     assert len(modes) == 12 and all(modes)
+
+
+@pytest.mark.parametrize("given_step", [False, True], ids=["default-step", "compiled-step"])
+def test_a_dropped_trainer_frees_its_model_without_a_collection(given_step):
+    # A bound method of itself kept in the trainer (its default step_fn), or in a compiled
+    # step's wrapper, made a cycle: a finished run's model, optimizer state and data stayed
+    # allocated until Python's cycle collector ran (sweeps in a notebook piled them up).
+    import gc
+    import weakref
+
+    gc.collect()
+    gc.disable()
+    try:
+        model = make_model()
+        opt = torch.optim.Adam(model.parameters(), 0.05)
+        step = pl.train.make_train_step(model, opt, nll, compile=True) if given_step else None
+        trainer = Trainer(
+            model, opt, nll, lambda epoch: regression_data(), TrainerConfig(epochs=1), step_fn=step
+        )
+        if not given_step:
+            trainer.fit()  # the compiled one is only built (compiling is slow), the cycle is there
+        dead = weakref.ref(model)
+        del model, opt, step, trainer
+        assert dead() is None
+    finally:
+        gc.enable()

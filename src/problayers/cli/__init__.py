@@ -229,7 +229,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(line, flush=True)
     torch.manual_seed(args.seed)
     start = time.perf_counter()
-    with setup.autocast(model):
+    with setup.autocast(model), torch.no_grad():  # no graph kept for a trained prior (VampPrior)
         results = evaluate(
             model.encode,
             model.decode,

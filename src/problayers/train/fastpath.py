@@ -41,9 +41,8 @@ Options (each can be combined with the others, except ``cuda_graph`` with ``comp
 ``cuda_graph``
     The whole step (``zero_grad``, forward, backward, ``optimizer.step()``) captured as one CUDA
     graph after 3 warm-up steps and replayed: see :mod:`problayers.train.cudagraph`. CUDA only, not with
-    ``compile``; the optimizer must be capturable. Measured on an H100 at batch 256 with bf16 and
-    channels_last: 4.6x the eager step (docs/benchmarks.md), the eager step being bound by the
-    host's kernel launches.
+    ``compile``; the optimizer must be capturable. The eager step on a GPU is bound by the host's
+    kernel launches, which a replay skips (docs/benchmarks.md has the measurements).
 
 ``transposed_as_conv``
     The model's ``nn.ConvTranspose1d/2d/3d`` compute with the convolution's own passes (forward:
@@ -65,9 +64,8 @@ Options (each can be combined with the others, except ``cuda_graph`` with ``comp
 ``channels_last``
     Converts the model's 4-D parameters to ``torch.channels_last`` (in place: the parameters
     stay the same objects; an optimizer's existing state follows their layout) and each 4-D
-    floating batch tensor,
-    so convolutions run NHWC (oneDNN on the CPU, cuDNN/tensor cores on the GPU). Values and
-    ``state_dict`` contents are unchanged (only strides).
+    floating batch tensor, so convolutions run NHWC (oneDNN on the CPU, cuDNN/tensor cores on
+    the GPU). Values and ``state_dict`` contents are unchanged (only strides).
 """
 
 from __future__ import annotations
@@ -173,6 +171,18 @@ def _check_bool(name: str, value: Any) -> bool:
     return value
 
 
+def _forward_loss(model: nn.Module, loss_fn: Callable, autocast: tuple[str, bool] | None, batch: Any) -> Any:
+    """``loss_fn(model, batch)`` as ``(loss, metrics)``; under bf16 autocast on the device type
+    ``autocast[0]`` (its weight cache on where ``autocast[1]``) unless ``None``."""
+    if autocast is not None:
+        with torch.autocast(autocast[0], dtype=torch.bfloat16, cache_enabled=autocast[1]):
+            out = loss_fn(model, batch)
+    else:
+        out = loss_fn(model, batch)
+    loss, metrics = out if isinstance(out, tuple) else (out, {})
+    return loss, metrics
+
+
 class TrainStep:
     """``step(batch) -> (loss.detach(), metrics)``: one optimizer step (see the module docstring).
 
@@ -202,21 +212,13 @@ class TrainStep:
         self._inductor_config: Any = contextlib.nullcontext()
         if compile:
             with _torch_internal_warnings_silenced():
-                self._compiled = torch.compile(self._forward_loss, mode=compile_mode)
+                # Not a bound method: a wrapper holding ``self`` is a cycle, which keeps a dropped
+                # step's model and optimizer state alive until a collection.
+                self._compiled = torch.compile(_forward_loss, mode=compile_mode)
                 if self.device.type == "cpu":
                     # See the module docstring (compile): vectorized bool-mask stores are slow.
                     self._inductor_config = torch._inductor.config.patch({"cpp.vec_isa_ok": False})
         self.steps = 0
-
-    def _forward_loss(self, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        if self._autocast:
-            # No autocast weight cache inside a CUDA graph capture (torch.cuda.graphs' rule).
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, cache_enabled=self.autocast_cache):
-                out = self.loss_fn(self.model, batch)
-        else:
-            out = self.loss_fn(self.model, batch)
-        loss, metrics = out if isinstance(out, tuple) else (out, {})
-        return loss, metrics
 
     def __call__(self, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         return self.run(self.prepare(batch))
@@ -229,8 +231,10 @@ class TrainStep:
         """One step on a prepared batch (what a CUDA graph captures)."""
         self.optimizer.zero_grad(set_to_none=True)
         with _torch_internal_warnings_silenced(), self._inductor_config:
-            forward_loss = self._compiled if self._compiled is not None else self._forward_loss
-            loss, metrics = forward_loss(batch)
+            forward_loss = self._compiled if self._compiled is not None else _forward_loss
+            # No autocast weight cache inside a CUDA graph capture (torch.cuda.graphs' rule).
+            autocast = (self.device.type, self.autocast_cache) if self._autocast else None
+            loss, metrics = forward_loss(self.model, self.loss_fn, autocast, batch)
             loss.backward()
         self.optimizer.step()
         self.steps += 1

@@ -150,7 +150,7 @@ class Trainer:
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.meta = meta or {}
         self.on_epoch_end = on_epoch_end
-        self.step_fn = step_fn or self.step
+        self.step_fn = step_fn  # None: self.step (not stored: a bound method here is a cycle)
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         self.loggers = list(loggers)
         self.epoch = 0  # epochs completed
@@ -237,8 +237,9 @@ class Trainer:
         logged: tuple[int, dict[str, float]] = (0, {})  # the steps and means last sent to the loggers
         first = self.global_step
         start = time.perf_counter()
+        step_fn = self.step_fn or self.step
         for batch in batches:
-            loss, metrics = self.step_fn(batch)
+            loss, metrics = step_fn(batch)
             if self.scheduler is not None:
                 self.scheduler.step()
             if self.averaged is not None:

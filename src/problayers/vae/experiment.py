@@ -97,7 +97,7 @@ def _images(cfg: RunConfig, split: str) -> torch.Tensor:
     subset = cfg.train_subset if split == "train" else cfg.test_subset
     if subset and subset > len(images):  # a run records what it used: never fewer silently
         raise ValueError(f"{split}_subset: expected at most the {len(images)} {split} images, got {subset}")
-    return images[:subset] if subset else images
+    return images[:subset].clone() if subset else images  # not a view that keeps all of them
 
 
 def load_test_images(cfg: RunConfig, device: torch.device) -> torch.Tensor:
@@ -110,7 +110,7 @@ def test_metrics(model: VAE, test_x: torch.Tensor, batch_size: int) -> dict[str,
     was_training = model.training
     model.eval()
     devices = [test_x.device] if test_x.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
+    with torch.random.fork_rng(devices=devices), torch.no_grad():  # a trained prior's graph too
         torch.manual_seed(EVAL_SEED)
         out = evaluate(model.encode, model.decode, model.prior(), test_x, batch_size=batch_size)
     model.train(was_training)

@@ -68,7 +68,7 @@ def save_pictures(
     was_training = model.training
     model.eval()
     devices = [test_x.device] if test_x.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
+    with torch.random.fork_rng(devices=devices), torch.no_grad():
         torch.manual_seed(seed)
         z = model.prior().sample((n,))  # (n, D)
         rv = model.decode(z)  # batch (n,), event (1, 28, 28)
