@@ -256,6 +256,7 @@ def test_weight_averaging_flags(tmp_path):
             "--batch-size: expected at most the 8 training images, got 999",
         ),
         (["train", "--epochs", "0", "--synthetic", "8", "--out", "{tmp}/x"], "argument --epochs"),
+        (["train", "--synthetic", "0", "--out", "{tmp}/x"], "--synthetic: expected an integer >= 1, got '0'"),
         (["train", "--bogus"], "unrecognized arguments: --bogus (see problayers train --help)"),
         (
             ["train", "--synthetic", "8", "--data-dir", "{tmp}", "--out", "{tmp}/x"],

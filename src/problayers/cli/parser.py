@@ -190,7 +190,7 @@ def build_parser() -> _Parser:
     p.add_argument("--test-subset", type=_positive, default=None, help="use the first N test images")
     p.add_argument(
         "--synthetic",
-        type=_int_at_least(0),
+        type=_positive,  # 0 is the config's "off": as an argument it started an MNIST run
         default=0,
         metavar="N",
         help="train on N generated digits instead of MNIST (smoke tests)",
