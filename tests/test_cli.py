@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from problayers.cli import main
 
@@ -602,3 +603,19 @@ def test_documented_defaults():
     assert (train_args.batch_size, train_args.lr) == (256, 1e-3)
     assert parser.parse_args(["evaluate", "r"]).iwae_samples == 5000
     assert parser.parse_args(["sample", "r"]).n == 10
+
+
+def test_evaluate_of_a_model_whose_bounds_are_not_finite_fails_after_recording(run_dir, tmp_path, capsys):
+    # Status 0 for an infinite -ELBO let a script take it for a result. Finite weights (a
+    # checkpoint with others is refused) whose logits' loss overflows float32.
+    broken = tmp_path / "broken"
+    shutil.copytree(run_dir, broken)
+    state = torch.load(broken / "checkpoint.pt", weights_only=True)
+    name = [k for k in state["model"] if k.startswith("decoder") and k.endswith("bias")][-1]
+    state["model"][name].fill_(3e38)
+    torch.save(state, broken / "checkpoint.pt")
+    argv = ["evaluate", str(broken), "--iwae-samples", "2", "--test-subset", "4", "--no-progress"]
+    assert main([*argv, "--out", str(tmp_path / "eval.json")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["problayers: error: -ELBO inf, IWAE NLL inf: not finite (a diverged or damaged model)"]
+    assert json.loads((tmp_path / "eval.json").read_text())["num_examples"] == 4  # the record is kept

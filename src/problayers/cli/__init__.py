@@ -10,6 +10,7 @@ SIGINT/SIGTERM. ``--debug`` or ``PROBLAYERS_DEBUG=1`` shows the traceback instea
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -255,6 +256,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(format_table(results))
     write_json(out, results)
     print(f"written {out}")
+    labels = {"neg_elbo": "-ELBO", "iwae_nll": "IWAE NLL"}
+    bad = [f"{v} {results[k]}" for k, v in labels.items() if k in results and not math.isfinite(results[k])]
+    if bad:  # recorded, but not a result a script may take (status 1, as for a diverged run)
+        line = f"problayers: error: {', '.join(bad)}: not finite (a diverged or damaged model)"
+        print(line, file=sys.stderr)
+        return 1
     return 0
 
 
