@@ -73,6 +73,25 @@ def test_bf16_must_win_by_the_margin(monkeypatch, tmp_path, bf16_time, chosen):
     assert ("faster than fp32" in choice.reason) == (chosen.startswith("bf16"))
 
 
+
+@pytest.mark.parametrize(
+    "times, chosen",
+    [
+        ({"fp32": 1.02, "fp32+channels_last": 1.0}, "fp32"),  # within 3%: noise, the fewer options
+        ({"fp32": 1.05, "fp32+channels_last": 1.0}, "fp32+channels_last"),
+        ({"fp32": 1.0, "fp32+channels_last": 1.01, "bf16": 0.8, "bf16+channels_last": 0.79}, "bf16"),
+    ],
+)
+def test_timings_within_the_tie_margin_choose_the_candidate_with_fewer_options(monkeypatch, times, chosen):
+    # Timings 0.5% apart flipped the choice between two runs of one command, and with it their
+    # numbers (a resnet's test -ELBO by 2 nats after one epoch).
+    monkeypatch.setattr(probe, "_time_candidates", _fake_times(times))
+    monkeypatch.setattr(cpu, "cpu_has_native_bf16", lambda: len(times) > 2)
+    choice = probe_step_options(
+        _net(), torch.optim.SGD(_net().parameters(), lr=0.1), _loss, BATCH, workload="w", cache=None
+    )
+    assert choice.chosen == chosen
+
 def test_no_bf16_candidates_where_the_cpu_lacks_bf16(monkeypatch):
     seen = []
 

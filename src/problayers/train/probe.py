@@ -4,7 +4,8 @@ Which precision trains fastest on a CPU is not predicted by its flags: two CPUs 
 ``avx512_bf16`` were measured with bf16 autocast 1.8x faster (an AMD EPYC, Zen 4) and 20-35%
 slower (an Intel Xeon without AMX) than fp32 for the same model (docs/benchmarks.md). So
 :func:`probe_step_options` times a few steps of each candidate on copies of the run's own model
-and batch (a few seconds) and keeps the fastest, with bf16 taken only where it wins by
+and batch (a few seconds) and keeps the fastest (of two within :data:`TIE_MARGIN`, the one with
+fewer options), with bf16 taken only where it wins by
 :data:`BF16_MARGIN` (it changes the numbers, so a marginal win is not worth it) and only where
 the CPU computes bf16 natively. The answer is cached per machine (CPU model, torch version,
 threads) and workload (the caller's key: model and batch), so later runs skip the measurement;
@@ -41,6 +42,7 @@ __all__ = [
     "CONV_PASSES",
     "CPU_CANDIDATES",
     "PROBE_BUDGET_S",
+    "TIE_MARGIN",
     "Candidate",
     "StepChoice",
     "cache_path",
@@ -52,6 +54,11 @@ __all__ = [
 
 #: bf16 is chosen only where its step is at least this fraction faster than the best fp32 one.
 BF16_MARGIN = 0.10
+#: Within one precision the first candidate (in :data:`CPU_CANDIDATES`' order: the fewest
+#: options) at most this fraction slower than the fastest is chosen. Closer timings are noise,
+#: and a choice that flipped between two runs of one command would change their numbers (each
+#: option changes the rounding).
+TIE_MARGIN = 0.03
 #: Seconds after which the probe's timed rounds stop (after the first one).
 PROBE_BUDGET_S = 10.0
 _CACHE_FILE = "step-options.json"
@@ -213,18 +220,23 @@ def _time_candidates(
     return {cand.name: t for cand, t in zip(candidates, best, strict=True)}
 
 
+def _first_of_the_fastest(times: dict[str, float], candidates: Sequence[Candidate]) -> Candidate:
+    """The first of ``candidates`` at most :data:`TIE_MARGIN` slower than the fastest of them."""
+    fastest = min(times[c.name] for c in candidates)
+    return next(c for c in candidates if times[c.name] <= fastest * (1 + TIE_MARGIN))
+
+
 def _choose(times: dict[str, float], candidates: Sequence[Candidate], margin: float) -> tuple[Candidate, str]:
-    fp32 = min((c for c in candidates if not c.bf16), key=lambda c: times[c.name], default=None)
-    bf16 = min((c for c in candidates if c.bf16), key=lambda c: times[c.name], default=None)
-    if bf16 is None:
-        assert fp32 is not None
-        return fp32, "fastest measured"
-    if fp32 is None:
-        return bf16, "fastest measured"
-    gain = 1 - times[bf16.name] / times[fp32.name]
+    fp32 = [c for c in candidates if not c.bf16]
+    bf16 = [c for c in candidates if c.bf16]
+    if not fp32 or not bf16:
+        return _first_of_the_fastest(times, fp32 or bf16), "fastest measured"
+    gain = 1 - min(times[c.name] for c in bf16) / min(times[c.name] for c in fp32)
     if gain >= margin:
-        return bf16, f"bf16 {gain:.0%} faster than fp32"
-    return fp32, f"bf16 {gain:+.0%} against fp32, under the {margin:.0%} it must win by"
+        return _first_of_the_fastest(times, bf16), f"bf16 {gain:.0%} faster than fp32"
+    return _first_of_the_fastest(
+        times, fp32
+    ), f"bf16 {gain:+.0%} against fp32, under the {margin:.0%} it must win by"
 
 
 def _valid_entry(hit: Any, candidates: Sequence[Candidate]) -> bool:
