@@ -15,7 +15,8 @@ records the batch mean in every case.
 Then a ``Normal`` over ``(8, 2)`` without ``Independent`` (batch shape ``(8, 2)``, as in TFP code
 that slices ``t[..., :d]``): the same ratios against the mean over the 8 rows of the KL summed
 over the 2 latents, which is what problayers records (averaging all 16 terms would halve it).
-CPU only; seconds.
+Then a prior with batch shape ``(2, 8)``: the ratio to the KL's sum over ``(2, 8)`` divided by
+the 8 rows, what problayers records. CPU only; seconds.
 """
 
 from __future__ import annotations
@@ -79,6 +80,20 @@ def main() -> None:
         q = model(params)
         ratio = float(model.losses[0]) / row_mean(q, exact)
         print(f"Normal (8, 2) regularizer {name:29s} {ratio:6.3f} x the row mean of the per-row sum")
+
+    # A prior whose batch shape has an axis more than the posterior's, (2, 8) against (8,): the
+    # KL broadcasts to (2, 8), and Keras divides its sum by the 8 rows of the output.
+    wide_prior = tfd.Independent(tfd.Normal(tf.zeros([2, BATCH, 2]), 1.0), 1)
+    for name, kwargs in list(options.items())[:2]:
+        exact = kwargs.get("use_exact_kl", False)
+        inputs = tf_keras.Input([4])
+        regularizer = tfpl.KLDivergenceRegularizer(wide_prior, **kwargs)
+        model = tf_keras.Model(inputs, tfpl.IndependentNormal(2, activity_regularizer=regularizer)(inputs))
+        q = model(params)
+        z = tf.convert_to_tensor(q)
+        per = tfd.kl_divergence(q, wide_prior) if exact else q.log_prob(z) - wide_prior.log_prob(z)
+        ratio = float(model.losses[0]) / (float(tf.reduce_sum(per)) / BATCH)
+        print(f"prior batch (2, 8)        {name:29s} {ratio:6.3f} x the sum over (2, 8) / 8")
 
 
 if __name__ == "__main__":

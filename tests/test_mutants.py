@@ -35,9 +35,15 @@ MUTANTS = [
     ),
     (
         "losses.py",
-        "(*model.parameters(), *model.buffers())",
-        "(*model.parameters(),)",
+        "itertools.chain(model.parameters(), model.buffers())",
+        "itertools.chain(model.parameters())",
         "tests/test_losses.py::test_collect_losses_zero_takes_a_buffer_only_models_dtype",
+    ),
+    (
+        "regularizers.py",
+        "member = kl.dim() - (len(q.batch_shape) or batch)",
+        "member = kl.dim() - batch",
+        "tests/test_regularizers.py::test_a_priors_extra_batch_axes_are_summed_the_rows_are_qs",
     ),
     (
         "regularizers.py",

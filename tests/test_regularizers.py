@@ -337,6 +337,21 @@ def test_a_member_kl_is_summed_over_the_batch_axes_after_the_first():
         torch.testing.assert_close(reg(q), want)
 
 
+
+def test_a_priors_extra_batch_axes_are_summed_the_rows_are_qs():
+    """A prior of batch shape ``(2, 4)`` against a posterior of batch ``(4,)``: the KL broadcasts
+    to ``(2, 4)``; TFP sums it and Keras divides by the output's 4 rows (measured against TFP
+    0.25 by ``benchmarks/check_tfp_kl_reductions.py``). Taking the broadcast's first axis for
+    the rows gave twice that."""
+    g = torch.Generator().manual_seed(0)
+    prior = D.Independent(D.Normal(torch.randn(2, 4, 3, generator=g), 1.0), 1)
+    q = D.Independent(D.Normal(torch.randn(4, 3, generator=g), 1.0), 1)
+    expected = D.kl_divergence(q, prior).sum() / 4
+    torch.testing.assert_close(pl.KLDivergenceRegularizer(prior, use_exact_kl=True)(q), expected)
+    z = q.sample()  # (4, 3)
+    reg = pl.KLDivergenceRegularizer(prior, test_points_fn=lambda d: z)
+    torch.testing.assert_close(reg(q), (q.log_prob(z) - prior.log_prob(z)).sum() / 4)
+
 def test_sample_axes_of_the_test_points_are_averaged():
     """Draws of the test points (a leading sample axis) are averaged whether or not
     ``test_points_reduce_axis`` names them; the batch axes after the first are still summed."""

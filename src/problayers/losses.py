@@ -23,6 +23,7 @@ Caveat: a layer applied several times in one forward keeps the term of its last 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import threading
 from collections.abc import Iterator
 
@@ -138,7 +139,7 @@ def collect_losses(model: nn.Module, *, clear: bool = False) -> torch.Tensor:
         if clear:
             store.clear()
     if not terms:  # zero in the model's floating dtype, on its device
-        tensors = (t for t in (*model.parameters(), *model.buffers()) if t.is_floating_point())
+        tensors = (t for t in itertools.chain(model.parameters(), model.buffers()) if t.is_floating_point())
         ref = next(tensors, None)
         return torch.zeros(
             (), device=None if ref is None else ref.device, dtype=None if ref is None else ref.dtype
