@@ -73,7 +73,6 @@ def test_bf16_must_win_by_the_margin(monkeypatch, tmp_path, bf16_time, chosen):
     assert ("faster than fp32" in choice.reason) == (chosen.startswith("bf16"))
 
 
-
 @pytest.mark.parametrize(
     "times, chosen",
     [
@@ -91,6 +90,7 @@ def test_timings_within_the_tie_margin_choose_the_candidate_with_fewer_options(m
         _net(), torch.optim.SGD(_net().parameters(), lr=0.1), _loss, BATCH, workload="w", cache=None
     )
     assert choice.chosen == chosen
+
 
 def test_no_bf16_candidates_where_the_cpu_lacks_bf16(monkeypatch):
     seen = []

@@ -337,7 +337,6 @@ def test_a_member_kl_is_summed_over_the_batch_axes_after_the_first():
         torch.testing.assert_close(reg(q), want)
 
 
-
 def test_a_priors_extra_batch_axes_are_summed_the_rows_are_qs():
     """A prior of batch shape ``(2, 4)`` against a posterior of batch ``(4,)``: the KL broadcasts
     to ``(2, 4)``; TFP sums it and Keras divides by the output's 4 rows (measured against TFP
@@ -351,6 +350,7 @@ def test_a_priors_extra_batch_axes_are_summed_the_rows_are_qs():
     z = q.sample()  # (4, 3)
     reg = pl.KLDivergenceRegularizer(prior, test_points_fn=lambda d: z)
     torch.testing.assert_close(reg(q), (q.log_prob(z) - prior.log_prob(z)).sum() / 4)
+
 
 def test_sample_axes_of_the_test_points_are_averaged():
     """Draws of the test points (a leading sample axis) are averaged whether or not
