@@ -47,12 +47,12 @@ MUTANTS = [
     ),
     (
         "regularizers.py",
-        "_kept_copy(self._given_prior, like.device",
-        "_kept_copy(self.prior, like.device",
+        "kept_copy(self._given_prior, like.device",
+        "kept_copy(self.prior, like.device",
         "tests/test_regularizers.py::test_prior_is_placed_from_the_prior_as_given_not_rounded",
     ),
     (
-        "regularizers.py",
+        "distcopy.py",
         "dtype=dtype if t.is_floating_point() else t.dtype",
         "dtype=dtype",
         "tests/test_regularizers.py::test_distribution_to_keeps_integer_tensors_integer",
@@ -838,7 +838,7 @@ MUTANTS = [
         "tests/test_losses.py::test_added_losses_skipped_is_this_threads_only",
     ),
     (
-        "regularizers.py",
+        "distcopy.py",
         "    if in_inference_mode():\n        with torch.inference_mode(False):",
         "    if False:\n        with torch.inference_mode(False):",
         "tests/test_regularizers.py::test_a_prior_copy_made_under_inference_mode_serves_later_training",

@@ -285,7 +285,7 @@ def test_prior_replaced_by_the_user_is_the_one_moved():
 
 
 def test_distribution_to_keeps_integer_tensors_integer():
-    from problayers.regularizers import distribution_to
+    from problayers.distcopy import distribution_to
 
     dist = D.Normal(torch.zeros(3), 1.0)
     dist.index = torch.arange(3)  # e.g. a categorical's support kept on the object

@@ -9,21 +9,20 @@ the batch axes after it (``Normal`` over ``(B, D)`` without ``Independent``: its
 
 from __future__ import annotations
 
-import copy
 import inspect
 import math
 import numbers
 import operator
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import torch
 import torch.distributions as D
 from torch import nn
 
-from ._state import first_floating_tensor, in_inference_mode, requires_grad, versions
+from ._state import first_floating_tensor, requires_grad, versions
 from .coercible import base_class, convert_to_tensor
 from .convert import CONVERT_TO_TENSOR_FNS
+from .distcopy import distribution_to, kept_copy, map_tensors
 from .kl import exact_kl, prepare_kl_dispatch
 from .losses import added_losses_enabled, init_added_losses, set_added_loss
 from .precision import in_fp32
@@ -31,54 +30,6 @@ from .precision import in_fp32
 __all__ = ["KLDivergenceAddLoss", "KLDivergenceRegularizer", "distribution_to"]
 
 PriorLike = D.Distribution | nn.Module | Callable[[], D.Distribution]
-
-
-def distribution_to(dist: D.Distribution, device: torch.device, dtype: torch.dtype) -> D.Distribution:
-    """A copy of ``dist`` (same batch/event shapes) whose floating tensors (parameters, cached
-    properties, base distributions) live on ``device`` with ``dtype``."""
-    return _map_tensors(
-        dist, lambda t: t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype)
-    )
-
-
-def _kept_copy(dist: D.Distribution, device: torch.device, dtype: torch.dtype) -> D.Distribution:
-    """:func:`distribution_to` for a copy the regularizer keeps across calls: never of inference
-    tensors (made inside ``torch.inference_mode``, a validation forward, a kept copy would fail
-    every later training step's backward)."""
-    if in_inference_mode():
-        with torch.inference_mode(False):
-            return distribution_to(dist, device, dtype)
-    return distribution_to(dist, device, dtype)
-
-
-def _map_tensors(
-    obj: D.Distribution | D.Transform, fn: Callable[[torch.Tensor], torch.Tensor], memo: dict | None = None
-) -> Any:
-    """A copy of a distribution (or transform) with ``fn`` applied to its tensors: parameters,
-    cached properties, base distributions, transforms (a ``TransformedDistribution``'s ``loc``
-    and ``scale`` too) and lists of them. ``memo`` (id -> copy) maps each object once, so a
-    reference cycle (a transform and its ``inv``) stays a cycle among the copies."""
-    memo = {} if memo is None else memo
-    if id(obj) in memo:
-        return memo[id(obj)]
-    out = memo[id(obj)] = copy.copy(obj)
-    for name, value in vars(obj).items():
-        mapped = _mapped(value, fn, memo)
-        if mapped is not value:
-            setattr(out, name, mapped)
-    return out
-
-
-def _mapped(value: Any, fn: Callable[[torch.Tensor], torch.Tensor], memo: dict) -> Any:
-    if isinstance(value, torch.Tensor):
-        return fn(value)
-    if isinstance(value, (D.Distribution, D.Transform)):
-        return _map_tensors(value, fn, memo)
-    if isinstance(value, (list, tuple)) and not hasattr(value, "_fields"):
-        items = [_mapped(v, fn, memo) for v in value]
-        if any(a is not b for a, b in zip(items, value, strict=True)):
-            return type(value)(items)
-    return value
 
 
 def _forward_takes_an_argument(module: nn.Module) -> bool:
@@ -247,7 +198,7 @@ class KLDivergenceRegularizer(nn.Module):
                 moved = self._moved[key] = (
                     prior,
                     () if torch.compiler.is_compiling() else versions(prior),  # dynamo cannot read them
-                    _kept_copy(prior, like.device, like.dtype),
+                    kept_copy(prior, like.device, like.dtype),
                 )
             prior = moved[2]
         return prior
@@ -267,7 +218,7 @@ class KLDivergenceRegularizer(nn.Module):
         ):
             ref = first_floating_tensor(self.prior)
             if ref is not None:
-                self.prior = self._placed_prior = _kept_copy(given, ref.device, ref.dtype)
+                self.prior = self._placed_prior = kept_copy(given, ref.device, ref.dtype)
                 self._placed_versions = versions(given)
 
     def _apply(
@@ -287,13 +238,13 @@ class KLDivergenceRegularizer(nn.Module):
             ref = first_floating_tensor(self.prior)
             placed: D.Distribution
             if ref is None:
-                placed = _map_tensors(self.prior, fn)
+                placed = map_tensors(self.prior, fn)
             else:
                 like = fn(torch.empty(0, dtype=ref.dtype, device=ref.device))
                 given = first_floating_tensor(self._given_prior)
                 if given is not None and given.is_meta and not like.is_meta:
                     raise _meta_prior(like.device)
-                placed = _kept_copy(self._given_prior, like.device, like.dtype)
+                placed = kept_copy(self._given_prior, like.device, like.dtype)
             self.prior = self._placed_prior = placed
             self._placed_versions = versions(self._given_prior)
             self._moved = {}
