@@ -453,6 +453,7 @@ def test_a_dropped_trainer_frees_its_model_without_a_collection(given_step):
         trainer = Trainer(
             model, opt, nll, lambda epoch: regression_data(), TrainerConfig(epochs=1), step_fn=step
         )
+        assert trainer.step_fn == (step or trainer.step)  # what the epochs run, read without a cycle
         if not given_step:
             trainer.fit()  # the compiled one is only built (compiling is slow), the cycle is there
         dead = weakref.ref(model)

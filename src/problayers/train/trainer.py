@@ -150,7 +150,7 @@ class Trainer:
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.meta = meta or {}
         self.on_epoch_end = on_epoch_end
-        self.step_fn = step_fn  # None: self.step (not stored: a bound method here is a cycle)
+        self._step_fn = step_fn  # None: self.step (not stored: a bound method kept is a cycle)
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         self.loggers = list(loggers)
         self.epoch = 0  # epochs completed
@@ -182,6 +182,11 @@ class Trainer:
         return self.rank == 0
 
     # -- one step -------------------------------------------------------------------------
+    @property
+    def step_fn(self) -> Callable[[Any], tuple[torch.Tensor, dict[str, torch.Tensor]]]:
+        """The step the epochs run: the ``step_fn`` given (or assigned), else :meth:`step`."""
+        return self._step_fn or self.step
+
     def step(self, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """One optimizer step on ``batch``; returns the detached loss and metrics."""
         self.optimizer.zero_grad(set_to_none=True)
@@ -237,7 +242,7 @@ class Trainer:
         logged: tuple[int, dict[str, float]] = (0, {})  # the steps and means last sent to the loggers
         first = self.global_step
         start = time.perf_counter()
-        step_fn = self.step_fn or self.step
+        step_fn = self.step_fn
         for batch in batches:
             loss, metrics = step_fn(batch)
             if self.scheduler is not None:
@@ -351,12 +356,9 @@ class Trainer:
     def resume(self, path: str | Path | None = None) -> dict[str, Any]:
         """Load the last complete checkpoint (default ``run_dir/checkpoint.pt``); returns its meta.
         Data-parallel, rank 0 reads the file and broadcasts it (only rank 0 needs the run directory)."""
-        if path is not None:
-            path = Path(path)
-        elif self.run_dir is not None:
-            path = self.run_dir / CHECKPOINT
-        else:
+        if path is None and self.run_dir is None:
             raise ValueError("path: needed, the trainer has no run_dir")
+        path = Path(path) if path is not None else self.run_dir / CHECKPOINT  # type: ignore[operator]
         if self.dist is None:
             state = load_checkpoint(path)
         else:
