@@ -62,8 +62,9 @@ TIE_MARGIN = 0.03
 #: Seconds after which the probe's timed rounds stop (after the first one).
 PROBE_BUDGET_S = 10.0
 _CACHE_FILE = "step-options.json"
-_CACHE_VERSION = 4  # 2: candidates with transposed_as_conv; 3: and narrow_conv_by_transposed;
-# 4: its one-channel forward depthwise (a candidate that changed is measured again)
+_CACHE_VERSION = 5  # 2: candidates with transposed_as_conv; 3: and narrow_conv_by_transposed;
+# 4: its one-channel forward depthwise (a candidate that changed is measured again); 5: ties
+# within TIE_MARGIN go to the candidate with fewer options
 
 
 @dataclass(frozen=True)
@@ -231,9 +232,12 @@ def _choose(times: dict[str, float], candidates: Sequence[Candidate], margin: fl
     bf16 = [c for c in candidates if c.bf16]
     if not fp32 or not bf16:
         return _first_of_the_fastest(times, fp32 or bf16), "fastest measured"
-    gain = 1 - min(times[c.name] for c in bf16) / min(times[c.name] for c in fp32)
-    if gain >= margin:
-        return _first_of_the_fastest(times, bf16), f"bf16 {gain:.0%} faster than fp32"
+    best = min(times[c.name] for c in fp32)
+    winners = [c for c in bf16 if 1 - times[c.name] / best >= margin]  # each by the margin
+    if winners:
+        chosen = _first_of_the_fastest(times, winners)
+        return chosen, f"bf16 {1 - times[chosen.name] / best:.0%} faster than fp32"
+    gain = 1 - min(times[c.name] for c in bf16) / best
     return _first_of_the_fastest(
         times, fp32
     ), f"bf16 {gain:+.0%} against fp32, under the {margin:.0%} it must win by"
