@@ -41,8 +41,14 @@ MUTANTS = [
     ),
     (
         "regularizers.py",
-        "member = kl.dim() - (len(q.batch_shape) or batch)",
-        "member = kl.dim() - batch",
+        "rows = kl.dim() - len(q.batch_shape) if q.batch_shape else None",
+        "rows = kl.dim() - batch if q.batch_shape else None",
+        "tests/test_regularizers.py::test_a_priors_extra_batch_axes_are_summed_the_rows_are_qs",
+    ),
+    (
+        "regularizers.py",
+        "rows not in averaged and q.batch_shape[0] == 1:",
+        "rows not in averaged and False:",
         "tests/test_regularizers.py::test_a_priors_extra_batch_axes_are_summed_the_rows_are_qs",
     ),
     (

@@ -91,6 +91,10 @@ def test_a_module_prior_is_one_submodule_under_its_name():
     reg = pl.KLDivergenceRegularizer(Trainable(0.0))
     assert [n for n, _ in reg.named_modules(remove_duplicate=False)] == ["", "prior"]
     assert list(reg.state_dict()) == ["prior.loc"]
+    # a state dict saved before (the same tensors under the two more names) still loads
+    old = {f"{name}.loc": torch.full((3,), 2.0) for name in ("prior", "_given_prior", "_placed_prior")}
+    reg.load_state_dict(old)
+    assert reg.prior.loc.tolist() == [2.0, 2.0, 2.0]
     reg.prior = Trainable(5.0)
     assert [p.tolist() for p in reg.parameters()] == [[5.0, 5.0, 5.0]]
 
@@ -341,7 +345,7 @@ def test_a_priors_extra_batch_axes_are_summed_the_rows_are_qs():
     """A prior of batch shape ``(2, 4)`` against a posterior of batch ``(4,)``: the KL broadcasts
     to ``(2, 4)``; TFP sums it and Keras divides by the output's 4 rows (measured against TFP
     0.25 by ``benchmarks/check_tfp_kl_reductions.py``). Taking the broadcast's first axis for
-    the rows gave twice that."""
+    the rows gave twice that, and averaged a prior's 3 against q's one row."""
     g = torch.Generator().manual_seed(0)
     prior = D.Independent(D.Normal(torch.randn(2, 4, 3, generator=g), 1.0), 1)
     q = D.Independent(D.Normal(torch.randn(4, 3, generator=g), 1.0), 1)
@@ -350,6 +354,13 @@ def test_a_priors_extra_batch_axes_are_summed_the_rows_are_qs():
     z = q.sample()  # (4, 3)
     reg = pl.KLDivergenceRegularizer(prior, test_points_fn=lambda d: z)
     torch.testing.assert_close(reg(q), (q.log_prob(z) - prior.log_prob(z)).sum() / 4)
+    # q's one row against a prior's 3 (TFP: the sum over 3, divided by 1 row); a posterior of
+    # batch () has no rows: every batch axis (the prior's) is summed
+    wide = D.Independent(D.Normal(torch.randn(3, 2, generator=g), 1.0), 1)
+    one_row = D.Independent(D.Normal(torch.randn(1, 2, generator=g), 1.0), 1)  # batch (1,)
+    for q in (one_row, D.Independent(D.Normal(torch.randn(2, generator=g), 1.0), 1)):  # (1,), ()
+        expected = D.kl_divergence(q, wide).sum()
+        torch.testing.assert_close(pl.KLDivergenceRegularizer(wide, use_exact_kl=True)(q), expected)
 
 
 def test_sample_axes_of_the_test_points_are_averaged():

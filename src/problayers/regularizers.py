@@ -14,6 +14,7 @@ import math
 import numbers
 import operator
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.distributions as D
@@ -250,6 +251,13 @@ class KLDivergenceRegularizer(nn.Module):
             self._moved = {}
         return self
 
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
+        # Before 2026-12-07 a module prior was also saved under two more names (the same tensors).
+        for old in (f"{prefix}_given_prior.", f"{prefix}_placed_prior."):
+            for key in [k for k in state_dict if k.startswith(old)]:
+                del state_dict[key]
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def forward(self, q: D.Distribution) -> torch.Tensor:
         if not isinstance(q, D.Distribution):
             raise TypeError(f"KLDivergenceRegularizer: expected a Distribution, got {type(q).__name__}")
@@ -277,13 +285,16 @@ class KLDivergenceRegularizer(nn.Module):
                     f"for log q(z) - log prior(z) of shape {tuple(kl.shape)}"
                 )
             averaged = tuple(sorted({a % kl.dim() for a in axes}))
-        # Keras' members: the rows of q's first batch axis (module docstring), all else summed.
+        # Keras' members: the rows of q's first batch axis (module docstring); TFP sums the rest,
+        # a prior's extra batch axes too, and Keras divides by q's rows.
         batch = len(q.batch_shape)  # torch.broadcast_shapes where needed only: ~40 us a call
-        if prior.batch_shape not in ((), q.batch_shape):  # a prior's extra axes: summed, as TFP
+        if prior.batch_shape not in ((), q.batch_shape):
             batch = len(torch.broadcast_shapes(q.batch_shape, prior.batch_shape))
-        member = kl.dim() - (len(q.batch_shape) or batch)
-        inner = [a for a in range(kl.dim() - batch, kl.dim()) if a != member and a not in averaged]
+        rows = kl.dim() - len(q.batch_shape) if q.batch_shape else None  # q's first batch axis
+        inner = [a for a in range(kl.dim() - batch, kl.dim()) if a != rows and a not in averaged]
         kl = kl.sum(dim=inner, keepdim=True) if inner else kl  # (*S, B0, 1, ...)
+        if rows is not None and rows not in averaged and q.batch_shape[0] == 1:  # a prior's many
+            kl = kl.sum(dim=rows, keepdim=True)  # against q's one row: summed, Keras divides by 1
         return self.weight * kl.mean()
 
     def _test_points(self, q: D.Distribution) -> torch.Tensor:
