@@ -9,7 +9,8 @@ from collections.abc import Callable, Mapping
 __all__ = ["DESCRIPTION", "build_parser"]
 
 DESCRIPTION = (
-    "The ``problayers`` command line: ``train``, ``evaluate``, ``sample``, ``export``, ``regression``."
+    "Probabilistic layers for PyTorch and a VAE toolkit: train, evaluate, sample and export VAEs on "
+    "binarized MNIST, and fit the regression demo. 'problayers COMMAND --help' for each command."
 )
 
 
