@@ -238,7 +238,8 @@ def build_parser() -> _Parser:
         "--precision",
         choices=["fp32", "bf16"],
         default=None,
-        help="bf16: autocast convolutions (distribution maths stay fp32); default fp32",
+        help="bf16: autocast convolutions (distribution maths stay fp32); given, it replaces the "
+        "--fast choice (which may be bf16 on a CPU with native bf16); fp32 with --no-fast",
     )
     p.add_argument(
         "--channels-last",
