@@ -6,8 +6,9 @@ Hub layout), and the model back from such a directory, without pickle.
 :func:`~problayers.vae.experiment.load_run` gives (the averaged weights of a run trained with
 ``ema_decay``, unless ``--online-weights``). Each file is written atomically, the config
 first with the weights' digest, so a config whose weights did not land is refused on load.
-:func:`load_pretrained` builds the model from ``config.json`` (``ModelConfig.from_dict``) and loads ``model.safetensors`` with safetensors'
-own reader: a file read never runs code. Uploading is the user's step, e.g.
+:func:`load_pretrained` builds the model from ``config.json`` (``ModelConfig.from_dict``) and
+loads ``model.safetensors`` with safetensors' own reader: a file read never runs code.
+Uploading is the user's step, e.g.
 ``huggingface_hub.upload_folder(repo_id=..., folder_path=OUT_DIR)``.
 """
 
