@@ -113,7 +113,7 @@ def test_wheel_contents(dists):
     assert not [n for n in names if n.startswith("tests/")], "the wheel ships no tests"
     assert "Description-Content-Type: text/markdown" in meta
     assert re.search(r"^Requires-Dist: torch", meta, re.M) and re.search(r"^Requires-Dist: numpy", meta, re.M)
-    assert "problayers = problayers.cli:main" in scripts
+    assert "problayers = problayers.cli:entry_point" in scripts
 
 
 def test_wheel_runs_the_readme_example_in_a_clean_venv(dists, tmp_path):

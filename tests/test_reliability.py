@@ -494,6 +494,23 @@ def test_sigterm_stops_cleanly(tmp_path):
     assert 1 <= state["epoch"] < 1000 and len(json.loads(state["history"])) == state["epoch"]
 
 
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_after_the_command_finished_changes_nothing(signum):
+    # A Ctrl-C or SIGTERM while Python and torch shut down, after the command's last line:
+    # it ended a finished command silently with 130/143, or printed a traceback from an atexit
+    # callback. The signal is sent from an atexit callback, i.e. in that window.
+    code = (
+        "import atexit, os, signal, problayers.cli as cli\n"
+        "cli.main = lambda: 0\n"
+        f"atexit.register(lambda: os.kill(os.getpid(), {int(signum)}))\n"
+        "cli.entry_point()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=_env(), capture_output=True, text=True, timeout=120
+    )
+    assert (done.returncode, done.stderr) == (0, "")
+
+
 def test_resume_removes_stale_temporaries(run):
     stale = [
         run / f".checkpoint.pt.p{2**22 + 1}.k1ll3d_x.tmp",

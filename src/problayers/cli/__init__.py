@@ -13,6 +13,7 @@ import argparse
 import math
 import re
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -347,6 +348,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.exit(code, _as_options(line, parser.commands[args.command], args) + "\n")
 
 
+def entry_point() -> None:
+    """``problayers`` and ``python -m problayers``: :func:`main`, then the exit with its status.
+    Once the command's outcome is settled (its files written, its last line printed), a SIGINT
+    or SIGTERM is ignored: arriving while Python and torch shut down, it printed a traceback or
+    ended a finished command silently with 130/143."""
+    import signal
+
+    try:
+        code = main()
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    sys.exit(code)
+
+
 def _as_options(line: str, command: argparse.ArgumentParser, args: argparse.Namespace) -> str:
     """``line`` with a leading field name (``batch_size:``, ``flow_steps=3:``, ``compile/channels_last:``)
     written as the command's option (``--batch-size:``, ``--flow-steps 3:``, ``--compile/--channels-last:``):
@@ -366,4 +383,4 @@ def _as_options(line: str, command: argparse.ArgumentParser, args: argparse.Name
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry_point()
