@@ -120,6 +120,27 @@ def test_a_module_prior_is_one_submodule_under_its_name():
     assert torch.isfinite(pl.collect_losses(base, clear=True))
 
 
+def test_a_module_prior_assigned_later_is_called_as_its_forward_takes():
+    # Whether the prior takes the posterior was decided once, for the prior given at
+    # construction: a prior assigned after with the other signature was called the wrong way.
+    class Fixed(nn.Module):
+        def forward(self):
+            return std_normal()
+
+    class FromPosterior(nn.Module):
+        def forward(self, q):
+            return D.Independent(D.Normal(q.mean.detach(), 1.0), 1)
+
+    q = posterior()
+    reg = pl.KLDivergenceRegularizer(Fixed(), use_exact_kl=True)
+    torch.testing.assert_close(reg(q), D.kl_divergence(q, std_normal()).mean())
+    reg.prior = FromPosterior()
+    expected = D.kl_divergence(q, D.Independent(D.Normal(q.mean, 1.0), 1)).mean()
+    torch.testing.assert_close(reg(q), expected)
+    reg.prior = Fixed()
+    torch.testing.assert_close(reg(q), D.kl_divergence(q, std_normal()).mean())
+
+
 def test_prior_follows_dtype():
     q = pl.as_coercible(D.Independent(D.Normal(torch.zeros(2, 3, dtype=torch.float64), 1.0), 1))
     reg = pl.KLDivergenceRegularizer(std_normal())

@@ -34,7 +34,7 @@ PriorLike = D.Distribution | nn.Module | Callable[[], D.Distribution]
 
 
 def _forward_takes_an_argument(module: nn.Module) -> bool:
-    """Whether ``module.forward`` accepts one positional argument (decided once, at init)."""
+    """Whether ``module.forward`` accepts one positional argument (decided once per prior)."""
     try:
         signature = inspect.signature(module.forward)
     except (TypeError, ValueError):
@@ -155,7 +155,7 @@ class KLDivergenceRegularizer(nn.Module):
                 raise TypeError(
                     f"test_points_reduce_axis: expected an int, a tuple of ints or None, got {axes!r}"
                 ) from None
-        self._prior_takes_input = isinstance(prior, nn.Module) and _forward_takes_an_argument(prior)
+        self._takes_input = (prior, isinstance(prior, nn.Module) and _forward_takes_an_argument(prior))
         # (device, dtype) -> (the prior copied, its versions then, its copy there)
         self._moved: dict[
             tuple[torch.device, torch.dtype], tuple[D.Distribution, tuple[int, ...], D.Distribution]
@@ -172,7 +172,7 @@ class KLDivergenceRegularizer(nn.Module):
         An ``nn.Module`` prior that takes an input is called with ``q``, else with ``like``."""
         if isinstance(self.prior, D.Distribution):
             prior = self.prior
-        elif self._prior_takes_input:
+        elif self._prior_takes_input():
             prior = self.prior(q if q is not None else like)  # type: ignore[call-arg]  # a module
         else:
             prior = self.prior()
@@ -203,6 +203,14 @@ class KLDivergenceRegularizer(nn.Module):
                 )
             prior = moved[2]
         return prior
+
+    def _prior_takes_input(self) -> bool:
+        """Whether the module prior's ``forward`` takes the posterior (decided again for a prior
+        assigned since: it may take another signature)."""
+        if self._takes_input[0] is not self.prior:
+            prior = self.prior
+            self._takes_input = (prior, isinstance(prior, nn.Module) and _forward_takes_an_argument(prior))
+        return self._takes_input[1]
 
     def _stale(self, given: D.Distribution, copied: tuple[int, ...]) -> bool:
         """Whether ``given`` changed in place since a copy was made at its ``copied`` versions
