@@ -155,7 +155,8 @@ class KLDivergenceRegularizer(nn.Module):
                 raise TypeError(
                     f"test_points_reduce_axis: expected an int, a tuple of ints or None, got {axes!r}"
                 ) from None
-        self._takes_input = (prior, isinstance(prior, nn.Module) and _forward_takes_an_argument(prior))
+        self._takes_input: tuple[object, bool] = (None, False)  # (the prior it is for, the answer)
+        self._prior_takes_input()  # decided here, not in a (compiled) call
         # (device, dtype) -> (the prior copied, its versions then, its copy there)
         self._moved: dict[
             tuple[torch.device, torch.dtype], tuple[D.Distribution, tuple[int, ...], D.Distribution]

@@ -10,8 +10,8 @@ SIGINT/SIGTERM. ``--debug`` or ``PROBLAYERS_DEBUG=1`` shows the traceback instea
 from __future__ import annotations
 
 import argparse
-import math
 import re
+import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
@@ -202,7 +202,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     from ..train.checkpoint import write_json
     from ..vae.evalsetup import prepare_evaluation
-    from ..vae.evaluation import evaluate, format_table
+    from ..vae.evaluation import evaluate, format_table, non_finite_bounds
     from ..vae.experiment import load_run, load_test_images
     from ..vae.rundir import check_output, check_writable
 
@@ -257,8 +257,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(format_table(results))
     write_json(out, results)
     print(f"written {out}")
-    labels = {"neg_elbo": "-ELBO", "iwae_nll": "IWAE NLL"}
-    bad = [f"{v} {results[k]}" for k, v in labels.items() if k in results and not math.isfinite(results[k])]
+    bad = non_finite_bounds(results)
     if bad:  # recorded, but not a result a script may take (status 1, as for a diverged run)
         line = f"problayers: error: {', '.join(bad)}: not finite (a diverged or damaged model)"
         print(line, file=sys.stderr)
@@ -353,8 +352,6 @@ def entry_point() -> None:
     Once the command's outcome is settled (its files written, its last line printed), a SIGINT
     or SIGTERM is ignored: arriving while Python and torch shut down, it printed a traceback or
     ended a finished command silently with 130/143."""
-    import signal
-
     try:
         code = main()
     finally:

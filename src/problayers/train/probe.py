@@ -238,9 +238,8 @@ def _choose(times: dict[str, float], candidates: Sequence[Candidate], margin: fl
         chosen = _first_of_the_fastest(times, winners)
         return chosen, f"bf16 {1 - times[chosen.name] / best:.0%} faster than fp32"
     gain = 1 - min(times[c.name] for c in bf16) / best
-    return _first_of_the_fastest(
-        times, fp32
-    ), f"bf16 {gain:+.0%} against fp32, under the {margin:.0%} it must win by"
+    reason = f"bf16 {gain:+.0%} against fp32, under the {margin:.0%} it must win by"
+    return _first_of_the_fastest(times, fp32), reason
 
 
 def _valid_entry(hit: Any, candidates: Sequence[Candidate]) -> bool:

@@ -36,7 +36,7 @@ import torch.distributions as D
 from ..numerics import logsumexp
 from .objectives import data_log_prob
 
-__all__ = ["elbo_terms", "evaluate", "format_table", "iwae_log_likelihood"]
+__all__ = ["BOUNDS", "elbo_terms", "evaluate", "format_table", "iwae_log_likelihood", "non_finite_bounds"]
 
 Encoder = Callable[[torch.Tensor], D.Distribution]
 Decoder = Callable[[torch.Tensor], D.Distribution]
@@ -301,6 +301,18 @@ def evaluate(
     return results
 
 
+#: The bounds' names in the table and in messages.
+BOUNDS = {"neg_elbo": "-ELBO", "iwae_nll": "IWAE NLL"}
+
+
+def non_finite_bounds(results: dict) -> list[str]:
+    """``"-ELBO inf"``-style names of the bounds in ``results`` that are not finite (a diverged
+    or damaged model: a number no script should take for a result)."""
+    return [
+        f"{name} {results[k]}" for k, name in BOUNDS.items() if k in results and not math.isfinite(results[k])
+    ]
+
+
 def format_table(results: dict) -> str:
     """A small aligned text table of the metrics in ``results`` (as returned by :func:`evaluate`).
 
@@ -309,10 +321,10 @@ def format_table(results: dict) -> str:
     """
     rows = [("metric", "nats", "bits/dim")]
     specs = [
-        ("neg_elbo", "-ELBO"),
+        ("neg_elbo", BOUNDS["neg_elbo"]),
         ("recon", "  reconstruction"),
         ("kl", "  KL"),
-        ("iwae_nll", f"IWAE NLL (K={results.get('iwae_samples', '?')})"),
+        ("iwae_nll", f"{BOUNDS['iwae_nll']} (K={results.get('iwae_samples', '?')})"),
     ]
     for key, label in specs:
         if key not in results:
