@@ -435,6 +435,40 @@ def test_two_trains_on_one_out(tmp_path):
     assert not (out / LOCK).exists() and not list(out.glob(".*.tmp"))
 
 
+def test_pid_alive_asks_windows_itself(monkeypatch):
+    """On Windows ``os.kill(pid, 0)`` sends a Ctrl+C (signal 0 is CTRL_C_EVENT) or fails with
+    EINVAL: the lock's owner is looked up with OpenProcess/GetExitCodeProcess (a stand-in for
+    kernel32 here; portability audit)."""
+    import ctypes
+
+    exit_codes, errors, closed = {8: 259, 9: 0}, {7: 87, 10: 5}, []  # 259: STILL_ACTIVE
+
+    class Kernel32:
+        def OpenProcess(self, access, inherit, pid):  # (Windows' names)
+            self.pid = pid
+            return 0 if pid in errors else 1000 + pid
+
+        def GetExitCodeProcess(self, handle, code):
+            code._obj.value = exit_codes[handle - 1000]
+            return 1
+
+        def CloseHandle(self, handle):
+            closed.append(handle)
+
+    kernel32 = Kernel32()
+
+    def no_kill(pid, sig):
+        raise AssertionError(f"os.kill({pid}, {sig}) on Windows")
+
+    monkeypatch.setattr(sys, "platform", "win32")
+    monkeypatch.setattr(os, "kill", no_kill)
+    monkeypatch.setattr(ctypes, "WinDLL", lambda name, use_last_error=False: kernel32, raising=False)
+    monkeypatch.setattr(ctypes, "get_last_error", lambda: errors[kernel32.pid], raising=False)
+    alive = {pid: checkpoint.pid_alive(pid) for pid in (7, 8, 9, 10)}
+    assert alive == {7: False, 8: True, 9: False, 10: True}  # 10: access denied, so it exists
+    assert closed == [1008, 1009]
+
+
 def test_stale_and_foreign_locks(run, capsys):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
@@ -602,6 +636,21 @@ def test_evaluate_never_writes_over_another_runs_files(trained, run, capsys):
     assert (run / "checkpoint.pt").read_bytes() == before
 
 
+def test_evaluate_refuses_a_run_file_under_another_name(trained, run, tmp_path, capsys):
+    """A case-insensitive filesystem (macOS' default) opens ``Checkpoint.pt`` as the checkpoint:
+    the guard compares files, not spellings (portability audit: it wrote the JSON over it)."""
+    before = (run / "checkpoint.pt").read_bytes()
+    os.link(run / "checkpoint.pt", tmp_path / "same.pt")  # the same file under another name
+    err = fails(["evaluate", run, *EVAL, "--out", tmp_path / "same.pt"], capsys)
+    assert "is one of the run's own files" in err
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "Config.JSON").write_text("{}")  # another run's, in another case
+    err = fails(["evaluate", trained, *EVAL, "--out", other / "Config.JSON"], capsys)
+    assert "would replace a run's own file (Config.JSON)" in err
+    assert (run / "checkpoint.pt").read_bytes() == before and (other / "Config.JSON").read_text() == "{}"
+
+
 def test_a_run_without_a_checkpoint_says_why_to_every_command(run, tmp_path, capsys):
     # evaluate, sample and export said "no such file" for a run stopped in its first epoch, and
     # every command said so for a checkpoint.pt that is a directory (reliability audit).
@@ -714,6 +763,21 @@ def test_a_gpu_runs_fast_step_is_resumed_with_the_cpus(run, capsys):
     assert step["cuda_graph"] is False and step["auto_step"] is True
     groups = torch.load(run / "checkpoint.pt", weights_only=True)["optimizer"]["param_groups"]
     assert all(not g["capturable"] for g in groups)
+
+
+def test_a_step_that_does_not_fit_the_resumed_device_becomes_its_fast_step(run, monkeypatch, capsys):
+    """A CPU run's fused Adam resumed on a device without it (mps; here the CPU stands in, taken
+    out of FUSED_ADAM_DEVICES): the device's fast step, recorded, not a refusal naming a flag the
+    user cannot drop (portability audit)."""
+    from problayers.vae import runconfig
+
+    cfg = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**cfg, "fused_adam": True}))
+    monkeypatch.setattr(runconfig, "FUSED_ADAM_DEVICES", ("cuda",))
+    assert main(["train", "--resume", str(run), "--epochs", "3", "--device", "cpu", "--no-progress"]) == 0
+    after = json.loads((run / "config.json").read_text())
+    assert after["fused_adam"] is False and after["resumed"][-1]["step"]["fused_adam"] is False
+    assert runconfig.step_misfit(runconfig.RunConfig(precision="bf16"), torch.device("mps")) is not None
 
 
 def test_data_dir_is_stored_absolute(tmp_path, monkeypatch):

@@ -19,6 +19,7 @@ import math
 import os
 import pickle
 import re
+import sys
 import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -200,9 +201,32 @@ def _started_after(pid: int, when: float) -> bool:
     return boot + ticks / os.sysconf("SC_CLK_TCK") > when + 1.0  # btime has whole seconds
 
 
+def _windows_pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs, asked of Windows itself: there ``os.kill(pid, 0)`` sends a
+    Ctrl+C (signal 0 is ``CTRL_C_EVENT``) and fails for a process without a console. Where the
+    answer is unknown, the process is taken to run (its lock is not taken over)."""
+    import ctypes
+
+    if sys.platform == "win32":  # (Windows' ctypes; the type checker reads this on Windows only)
+        kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
+        handle = kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
+        if not handle:
+            return ctypes.get_last_error() != 87  # ERROR_INVALID_PARAMETER: no such process
+        try:
+            code = ctypes.c_ulong()
+            if not kernel32.GetExitCodeProcess(handle, ctypes.byref(code)):
+                return True
+            return code.value == 259  # STILL_ACTIVE
+        finally:
+            kernel32.CloseHandle(handle)
+    return True
+
+
 def pid_alive(pid: int) -> bool:
     """Whether process ``pid`` runs on this machine (a zombie, killed but not yet reaped by its
     parent, does not)."""
+    if sys.platform == "win32":
+        return _windows_pid_alive(pid)
     try:
         os.kill(pid, 0)  # signal 0: only whether it exists
     except (ProcessLookupError, OverflowError):

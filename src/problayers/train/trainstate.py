@@ -14,19 +14,25 @@ import torch
 
 from .checkpoint import CheckpointError, check_state_dict
 from .errors import one_line
+from .rng import device_generator
 
 __all__ = ["check_trainer_state", "load_trainer_state", "trainer_state"]
 
 
-def _rng(value: Any, what: str, source: str) -> None:
-    want = torch.get_rng_state()
-    if not isinstance(value, torch.Tensor) or value.dtype != torch.uint8 or value.shape != want.shape:
+def _rng(value: Any, what: str, source: str, cpu: bool = True) -> None:
+    """A CPU random state (uint8, the CPU generator's length), or another device's (a uint8 vector)."""
+    want = torch.get_rng_state().shape if cpu else None
+    shape_ok = isinstance(value, torch.Tensor) and (value.shape == want if cpu else value.dim() == 1)
+    if not shape_ok or value.dtype != torch.uint8:
         got = (
             f"{value.dtype} {tuple(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
         )
-        raise CheckpointError(
-            f"{source}: {what}: expected a CPU random state (uint8 {tuple(want.shape)}), got {got}"
+        kind = (
+            f"a CPU random state (uint8 {tuple(want)})"
+            if want is not None
+            else "a random state (a uint8 vector)"
         )
+        raise CheckpointError(f"{source}: {what}: expected {kind}, got {got}")
 
 
 def _optimizer(trainer: Any, state: Any, source: str) -> None:
@@ -94,6 +100,10 @@ def check_trainer_state(trainer: Any, state: Any, source: str) -> None:
             raise CheckpointError(f"{source}: rng_cpu_ranks: expected a list, got a {type(ranks).__name__}")
         for rank, value in enumerate(ranks):
             _rng(value, f"rng_cpu_ranks[{rank}]", source)
+    key, generator = _device_rng(trainer)
+    value = state.get(key)
+    if generator is not None and value is not None:
+        _rng(value, key, source, cpu=False)
     world = state.get("world_size", 1)
     if not isinstance(world, int) or isinstance(world, bool) or world < 1:
         raise CheckpointError(f"{source}: world_size: expected an int >= 1, got {world!r}")
@@ -127,6 +137,15 @@ def _device(trainer: Any) -> torch.device:
     return param.device if param is not None else torch.device("cpu")
 
 
+def _device_rng(trainer: Any) -> tuple[str, Any]:
+    """The checkpoint key of the model's device's own random state (``"rng_mps"``...) and the
+    module that reads and sets it; ``None`` for the CPU and CUDA (kept as ``rng_cuda*``) and
+    data-parallel runs (whose devices are CUDA's or the CPU)."""
+    device = _device(trainer)
+    generator = None if device.type == "cuda" or trainer.dist is not None else device_generator(device)
+    return f"rng_{device.type}", generator
+
+
 def trainer_state(trainer: Any) -> dict[str, Any]:
     """The checkpoint of ``trainer``; data-parallel, every rank must call it (it gathers the
     random states of all ranks)."""
@@ -146,6 +165,9 @@ def trainer_state(trainer: Any) -> dict[str, Any]:
     if trainer.dist is None:
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             state["rng_cuda"] = torch.cuda.get_rng_state_all()
+        key, generator = _device_rng(trainer)
+        if generator is not None:  # mps, xpu...: the generator the training noise comes from
+            state[key] = generator.get_rng_state(_device(trainer))
         return state
     device = _device(trainer)
     mine = {
@@ -235,5 +257,8 @@ def _restore_rng(trainer: Any, state: dict[str, Any]) -> None:
                 torch.cuda.set_rng_state_all(cuda)
             elif device.type == "cuda" and device.index < len(cuda):
                 torch.cuda.set_rng_state(cuda[device.index], device)
+    key, generator = _device_rng(trainer)
+    if generator is not None and key in state:
+        generator.set_rng_state(state[key], device)
     if trainer.dist is not None and not same:
         trainer.dist.split_rng()

@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..train.rng import fork_rng
+
 if TYPE_CHECKING:
     from ..train.allocator import AllocatorSetting
     from ..train.probe import StepChoice
@@ -72,9 +74,10 @@ def largest_activation_bytes(model: torch.nn.Module, precision: str = "fp32") ->
         if isinstance(out, torch.Tensor):
             sizes.append(out.numel() * out.element_size())
 
-    with torch.random.fork_rng(devices=[]), torch.no_grad(), _precision(model, precision):
+    device = next(model.parameters()).device
+    with fork_rng(device), torch.no_grad(), _precision(model, precision):
         prior = model.prior()  # type: ignore[operator]  # (evaluate builds it once, not per call)
-        z = torch.zeros((1, *prior.event_shape), device=next(model.parameters()).device)  # (1, D)
+        z = torch.zeros((1, *prior.event_shape), device=device)  # (1, D)
         handles = [m.register_forward_hook(record) for m in model.modules()]
         try:
             model.decode(z)  # type: ignore[operator]

@@ -39,17 +39,18 @@ from ..train.distributed import DistContext
 from ..train.errors import RunDirError
 from ..train.keras_adam import ADAMS
 from ..train.loggers import TensorBoardLogger, check_available
+from ..train.rng import fork_rng
 from ..train.schedules import make_scheduler
 from ..train.trainer import CHECKPOINT, Trainer, TrainerConfig
 from . import data as mnist
 from .evaluation import evaluate
 from .models import VAE, build_model, vae_loss
 from .runconfig import (
-    FUSED_ADAM_DEVICES,
     STEP_OPTIONS,
     RunConfig,
     choose_step,
     resolve_device,
+    step_misfit,
     step_options,
     train_step_args,
 )
@@ -109,8 +110,7 @@ def test_metrics(model: VAE, test_x: torch.Tensor, batch_size: int) -> dict[str,
     """Test -ELBO and its parts (analytic KL), with the sampling seeded by ``EVAL_SEED``."""
     was_training = model.training
     model.eval()
-    devices = [test_x.device] if test_x.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices), torch.no_grad():  # a trained prior's graph too
+    with fork_rng(test_x.device), torch.no_grad():  # a trained prior's graph too
         torch.manual_seed(EVAL_SEED)
         out = evaluate(model.encode, model.decode, model.prior(), test_x, batch_size=batch_size)
     model.train(was_training)
@@ -156,11 +156,10 @@ def _setup(cfg: RunConfig, run_dir: Path, dist: DistContext | None = None) -> Tr
         )
     batches = mnist.EpochBatches(train_u8, cfg.batch_size, seed=cfg.seed, rank=rank, world_size=world)
     model = build_model(cfg.model).to(device)
+    misfit = step_misfit(cfg, device)
+    if misfit is not None:
+        raise ValueError(misfit)
     fused = cfg.fused_adam or cfg.cuda_graph
-    if cfg.cuda_graph and device.type != "cuda":
-        raise ValueError(f"cuda_graph: needs a CUDA device, the run is on {device}")
-    if fused and device.type not in FUSED_ADAM_DEVICES:
-        raise ValueError(f"fused_adam: needs a CUDA or CPU device, the run is on {device}")
     extra: dict[str, Any] = {"fused": True, "capturable": cfg.cuda_graph} if fused else {}
     optimizer = ADAMS[cfg.adam](model.parameters(), lr=cfg.lr, **extra)
     scheduler = make_scheduler(cfg.lr_schedule, optimizer, cfg.epochs * len(batches))
@@ -344,8 +343,9 @@ def resume(run_dir: str | Path, *, dist: DistContext | None = None, **overrides:
         step = None
         if dist is not None:  # the fast step is single-process: data-parallel, the eager step
             step = step_options(fast=False)
-        elif cfg.cuda_graph and resolve_device(cfg.device).type != "cuda":
-            # a GPU run's fast step, resumed without a GPU: this device's fast step instead
+        elif step_misfit(cfg, resolve_device(cfg.device)) is not None:
+            # a run's fast step resumed on a device it does not fit (a GPU run's CUDA graphs
+            # without a GPU, a CPU run's fused Adam on mps): this device's fast step instead
             step = step_options(fast=True, device=cfg.device)
         if step is not None:
             step_changed = {k: v for k, v in step.items() if getattr(cfg, k) != v}

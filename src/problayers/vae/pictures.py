@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from ..train.checkpoint import atomic_write
+from ..train.rng import fork_rng
 from .models import VAE
 
 __all__ = ["image_grid", "loss_curve", "picture_arrays", "save_pictures"]
@@ -67,8 +68,7 @@ def save_pictures(
     records = read_metrics(metrics) if metrics.is_file() else None  # a damaged one: before any file
     was_training = model.training
     model.eval()
-    devices = [test_x.device] if test_x.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices), torch.no_grad():
+    with fork_rng(test_x.device), torch.no_grad():
         torch.manual_seed(seed)
         z = model.prior().sample((n,))  # (n, D)
         rv = model.decode(z)  # batch (n,), event (1, 28, 28)

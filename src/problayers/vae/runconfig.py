@@ -24,6 +24,7 @@ __all__ = [
     "choose_step",
     "measure_step",
     "resolve_device",
+    "step_misfit",
     "step_options",
 ]
 
@@ -242,6 +243,19 @@ def train_step_args(cfg: RunConfig) -> dict[str, Any] | None:
     defaults = {f.name: f.default for f in dataclasses.fields(RunConfig)}
     args = {name: getattr(cfg, name) for name in TRAIN_STEP_ARGS if getattr(cfg, name) != defaults[name]}
     return args or None
+
+
+def step_misfit(cfg: RunConfig, device: torch.device) -> str | None:
+    """Why ``cfg``'s step options cannot train on ``device`` (one line naming the option), or
+    ``None``: CUDA graphs need CUDA, fused Adam a device of :data:`FUSED_ADAM_DEVICES`, bf16
+    a CPU or CUDA device."""
+    if cfg.cuda_graph and device.type != "cuda":
+        return f"cuda_graph: needs a CUDA device, the run is on {device}"
+    if (cfg.fused_adam or cfg.cuda_graph) and device.type not in FUSED_ADAM_DEVICES:
+        return f"fused_adam: needs a CUDA or CPU device, the run is on {device}"
+    if cfg.precision == "bf16" and device.type not in ("cpu", "cuda"):
+        return f"precision: 'bf16' needs a CPU or CUDA device, the run is on {device}"
+    return None
 
 
 def step_options(fast: bool, device: str = "auto") -> dict[str, Any]:

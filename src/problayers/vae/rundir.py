@@ -224,16 +224,25 @@ def check_consistent(
         )
 
 
+def _same_file(out: Path, paths: list[Path]) -> bool:
+    """Whether ``out`` exists and is one of ``paths`` under another name: another case of it on a
+    case-insensitive filesystem (macOS' default, FAT), a hard link."""
+    try:
+        return out.exists() and any(path.exists() and os.path.samefile(out, path) for path in paths)
+    except OSError:
+        return False
+
+
 def check_output(out: str | os.PathLike, run_dir: str | os.PathLike, option: str) -> Path:
     """``out`` unless it is one of the run's own files (``config.json``, the checkpoint...), or
     an existing file of such a name (another run's)."""
     if os.fspath(out) == "":
         raise RunDirError(f"{option}: expected a path, got an empty path")
     out = Path(out).expanduser()
-    own = {(Path(run_dir) / name).resolve() for name in OWN_FILES}
-    if out.resolve() in own:
+    own = [Path(run_dir) / name for name in OWN_FILES]
+    if out.resolve() in {path.resolve() for path in own} or _same_file(out, own):
         raise RunDirError(f"{option} {out}: is one of the run's own files; choose another path")
-    if out.name in OWN_FILES and out.exists():
+    if out.name.casefold() in {name.casefold() for name in OWN_FILES} and out.exists():
         raise RunDirError(f"{option} {out}: would replace a run's own file ({out.name}); choose another path")
     return out
 
