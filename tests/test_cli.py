@@ -306,6 +306,9 @@ def test_weight_averaging_flags(tmp_path):
         (["evaluate", "RUN", "--out", "{tmp}"], "got an existing directory or device"),
         (["evaluate", "RUN", "--out", ""], "got an empty path"),
         (["sample", "RUN", "--out", ""], "got an empty path"),
+        (["evaluate", ""], "argument run_dir: expected a directory, got an empty path"),  # not "."
+        (["sample", ""], "argument run_dir: expected a directory, got an empty path"),
+        (["export", "", "{tmp}/x"], "argument run_dir: expected a directory, got an empty path"),
         (["train", "--resume", "{tmp}/nope"], "is not a directory"),
         (["regression", "--out", ""], "--out: expected a directory, got an empty path"),
         (["regression", "--out", "{tmp}/f"], "got an existing file"),

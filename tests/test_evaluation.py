@@ -346,6 +346,29 @@ def test_contract_violations_are_reported(m):
             fn(m.encode, m.decode, plain, x)
 
 
+def test_data_outside_the_decoders_support_is_refused():
+    """Images in 0..255 as floats (the uint8 refusal answered with ``.float()``) gave a Bernoulli
+    decoder a negative -ELBO (argument audit); ``evaluate`` checks the whole set once."""
+    from problayers.vae.models import ModelConfig, build_model
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(latent_size=4, base_depth=4)).eval()
+    x = torch.randint(0, 256, (6, 1, 28, 28)).float()
+    with torch.no_grad():
+        for fn in (elbo_terms, lambda *a: iwae_log_likelihood(*a, 2)):
+            with pytest.raises(
+                ValueError, match=r"^x: expected values in the support of the decoder's Independent"
+            ):
+                fn(model.encode, model.decode, model.prior(), x)
+        binary = (x > 127).float()
+        images = torch.cat([binary, x[:1]])  # one example outside, in the last batch
+        with pytest.raises(
+            ValueError, match=r"^images: .*got 1 of 7 examples outside it \(values in \[0, 255\]"
+        ):
+            evaluate(model.encode, model.decode, model.prior(), images, batch_size=2)
+        assert evaluate(model.encode, model.decode, model.prior(), binary, batch_size=2)["neg_elbo"] > 0
+
+
 # --------------------------------------------------------------------------- elbo_terms
 
 

@@ -275,7 +275,7 @@ def build_parser() -> _Parser:
     _add_data_options(p)
 
     p = sub.add_parser("evaluate", parents=[common], help="test -ELBO and the IWAE bound of a trained run")
-    p.add_argument("run_dir")
+    p.add_argument("run_dir", type=_directory)
     p.add_argument(
         "--iwae-samples",
         type=_int_at_least(0),
@@ -329,7 +329,7 @@ def build_parser() -> _Parser:
     p = sub.add_parser(
         "sample", parents=[common], help="PNG grids: prior samples, reconstructions, loss curve"
     )
-    p.add_argument("run_dir")
+    p.add_argument("run_dir", type=_directory)
     p.add_argument("--n", type=_positive, default=10, help="images per row")
     _add_weights_option(p)
     p.add_argument("--seed", type=_int_at_least(0), default=0, help="seed of the sampling (default 0)")
@@ -341,7 +341,7 @@ def build_parser() -> _Parser:
         parents=[common],
         help="the trained weights as OUT_DIR/model.safetensors + config.json (the Hugging Face Hub layout)",
     )
-    p.add_argument("run_dir")
+    p.add_argument("run_dir", type=_directory)
     p.add_argument("out_dir", help="a new or empty directory (not the run directory)")
     p.add_argument(
         "--force", action="store_true", help="write into a non-empty OUT_DIR (replacing its two files)"

@@ -34,12 +34,13 @@ import torch
 import torch.distributions as D
 
 from ..numerics import logsumexp
-from .objectives import data_log_prob
+from .objectives import check_support, data_log_prob
 
 __all__ = ["BOUNDS", "elbo_terms", "evaluate", "format_table", "iwae_log_likelihood", "non_finite_bounds"]
 
 Encoder = Callable[[torch.Tensor], D.Distribution]
 Decoder = Callable[[torch.Tensor], D.Distribution]
+Checked = tuple[str, torch.Tensor] | None  # data to check against the decoder's support, named
 
 
 # --------------------------------------------------------------------------- helpers
@@ -102,9 +103,12 @@ def _draw(q: D.Distribution, sample_shape: tuple[int, ...] = ()) -> torch.Tensor
     return q.rsample(shape) if q.has_rsample else q.sample(shape)
 
 
-def _decoder_log_prob(decode: Decoder, z: torch.Tensor, x: torch.Tensor, k: int = 1) -> torch.Tensor:
+def _decoder_log_prob(
+    decode: Decoder, z: torch.Tensor, x: torch.Tensor, k: int = 1, check: Checked = None
+) -> torch.Tensor:
     """``log p(x|z)`` for ``z`` of shape ``(N, D)``, ``N = k * B`` sample-major, and ``x`` of
-    shape ``(B, *X)``: shape ``(N,)``."""
+    shape ``(B, *X)``: shape ``(N,)``. ``check``: a name and data ``(M, *X)`` (``x``, or the
+    whole data set) that must lie in the decoder's support."""
     px = decode(z)
     n = z.shape[0]
     if not isinstance(px, D.Distribution):
@@ -114,7 +118,10 @@ def _decoder_log_prob(decode: Decoder, z: torch.Tensor, x: torch.Tensor, k: int 
             f"decode(z) for z of shape {tuple(z.shape)}: expected a distribution with batch_shape "
             f"({n},) and event_shape X, got batch_shape {tuple(px.batch_shape)}"
         )
-    return data_log_prob(px, x, k)  # (N,)
+    log_px = data_log_prob(px, x, k)  # (N,) (x's shape checked first)
+    if check is not None:
+        check_support(px, check[1], check[0])
+    return log_px
 
 
 def _accumulator_dtype(device: torch.device) -> torch.dtype:
@@ -145,13 +152,28 @@ def elbo_terms(
     Returns:
         A dict of tensors of shape ``(B,)`` (nats): ``"recon"`` = ``-log p(x|z)``, ``"kl"`` and
         ``"neg_elbo"`` = ``recon + kl``.
+
+    Raises:
+        ValueError: ``x`` is not float ``(B, *X)`` data in the decoder's support (one host sync
+            checks it: images in 0..255 for a Bernoulli decoder would give a negative -ELBO).
     """
     x = _check_data("x", x)
+    return _elbo_terms(encode, decode, prior, x, exact_kl, check=("x", x))
+
+
+def _elbo_terms(
+    encode: Encoder,
+    decode: Decoder,
+    prior: D.Distribution,
+    x: torch.Tensor,
+    exact_kl: bool,
+    check: Checked,
+) -> dict[str, torch.Tensor]:
     batch = x.shape[0]
     q = _posterior(encode, x)  # batch (B,), event (D,)
     prior = _check_prior(prior, q)  # batch (), event (D,)
     z = _draw(q)  # (B, D)
-    recon = -_decoder_log_prob(decode, z, x)  # (B,)
+    recon = -_decoder_log_prob(decode, z, x, check=check)  # (B,)
 
     kl = None
     if exact_kl:
@@ -190,10 +212,25 @@ def iwae_log_likelihood(
 
     Returns:
         A tensor of shape ``(B,)`` (nats).
+
+    Raises:
+        ValueError: as :func:`elbo_terms`, or ``num_samples``/``chunk_size`` below 1.
     """
     num_samples = _check_int("num_samples", num_samples, 1)
     chunk_size = _check_int("chunk_size", chunk_size, 1)
     x = _check_data("x", x)
+    return _iwae_log_likelihood(encode, decode, prior, x, num_samples, chunk_size, check=("x", x))
+
+
+def _iwae_log_likelihood(
+    encode: Encoder,
+    decode: Decoder,
+    prior: D.Distribution,
+    x: torch.Tensor,
+    num_samples: int,
+    chunk_size: int,
+    check: Checked,
+) -> torch.Tensor:
     batch = x.shape[0]
     q = _posterior(encode, x)  # batch (B,), event (D,)
     prior = _check_prior(prior, q)  # batch (), event (D,)
@@ -204,7 +241,8 @@ def iwae_log_likelihood(
         z = _draw(q, (k,))  # (k, B, D)
         log_q = q.log_prob(z)  # (k, B)
         log_prior = prior.log_prob(z)  # (k, B)
-        log_lik = _decoder_log_prob(decode, z.reshape(k * batch, z.shape[-1]), x, k)  # (k*B,)
+        z_flat = z.reshape(k * batch, z.shape[-1])  # (k*B, D)
+        log_lik = _decoder_log_prob(decode, z_flat, x, k, check if start == 0 else None)  # (k*B,)
         log_w = log_lik.reshape(k, batch) + log_prior - log_q  # (k, B)
         chunk = logsumexp(log_w, dim=0)  # (B,)
         running = chunk if running is None else logsumexp(torch.stack([running, chunk]), dim=0)
@@ -276,14 +314,16 @@ def evaluate(
             # IWAE's samples follow them in the one random stream.
             for start in range(0, num_examples, batch_size):
                 x = images[start : start + batch_size]  # (b, *X)
-                terms = elbo_terms(encode, decode, prior, x, exact_kl=exact_kl)
+                # the whole data set checked once, against the first batch's decoder
+                check = ("images", images) if start == 0 else None
+                terms = _elbo_terms(encode, decode, prior, x, exact_kl, check)
                 columns = [terms["neg_elbo"], terms["recon"], terms["kl"]]  # each (b,)
                 sums[:3] += torch.stack([c.to(dtype).sum() for c in columns])  # (3,)
                 if bar is not None:
                     bar.update(x.shape[0])
             for start in range(0, num_examples if iwae_samples > 0 else 0, batch_size):
                 x = images[start : start + batch_size]  # (b, *X)
-                log_px = iwae_log_likelihood(encode, decode, prior, x, iwae_samples, chunk_size=chunk_size)
+                log_px = _iwae_log_likelihood(encode, decode, prior, x, iwae_samples, chunk_size, None)
                 sums[3] -= log_px.to(dtype).sum()  # log_px: (b,)
                 if bar is not None:
                     bar.update(x.shape[0])

@@ -31,7 +31,7 @@ from ..coercible import convert_to_tensor
 from ..losses import added_losses_skipped, collect_losses
 from ..numerics import logsumexp
 
-__all__ = ["ELBO", "IWAE", "OBJECTIVES", "Objective", "data_log_prob"]
+__all__ = ["ELBO", "IWAE", "OBJECTIVES", "Objective", "check_support", "data_log_prob"]
 
 
 def data_log_prob(px: D.Distribution, x: torch.Tensor, k: int = 1) -> torch.Tensor:
@@ -46,6 +46,29 @@ def data_log_prob(px: D.Distribution, x: torch.Tensor, k: int = 1) -> torch.Tens
             f"{tuple(px.event_shape)}, got {tuple(x.shape[1:])} after the batch"
         )
     return px.log_prob(x if k == 1 else _repeat(x, k))  # (k * B,)
+
+
+def check_support(px: D.Distribution, x: torch.Tensor, name: str = "x") -> None:
+    """Refuse data ``x`` ``(B, *X)`` outside the support of the decoder's ``px``: images in
+    0..255 given to a Bernoulli decoder (``images.float()`` after the uint8 refusal) give a
+    negative -ELBO, since ``log_prob`` without argument checks computes it anyway. One host
+    sync: evaluation checks, the training step does not. A distribution that does not state its
+    support is not checked."""
+    try:
+        support = px.support
+    except NotImplementedError:
+        return
+    if support is None or D.constraints.is_dependent(support):
+        return
+    inside = support.check(x)  # (B,)
+    if not bool(inside.all()):
+        kind = getattr(px, "_tc_base", type(px))  # a layer's output: the torch class it extends
+        raise ValueError(
+            f"{name}: expected values in the support of the decoder's {kind.__name__} ({support}); "
+            f"got {int((~inside).sum())} of {x.shape[0]} examples outside it (values in "
+            f"[{x.min().item():g}, {x.max().item():g}]; binarized images are 0 or 1: see "
+            "problayers.vae.data.binarize_fixed)"
+        )
 
 
 class Objective(nn.Module):
