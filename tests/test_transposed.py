@@ -167,6 +167,37 @@ def test_float64_under_autocast_stays_float64_and_torch_func_sees_through(make, 
     torch.testing.assert_close(per_example["weight"].sum(0), grads["weight"], rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize(
+    "make, switch",
+    [
+        (lambda: nn.ConvTranspose2d(3, 2, 3, stride=2, padding=1), use_convolution_passes),
+        (lambda: nn.Conv2d(3, 1, 3, padding=1), use_transposed_weight_gradient),
+    ],
+    ids=["transposed", "narrow"],
+)
+def test_torch_func_takes_channels_last_and_strided_batches(make, switch):
+    """Per-example gradients and Jacobians of the fast step's combination (channels_last
+    batches): the layouts were queried on vmap's wrappers, which torch does not implement
+    (gradient audit)."""
+    ref, new = _pair(make, torch.float64, switch=switch)
+    x = torch.randn(4, 3, 6, 6, dtype=torch.float64).to(memory_format=torch.channels_last)
+    params = {k: v.detach() for k, v in new.named_parameters()}
+    ref_params = {k: v.detach() for k, v in ref.named_parameters()}
+
+    def loss(module, p, xs):
+        return torch.func.functional_call(module, p, (xs[None],)).square().sum()
+
+    for xs in (x, x[..., ::2]):  # channels_last; a strided slice per example
+        got = torch.func.vmap(torch.func.grad(lambda p, v: loss(new, p, v)), in_dims=(None, 0))(params, xs)
+        want = torch.func.vmap(torch.func.grad(lambda p, v: loss(ref, p, v)), in_dims=(None, 0))(
+            ref_params, xs
+        )
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    jac = torch.func.jacrev(lambda p: torch.func.functional_call(new, p, (x,)))(params)
+    ref_jac = torch.func.jacrev(lambda p: torch.func.functional_call(ref, p, (x,)))(ref_params)
+    torch.testing.assert_close(jac, ref_jac, rtol=1e-10, atol=1e-12)
+
+
 def test_a_wrong_channel_count_is_torchs_own_error():
     _, new = _pair(lambda: nn.ConvTranspose2d(4, 2, 3, stride=2))
     with pytest.raises(RuntimeError, match=r"expected input\[2, 3, 5, 5\] to have 4 channels"):

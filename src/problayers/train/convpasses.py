@@ -12,8 +12,20 @@ from torch import nn
 __all__ = ["apply_autocast", "in_format", "memory_format_of", "switch"]
 
 
+def _vmapped(x: torch.Tensor) -> bool:
+    """Whether ``x`` is a ``torch.func`` transform's wrapper (vmap, grad, jacrev): it has no
+    strides to ask about (``is_contiguous(memory_format=...)`` is not implemented on it), and
+    its layout is the transform's business."""
+    if torch.compiler.is_compiling():  # dynamo traces plain (fake) tensors, and not this query
+        return False
+    return bool(torch._C._functorch.is_functorch_wrapped_tensor(x))
+
+
 def memory_format_of(x: torch.Tensor) -> torch.memory_format:
-    """The layout ``x`` is in: channels_last (3d) where its strides say so, else contiguous."""
+    """The layout ``x`` is in: channels_last (3d) where its strides say so, else contiguous
+    (also for a ``torch.func`` wrapper)."""
+    if _vmapped(x):
+        return torch.contiguous_format
     if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
         return torch.channels_last
     if x.dim() == 5 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last_3d):
@@ -38,8 +50,9 @@ def apply_autocast(function: Any, x: torch.Tensor, weight: torch.Tensor, bias: A
 
 def in_format(t: torch.Tensor, memory_format: torch.memory_format) -> torch.Tensor:
     """``t`` with the strides of ``memory_format`` spelled out: for one channel ``contiguous``
-    keeps NCHW strides (the layouts coincide), which makes oneDNN pick its NCHW kernels."""
-    if memory_format == torch.contiguous_format:
+    keeps NCHW strides (the layouts coincide), which makes oneDNN pick its NCHW kernels. A
+    ``torch.func`` wrapper is made contiguous."""
+    if memory_format == torch.contiguous_format or _vmapped(t):
         return t.contiguous()
     wanted = torch.empty(t.shape, device="meta", memory_format=memory_format).stride()
     return t if t.stride() == wanted else torch.empty_like(t, memory_format=memory_format).copy_(t)

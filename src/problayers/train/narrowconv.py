@@ -13,6 +13,8 @@ such layers in place (``nn.Conv{1,2,3}d`` -> ``Conv{1,2,3}dByTransposed``); the 
 stays torch's. The forward does not gain from the exchange (oneDNN runs it on the same kernel),
 so with exactly one output channel it is a depthwise convolution (vectorized over the input
 channels) followed by the sum over the channels: the same numbers up to the summation order.
+As for the transposed layers, ``torch.func``'s ``grad``, ``vmap`` and ``jacrev`` see through a
+switched layer, whatever the batch's layout; forward-mode AD (``jvp``, ``hessian``) does not.
 """
 
 from __future__ import annotations

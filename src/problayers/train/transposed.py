@@ -15,9 +15,10 @@ the lower-precision result is rounded, not inside the kernel.
 :func:`use_convolution_passes` converts a model's ``nn.ConvTranspose1d/2d/3d`` in place by
 switching each one's class to a subclass whose ``forward`` differs and nothing else: the same
 parameters, ``state_dict`` keys, ``isinstance`` answers; such a model pickles and deep-copies,
-and ``torch.func``'s ``grad`` and ``vmap`` see through it (forward-mode AD does not: dynamo
-cannot trace the custom ``jvp`` it would need). A layer whose output padding is not below its
-stride (allowed where the dilation exceeds the stride) keeps torch's own forward.
+and ``torch.func``'s ``grad``, ``vmap`` and ``jacrev`` see through it, channels_last batches
+included (forward-mode AD does not: dynamo cannot trace the custom ``jvp`` it would need). A
+layer whose output padding is not below its stride (allowed where the dilation exceeds the
+stride) keeps torch's own forward.
 The narrow convolutions' step option, the other way round, is :mod:`problayers.train.narrowconv`.
 """
 
