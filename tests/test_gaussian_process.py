@@ -192,6 +192,21 @@ def test_kernel_is_the_exponentiated_quadratic():
     torch.testing.assert_close(gp.kernel(x1, x1).diagonal(), torch.full((5,), 1.5**2, dtype=torch.float64))
 
 
+def test_kernel_has_its_hessian_where_an_input_is_an_inducing_point():
+    """The expanded squared distance rounds below 0 at x = z in about a quarter of the cases;
+    clamping it gave a zero Hessian there instead of -amplitude^2 / length_scale^2 (gradient
+    audit). Inputs equal to inducing points are common: inducing points taken from the data."""
+    torch.manual_seed(0)
+    gp = pl.VariationalGaussianProcess(10, 50, dtype=torch.float64)
+    z = gp.inducing_points.detach()
+    want = -(gp.amplitude.detach() ** 2) / gp.length_scale.detach() ** 2
+    for i in range(50):
+        hessian = torch.autograd.functional.hessian(
+            lambda x, i=i: gp.kernel(x[None], z[i : i + 1])[0, 0], z[i]
+        )
+        torch.testing.assert_close(hessian.diagonal(), want.expand(10), rtol=1e-6, atol=1e-9)
+
+
 def _randomized_gp(dtype=torch.float32, seed=0, **kwargs):
     gen = torch.Generator().manual_seed(seed)
     gp = pl.VariationalGaussianProcess(2, 6, mean_fn="constant", dtype=dtype, **kwargs)

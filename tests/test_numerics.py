@@ -90,3 +90,23 @@ def test_compiles_without_a_graph_break():
     x = _spread((8, 50), torch.float32)
     compiled = torch.compile(lambda t: logsumexp(t, -1), fullgraph=True, backend="eager")
     torch.testing.assert_close(compiled(x), torch.logsumexp(x, -1))
+
+
+@pytest.mark.parametrize("dtype, big", [(torch.float32, -3e9), (torch.float64, -3e18)])
+def test_the_largest_term_keeps_its_whole_gradient_where_the_floor_rounds_to_it(dtype, big):
+    """Where ``max - 64`` rounds back to ``max`` (|max| above 2^30 in fp32), ``maximum`` split
+    the largest term's gradient with the floor's tie: 0.5 instead of 1 (gradient audit)."""
+    x = torch.tensor([big, big - 1e12, big - 2e12], dtype=dtype, requires_grad=True)
+    logsumexp(x, 0).backward()
+    want = torch.tensor([1.0, 0.0, 0.0], dtype=dtype)
+    torch.testing.assert_close(x.grad, want)
+
+
+def test_at_least_zero_keeps_the_derivatives_where_it_raises_to_zero():
+    """A squared distance expanded as |a|^2 + |b|^2 - 2ab rounds below 0 at a = b: clamp_min
+    gave it a zero Hessian there (gradient audit: the VGP kernel, the zoo's mixture prior)."""
+    x = torch.tensor([-1e-12, 0.0, 2.0], dtype=torch.float64, requires_grad=True)
+    y = numerics.at_least_zero(x)
+    assert y.tolist() == [0.0, 0.0, 2.0]
+    (grad,) = torch.autograd.grad((y * y.detach().add(1)).sum(), x)
+    assert grad.tolist() == [1.0, 1.0, 3.0]

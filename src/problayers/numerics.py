@@ -1,4 +1,5 @@
-"""``logsumexp`` without the CPU's slow path for terms that underflow.
+"""``logsumexp`` without the CPU's slow path for terms that underflow; a clamp at 0 that keeps
+derivatives (:func:`at_least_zero`).
 
 torch's CPU ``exp`` of fp32 runs through MKL's vector maths where torch is built with MKL
 (the x86 wheels), and MKL takes a slow path for every element whose result underflows: an
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["UNDERFLOW_FLOOR", "logsumexp"]
+__all__ = ["UNDERFLOW_FLOOR", "at_least_zero", "logsumexp"]
 
 #: How far below the largest term (in log space) :func:`logsumexp` raises the others.
 UNDERFLOW_FLOOR = 64.0
@@ -48,4 +49,18 @@ def logsumexp(x: torch.Tensor, dim: int | tuple[int, ...], keepdim: bool = False
     if x.numel() == 0:  # empty sums are -inf, as torch's (amax would raise)
         return torch.logsumexp(x, dim, keepdim=keepdim)
     floor = x.detach().amax(dim, keepdim=True) - UNDERFLOW_FLOOR  # -inf, inf and nan carry over
-    return torch.logsumexp(torch.maximum(x, floor), dim, keepdim=keepdim)
+    # where, not maximum: once |max| is so large that max - 64 rounds to max (2^30 in fp32),
+    # maximum would split the largest term's gradient with the floor's tie
+    return torch.logsumexp(torch.where(x < floor, floor, x), dim, keepdim=keepdim)
+
+
+def at_least_zero(x: torch.Tensor) -> torch.Tensor:
+    """``x`` with values below 0 raised to 0, and ``x``'s own derivatives everywhere.
+
+    For a quantity that is never negative in exact arithmetic but may round below 0, such as a
+    squared distance expanded as ``|a|^2 + |b|^2 - 2ab``: ``clamp_min(0)`` would give the
+    rounded points a zero gradient and Hessian, where the quantity is smooth (at ``a = b``).
+
+    Input and output: any shape and floating dtype.
+    """
+    return x + (x.clamp_min(0) - x).detach()

@@ -36,6 +36,7 @@ from ..coercible import as_coercible
 from ..convert import check_convert_fn
 from ..kl import mvn_kl
 from ..losses import added_losses_enabled, init_added_losses, set_added_loss
+from ..numerics import at_least_zero
 from ._args import non_negative_number, positive_int
 from .base import tensor_input
 
@@ -192,7 +193,7 @@ class VariationalGaussianProcess(nn.Module):
         """The RBF kernel matrix ``k(x1, x2)``: ``(N1, d), (N2, d) -> (N1, N2)``."""
         a, b = x1 / self.length_scale, x2 / self.length_scale  # (N1, d), (N2, d)
         sq = a.square().sum(-1)[:, None] + b.square().sum(-1)[None, :] - 2 * a @ b.mT  # |a - b|^2
-        return self.amplitude.square() * torch.exp(-0.5 * sq.clamp_min(0))  # (N1, N2)
+        return self.amplitude.square() * torch.exp(-0.5 * at_least_zero(sq))  # (N1, N2)
 
     def mean(self, x: torch.Tensor) -> torch.Tensor:
         """The prior mean function at ``x``: ``(N, d) -> (N,)``."""

@@ -26,7 +26,7 @@ from torch import nn
 from ...coercible import TensorCoercible
 from ...layers.variational import StandardNormal
 from ...losses import added_losses_skipped
-from ...numerics import logsumexp
+from ...numerics import at_least_zero, logsumexp
 from ...precision import in_fp32
 
 __all__ = ["PRIORS", "DiagonalGaussianMixture", "MixtureOfGaussians", "StandardNormal", "VampPrior"]
@@ -69,7 +69,7 @@ class DiagonalGaussianMixture(D.MixtureSameFamily):
         rows = value.reshape(-1, d).to(wide)  # (N, D)
         precision = scale.pow(-2)  # (C, D)
         sq = rows.pow(2) @ precision.T - 2 * rows @ (loc * precision).T  # (N, C)
-        sq = (sq + (loc.pow(2) * precision).sum(-1)).clamp(min=0)  # (N, C): sum_d ((z - mu) / s)^2
+        sq = at_least_zero(sq + (loc.pow(2) * precision).sum(-1))  # (N, C): sum_d ((z - mu) / s)^2
         log_comp = -0.5 * sq - scale.log().sum(-1)  # (N, C)
         log_comp = log_comp.to(dtype) - 0.5 * d * math.log(2 * math.pi)
         log_mix = torch.log_softmax(self.mixture_distribution.logits.to(dtype), -1)  # (C,)
