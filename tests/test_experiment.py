@@ -96,6 +96,26 @@ def test_checkpoint_from_another_model_config_is_refused(tmp_path):
         check_consistent(cfg, {"model": other}, 1, "ckpt")
 
 
+def test_configs_take_numpy_numbers_as_pythons():
+    """A sweep over np.arange passed numpy numbers: refused with "expected a positive int, got
+    np.int64(8)" (argument audit). They become Python's, so config.json is still JSON."""
+    import dataclasses
+
+    import numpy as np
+
+    from problayers.train.trainer import TrainerConfig
+
+    model = ModelConfig(latent_size=np.int64(8), beta=np.float32(0.5), kl_warmup_steps=np.uint16(3))
+    cfg = RunConfig(model=model, batch_size=np.int32(64), lr=np.float32(1e-3), test_subset=np.int64(10))
+    assert json.loads(json.dumps(dataclasses.asdict(cfg)))["model"]["latent_size"] == 8
+    assert type(cfg.batch_size) is int and type(cfg.lr) is float and type(model.beta) is float
+    assert TrainerConfig(epochs=np.int64(2)).epochs == 2
+    with pytest.raises(ValueError, match=r"^latent_size: expected a positive int, got np.float64"):
+        ModelConfig(latent_size=np.float64(8))
+    with pytest.raises(ValueError, match=r"^batch_size: expected a positive int, got np.True_"):
+        RunConfig(batch_size=np.bool_(True))
+
+
 def test_config_errors():
     with pytest.raises(ValueError, match="batch_size"):
         tiny_config(batch_size=0)

@@ -3,10 +3,13 @@ layer-specific ones."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
 import torch.distributions as D
+from torch import nn
 
 import problayers as pl
 from layer_cases import CASES
@@ -248,3 +251,80 @@ def test_params_size_on_an_instance_with_keyword_arguments_uses_them():
     Catches the mutation (only positional arguments taken: keywords silently ignored)."""
     assert pl.OneHotCategorical(4).params_size(event_size=6) == 6
     assert pl.CategoricalMixtureOfOneHotCategorical(4, 3).params_size(event_size=2, num_components=5) == 15
+
+
+_PRIOR = D.Independent(D.Normal(torch.zeros(2), 1.0), 1)
+VGP, KLR = pl.VariationalGaussianProcess, pl.KLDivergenceRegularizer
+
+
+@pytest.mark.parametrize(
+    "make, error, message",
+    [
+        # Keras' dtype strings, integer and complex dtypes: torch's multi-line errors, or a
+        # complex layer that failed at its first call (argument audit)
+        (
+            lambda: pl.DenseReparameterization(3, 2, dtype="float32"),
+            TypeError,
+            "dtype: .*'float32' \\(torch.float32\\)",
+        ),
+        (lambda: pl.DenseFlipout(3, 2, dtype=torch.int64), TypeError, "dtype: expected a floating"),
+        (lambda: pl.Conv2dFlipout(1, 2, 3, dtype=torch.complex64), TypeError, "dtype: expected a floating"),
+        (lambda: pl.DenseVariational(3, 2, dtype="float32"), TypeError, "dtype: expected a floating"),
+        (
+            lambda: VGP(2, 3, dtype="float64"),
+            TypeError,
+            "dtype: expected a floating",
+        ),
+        (lambda: pl.AutoregressiveNetwork(2, 3, dtype=torch.int64), TypeError, "dtype: expected a floating"),
+        (lambda: pl.VariableLayer(3, dtype="float32"), TypeError, "dtype: expected a floating"),
+        # a tensor weight was never checked: a negative or NaN KL term, or a (2,) "loss"
+        (
+            lambda: KLR(_PRIOR, weight=torch.tensor(-1.0)),
+            ValueError,
+            "weight: .*>= 0, got -1.0",
+        ),
+        (
+            lambda: KLR(_PRIOR, weight=torch.tensor(float("nan"))),
+            ValueError,
+            "weight: ",
+        ),
+        (
+            lambda: KLR(_PRIOR, weight=torch.ones(2)),
+            ValueError,
+            "weight: .*0-dim tensor",
+        ),
+        # inf passed the "positive number" checks: NaN and inf results, or a Cholesky failure
+        (
+            lambda: VGP(2, 3, amplitude=math.inf),
+            ValueError,
+            "amplitude: .*finite positive",
+        ),
+        (lambda: VGP(2, 3, length_scale=math.inf), ValueError, "length_scale: "),
+        (
+            lambda: pl.to_bayesian(nn.Linear(2, 2), init_scale=math.inf),
+            ValueError,
+            "init_scale: .*finite positive",
+        ),
+        (lambda: pl.to_bayesian(nn.Linear(2, 2), prior=math.inf), ValueError, "prior: expected a positive"),
+        # the string "False" is true: a joint GP, an exact KL, argument checks switched on
+        (
+            lambda: VGP(2, 3, joint="False"),
+            TypeError,
+            "joint: expected True or False",
+        ),
+        (lambda: pl.DenseReparameterization(3, 2, kl_use_exact="False"), TypeError, "kl_use_exact: "),
+        (lambda: pl.DenseVariational(3, 2, kl_use_exact="no"), TypeError, "kl_use_exact: "),
+        (lambda: KLR(_PRIOR, use_exact_kl="False"), TypeError, "use_exact_kl: "),
+        (lambda: pl.IndependentNormal(3, validate_args="False"), TypeError, "validate_args: .*got 'False'"),
+        (lambda: pl.OneHotCategorical(3, validate_args=1), TypeError, "validate_args: "),
+        (lambda: pl.AutoregressiveNetwork(2, 3, input_order=None), TypeError, "input_order: .*got NoneType"),
+    ],
+)
+def test_wrong_arguments_are_named_at_construction(make, error, message):
+    with pytest.raises(error, match="^" + message):
+        make()
+
+
+def test_numpy_flags_and_numbers_are_taken():
+    assert VGP(2, 3, joint=np.bool_(True), amplitude=np.float32(2.0)).joint is True
+    assert KLR(_PRIOR, weight=torch.tensor(0.5)).weight == 0.5

@@ -183,6 +183,8 @@ def test_scheduler_errors(tmp_path):
         ({"batches": regression_data()}, TypeError, r"^batches: .* got list \(data itself: pass lambda"),
         ({"optimizer": nll}, TypeError, r"^optimizer: expected a torch.optim.Optimizer, got function"),
         ({"loss_fn": "nll"}, TypeError, r"^loss_fn: expected a callable"),
+        # Keras' compile(loss=...) habit: failed inside torch at the first step (argument audit)
+        ({"loss_fn": nn.MSELoss()}, TypeError, r"^loss_fn: .* got the torch loss MSELoss \(wrap it: lambda"),
         ({"config": 3}, TypeError, r"^config: expected a TrainerConfig, got int"),
         ({"evaluate": {"a": 1}}, TypeError, r"^evaluate: expected a callable or None, got dict"),
         ({"meta": {"data": Path("x")}}, TypeError, r"^meta: expected JSON values"),

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, cast
 import torch
 from torch import nn
 
+from .layers._args import positive_number
 from .layers.convolutional import (
     Conv1dFlipout,
     Conv1dReparameterization,
@@ -195,11 +196,10 @@ def to_bayesian(
         raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
     if estimator not in _ESTIMATORS:
         raise ValueError(f"estimator: expected one of {_ESTIMATORS}, got {estimator!r}")
-    if isinstance(init_scale, bool) or not isinstance(init_scale, int | float) or not init_scale > 0:
-        raise ValueError(f"init_scale: expected a positive number, got {init_scale!r}")
+    init_scale = positive_number(init_scale, "init_scale")
     prior_fn: Callable[[tuple[int, ...], torch.dtype | None], nn.Module]
     if isinstance(prior, int | float) and not isinstance(prior, bool):
-        if not prior > 0:
+        if not 0 < prior < math.inf:
             raise ValueError(
                 f"prior: expected a positive scale or a (shape, dtype) -> nn.Module, got {prior!r}"
             )

@@ -10,8 +10,6 @@ the batch axes after it (``Normal`` over ``(B, D)`` without ``Independent``: its
 from __future__ import annotations
 
 import inspect
-import math
-import numbers
 import operator
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -25,6 +23,7 @@ from .coercible import base_class, convert_to_tensor
 from .convert import CONVERT_TO_TENSOR_FNS
 from .distcopy import distribution_to, kept_copy, map_tensors
 from .kl import exact_kl, prepare_kl_dispatch
+from .layers._args import boolean, non_negative_number
 from .losses import added_losses_enabled, init_added_losses, set_added_loss
 from .precision import in_fp32
 
@@ -131,15 +130,12 @@ class KLDivergenceRegularizer(nn.Module):
             )
         if weight is None:  # TFP's default: no scaling
             weight = 1.0
-        if not isinstance(weight, (numbers.Real, torch.Tensor)) or isinstance(weight, bool):
-            raise TypeError(f"weight: expected a number or a tensor, got {type(weight).__name__}")
-        if not isinstance(weight, torch.Tensor) and not (weight >= 0 and math.isfinite(weight)):
-            raise ValueError(f"weight: expected a finite number >= 0, got {weight}")
+        weight = non_negative_number(weight, "weight")  # a 0-dim tensor's value too (at construction)
         if not callable(test_points_fn):
             raise TypeError(f"test_points_fn: expected a callable, got {type(test_points_fn).__name__}")
         self.prior = prior  # an nn.Module prior is registered as a submodule
         self.weight = weight  # a tensor: the user's own (an nn.Parameter is registered)
-        self.use_exact_kl = bool(use_exact_kl)
+        self.use_exact_kl = boolean(use_exact_kl, "use_exact_kl")
         prepare_kl_dispatch()  # so that torch.compile traces the exact KL
         self.test_points_fn = test_points_fn
         axes = test_points_reduce_axis

@@ -6,18 +6,22 @@ import math
 import numbers
 import operator
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 __all__ = [
     "ACTIVATIONS",
     "activation_fn",
+    "boolean",
     "callable_or_none",
     "class_count",
     "divergence_fn",
+    "floating_dtype",
     "integer",
     "non_negative_number",
     "positive_int",
+    "positive_number",
     "run_initializer",
 ]
 
@@ -79,6 +83,36 @@ def non_negative_number(value, name: str) -> float | torch.Tensor:
         if not (number >= 0 and math.isfinite(number)):
             raise ValueError(f"{name}: expected a finite number >= 0, got {number}")
     return value
+
+
+def boolean(value, name: str) -> bool:
+    """``value`` if it is ``True`` or ``False`` (a numpy bool too); ``TypeError`` naming ``name``
+    otherwise: the string ``"False"`` is true."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected True or False, got {value!r}"[:160])
+    return bool(value)
+
+
+def floating_dtype(value, name: str = "dtype") -> torch.dtype:
+    """``value`` if it is a real floating ``torch.dtype``, torch's default dtype for ``None``;
+    raise naming ``name`` otherwise (Keras' ``"float32"`` strings, integer and complex dtypes)."""
+    if value is None:
+        return torch.get_default_dtype()
+    if not (isinstance(value, torch.dtype) and value.is_floating_point):
+        hint = f" (torch.{value})" if isinstance(value, str) and hasattr(torch, value) else ""
+        raise TypeError(f"{name}: expected a floating torch.dtype, got {value!r}{hint}")
+    return value
+
+
+def positive_number(value, name: str) -> float:
+    """``value`` as a ``float`` if it is a finite number ``> 0`` (a Python or numpy one, or a
+    0-dim tensor); ``ValueError`` naming ``name`` otherwise (``inf``: a scale of ``inf`` gives
+    infinite or NaN results, not an error, later)."""
+    if isinstance(value, torch.Tensor) and value.dim() == 0 and not value.is_meta:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < float(value) < math.inf:
+        raise ValueError(f"{name}: expected a finite positive number, got {value!r}"[:160])
+    return float(value)
 
 
 def callable_or_none(value, name: str):

@@ -10,7 +10,7 @@ import torch.distributions as D
 from ..coercible import _coercible_class
 from ..convert import ConvertFn
 from ..numerics import logsumexp
-from ._args import class_count
+from ._args import boolean, class_count
 from ._args import positive_int as _positive_int
 from .base import DistributionLambda, check_params, params_size_of
 
@@ -129,7 +129,7 @@ class OneHotCategorical(DistributionLambda):
     ) -> None:
         super().__init__(None, convert_to_tensor_fn, activity_regularizer)
         self.event_size = class_count(event_size)
-        self.validate_args = validate_args
+        self.validate_args = boolean(validate_args, "validate_args")
 
     @params_size_of("event_size")
     def params_size(event_size: int) -> int:
@@ -191,7 +191,7 @@ class CategoricalMixtureOfOneHotCategorical(DistributionLambda):
         super().__init__(None, convert_to_tensor_fn, activity_regularizer)
         self.event_size = class_count(event_size)
         self.num_components = _positive_int(num_components, "num_components")
-        self.validate_args = validate_args
+        self.validate_args = boolean(validate_args, "validate_args")
 
     @params_size_of("event_size", "num_components")
     def params_size(event_size: int, num_components: int) -> int:

@@ -36,7 +36,7 @@ from torch.distributions import constraints
 from torch.distributions.kl import register_kl
 
 from ..losses import added_losses_enabled, init_added_losses, set_added_loss
-from ._args import callable_or_none, run_initializer
+from ._args import callable_or_none, floating_dtype, run_initializer
 from .base import normalize_event_shape
 from .variational import StandardNormal
 
@@ -106,7 +106,7 @@ class _LocScale(nn.Module):
         super().__init__()
         init_added_losses(self)
         self.shape = normalize_event_shape(shape, "shape")
-        dtype = dtype or torch.get_default_dtype()
+        dtype = floating_dtype(dtype)
         self.loc = nn.Parameter(torch.empty(self.shape, dtype=dtype))
         self.untransformed_scale = None
         if not is_singular:

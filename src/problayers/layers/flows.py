@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import cast
 
 import torch
@@ -18,7 +18,7 @@ from torch.distributions.transforms import Transform
 
 from ..coercible import TensorCoercible
 from ..convert import ConvertFn
-from ._args import activation_fn, positive_int
+from ._args import activation_fn, boolean, floating_dtype, positive_int
 from .base import DistributionLambda, normalize_event_shape, tensor_input
 
 __all__ = [
@@ -65,6 +65,11 @@ def _input_order(order, d: int) -> torch.Tensor:
             return torch.randperm(d, device="cpu") + 1
         raise ValueError(
             f"input_order: expected 'left-to-right', 'right-to-left', 'random' or a sequence, got {order!r}"
+        )
+    if not isinstance(order, Iterable):
+        raise TypeError(
+            "input_order: expected 'left-to-right', 'right-to-left', 'random' or a sequence, "
+            f"got {type(order).__name__} {order!r}"
         )
     degrees = torch.as_tensor(list(order), device="cpu")
     if sorted(degrees.tolist()) != list(range(1, d + 1)):
@@ -114,6 +119,7 @@ class AutoregressiveNetwork(nn.Module):
     ) -> None:
         super().__init__()
         self.params = positive_int(params, "params")
+        dtype = floating_dtype(dtype)
         shape = normalize_event_shape(event_shape)
         if len(shape) != 1:
             raise ValueError(f"event_shape: expected a 1-D shape (d,), got {shape!r}")
@@ -329,12 +335,9 @@ class AutoregressiveTransform(DistributionLambda):
     ) -> None:
         super().__init__(None, convert_to_tensor_fn, activity_regularizer)
         MaskedAutoregressiveTransform(made)  # checks made
-        for name, value in (("inverse", inverse), ("validate_args", validate_args)):
-            if not isinstance(value, bool):
-                raise TypeError(f"{name}: expected True or False, got {value!r}")
         self.made = made
-        self.inverse = inverse
-        self.validate_args = validate_args
+        self.inverse = boolean(inverse, "inverse")
+        self.validate_args = boolean(validate_args, "validate_args")
 
     def make_distribution(self, dist: D.Distribution) -> D.TransformedDistribution:
         if not isinstance(dist, D.Distribution):

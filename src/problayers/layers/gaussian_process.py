@@ -37,7 +37,7 @@ from ..convert import check_convert_fn
 from ..kl import mvn_kl
 from ..losses import added_losses_enabled, init_added_losses, set_added_loss
 from ..numerics import at_least_zero
-from ._args import non_negative_number, positive_int
+from ._args import boolean, floating_dtype, non_negative_number, positive_int, positive_number
 from .base import tensor_input
 
 __all__ = ["VariationalGaussianProcess"]
@@ -45,12 +45,6 @@ __all__ = ["VariationalGaussianProcess"]
 
 def _inverse_softplus(y: float) -> float:
     return y + math.log(-math.expm1(-y))
-
-
-def _positive(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-        raise ValueError(f"{name}: expected a positive number, got {value!r}")
-    return float(value)
 
 
 class VariationalGaussianProcess(nn.Module):
@@ -127,7 +121,7 @@ class VariationalGaussianProcess(nn.Module):
         init_added_losses(self)
         self.input_dim = positive_int(input_dim, "input_dim")
         self.num_inducing_points = positive_int(num_inducing_points, "num_inducing_points")
-        dtype = dtype or torch.get_default_dtype()
+        dtype = floating_dtype(dtype)
         m, d = self.num_inducing_points, self.input_dim
         if inducing_points is None:
             z = torch.randn(m, d, dtype=dtype)
@@ -153,15 +147,15 @@ class VariationalGaussianProcess(nn.Module):
             ("length_scale", length_scale),
             ("observation_noise_variance", observation_noise_variance),
         ):
-            raw = torch.tensor(_inverse_softplus(_positive(value, name)), dtype=dtype)
+            raw = torch.tensor(_inverse_softplus(positive_number(value, name)), dtype=dtype)
             setattr(self, f"untransformed_{name}", nn.Parameter(raw))
         self.variational_loc = nn.Parameter(torch.zeros(m, dtype=dtype))  # m: (M,)
         diag = torch.full(
-            (m,), _inverse_softplus(_positive(variational_scale, "variational_scale")), dtype=dtype
+            (m,), _inverse_softplus(positive_number(variational_scale, "variational_scale")), dtype=dtype
         )
         self.untransformed_variational_scale = nn.Parameter(torch.diag(diag))  # (M, M), lower part used
         self.jitter = float(non_negative_number(jitter, "jitter"))
-        self.joint = bool(joint)
+        self.joint = boolean(joint, "joint")
         self.kl_weight = non_negative_number(kl_weight, "kl_weight")
         if not (callable(convert_to_tensor_fn) or isinstance(convert_to_tensor_fn, str)):
             raise TypeError(

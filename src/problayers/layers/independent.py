@@ -16,6 +16,7 @@ from torch.distributions.utils import broadcast_all
 
 from ..coercible import _coercible_class
 from ..convert import ConvertFn
+from ._args import boolean
 from .base import DistributionLambda, check_params, event_size, normalize_event_shape, params_size_of
 
 __all__ = [
@@ -209,11 +210,10 @@ class _IndependentLayer(DistributionLambda):
         validate_args: bool = False,
         activity_regularizer: Callable[[D.Distribution], torch.Tensor] | None = None,
     ) -> None:
-        if convert_to_tensor_fn is None:
-            convert_to_tensor_fn = self.default_convert_to_tensor_fn
-        super().__init__(None, convert_to_tensor_fn, activity_regularizer)
+        convert = self.default_convert_to_tensor_fn if convert_to_tensor_fn is None else convert_to_tensor_fn
+        super().__init__(None, convert, activity_regularizer)
         self.event_shape = normalize_event_shape(event_shape)
-        self.validate_args = validate_args
+        self.validate_args = boolean(validate_args, "validate_args")
 
     def make_distribution(self, params) -> D.Distribution:
         return self.new(params, self.event_shape, self.validate_args)

@@ -15,7 +15,7 @@ import torch.distributions as D
 
 from ..coercible import TensorCoercible
 from ..convert import ConvertFn
-from ._args import positive_int
+from ._args import boolean, positive_int
 from .base import DistributionLambda, check_params, normalize_event_shape, params_size_of
 from .independent import IndependentLogistic, IndependentNormal, _IndependentLayer, loc_scale_params_size
 
@@ -103,7 +103,7 @@ class _MixtureLayer(DistributionLambda):
     def __init__(self, num_components, convert_to_tensor_fn, validate_args, activity_regularizer) -> None:
         super().__init__(None, convert_to_tensor_fn, activity_regularizer)
         self.num_components = positive_int(num_components, "num_components")
-        self.validate_args = validate_args
+        self.validate_args = boolean(validate_args, "validate_args")
 
 
 class MixtureSameFamily(_MixtureLayer):

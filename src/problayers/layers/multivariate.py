@@ -9,6 +9,7 @@ import torch.distributions as D
 import torch.nn.functional as F
 
 from ..convert import ConvertFn
+from ._args import boolean
 from .base import DistributionLambda, check_params, normalize_event_size, params_size_of
 
 __all__ = ["TRIL_ORDERS", "MultivariateNormalTriL", "fill_scale_tril", "fill_triangular"]
@@ -90,7 +91,7 @@ class MultivariateNormalTriL(DistributionLambda):
     ) -> None:
         super().__init__(None, convert_to_tensor_fn, activity_regularizer)
         self.event_size = normalize_event_size(event_size)
-        self.validate_args = validate_args
+        self.validate_args = boolean(validate_args, "validate_args")
         if tril_order not in TRIL_ORDERS:
             raise ValueError(f"tril_order: expected one of {list(TRIL_ORDERS)}, got {tril_order!r}")
         self.tril_order = tril_order

@@ -34,7 +34,15 @@ from torch import nn
 
 from ..kl import prepare_kl_dispatch
 from ..losses import added_losses_enabled, init_added_losses, set_added_loss
-from ._args import activation_fn, callable_or_none, divergence_fn, non_negative_number, positive_int
+from ._args import (
+    activation_fn,
+    boolean,
+    callable_or_none,
+    divergence_fn,
+    floating_dtype,
+    non_negative_number,
+    positive_int,
+)
 from .base import tensor_input
 from .defaults import _PointMass, default_mean_field_normal_fn
 from .variational import MeanFieldNormal, StandardNormal, weight_distribution, weight_kl
@@ -119,7 +127,8 @@ class _WeightUncertainty(nn.Module):
         callable_or_none(bias_posterior_fn, "bias_posterior_fn")
         callable_or_none(bias_prior_fn, "bias_prior_fn")
         self.kl_weight = non_negative_number(kl_weight, "kl_weight")
-        self.kl_use_exact = bool(kl_use_exact)
+        self.kl_use_exact = boolean(kl_use_exact, "kl_use_exact")
+        floating_dtype(dtype)  # checked here; given to the weight functions as given (None too)
         prepare_kl_dispatch()  # so that torch.compile traces the exact KL
         self.activation = activation_fn(activation)
         self.kernel_shape, self.bias_shape = kernel_shape, bias_shape

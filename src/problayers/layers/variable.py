@@ -10,7 +10,7 @@ import torch.distributions as D
 from torch import nn
 
 from ..convert import ConvertFn, check_convert_fn
-from ._args import activation_fn, callable_or_none, run_initializer
+from ._args import activation_fn, callable_or_none, floating_dtype, run_initializer
 from .base import DistributionLambda, normalize_event_shape
 
 __all__ = ["VariableLayer"]
@@ -73,8 +73,7 @@ class VariableLayer(nn.Module):
     ) -> None:
         super().__init__()
         self.shape = normalize_event_shape(shape, "shape")
-        if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
-            raise TypeError(f"dtype: expected a floating torch.dtype, got {dtype!r}")
+        dtype = floating_dtype(dtype)
         self.activation = activation_fn(activation)
         self.make_distribution_fn = callable_or_none(make_distribution_fn, "make_distribution_fn")
         check_convert_fn(convert_to_tensor_fn)
@@ -86,7 +85,7 @@ class VariableLayer(nn.Module):
             else DistributionLambda(self.make_distribution_fn, convert_to_tensor_fn)
         )
         self.convert_to_tensor_fn = convert_to_tensor_fn
-        self.variable = nn.Parameter(torch.empty(self.shape, dtype=dtype or torch.get_default_dtype()))
+        self.variable = nn.Parameter(torch.empty(self.shape, dtype=dtype))
         self._initialize(initializer)
 
     def _initialize(self, initializer: Initializer) -> None:

@@ -29,7 +29,7 @@ from torch import nn
 from ..coercible import convert_to_tensor, is_coercible
 from ..kl import exact_kl, prepare_kl_dispatch
 from ..losses import added_losses_enabled, init_added_losses, set_added_loss
-from ._args import activation_fn, non_negative_number, positive_int
+from ._args import activation_fn, boolean, floating_dtype, non_negative_number, positive_int
 from .base import normalize_event_shape, tensor_input
 from .variable import VariableLayer
 
@@ -79,7 +79,7 @@ class MeanFieldNormal(nn.Module):
     ) -> None:
         super().__init__()
         self.shape = normalize_event_shape(shape, "shape")
-        dtype = dtype or torch.get_default_dtype()
+        dtype = floating_dtype(dtype)
         self.loc = nn.Parameter(torch.randn(self.shape, dtype=dtype) * loc_init_std)
         scale = torch.randn(self.shape, dtype=dtype) * 0.1 + untransformed_scale_init_mean
         self.untransformed_scale = nn.Parameter(scale)
@@ -122,7 +122,7 @@ class StandardNormal(nn.Module):
     def __init__(self, shape: int | Iterable[int], dtype: torch.dtype | None = None) -> None:
         super().__init__()
         self.shape = normalize_event_shape(shape, "shape")
-        dtype = dtype or torch.get_default_dtype()
+        dtype = floating_dtype(dtype)
         self.register_buffer("like", torch.empty(0, dtype=dtype), persistent=False)
 
     @property
@@ -303,7 +303,8 @@ class DenseVariational(nn.Module):
         self.kl_weight = non_negative_number(
             1.0 if kl_weight is None else kl_weight, "kl_weight"
         )  # TFP's None
-        self.kl_use_exact = bool(kl_use_exact)
+        self.kl_use_exact = boolean(kl_use_exact, "kl_use_exact")
+        floating_dtype(dtype)  # checked here; given to the make_*_fn as given (None too)
         prepare_kl_dispatch()  # so that torch.compile traces the exact KL
         self.activation = activation_fn(activation)
         self.kernel_size = self.in_features * self.units

@@ -68,7 +68,7 @@ class TrainerConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        check_trainer_config(self.epochs, self.log_every, self.progress)
+        check_trainer_config(self)
 
 
 class Trainer:

@@ -5,6 +5,7 @@ nor a failure to write the checkpoint after a whole epoch)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import numbers
 from collections.abc import Iterable, Mapping
@@ -66,8 +67,26 @@ def check_trainer_args(
             raise TypeError(f"meta: expected JSON values (it is saved in each checkpoint): {err}") from None
 
 
-def check_trainer_config(epochs: Any, log_every: Any, progress: Any) -> None:
-    """A :class:`~problayers.train.trainer.TrainerConfig`'s fields."""
+def plain_numbers(config: Any) -> None:
+    """A frozen dataclass config's numpy (or other integral and real) numbers made Python's
+    ``int`` and ``float``, by each field's annotation (``int``, ``float``, ``... | None``): a
+    sweep over ``np.arange`` passes numpy's, and JSON writes only Python's. Called first in
+    ``__post_init__``, before the checks."""
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        kind = str(field.type).split(" | ")[0]
+        if isinstance(value, bool) or type(value) in (int, float) or type(value).__name__ == "bool_":
+            continue
+        if kind == "int" and isinstance(value, numbers.Integral):
+            object.__setattr__(config, field.name, int(value))
+        elif kind == "float" and isinstance(value, numbers.Real):
+            object.__setattr__(config, field.name, float(value))
+
+
+def check_trainer_config(config: Any) -> None:
+    """A :class:`~problayers.train.trainer.TrainerConfig`'s fields (numpy numbers made Python's)."""
+    plain_numbers(config)
+    epochs, log_every, progress = config.epochs, config.log_every, config.progress
     for name, value in (("epochs", epochs), ("log_every", log_every)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name}: expected a positive int, got {value!r}")
@@ -84,6 +103,12 @@ def check_step_args(model: Any, optimizer: Any, loss_fn: Any) -> None:
         raise TypeError(f"optimizer: expected a torch.optim.Optimizer, got {_name(optimizer)}")
     if not callable(loss_fn):
         raise TypeError(f"loss_fn: expected a callable (model, batch) -> loss, got {_name(loss_fn)}")
+    if isinstance(loss_fn, nn.modules.loss._Loss):  # Keras' compile(loss=...) habit
+        name = type(loss_fn).__name__
+        raise TypeError(
+            f"loss_fn: expected a callable (model, batch) -> loss, got the torch loss {name} "
+            f"(wrap it: lambda model, batch: {name}()(model(batch[0]), batch[1]))"
+        )
 
 
 def step_output(out: Any) -> tuple[torch.Tensor, dict[str, Any]]:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..train.averaging import check_decay
+from ..train.trainerargs import plain_numbers
 from .models import ModelConfig
 
 if TYPE_CHECKING:
@@ -87,6 +88,7 @@ class RunConfig:
     resumed: tuple[dict[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
+        plain_numbers(self)
         if not isinstance(self.model, ModelConfig):
             raise ValueError(f"model: expected a ModelConfig, got {self.model!r}")
         for name in ("epochs", "batch_size", "eval_batch_size", "log_every"):

@@ -12,6 +12,7 @@ from typing import Any, Literal
 from torch import nn
 
 from ...layers.multivariate import TRIL_ORDERS
+from ...train.trainerargs import plain_numbers
 from ..objectives import OBJECTIVES, Objective
 from .priors import PRIORS
 from .vae import VAE
@@ -129,6 +130,7 @@ class ModelConfig:
         return cls(**{**old, **saved})
 
     def __post_init__(self) -> None:
+        plain_numbers(self)
         _check_name(self.name)
         for field in ("latent_size", "base_depth"):
             value = getattr(self, field)
