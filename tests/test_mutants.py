@@ -617,8 +617,8 @@ MUTANTS = [
     ),
     (
         "layers/gaussian_process.py",
-        '(m,), _inverse_softplus(_positive(variational_scale, "variational_scale")), dtype=dtype',
-        '(m,), _positive(variational_scale, "variational_scale"), dtype=dtype',
+        '(m,), _inverse_softplus(positive_number(variational_scale, "variational_scale")), dtype=dtype',
+        '(m,), positive_number(variational_scale, "variational_scale"), dtype=dtype',
         "tests/test_gaussian_process.py::test_gp_initial_variational_distribution_is_standard_normal",
     ),
     (
