@@ -258,6 +258,10 @@ def test_weight_averaging_flags(tmp_path):
         ),
         (["train", "--epochs", "0", "--synthetic", "8", "--out", "{tmp}/x"], "argument --epochs"),
         (["train", "--synthetic", "0", "--out", "{tmp}/x"], "--synthetic: expected an integer >= 1, got '0'"),
+        (
+            ["train", "--synthetic", "1000000", "--out", "{tmp}/x"],
+            "--synthetic: expected an int in 0..100000",
+        ),
         (["train", "--bogus"], "unrecognized arguments: --bogus (see problayers train --help)"),
         (
             ["train", "--synthetic", "8", "--data-dir", "{tmp}", "--out", "{tmp}/x"],

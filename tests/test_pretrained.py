@@ -172,6 +172,21 @@ def test_weights_and_config_of_two_exports_are_refused(run_dir, exported, tmp_pa
     load_pretrained(out)
 
 
+def test_a_config_asking_for_a_huge_model_is_refused_before_it_is_built(exported, tmp_path):
+    """A 456-byte config.json with latent_size 20000 built the model first (terabytes asked for,
+    a raw RuntimeError) and compared the weights after (hostile-files audit)."""
+    out = tmp_path / "huge"
+    out.mkdir()
+    config = json.loads((exported / "config.json").read_text())
+    config["latent_size"] = 20000
+    (out / "config.json").write_text(json.dumps(config))
+    (out / "model.safetensors").write_bytes((exported / "model.safetensors").read_bytes())
+    with pytest.raises(
+        PretrainedError, match=r"model.safetensors \(for the config in config.json\): .*expected shape"
+    ):
+        load_pretrained(out)
+
+
 @pytest.mark.parametrize(
     "argv, match",
     [

@@ -101,6 +101,20 @@ CHECKPOINTS = {
         _edit("model", lambda s: {k: v * float("nan") for k, v in s["model"].items()}),
         "non-finite",
     ),
+    # hostile-files audit: an 85 KB file whose expanded view the finite check made 37 GiB of;
+    # complex weights, NaN parts and all, cast to real by load_state_dict
+    "expanded view": (
+        _edit("model", lambda s: {**s["model"], "evil": torch.zeros(1).expand(100_000, 100_000)}),
+        "'evil': expected a dense tensor, got (100000, 100000) over 4 bytes of storage",
+    ),
+    "complex weights": (
+        _edit("model", lambda s: {k: v * complex(float("nan"), 0.0) for k, v in s["model"].items()}),
+        "non-finite",
+    ),
+    "integer weights": (
+        _edit("model", lambda s: {**s["model"], _first(s): s["model"][_first(s)].long()}),
+        "expected a dense floating tensor (torch.float32), got torch.int64",
+    ),
     "epoch -5": (_edit("epoch", -5), "epoch: expected an int in 0..2"),
     "epoch as text": (_edit("epoch", "2"), "epoch: expected an int"),
     "epochs 10**30": (_edit(meta_epochs=10**30), "epochs: expected an int in 1..100000"),
@@ -156,6 +170,26 @@ def test_malformed_checkpoint_is_one_line(run, case, capsys):
         assert err.startswith("problayers: error:") and phrase in err and str(path) in err, err
     assert path.read_bytes() == before and not (run / LOCK).exists()
     assert not (run / "eval.json").exists() and not (run.parent / "pics").exists()
+
+
+def test_a_crafted_config_is_checked_against_the_weights_before_the_model_is_built(run, tmp_path, capsys):
+    """config.json and the checkpoint's record both asking for latent_size 20000 built that
+    model (terabytes asked for) before the weights were compared (hostile-files audit)."""
+    cfg = json.loads((run / "config.json").read_text())
+    cfg["model"]["latent_size"] = 20000
+    (run / "config.json").write_text(json.dumps(cfg))
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    meta = json.loads(state["meta"])
+    meta["config"]["model"]["latent_size"] = 20000
+    state["meta"] = json.dumps(meta)
+    torch.save(state, run / "checkpoint.pt")
+    for argv in (
+        ["evaluate", run, *EVAL],
+        ["sample", run, "--out", tmp_path / "pics"],
+        ["train", "--resume", run],
+    ):
+        err = fails(argv, capsys)
+        assert "checkpoint.pt: model" in err and "expected shape" in err, err
 
 
 @pytest.mark.parametrize("content", ["garbage", "crafted", "empty", "truncated"])

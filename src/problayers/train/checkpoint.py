@@ -307,9 +307,15 @@ def _names(keys: list[str], limit: int = 4) -> str:
     return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
 
 
+def _kind(t: torch.Tensor) -> str:
+    """What ``load_state_dict``'s cast would lose: complex, floating or integer (bool too)."""
+    return "complex" if t.is_complex() else "floating" if t.is_floating_point() else "integer"
+
+
 def check_state_dict(module: torch.nn.Module, state: Any, what: str, source: str) -> None:
     """Raise a one-line :class:`CheckpointError` unless ``state`` is a state dict that
-    ``module.load_state_dict`` accepts exactly: the same keys, tensors of the same shapes."""
+    ``module.load_state_dict`` accepts exactly: the same keys, dense tensors of the same shapes
+    and kinds (``load_state_dict`` would cast complex weights to real, NaN parts and all)."""
     if not isinstance(state, dict):
         raise CheckpointError(f"{source}: {what} must be a dict of tensors, got a {type(state).__name__}")
     expected = module.state_dict()
@@ -331,12 +337,27 @@ def check_state_dict(module: torch.nn.Module, state: Any, what: str, source: str
             raise CheckpointError(
                 f"{source}: {what} {key!r}: expected shape {tuple(want.shape)}, got {tuple(got.shape)}"
             )
+        if got.layout != torch.strided or _kind(got) != _kind(want):
+            raise CheckpointError(
+                f"{source}: {what} {key!r}: expected a dense {_kind(want)} tensor ({want.dtype}), "
+                f"got {got.dtype} ({got.layout})"
+            )
 
 
 def check_finite(state: dict[str, Any], what: str, source: str) -> None:
-    """Raise a one-line :class:`CheckpointError` if a floating tensor of ``state`` holds NaN/inf."""
+    """Raise a one-line :class:`CheckpointError` if a floating or complex tensor of ``state``
+    holds NaN/inf, or is not a dense tensor with its own elements (a 100 KB file can hold an
+    expanded view of 10**10 elements, which the check would materialize)."""
     for key, value in state.items():
-        if isinstance(value, torch.Tensor) and value.is_floating_point() and value.numel():
+        if not isinstance(value, torch.Tensor):
+            continue
+        stored = value.untyped_storage().nbytes() if value.layout == torch.strided else -1
+        if value.numel() * value.element_size() > stored:
+            held = f"over {stored} bytes of storage" if stored >= 0 else f"({value.layout})"
+            raise CheckpointError(
+                f"{source}: {what} {key!r}: expected a dense tensor, got {tuple(value.shape)} {held}"
+            )
+        if (value.is_floating_point() or value.is_complex()) and value.numel():
             if not bool(torch.isfinite(value).all()):
                 bad = int((~torch.isfinite(value)).sum())
                 raise CheckpointError(

@@ -34,7 +34,7 @@ import torch
 from ..train import distributed
 from ..train.allocator import retain_freed_memory
 from ..train.averaging import EMA
-from ..train.checkpoint import check_state_dict, load_checkpoint, remove_stale_temps, write_json
+from ..train.checkpoint import load_checkpoint, remove_stale_temps, write_json
 from ..train.distributed import DistContext
 from ..train.errors import RunDirError
 from ..train.keras_adam import ADAMS
@@ -62,6 +62,7 @@ from .rundir import (
     check_has_checkpoint,
     check_new_run,
     check_run_state,
+    check_weights_fit,
     made_dir,
     read_config,
 )
@@ -323,6 +324,7 @@ def resume(run_dir: str | Path, *, dist: DistContext | None = None, **overrides:
         check_run_state(state, str(path), training=True)
         done = state["epoch"]
         check_consistent(saved, json.loads(state["meta"])["config"], done, str(path))
+        check_weights_fit(saved.model, state["model"], "model", str(path))  # before building it
         cfg = dataclasses.replace(saved, **overrides).with_absolute_data_dir()
         if cfg.epochs < done:
             raise ValueError(
@@ -385,13 +387,13 @@ def load_run(
     state = load_checkpoint(path)
     saved = check_run_state(state, str(path))
     check_consistent(cfg, saved, state["epoch"], str(path), averaged="averaged" in state)
-    model = build_model(cfg.model)
     weights, what = state["model"], "model"
     if "averaged" in state and not online:  # EMA.state_dict(): the weights under "module."
         weights, what = dict(state["averaged"]), "averaged"
         weights.pop("_extra_state", None)  # EMA's update count and decay
         torch.nn.modules.utils.consume_prefix_in_state_dict_if_present(weights, "module.")
-    check_state_dict(model, weights, what, str(path))
+    check_weights_fit(cfg.model, weights, what, str(path))  # before building it
+    model = build_model(cfg.model)
     model.load_state_dict(weights)
     model.to(resolve_device(device)).eval()
     return model, cfg, {"history": json.loads(state["history"]), "epoch": state["epoch"]}

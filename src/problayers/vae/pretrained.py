@@ -33,7 +33,7 @@ from ..train.checkpoint import (
     write_json,
 )
 from ..train.errors import RunDirError, interrupts_deferred, one_line, os_reason
-from .models import VAE, ModelConfig, build_model
+from .models import VAE, ModelConfig, build_model, model_skeleton
 
 __all__ = [
     "CONFIG",
@@ -228,14 +228,14 @@ def load_pretrained(path: str | os.PathLike, device: str = "cpu") -> VAE:
             f"{source}: not the weights {CONFIG} was exported with (its weights_sha256 differs: an "
             "export interrupted while it replaced another, or a file replaced by hand); export the run again"
         )
+    try:  # against the config's shapes before the model is built
+        check_state_dict(model_skeleton(cfg), weights, "weights", f"{source} (for the config in {CONFIG})")
+        check_finite(weights, "weight", source)
+    except CheckpointError as err:
+        raise PretrainedError(str(err)) from None
     model = build_model(cfg)
     floating = {t.dtype for t in weights.values() if t.is_floating_point()}
     if len(floating) == 1:  # the dtype it was exported in (float64, bf16), not rounded to float32
         model = model.to(floating.pop())
-    try:
-        check_state_dict(model, weights, "weights", f"{source} (for the config in {CONFIG})")
-        check_finite(weights, "weight", source)
-    except CheckpointError as err:
-        raise PretrainedError(str(err)) from None
     model.load_state_dict(weights)
     return model.to(dev).eval()

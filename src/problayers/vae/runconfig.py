@@ -12,6 +12,7 @@ import torch
 
 from ..train.averaging import check_decay
 from ..train.trainerargs import plain_numbers
+from .idx import MAX_IDX_EXAMPLES
 from .models import ModelConfig
 
 if TYPE_CHECKING:
@@ -100,8 +101,15 @@ class RunConfig:
         for name in ("train_subset", "test_subset"):
             if getattr(self, name) is not None:
                 _positive_int(name, getattr(self, name))
-        if not isinstance(self.synthetic, int) or isinstance(self.synthetic, bool) or self.synthetic < 0:
-            raise ValueError(f"synthetic: expected an int >= 0, got {self.synthetic!r}")
+        synthetic = self.synthetic
+        if (
+            not isinstance(synthetic, int)
+            or isinstance(synthetic, bool)
+            or not 0 <= synthetic <= MAX_IDX_EXAMPLES
+        ):
+            raise ValueError(
+                f"synthetic: expected an int in 0..{MAX_IDX_EXAMPLES} (MNIST's bound), got {synthetic!r}"
+            )
         if self.data_dir is not None and not isinstance(self.data_dir, str):
             raise ValueError(f"data_dir: expected a path string or null, got {self.data_dir!r}")
         if self.synthetic and self.data_dir:  # a run records what it used: not a directory unread

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ..train.checkpoint import CheckpointError, check_finite, is_temp
+from ..train.checkpoint import CheckpointError, check_finite, check_state_dict, is_temp
 from ..train.errors import RunDirError, WriteError, os_reason
 from .runconfig import MAX_EPOCHS, RunConfig
 from .runlock import LOCK
@@ -184,6 +184,19 @@ def check_run_state(state: dict[str, Any], source: str, *, training: bool = Fals
                 )
             check_finite(state[key], "weight" if key == "model" else "averaged weight", source)
     return saved
+
+
+def check_weights_fit(model: Any, weights: dict[str, Any], what: str, source: str) -> None:
+    """``weights`` fit the model the :class:`~problayers.vae.models.ModelConfig` ``model``
+    describes (names, shapes, kinds; a data-parallel ``module.`` prefix dropped), checked on its
+    meta-device skeleton: before the model is built, which a crafted config could make huge."""
+    import torch
+
+    from .models import model_skeleton
+
+    weights = dict(weights)
+    torch.nn.modules.utils.consume_prefix_in_state_dict_if_present(weights, "module.")
+    check_state_dict(model_skeleton(model), weights, what, source)
 
 
 def check_consistent(

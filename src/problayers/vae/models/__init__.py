@@ -4,9 +4,9 @@ from . import hierarchical as _hierarchical  # registers "hvae"
 from . import mlp as _mlp  # registers "mlp"
 from . import resnet as _resnet  # registers "resnet"
 from . import seed as _seed  # registers "seed"
-from .registry import MODELS, ModelConfig, build_model, register_model
+from .registry import MODELS, ModelConfig, build_model, model_skeleton, register_model
 from .vae import VAE, vae_loss
 
 del _hierarchical, _mlp, _resnet, _seed
 
-__all__ = ["MODELS", "VAE", "ModelConfig", "build_model", "register_model", "vae_loss"]
+__all__ = ["MODELS", "VAE", "ModelConfig", "build_model", "model_skeleton", "register_model", "vae_loss"]

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import torch
 from torch import nn
 
 from ...layers.multivariate import TRIL_ORDERS
@@ -17,7 +18,15 @@ from ..objectives import OBJECTIVES, Objective
 from .priors import PRIORS
 from .vae import VAE
 
-__all__ = ["INITS", "MODELS", "ModelConfig", "build_model", "make_objective", "register_model"]
+__all__ = [
+    "INITS",
+    "MODELS",
+    "ModelConfig",
+    "build_model",
+    "make_objective",
+    "model_skeleton",
+    "register_model",
+]
 
 #: name -> builder ``ModelConfig -> VAE``.
 MODELS: dict[str, Callable[[ModelConfig], VAE]] = {}
@@ -258,6 +267,14 @@ def make_objective(cfg: ModelConfig) -> Objective:
         kl_warmup_steps=cfg.kl_warmup_steps,
         free_bits=cfg.free_bits,
     )
+
+
+def model_skeleton(cfg: ModelConfig) -> nn.Module:
+    """The model ``cfg`` describes on the meta device: its state dict's names and shapes, with
+    no memory. A file's weights are checked against it before the model is built: a config of
+    a few bytes (``latent_size`` 20000) can ask for terabytes."""
+    with torch.device("meta"):
+        return MODELS[cfg.name](cfg)
 
 
 def build_model(cfg: ModelConfig) -> VAE:
