@@ -662,6 +662,66 @@ def test_a_run_started_again_hides_what_its_killed_first_attempt_logged(tmp_path
     assert steps == sorted(set(steps)) and all(e.value < 1e6 for e in acc.Scalars("train/loss"))
 
 
+def test_a_linked_tensorboard_folder_is_refused(tmp_path, capsys):
+    """A run directory from elsewhere whose tensorboard/ links out: resume wrote its event files
+    through the link (hostile-files audit)."""
+    pytest.importorskip("tensorboard")
+    out, victim = tmp_path / "run", tmp_path / "victim"
+    argv = ["train", "--out", out, "--epochs", "1", "--synthetic", "64", *TINY, "--logger", "tensorboard"]
+    assert main([str(a) for a in argv]) == 0
+    shutil.rmtree(out / "tensorboard")
+    victim.mkdir()
+    (out / "tensorboard").symlink_to(victim)
+    err = fails(["train", "--resume", out, "--epochs", "2"], capsys)
+    assert f"{out / 'tensorboard'}: is a link to {victim}" in err
+    assert list(victim.iterdir()) == [] and not (out / LOCK).exists()
+
+
+@pytest.mark.parametrize("name", ["metrics.jsonl", LOCK])
+@pytest.mark.parametrize("kind", ["/dev/zero", "fifo"])
+def test_a_run_file_that_is_not_a_regular_file_is_never_read(run, name, kind):
+    """metrics.jsonl or the lock as a link to /dev/zero filled the memory, as a FIFO hung the
+    resume forever (hostile-files audit). In a subprocess: a hang fails by its timeout."""
+    path = run / name
+    path.unlink(missing_ok=True)
+    if kind == "fifo":
+        os.mkfifo(path)
+    else:
+        path.symlink_to(kind)
+    old = time.time() - 3600  # a lock not readable for an hour is taken over
+    os.utime(path, (old, old), follow_symlinks=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "problayers", "train", "--resume", str(run), "--epochs", "3", "--no-progress"],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if name == LOCK:  # unreadable for an hour: taken over
+        assert done.returncode == 0, done.stderr
+    else:  # never written through either
+        assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+        assert f"{path}: cannot write: it exists and is not a regular file" in done.stderr
+
+
+@pytest.mark.parametrize("where", ["config.json", "history", "metrics.jsonl"])
+def test_json_nested_too_deeply_is_one_line(run, tmp_path, where, capsys):
+    """JSON of 100,000 nested arrays is a RecursionError in Python's parser, which was an
+    internal error instead of "not valid JSON" (hostile-files audit)."""
+    nested = "[" * 100_000
+    if where == "history":
+        state = torch.load(run / "checkpoint.pt", weights_only=True)
+        torch.save({**state, "history": nested}, run / "checkpoint.pt")
+    else:
+        (run / where).write_text(nested)
+    argv = (
+        ["sample", run, "--out", tmp_path / "pics"] if where == "metrics.jsonl" else ["evaluate", run, *EVAL]
+    )
+    err = fails(argv, capsys)
+    said = "'history': expected a JSON list" if where == "history" else "(nested too deeply to parse)"
+    assert said in err, err
+
+
 def test_evaluate_never_writes_over_another_runs_files(trained, run, capsys):
     before = (run / "checkpoint.pt").read_bytes()
     for name in ("checkpoint.pt", "config.json", "metrics.jsonl"):

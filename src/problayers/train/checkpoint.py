@@ -36,6 +36,7 @@ __all__ = [
     "check_state_dict",
     "fsync_dir",
     "load_checkpoint",
+    "parse_json",
     "remove_stale_temps",
     "save_checkpoint",
     "write_json",
@@ -235,6 +236,16 @@ def pid_alive(pid: int) -> bool:
         pass  # exists, owned by someone else
     fields = _proc_stat(pid)
     return not fields or fields[0] not in ("Z", "X")
+
+
+def parse_json(text: str | bytes) -> Any:
+    """``json.loads(text)``, where JSON nested too deeply for Python's parser (``[[[[...``, a
+    ``RecursionError``) is a ``ValueError`` like any other invalid JSON: a crafted file's
+    reader then says "not valid JSON" in one line."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("nested too deeply to parse") from None
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:

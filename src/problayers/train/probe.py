@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .checkpoint import write_json
+from .checkpoint import parse_json, write_json
 from .cpu import cpu_has_native_bf16, cpu_label, machine_signature, onednn_isa_limit
 from .fastpath import make_train_step
 from .transposed import use_convolution_passes, use_transposed_weight_gradient
@@ -153,8 +153,8 @@ def cache_path() -> Path:
 
 def _read_cache(path: Path) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError, RecursionError):  # RecursionError: nesting too deep to parse
+        data = parse_json(path.read_text())
+    except (OSError, ValueError):
         return {}  # absent, unreadable or damaged: measure again (and rewrite it)
     if (
         not isinstance(data, dict)

@@ -347,8 +347,8 @@ class Trainer:
         if self.run_dir is None or not self.is_main:
             return False
         path, lines = self.run_dir / METRICS, self._metrics_lines()
-        with contextlib.suppress(OSError):
-            if path.read_bytes() == lines:
+        with contextlib.suppress(OSError):  # not a regular file (a FIFO, /dev/zero): never read
+            if path.is_file() and path.stat().st_size == len(lines) and path.read_bytes() == lines:
                 return False
         atomic_write(path, lambda f: f.write(lines))
         return True

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from .checkpoint import CheckpointError, check_state_dict
+from .checkpoint import CheckpointError, check_state_dict, parse_json
 from .errors import one_line
 from .rng import device_generator
 
@@ -79,8 +79,8 @@ def check_trainer_state(trainer: Any, state: Any, source: str) -> None:
             f"got {epoch!r}"
         )
     try:
-        history = json.loads(state["history"]) if isinstance(state["history"], str) else None
-        meta = json.loads(state["meta"]) if isinstance(state["meta"], str) else None
+        history = parse_json(state["history"]) if isinstance(state["history"], str) else None
+        meta = parse_json(state["meta"]) if isinstance(state["meta"], str) else None
     except ValueError:
         history = meta = None
     if not isinstance(history, list) or len(history) != epoch or not isinstance(meta, dict):

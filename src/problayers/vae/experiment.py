@@ -57,7 +57,6 @@ from .runconfig import (
 from .rundir import (
     CONFIG,
     OWN_FILES,
-    TENSORBOARD,
     check_consistent,
     check_has_checkpoint,
     check_new_run,
@@ -65,6 +64,7 @@ from .rundir import (
     check_weights_fit,
     made_dir,
     read_config,
+    tensorboard_dir,
 )
 from .runlock import RunLock
 
@@ -220,7 +220,7 @@ def _attach_loggers(trainer: Trainer, cfg: RunConfig, run_dir: Path) -> None:
     if trainer.is_main and cfg.logger == "tensorboard":
         purge = trainer.global_step + 1 if trainer.epoch else 0
         trainer.loggers.append(
-            TensorBoardLogger(run_dir / TENSORBOARD, purge_step=purge, what="--logger tensorboard")
+            TensorBoardLogger(tensorboard_dir(run_dir), purge_step=purge, what="--logger tensorboard")
         )
 
 

@@ -6,13 +6,12 @@ matplotlib (Agg). Every file is written atomically.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..train.checkpoint import atomic_write
+from ..train.checkpoint import atomic_write, parse_json
 from ..train.rng import fork_rng
 from .models import VAE
 
@@ -86,7 +85,7 @@ def read_metrics(metrics_jsonl: str | Path) -> list[dict[str, Any]]:
     """The epoch records of a ``metrics.jsonl``; a one-line ``ValueError`` naming it if damaged."""
     try:
         text = Path(metrics_jsonl).read_text()
-        records = [json.loads(line) for line in text.splitlines() if line.strip()]
+        records = [parse_json(line) for line in text.splitlines() if line.strip()]
         if not all(isinstance(r, dict) and "epoch" in r for r in records):
             raise ValueError("a line is not an epoch record")
     except (ValueError, UnicodeDecodeError) as err:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from ..train.checkpoint import (
     atomic_write,
     check_finite,
     check_state_dict,
+    parse_json,
     remove_stale_temps,
     write_json,
 )
@@ -165,7 +165,7 @@ def _read_config(path: Path) -> tuple[ModelConfig, str | None]:
     """The model config of an export's ``config.json``, and its weights' digest (None in exports
     written before it was recorded)."""
     try:
-        obj = json.loads(path.read_bytes().decode())
+        obj = parse_json(path.read_bytes().decode())
     except OSError as err:
         raise PretrainedError(f"{path}: cannot be read ({os_reason(err)})") from None
     except (UnicodeDecodeError, ValueError) as err:

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ..train.checkpoint import CheckpointError, check_finite, check_state_dict, is_temp
+from ..train.checkpoint import CheckpointError, check_finite, check_state_dict, is_temp, parse_json
 from ..train.errors import RunDirError, WriteError, os_reason
 from .runconfig import MAX_EPOCHS, RunConfig
 from .runlock import LOCK
@@ -26,10 +25,12 @@ __all__ = [
     "check_new_run",
     "check_output",
     "check_run_state",
+    "check_weights_fit",
     "check_writable",
     "made_dir",
     "prepare_run_dir",
     "read_config",
+    "tensorboard_dir",
 ]
 
 CONFIG = "config.json"
@@ -86,6 +87,17 @@ def check_has_checkpoint(run_dir: Path, checkpoint: str, so: str) -> Path:
     return path
 
 
+def tensorboard_dir(run_dir: Path) -> Path:
+    """``run_dir/tensorboard``, where the run's event files go; refused if it is a link (a run
+    directory from elsewhere could send them outside it: every other file of a run is replaced
+    atomically, never written through a link) or a file."""
+    board = run_dir / TENSORBOARD
+    if board.is_symlink() or (board.exists() and not board.is_dir()):
+        what = f"a link to {os.readlink(board)}" if board.is_symlink() else "not a directory"
+        raise RunDirError(f"{board}: is {what}; a run writes its event files inside its own directory")
+    return board
+
+
 def check_new_run(run_dir: Path, checkpoint: str) -> None:
     """A fresh ``train`` may write into ``run_dir`` (made already): it holds no ``checkpoint``
     (resume that run instead) and nothing but a run's own files from before its first checkpoint
@@ -131,7 +143,7 @@ def read_config(run_dir: str | os.PathLike) -> RunConfig:
     except UnicodeDecodeError:
         raise RunDirError(f"{path}: not a problayers config (not UTF-8 text)") from None
     try:
-        obj = json.loads(text)
+        obj = parse_json(text)
     except ValueError as err:
         raise RunDirError(f"{path}: not valid JSON ({err})") from None
     return RunConfig.from_json(obj, source=str(path))
@@ -140,7 +152,7 @@ def read_config(run_dir: str | os.PathLike) -> RunConfig:
 def _json_field(state: dict[str, Any], key: str, kind: type, source: str) -> Any:
     raw = state.get(key)
     try:
-        value = json.loads(raw) if isinstance(raw, str) else None
+        value = parse_json(raw) if isinstance(raw, str) else None
     except ValueError:
         value = None
     if not isinstance(value, kind):

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..train.checkpoint import pid_alive, process_start
+from ..train.checkpoint import parse_json, pid_alive, process_start
 from ..train.errors import ProblayersError, WriteError, os_reason
 
 __all__ = ["LOCK", "RunLock", "RunLockError"]
@@ -26,6 +26,8 @@ __all__ = ["LOCK", "RunLock", "RunLockError"]
 LOCK = ".lock"
 #: An unreadable lock file younger than this may be one being written; older, it is stale.
 _PARTIAL_GRACE_S = 30.0
+#: A lock file holds one small JSON object; more than this is not one (and is not read further).
+_MAX_LOCK_BYTES = 64 * 1024
 
 
 class RunLockError(ProblayersError, ValueError):
@@ -94,8 +96,14 @@ class RunLock:
         return True
 
     def _read(self, path: Path | None = None) -> dict[str, Any] | None:
+        """The owner a lock file names; ``None`` where it is unreadable, or not a regular file
+        (a FIFO would block the read, ``/dev/zero`` fill the memory), or longer than a lock is."""
+        path = path or self.path
         try:
-            owner = json.loads((path or self.path).read_text())
+            if not path.is_file():
+                return None
+            with open(path, "rb") as f:
+                owner = parse_json(f.read(_MAX_LOCK_BYTES).decode())  # a longer one: cut, not JSON
         except (OSError, ValueError):
             return None
         return owner if isinstance(owner, dict) else None
