@@ -299,9 +299,26 @@ def test_weight_averaging(tmp_path):
 
 def test_check_consistent_refuses_a_checkpoint_past_the_configs_epochs():
     cfg = tiny_config(epochs=2)
-    check_consistent(cfg, {"model": cfg.to_json()["model"]}, 2, "ckpt")
+    check_consistent(cfg, cfg.to_json(), 2, "ckpt")
     with pytest.raises(CheckpointError, match="has trained 3 epochs"):
-        check_consistent(cfg, {"model": cfg.to_json()["model"]}, 3, "ckpt")
+        check_consistent(cfg, cfg.to_json(), 3, "ckpt")
+
+
+def test_check_consistent_refuses_another_runs_checkpoint():
+    """config.json edited (or from another run) beside a checkpoint: resume followed config.json,
+    another batch size and seed, and recorded nothing (hostile-files audit)."""
+    cfg = tiny_config(epochs=2)
+    other = {**cfg.to_json(), "batch_size": cfg.batch_size * 2, "seed": 7}
+    want = (
+        rf"^ckpt: written by another run .*batch_size {cfg.batch_size * 2} vs {cfg.batch_size}, seed 7 vs 0\)"
+    )
+    with pytest.raises(CheckpointError, match=want):
+        check_consistent(cfg, other, 2, "ckpt")
+    # what a resume may change, and rewrites in config.json before its next checkpoint
+    resumed = {"epochs": 1, "lr": 0.5, "device": "cuda", "fused_adam": True, "resumed": [], "step_choice": {}}
+    check_consistent(cfg, {**cfg.to_json(), **resumed}, 1, "ckpt")
+    older = {k: v for k, v in cfg.to_json().items() if k not in ("logger", "ema_decay")}  # before the fields
+    check_consistent(cfg, older, 1, "ckpt")
 
 
 def test_a_subset_larger_than_the_data_is_refused():

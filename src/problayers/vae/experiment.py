@@ -46,6 +46,7 @@ from . import data as mnist
 from .evaluation import evaluate
 from .models import VAE, build_model, vae_loss
 from .runconfig import (
+    RESUME_OVERRIDES,
     STEP_OPTIONS,
     RunConfig,
     choose_step,
@@ -84,7 +85,6 @@ __all__ = [
 #: Seed of the sampling inside per-epoch test evaluation (fixed: epochs are comparable).
 EVAL_SEED = 1234
 #: What ``resume`` may change (the rest defines the run and is refused).
-RESUME_OVERRIDES = ("epochs", "lr", "device", "data_dir", "progress", "log_every")
 
 
 def _images(cfg: RunConfig, split: str) -> torch.Tensor:

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 __all__ = [
     "FUSED_ADAM_DEVICES",
     "MAX_EPOCHS",
+    "RESUME_OVERRIDES",
     "STEP_OPTIONS",
     "RunConfig",
     "choose_step",
@@ -221,6 +222,8 @@ def _kind(obj: Any) -> str:
 
 
 #: RunConfig's fields that choose how a training step runs, not what it computes.
+#: What a resume may change (the rest defines the run).
+RESUME_OVERRIDES = ("epochs", "lr", "device", "data_dir", "progress", "log_every")
 STEP_OPTIONS = (
     "compile",
     "compile_mode",

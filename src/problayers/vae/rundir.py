@@ -13,7 +13,7 @@ from typing import Any
 
 from ..train.checkpoint import CheckpointError, check_finite, check_state_dict, is_temp, parse_json
 from ..train.errors import RunDirError, WriteError, os_reason
-from .runconfig import MAX_EPOCHS, RunConfig
+from .runconfig import MAX_EPOCHS, RESUME_OVERRIDES, STEP_OPTIONS, RunConfig
 from .runlock import LOCK
 
 __all__ = [
@@ -246,6 +246,21 @@ def check_consistent(
     if epoch > cfg.epochs:
         raise CheckpointError(
             f"{source}: has trained {epoch} epochs, but the run's {CONFIG} says {cfg.epochs}"
+        )
+    # The rest of what defines the run: a resume may change the overrides and the step (and
+    # is killed, at worst, between rewriting config.json and its next checkpoint).
+    kept = {f.name: f.default for f in dataclasses.fields(cfg)}
+    for name in (*RESUME_OVERRIDES, *STEP_OPTIONS, "step_choice", "resumed", "model"):
+        kept.pop(name)
+    differ = [
+        f"{k} {saved.get(k, d)!r} vs {getattr(cfg, k)!r}"
+        for k, d in kept.items()
+        if saved.get(k, d) != getattr(cfg, k)
+    ]
+    if differ:
+        raise CheckpointError(
+            f"{source}: written by another run than this {CONFIG} describes (checkpoint vs run: "
+            f"{', '.join(differ[:4])}{' ...' if len(differ) > 4 else ''})"
         )
 
 
