@@ -269,6 +269,29 @@ def test_another_optimizer_or_schedule_on_resume_is_one_line(tmp_path):
         resumed.resume()
 
 
+def test_resume_steps_with_the_algorithm_the_run_built(tmp_path):
+    """A checkpoint's weight decay, maximize and AdamW's decoupling replaced the run's on resume,
+    silently (a maximizing Adam trained away from the optimum); amsgrad, which needs its own
+    state, is refused (hostile-files audit). Schedules keep moving lr and betas as saved."""
+    _trainer(tmp_path, epochs=1, schedule=True).fit()
+    path = tmp_path / "checkpoint.pt"
+    state = torch.load(path, weights_only=True)
+    saved_betas = state["optimizer"]["param_groups"][0]["betas"]
+    for group in state["optimizer"]["param_groups"]:
+        group.update(maximize=True, weight_decay=100.0, decoupled_weight_decay=True)
+    torch.save(state, path)
+    resumed = _trainer(tmp_path, epochs=4, schedule=True)
+    resumed.resume()
+    group = resumed.optimizer.param_groups[0]
+    assert (group["maximize"], group["weight_decay"], group["decoupled_weight_decay"]) == (False, 0, False)
+    assert tuple(group["betas"]) == tuple(saved_betas)  # the one-cycle schedule's, as saved
+    for group in state["optimizer"]["param_groups"]:
+        group.update(amsgrad=True)
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match=r"written by another optimizer .* differ in amsgrad"):
+        _trainer(tmp_path, epochs=4, schedule=True).resume()
+
+
 def test_weight_averaging_is_evaluated_and_checkpointed(tmp_path):
     seen = []
 

@@ -184,6 +184,16 @@ def trainer_state(trainer: Any) -> dict[str, Any]:
 
 #: An optimizer's param-group flags that choose its kernels, not its state.
 _STEP_KERNEL_FLAGS = ("fused", "foreach", "capturable", "differentiable")
+#: Settings that say which algorithm the optimizer is (Adam or AdamW, maximizing or not) and that
+#: no schedule moves (lr, betas, momentum and eps may be): the run's, as it built them.
+_ALGORITHM_SETTINGS = (
+    "weight_decay",
+    "decoupled_weight_decay",
+    "maximize",
+    "amsgrad",
+    "nesterov",
+    "dampening",
+)
 
 
 def load_trainer_state(trainer: Any, state: Any, source: str) -> None:
@@ -193,9 +203,11 @@ def load_trainer_state(trainer: Any, state: Any, source: str) -> None:
     model_state = dict(state["model"])
     torch.nn.modules.utils.consume_prefix_in_state_dict_if_present(model_state, "module.")
     trainer.model.load_state_dict(model_state)
-    # How the optimizer steps (fused, foreach, capturable) is this run's choice, for its device;
-    # torch's load_state_dict would bring back the flags of the run that wrote the checkpoint.
-    kernels = [{k: g[k] for k in _STEP_KERNEL_FLAGS if k in g} for g in trainer.optimizer.param_groups]
+    # How the optimizer steps (fused, foreach, capturable) is this run's choice, for its device,
+    # and which algorithm it is (weight decay, maximize...) is the run's as built: torch's
+    # load_state_dict would bring back those of whatever wrote the checkpoint.
+    built = (*_STEP_KERNEL_FLAGS, *_ALGORITHM_SETTINGS)  # a checkpoint's would replace them
+    kernels = [{k: g[k] for k in built if k in g} for g in trainer.optimizer.param_groups]
     settings = [set(g) - {"params"} for g in trainer.optimizer.param_groups]
     before = trainer.optimizer.state_dict()
     try:
@@ -206,11 +218,13 @@ def load_trainer_state(trainer: Any, state: Any, source: str) -> None:
     # fills in only the optional ones a newer version added.
     groups = trainer.optimizer.param_groups
     lacking = sorted(set().union(*(s - set(g) for s, g in zip(settings, groups, strict=True))))
-    if lacking:
+    amsgrad = [g.get("amsgrad") for g in groups] != [k.get("amsgrad") for k in kernels]  # another state
+    if lacking or amsgrad:
         trainer.optimizer.load_state_dict(before)
         raise CheckpointError(
             f"{source}: optimizer: written by another optimizer than this run's "
-            f"{type(trainer.optimizer).__name__} (its parameter groups have no {', '.join(lacking)})"
+            f"{type(trainer.optimizer).__name__} (its parameter groups "
+            + (f"have no {', '.join(lacking)})" if lacking else "differ in amsgrad)")
         )
     for group, flags in zip(trainer.optimizer.param_groups, kernels, strict=True):
         group.update(flags)
