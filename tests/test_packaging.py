@@ -46,6 +46,52 @@ def _quiet_env() -> dict:
 # -- types ---------------------------------------------------------------------------------------------
 
 
+USER_PROGRAM = """
+import numpy as np
+import torch
+from torch import nn
+
+import problayers as pl
+
+size = pl.MultivariateNormalTriL.params_size(2)
+encoder = nn.Sequential(nn.Linear(4, size), pl.MultivariateNormalTriL((2,)))
+made = pl.AutoregressiveNetwork(2, 3, activation="elu")
+dense = pl.DenseReparameterization(3, 2, activation="relu")
+mixture = pl.MixtureNormal(np.int64(3), 2)
+normal = pl.IndependentNormal(np.int64(3))
+onehot = pl.OneHotCategorical((3,))
+q = pl.as_coercible(torch.distributions.Normal(torch.zeros(3), 1.0))
+value: torch.Tensor = q.tensor()
+print(q.shape, (q + 1).tolist(), pl.fit.__name__)
+"""
+
+
+@pytest.mark.skipif(importlib.util.find_spec("mypy") is None, reason="mypy is not installed (the test extra)")
+def test_a_users_program_type_checks_strictly(tmp_path):
+    """What the docs offer type-checks under ``mypy --strict`` (Keras' activation names, sizes as
+    1-tuples and numpy integers, ``as_coercible``'s tensor side), and a misspelled name does not
+    (the lazy ``pl.fit`` made every ``pl.<name>`` Any). Distribution-API audit."""
+    config = tmp_path / "mypy.ini"
+    config.write_text("[mypy]\nstrict = True\n[mypy-problayers.*]\nfollow_imports = silent\n")
+    program = tmp_path / "user.py"
+    run = [
+        sys.executable,
+        "-m",
+        "mypy",
+        "--config-file",
+        str(config),
+        "--cache-dir",
+        str(REPO / ".mypy_cache"),
+    ]
+    env = {**os.environ, "MYPYPATH": str(REPO / "src")}
+    program.write_text(USER_PROGRAM)
+    out = subprocess.run([*run, str(program)], cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+    assert out.returncode == 0, f"mypy --strict:\n{out.stdout}\n{out.stderr}"
+    program.write_text("import problayers as pl\npl.IndependentNormall(3)\n")
+    out = subprocess.run([*run, str(program)], cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+    assert 'Module has no attribute "IndependentNormall"; maybe "IndependentNormal"?' in out.stdout
+
+
 @pytest.mark.skipif(importlib.util.find_spec("mypy") is None, reason="mypy is not installed (the test extra)")
 def test_mypy_is_clean():
     """``python -m mypy`` with pyproject.toml's [tool.mypy] (the library: errors; the application:

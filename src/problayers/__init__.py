@@ -4,6 +4,7 @@
 distribution that also acts as a tensor (see :mod:`problayers.coercible`).
 """
 
+import typing as _typing
 from typing import Any as _Any
 
 from . import kl as _kl  # registers the KL pairs torch.distributions lacks
@@ -121,11 +122,15 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> _Any:
-    # ``pl.fit`` is the application's trainer (problayers.train): imported on first use, so that
-    # ``import problayers`` loads the library only.
-    if name == "fit":
-        from .train.trainer import fit
+if _typing.TYPE_CHECKING:  # a type checker sees pl.fit's signature, and no other name than these
+    from .train.trainer import fit
+else:
 
-        return fit
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    def __getattr__(name: str) -> _Any:
+        # ``pl.fit`` is the application's trainer (problayers.train): imported on first use, so
+        # that ``import problayers`` loads the library only.
+        if name == "fit":
+            from .train.trainer import fit
+
+            return fit
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -331,7 +331,7 @@ def _new_coercible(base: type, state: dict, convert_to_tensor_fn: ConvertFn) -> 
     return out
 
 
-def as_coercible(dist: D.Distribution, convert_to_tensor_fn: ConvertFn = "rsample") -> D.Distribution:
+def as_coercible(dist: D.Distribution, convert_to_tensor_fn: ConvertFn = "rsample") -> TensorCoercible:
     """Make ``dist`` tensor-coercible.
 
     Args:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Iterable
+from typing import SupportsIndex, TypeAlias
 
 import torch
 import torch.distributions as D
@@ -23,15 +24,29 @@ from ..precision import in_fp32
 from ._args import integer
 
 __all__ = [
+    "Activation",
     "DistributionLambda",
+    "Shape",
+    "Size",
+    "SizeOrOneTuple",
     "check_params",
     "event_size",
     "normalize_event_shape",
     "normalize_event_size",
 ]
 
+#: A size: an int, a numpy integer or a 0-dim integer tensor (taken with ``operator.index``).
+Size: TypeAlias = SupportsIndex
+#: A size, or TFP's one-element shape of it (``(K,)``): the dimension of a vector event.
+SizeOrOneTuple: TypeAlias = SupportsIndex | tuple[SupportsIndex]
+#: An event shape: a size, or an iterable of sizes (``()``: a scalar event).
+Shape: TypeAlias = SupportsIndex | Iterable[SupportsIndex]
+#: An activation: a function of a tensor, one of Keras' names (``"relu"``, see
+#: :data:`problayers.layers._args.ACTIVATIONS`), or ``None`` (none).
+Activation: TypeAlias = Callable[[torch.Tensor], torch.Tensor] | str | None
 
-def normalize_event_shape(event_shape: int | Iterable[int], name: str = "event_shape") -> tuple[int, ...]:
+
+def normalize_event_shape(event_shape: Shape, name: str = "event_shape") -> tuple[int, ...]:
     """An int or an iterable of positive ints (numpy integers and 0-dim integer tensors too) ->
     ``tuple``; ``()`` is a scalar event. Anything else raises naming ``name``."""
     what = "a positive int or a tuple of them"

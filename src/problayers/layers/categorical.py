@@ -12,7 +12,7 @@ from ..convert import ConvertFn
 from ..numerics import logsumexp
 from ._args import boolean, class_count
 from ._args import positive_int as _positive_int
-from .base import DistributionLambda, check_params, params_size_of
+from .base import DistributionLambda, Size, SizeOrOneTuple, check_params, params_size_of
 
 __all__ = [
     "CategoricalMixtureOfOneHotCategorical",
@@ -121,7 +121,7 @@ class OneHotCategorical(DistributionLambda):
 
     def __init__(
         self,
-        event_size: int,
+        event_size: SizeOrOneTuple,
         convert_to_tensor_fn: ConvertFn = "sample",
         *,
         validate_args: bool = False,
@@ -132,12 +132,12 @@ class OneHotCategorical(DistributionLambda):
         self.validate_args = boolean(validate_args, "validate_args")
 
     @params_size_of("event_size")
-    def params_size(event_size: int) -> int:
+    def params_size(event_size: SizeOrOneTuple) -> int:
         """Number of inputs per example: ``event_size`` logits."""
         return class_count(event_size)
 
     @staticmethod
-    def new(params, event_size: int, validate_args: bool = False) -> SoftOneHotCategorical:
+    def new(params, event_size: SizeOrOneTuple, validate_args: bool = False) -> SoftOneHotCategorical:
         """``(*B, event_size)`` logits -> ``OneHotCategorical``, batch B, event ``(event_size,)``."""
         k = class_count(event_size)
         params = check_params("OneHotCategorical", params, k)  # (*B, K)
@@ -181,8 +181,8 @@ class CategoricalMixtureOfOneHotCategorical(DistributionLambda):
 
     def __init__(
         self,
-        event_size: int,
-        num_components: int,
+        event_size: SizeOrOneTuple,
+        num_components: Size,
         convert_to_tensor_fn: ConvertFn = "sample",
         *,
         validate_args: bool = False,
@@ -194,14 +194,14 @@ class CategoricalMixtureOfOneHotCategorical(DistributionLambda):
         self.validate_args = boolean(validate_args, "validate_args")
 
     @params_size_of("event_size", "num_components")
-    def params_size(event_size: int, num_components: int) -> int:
+    def params_size(event_size: SizeOrOneTuple, num_components: Size) -> int:
         """Number of inputs per example: ``num_components * (1 + event_size)``."""
         e = class_count(event_size)
         return _positive_int(num_components, "num_components") * (1 + e)
 
     @staticmethod
     def new(
-        params, event_size: int, num_components: int, validate_args: bool = False
+        params, event_size: SizeOrOneTuple, num_components: Size, validate_args: bool = False
     ) -> OneHotCategoricalMixture:
         """``(*B, K * (1 + E))`` -> :class:`OneHotCategoricalMixture` (a ``MixtureSameFamily`` of
         ``Categorical`` and ``OneHotCategorical`` with ``log_mean``), batch B, event ``(E,)``."""

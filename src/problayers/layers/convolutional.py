@@ -11,13 +11,12 @@ spatial dimensions (as TFP's convolutional Flipout), for the input and for the o
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 import torch.nn.functional as F
 
 from ._args import integer, positive_int
 from ._conv_docs import _COUNT, _SPATIAL, _document
+from .base import Activation
 from .reparameterization import (
     BIAS_POSTERIOR_FN,
     DivergenceFn,
@@ -125,7 +124,7 @@ class _Conv(_ConvBase):
         bias_prior_fn: WeightFn | None = None,
         kl_weight: float | torch.Tensor = 1.0,
         kl_use_exact: bool = True,
-        activation: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        activation: Activation = None,
         dtype: torch.dtype | None = None,
         *,
         padding_mode: str = "zeros",
@@ -217,7 +216,7 @@ class _ConvTranspose(_ConvBase):
         bias_prior_fn: WeightFn | None = None,
         kl_weight: float | torch.Tensor = 1.0,
         kl_use_exact: bool = True,
-        activation: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        activation: Activation = None,
         dtype: torch.dtype | None = None,
         *,
         kernel_divergence_fn: DivergenceFn | str | None = "kl",

@@ -25,7 +25,7 @@ after ``optimizer.step()``, or use ``torch.nn.utils.parametrize``).
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import ClassVar
 
 import torch
@@ -37,7 +37,7 @@ from torch.distributions.kl import register_kl
 
 from ..losses import added_losses_enabled, init_added_losses, set_added_loss
 from ._args import callable_or_none, floating_dtype, run_initializer
-from .base import normalize_event_shape
+from .base import Shape, normalize_event_shape
 from .variational import StandardNormal
 
 __all__ = ["default_loc_scale_fn", "default_mean_field_normal_fn", "default_multivariate_normal_fn"]
@@ -95,7 +95,7 @@ class _LocScale(nn.Module):
 
     def __init__(
         self,
-        shape: int | Iterable[int],
+        shape: Shape,
         dtype: torch.dtype | None,
         is_singular: bool,
         loc_initializer: Initializer,
@@ -158,7 +158,7 @@ class _Fn:
     def __init__(self, cls: type[_LocScale], *args) -> None:
         self.cls, self.args = cls, args
 
-    def __call__(self, shape: int | Iterable[int], dtype: torch.dtype | None = None) -> nn.Module:
+    def __call__(self, shape: Shape, dtype: torch.dtype | None = None) -> nn.Module:
         return self.cls(shape, dtype, *self.args)
 
     def __repr__(self) -> str:
@@ -258,7 +258,7 @@ def default_mean_field_normal_fn(
     return _Fn(_MeanFieldNormal, *_checked(is_singular, inits, regularizers))
 
 
-def default_multivariate_normal_fn(shape: int | Iterable[int], dtype: torch.dtype | None = None) -> nn.Module:
+def default_multivariate_normal_fn(shape: Shape, dtype: torch.dtype | None = None) -> nn.Module:
     """The fixed standard normal prior fn (TFP's ``tfp.layers.default_multivariate_normal_fn``).
 
     TFP's default ``kernel_prior_fn``, itself the ``fn`` (not a maker of one): pass

@@ -19,7 +19,7 @@ from torch.distributions.transforms import Transform
 from ..coercible import TensorCoercible
 from ..convert import ConvertFn
 from ._args import activation_fn, boolean, floating_dtype, positive_int
-from .base import DistributionLambda, normalize_event_shape, tensor_input
+from .base import Activation, DistributionLambda, normalize_event_shape, tensor_input
 
 __all__ = [
     "AutoregressiveNetwork",
@@ -113,7 +113,7 @@ class AutoregressiveNetwork(nn.Module):
         hidden_units: Sequence[int] = (),
         input_order: str | Sequence[int] = "left-to-right",
         hidden_degrees: str = "equal",
-        activation: Callable[[torch.Tensor], torch.Tensor] | None = torch.relu,
+        activation: Activation = torch.relu,
         use_bias: bool = True,
         dtype: torch.dtype | None = None,
     ) -> None:

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import ClassVar
 
 import torch
@@ -17,7 +17,7 @@ from torch.distributions.utils import broadcast_all
 from ..coercible import _coercible_class
 from ..convert import ConvertFn
 from ._args import boolean
-from .base import DistributionLambda, check_params, event_size, normalize_event_shape, params_size_of
+from .base import DistributionLambda, Shape, check_params, event_size, normalize_event_shape, params_size_of
 
 __all__ = [
     "IndependentBernoulli",
@@ -205,7 +205,7 @@ class _IndependentLayer(DistributionLambda):
 
     def __init__(
         self,
-        event_shape: int | Iterable[int] = (),
+        event_shape: Shape = (),
         convert_to_tensor_fn: ConvertFn | None = None,
         validate_args: bool = False,
         activity_regularizer: Callable[[D.Distribution], torch.Tensor] | None = None,
@@ -254,7 +254,7 @@ class IndependentBernoulli(_IndependentLayer):
 
     def __init__(
         self,
-        event_shape: int | Iterable[int] = (),
+        event_shape: Shape = (),
         convert_to_tensor_fn: ConvertFn | None = None,
         *,
         validate_args: bool = False,
@@ -263,19 +263,19 @@ class IndependentBernoulli(_IndependentLayer):
         super().__init__(event_shape, convert_to_tensor_fn, validate_args, activity_regularizer)
 
     @params_size_of("event_shape")
-    def params_size(event_shape: int | Iterable[int] = ()) -> int:
+    def params_size(event_shape: Shape = ()) -> int:
         """Number of inputs per example: ``prod(event_shape)`` logits."""
         return event_size(normalize_event_shape(event_shape))
 
     @staticmethod
-    def new(params, event_shape: int | Iterable[int] = (), validate_args: bool = False) -> D.Independent:
+    def new(params, event_shape: Shape = (), validate_args: bool = False) -> D.Independent:
         """``(*B, prod(event_shape))`` logits -> ``Independent(Bernoulli)``, batch B, event
         ``event_shape``."""
         logits, shape = _one_per_element("IndependentBernoulli", params, event_shape)  # (*B, *E)
         return D.Independent(D.Bernoulli(logits=logits, validate_args=validate_args), len(shape))
 
 
-def loc_scale_params_size(event_shape: int | Iterable[int] = ()) -> int:
+def loc_scale_params_size(event_shape: Shape = ()) -> int:
     """``2 * prod(event_shape)``: a location-scale layer's inputs per example (a plain function,
     which the mixtures call while a forward may be traced)."""
     return 2 * event_size(normalize_event_shape(event_shape))
@@ -285,7 +285,7 @@ class _LocScaleLayer(_IndependentLayer):
     """A location-scale family over ``event_shape``: locs, then raw (softplus) scales."""
 
     @params_size_of("event_shape")
-    def params_size(event_shape: int | Iterable[int] = ()) -> int:
+    def params_size(event_shape: Shape = ()) -> int:
         """Number of inputs per example: ``2 * prod(event_shape)``."""
         return loc_scale_params_size(event_shape)
 
@@ -319,7 +319,7 @@ class IndependentNormal(_LocScaleLayer):
     """
 
     @staticmethod
-    def new(params, event_shape: int | Iterable[int] = (), validate_args: bool = False) -> D.Independent:
+    def new(params, event_shape: Shape = (), validate_args: bool = False) -> D.Independent:
         """``(*B, 2 * prod(event_shape))`` -> ``Independent(Normal)``, batch B, event ``event_shape``."""
         loc, scale, shape = _loc_softplus_scale("IndependentNormal", params, event_shape)
         return D.Independent(D.Normal(loc, scale, validate_args=validate_args), len(shape))
@@ -352,7 +352,7 @@ class IndependentLogistic(_LocScaleLayer):
     """
 
     @staticmethod
-    def new(params, event_shape: int | Iterable[int] = (), validate_args: bool = False) -> D.Independent:
+    def new(params, event_shape: Shape = (), validate_args: bool = False) -> D.Independent:
         """``(*B, 2 * prod(event_shape))`` -> ``Independent(Logistic)``, batch B, event ``event_shape``."""
         loc, scale, shape = _loc_softplus_scale("IndependentLogistic", params, event_shape)
         return D.Independent(Logistic(loc, scale, validate_args=validate_args), len(shape))
@@ -387,12 +387,12 @@ class IndependentPoisson(_IndependentLayer):
     default_convert_to_tensor_fn: ConvertFn = "sample"  # no rsample
 
     @params_size_of("event_shape")
-    def params_size(event_shape: int | Iterable[int] = ()) -> int:
+    def params_size(event_shape: Shape = ()) -> int:
         """Number of inputs per example: ``prod(event_shape)`` log rates."""
         return event_size(normalize_event_shape(event_shape))
 
     @staticmethod
-    def new(params, event_shape: int | Iterable[int] = (), validate_args: bool = False) -> D.Independent:
+    def new(params, event_shape: Shape = (), validate_args: bool = False) -> D.Independent:
         """``(*B, prod(event_shape))`` log rates -> ``Independent(Poisson)``, batch B, event
         ``event_shape``."""
         log_rate, shape = _one_per_element("IndependentPoisson", params, event_shape)  # (*B, *E)

@@ -8,7 +8,7 @@ component's parameters (component-major), i.e. ``params_size = K + K * component
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 import torch
 import torch.distributions as D
@@ -16,7 +16,7 @@ import torch.distributions as D
 from ..coercible import TensorCoercible
 from ..convert import ConvertFn
 from ._args import boolean, positive_int
-from .base import DistributionLambda, check_params, normalize_event_shape, params_size_of
+from .base import DistributionLambda, Shape, Size, check_params, normalize_event_shape, params_size_of
 from .independent import IndependentLogistic, IndependentNormal, _IndependentLayer, loc_scale_params_size
 
 __all__ = ["MixtureLogistic", "MixtureNormal", "MixtureSameFamily"]
@@ -141,7 +141,7 @@ class MixtureSameFamily(_MixtureLayer):
 
     def __init__(
         self,
-        num_components: int,
+        num_components: Size,
         component_layer,
         component_params_size: int | None = None,
         convert_to_tensor_fn: ConvertFn = "sample",
@@ -167,7 +167,7 @@ class MixtureSameFamily(_MixtureLayer):
         self.component_params_size = size
 
     @params_size_of("num_components", "component_params_size")
-    def params_size(num_components: int, component_params_size) -> int:
+    def params_size(num_components: Size, component_params_size) -> int:
         """``K + K * p``; ``component_params_size`` is ``p`` or a layer class/instance to infer it from."""
         k = positive_int(num_components, "num_components")
         if callable(component_params_size):  # a layer class or instance
@@ -178,7 +178,9 @@ class MixtureSameFamily(_MixtureLayer):
         return k + k * positive_int(component_params_size, "component_params_size")
 
     @staticmethod
-    def new(params, num_components: int, component_layer, validate_args: bool = False) -> D.MixtureSameFamily:
+    def new(
+        params, num_components: Size, component_layer, validate_args: bool = False
+    ) -> D.MixtureSameFamily:
         """``(*B, K + K * p)`` -> ``MixtureSameFamily``, batch B, the component's event shape."""
         k = positive_int(num_components, "num_components")
         new, size = resolve_component(component_layer)
@@ -202,8 +204,8 @@ class _IndependentMixture(_MixtureLayer):
 
     def __init__(
         self,
-        num_components: int,
-        event_shape: int | Iterable[int] = (),
+        num_components: Size,
+        event_shape: Shape = (),
         convert_to_tensor_fn: ConvertFn = "sample",
         validate_args: bool = False,
         activity_regularizer: Callable[[D.Distribution], torch.Tensor] | None = None,
@@ -212,14 +214,14 @@ class _IndependentMixture(_MixtureLayer):
         self.event_shape = normalize_event_shape(event_shape)
 
     @params_size_of("num_components", "event_shape")
-    def params_size(num_components: int, event_shape: int | Iterable[int] = ()) -> int:
+    def params_size(num_components: Size, event_shape: Shape = ()) -> int:
         """``K + K * 2 * prod(event_shape)``."""
         k = positive_int(num_components, "num_components")
         return k + k * loc_scale_params_size(event_shape)
 
     @classmethod
     def new(
-        cls, params, num_components: int, event_shape: int | Iterable[int] = (), validate_args: bool = False
+        cls, params, num_components: Size, event_shape: Shape = (), validate_args: bool = False
     ) -> D.MixtureSameFamily:
         """``(*B, params_size(K, event_shape))`` -> ``MixtureSameFamily``, batch B, event
         ``event_shape``."""

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from ..convert import ConvertFn
 from ._args import boolean
-from .base import DistributionLambda, check_params, normalize_event_size, params_size_of
+from .base import DistributionLambda, SizeOrOneTuple, check_params, normalize_event_size, params_size_of
 
 __all__ = ["TRIL_ORDERS", "MultivariateNormalTriL", "fill_scale_tril", "fill_triangular"]
 
@@ -83,7 +83,7 @@ class MultivariateNormalTriL(DistributionLambda):
 
     def __init__(
         self,
-        event_size: int,
+        event_size: SizeOrOneTuple,
         convert_to_tensor_fn: ConvertFn = "rsample",
         validate_args: bool = False,
         activity_regularizer: Callable[[D.Distribution], torch.Tensor] | None = None,
@@ -97,14 +97,14 @@ class MultivariateNormalTriL(DistributionLambda):
         self.tril_order = tril_order
 
     @params_size_of("event_size")
-    def params_size(event_size: int) -> int:
+    def params_size(event_size: SizeOrOneTuple) -> int:
         """Number of inputs per example: ``d + d(d+1)/2``."""
         d = normalize_event_size(event_size)
         return d + d * (d + 1) // 2
 
     @staticmethod
     def new(
-        params, event_size: int, validate_args: bool = False, tril_order: str = "tfp"
+        params, event_size: SizeOrOneTuple, validate_args: bool = False, tril_order: str = "tfp"
     ) -> D.MultivariateNormal:
         """``(*B, params_size(d))`` -> ``MultivariateNormal``, batch B, event ``(d,)``; the scale
         parameters fill the triangle in ``tril_order`` (default TFP's)."""

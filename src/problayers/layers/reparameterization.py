@@ -43,7 +43,7 @@ from ._args import (
     non_negative_number,
     positive_int,
 )
-from .base import tensor_input
+from .base import Activation, tensor_input
 from .defaults import _PointMass, default_mean_field_normal_fn
 from .variational import MeanFieldNormal, StandardNormal, weight_distribution, weight_kl
 
@@ -112,7 +112,7 @@ class _WeightUncertainty(nn.Module):
         bias_prior_fn: WeightFn | None,
         kl_weight: float | torch.Tensor,
         kl_use_exact: bool,
-        activation: Callable[[torch.Tensor], torch.Tensor] | None,
+        activation: Activation,
         dtype: torch.dtype | None,
         kernel_divergence_fn: DivergenceFn | str | None = "kl",
         bias_divergence_fn: DivergenceFn | str | None = "kl",
@@ -260,7 +260,7 @@ class _Dense(_WeightUncertainty):
         bias_prior_fn: WeightFn | None = None,
         kl_weight: float | torch.Tensor = 1.0,
         kl_use_exact: bool = True,
-        activation: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        activation: Activation = None,
         dtype: torch.dtype | None = None,
         *,
         kernel_divergence_fn: DivergenceFn | str | None = "kl",

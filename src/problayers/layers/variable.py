@@ -3,7 +3,7 @@ priors and posteriors, as ``tfp.layers.VariableLayer``)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 import torch
 import torch.distributions as D
@@ -11,7 +11,7 @@ from torch import nn
 
 from ..convert import ConvertFn, check_convert_fn
 from ._args import activation_fn, callable_or_none, floating_dtype, run_initializer
-from .base import DistributionLambda, normalize_event_shape
+from .base import Activation, DistributionLambda, Shape, normalize_event_shape
 
 __all__ = ["VariableLayer"]
 
@@ -63,11 +63,11 @@ class VariableLayer(nn.Module):
 
     def __init__(
         self,
-        shape: int | Iterable[int],
+        shape: Shape,
         dtype: torch.dtype | None = None,
         *,
         initializer: Initializer = "zeros",
-        activation: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        activation: Activation = None,
         make_distribution_fn: Callable[[torch.Tensor], D.Distribution] | None = None,
         convert_to_tensor_fn: ConvertFn = "auto",
     ) -> None:

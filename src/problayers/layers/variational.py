@@ -19,7 +19,7 @@ picks it up. It is the KL of the whole weight vector: with a data term averaged 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 import torch
 import torch.distributions as D
@@ -30,7 +30,7 @@ from ..coercible import convert_to_tensor, is_coercible
 from ..kl import exact_kl, prepare_kl_dispatch
 from ..losses import added_losses_enabled, init_added_losses, set_added_loss
 from ._args import activation_fn, boolean, floating_dtype, non_negative_number, positive_int
-from .base import normalize_event_shape, tensor_input
+from .base import Activation, Shape, normalize_event_shape, tensor_input
 from .variable import VariableLayer
 
 __all__ = [
@@ -72,7 +72,7 @@ class MeanFieldNormal(nn.Module):
 
     def __init__(
         self,
-        shape: int | Iterable[int],
+        shape: Shape,
         dtype: torch.dtype | None = None,
         loc_init_std: float = 0.1,
         untransformed_scale_init_mean: float = -3.0,
@@ -119,7 +119,7 @@ class StandardNormal(nn.Module):
 
     like: torch.Tensor  # an empty non-persistent buffer: the dtype and device
 
-    def __init__(self, shape: int | Iterable[int], dtype: torch.dtype | None = None) -> None:
+    def __init__(self, shape: Shape, dtype: torch.dtype | None = None) -> None:
         super().__init__()
         self.shape = normalize_event_shape(shape, "shape")
         dtype = floating_dtype(dtype)
@@ -284,7 +284,7 @@ class DenseVariational(nn.Module):
         make_prior_fn: Callable[..., nn.Module] = prior_standard_normal,
         kl_weight: float | torch.Tensor | None = 1.0,
         kl_use_exact: bool = False,
-        activation: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        activation: Activation = None,
         use_bias: bool = True,
         dtype: torch.dtype | None = None,
     ) -> None:
