@@ -671,14 +671,14 @@ MUTANTS = [
     ),
     (
         "layers/categorical.py",
-        '        event_size: int,\n        convert_to_tensor_fn: ConvertFn = "sample",',
-        '        event_size: int,\n        convert_to_tensor_fn: ConvertFn = "mode",',
+        '        event_size: SizeOrOneTuple,\n        convert_to_tensor_fn: ConvertFn = "sample",',
+        '        event_size: SizeOrOneTuple,\n        convert_to_tensor_fn: ConvertFn = "mode",',
         "tests/test_layers_catalog.py::test_one_hot_categorical_default_value_is_a_random_sample",
     ),
     (
         "layers/categorical.py",
-        '        num_components: int,\n        convert_to_tensor_fn: ConvertFn = "sample",',
-        '        num_components: int,\n        convert_to_tensor_fn: ConvertFn = "mean",',
+        '        num_components: Size,\n        convert_to_tensor_fn: ConvertFn = "sample",',
+        '        num_components: Size,\n        convert_to_tensor_fn: ConvertFn = "mean",',
         "tests/test_layers_catalog.py::test_categorical_mixture_default_value_is_a_one_hot_sample",
     ),
     (
