@@ -318,6 +318,36 @@ VGP, KLR = pl.VariationalGaussianProcess, pl.KLDivergenceRegularizer
         (lambda: pl.IndependentNormal(3, validate_args="False"), TypeError, "validate_args: .*got 'False'"),
         (lambda: pl.OneHotCategorical(3, validate_args=1), TypeError, "validate_args: "),
         (lambda: pl.AutoregressiveNetwork(2, 3, input_order=None), TypeError, "input_order: .*got NoneType"),
+        # named in one line where torch or Python failed without the argument's name
+        (lambda: pl.posterior_mean_field("3"), TypeError, "kernel_size: expected a positive int"),
+        (
+            lambda: pl.posterior_mean_field(3, bias_size=-1),
+            ValueError,
+            "bias_size: expected an int >= 0, got -1",
+        ),
+        (lambda: pl.prior_trainable(3, bias_size=-1), ValueError, "bias_size: "),
+        (
+            lambda: pl.to_bayesian(nn.Linear(2, 2), skip=None),
+            TypeError,
+            "skip: expected an iterable .*NoneType",
+        ),
+        (
+            lambda: pl.MaskedAutoregressiveTransform(pl.AutoregressiveNetwork(2, 2), network_state=1.0),
+            TypeError,
+            "network_state: expected a dict",
+        ),
+        (
+            lambda: pl.export(nn.Linear(2, 2), (torch.zeros(1, 2),), kwargs=[1]),
+            TypeError,
+            "kwargs: expected a dict",
+        ),
+        (lambda: pl.MeanFieldNormal(3, loc_init_std="0.1"), TypeError, "loc_init_std: "),
+        (lambda: pl.MeanFieldNormal(3, loc_init_std=None), TypeError, "loc_init_std: "),
+        (
+            lambda: pl.MeanFieldNormal(3, untransformed_scale_init_mean=math.nan),
+            ValueError,
+            "untransformed_scale_init_mean: ",
+        ),
     ],
 )
 def test_wrong_arguments_are_named_at_construction(make, error, message):

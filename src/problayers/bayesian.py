@@ -210,8 +210,8 @@ def to_bayesian(
         raise TypeError(
             f"prior: expected a positive scale or a (shape, dtype) -> nn.Module, got {type(prior).__name__}"
         )
-    if isinstance(skip, str):
-        raise TypeError("skip: expected an iterable of module names, got a str")
+    if isinstance(skip, str) or not isinstance(skip, Iterable):
+        raise TypeError(f"skip: expected an iterable of module names, got {type(skip).__name__}")
     skip = set(skip)
     unknown = sorted(skip - {name for name, _ in model.named_modules(remove_duplicate=False)})
     if unknown:

@@ -18,7 +18,7 @@ args, dynamo=True)`` exports the same parameter graph (docs/export.md).
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -234,6 +234,8 @@ def export(
     """
     if not isinstance(args, tuple):
         raise TypeError(f"args: expected a tuple of example inputs, got {type(args).__name__}")
+    if kwargs is not None and not isinstance(kwargs, Mapping):
+        raise TypeError(f"kwargs: expected a dict of keyword inputs, got {type(kwargs).__name__}")
     kwargs = dict(kwargs or {})
     # torch.export (2.13) makes no dynamic shapes for the wrapper's **kwargs (pytorch#150022):
     # keyword inputs the module also takes by position go in by position.

@@ -17,6 +17,7 @@ __all__ = [
     "callable_or_none",
     "class_count",
     "divergence_fn",
+    "finite_number",
     "floating_dtype",
     "integer",
     "non_negative_number",
@@ -102,6 +103,18 @@ def floating_dtype(value, name: str = "dtype") -> torch.dtype:
         hint = f" (torch.{value})" if isinstance(value, str) and hasattr(torch, value) else ""
         raise TypeError(f"{name}: expected a floating torch.dtype, got {value!r}{hint}")
     return value
+
+
+def finite_number(value, name: str) -> float:
+    """``value`` as a ``float`` if it is a finite number (a Python or numpy one, or a 0-dim
+    tensor); ``TypeError``/``ValueError`` naming ``name`` otherwise."""
+    if isinstance(value, torch.Tensor) and value.dim() == 0 and not value.is_meta:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}: expected a finite number, got {type(value).__name__} {value!r}"[:160])
+    if not math.isfinite(float(value)):
+        raise ValueError(f"{name}: expected a finite number, got {value!r}")
+    return float(value)
 
 
 def positive_number(value, name: str) -> float:

@@ -238,6 +238,10 @@ class MaskedAutoregressiveTransform(Transform):
         if made.params != 2:
             raise ValueError(f"made: expected params=2 (shift, log_scale), got params={made.params}")
         self.made = made
+        if network_state is not None and not isinstance(network_state, Mapping):
+            raise TypeError(
+                f"network_state: expected a dict of tensors by name, got {type(network_state).__name__}"
+            )
         self.network_state = None if network_state is None else dict(network_state)
 
     def __eq__(self, other) -> bool:

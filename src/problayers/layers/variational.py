@@ -29,7 +29,15 @@ from torch import nn
 from ..coercible import convert_to_tensor, is_coercible
 from ..kl import exact_kl, prepare_kl_dispatch
 from ..losses import added_losses_enabled, init_added_losses, set_added_loss
-from ._args import activation_fn, boolean, floating_dtype, non_negative_number, positive_int
+from ._args import (
+    activation_fn,
+    boolean,
+    finite_number,
+    floating_dtype,
+    integer,
+    non_negative_number,
+    positive_int,
+)
 from .base import Activation, Shape, normalize_event_shape, tensor_input
 from .variable import VariableLayer
 
@@ -80,8 +88,10 @@ class MeanFieldNormal(nn.Module):
         super().__init__()
         self.shape = normalize_event_shape(shape, "shape")
         dtype = floating_dtype(dtype)
+        loc_init_std = float(non_negative_number(loc_init_std, "loc_init_std"))
+        scale_init = finite_number(untransformed_scale_init_mean, "untransformed_scale_init_mean")
         self.loc = nn.Parameter(torch.randn(self.shape, dtype=dtype) * loc_init_std)
-        scale = torch.randn(self.shape, dtype=dtype) * 0.1 + untransformed_scale_init_mean
+        scale = torch.randn(self.shape, dtype=dtype) * 0.1 + scale_init
         self.untransformed_scale = nn.Parameter(scale)
 
     @property
@@ -161,7 +171,7 @@ def posterior_mean_field(kernel_size: int, bias_size: int = 0, dtype: torch.dtyp
         >>> q(torch.zeros(5, 3)).event_shape
         torch.Size([8])
     """
-    return MeanFieldNormal(kernel_size + bias_size, dtype)
+    return MeanFieldNormal(_weight_count(kernel_size, bias_size), dtype)
 
 
 def prior_standard_normal(
@@ -184,7 +194,16 @@ def prior_standard_normal(
         >>> p(torch.zeros(5, 3)).event_shape, len(list(p.parameters()))
         (torch.Size([8]), 0)
     """
-    return StandardNormal(kernel_size + bias_size, dtype)
+    return StandardNormal(_weight_count(kernel_size, bias_size), dtype)
+
+
+def _weight_count(kernel_size, bias_size) -> int:
+    """``kernel_size + bias_size``, each checked (a negative ``bias_size`` took weights away)."""
+    kernel = positive_int(kernel_size, "kernel_size")
+    bias = integer(bias_size, "bias_size", "an int >= 0")
+    if bias < 0:
+        raise ValueError(f"bias_size: expected an int >= 0, got {bias}")
+    return kernel + bias
 
 
 def _unit_normal(loc: torch.Tensor) -> D.Independent:
@@ -213,7 +232,7 @@ def prior_trainable(kernel_size: int, bias_size: int = 0, dtype: torch.dtype | N
         >>> p(torch.zeros(5, 3)).event_shape, sum(t.numel() for t in p.parameters())
         (torch.Size([8]), 8)
     """
-    return VariableLayer(kernel_size + bias_size, dtype, make_distribution_fn=_unit_normal)
+    return VariableLayer(_weight_count(kernel_size, bias_size), dtype, make_distribution_fn=_unit_normal)
 
 
 def weight_distribution(
