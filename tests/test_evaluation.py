@@ -348,7 +348,7 @@ def test_contract_violations_are_reported(m):
 
 def test_data_outside_the_decoders_support_is_refused():
     """Images in 0..255 as floats (the uint8 refusal answered with ``.float()``) gave a Bernoulli
-    decoder a negative -ELBO (argument audit); ``evaluate`` checks the whole set once."""
+    decoder a negative -ELBO (argument audit); ``evaluate`` checks each batch."""
     from problayers.vae.models import ModelConfig, build_model
 
     torch.manual_seed(0)
@@ -363,10 +363,37 @@ def test_data_outside_the_decoders_support_is_refused():
         binary = (x > 127).float()
         images = torch.cat([binary, x[:1]])  # one example outside, in the last batch
         with pytest.raises(
-            ValueError, match=r"^images: .*got 1 of 7 examples outside it \(values in \[0, 255\]"
+            ValueError, match=r"^images: .*got 1 of 1 examples outside it \(values in \[0, 255\]"
         ):
             evaluate(model.encode, model.decode, model.prior(), images, batch_size=2)
         assert evaluate(model.encode, model.decode, model.prior(), binary, batch_size=2)["neg_elbo"] > 0
+
+
+def test_a_support_that_depends_on_the_parameters_is_checked_per_example():
+    """A Binomial decoder's support holds its total_count, shaped as its batch: checked against the
+    whole set (or the IWAE's k * B rows against B images) it failed to broadcast (diff review)."""
+
+    def encode(x):
+        return D.Independent(D.Normal(torch.zeros(x.shape[0], 2), 1.0), 1)
+
+    def decode(z):
+        return D.Independent(
+            D.Binomial(
+                torch.full((z.shape[0], 1, 2, 2), 255.0), logits=z[:, :1, None, None], validate_args=False
+            ),
+            3,
+        )
+
+    prior = D.Independent(D.Normal(torch.zeros(2), 1.0), 1)
+    images = torch.randint(0, 256, (10, 1, 2, 2)).float()
+    torch.manual_seed(0)
+    out = evaluate(encode, decode, prior, images, batch_size=4, iwae_samples=3, chunk_size=2)
+    assert math.isfinite(out["neg_elbo"]) and math.isfinite(out["iwae_nll"])
+    with pytest.raises(
+        ValueError,
+        match=r"^images: .*Independent\(Binomial\) \(IntegerInterval\); got 1 of 3 examples outside it",
+    ):
+        evaluate(encode, decode, prior, torch.cat([images, images[:1] + 256]), batch_size=4)
 
 
 # --------------------------------------------------------------------------- elbo_terms

@@ -85,6 +85,33 @@ def test_registry():
         ModelConfig(name="mine")
 
 
+def test_model_skeleton_has_the_models_state_dict_without_memory():
+    """The shapes a file's weights are checked against before the model is built (hostile-files
+    audit); a user's builder that reads values while it builds (``.item()``, as torch's
+    orthogonal parametrization) is built for real (diff review: loading its runs crashed)."""
+    from problayers.vae.models import model_skeleton
+
+    for name in ("seed", "mlp", "hvae", "resnet"):
+        cfg = ModelConfig.for_model(name)
+        want = {k: v.shape for k, v in build_model(cfg).state_dict().items() if isinstance(v, torch.Tensor)}
+        skeleton = model_skeleton(cfg).state_dict()
+        assert {k: v.shape for k, v in skeleton.items() if isinstance(v, torch.Tensor)} == want, name
+        assert all(v.is_meta for v in skeleton.values() if isinstance(v, torch.Tensor)), name
+
+    @register_model("reads-values")
+    def reads_values(cfg):
+        model = build_model(ModelConfig(latent_size=cfg.latent_size))
+        model.decoder[0] = torch.nn.utils.parametrizations.orthogonal(torch.nn.Linear(2, 2))
+        return model
+
+    try:
+        cfg = ModelConfig(name="reads-values", latent_size=2)
+        assert not any(v.is_meta for v in model_skeleton(cfg).state_dict().values())
+    finally:
+        for table in (MODELS, registry.MODEL_DEFAULTS, registry.MODEL_FIELDS):
+            table.pop("reads-values")
+
+
 def test_seed_written_with_library_layers():
     model = build_model(ModelConfig())
     assert isinstance(model.encoder[-1], pl.MultivariateNormalTriL)

@@ -861,6 +861,55 @@ MUTANTS = [
         "total = max((n // s - 1) * s + k - n, 0)",
         "tests/test_convolutional.py::test_same_padding_at_a_stride_is_tfs",
     ),
+    # 2026-12-07, the fifth audit round's fixes
+    (
+        "numerics.py",
+        "torch.logsumexp(torch.where(x < floor, floor, x), dim, keepdim=keepdim)",
+        "torch.logsumexp(torch.maximum(x, floor), dim, keepdim=keepdim)",
+        "tests/test_numerics.py::test_the_largest_term_keeps_its_whole_gradient_where_the_floor_rounds_to_it",
+    ),
+    (
+        "numerics.py",
+        "return x + (x.clamp_min(0) - x).detach()",
+        "return x.clamp_min(0)",
+        "tests/test_zoo_maths.py::test_mixture_density_has_torchs_hessian_at_its_component_means",
+    ),
+    (
+        "train/checkpoint.py",
+        "if got.layout != want.layout or _kind(got) != _kind(want):",
+        "if got.layout != want.layout:",
+        "tests/test_reliability.py::test_malformed_checkpoint_is_one_line",
+    ),
+    (
+        "vae/rundir.py",
+        'for name in (*RESUME_OVERRIDES, *STEP_OPTIONS, "step_choice", "resumed", "model"):',
+        'for name in (*RESUME_OVERRIDES, "step_choice", "resumed", "model"):',
+        "tests/test_experiment.py::test_check_consistent_refuses_another_runs_checkpoint",
+    ),
+    (
+        "train/trainstate.py",
+        "built = (*_STEP_KERNEL_FLAGS, *_ALGORITHM_SETTINGS)",
+        "built = _STEP_KERNEL_FLAGS",
+        "tests/test_training.py::test_resume_steps_with_the_algorithm_the_run_built",
+    ),
+    (
+        "vae/objectives.py",
+        "inside = support.check(x if k == 1 else _repeat(x, k)).reshape(k, -1).all(0)  # (B,)",
+        "inside = support.check(x.clamp(0, 1) if k == 1 else _repeat(x, k)).reshape(k, -1).all(0)  # (B,)",
+        "tests/test_evaluation.py::test_data_outside_the_decoders_support_is_refused",
+    ),
+    (
+        "train/rng.py",
+        "with torch.random.fork_rng(devices=[device], device_type=device.type):",
+        "with torch.random.fork_rng(devices=[]):",
+        "tests/test_rng.py::test_fork_rng_restores_the_cpu_and_the_devices_generator",
+    ),
+    (
+        "train/convpasses.py",
+        "    if _vmapped(x):\n        return torch.contiguous_format\n",
+        "",
+        "tests/test_transposed.py::test_torch_func_takes_channels_last_and_strided_batches",
+    ),
 ]
 
 

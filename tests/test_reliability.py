@@ -113,7 +113,7 @@ CHECKPOINTS = {
     ),
     "integer weights": (
         _edit("model", lambda s: {**s["model"], _first(s): s["model"][_first(s)].long()}),
-        "expected a dense floating tensor (torch.float32), got torch.int64",
+        "expected a floating tensor (torch.float32, torch.strided), got torch.int64 (torch.strided)",
     ),
     "epoch -5": (_edit("epoch", -5), "epoch: expected an int in 0..2"),
     "epoch as text": (_edit("epoch", "2"), "epoch: expected an int"),
@@ -170,6 +170,16 @@ def test_malformed_checkpoint_is_one_line(run, case, capsys):
         assert err.startswith("problayers: error:") and phrase in err and str(path) in err, err
     assert path.read_bytes() == before and not (run / LOCK).exists()
     assert not (run / "eval.json").exists() and not (run.parent / "pics").exists()
+
+
+def test_a_data_parallel_checkpoints_prefixed_weights_are_loaded_by_every_command(run, tmp_path):
+    """Weights saved under DDP's ``module.`` prefix: resume strips it, and evaluate and sample
+    must too (diff review: the new check stripped a copy, then loaded the prefixed dict)."""
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    state["model"] = {f"module.{k}": v for k, v in state["model"].items()}
+    torch.save(state, run / "checkpoint.pt")
+    assert main(["evaluate", str(run), *EVAL]) == 0
+    assert main(["sample", str(run), "--out", str(tmp_path / "pics")]) == 0
 
 
 def test_a_crafted_config_is_checked_against_the_weights_before_the_model_is_built(run, tmp_path, capsys):
@@ -498,8 +508,9 @@ def test_pid_alive_asks_windows_itself(monkeypatch):
     monkeypatch.setattr(os, "kill", no_kill)
     monkeypatch.setattr(ctypes, "WinDLL", lambda name, use_last_error=False: kernel32, raising=False)
     monkeypatch.setattr(ctypes, "get_last_error", lambda: errors[kernel32.pid], raising=False)
-    alive = {pid: checkpoint.pid_alive(pid) for pid in (7, 8, 9, 10)}
-    assert alive == {7: False, 8: True, 9: False, 10: True}  # 10: access denied, so it exists
+    alive = {pid: checkpoint.pid_alive(pid) for pid in (7, 8, 9, 10, 2**32, 10**25)}
+    # 10: access denied, so it exists; a crafted pid past a DWORD overflowed ctypes (diff review)
+    assert alive == {7: False, 8: True, 9: False, 10: True, 2**32: False, 10**25: False}
     assert closed == [1008, 1009]
 
 

@@ -292,6 +292,26 @@ def test_resume_steps_with_the_algorithm_the_run_built(tmp_path):
         _trainer(tmp_path, epochs=4, schedule=True).resume()
 
 
+def test_a_model_with_a_sparse_buffer_resumes(tmp_path):
+    """The new dense-weights check refused the trainer's own checkpoint of a model holding a
+    sparse buffer (diff review): layouts are compared with the model's."""
+
+    def build(run_dir, epochs):
+        torch.manual_seed(0)
+        model = make_model()
+        model.register_buffer("adjacency", torch.eye(3).to_sparse())
+        optimizer = torch.optim.Adam(model.parameters(), 0.05)
+        config = TrainerConfig(epochs=epochs, progress=False)
+        return Trainer(
+            model, optimizer, nll, lambda e: regression_data(), config, run_dir=run_dir, log=lambda m: None
+        )
+
+    build(tmp_path, 1).fit()
+    resumed = build(tmp_path, 2)
+    resumed.resume()
+    assert resumed.model.adjacency.layout == torch.sparse_coo and resumed.epoch == 1
+
+
 def test_weight_averaging_is_evaluated_and_checkpointed(tmp_path):
     seen = []
 

@@ -171,7 +171,7 @@ def test_float64_under_autocast_stays_float64_and_torch_func_sees_through(make, 
     "make, switch",
     [
         (lambda: nn.ConvTranspose2d(3, 2, 3, stride=2, padding=1), use_convolution_passes),
-        (lambda: nn.Conv2d(3, 1, 3, padding=1), use_transposed_weight_gradient),
+        (lambda: nn.Conv2d(3, 2, 3, padding=1), use_transposed_weight_gradient),  # 2 channels: two layouts
     ],
     ids=["transposed", "narrow"],
 )

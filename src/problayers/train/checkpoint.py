@@ -208,6 +208,8 @@ def _windows_pid_alive(pid: int) -> bool:
     answer is unknown, the process is taken to run (its lock is not taken over)."""
     import ctypes
 
+    if not 0 < pid < 2**32:  # a DWORD: a crafted lock's or temporary's pid runs nothing
+        return False
     if sys.platform == "win32":  # (Windows' ctypes; the type checker reads this on Windows only)
         kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
         handle = kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
@@ -348,25 +350,25 @@ def check_state_dict(module: torch.nn.Module, state: Any, what: str, source: str
             raise CheckpointError(
                 f"{source}: {what} {key!r}: expected shape {tuple(want.shape)}, got {tuple(got.shape)}"
             )
-        if got.layout != torch.strided or _kind(got) != _kind(want):
+        if got.layout != want.layout or _kind(got) != _kind(want):
             raise CheckpointError(
-                f"{source}: {what} {key!r}: expected a dense {_kind(want)} tensor ({want.dtype}), "
-                f"got {got.dtype} ({got.layout})"
+                f"{source}: {what} {key!r}: expected a {_kind(want)} tensor ({want.dtype}, "
+                f"{want.layout}), got {got.dtype} ({got.layout})"
             )
 
 
 def check_finite(state: dict[str, Any], what: str, source: str) -> None:
     """Raise a one-line :class:`CheckpointError` if a floating or complex tensor of ``state``
-    holds NaN/inf, or is not a dense tensor with its own elements (a 100 KB file can hold an
-    expanded view of 10**10 elements, which the check would materialize)."""
+    holds NaN/inf, or is a strided tensor whose storage is smaller than its elements (a 100 KB
+    file can hold an expanded view of 10**10 elements, which the check would materialize)."""
     for key, value in state.items():
-        if not isinstance(value, torch.Tensor):
-            continue
-        stored = value.untyped_storage().nbytes() if value.layout == torch.strided else -1
+        if not isinstance(value, torch.Tensor) or value.layout != torch.strided:
+            continue  # a sparse one: its layout is checked against the model's
+        stored = value.untyped_storage().nbytes()
         if value.numel() * value.element_size() > stored:
-            held = f"over {stored} bytes of storage" if stored >= 0 else f"({value.layout})"
             raise CheckpointError(
-                f"{source}: {what} {key!r}: expected a dense tensor, got {tuple(value.shape)} {held}"
+                f"{source}: {what} {key!r}: expected a dense tensor, got {tuple(value.shape)} "
+                f"over {stored} bytes of storage"
             )
         if (value.is_floating_point() or value.is_complex()) and value.numel():
             if not bool(torch.isfinite(value).all()):

@@ -50,9 +50,8 @@ def apply_autocast(function: Any, x: torch.Tensor, weight: torch.Tensor, bias: A
 
 def in_format(t: torch.Tensor, memory_format: torch.memory_format) -> torch.Tensor:
     """``t`` with the strides of ``memory_format`` spelled out: for one channel ``contiguous``
-    keeps NCHW strides (the layouts coincide), which makes oneDNN pick its NCHW kernels. A
-    ``torch.func`` wrapper is made contiguous."""
-    if memory_format == torch.contiguous_format or _vmapped(t):
+    keeps NCHW strides (the layouts coincide), which makes oneDNN pick its NCHW kernels."""
+    if memory_format == torch.contiguous_format:
         return t.contiguous()
     wanted = torch.empty(t.shape, device="meta", memory_format=memory_format).stride()
     return t if t.stride() == wanted else torch.empty_like(t, memory_format=memory_format).copy_(t)

@@ -392,7 +392,7 @@ def load_run(
         weights, what = dict(state["averaged"]), "averaged"
         weights.pop("_extra_state", None)  # EMA's update count and decay
         torch.nn.modules.utils.consume_prefix_in_state_dict_if_present(weights, "module.")
-    check_weights_fit(cfg.model, weights, what, str(path))  # before building it
+    weights = check_weights_fit(cfg.model, weights, what, str(path))  # before building it
     model = build_model(cfg.model)
     model.load_state_dict(weights)
     model.to(resolve_device(device)).eval()

@@ -48,23 +48,30 @@ def data_log_prob(px: D.Distribution, x: torch.Tensor, k: int = 1) -> torch.Tens
     return px.log_prob(x if k == 1 else _repeat(x, k))  # (k * B,)
 
 
-def check_support(px: D.Distribution, x: torch.Tensor, name: str = "x") -> None:
-    """Refuse data ``x`` ``(B, *X)`` outside the support of the decoder's ``px``: images in
-    0..255 given to a Bernoulli decoder (``images.float()`` after the uint8 refusal) give a
-    negative -ELBO, since ``log_prob`` without argument checks computes it anyway. One host
-    sync: evaluation checks, the training step does not. A distribution that does not state its
-    support is not checked."""
+def check_support(px: D.Distribution, x: torch.Tensor, name: str = "x", k: int = 1) -> None:
+    """Refuse data ``x`` ``(B, *X)`` outside the support of the decoder's ``px`` (batch
+    ``(k * B,)``, sample-major, as in :func:`data_log_prob`): images in 0..255 given to a
+    Bernoulli decoder (``images.float()`` after the uint8 refusal) give a negative -ELBO, since
+    ``log_prob`` without argument checks computes it anyway. A support that depends on the
+    parameters (a Binomial's ``total_count``) is checked per example. One host sync: evaluation
+    checks, the training step does not. A distribution that does not state its support is not
+    checked."""
     try:
         support = px.support
     except NotImplementedError:
         return
     if support is None or D.constraints.is_dependent(support):
         return
-    inside = support.check(x)  # (B,)
+    inside = support.check(x if k == 1 else _repeat(x, k)).reshape(k, -1).all(0)  # (B,)
     if not bool(inside.all()):
-        kind = getattr(px, "_tc_base", type(px))  # a layer's output: the torch class it extends
+        kind = getattr(px, "_tc_base", type(px)).__name__  # a layer's output: the torch class it extends
+        base = getattr(px, "base_dist", None)
+        while isinstance(support, D.constraints.independent):
+            support = support.base_constraint
+        what = f"{kind}({type(base).__name__})" if base is not None else kind
         raise ValueError(
-            f"{name}: expected values in the support of the decoder's {kind.__name__} ({support}); "
+            f"{name}: expected values in the support of the decoder's {what} "
+            f"({type(support).__name__.lstrip('_')}); "
             f"got {int((~inside).sum())} of {x.shape[0]} examples outside it (values in "
             f"[{x.min().item():g}, {x.max().item():g}]; binarized images are 0 or 1: see "
             "problayers.vae.data.binarize_fixed)"

@@ -221,9 +221,9 @@ def _kind(obj: Any) -> str:
     return "null" if obj is None else f"{type(obj).__name__} {obj!r}"[:80]
 
 
-#: RunConfig's fields that choose how a training step runs, not what it computes.
 #: What a resume may change (the rest defines the run).
 RESUME_OVERRIDES = ("epochs", "lr", "device", "data_dir", "progress", "log_every")
+#: RunConfig's fields that choose how a training step runs, not what it computes.
 STEP_OPTIONS = (
     "compile",
     "compile_mode",

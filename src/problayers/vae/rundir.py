@@ -198,10 +198,11 @@ def check_run_state(state: dict[str, Any], source: str, *, training: bool = Fals
     return saved
 
 
-def check_weights_fit(model: Any, weights: dict[str, Any], what: str, source: str) -> None:
-    """``weights`` fit the model the :class:`~problayers.vae.models.ModelConfig` ``model``
-    describes (names, shapes, kinds; a data-parallel ``module.`` prefix dropped), checked on its
-    meta-device skeleton: before the model is built, which a crafted config could make huge."""
+def check_weights_fit(model: Any, weights: dict[str, Any], what: str, source: str) -> dict[str, Any]:
+    """``weights`` without a data-parallel ``module.`` prefix, once they fit the model the
+    :class:`~problayers.vae.models.ModelConfig` ``model`` describes (names, shapes, kinds),
+    checked on its meta-device skeleton: before the model is built, which a crafted config could
+    make huge."""
     import torch
 
     from .models import model_skeleton
@@ -209,6 +210,7 @@ def check_weights_fit(model: Any, weights: dict[str, Any], what: str, source: st
     weights = dict(weights)
     torch.nn.modules.utils.consume_prefix_in_state_dict_if_present(weights, "module.")
     check_state_dict(model_skeleton(model), weights, what, source)
+    return weights
 
 
 def check_consistent(

@@ -272,9 +272,14 @@ def make_objective(cfg: ModelConfig) -> Objective:
 def model_skeleton(cfg: ModelConfig) -> nn.Module:
     """The model ``cfg`` describes on the meta device: its state dict's names and shapes, with
     no memory. A file's weights are checked against it before the model is built: a config of
-    a few bytes (``latent_size`` 20000) can ask for terabytes."""
-    with torch.device("meta"):
-        return MODELS[cfg.name](cfg)
+    a few bytes (``latent_size`` 20000) can ask for terabytes. A user's builder that reads values
+    while it builds (``.item()``: torch's orthogonal parametrization) cannot build there: its
+    model is built for real, as before this check existed."""
+    try:
+        with torch.device("meta"):
+            return MODELS[cfg.name](cfg)
+    except (RuntimeError, NotImplementedError):
+        return build_model(cfg)
 
 
 def build_model(cfg: ModelConfig) -> VAE:
