@@ -11,6 +11,7 @@ import stat
 import subprocess
 import sys
 import time
+import warnings
 
 import pytest
 import torch
@@ -350,3 +351,23 @@ def test_files_get_the_usual_permissions(tmp_path):
     finally:
         os.umask(old)
     assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_a_sparse_tensor_is_checked_as_a_dense_one():
+    """A model's sparse buffer is loaded (its layout is the model's), so its values and indices
+    are checked: NaN got in, and indices past its size (re-review)."""
+    from problayers.train.checkpoint import check_finite
+
+    good = torch.sparse_coo_tensor([[0, 1], [0, 1]], [1.0, 2.0], (3, 3), check_invariants=True)
+    check_finite({"adj": good}, "weight", "ckpt")
+    nan = torch.sparse_coo_tensor([[0, 1], [0, 1]], [float("nan"), 2.0], (3, 3), check_invariants=True)
+    with pytest.raises(CheckpointError, match=r"^ckpt: weight 'adj' holds 1 non-finite value"):
+        check_finite({"adj": nan}, "weight", "ckpt")
+    outside = torch.sparse_coo_tensor([[0, 10**6], [0, 1]], [1.0, 2.0], (3, 3), check_invariants=False)
+    with pytest.raises(CheckpointError, match=r"^ckpt: weight 'adj': not a valid sparse tensor"):
+        check_finite({"adj": outside}, "weight", "ckpt")
+    with warnings.catch_warnings():  # torch's, once a process: CSR support is in beta
+        warnings.simplefilter("ignore", UserWarning)
+        csr = torch.eye(3).to_sparse_csr()
+    with pytest.raises(CheckpointError, match=r"expected a dense or sparse COO tensor, got torch.sparse_csr"):
+        check_finite({"adj": csr}, "weight", "ckpt")

@@ -395,6 +395,18 @@ def test_a_support_that_depends_on_the_parameters_is_checked_per_example():
     ):
         evaluate(encode, decode, prior, torch.cat([images, images[:1] + 256]), batch_size=4)
 
+    def categorical(z):  # 256 classes: out of range, log_prob's gather failed before the check
+        logits = z[:, :1, None, None, None].expand(-1, 1, 2, 2, 256)
+        return D.Independent(D.Categorical(logits=logits, validate_args=False), 3)
+
+    bad = torch.cat([images, images[:1] + 256])
+    for fn in (
+        lambda: evaluate(encode, categorical, prior, bad, batch_size=4, iwae_samples=5, chunk_size=2),
+        lambda: iwae_log_likelihood(encode, categorical, prior, bad[8:], 5, chunk_size=2),
+    ):
+        with pytest.raises(ValueError, match=r"Independent\(Categorical\) \(IntegerInterval\); got 1 of"):
+            fn()
+
 
 # --------------------------------------------------------------------------- elbo_terms
 

@@ -101,6 +101,7 @@ def test_model_skeleton_has_the_models_state_dict_without_memory():
     @register_model("reads-values")
     def reads_values(cfg):
         model = build_model(ModelConfig(latent_size=cfg.latent_size))
+        next(model.decoder.parameters()).detach().numpy()  # a TypeError on meta (re-review)
         model.decoder[0] = torch.nn.utils.parametrizations.orthogonal(torch.nn.Linear(2, 2))
         return model
 

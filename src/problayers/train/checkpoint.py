@@ -362,8 +362,21 @@ def check_finite(state: dict[str, Any], what: str, source: str) -> None:
     holds NaN/inf, or is a strided tensor whose storage is smaller than its elements (a 100 KB
     file can hold an expanded view of 10**10 elements, which the check would materialize)."""
     for key, value in state.items():
-        if not isinstance(value, torch.Tensor) or value.layout != torch.strided:
-            continue  # a sparse one: its layout is checked against the model's
+        if not isinstance(value, torch.Tensor):
+            continue
+        if value.layout == torch.sparse_coo:  # a model's sparse buffer: its indices, then values
+            try:
+                with torch.sparse.check_sparse_tensor_invariants():
+                    torch.sparse_coo_tensor(value._indices(), value._values(), value.shape)
+            except RuntimeError as err:
+                raise CheckpointError(
+                    f"{source}: {what} {key!r}: not a valid sparse tensor ({one_line(err)})"
+                ) from None
+            value = value._values()
+        elif value.layout != torch.strided:
+            raise CheckpointError(
+                f"{source}: {what} {key!r}: expected a dense or sparse COO tensor, got {value.layout}"
+            )
         stored = value.untyped_storage().nbytes()
         if value.numel() * value.element_size() > stored:
             raise CheckpointError(

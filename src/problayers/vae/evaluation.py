@@ -118,10 +118,9 @@ def _decoder_log_prob(
             f"decode(z) for z of shape {tuple(z.shape)}: expected a distribution with batch_shape "
             f"({n},) and event_shape X, got batch_shape {tuple(px.batch_shape)}"
         )
-    log_px = data_log_prob(px, x, k)  # (N,) (x's shape checked first)
-    if check is not None:
-        check_support(px, x, check, k)
-    return log_px
+    if check is not None and tuple(x.shape[1:]) == tuple(px.event_shape):  # else data_log_prob says
+        check_support(px, x, check, k)  # before log_prob: a Categorical's would gather out of range
+    return data_log_prob(px, x, k)  # (N,)
 
 
 def _accumulator_dtype(device: torch.device) -> torch.dtype:
