@@ -80,7 +80,7 @@ def non_negative_number(value, name: str) -> float | torch.Tensor:
     if isinstance(value, torch.Tensor) and value.dim() != 0:
         raise ValueError(f"{name}: expected a number or a 0-dim tensor, got shape {tuple(value.shape)}")
     if not (isinstance(value, torch.Tensor) and value.is_meta):
-        number = float(value)
+        number = float(value.detach()) if isinstance(value, torch.Tensor) else float(value)  # a Parameter too
         if not (number >= 0 and math.isfinite(number)):
             raise ValueError(f"{name}: expected a finite number >= 0, got {number}")
     return value
@@ -109,7 +109,7 @@ def finite_number(value, name: str) -> float:
     """``value`` as a ``float`` if it is a finite number (a Python or numpy one, or a 0-dim
     tensor); ``TypeError``/``ValueError`` naming ``name`` otherwise."""
     if isinstance(value, torch.Tensor) and value.dim() == 0 and not value.is_meta:
-        value = value.item()
+        value = value.detach().item()
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name}: expected a finite number, got {type(value).__name__} {value!r}"[:160])
     if not math.isfinite(float(value)):
@@ -122,7 +122,7 @@ def positive_number(value, name: str) -> float:
     0-dim tensor); ``ValueError`` naming ``name`` otherwise (``inf``: a scale of ``inf`` gives
     infinite or NaN results, not an error, later)."""
     if isinstance(value, torch.Tensor) and value.dim() == 0 and not value.is_meta:
-        value = value.item()
+        value = value.detach().item()
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < float(value) < math.inf:
         raise ValueError(f"{name}: expected a finite positive number, got {value!r}"[:160])
     return float(value)
