@@ -75,7 +75,7 @@ def plain_numbers(config: Any) -> None:
     for field in dataclasses.fields(config):
         value = getattr(config, field.name)
         kind = str(field.type).split(" | ")[0]
-        if isinstance(value, bool) or type(value) in (int, float) or type(value).__name__ == "bool_":
+        if isinstance(value, bool) or type(value) in (int, float):  # (a numpy bool is no Integral)
             continue
         if kind == "int" and isinstance(value, numbers.Integral):
             object.__setattr__(config, field.name, int(value))
