@@ -910,6 +910,18 @@ MUTANTS = [
         "",
         "tests/test_transposed.py::test_torch_func_takes_channels_last_and_strided_batches",
     ),
+    (
+        "train/convpasses.py",
+        "return function.forward(dx, weight, tbias, *conf) + dw",
+        "return function.forward(dx, weight, tbias, *conf)",
+        "tests/test_transposed.py::test_forward_mode_sees_through",
+    ),
+    (
+        "train/convpasses.py",
+        "        function = function.with_jvp\n",
+        "        pass\n",
+        "tests/test_transposed.py::test_forward_mode_sees_through",
+    ),
 ]
 
 

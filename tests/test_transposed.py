@@ -198,6 +198,45 @@ def test_torch_func_takes_channels_last_and_strided_batches(make, switch):
     torch.testing.assert_close(jac, ref_jac, rtol=1e-10, atol=1e-12)
 
 
+# torch's forward AD loads its decompositions with torch.jit.script on first use (torch 2.13)
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+@pytest.mark.parametrize(
+    "make, switch",
+    [
+        (lambda: nn.ConvTranspose2d(3, 2, 3, stride=2, padding=1, output_padding=1), use_convolution_passes),
+        (lambda: nn.Conv2d(3, 1, 3, padding=1), use_transposed_weight_gradient),  # depthwise + sum
+        (lambda: nn.Conv2d(3, 2, 3, padding=1, bias=False), use_transposed_weight_gradient),
+    ],
+    ids=["transposed", "narrow-one-channel", "narrow"],
+)
+def test_forward_mode_sees_through(make, switch):
+    """jvp, jacfwd-based Hessians and forward_ad's dual tensors through a switched layer (they
+    raised: the Functions had no jvp, which dynamo does not trace; eager calls take one that has)."""
+    ref, new = _pair(make, torch.float64, switch=switch)
+    x = torch.randn(2, 3, 5, 5, dtype=torch.float64)
+
+    def call(module):
+        return lambda p, batch: torch.func.functional_call(module, p, (batch,))
+
+    for xs in (x, x.to(memory_format=torch.channels_last)):
+        params = {k: v.detach() for k, v in new.named_parameters()}
+        tangents = {k: torch.randn_like(v) for k, v in params.items()}
+        tx = torch.randn_like(xs)
+        got = torch.func.jvp(call(new), (params, xs), (tangents, tx))
+        want = torch.func.jvp(call(ref), (params, xs), (tangents, tx))
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+        for argnums, point in ((0, (params, xs)), (1, (params, xs[:1]))):
+            got = torch.func.hessian(lambda p, v: call(new)(p, v).sin().sum(), argnums)(*point)
+            want = torch.func.hessian(lambda p, v: call(ref)(p, v).sin().sum(), argnums)(*point)
+            torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+        tangent = {}
+        for name, module in (("got", new), ("want", ref)):
+            with torch.autograd.forward_ad.dual_level():
+                dual = torch.autograd.forward_ad.make_dual(xs, tx)
+                tangent[name] = torch.autograd.forward_ad.unpack_dual(module(dual)).tangent
+        torch.testing.assert_close(tangent["got"], tangent["want"], rtol=1e-10, atol=1e-12)
+
+
 def test_a_wrong_channel_count_is_torchs_own_error():
     _, new = _pair(lambda: nn.ConvTranspose2d(4, 2, 3, stride=2))
     with pytest.raises(RuntimeError, match=r"expected input\[2, 3, 5, 5\] to have 4 channels"):

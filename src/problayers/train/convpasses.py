@@ -1,6 +1,6 @@
 """What the convolution-pass layers share (:mod:`problayers.train.transposed`,
-:mod:`problayers.train.narrowconv`): autocast as torch casts a convolution's inputs, memory
-layouts, and switching a model's layers to another class in place."""
+:mod:`problayers.train.narrowconv`): autocast as torch casts a convolution's inputs, forward-mode
+AD, memory layouts, and switching a model's layers to another class in place."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["apply_autocast", "in_format", "memory_format_of", "switch"]
+__all__ = ["apply_autocast", "in_format", "memory_format_of", "switch", "with_forward_mode"]
 
 
 def _vmapped(x: torch.Tensor) -> bool:
@@ -33,9 +33,45 @@ def memory_format_of(x: torch.Tensor) -> torch.memory_format:
     return torch.contiguous_format
 
 
+def with_forward_mode(function: Any) -> Any:
+    """A subclass of the custom Function ``function`` with forward-mode AD (``jvp``: ``torch.func``'s
+    ``jvp``, ``jacfwd``, ``hessian``; ``torch.autograd.forward_ad``), for eager calls only: dynamo
+    does not trace a Function that defines ``jvp``, so compiled code takes ``function`` itself.
+
+    ``function.forward(x, weight, bias, *conf)`` must be a convolution's kind of map: linear in
+    ``x`` and in ``weight`` each, plus ``bias``; its tangent is then ``forward`` again:
+    ``f(tx, W, tb) + f(x, tW, None)``.
+    """
+
+    def setup_context(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:
+        function.setup_context(ctx, inputs, output)
+        ctx.save_for_forward(inputs[0], inputs[1])
+        ctx.forward_conf = inputs[3:]
+
+    def jvp(ctx: Any, tx: Any, tweight: Any, tbias: Any, *_: Any) -> torch.Tensor:
+        x, weight = ctx.saved_tensors
+        conf = ctx.forward_conf
+        dx = tx if tx is not None else torch.zeros_like(x)
+        if tweight is None:
+            return function.forward(dx, weight, tbias, *conf)  # f(tx, W) + tb
+        dw = function.forward(x, tweight, None, *conf)  # f(x, tW)
+        if tx is None and tbias is None:
+            return dw
+        return function.forward(dx, weight, tbias, *conf) + dw
+
+    return type(
+        f"{function.__name__}WithJvp",
+        (function,),
+        {"setup_context": staticmethod(setup_context), "jvp": staticmethod(jvp), "__doc__": function.__doc__},
+    )
+
+
 def apply_autocast(function: Any, x: torch.Tensor, weight: torch.Tensor, bias: Any, *args: Any) -> Any:
     """``function.apply(x, weight, bias, *args)``, its tensors cast as autocast casts a
-    convolution's: floating tensors other than float64 (which autocast leaves alone)."""
+    convolution's: floating tensors other than float64 (which autocast leaves alone). Eager
+    calls take ``function.with_jvp`` (:func:`with_forward_mode`), compiled code ``function``."""
+    if not torch.compiler.is_compiling():
+        function = function.with_jvp
     device = x.device.type
     if torch.is_autocast_enabled(device) and x.is_floating_point():
         dtype = torch.get_autocast_dtype(device)

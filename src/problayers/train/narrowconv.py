@@ -13,8 +13,9 @@ such layers in place (``nn.Conv{1,2,3}d`` -> ``Conv{1,2,3}dByTransposed``); the 
 stays torch's. The forward does not gain from the exchange (oneDNN runs it on the same kernel),
 so with exactly one output channel it is a depthwise convolution (vectorized over the input
 channels) followed by the sum over the channels: the same numbers up to the summation order.
-As for the transposed layers, ``torch.func``'s ``grad``, ``vmap`` and ``jacrev`` see through a
-switched layer, whatever the batch's layout; forward-mode AD (``jvp``, ``hessian``) does not.
+As for the transposed layers, ``torch.func``'s transforms (``grad``, ``vmap``, ``jacrev``, and
+forward mode: ``jvp``, ``jacfwd``, ``hessian``) see through a switched layer, whatever the
+batch's layout.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .convpasses import apply_autocast, in_format, memory_format_of, switch
+from .convpasses import apply_autocast, in_format, memory_format_of, switch, with_forward_mode
 
 __all__ = [
     "NARROW_CHANNELS",
@@ -89,6 +90,9 @@ class _TransposedWeightGradient(torch.autograd.Function):
         if has_bias and ctx.needs_input_grad[2]:
             db = dy.sum([0, *spatial])
         return dx, dw, db, None, None
+
+
+_TransposedWeightGradient.with_jvp = with_forward_mode(_TransposedWeightGradient)  # type: ignore[attr-defined]
 
 
 def _exchangeable(conv: nn.Module) -> bool:

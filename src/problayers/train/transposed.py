@@ -15,8 +15,8 @@ the lower-precision result is rounded, not inside the kernel.
 :func:`use_convolution_passes` converts a model's ``nn.ConvTranspose1d/2d/3d`` in place by
 switching each one's class to a subclass whose ``forward`` differs and nothing else: the same
 parameters, ``state_dict`` keys, ``isinstance`` answers; such a model pickles and deep-copies,
-and ``torch.func``'s ``grad``, ``vmap`` and ``jacrev`` see through it, channels_last batches
-included (forward-mode AD does not: dynamo cannot trace the custom ``jvp`` it would need). A
+and ``torch.func``'s transforms (``grad``, ``vmap``, ``jacrev``, and forward mode: ``jvp``,
+``jacfwd``, ``hessian``) see through it, channels_last batches included. A
 layer whose output padding is not below its stride (allowed where the dilation exceeds the
 stride) keeps torch's own forward.
 The narrow convolutions' step option, the other way round, is :mod:`problayers.train.narrowconv`.
@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .convpasses import apply_autocast, memory_format_of, switch
+from .convpasses import apply_autocast, memory_format_of, switch, with_forward_mode
 from .narrowconv import (
     NARROW_CHANNELS,
     Conv1dByTransposed,
@@ -54,8 +54,8 @@ __all__ = [
 
 class _ByConvolution(torch.autograd.Function):
     """``conv_transpose{N}d`` whose forward and backward are the convolution's passes
-    (``torch.func``'s transforms through ``setup_context`` and the generated ``vmap`` rule; no
-    forward mode: dynamo cannot trace a custom ``jvp``, and ``torch.compile`` comes first)."""
+    (``torch.func``'s transforms through ``setup_context`` and the generated ``vmap`` rule;
+    forward mode in eager calls through ``with_jvp``: dynamo does not trace a custom ``jvp``)."""
 
     generate_vmap_rule = True
 
@@ -107,6 +107,9 @@ class _ByConvolution(torch.autograd.Function):
         if has_bias and ctx.needs_input_grad[2]:
             db = dy.sum([0, *range(2, 2 + n)])
         return dx, dw, db, None, None, None, None, None
+
+
+_ByConvolution.with_jvp = with_forward_mode(_ByConvolution)  # type: ignore[attr-defined]
 
 
 def conv_transpose_by_conv(
