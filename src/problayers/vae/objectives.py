@@ -69,12 +69,14 @@ def check_support(px: D.Distribution, x: torch.Tensor, name: str = "x", k: int =
         while isinstance(support, D.constraints.independent):
             support = support.base_constraint
         what = f"{kind}({type(base).__name__})" if base is not None else kind
+        hint = ""
+        if support is D.constraints.boolean:  # the toolkit's images for a Bernoulli decoder
+            hint = "; binarized images are 0 or 1: see problayers.vae.data.binarize_fixed"
         raise ValueError(
             f"{name}: expected values in the support of the decoder's {what} "
             f"({type(support).__name__.lstrip('_')}); "
             f"got {int((~inside).sum())} of {x.shape[0]} examples outside it (values in "
-            f"[{x.min().item():g}, {x.max().item():g}]; binarized images are 0 or 1: see "
-            "problayers.vae.data.binarize_fixed)"
+            f"[{x.min().item():g}, {x.max().item():g}]{hint})"
         )
 
 
