@@ -28,9 +28,9 @@ from .independent import (
     IndependentLogistic,
     IndependentNormal,
     IndependentPoisson,
-    Logistic,
     LogRatePoisson,
 )
+from .logistic import Logistic
 from .mixture import MixtureLogistic, MixtureNormal, MixtureSameFamily
 from .multivariate import MultivariateNormalTriL
 from .reparameterization import (
