@@ -197,10 +197,31 @@ def test_global_batch_and_device_checks():
     match = r"global batch and must be divisible .* \(world size 4\); use e.g. 60 or 64"
     with pytest.raises(ValueError, match=match):
         distributed.check_global_batch(62, 4)
+    with pytest.raises(
+        ValueError, match=r"cannot change on resume; resume on 1, 2, 4, 8, 16, 32 or 64 processes$"
+    ):
+        distributed.check_global_batch(64, 3, resuming=True)  # it advised a batch size (DDP audit)
     distributed.check_device_spec("cuda", 8)
     distributed.check_device_spec("cuda:0", 1)
     with pytest.raises(ValueError, match="--device cuda"):
         distributed.check_device_spec("cuda:1", 2)
+
+
+def test_batch_norm_is_synchronized_where_torch_can_and_noted_where_not():
+    """resnet's BatchNorm normalized each rank's half batch, and DDP then broadcast rank 0's
+    running statistics: two processes trained otherwise than one (DDP audit). On a GPU the layers
+    become SyncBatchNorm, sharing the parameters and buffers an optimizer already holds."""
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Sequential(nn.BatchNorm1d(3)))
+    tensors = {name: id(t) for name, t in model.state_dict(keep_vars=True).items()}
+    same, note = distributed.sync_batch_norm(model, torch.device("cpu"))
+    assert same is model and "each process's share of the batch on cpu" in note
+    assert not any(isinstance(m, nn.SyncBatchNorm) for m in model.modules())
+    synced, note = distributed.sync_batch_norm(model, torch.device("cuda"))  # converts without a GPU
+    assert note is None and synced is model
+    assert sum(isinstance(m, nn.SyncBatchNorm) for m in synced.modules()) == 2
+    assert {name: id(t) for name, t in synced.state_dict(keep_vars=True).items()} == tensors
+    plain = nn.Linear(2, 2)
+    assert distributed.sync_batch_norm(plain, torch.device("cpu")) == (plain, None)
 
 
 # ----------------------------------------------------------------------------- unit level, 2 processes
@@ -408,6 +429,101 @@ def test_global_batch_not_divisible_is_a_clear_error(tmp_path):
     assert "divisible by the number of processes (world size 2)" in r0["message"]
     assert r1["type"] == "RankZeroError"  # rank 0 reports it; rank 1 stops quietly
     assert not (tmp_path / "run").exists()
+
+
+def _free_bits_and_notes(ctx, out_dir):
+    from problayers.vae.data import EpochBatches, synthetic_mnist
+    from problayers.vae.models import vae_loss
+
+    images, _ = synthetic_mnist(64, seed=0)
+    x = next(iter(EpochBatches(images, 16, seed=0).epoch(0)))  # the global batch
+    shard = next(iter(EpochBatches(images, 16, seed=0, rank=ctx.rank, world_size=2).epoch(0)))
+    base = _deterministic_vae(1.0)
+    with torch.no_grad():  # no gradients: no collective (rank 0 evaluates alone)
+        kl_here = float(vae_loss(copy.deepcopy(base), shard)[1]["kl"])
+    lo, hi = sorted(ctx.all_gather_object(kl_here))
+    model = copy.deepcopy(base)
+    # The floor between the shards' KLs and above their mean (the global batch's): one process
+    # clamps, so the KL does not pull; each shard deciding alone, one of them pulled.
+    model.objective.free_bits = (0.25 * lo + 0.75 * hi) / 4  # latent size 4, KL weight 1
+    single = copy.deepcopy(model)
+    notes: list[str] = []
+    ddp = ctx.wrap(model, log=notes.append)
+    vae_loss(ddp, shard)[0].backward()
+    vae_loss(single, x)[0].backward()
+    worst = 0.0
+    for name, p in model.named_parameters():
+        ref = dict(single.named_parameters())[name].grad
+        worst = max(worst, (p.grad - ref).abs().max().item() / (ref.abs().max().item() + 1e-12))
+    bn = nn.Sequential(nn.Linear(2, 3), nn.BatchNorm1d(3))
+    ctx.wrap(bn, log=notes.append)
+    return {"kls": [lo, hi], "worst": worst, "notes": notes}
+
+
+def test_free_bits_floor_is_the_global_batchs_and_batch_norm_is_noted(tmp_path):
+    """free bits clamped each rank's KL: with the floor between the shards' KLs, the update was
+    not the global batch's (DDP audit); the BatchNorm note is printed once, by rank 0."""
+    r0, r1 = _spawn(_free_bits_and_notes, tmp_path)
+    assert "error" not in r0, r0.get("error")
+    assert r0["kls"][0] < r0["kls"][1]  # the shards straddle the floor
+    assert r0["worst"] < 1e-4 and r1["worst"] < 1e-4, (r0["worst"], r1["worst"])
+    assert r0["notes"] == [
+        "note: BatchNorm layers normalize each process's share of the batch on cpu (torch's "
+        "SyncBatchNorm needs a GPU), so this training differs from one process's"
+    ]
+    assert r1["notes"] == []
+
+
+class _Unpicklable(OSError):
+    def __init__(self, handle):
+        super().__init__(5, "I/O error")
+        self.handle = handle
+
+
+def _relay_then_leave(ctx, out_dir):
+    from problayers.cli.errors import describe
+
+    result: dict = {}
+    for name, make in (
+        ("os", lambda: OSError(2, "No such file or directory", "/x/run")),
+        ("value", lambda: ValueError("batch_size: bad")),
+        ("unpicklable", lambda: _Unpicklable(lambda: None)),
+    ):
+
+        def fail(make=make):
+            raise make()
+
+        try:
+            ctx.run_on_main(fail)
+        except Exception as err:
+            relayed = getattr(err, "error", None)
+            result[name] = [type(err).__name__, describe(err if ctx.is_main else relayed or err)[0]]
+            if not ctx.is_main:
+                result[name].append(None if relayed is None else type(relayed).__name__)
+    if ctx.rank == 1:  # leaves the group while rank 0 waits in a collective
+        (out_dir / "rank1.json").write_text(json.dumps(result))
+        os._exit(0)
+    try:
+        ctx.all_reduce_sum(torch.ones(1))
+    except Exception as err:
+        result["peer"] = describe(err)
+    return result
+
+
+def test_rank_0s_exit_status_is_every_ranks_and_a_peers_stop_is_one_line(tmp_path):
+    """Rank 0's OSError (status 1) ended the other ranks with status 2; a rank whose peer stopped
+    printed gloo's 'Connection closed by peer' as an internal error (DDP audit)."""
+    r0, r1 = _spawn(_relay_then_leave, tmp_path)
+    assert "error" not in r0, r0.get("error")
+    assert r0["os"] == ["FileNotFoundError", 1] and r1["os"] == ["RankZeroError", 1, "FileNotFoundError"]
+    assert r0["value"] == ["ValueError", 2] and r1["value"] == ["RankZeroError", 2, "ValueError"]
+    assert r1["unpicklable"] == ["RankZeroError", 1, None]  # a RuntimeError's status without a copy
+    status, line = r0["peer"]
+    assert status == 1 and line.startswith(
+        "problayers: error: another process of this data-parallel run stopped (its own message says "
+        "why), so this one stopped too (torch.distributed: "
+    ), line
+    assert "\n" not in line
 
 
 def _bad_test_subset(ctx, out_dir):

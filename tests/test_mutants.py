@@ -928,6 +928,30 @@ MUTANTS = [
         "if False:",
         "tests/test_layers_catalog.py::test_logistic_samples_its_own_distribution_in_half_precision",
     ),
+    (
+        "vae/objectives.py",
+        "torch.where(mean_over_ranks(kl) >= floor,",
+        "torch.where(kl.detach() >= floor,",
+        "tests/test_distributed.py::test_free_bits_floor_is_the_global_batchs_and_batch_norm_is_noted",
+    ),
+    (
+        "train/distributed.py",
+        "        return nn.SyncBatchNorm.convert_sync_batchnorm(model), None\n",
+        "        return model, None\n",
+        "tests/test_distributed.py::test_batch_norm_is_synchronized_where_torch_can_and_noted_where_not",
+    ),
+    (
+        "train/distributed.py",
+        'raise RankZeroError(f"rank 0 failed: {value}", relayed)',
+        'raise RankZeroError(f"rank 0 failed: {value}")',
+        "tests/test_distributed.py::test_rank_0s_exit_status_is_every_ranks_and_a_peers_stop_is_one_line",
+    ),
+    (
+        "cli/errors.py",
+        "    if _peer_stopped(err):\n",
+        "    if False:\n",
+        "tests/test_distributed.py::test_rank_0s_exit_status_is_every_ranks_and_a_peers_stop_is_one_line",
+    ),
 ]
 
 

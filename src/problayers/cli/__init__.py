@@ -48,6 +48,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ..train.divergence import NonFiniteLossError
     from ..vae.experiment import RunConfig, resume, train
     from ..vae.models import ModelConfig
+    from .errors import describe
 
     rank = 0
     try:
@@ -85,7 +86,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     except (NonFiniteLossError, distributed.RankZeroError) as err:
         if rank == 0:
             raise
-        return 1 if isinstance(err, NonFiniteLossError) else 2  # rank 0 reports it
+        if isinstance(err, NonFiniteLossError):
+            return 1  # rank 0 reports it
+        return 2 if err.error is None else describe(err.error)[0]  # rank 0's status
     if history and rank == 0:
         last = history[-1]
         print(

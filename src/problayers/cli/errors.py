@@ -6,6 +6,9 @@ from __future__ import annotations
 import os
 import re
 
+import torch
+import torch.distributed
+
 from ..train.checkpoint import CheckpointError
 from ..train.cudagraph import CaptureError
 from ..train.divergence import NonFiniteLossError
@@ -22,6 +25,19 @@ def _out_of_memory(err: BaseException) -> bool:
     if isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError":
         return True
     return isinstance(err, RuntimeError) and "can't allocate memory" in str(err)
+
+
+def _peer_stopped(err: BaseException) -> bool:
+    """A collective failed because another process of a data-parallel run stopped: torch's
+    ``DistError`` family, or gloo's closed connection (a plain RuntimeError)."""
+    dist_error = getattr(torch.distributed, "DistError", ())
+    if isinstance(err, dist_error):
+        return True
+    text = str(err)
+    return isinstance(err, RuntimeError) and any(
+        sign in text
+        for sign in ("Connection closed by peer", "Connection reset by peer", "remote worker crash")
+    )
 
 
 def debug_requested(flag: bool = False) -> bool:
@@ -43,6 +59,11 @@ def describe(err: BaseException) -> tuple[int, str]:
     if isinstance(err, OSError):
         where = f"{err.filename}: " if getattr(err, "filename", None) else ""
         return 1, f"problayers: error: {where}{os_reason(err)}"
+    if _peer_stopped(err):
+        return 1, (
+            "problayers: error: another process of this data-parallel run stopped (its own message "
+            f"says why), so this one stopped too (torch.distributed: {one_line(err)[:160]})"
+        )
     if _out_of_memory(err):
         wanted = re.search(r"allocate (\d+) bytes", str(err))
         size = f" ({int(wanted.group(1)) / 2**30:.3g} GiB asked for at once)" if wanted else ""

@@ -22,6 +22,8 @@ import gc
 import hashlib
 import importlib
 import os
+import pickle
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -41,7 +43,9 @@ __all__ = [
     "env_ranks",
     "init_from_env",
     "launch",
+    "mean_over_ranks",
     "shutdown",
+    "sync_batch_norm",
 ]
 
 T = TypeVar("T")
@@ -54,7 +58,21 @@ _CURRENT: DistContext | None = None
 
 class RankZeroError(RuntimeError):
     """Raised on ranks > 0 when a step that rank 0 runs for everyone (reading the run directory,
-    checking the options) failed there; rank 0 raises (and prints) the original error."""
+    checking the options) failed there; rank 0 raises (and prints) the original error, of which
+    ``error`` is a copy where it pickles (``None`` otherwise), e.g. for the same exit status."""
+
+    def __init__(self, message: str, error: BaseException | None = None) -> None:
+        super().__init__(message)
+        self.error = error
+
+
+def _portable(err: BaseException) -> BaseException | None:
+    """``err`` if it survives pickling (what a broadcast does to it), else ``None``."""
+    try:
+        pickle.loads(pickle.dumps(err))
+    except Exception:
+        return None
+    return err
 
 
 def env_ranks(environ: dict[str, str] | None = None) -> tuple[int, int, int, int] | None:
@@ -83,9 +101,18 @@ def env_ranks(environ: dict[str, str] | None = None) -> tuple[int, int, int, int
     return rank, world, local, local_world
 
 
-def check_global_batch(batch_size: int, world_size: int) -> None:
-    """``--batch-size`` is the global batch: it must split evenly over the processes."""
+def check_global_batch(batch_size: int, world_size: int, resuming: bool = False) -> None:
+    """``--batch-size`` is the global batch: it must split evenly over the processes. A resumed
+    run keeps its batch size, so the advice is then a number of processes."""
     if batch_size % world_size:
+        if resuming:
+            counts = [str(n) for n in range(1, min(batch_size, 1024) + 1) if batch_size % n == 0]
+            listed = f"{', '.join(counts[:-1])} or {counts[-1]}" if len(counts) > 1 else "1"
+            raise ValueError(
+                f"batch_size: the run's global batch {batch_size} must be divisible by the number "
+                f"of processes (world size {world_size}), and cannot change on resume; resume on "
+                f"{listed} processes"
+            )
         lo, hi = batch_size - batch_size % world_size, batch_size + world_size - batch_size % world_size
         raise ValueError(
             f"batch_size: {batch_size} is the global batch and must be divisible by the number of "
@@ -101,6 +128,38 @@ def check_device_spec(spec: str, local_world_size: int) -> None:
             f"device: {spec!r} names one GPU for the {local_world_size} processes of this machine; "
             "under torchrun pass --device cuda (or auto): each process uses cuda:LOCAL_RANK"
         )
+
+
+def mean_over_ranks(value: torch.Tensor) -> torch.Tensor:
+    """``value`` (detached) averaged over the ranks of an initialized process group where
+    gradients are being computed (a training step: every rank calls it); ``value.detach()``
+    otherwise (single-process; an evaluation, which rank 0 runs alone). For decisions that must
+    be the global batch's, not each shard's (free bits' floor)."""
+    out = value.detach()
+    if torch.is_grad_enabled() and dist.is_available() and dist.is_initialized():
+        world = dist.get_world_size()
+        if world > 1:
+            out = out.clone()
+            dist.all_reduce(out, op=dist.ReduceOp.SUM)
+            out = out / world
+    return out
+
+
+def sync_batch_norm(model: nn.Module, device: torch.device) -> tuple[nn.Module, str | None]:
+    """``model`` with its BatchNorm layers synchronized over the ranks (``nn.SyncBatchNorm``:
+    batch statistics of the global batch, as one process computes them) where ``device`` can
+    (CUDA), and a note saying why not where it cannot (the CPU: torch's SyncBatchNorm needs a
+    GPU; each rank then normalizes its own share). Parameters and buffers are shared with the
+    layers they replace, so an optimizer built before keeps them. ``(model, None)`` without
+    BatchNorm."""
+    if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return model, None
+    if device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model), None
+    return model, (
+        f"BatchNorm layers normalize each process's share of the batch on {device.type} "
+        "(torch's SyncBatchNorm needs a GPU), so this training differs from one process's"
+    )
 
 
 def _derived_seed(*parts: object) -> int:
@@ -146,13 +205,21 @@ class DistContext:
             raise ValueError(f"device: distributed training runs on cpu or cuda, got {spec!r}")
         return device
 
-    def wrap(self, model: nn.Module, **ddp_kwargs: Any) -> nn.parallel.DistributedDataParallel:
+    def wrap(
+        self, model: nn.Module, log: Callable[[str], None] | None = None, **ddp_kwargs: Any
+    ) -> nn.parallel.DistributedDataParallel:
         """``DistributedDataParallel(model)`` on the model's device (rank 0's parameters are
-        broadcast to every rank; gradients are averaged over the ranks during ``backward``)."""
+        broadcast to every rank; gradients are averaged over the ranks during ``backward``), its
+        BatchNorm layers synchronized on a GPU (:func:`sync_batch_norm`; where they cannot be,
+        rank 0 gives the note to ``log``, by default standard error)."""
         param = next(model.parameters(), None)
-        if param is not None and param.device.type == "cuda":
-            ddp_kwargs.setdefault("device_ids", [param.device.index])
-            ddp_kwargs.setdefault("output_device", param.device.index)
+        device = torch.device("cpu") if param is None else param.device
+        model, note = sync_batch_norm(model, device)
+        if note is not None and self.is_main:
+            (log or (lambda msg: print(msg, file=sys.stderr, flush=True)))(f"note: {note}")
+        if device.type == "cuda":
+            ddp_kwargs.setdefault("device_ids", [device.index])
+            ddp_kwargs.setdefault("output_device", device.index)
         return nn.parallel.DistributedDataParallel(model, **ddp_kwargs)
 
     # -- collectives ----------------------------------------------------------------------
@@ -180,19 +247,19 @@ class DistContext:
         """Run ``fn`` on rank 0 only and give its result to every rank. If it raises, rank 0
         re-raises the error and the other ranks raise :class:`RankZeroError` (so the error is
         printed once, by rank 0, and every rank stops)."""
-        result: tuple[bool, Any] = (True, None)
+        result: tuple[bool, Any, BaseException | None] = (True, None, None)
         error: BaseException | None = None
         if self.is_main:
             try:
-                result = (True, fn())
+                result = (True, fn(), None)
             except Exception as err:  # relayed, then re-raised below
                 error = err
-                result = (False, f"{type(err).__name__}: {err}")
-        ok, value = self.broadcast_object(result)
+                result = (False, f"{type(err).__name__}: {err}", _portable(err))
+        ok, value, relayed = self.broadcast_object(result)
         if error is not None:
             raise error
         if not ok:
-            raise RankZeroError(f"rank 0 failed: {value}")
+            raise RankZeroError(f"rank 0 failed: {value}", relayed)
         return value
 
     @contextmanager
@@ -202,16 +269,16 @@ class DistContext:
         on a LOCAL_RANK 0, that process raises its error and the others
         :class:`RankZeroError` (printed once, not as a broken connection on every rank)."""
         if self.local_rank != 0:  # one collective each: before the body here, after it there
-            outcomes: list[tuple[int, str] | None] = self.all_gather_object(None)
+            outcomes: list[tuple[int, str, BaseException | None] | None] = self.all_gather_object(None)
             failed = [f for f in outcomes if f is not None]
             if failed:
-                raise RankZeroError(f"rank {failed[0][0]} failed: {failed[0][1]}")
+                raise RankZeroError(f"rank {failed[0][0]} failed: {failed[0][1]}", failed[0][2])
             yield
             return
         try:
             yield
         except Exception as err:
-            self.all_gather_object((self.rank, f"{type(err).__name__}: {err}"))
+            self.all_gather_object((self.rank, f"{type(err).__name__}: {err}", _portable(err)))
             raise
         self.all_gather_object(None)
 

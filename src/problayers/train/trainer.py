@@ -142,7 +142,7 @@ class Trainer:
                 )
             self.model, self.train_model = model.module, model
         elif self.dist is not None:
-            self.model, self.train_model = model, self.dist.wrap(model)
+            self.model, self.train_model = model, self.dist.wrap(model, log)
         else:
             self.model = self.train_model = model
         self.optimizer, self.loss_fn = optimizer, loss_fn

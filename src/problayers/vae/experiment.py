@@ -130,12 +130,12 @@ def _on_main(dist: DistContext | None, fn: Any) -> Any:
     return fn() if dist is None else dist.run_on_main(fn)
 
 
-def _check_options(cfg: RunConfig, dist: DistContext | None) -> None:
+def _check_options(cfg: RunConfig, dist: DistContext | None, resuming: bool = False) -> None:
     check_available(cfg.logger, f"--logger {cfg.logger}")  # its package is installed
     if dist is None:
         resolve_device(cfg.device)  # it exists here (config.json may come from another machine)
     else:
-        distributed.check_global_batch(cfg.batch_size, dist.world_size)
+        distributed.check_global_batch(cfg.batch_size, dist.world_size, resuming)
         distributed.check_device_spec(cfg.device, dist.local_world_size)
 
 
@@ -356,7 +356,7 @@ def resume(run_dir: str | Path, *, dist: DistContext | None = None, **overrides:
                 cfg = dataclasses.replace(cfg, **step, step_choice=None)
         if changed:
             cfg = dataclasses.replace(cfg, resumed=(*saved.resumed, {"at_epoch": done, **changed}))
-        _check_options(cfg, dist)
+        _check_options(cfg, dist, resuming=True)
         return cfg, state
 
     with _locked(run_dir, dist, read) as (cfg, state):  # rank 0 reads, the others get it

@@ -30,6 +30,7 @@ from .._state import first_floating_tensor
 from ..coercible import convert_to_tensor
 from ..losses import added_losses_skipped, collect_losses
 from ..numerics import logsumexp
+from ..train.distributed import mean_over_ranks
 
 __all__ = ["ELBO", "IWAE", "OBJECTIVES", "Objective", "check_support", "data_log_prob"]
 
@@ -161,7 +162,9 @@ class ELBO(Objective):
             kl = self.beta * self._kl(q, vae.prior()).mean()
             floor = self.beta * self.free_bits * q.event_shape.numel()
         floor = min(floor, torch.finfo(kl.dtype).max)  # a huge beta: not a conversion error here
-        term = torch.clamp(kl, min=floor) if self.free_bits > 0 else kl
+        term = kl
+        if self.free_bits > 0:  # the global batch's KL decides (data-parallel: not each shard's)
+            term = torch.where(mean_over_ranks(kl) >= floor, kl, torch.full_like(kl, floor))
         if self.kl_warmup_steps > 0:
             term = self.warmup(term) * term
         return recon + term, {"recon": recon.detach(), "kl": kl.detach()}
