@@ -15,7 +15,7 @@ from ..coercible import _coercible_class
 from ..convert import ConvertFn
 from ._args import boolean
 from .base import DistributionLambda, Shape, check_params, event_size, normalize_event_shape, params_size_of
-from .logistic import Logistic
+from .logistic import Logistic, _LogitTransform  # noqa: F401  (outputs pickled before the move name it here)
 
 __all__ = [
     "IndependentBernoulli",
