@@ -576,6 +576,19 @@ def test_train_step_line_without_a_probe(tmp_path, capsys, flags, line):
             ["--model", "hvae", "--posterior", "gaussian"],
             "problayers: error: --posterior 'gaussian': the 'hvae'",
         ),
+        # a flag is named as typed, without a value (it read "--exact-kl True")
+        (
+            ["--model", "mlp", "--objective", "iwae", "--num-samples", "2", "--no-exact-kl"],
+            "problayers: error: --no-exact-kl: only the 'elbo' objective uses it; 'iwae' computes no KL",
+        ),
+        (
+            ["--model", "mlp", "--objective", "dreg", "--num-samples", "2", "--exact-kl"],
+            "problayers: error: --exact-kl: only the 'elbo' objective",
+        ),
+        (
+            ["--model", "resnet", "--hidden-size", "64"],
+            "problayers: error: --hidden-size 64: the 'resnet' model uses it only with posterior 'iaf'",
+        ),
     ],
 )
 def test_errors_name_the_option_as_typed(tmp_path, capsys, argv, line):

@@ -3,6 +3,7 @@ evaluates, samples and resumes through the CLI; configs are validated; the seed 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 
@@ -17,7 +18,7 @@ from problayers.vae.models import MODELS, ModelConfig, build_model, vae_loss
 from problayers.vae.models.priors import VampPrior
 
 SMALL = {"latent_size": 4, "hidden_size": 16}
-SMALL_RESNET = {"latent_size": 4, "base_depth": 4, "hidden_size": 8}
+SMALL_RESNET = {"latent_size": 4, "base_depth": 4}  # hidden_size: its IAF's width, given with one
 
 #: (model, options): each prior, posterior and objective at least once, on every model.
 ZOO_CASES = [
@@ -28,7 +29,7 @@ ZOO_CASES = [
     ("mlp", {"kl_warmup_steps": 3, "free_bits": 0.1}),
     ("hvae", {}),
     ("hvae", {"prior": "vamp", "prior_components": 5, "objective": "iwae", "num_samples": 2}),
-    ("resnet", {"posterior": "iaf", "flow_steps": 1}),
+    ("resnet", {"posterior": "iaf", "flow_steps": 1, "hidden_size": 8}),
     ("resnet", {"prior": "mog", "prior_components": 3, "objective": "dreg", "num_samples": 2}),
     ("seed", {"latent_size": 4, "base_depth": 4, "objective": "iwae", "num_samples": 2}),
 ]
@@ -169,11 +170,28 @@ def test_the_seed_is_unchanged_by_the_zoo():
         ("mlp", {"objective": "dreg", "num_samples": 1}, "objective 'dreg' needs K >= 2 samples"),
         ("mlp", {"flow_steps": 3}, "flow_steps=3: only posterior 'iaf' uses it"),
         ("mlp", {"prior_components": 10}, "prior_components=10: only the priors 'mog' and 'vamp' use it"),
+        # idle given the other choices, though a model's defaults may set them (option audit)
+        ("mlp", {"objective": "iwae", "num_samples": 2, "exact_kl": True}, "exact_kl=True: only the 'elbo'"),
+        ("seed", {"objective": "dreg", "num_samples": 2, "exact_kl": False}, "exact_kl=False: only the"),
+        (
+            "resnet",
+            {"hidden_size": 999},
+            "hidden_size=999: the 'resnet' model uses it only with posterior 'iaf'",
+        ),
     ],
 )
 def test_bad_zoo_configs_are_refused_naming_the_field(name, options, match):
     with pytest.raises(ValueError, match=re.escape(match)):
         ModelConfig.for_model(name, **options)
+
+
+def test_idle_options_are_checked_where_given_so_saved_configs_still_load():
+    """The zoo's registered exact_kl=True with the IWAE objective, and resnet's default width
+    with a Gaussian posterior, are what saved configs hold: only an option given is refused."""
+    cfg = ModelConfig.for_model("resnet", objective="iwae", num_samples=2)
+    assert cfg.exact_kl is True and cfg.hidden_size == 300
+    assert ModelConfig.from_dict(dataclasses.asdict(cfg)) == cfg
+    assert ModelConfig.for_model("mlp", exact_kl=False).exact_kl is False  # the ELBO reads it
 
 
 def test_vamp_prior_refuses_an_encoder_with_batch_norm():

@@ -372,14 +372,25 @@ def _as_options(line: str, command: argparse.ArgumentParser, args: argparse.Name
     if match is None:
         return line
     fields = match.group(2).split("/")
-    flags = {a.dest: a.option_strings[0] for a in command._actions if a.option_strings}
+    actions = {a.dest: a for a in command._actions if a.option_strings}
+    flags = {dest: a.option_strings[0] for dest, a in actions.items()}
+    value = match.group(3)
+    if (
+        len(fields) == 1
+        and value in ("True", "False")
+        and getattr(actions.get(fields[0]), "nargs", None) == 0
+    ):
+        strings = actions[fields[0]].option_strings  # a flag: --exact-kl or --no-exact-kl, no value
+        negative = [o for o in strings if o.startswith("--no-")]
+        flags[fields[0]] = negative[0] if value == "False" and negative else strings[0]
+        value = None
     if args.command == "train":
         flags["run_dir"] = "--resume" if args.resume else "--out"
         flags["name"] = "--model"  # ModelConfig's field
-    if not all(field in flags for field in fields) or (len(fields) > 1 and match.group(3) is not None):
+    if not all(field in flags for field in fields) or (len(fields) > 1 and value is not None):
         return line
-    value = f" {match.group(3)}" if match.group(3) is not None else ""
-    return f"{match.group(1)}{'/'.join(flags[f] for f in fields)}{value}:{line[match.end() :]}"
+    shown = f" {value}" if value is not None else ""
+    return f"{match.group(1)}{'/'.join(flags[f] for f in fields)}{shown}:{line[match.end() :]}"
 
 
 if __name__ == "__main__":

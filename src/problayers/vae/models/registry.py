@@ -35,6 +35,9 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {}
 #: name -> the ``ModelConfig`` fields its builder reads (the others must keep their defaults);
 #: ``None``: not declared (a model registered without ``fields``), nothing is checked.
 MODEL_FIELDS: dict[str, frozenset[str] | None] = {}
+#: name -> the fields its builder reads only for the IAF posterior (``resnet``: ``hidden_size``,
+#: its MADE's width); given with another posterior they are refused.
+MODEL_IAF_FIELDS: dict[str, frozenset[str]] = {}
 #: The most free bits (nats per latent dimension) a config takes: far above any KL a latent
 #: dimension carries, and its floor times the latents stays a float32 number.
 MAX_FREE_BITS = 1e4
@@ -127,6 +130,7 @@ class ModelConfig:
         config = cls(name=name, **{**MODEL_DEFAULTS[name], **given})
         for field in given:
             config._check_used(field)
+            config._check_given(field)
         return config
 
     @classmethod
@@ -209,6 +213,22 @@ class ModelConfig:
         if field in conditional and not conditional[field][0]:
             raise ValueError(f"{field}={value!r}: {conditional[field][1]}")
 
+    def _check_given(self, field: str) -> None:
+        """A one-line ``ValueError`` for an option given that the config's other choices make
+        idle where a model's registered default may set it (so a saved config is not refused:
+        the zoo's ``exact_kl=True`` with the IWAE objective, ``resnet``'s ``hidden_size``)."""
+        value = getattr(self, field)
+        if field == "exact_kl" and self.objective != "elbo":
+            raise ValueError(
+                f"exact_kl={value!r}: only the 'elbo' objective uses it; {self.objective!r} computes "
+                "no KL term (evaluation's -ELBO takes the analytic KL where there is one)"
+            )
+        if field in MODEL_IAF_FIELDS.get(self.name, ()) and self.posterior != "iaf":
+            raise ValueError(
+                f"{field}={value!r}: the {self.name!r} model uses it only with posterior 'iaf' "
+                f"(for the flow's network), not {self.posterior!r}"
+            )
+
 
 def _check_name(name: Any) -> None:
     """A one-line ``ValueError`` for a model name not registered, with the closest name."""
@@ -224,7 +244,10 @@ def _check_name(name: Any) -> None:
 
 
 def register_model(
-    name: str, fields: frozenset[str] | set[str] | None = None, **defaults: Any
+    name: str,
+    fields: frozenset[str] | set[str] | None = None,
+    iaf_fields: frozenset[str] | set[str] = frozenset(),
+    **defaults: Any,
 ) -> Callable[[Callable[[ModelConfig], VAE]], Callable[[ModelConfig], VAE]]:
     """Decorator: make ``builder`` available as ``ModelConfig(name=name)``.
 
@@ -233,6 +256,8 @@ def register_model(
         fields: the ``ModelConfig`` fields the builder reads beyond :data:`COMMON_FIELDS` and
             the objective's; a config that sets another one is refused. Default ``None``: not
             declared, no field is refused.
+        iaf_fields: those of ``fields`` read only with the IAF posterior (refused when given
+            with another one).
         defaults: the model's own defaults (:meth:`ModelConfig.for_model`).
 
     A model has only ``ModelConfig``'s fields (``latent_size``, ``hidden_size``, ...); ``fields``
@@ -240,7 +265,7 @@ def register_model(
     module that registers it must be imported before the run is loaded or resumed.
     """
     known = {f.name for f in dataclasses.fields(ModelConfig)}
-    unknown = sorted((set(fields or ()) | set(defaults)) - known)
+    unknown = sorted((set(fields or ()) | set(iaf_fields) | set(defaults)) - known)
     if unknown:
         raise ValueError(
             f"register_model({name!r}): {unknown} are not ModelConfig fields; it has {sorted(known)}"
@@ -251,6 +276,7 @@ def register_model(
             raise ValueError(f"model {name!r} is already registered")
         MODELS[name] = builder
         MODEL_DEFAULTS[name] = dict(defaults)
+        MODEL_IAF_FIELDS[name] = frozenset(iaf_fields)
         declared = None if fields is None else frozenset(fields) | frozenset(defaults)
         MODEL_FIELDS[name] = None if declared is None else COMMON_FIELDS | OBJECTIVE_FIELDS | declared
         return builder

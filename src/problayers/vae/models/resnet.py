@@ -45,6 +45,7 @@ class ResidualBlock(nn.Module):
 @register_model(
     "resnet",
     fields={"base_depth", "prior", "prior_components", "posterior", "flow_steps", "hidden_size"},
+    iaf_fields={"hidden_size"},
     latent_size=32,
     base_depth=64,
     exact_kl=True,
