@@ -523,6 +523,8 @@ def test_train_prints_and_records_its_step_choice(tmp_path, capsys, monkeypatch)
     "flags, line",
     [
         (["--no-fast"], "step: fp32 (--no-fast: the eager step)"),
+        (["--no-fast", "--channels-last"],
+         "step: fp32, channels_last (--no-fast: the eager step and the options given)"),
         (["--precision", "bf16"], "step: bf16 (the options given)"),
         (["--fast", "--precision", "fp32"],
          "step: fp32, channels_last, fused_adam (the device's fastest defaults and the options given)"),

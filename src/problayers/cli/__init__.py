@@ -171,7 +171,7 @@ def _step_line(cfg: Any, args: argparse.Namespace, data_parallel: bool) -> str:
     if data_parallel:
         why = "data-parallel: the eager step"
     elif args.fast is False:
-        why = "--no-fast: the eager step"
+        why = "--no-fast: the eager step" + (" and the options given" if on or _explicit(args) else "")
     elif args.fast is None and not on and cfg.precision == "fp32":
         why = "the eager step"
     elif args.fast is None:

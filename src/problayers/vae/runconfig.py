@@ -132,8 +132,8 @@ class RunConfig:
             raise ValueError(f"adam: expected one of {list(ADAMS)}, got {self.adam!r}")
         if self.adam == "keras" and self.cuda_graph:
             raise ValueError(
-                "adam='keras' changes eps every step, which the CUDA-graph step would not see: "
-                "use cuda_graph=False (no --cuda-graph)"
+                "adam/cuda_graph: Keras' Adam changes eps every step, which the CUDA-graph step "
+                "would not see; drop one of the two"
             )
         if self.logger not in LOGGERS:
             raise ValueError(f"logger: expected one of {list(LOGGERS)}, got {self.logger!r}")
