@@ -49,6 +49,36 @@ def test_fork_rng_restores_the_cpu_and_the_devices_generator(fake_mps):
     assert torch.equal(torch.get_rng_state(), before_cpu)
 
 
+def test_seeded_evaluations_seed_no_other_devices_generator(tmp_path, fake_mps, monkeypatch):
+    """The test evaluation and the pictures seeded with torch.manual_seed inside the fork: the
+    generators of every other device (CUDA's, queued before CUDA starts) were left re-seeded
+    (global-state audit). Now only the forked ones are seeded, with the same draws."""
+    from problayers.vae.experiment import test_metrics
+    from problayers.vae.models import ModelConfig, build_model
+    from problayers.vae.pictures import save_pictures
+
+    seeded: list = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda s: seeded.append(("cuda", s)))
+    monkeypatch.setattr(torch.cuda, "manual_seed", lambda s: seeded.append(("cuda", s)))
+    monkeypatch.setattr(torch.mps, "manual_seed", lambda s: seeded.append(("mps", s)))
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(latent_size=2, base_depth=2))
+    x = (torch.rand(8, 1, 28, 28) < 0.3).float()
+    seeded.clear()
+    before = torch.get_rng_state()
+    first = test_metrics(model, x, 4)
+    save_pictures(model, x, tmp_path, n=2)
+    assert seeded == [] and torch.equal(torch.get_rng_state(), before)
+    assert test_metrics(model, x, 4) == first  # seeded: the same numbers every time
+    with rng.fork_rng(torch.device("cpu"), 5):
+        drawn = torch.rand(3)
+    assert torch.equal(drawn, torch.rand(3, generator=torch.Generator().manual_seed(5)))
+    assert seeded == [] and torch.equal(torch.get_rng_state(), before)
+    with rng.fork_rng(MPS, 7):  # the device's own generator is seeded, then restored
+        pass
+    assert seeded == [("mps", 7)] and torch.equal(fake_mps["mps"], torch.arange(8, dtype=torch.uint8))
+
+
 def _trainer(tmp_path):
     model = torch.nn.Linear(2, 1)
     batches = [(torch.randn(4, 2), torch.randn(4, 1))]

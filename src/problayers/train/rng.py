@@ -3,7 +3,9 @@
 ``torch.manual_seed`` seeds every generator torch has (the CPU's, CUDA's, mps'...), but
 ``torch.random.fork_rng`` saves and restores the CPU's and those of one device type only, CUDA's
 unless told another. :func:`fork_rng` forks exactly the generators a seeded evaluation on
-``device`` moves, whatever its type; :func:`device_generator` is the module whose
+``device`` moves, whatever its type, and :func:`manual_seed` seeds those and no other (a
+``torch.manual_seed`` inside the fork left every other device's generator re-seeded);
+:func:`device_generator` is the module whose
 ``get_rng_state``/``set_rng_state`` a checkpoint uses for a device other than the CPU and CUDA
 (which :mod:`problayers.train.trainstate` keeps per rank)."""
 
@@ -16,7 +18,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["device_generator", "fork_rng"]
+__all__ = ["device_generator", "fork_rng", "manual_seed"]
 
 
 def device_generator(device: torch.device) -> ModuleType | None:
@@ -32,14 +34,33 @@ def device_generator(device: torch.device) -> ModuleType | None:
     return module if has_state else None
 
 
+def manual_seed(device: torch.device, seed: int) -> None:
+    """Seed the CPU's generator and ``device``'s (of its index, else the current one) with
+    ``seed``, as ``torch.manual_seed`` seeds them, and no other device's."""
+    torch.default_generator.manual_seed(seed)
+    module: Any = device_generator(device)
+    if module is None:
+        return
+    if device.index is not None and hasattr(module, "device"):
+        with module.device(device.index):
+            module.manual_seed(seed)
+    else:
+        module.manual_seed(seed)
+
+
 @contextlib.contextmanager
-def fork_rng(device: torch.device) -> Iterator[None]:
-    """Within the block, draw (and seed) freely: on leaving it, the CPU's generator and
-    ``device``'s are as they were. Forks no other device (``fork_rng`` without ``devices``
-    touches every CUDA device)."""
+def fork_rng(device: torch.device, seed: int | None = None) -> Iterator[None]:
+    """Within the block, draw freely (seeded with ``seed`` where given, by :func:`manual_seed`):
+    on leaving it, the CPU's generator and ``device``'s are as they were. Forks no other device
+    (``fork_rng`` without ``devices`` touches every CUDA device), so seed within it with
+    :func:`manual_seed`, not ``torch.manual_seed``."""
     if device_generator(device) is None:
         with torch.random.fork_rng(devices=[]):
+            if seed is not None:
+                manual_seed(device, seed)
             yield
         return
     with torch.random.fork_rng(devices=[device], device_type=device.type):
+        if seed is not None:
+            manual_seed(device, seed)
         yield

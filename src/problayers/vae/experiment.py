@@ -111,8 +111,7 @@ def test_metrics(model: VAE, test_x: torch.Tensor, batch_size: int) -> dict[str,
     """Test -ELBO and its parts (analytic KL), with the sampling seeded by ``EVAL_SEED``."""
     was_training = model.training
     model.eval()
-    with fork_rng(test_x.device), torch.no_grad():  # a trained prior's graph too
-        torch.manual_seed(EVAL_SEED)
+    with fork_rng(test_x.device, EVAL_SEED), torch.no_grad():  # a trained prior's graph too
         out = evaluate(model.encode, model.decode, model.prior(), test_x, batch_size=batch_size)
     model.train(was_training)
     return {"test_neg_elbo": out["neg_elbo"], "test_recon": out["recon"], "test_kl": out["kl"]}

@@ -67,8 +67,7 @@ def save_pictures(
     records = read_metrics(metrics) if metrics.is_file() else None  # a damaged one: before any file
     was_training = model.training
     model.eval()
-    with fork_rng(test_x.device), torch.no_grad():
-        torch.manual_seed(seed)
+    with fork_rng(test_x.device, seed), torch.no_grad():
         z = model.prior().sample((n,))  # (n, D)
         rv = model.decode(z)  # batch (n,), event (1, 28, 28)
         paths = [image_grid([rv.sample(), rv.mode, rv.mean], out_dir / PRIOR_SAMPLES)]
