@@ -210,6 +210,27 @@ def test_step_runs_the_models_own_forward_and_restores_autocast_after_an_error()
     assert all("forward" not in m.__dict__ for m in model.modules())  # nothing patched, ever
 
 
+@pytest.mark.parametrize("kwargs", [{}, {"precision": "bf16", "channels_last": True}])
+def test_an_eager_step_leaves_the_warnings_machinery_alone(kwargs):
+    """Every step entered warnings.catch_warnings, which makes Python forget which warnings it
+    has shown: a user's once-only warning came back at every step (global-state audit)."""
+    import warnings
+
+    torch.manual_seed(0)
+    model = small_seed()
+
+    def loss_fn(m, x):
+        warnings.warn("the user's own warning", UserWarning, stacklevel=1)
+        return vae_loss(m, x)
+
+    step = make_train_step(model, torch.optim.SGD(model.parameters(), lr=0.01), loss_fn, **kwargs)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("default")  # Python's: once per code location
+        for x in batches((4, 1, 28, 28), n=4):
+            step(x)
+    assert [str(w.message) for w in seen] == ["the user's own warning"]
+
+
 # ------------------------------------------------------------------------------- compile
 def test_compile_one_graph_same_trajectory_as_eager(fresh_dynamo):
     # With fallback_random, inductor draws the same random numbers as eager, so the compiled

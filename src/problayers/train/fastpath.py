@@ -25,9 +25,8 @@ Options (each can be combined with the others, except ``cuda_graph`` with ``comp
     batch shape recompiles once. Needs a C++ compiler on the CPU (gcc) and Triton on CUDA.
     On the CPU the step runs inductor with ``cpp.vec_isa_ok=False``: torch 2.13's explicit
     AVX-512 code writes the boolean masks a leaky ReLU saves for its backward slowly
-    (docs/benchmarks.md). torch 2.13 emits two warnings from its own code while compiling (a
-    ``FutureWarning`` on ``torch._prims_common.check``, a ``DeprecationWarning`` on
-    ``torch.jit.script_method``); the step silences those two.
+    (docs/benchmarks.md). The compiled step silences three warnings torch 2.13 emits from its
+    own code while compiling (``_TORCH_INTERNAL_WARNINGS``; an eager step touches no filter).
 
 ``precision``
     ``"fp32"`` (default) or ``"bf16"``: the loss runs under ``torch.autocast(bfloat16)``, so
@@ -95,15 +94,13 @@ __all__ = [
     "model_device",
 ]
 
-#: The accepted values of ``precision``.
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16")  # the accepted values of ``precision``
 #: The accepted values of ``compile_mode`` (``torch.compile``'s modes; ``None``: its default).
 COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
-# Warnings torch 2.13 emits from its own code while compiling (harmless, nothing a user can
-# change): inductor's lowering of aten.diagonal calls a deprecated helper, and importing inductor
-# imports torch.utils.mkldnn, which uses torch.jit.script_method; dynamo instantiates
-# torch.autograd.Function itself to trace a custom Function's ctx (problayers.train.transposed).
+# Harmless warnings of torch 2.13's own code while compiling: inductor's aten.diagonal lowering
+# calls a deprecated helper; importing inductor imports torch.utils.mkldnn (jit.script_method);
+# dynamo instantiates torch.autograd.Function to trace a custom Function's ctx.
 _TORCH_INTERNAL_WARNINGS = (
     (r"`torch\._prims_common\.check` is deprecated", FutureWarning),
     (r"`torch\.jit\.script_method` is deprecated", DeprecationWarning),
@@ -112,7 +109,10 @@ _TORCH_INTERNAL_WARNINGS = (
 
 
 @contextlib.contextmanager
-def _torch_internal_warnings_silenced() -> Iterator[None]:
+def _torch_internal_warnings_silenced(compiled: bool = True) -> Iterator[None]:
+    if not compiled:  # entering catch_warnings resets which warnings were shown: a user's
+        yield  # once-only warning came back at every eager step
+        return
     with warnings.catch_warnings():
         for message, category in _TORCH_INTERNAL_WARNINGS:
             warnings.filterwarnings("ignore", message=message, category=category)
@@ -230,7 +230,7 @@ class TrainStep:
     def run(self, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """One step on a prepared batch (what a CUDA graph captures)."""
         self.optimizer.zero_grad(set_to_none=True)
-        with _torch_internal_warnings_silenced(), self._inductor_config:
+        with _torch_internal_warnings_silenced(self._compiled is not None), self._inductor_config:
             forward_loss = self._compiled if self._compiled is not None else _forward_loss
             # No autocast weight cache inside a CUDA graph capture (torch.cuda.graphs' rule).
             autocast = (self.device.type, self.autocast_cache) if self._autocast else None
