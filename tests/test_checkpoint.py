@@ -162,10 +162,10 @@ def test_targets_in_the_way(tmp_path, where, phrase):
 
 @pytest.mark.parametrize("code", [errno.EROFS, errno.EACCES])
 def test_read_only_or_forbidden_directory(tmp_path, monkeypatch, code):
-    def mkstemp(**kwargs):
+    def new_temp(path):
         raise OSError(code, os.strerror(code), str(tmp_path / ".x.tmp"))
 
-    monkeypatch.setattr(checkpoint.tempfile, "mkstemp", mkstemp)
+    monkeypatch.setattr(checkpoint, "_new_temp", new_temp)
     with pytest.raises(WriteError) as info:
         write_json(tmp_path / "x.json", {})
     assert str(tmp_path / "x.json") in str(info.value) and errno.errorcode[code] in str(info.value)
@@ -351,6 +351,20 @@ def test_files_get_the_usual_permissions(tmp_path):
     finally:
         os.umask(old)
     assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_writing_never_sets_the_process_umask(tmp_path, monkeypatch):
+    """Reading the umask (to chmod mkstemp's 0600 file) set it to 0 for a moment: a file another
+    thread created then was world-writable (global-state audit). The OS applies it now."""
+    real, calls = os.umask, []
+    monkeypatch.setattr(os, "umask", lambda mask: calls.append(mask) or real(mask))
+    old = real(0o077)
+    try:
+        path = atomic_write(tmp_path / "p.bin", lambda f: f.write(b"x"))
+    finally:
+        real(old)
+    assert calls == [] and path.stat().st_mode & 0o777 == 0o600
+    assert [p.name for p in tmp_path.iterdir()] == ["p.bin"]
 
 
 def test_a_sparse_tensor_is_checked_as_a_dense_one():

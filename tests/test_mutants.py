@@ -952,6 +952,24 @@ MUTANTS = [
         "    if False:\n",
         "tests/test_distributed.py::test_rank_0s_exit_status_is_every_ranks_and_a_peers_stop_is_one_line",
     ),
+    (
+        "train/rng.py",
+        "    torch.default_generator.manual_seed(seed)\n",
+        "    torch.manual_seed(seed)\n",
+        "tests/test_rng.py::test_seeded_evaluations_seed_no_other_devices_generator",
+    ),
+    (
+        "train/fastpath.py",
+        "_torch_internal_warnings_silenced(self._compiled is not None)",
+        "_torch_internal_warnings_silenced()",
+        "tests/test_fastpath.py::test_an_eager_step_leaves_the_warnings_machinery_alone",
+    ),
+    (
+        "vae/models/registry.py",
+        "            config._check_given(field)\n",
+        "",
+        "tests/test_zoo.py::test_bad_zoo_configs_are_refused_naming_the_field",
+    ),
 ]
 
 

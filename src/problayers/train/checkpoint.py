@@ -19,8 +19,8 @@ import math
 import os
 import pickle
 import re
+import secrets
 import sys
-import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO, Any, cast
@@ -43,7 +43,7 @@ __all__ = [
 ]
 
 #: The temporary files of :func:`atomic_write`: ``.NAME.pPID.XXXXXXXX.tmp`` (the writer's process
-#: id, mkstemp's 8 characters).
+#: id, 8 random characters).
 TEMP_PATTERN = re.compile(r"^\.(?P<name>.+)\.p(?P<pid>[0-9]+)\.[A-Za-z0-9_]{8}\.tmp$")
 #: Those of problayers before 2026-12-06, without the writer: ``.NAME.XXXXXXXX.tmp``.
 LEGACY_TEMP_PATTERN = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]{8}\.tmp$")
@@ -53,10 +53,15 @@ class CheckpointError(ValueError):
     """A checkpoint that is missing, unreadable, or from another configuration."""
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def _new_temp(path: Path) -> tuple[int, str]:
+    """A new ``TEMP_PATTERN`` file beside ``path``, open for writing, with the usual permissions
+    (0666 less the umask, applied by the OS: reading the umask sets it, for every thread)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(1000):
+        tmp = str(path.parent / f".{path.name}.p{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        with contextlib.suppress(FileExistsError):
+            return os.open(tmp, flags, 0o666), tmp
+    raise FileExistsError(errno.EEXIST, "no unused temporary name", str(path.parent))
 
 
 def fsync_dir(directory: str | os.PathLike) -> None:
@@ -99,12 +104,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> 
     if path.exists() and not path.is_file():  # e.g. /dev/null: never replace a device or pipe
         raise WriteError(f"{path}: cannot write: it exists and is not a regular file", errno.EINVAL)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.p{os.getpid()}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = _new_temp(path)
     except OSError as err:
         raise WriteError(f"{path}: cannot write in {path.parent}: {os_reason(err)}", err.errno) from None
     tracked: _Tracked | None = None
     try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
         with os.fdopen(fd, "wb") as f:
             tracked = _Tracked(f)
             write(cast(IO[bytes], tracked))  # a file object by delegation (__getattr__)
