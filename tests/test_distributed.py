@@ -474,6 +474,22 @@ def test_free_bits_floor_is_the_global_batchs_and_batch_norm_is_noted(tmp_path):
     assert r1["notes"] == []
 
 
+def test_a_distributed_error_is_a_peers_stop_only_where_the_peer_left():
+    """Any DistError read as 'another process stopped', also a busy port before any peer existed
+    (diff review): that one is torch.distributed's own line now, not the peer's."""
+    from problayers.cli.errors import describe
+
+    busy = torch.distributed.DistNetworkError(
+        "The server socket has failed to listen on any local network address. port: 29517, "
+        "useIpv6: false, code: -98, name: EADDRINUSE, message: address already in use"
+    )
+    status, line = describe(busy)
+    assert status == 1 and line.startswith("problayers: error: torch.distributed: The server socket")
+    assert "EADDRINUSE" in line and "another process" not in line
+    closed = RuntimeError("[../gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:7321")
+    assert "another process of this data-parallel run stopped" in describe(closed)[1]
+
+
 class _Unpicklable(OSError):
     def __init__(self, handle):
         super().__init__(5, "I/O error")

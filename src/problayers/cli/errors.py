@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import re
 
-import torch
 import torch.distributed
 
 from ..train.checkpoint import CheckpointError
@@ -28,16 +27,16 @@ def _out_of_memory(err: BaseException) -> bool:
 
 
 def _peer_stopped(err: BaseException) -> bool:
-    """A collective failed because another process of a data-parallel run stopped: torch's
-    ``DistError`` family, or gloo's closed connection (a plain RuntimeError)."""
-    dist_error = getattr(torch.distributed, "DistError", ())
-    if isinstance(err, dist_error):
-        return True
-    text = str(err)
-    return isinstance(err, RuntimeError) and any(
-        sign in text
-        for sign in ("Connection closed by peer", "Connection reset by peer", "remote worker crash")
+    """A collective failed because another process of a data-parallel run stopped (gloo's
+    closed or reset connection, NCCL's remote process; a RuntimeError or one of torch's
+    ``DistError``). Not any ``DistError``: a busy port or a rendezvous timeout is no peer's stop."""
+    signs = (
+        "Connection closed by peer",
+        "Connection reset by peer",
+        "remote worker crash",
+        "remote process exit",
     )
+    return isinstance(err, RuntimeError) and any(sign in str(err) for sign in signs)
 
 
 def debug_requested(flag: bool = False) -> bool:
@@ -62,8 +61,10 @@ def describe(err: BaseException) -> tuple[int, str]:
     if _peer_stopped(err):
         return 1, (
             "problayers: error: another process of this data-parallel run stopped (its own message "
-            f"says why), so this one stopped too (torch.distributed: {one_line(err)[:160]})"
+            f"says why), so this one stopped too (torch.distributed: {one_line(err)[:500]})"
         )
+    if isinstance(err, getattr(torch.distributed, "DistError", ())):  # a busy port, a rendezvous timeout
+        return 1, f"problayers: error: torch.distributed: {one_line(err)[:500]}"
     if _out_of_memory(err):
         wanted = re.search(r"allocate (\d+) bytes", str(err))
         size = f" ({int(wanted.group(1)) / 2**30:.3g} GiB asked for at once)" if wanted else ""
