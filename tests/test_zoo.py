@@ -194,6 +194,29 @@ def test_idle_options_are_checked_where_given_so_saved_configs_still_load():
     assert ModelConfig.for_model("mlp", exact_kl=False).exact_kl is False  # the ELBO reads it
 
 
+def test_a_run_saved_before_the_usage_checks_loads_as_it_was_trained():
+    """Runs trained before 2026-12-06 with --objective iwae and one sample (the single-sample
+    bound), an idle --flow-steps or --prior-components were refused by every command: evaluate,
+    sample, resume, load_run, load_pretrained (old-files audit). A new config is still refused."""
+    saved = [
+        {"name": "mlp", "objective": "iwae", "num_samples": 1},
+        {"name": "mlp", "flow_steps": 3},
+        {"name": "mlp", "prior_components": 5},
+        {"name": "resnet", "objective": "dreg", "num_samples": 1, "free_bits": 0.5},
+    ]
+    for fields in saved:
+        cfg = ModelConfig.from_dict(fields)
+        assert {k: getattr(cfg, k) for k in fields} == fields  # as it was trained, not rewritten
+        assert isinstance(build_model(cfg), torch.nn.Module)
+        with pytest.raises(ValueError):  # a new config with the same fields
+            ModelConfig(**fields)
+    assert ModelConfig.from_dict(saved[0]).num_samples == 1 and ModelConfig(name="mlp").num_samples == 1
+    with pytest.raises(ValueError, match="'vamp' with 'iaf'"):  # a model that cannot be built
+        ModelConfig.from_dict({"name": "mlp", "prior": "vamp", "posterior": "iaf"})
+    with pytest.raises(ValueError, match=r"^num_samples=2: needs objective"):
+        ModelConfig.from_dict({"name": "mlp", "num_samples": 2})
+
+
 def test_vamp_prior_refuses_an_encoder_with_batch_norm():
     """The pseudo-inputs are encoded as a batch of their own: BatchNorm (the resnet's) would give
     them another q than the data's and mix their statistics into the running ones."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import difflib
 import itertools
@@ -47,6 +48,10 @@ COMMON_FIELDS = frozenset({"name", "latent_size", "beta", "exact_kl", "init"})
 OBJECTIVE_FIELDS = frozenset({"objective", "num_samples", "kl_warmup_steps", "free_bits"})
 #: Posterior families of the zoo: a Gaussian, or a Gaussian pushed through an IAF.
 POSTERIORS = ("gaussian", "iaf")
+#: Set while a saved config is read (:meth:`ModelConfig.from_dict`): a run trained before the
+#: usage checks existed (an idle ``--flow-steps``, ``--objective iwae`` with one sample, which
+#: trained the single-sample bound) loads, evaluates and resumes as it was trained.
+_SAVED: contextvars.ContextVar[bool] = contextvars.ContextVar("problayers_saved_config", default=False)
 
 
 def _keras_init(model: nn.Module) -> None:
@@ -140,7 +145,11 @@ class ModelConfig:
         if not isinstance(saved, dict):
             raise TypeError(f"model config: expected a dict, got {type(saved).__name__}")
         old = {"tril_order": "rows"} if saved.get("name", "seed") == "seed" else {}  # the zoo came later
-        return cls(**{**old, **saved})
+        token = _SAVED.set(True)  # as it was trained: the usage checks are for new configs
+        try:
+            return cls(**{**old, **saved})
+        finally:
+            _SAVED.reset(token)
 
     def __post_init__(self) -> None:
         plain_numbers(self)
@@ -178,6 +187,12 @@ class ModelConfig:
                 raise ValueError(f"{field}: expected one of {list(choices)}, got {getattr(self, field)!r}")
         if self.objective == "elbo" and self.num_samples != 1:
             raise ValueError(f"num_samples={self.num_samples}: needs objective 'iwae' or 'dreg', not 'elbo'")
+        if self.prior == "vamp" and self.posterior == "iaf":
+            raise ValueError(
+                "prior/posterior: 'vamp' with 'iaf': the VampPrior mixes Gaussian posteriors only"
+            )
+        if _SAVED.get():  # written before 2026-12-06, a run may hold an idle option or IWAE's K = 1
+            return
         if self.objective != "elbo" and self.num_samples < 2:
             raise ValueError(
                 f"num_samples: objective {self.objective!r} needs K >= 2 samples (with one it is the "
@@ -186,10 +201,6 @@ class ModelConfig:
         if self.objective != "elbo" and self.free_bits:
             raise ValueError(
                 f"free_bits={self.free_bits!r}: only the 'elbo' objective uses it, not {self.objective!r}"
-            )
-        if self.prior == "vamp" and self.posterior == "iaf":
-            raise ValueError(
-                "prior/posterior: 'vamp' with 'iaf': the VampPrior mixes Gaussian posteriors only"
             )
         for f in dataclasses.fields(ModelConfig):  # a field set away from its default must be used
             if getattr(self, f.name) != f.default:
