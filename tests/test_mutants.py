@@ -970,6 +970,12 @@ MUTANTS = [
         "",
         "tests/test_zoo.py::test_bad_zoo_configs_are_refused_naming_the_field",
     ),
+    (
+        "vae/models/registry.py",
+        "        if _SAVED.get():",
+        "        if False:",
+        "tests/test_zoo.py::test_a_run_saved_before_the_usage_checks_loads_as_it_was_trained",
+    ),
 ]
 
 
