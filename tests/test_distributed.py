@@ -586,7 +586,11 @@ def _launch_and_leave(rank: int, world: int, port: int, out_dir: str) -> None:
         ddp(torch.randn(4, 3)).sum().backward()
         ctx.all_gather_object(rank)  # tensors made in Python, held by gloo's work
         del ddp
-    after = _threads()
+    # A joined thread can stay listed for a moment while the kernel finishes its exit (seen: in
+    # state R, or with no readable name, gone 0.5 s later); a thread the group still runs stays.
+    deadline = time.monotonic() + 5.0
+    while (after := _threads()) > before and time.monotonic() < deadline:
+        time.sleep(0.01)
     (Path(out_dir) / f"rank{rank}.json").write_text(json.dumps([before, inside, after]))
     os._exit(0)  # the result is the count above; no finalization to race with
 
