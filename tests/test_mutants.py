@@ -900,8 +900,8 @@ MUTANTS = [
     ),
     (
         "train/rng.py",
-        "with torch.random.fork_rng(devices=[device], device_type=device.type):",
-        "with torch.random.fork_rng(devices=[]):",
+        'forked = {"devices": [device], "device_type": device.type}',
+        'forked = {"devices": []}',
         "tests/test_rng.py::test_fork_rng_restores_the_cpu_and_the_devices_generator",
     ),
     (

@@ -54,13 +54,10 @@ def fork_rng(device: torch.device, seed: int | None = None) -> Iterator[None]:
     on leaving it, the CPU's generator and ``device``'s are as they were. Forks no other device
     (``fork_rng`` without ``devices`` touches every CUDA device), so seed within it with
     :func:`manual_seed`, not ``torch.manual_seed``."""
-    if device_generator(device) is None:
-        with torch.random.fork_rng(devices=[]):
-            if seed is not None:
-                manual_seed(device, seed)
-            yield
-        return
-    with torch.random.fork_rng(devices=[device], device_type=device.type):
+    forked: dict[str, Any] = {"devices": []}  # the CPU's generator alone
+    if device_generator(device) is not None:
+        forked = {"devices": [device], "device_type": device.type}
+    with torch.random.fork_rng(**forked):
         if seed is not None:
             manual_seed(device, seed)
         yield
