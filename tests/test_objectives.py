@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from problayers.coercible import convert_to_tensor
-from problayers.vae.models import ModelConfig, build_model
+from problayers.vae.models import VAE, ModelConfig, build_model
 from problayers.vae.objectives import ELBO, IWAE
 from test_zoo_maths import _toy_vae
 
@@ -132,3 +132,31 @@ def test_images_without_their_channel_axis_are_refused_not_broadcast(name, objec
     assert torch.isfinite(loss)
     with pytest.raises(ValueError, match=r"x of shape \(4, 28, 28\): expected \(B, \*event_shape\)"):
         model(x[:, 0], loss=True)
+
+
+@pytest.mark.parametrize("dreg", [False, True], ids=["iwae", "dreg"])
+def test_iwae_takes_the_kl_weight_of_the_encoders_regularizer(dreg):
+    # A model whose encoder adds its KL term is weighted by the regularizer's weight in every
+    # objective (the ELBO's term is the regularizer's): the IWAE read only its own beta, so a
+    # model built with weight 3 and an objective of beta 1 trained with weight 1 (extension audit).
+    cfg = ModelConfig(latent_size=2, base_depth=4, beta=3.0, objective="iwae", num_samples=2)
+    model = build_model(cfg)
+    x = (torch.rand(3, 1, 28, 28) < 0.3).float()
+    losses = []
+    for beta in (3.0, 1.0):
+        model.objective = IWAE(2, dreg=dreg, beta=beta)
+        torch.manual_seed(0)
+        losses.append(model(x, loss=True)[0])
+    model.regularizer.weight = 1.0
+    torch.manual_seed(0)
+    unweighted = model(x, loss=True)[0]
+    assert torch.equal(losses[0], losses[1])
+    assert not torch.allclose(losses[0], unweighted)
+
+
+def test_an_objectives_beta_other_than_the_regularizers_weight_is_refused():
+    model = build_model(ModelConfig(latent_size=2, base_depth=4, beta=1.0))
+    refused = r"objective's beta 4 differs from the encoder regularizer's weight 1;"
+    with pytest.raises(ValueError, match=refused):
+        VAE(model.encoder, model.decoder, model.regularizer, objective=IWAE(2, beta=4.0))
+    VAE(model.encoder, model.decoder, model.regularizer, objective=ELBO(beta=1.0))  # 1: the weight's

@@ -85,9 +85,10 @@ class Objective(nn.Module):
     """What the objectives share: the KL weight ``beta``, its warm-up and free bits.
 
     Args:
-        beta: the KL weight at the end of the warm-up (1: the ELBO; ``!= 1``: a beta-VAE). For
-            a model whose encoder adds its own KL term (the seed), the regularizer's weight is
-            the beta and this must be 1.
+        beta: the KL weight at the end of the warm-up (1: the ELBO; ``!= 1``: a beta-VAE). A
+            model whose encoder adds its own KL term (a ``KLDivergenceRegularizer``, as the seed)
+            takes its KL weight from the regularizer's ``weight``, in every objective: ``beta``
+            must then be 1 or that weight (:class:`~problayers.vae.models.VAE` checks).
         kl_warmup_steps: the KL weight rises linearly from 0 to ``beta`` over this many training
             steps (Bowman et al. 2016; Sønderby et al. 2016); 0: no warm-up. The step count is
             a buffer of the model (saved in checkpoints), advanced by each training-mode call
@@ -120,6 +121,11 @@ class Objective(nn.Module):
         if self.training and torch.is_grad_enabled():
             self.steps.add_(1)
         return factor
+
+    def kl_weight(self, vae: Any) -> float | torch.Tensor:
+        """The KL weight before the warm-up: the encoder regularizer's ``weight`` where the model
+        has one (the KL term it adds is weighted there), else ``beta``."""
+        return self.beta if vae.regularizer is None else vae.regularizer.weight
 
     def extra_repr(self) -> str:
         return f"beta={self.beta}, kl_warmup_steps={self.kl_warmup_steps}, free_bits={self.free_bits}"
@@ -209,7 +215,7 @@ class IWAE(Objective):
         with added_losses_skipped():
             q = vae.encoder(x)  # batch (B,), event (D,)
         prior = vae.prior()
-        kl_weight = self.beta * self.warmup(first_floating_tensor(q))
+        kl_weight = self.kl_weight(vae) * self.warmup(first_floating_tensor(q))
 
         def log_weights(z: torch.Tensor, decoder: Callable[..., Any] = vae.decoder) -> torch.Tensor:
             # (K, B, D) -> (K, B)

@@ -22,7 +22,8 @@ class VAE(nn.Module):
         decoder: ``(N, D) -> p(x|z)`` (batch ``(N,)``, event X).
         regularizer: the encoder's :class:`~problayers.KLDivergenceRegularizer`, for a model
             whose encoder adds its KL term itself (the seed, as TFP's example); its prior is the
-            model's prior. Give either this or ``prior``.
+            model's prior and its ``weight`` the KL weight in every objective (an objective's
+            ``beta`` must be 1 or the same). Give either this or ``prior``.
         prior: an ``nn.Module`` whose ``forward()`` returns p(z) (batch ``()``, event ``(D,)``),
             for a model whose objective computes the KL (or the importance weights) itself.
         objective: ``(vae, x) -> (loss, metrics)`` (an ``nn.Module`` from
@@ -55,10 +56,18 @@ class VAE(nn.Module):
         self.decoder = decoder
         self.regularizer = regularizer
         self.prior_module = prior
-        if objective is None:
-            from ..objectives import ELBO
+        from ..objectives import ELBO, Objective
 
+        if objective is None:
             objective = ELBO()
+        if regularizer is not None and isinstance(objective, Objective):
+            weight = float(regularizer.weight)
+            if objective.beta not in (1.0, weight):  # one KL weight: the regularizer's
+                raise ValueError(
+                    f"VAE: the objective's beta {objective.beta:g} differs from the encoder "
+                    f"regularizer's weight {weight:g}; a model whose encoder adds its KL term "
+                    "takes the KL weight from the regularizer (give the objective beta=1)"
+                )
         self.objective = objective
 
     def forward(self, x: torch.Tensor, *, loss: bool = False, log_q_at: torch.Tensor | None = None) -> Any:
