@@ -443,3 +443,26 @@ def test_cpu_threads_follow_the_affinity_not_the_machine(monkeypatch):
         assert configure_cpu_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("compile", [False, True], ids=["eager", "compiled"])
+@pytest.mark.parametrize(
+    ("loss_fn", "refused"),
+    [
+        (
+            lambda m, x: (m(x) ** 2).sum(1),
+            r"a 0-dim loss tensor \(or \(loss, metrics\)\), got a tensor of shape \(4,\)",
+        ),
+        (lambda m, x: {"loss": m(x).sum()}, r"a 0-dim loss tensor \(or \(loss, metrics\)\), got dict"),
+        (lambda m, x: (m(x).sum(), [1.0]), r"its metrics as a dict \{name: value\}, got list"),
+    ],
+    ids=["per-example", "dict", "metrics-list"],
+)
+def test_the_steps_loss_fn_output_is_checked_as_the_trainers(fresh_dynamo, compile, loss_fn, refused):
+    # make_train_step's loss_fn is "as for Trainer", whose own step names loss_fn in one line;
+    # the fast step left torch's "grad can be implicitly created only for scalar outputs" or
+    # "'dict' object has no attribute 'backward'" (extension audit).
+    model = nn.Linear(3, 2)
+    step = make_train_step(model, torch.optim.SGD(model.parameters(), lr=0.1), loss_fn, compile=compile)
+    with pytest.raises((ValueError, TypeError), match=r"^loss_fn: expected " + refused):
+        step(torch.randn(4, 3))

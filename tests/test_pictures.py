@@ -7,9 +7,13 @@ import json
 import numpy as np
 import pytest
 import torch
+import torch.distributions as D
 from PIL import Image
+from torch import nn
 
-from problayers.vae.models import ModelConfig, build_model
+import problayers as pl
+from problayers.vae.models import VAE, ModelConfig, build_model
+from problayers.vae.objectives import ELBO, IWAE
 from problayers.vae.pictures import image_grid, loss_curve, save_pictures
 
 
@@ -53,3 +57,44 @@ def test_loss_curve_png(tmp_path):
     path = loss_curve(tmp_path / "m.jsonl", tmp_path / "c.png")
     with Image.open(path) as img:
         assert img.format == "PNG"
+
+
+class _PlainEncoder(nn.Module):
+    """An encoder returning a plain torch distribution (not a layer's output)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Linear(28 * 28, 4)
+
+    def forward(self, x):
+        loc, scale = self.net(x.flatten(1)).chunk(2, -1)  # (B, 2) each
+        return D.Independent(D.Normal(loc, nn.functional.softplus(scale) + 1e-3), 1)
+
+
+def _user_vae(objective):
+    """A user's VAE as VAE's docstring allows it: a plain torch distribution from the encoder,
+    and a decoder whose distribution (torch's ContinuousBernoulli) has no ``mode``."""
+    decoder = nn.Sequential(
+        nn.Linear(2, 28 * 28),
+        pl.DistributionLambda(
+            lambda t: D.Independent(D.ContinuousBernoulli(logits=t.reshape(-1, 1, 28, 28)), 3)
+        ),
+    )
+    return VAE(_PlainEncoder(), decoder, prior=pl.StandardNormal((2,)), objective=objective)
+
+
+@pytest.mark.parametrize("objective", [ELBO(), IWAE(3)], ids=["elbo", "iwae"])
+def test_a_users_vae_trains_and_is_pictured(tmp_path, objective):
+    # Both crashed (extension audit): the ELBO and VAE.forward gave the plain q to the decoder
+    # (TypeError in linear), and the pictures read the decoder's mode (NotImplementedError).
+    torch.manual_seed(0)
+    model = _user_vae(objective)
+    x = torch.bernoulli(torch.full((5, 1, 28, 28), 0.3))
+    loss, _ = model(x, loss=True)
+    loss.backward()
+    assert loss.isfinite() and model.encoder.net.weight.grad.abs().sum() > 0
+    save_pictures(model, x, tmp_path, n=4)
+    with Image.open(tmp_path / "prior_samples.png") as img:
+        assert img.size[1] == 2 * (2 * (28 + 2) + 2)  # rows sample and mean (no mode), scale 2
+    with Image.open(tmp_path / "reconstructions.png") as img:
+        assert img.size[1] == 2 * (3 * (28 + 2) + 2)  # the digits, mean and sample

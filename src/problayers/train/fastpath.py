@@ -78,7 +78,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from .trainerargs import check_step_args
+from .trainerargs import check_step_args, step_output
 
 if TYPE_CHECKING:
     from .cudagraph import CUDAGraphStep
@@ -172,15 +172,15 @@ def _check_bool(name: str, value: Any) -> bool:
 
 
 def _forward_loss(model: nn.Module, loss_fn: Callable, autocast: tuple[str, bool] | None, batch: Any) -> Any:
-    """``loss_fn(model, batch)`` as ``(loss, metrics)``; under bf16 autocast on the device type
-    ``autocast[0]`` (its weight cache on where ``autocast[1]``) unless ``None``."""
+    """``loss_fn(model, batch)`` as returned (checked outside the compiled code); under bf16
+    autocast on the device type ``autocast[0]`` (its weight cache on where ``autocast[1]``)
+    unless ``None``."""
     if autocast is not None:
         with torch.autocast(autocast[0], dtype=torch.bfloat16, cache_enabled=autocast[1]):
             out = loss_fn(model, batch)
     else:
         out = loss_fn(model, batch)
-    loss, metrics = out if isinstance(out, tuple) else (out, {})
-    return loss, metrics
+    return out
 
 
 class TrainStep:
@@ -234,7 +234,7 @@ class TrainStep:
             forward_loss = self._compiled if self._compiled is not None else _forward_loss
             # No autocast weight cache inside a CUDA graph capture (torch.cuda.graphs' rule).
             autocast = (self.device.type, self.autocast_cache) if self._autocast else None
-            loss, metrics = forward_loss(self.model, self.loss_fn, autocast, batch)
+            loss, metrics = step_output(forward_loss(self.model, self.loss_fn, autocast, batch))
             loss.backward()
         self.optimizer.step()
         self.steps += 1

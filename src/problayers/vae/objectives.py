@@ -158,7 +158,7 @@ class ELBO(Objective):
         self.exact_kl = bool(exact_kl)
 
     def forward(self, vae: Any, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        q = vae.encoder(x)  # batch (B,), event (D,); its tensor value is the sample z
+        q = vae.encode(x)  # batch (B,), event (D,); its tensor value is the sample z
         rv_x = vae.decoder(q)  # batch (B,), event X
         recon = -data_log_prob(rv_x, x).mean()
         if vae.regularizer is not None:  # the encoder added weight * KL (batch mean)
@@ -213,7 +213,7 @@ class IWAE(Objective):
     def forward(self, vae: Any, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         k, batch = self.num_samples, x.shape[0]
         with added_losses_skipped():
-            q = vae.encoder(x)  # batch (B,), event (D,)
+            q = vae.encode(x)  # batch (B,), event (D,)
         prior = vae.prior()
         kl_weight = self.kl_weight(vae) * self.warmup(first_floating_tensor(q))
 

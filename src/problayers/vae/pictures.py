@@ -61,6 +61,9 @@ def save_pictures(
     * ``reconstructions.png``: the first ``n`` test digits (float ``(N, 1, 28, 28)``), then
       their reconstructions (decoder mean at z ~ q(z|x)), sample and mode;
     * ``loss_curve.png`` from ``metrics`` (default ``out_dir/metrics.jsonl``) if it exists.
+
+    A statistic the decoder's distribution does not implement (torch's ``MixtureSameFamily``
+    and ``ContinuousBernoulli`` have no ``mode``) is left out: its row is not drawn.
     """
     out_dir = Path(out_dir)
     metrics = Path(metrics) if metrics is not None else out_dir / "metrics.jsonl"
@@ -70,14 +73,25 @@ def save_pictures(
     with fork_rng(test_x.device, seed), torch.no_grad():
         z = model.prior().sample((n,))  # (n, D)
         rv = model.decode(z)  # batch (n,), event (1, 28, 28)
-        paths = [image_grid([rv.sample(), rv.mode, rv.mean], out_dir / PRIOR_SAMPLES)]
+        paths = [image_grid(_rows(rv, "sample", "mode", "mean"), out_dir / PRIOR_SAMPLES)]
         x = test_x[:n]
         rv_x = model(x)
-        paths.append(image_grid([x, rv_x.mean, rv_x.sample(), rv_x.mode], out_dir / RECONSTRUCTIONS))
+        paths.append(image_grid([x, *_rows(rv_x, "mean", "sample", "mode")], out_dir / RECONSTRUCTIONS))
     model.train(was_training)
     if records is not None:
         paths.append(loss_curve(records, out_dir / LOSS_CURVE))
     return paths
+
+
+def _rows(rv: Any, *statistics: str) -> list[torch.Tensor]:
+    """``rv``'s statistics in order (``"sample"``: a draw), those it implements."""
+    rows = []
+    for name in statistics:
+        try:
+            rows.append(rv.sample() if name == "sample" else getattr(rv, name))
+        except NotImplementedError:
+            pass
+    return rows
 
 
 def read_metrics(metrics_jsonl: str | Path) -> list[dict[str, Any]]:

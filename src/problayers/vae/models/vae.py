@@ -9,6 +9,7 @@ import torch
 import torch.distributions as D
 from torch import nn
 
+from ...coercible import as_coercible, is_coercible
 from ...regularizers import KLDivergenceRegularizer
 
 __all__ = ["VAE", "vae_loss"]
@@ -18,7 +19,9 @@ class VAE(nn.Module):
     """``decoder(encoder(x))``, with the pieces evaluation and the objectives need.
 
     Args:
-        encoder: ``(B, *X) -> q(z|x)``, a distribution (batch ``(B,)``, event ``(D,)``).
+        encoder: ``(B, *X) -> q(z|x)``, a distribution (batch ``(B,)``, event ``(D,)``): a
+            distribution layer's output, whose tensor value is the sample z the decoder gets,
+            or a plain ``torch.distributions`` one (:meth:`encode` makes it such an output).
         decoder: ``(N, D) -> p(x|z)`` (batch ``(N,)``, event X).
         regularizer: the encoder's :class:`~problayers.KLDivergenceRegularizer`, for a model
             whose encoder adds its KL term itself (the seed, as TFP's example); its prior is the
@@ -75,11 +78,13 @@ class VAE(nn.Module):
             return self.objective(self, x)
         if log_q_at is not None:
             return self.encoder(x).log_prob(log_q_at)  # (K, B)
-        return self.decoder(self.encoder(x))
+        return self.decoder(self.encode(x))
 
     def encode(self, x: torch.Tensor) -> D.Distribution:
-        """q(z|x): batch ``(B,)``, event ``(D,)``."""
-        return self.encoder(x)
+        """q(z|x) for x ``(B, *X)``: batch ``(B,)``, event ``(D,)``, tensor-coercible (its value
+        the sample z; a plain distribution from the encoder is wrapped: its value ``rsample()``)."""
+        q = self.encoder(x)
+        return q if is_coercible(q) or not isinstance(q, D.Distribution) else as_coercible(q)
 
     def decode(self, z: torch.Tensor) -> D.Distribution:
         """p(x|z) for z ``(N, D)``: batch ``(N,)``, event X."""
