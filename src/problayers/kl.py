@@ -11,9 +11,10 @@ Registered when ``problayers`` is imported (as ``torch.distributions`` registers
   diag(scale)``, and torch's MVN-MVN formula.
 
 ``torch.compile(fullgraph=True)`` (torch 2.13) traces the exact KL as every other layer: torch's
-KL lookup is done ahead, for every registered pair of classes, when a layer with an exact KL is
-built (:func:`prepare_kl_dispatch`), because dynamo cannot trace that lookup where torch has not
-cached it yet (``min`` over a generator), only the cached result. Torch's MVN-MVN formula, which
+KL lookup is done ahead, for every registered pair of classes, by :func:`prepare_kl_dispatch`,
+which :func:`exact_kl` calls first (run by dynamo while it traces, as a constant), because dynamo
+cannot trace that lookup where torch has not cached it yet (``min`` over a generator), only the
+cached result; a ``register_kl`` at any time empties that cache. Torch's MVN-MVN formula, which
 dynamo cannot trace (``torch._C._infer_size``), goes in the graph as one call (:func:`mvn_kl`);
 that works for fixed shapes only, so the reverse pair compiles without a dynamic batch.
 """
@@ -99,14 +100,17 @@ def _with_subclasses(cls: type) -> list[type]:
     return found
 
 
+@torch.compiler.assume_constant_result  # run while dynamo traces, not traced
 def prepare_kl_dispatch() -> None:
     """Look up, in torch's KL cache, the formula of every pair of distribution classes defined
     so far that a registered pair covers, unless done since the cache was last emptied.
 
     ``kl_divergence`` finds its formula through that cache; on a miss it searches the registry
     with code dynamo (torch 2.13) cannot trace, so ``torch.compile(fullgraph=True)`` of a layer
-    with an exact KL failed in a process that had not computed that KL eagerly before. Run when a
-    layer with an exact KL is built (``register_kl`` empties the cache)."""
+    with an exact KL failed in a process that had not computed that KL eagerly before, or had
+    called ``register_kl`` (which empties the cache) since. Called before every exact KL
+    (:func:`exact_kl`; a dictionary lookup once done); under ``torch.compile`` it runs while
+    dynamo traces."""
     memo = getattr(D.kl, "_KL_MEMOIZE", None)
     registry = getattr(D.kl, "_KL_REGISTRY", None)
     dispatch = getattr(D.kl, "_dispatch_kl", None)
@@ -150,6 +154,7 @@ def exact_kl(q: D.Distribution, p: D.Distribution, option: str) -> torch.Tensor:
     ``p``'s), with a one-line error naming ``option`` (the argument that chose the exact KL)
     where torch has no formula for the pair. A formula that exists but fails (a dtype without a
     kernel, an ``Independent`` over other dimensions) raises its own error."""
+    prepare_kl_dispatch()
     try:
         return D.kl_divergence(q, p)
     except NotImplementedError as err:

@@ -22,7 +22,7 @@ from ._state import first_floating_tensor, requires_grad, versions
 from .coercible import base_class, convert_to_tensor
 from .convert import CONVERT_TO_TENSOR_FNS
 from .distcopy import distribution_to, kept_copy, map_tensors
-from .kl import exact_kl, prepare_kl_dispatch
+from .kl import exact_kl
 from .layers._args import boolean, non_negative_number
 from .losses import added_losses_enabled, init_added_losses, set_added_loss
 from .precision import in_fp32
@@ -136,7 +136,6 @@ class KLDivergenceRegularizer(nn.Module):
         self.prior = prior  # an nn.Module prior is registered as a submodule
         self.weight = weight  # a tensor: the user's own (an nn.Parameter is registered)
         self.use_exact_kl = boolean(use_exact_kl, "use_exact_kl")
-        prepare_kl_dispatch()  # so that torch.compile traces the exact KL
         self.test_points_fn = test_points_fn
         axes = test_points_reduce_axis
         self.test_points_reduce_axis: tuple[int, ...] | None

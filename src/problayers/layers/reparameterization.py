@@ -32,7 +32,6 @@ import torch.distributions as D
 import torch.nn.functional as F
 from torch import nn
 
-from ..kl import prepare_kl_dispatch
 from ..losses import added_losses_enabled, init_added_losses, set_added_loss
 from ._args import (
     activation_fn,
@@ -129,7 +128,6 @@ class _WeightUncertainty(nn.Module):
         self.kl_weight = non_negative_number(kl_weight, "kl_weight")
         self.kl_use_exact = boolean(kl_use_exact, "kl_use_exact")
         floating_dtype(dtype)  # checked here; given to the weight functions as given (None too)
-        prepare_kl_dispatch()  # so that torch.compile traces the exact KL
         self.activation = activation_fn(activation)
         self.kernel_shape, self.bias_shape = kernel_shape, bias_shape
         self.kernel_posterior = kernel_posterior_fn(kernel_shape, dtype)

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..coercible import convert_to_tensor, is_coercible
-from ..kl import exact_kl, prepare_kl_dispatch
+from ..kl import exact_kl
 from ..losses import added_losses_enabled, init_added_losses, set_added_loss
 from ._args import (
     activation_fn,
@@ -324,7 +324,6 @@ class DenseVariational(nn.Module):
         )  # TFP's None
         self.kl_use_exact = boolean(kl_use_exact, "kl_use_exact")
         floating_dtype(dtype)  # checked here; given to the make_*_fn as given (None too)
-        prepare_kl_dispatch()  # so that torch.compile traces the exact KL
         self.activation = activation_fn(activation)
         self.kernel_size = self.in_features * self.units
         self.bias_size = self.units if use_bias else 0
