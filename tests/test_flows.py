@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import pytest
 import torch
 import torch.distributions as D
@@ -280,3 +282,22 @@ def test_made_built_on_meta_is_a_made_after_to_empty_and_reset_parameters(hidden
     x = torch.randn(1, 3, requires_grad=True)
     (grad,) = torch.autograd.grad(made(x)[0, 0].sum(), x)  # output 0 sees no input
     assert torch.equal(grad, torch.zeros(1, 3))
+
+
+@pytest.mark.parametrize("inverse", [False, True], ids=["maf", "iaf"])
+def test_a_forward_leaves_no_reference_cycle(inverse):
+    # torch keeps a transform's inverse on it, and the inverse the transform: a cycle, here
+    # holding the transform's cached (x, y) pair and so the forward's graph until Python's cycle
+    # collector ran (the zoo's IAF posterior in a loop without backward: memory audit).
+    made, loc = _made(), torch.zeros(3, requires_grad=True)
+    layer = pl.AutoregressiveTransform(made, inverse=inverse)
+    layer(D.Normal(loc * 1.0, 1.0)).log_prob(torch.zeros(3))  # first use
+    gc.collect()
+    gc.disable()
+    try:
+        out = layer(D.Normal(loc * 1.0, 1.0))
+        out.log_prob(out + 0).sum()
+        del out
+        assert gc.collect() == 0  # nothing of the forward was left for the cycle collector
+    finally:
+        gc.enable()

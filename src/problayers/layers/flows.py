@@ -19,6 +19,7 @@ from torch.distributions.transforms import Transform
 from ..coercible import TensorCoercible
 from ..convert import ConvertFn
 from ._args import activation_fn, boolean, floating_dtype, positive_int
+from ._transforms import FreshInverse
 from .base import Activation, DistributionLambda, normalize_event_shape, tensor_input
 
 __all__ = [
@@ -183,7 +184,7 @@ class AutoregressiveNetwork(nn.Module):
         return f"params={self.params}, event_shape={self.event_shape}, hidden_units={self.hidden_units}"
 
 
-class MaskedAutoregressiveTransform(Transform):
+class MaskedAutoregressiveTransform(FreshInverse, Transform):
     """The MAF bijection ``y = u * exp(log_scale(y)) + shift(y)`` on ``R^d`` (event dim 1).
 
     ``shift, log_scale = made(y).unbind(-1)`` are autoregressive (a :class:`AutoregressiveNetwork`

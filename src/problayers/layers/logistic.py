@@ -9,17 +9,18 @@ from typing import ClassVar
 import torch
 import torch.distributions as D
 from torch.distributions import constraints
-from torch.distributions.transforms import AffineTransform, SigmoidTransform, Transform
+from torch.distributions.transforms import SigmoidTransform, Transform
 from torch.distributions.utils import broadcast_all
 
 from ..coercible import _coercible_class
+from ._transforms import Affine, FreshInverse
 
 __all__ = ["Logistic"]
 
 _EMPTY = torch.Size()
 
 
-class _LogitTransform(Transform):
+class _LogitTransform(FreshInverse, Transform):
     """``SigmoidTransform``'s inverse as a transform of its own: ``SigmoidTransform().inv`` is an
     ``_InverseTransform`` that loses its forward transform when pickled or deep-copied (torch
     drops ``_inv`` in ``Transform.__getstate__``). The maths are torch's, with the roles swapped."""
@@ -79,7 +80,7 @@ class Logistic(D.TransformedDistribution):
     def __init__(self, loc, scale, validate_args: bool | None = None) -> None:
         loc, scale = broadcast_all(loc, scale)  # (*B) each
         base = D.Uniform(torch.zeros_like(loc), torch.ones_like(loc), validate_args=validate_args)
-        transforms = [_LogitTransform(), AffineTransform(loc, scale)]
+        transforms: list[Transform] = [_LogitTransform(), Affine(loc, scale)]
         super().__init__(base, transforms, validate_args=validate_args)
 
     def expand(self, batch_shape, _instance=None):

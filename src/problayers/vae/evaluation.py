@@ -200,8 +200,10 @@ def iwae_log_likelihood(
     ``log (1/K) sum_k p(x|z_k) p(z_k) / q(z_k|x)`` with ``z_k ~ q(z|x)`` and ``K = num_samples``.
     The samples are drawn in chunks of at most ``chunk_size`` per example (the last chunk may be
     smaller); each chunk is decoded in one call on ``(k * B, D)`` latents and folded into a running
-    ``logsumexp``, so memory is bounded by ``chunk_size`` whatever ``K`` is. ``K = 1`` is a
-    single-sample estimate of the ELBO; as ``K`` grows the estimate rises to ``log p(x)``.
+    ``logsumexp``, so under ``torch.no_grad()`` (as :func:`evaluate` runs it) memory is bounded
+    by ``chunk_size`` whatever ``K`` is; with autograd on, every chunk's graph is kept for the
+    backward pass, and memory grows with ``K``. ``K = 1`` is a single-sample estimate of the
+    ELBO; as ``K`` grows the estimate rises to ``log p(x)``.
 
     Args:
         encode, decode, prior: the model (see the module docstring).
