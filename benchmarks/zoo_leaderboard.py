@@ -8,7 +8,9 @@ IWAE bound; optional), plus ``run.json``: ``{"hardware": ..., "date": ..., "comm
 "eval_command": ...}`` written by whoever ran it. The row gives the model and its options,
 parameters (counted from the config), epochs, training time (the sum of the epochs' seconds,
 evaluation excluded), the last test -ELBO, the IWAE NLL and its K, and the training seconds
-at which the test -ELBO first reached 100 / 95 / 90 nats ("-" if never).
+at which the test -ELBO first reached 100 / 95 / 90 nats ("-" if never). An ``eval.json`` of
+another epoch than the last (the run was resumed after its evaluation) is not shown as the
+run's NLL: the row says which epoch it is of.
 """
 
 from __future__ import annotations
@@ -41,6 +43,10 @@ def summarize(run: Path) -> dict:
     epochs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
     meta = json.loads((run / "run.json").read_text()) if (run / "run.json").is_file() else {}
     evaluation = json.loads((run / "eval.json").read_text()) if (run / "eval.json").is_file() else {}
+    last = epochs[-1]["epoch"] if epochs else None
+    stale = evaluation.get("epoch") is not None and evaluation["epoch"] != last
+    if stale:  # the weights evaluated are not the last epoch's
+        evaluation = {"stale_epoch": evaluation["epoch"]}
     elapsed, reached = 0.0, {}
     for record in epochs:
         elapsed += record["seconds"]
@@ -61,6 +67,7 @@ def summarize(run: Path) -> dict:
         "iwae_samples": evaluation.get("iwae_samples"),
         "iwae_examples": evaluation.get("num_examples"),
         "eval_seconds": evaluation.get("seconds"),
+        "eval_of_epoch": evaluation.get("stale_epoch"),
         "seconds_to": {str(int(t)): reached.get(t) for t in THRESHOLDS},
         **meta,
     }
@@ -76,7 +83,9 @@ def table(rows: list[dict]) -> str:
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in sorted(rows, key=lambda r: r["iwae_nll"] if r["iwae_nll"] is not None else float("inf")):
         nll = "-"
-        if r["iwae_nll"] is not None:
+        if r.get("eval_of_epoch") is not None:
+            nll = f"- (eval.json is of epoch {r['eval_of_epoch']}: run problayers evaluate again)"
+        elif r["iwae_nll"] is not None:
             nll = f"**{r['iwae_nll']:.2f}** ({r['iwae_samples']}, {r['iwae_examples']})"
         to = " / ".join(_cell(r["seconds_to"][str(int(t))], ".0f") for t in THRESHOLDS)
         lines.append(
