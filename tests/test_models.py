@@ -81,7 +81,10 @@ def test_registry():
     finally:
         for table in (MODELS, registry.MODEL_DEFAULTS, registry.MODEL_FIELDS):
             table.pop("returns-none")
-    with pytest.raises(ValueError, match=r"got 'mine' \(a model of your own: import its module first\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"got 'mine' \(a model of your own: import its module first; problayers --import MODULE\)",
+    ):
         ModelConfig(name="mine")
 
 

@@ -788,6 +788,9 @@ def test_resume_keeps_the_runs_progress_setting(run):
     assert main(["train", "--resume", str(run), "--epochs", "3"]) == 0  # no --no-progress
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["progress"] is False and cfg["resumed"] == [{"at_epoch": 2, "epochs": 3}]
+    # and --progress turns it back on (a resume with --no-progress was for good: long-runs audit)
+    assert main(["train", "--resume", str(run), "--epochs", "4", "--progress"]) == 0
+    assert json.loads((run / "config.json").read_text())["progress"] is True
 
 
 # ------------------------------------------------------------------------------- resume rules

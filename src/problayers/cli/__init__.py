@@ -23,7 +23,7 @@ from .parser import build_parser
 __all__ = ["build_parser", "main"]
 
 #: What ``train --resume`` may be given besides the run (the rest is the run's config.json).
-RESUME_OPTIONS = ("resume", "epochs", "lr", "device", "data_dir", "no_progress", "debug")
+RESUME_OPTIONS = ("resume", "epochs", "lr", "device", "data_dir", "progress", "debug", "imports")
 
 
 #: ``train`` options that are ModelConfig fields (None: the model's default).
@@ -72,7 +72,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                     synthetic=args.synthetic,
                     train_subset=args.train_subset,
                     test_subset=args.test_subset,
-                    progress=not args.no_progress,
+                    progress=args.progress is not False,
                     lr_schedule=args.lr_schedule,
                     adam=args.adam,
                     ema_decay=args.ema_decay,
@@ -106,10 +106,10 @@ def _resume_overrides(args: argparse.Namespace) -> dict:
     if refused:
         flags = ", ".join("--" + name.replace("_", "-") for name in refused)
         raise ValueError(
-            f"--resume {args.resume}: {flags} cannot change on resume (the run's config.json fixes them); "
-            "--epochs (the total), --lr (constant schedule), --device, --data-dir and --no-progress can"
+            f"--resume {args.resume}: {flags} cannot change on resume (the run's config.json fixes "
+            "them); --epochs (the total), --lr (constant schedule), --device, --data-dir, --[no-]progress can"
         )
-    overrides: dict = {"progress": False} if args.no_progress else {}  # else the run's own
+    overrides: dict = {} if args.progress is None else {"progress": args.progress}  # else the run's
     for name in ("epochs", "lr", "device", "data_dir"):
         if name in given:
             overrides[name] = getattr(args, name)
@@ -330,6 +330,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     non-zero status (see :mod:`problayers.cli.errors`), or a traceback with ``--debug``."""
     from ..train.errors import sigterm_raises
     from .errors import debug_requested, describe
+    from .plugins import import_modules
 
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
@@ -340,6 +341,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     func: Callable[[argparse.Namespace], int] = COMMANDS[args.command]
     try:
         with sigterm_raises():
+            import_modules(args.imports)
             return func(args)
     except SystemExit:
         raise

@@ -108,6 +108,15 @@ def build_parser() -> _Parser:
     common.add_argument(
         "--debug", action="store_true", help="show the traceback of an error (also: PROBLAYERS_DEBUG=1)"
     )
+    common.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import MODULE first, e.g. one that registers models, priors or objectives of your own "
+        "(docs/zoo.md); repeatable; the current directory is searched first (default: none)",
+    )
 
     p = sub.add_parser(
         "train", parents=[common], help="train a VAE on binarized MNIST (the seed model by default)"
@@ -149,11 +158,11 @@ def build_parser() -> _Parser:
         help="weight initialization: PyTorch's (default), Keras' (Glorot uniform, zero bias) as "
         "TFP's, or He's for the leaky ReLUs",
     )
-    p.add_argument(
+    p.add_argument(  # no choices: the registry decides (an --import module may add to it)
         "--prior",
-        choices=["normal", "mog", "vamp"],
         default=None,
-        help="p(z): N(0, I) (default), a learned mixture of Gaussians, or the VampPrior (zoo models)",
+        help="p(z): normal, N(0, I) (default), mog, a learned mixture of Gaussians, or vamp, the "
+        "VampPrior (zoo models); or one an --import module registers",
     )
     p.add_argument(
         "--prior-components", type=_positive, default=None, help="mixture components / pseudo-inputs (500)"
@@ -167,10 +176,9 @@ def build_parser() -> _Parser:
     p.add_argument("--flow-steps", type=_positive, default=None, help="IAF steps (2)")
     p.add_argument(
         "--objective",
-        choices=["elbo", "iwae", "dreg"],
         default=None,
-        help="the ELBO (default), the importance-weighted bound with --num-samples K, or the "
-        "same bound with the DReG gradient",
+        help="elbo (default), iwae: the importance-weighted bound with --num-samples K, or dreg: "
+        "the same bound with the DReG gradient; or one an --import module registers",
     )
     p.add_argument(
         "--num-samples",
@@ -271,7 +279,12 @@ def build_parser() -> _Parser:
         help="tensorboard: scalars (per log step and epoch) and the pictures of every epoch into "
         "RUN_DIR/tensorboard/ (default none)",
     )
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bars (default on; with --resume: the run's setting, changed where given)",
+    )
     _add_data_options(p)
 
     p = sub.add_parser("evaluate", parents=[common], help="test -ELBO and the IWAE bound of a trained run")

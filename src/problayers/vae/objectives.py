@@ -32,7 +32,7 @@ from ..losses import added_losses_skipped, collect_losses
 from ..numerics import logsumexp
 from ..train.distributed import mean_over_ranks
 
-__all__ = ["ELBO", "IWAE", "OBJECTIVES", "Objective", "check_support", "data_log_prob"]
+__all__ = ["ELBO", "IWAE", "OBJECTIVES", "OBJECTIVE_OPTIONS", "Objective", "check_support", "data_log_prob"]
 
 
 def data_log_prob(px: D.Distribution, x: torch.Tensor, k: int = 1) -> torch.Tensor:
@@ -287,4 +287,14 @@ OBJECTIVES: dict[str, Callable[..., Objective]] = {
     "elbo": lambda exact_kl, num_samples, **kw: ELBO(exact_kl=exact_kl, **kw),
     "iwae": lambda exact_kl, num_samples, **kw: IWAE(num_samples, **kw),
     "dreg": lambda exact_kl, num_samples, **kw: IWAE(num_samples, dreg=True, **kw),
+}
+
+#: name -> the ``ModelConfig`` options the objective reads besides ``beta`` and
+#: ``kl_warmup_steps`` (``num_samples``: K >= 2 samples; else one). A config that sets another is
+#: refused (:class:`~problayers.vae.models.ModelConfig`); an objective not listed here (one of
+#: the user's own in ``OBJECTIVES``) is not checked.
+OBJECTIVE_OPTIONS: dict[str, frozenset[str]] = {
+    "elbo": frozenset({"exact_kl", "free_bits"}),
+    "iwae": frozenset({"num_samples"}),
+    "dreg": frozenset({"num_samples"}),
 }

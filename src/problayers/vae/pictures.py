@@ -6,6 +6,7 @@ matplotlib (Agg). Every file is written atomically.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -87,10 +88,8 @@ def _rows(rv: Any, *statistics: str) -> list[torch.Tensor]:
     """``rv``'s statistics in order (``"sample"``: a draw), those it implements."""
     rows = []
     for name in statistics:
-        try:
+        with contextlib.suppress(NotImplementedError):
             rows.append(rv.sample() if name == "sample" else getattr(rv, name))
-        except NotImplementedError:
-            pass
     return rows
 
 

@@ -15,7 +15,7 @@ from torch import nn
 
 from ...layers.multivariate import TRIL_ORDERS
 from ...train.trainerargs import plain_numbers
-from ..objectives import OBJECTIVES, Objective
+from ..objectives import OBJECTIVE_OPTIONS, OBJECTIVES, Objective
 from .priors import PRIORS
 from .vae import VAE
 
@@ -185,26 +185,36 @@ class ModelConfig:
         for field, choices in (("prior", PRIORS), ("posterior", POSTERIORS), ("objective", OBJECTIVES)):
             if getattr(self, field) not in choices:
                 raise ValueError(f"{field}: expected one of {list(choices)}, got {getattr(self, field)!r}")
-        if self.objective == "elbo" and self.num_samples != 1:
-            raise ValueError(f"num_samples={self.num_samples}: needs objective 'iwae' or 'dreg', not 'elbo'")
+        if not self._objective_reads("num_samples") and self.num_samples != 1:
+            raise ValueError(
+                f"num_samples={self.num_samples}: needs objective {_readers('num_samples')}, "
+                f"not {self.objective!r}"
+            )
         if self.prior == "vamp" and self.posterior == "iaf":
             raise ValueError(
                 "prior/posterior: 'vamp' with 'iaf': the VampPrior mixes Gaussian posteriors only"
             )
         if _SAVED.get():  # written before 2026-12-06, a run may hold an idle option or IWAE's K = 1
             return
-        if self.objective != "elbo" and self.num_samples < 2:
+        if self._objective_reads("num_samples", unlisted=False) and self.num_samples < 2:
             raise ValueError(
                 f"num_samples: objective {self.objective!r} needs K >= 2 samples (with one it is the "
                 f"ELBO), got {self.num_samples}"
             )
-        if self.objective != "elbo" and self.free_bits:
+        if not self._objective_reads("free_bits") and self.free_bits:
             raise ValueError(
-                f"free_bits={self.free_bits!r}: only the 'elbo' objective uses it, not {self.objective!r}"
+                f"free_bits={self.free_bits!r}: only the {_readers('free_bits')} objective uses it, "
+                f"not {self.objective!r}"
             )
         for f in dataclasses.fields(ModelConfig):  # a field set away from its default must be used
             if getattr(self, f.name) != f.default:
                 self._check_used(f.name)
+
+    def _objective_reads(self, option: str, unlisted: bool = True) -> bool:
+        """Whether the objective reads ``option`` (:data:`OBJECTIVE_OPTIONS`); ``unlisted`` for
+        an objective not declared there (a user's own: nothing is refused)."""
+        declared = OBJECTIVE_OPTIONS.get(self.objective)
+        return unlisted if declared is None else option in declared
 
     def _check_used(self, field: str) -> None:
         """A one-line ``ValueError`` where this config does not use ``field`` (given, or set
@@ -229,10 +239,11 @@ class ModelConfig:
         idle where a model's registered default may set it (so a saved config is not refused:
         the zoo's ``exact_kl=True`` with the IWAE objective, ``resnet``'s ``hidden_size``)."""
         value = getattr(self, field)
-        if field == "exact_kl" and self.objective != "elbo":
+        if field == "exact_kl" and not self._objective_reads("exact_kl"):
             raise ValueError(
-                f"exact_kl={value!r}: only the 'elbo' objective uses it; {self.objective!r} computes "
-                "no KL term (evaluation's -ELBO takes the analytic KL where there is one)"
+                f"exact_kl={value!r}: only the {_readers('exact_kl')} objective uses it; "
+                f"{self.objective!r} computes no KL term (evaluation's -ELBO takes the analytic KL "
+                "where there is one)"
             )
         if field in MODEL_IAF_FIELDS.get(self.name, ()) and self.posterior != "iaf":
             raise ValueError(
@@ -241,13 +252,20 @@ class ModelConfig:
             )
 
 
+def _readers(option: str) -> str:
+    """The objectives that read ``option``, for a message: ``'iwae' or 'dreg'``."""
+    return " or ".join(repr(name) for name, reads in OBJECTIVE_OPTIONS.items() if option in reads)
+
+
 def _check_name(name: Any) -> None:
     """A one-line ``ValueError`` for a model name not registered, with the closest name."""
     if name not in MODELS:
         close = difflib.get_close_matches(str(name).lower(), list(MODELS), n=1)
         # a model of one's own (register_model) exists only once its module is imported
         hint = (
-            f" (did you mean {close[0]!r}?)" if close else " (a model of your own: import its module first)"
+            f" (did you mean {close[0]!r}?)"
+            if close
+            else " (a model of your own: import its module first; problayers --import MODULE)"
         )
         raise ValueError(
             f"name: expected a registered model ({', '.join(sorted(MODELS))}), got {name!r}{hint}"
