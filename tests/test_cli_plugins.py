@@ -70,7 +70,7 @@ def test_a_users_model_prior_and_objective_from_the_command_line(user_dir, capsy
         main(["evaluate", run, "--no-progress"])
     err = capsys.readouterr().err
     assert exc.value.code == 2 and "got 'tiny-mine' (a model of your own" in err
-    assert "problayers --import MODULE)" in err and len(err.strip().splitlines()) == 1
+    assert "problayers COMMAND --import MODULE)" in err and len(err.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize(
@@ -79,6 +79,10 @@ def test_a_users_model_prior_and_objective_from_the_command_line(user_dir, capsy
         ("no_such_module", "--import no_such_module: no module named 'no_such_module' (searched from"),
         ("broken_models", "--import broken_models: ModuleNotFoundError: No module named 'not_installed'"),
         ("raising_models", "--import raising_models: ValueError: a bug of the user's"),
+        (
+            "./mine_models.py",
+            "--import ./mine_models.py: expected a module's name ('mine_models'), not a file's",
+        ),
     ],
 )
 def test_a_module_that_cannot_be_imported_is_one_line(user_dir, capsys, module, line):
@@ -96,3 +100,4 @@ def test_an_unregistered_prior_is_refused_by_the_registry(user_dir, capsys):
         main(["train", "--model", "mlp", "--prior", "normal-mine", "--synthetic", "64", "--out", "run"])
     err = capsys.readouterr().err
     assert exc.value.code == 2 and err.startswith("problayers: error: --prior: expected one of ["), err
+    assert "got 'normal-mine' (one of your own: import its module first; problayers COMMAND --import" in err

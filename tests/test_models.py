@@ -83,7 +83,7 @@ def test_registry():
             table.pop("returns-none")
     with pytest.raises(
         ValueError,
-        match=r"got 'mine' \(a model of your own: import its module first; problayers --import MODULE\)",
+        match=r"got 'mine' \(a model of your own: import its module first; problayers COMMAND --import",
     ):
         ModelConfig(name="mine")
 

@@ -7,7 +7,9 @@ import math
 
 import pytest
 import torch
+import torch.distributions as D
 
+import problayers as pl
 from problayers.coercible import convert_to_tensor
 from problayers.vae.models import VAE, ModelConfig, build_model
 from problayers.vae.objectives import ELBO, IWAE
@@ -160,3 +162,28 @@ def test_an_objectives_beta_other_than_the_regularizers_weight_is_refused():
     with pytest.raises(ValueError, match=refused):
         VAE(model.encoder, model.decoder, model.regularizer, objective=IWAE(2, beta=4.0))
     VAE(model.encoder, model.decoder, model.regularizer, objective=ELBO(beta=1.0))  # 1: the weight's
+
+
+def test_a_tensor_weight_equal_to_beta_is_accepted_without_a_warning():
+    # float32's 0.1 is not the float 0.1: the check refused "beta 0.1 ... weight 0.1", and a
+    # trained weight (a Parameter) made torch warn about float() of a tensor with a graph (review).
+    model = build_model(ModelConfig(latent_size=2, base_depth=4))
+    for weight in (torch.tensor(0.1), torch.nn.Parameter(torch.tensor(0.1))):
+        regularizer = pl.KLDivergenceRegularizer(model.regularizer.prior, weight=weight)
+        VAE(model.encoder, model.decoder, regularizer, objective=ELBO(beta=0.1))
+
+
+def test_the_elbos_exact_kl_compiles_in_one_graph_after_a_register_kl():
+    # The ELBO took torch's kl_divergence without preparing its lookup: after a register_kl (which
+    # empties torch's cache) the zoo's exact KL broke the graph, and fullgraph failed (review).
+    torch.compiler.reset()
+    model = build_model(ModelConfig.for_model("mlp", latent_size=2, hidden_size=8))
+    assert model.objective.exact_kl
+    D.kl._KL_MEMOIZE.clear()
+    try:
+        explanation = torch._dynamo.explain(lambda x: model(x, loss=True)[0])(
+            torch.rand(3, 1, 28, 28).round()
+        )
+        assert explanation.graph_break_count == 0, [b.reason for b in explanation.break_reasons]
+    finally:
+        torch.compiler.reset()

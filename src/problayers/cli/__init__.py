@@ -106,8 +106,8 @@ def _resume_overrides(args: argparse.Namespace) -> dict:
     if refused:
         flags = ", ".join("--" + name.replace("_", "-") for name in refused)
         raise ValueError(
-            f"--resume {args.resume}: {flags} cannot change on resume (the run's config.json fixes "
-            "them); --epochs (the total), --lr (constant schedule), --device, --data-dir, --[no-]progress can"
+            f"--resume {args.resume}: {flags} cannot change on resume (the run's config.json fixes them); "
+            "--epochs (the total), --lr (constant), --device, --data-dir, --[no-]progress, --import can"
         )
     overrides: dict = {} if args.progress is None else {"progress": args.progress}  # else the run's
     for name in ("epochs", "lr", "device", "data_dir"):

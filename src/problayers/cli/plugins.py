@@ -33,6 +33,9 @@ def import_modules(names: Sequence[str]) -> None:
     if cwd not in sys.path and "" not in sys.path:
         sys.path.insert(0, cwd)
     for name in names:
+        if name.endswith(".py") or os.sep in name or "/" in name:
+            module = os.path.splitext(os.path.basename(name))[0]
+            raise PluginError(f"--import {name}: expected a module's name ({module!r}), not a file's path")
         try:
             importlib.import_module(name)
         except ModuleNotFoundError as err:

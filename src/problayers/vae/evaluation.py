@@ -33,6 +33,7 @@ from collections.abc import Callable
 import torch
 import torch.distributions as D
 
+from ..kl import prepare_kl_dispatch
 from ..numerics import logsumexp
 from .objectives import check_support, data_log_prob
 
@@ -176,6 +177,7 @@ def _elbo_terms(
 
     kl = None
     if exact_kl:
+        prepare_kl_dispatch()  # as every exact KL of the library (compiled code traces it)
         try:
             kl = D.kl_divergence(q, prior)  # (B,) (broadcast against the prior's batch ())
         except NotImplementedError:

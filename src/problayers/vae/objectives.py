@@ -28,6 +28,7 @@ from torch.nn.parameter import UninitializedBuffer
 
 from .._state import first_floating_tensor
 from ..coercible import convert_to_tensor
+from ..kl import prepare_kl_dispatch
 from ..losses import added_losses_skipped, collect_losses
 from ..numerics import logsumexp
 from ..train.distributed import mean_over_ranks
@@ -177,6 +178,7 @@ class ELBO(Objective):
 
     def _kl(self, q: D.Distribution, prior: D.Distribution) -> torch.Tensor:
         if self.exact_kl:
+            prepare_kl_dispatch()  # torch's lookup cached: compiled code traces the formula
             try:
                 return D.kl_divergence(q, prior)  # (B,)
             except NotImplementedError:
@@ -195,8 +197,9 @@ class IWAE(Objective):
             ``sum_k w~_k^2 d log w_k / d z_k  d z_k / d phi`` with ``log q`` evaluated at
             stopped parameters (an encoder pass with detached weights), an unbiased estimator
             whose variance does not grow with ``K`` as the plain one's does. With a KL weight
-            ``c = beta * warm-up != 1`` the factor ``w~_k^2`` becomes ``(1 - c) w~_k + c w~_k^2``
-            (the same derivation), so the gradient stays the bound's. The decoder's and
+            ``c != 1`` (:meth:`Objective.kl_weight` times the warm-up) the factor ``w~_k^2``
+            becomes ``(1 - c) w~_k + c w~_k^2`` (the same derivation), so the gradient stays
+            the bound's. The decoder's and
             the prior's gradients are the IWAE's. Costs one more pass without gradients (for
             the weights ``w~``).
         beta, kl_warmup_steps: see :class:`Objective` (free bits do not apply).

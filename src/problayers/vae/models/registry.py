@@ -48,6 +48,8 @@ COMMON_FIELDS = frozenset({"name", "latent_size", "beta", "exact_kl", "init"})
 OBJECTIVE_FIELDS = frozenset({"objective", "num_samples", "kl_warmup_steps", "free_bits"})
 #: Posterior families of the zoo: a Gaussian, or a Gaussian pushed through an IAF.
 POSTERIORS = ("gaussian", "iaf")
+#: How the command line imports a module that registers a model, prior or objective.
+IMPORT_HINT = "problayers COMMAND --import MODULE"
 #: Set while a saved config is read (:meth:`ModelConfig.from_dict`): a run trained before the
 #: usage checks existed (an idle ``--flow-steps``, ``--objective iwae`` with one sample, which
 #: trained the single-sample bound) loads, evaluates and resumes as it was trained.
@@ -184,7 +186,14 @@ class ModelConfig:
             )
         for field, choices in (("prior", PRIORS), ("posterior", POSTERIORS), ("objective", OBJECTIVES)):
             if getattr(self, field) not in choices:
-                raise ValueError(f"{field}: expected one of {list(choices)}, got {getattr(self, field)!r}")
+                own = (
+                    ""
+                    if choices is POSTERIORS
+                    else f" (one of your own: import its module first; {IMPORT_HINT})"
+                )
+                raise ValueError(
+                    f"{field}: expected one of {list(choices)}, got {getattr(self, field)!r}{own}"
+                )
         if not self._objective_reads("num_samples") and self.num_samples != 1:
             raise ValueError(
                 f"num_samples={self.num_samples}: needs objective {_readers('num_samples')}, "
@@ -265,7 +274,7 @@ def _check_name(name: Any) -> None:
         hint = (
             f" (did you mean {close[0]!r}?)"
             if close
-            else " (a model of your own: import its module first; problayers --import MODULE)"
+            else f" (a model of your own: import its module first; {IMPORT_HINT})"
         )
         raise ValueError(
             f"name: expected a registered model ({', '.join(sorted(MODELS))}), got {name!r}{hint}"

@@ -3,6 +3,7 @@ prior p(z), and the objective that trains them."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -64,8 +65,10 @@ class VAE(nn.Module):
         if objective is None:
             objective = ELBO()
         if regularizer is not None and isinstance(objective, Objective):
-            weight = float(regularizer.weight)
-            if objective.beta not in (1.0, weight):  # one KL weight: the regularizer's
+            given = regularizer.weight  # a number, or a 0-dim tensor (an nn.Parameter: trained)
+            weight = float(given.detach()) if isinstance(given, torch.Tensor) else float(given)
+            beta = objective.beta  # one KL weight: the regularizer's (float32's 0.1 is beta's)
+            if beta != 1.0 and not math.isclose(beta, weight, rel_tol=1e-6):
                 raise ValueError(
                     f"VAE: the objective's beta {objective.beta:g} differs from the encoder "
                     f"regularizer's weight {weight:g}; a model whose encoder adds its KL term "
