@@ -1014,7 +1014,7 @@ MUTANTS = [
     ),
     (
         "kl.py",
-        "@torch.compiler.assume_constant_result  # run while dynamo traces, not traced\n",
+        'when_imported("torch._dynamo", lambda: torch.compiler.assume_constant_result(prepare_kl_dispatch))',
         "",
         "tests/test_torch_native.py::test_no_graph_break[IndependentNormal+KLDivergenceRegularizer(exact)]",
     ),

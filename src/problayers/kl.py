@@ -100,7 +100,6 @@ def _with_subclasses(cls: type) -> list[type]:
     return found
 
 
-@torch.compiler.assume_constant_result  # run while dynamo traces, not traced
 def prepare_kl_dispatch() -> None:
     """Look up, in torch's KL cache, the formula of every pair of distribution classes defined
     so far that a registered pair covers, unless done since the cache was last emptied.
@@ -124,6 +123,10 @@ def prepare_kl_dispatch() -> None:
                 if (p_cls, q_cls) not in memo:
                     memo[p_cls, q_cls] = dispatch(p_cls, q_cls)
     memo[_Prepared, _Prepared] = NotImplemented
+
+
+# Run while dynamo traces, not traced; marked once dynamo is imported, as mvn_kl above.
+when_imported("torch._dynamo", lambda: torch.compiler.assume_constant_result(prepare_kl_dispatch))
 
 
 def _label(dist: D.Distribution) -> str:
