@@ -1060,6 +1060,18 @@ MUTANTS = [
         "if beta not in (1.0, weight):",
         "tests/test_objectives.py::test_a_tensor_weight_equal_to_beta_is_accepted_without_a_warning",
     ),
+    (
+        "precision.py",
+        'for d in ("cuda", "cpu", "xpu", "mps") if torch.amp.is_autocast_available(d))',
+        'for d in ("cuda", "cpu", "xpu", "mps"))',
+        "tests/test_torch_floor.py::test_the_layers_run_without_what_torch_2_4_lacks",
+    ),
+    (
+        "layers/weight_norm.py",
+        "if exporting() or torch.jit.is_tracing():",
+        "if torch.compiler.is_exporting() or torch.jit.is_tracing():",
+        "tests/test_torch_floor.py::test_the_layers_run_without_what_torch_2_4_lacks",
+    ),
 ]
 
 

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 import torch.distributions as D
 
-__all__ = ["first_floating_tensor", "graph_tensors", "requires_grad"]
+__all__ = ["exporting", "first_floating_tensor", "graph_tensors", "requires_grad"]
 
 
 def first_floating_tensor(obj: Any, depth: int = 0) -> torch.Tensor | None:
@@ -71,3 +71,10 @@ def in_inference_mode() -> bool:
     tensor; ``False`` under ``torch.compile`` (dynamo cannot trace the query, and a compiled
     forward does not run in it)."""
     return not torch.compiler.is_compiling() and torch.is_inference_mode_enabled()
+
+
+def exporting() -> bool:
+    """Whether ``torch.export`` is tracing (``torch.compiler.is_exporting``, torch >= 2.7; False
+    before, where torch has no way to tell)."""
+    is_exporting = getattr(torch.compiler, "is_exporting", None)
+    return bool(is_exporting()) if is_exporting is not None else False

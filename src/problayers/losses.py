@@ -30,6 +30,8 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from ._state import exporting
+
 __all__ = [
     "added_losses_enabled",
     "added_losses_skipped",
@@ -74,12 +76,7 @@ def added_losses_enabled() -> bool:
     """Whether layers compute and record their added losses (False inside
     :func:`added_losses_skipped`, and while ``torch.export`` traces: an exported program does
     not return them, and the module would keep a traced fake tensor as its term)."""
-    return not getattr(_LOCAL, "skip", False) and not _exporting()
-
-
-def _exporting() -> bool:
-    is_exporting = getattr(torch.compiler, "is_exporting", None)  # torch >= 2.5
-    return bool(is_exporting()) if is_exporting is not None else False
+    return not getattr(_LOCAL, "skip", False) and not exporting()
 
 
 @contextlib.contextmanager

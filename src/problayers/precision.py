@@ -11,7 +11,9 @@ import torch
 __all__ = ["autocast_device", "fp32_inputs", "in_fp32"]
 
 _HALF = (torch.bfloat16, torch.float16)
-_AUTOCAST_DEVICES = ("cuda", "cpu", "xpu", "mps")
+#: The device types this torch has an autocast for (torch 2.4 has none for mps, and raises when
+#: asked whether it is on).
+_AUTOCAST_DEVICES = tuple(d for d in ("cuda", "cpu", "xpu", "mps") if torch.amp.is_autocast_available(d))
 
 
 def autocast_device() -> str | None:

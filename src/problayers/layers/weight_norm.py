@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.lazy import LazyModuleMixin
 
-from .._state import versions
+from .._state import exporting, versions
 from ..precision import in_fp32
 from .base import tensor_input
 
@@ -129,7 +129,7 @@ class WeightNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = tensor_input("WeightNorm", x)
         if not self._refresh_ready():
-            if torch.compiler.is_exporting() or torch.jit.is_tracing():  # it would init at every call
+            if exporting() or torch.jit.is_tracing():  # it would init at every call
                 raise RuntimeError(_not_initialized(""))
             if not isinstance(self.g, nn.Parameter):  # the caller's tensors (torch.func)
                 raise RuntimeError(
