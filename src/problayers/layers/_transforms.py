@@ -4,8 +4,8 @@ torch (2.13) keeps ``t.inv`` on ``t``, and the inverse keeps ``t``: a reference 
 reference counting cannot free. Where ``t`` holds tensors of the forward's graph (an affine
 map's ``loc`` and ``scale`` from a network, a flow's cached ``(x, y)`` pair), every forward whose
 distribution's ``log_prob`` was taken kept its whole graph until Python's cycle collector ran:
-a loop without a backward (a validation loss outside ``torch.no_grad()``) held ~20 graphs at
-once, 10x the memory. ``t.inv.inv is t`` still holds.
+a loop without a backward (a validation loss outside ``torch.no_grad()``) held many graphs at
+once. ``t.inv.inv is t`` still holds.
 """
 
 from __future__ import annotations
