@@ -28,7 +28,7 @@ from torch.distributions.kl import register_kl
 from ._on_import import when_imported
 from .coercible import base_class
 
-__all__ = ["diagonal_normal_as_mvn", "exact_kl", "mvn_kl", "prepare_kl_dispatch"]
+__all__ = ["diagonal_normal_as_mvn", "exact_kl", "kl_or_estimate", "mvn_kl", "prepare_kl_dispatch"]
 
 
 def _diagonal_normal(dist: D.Independent) -> D.Normal:
@@ -168,3 +168,28 @@ def exact_kl(q: D.Distribution, p: D.Distribution, option: str) -> torch.Tensor:
             f"{option}=True: torch.distributions has no KL formula for {pair}; register one with "
             f"torch.distributions.kl.register_kl, or use {option}=False (Monte Carlo)"
         ) from err
+
+
+def kl_or_estimate(q: D.Distribution, p: D.Distribution, z: torch.Tensor, exact: bool = True) -> torch.Tensor:
+    """``KL(q || p)`` exactly where ``exact`` is set and torch has a formula for the pair, else
+    its one-sample Monte Carlo estimate ``log q(z) - log p(z)`` at ``z``, a draw from ``q``.
+
+    The VAE objectives' and evaluation's KL: a prior without a closed form (a mixture, the
+    VampPrior) or a posterior without one (a flow) falls back without the user asking.
+
+    Args:
+        q: the posterior, batch ``B``, event ``E``.
+        p: the prior, batch broadcastable with ``B``, event ``E``.
+        z: the sample, shape ``B + E`` (or ``S + B + E``: then the estimate has shape ``S + B``).
+        exact: try the exact KL first.
+
+    Returns:
+        shape ``B`` (broadcast with ``p``'s batch) where exact, else ``z``'s shape less ``E``.
+    """
+    if exact:
+        prepare_kl_dispatch()  # torch's lookup cached: compiled code traces the formula
+        try:
+            return D.kl_divergence(q, p)
+        except NotImplementedError:
+            pass
+    return q.log_prob(z) - p.log_prob(z)

@@ -33,7 +33,7 @@ from collections.abc import Callable
 import torch
 import torch.distributions as D
 
-from ..kl import prepare_kl_dispatch
+from ..kl import kl_or_estimate
 from ..numerics import logsumexp
 from .objectives import check_support, data_log_prob
 
@@ -175,16 +175,7 @@ def _elbo_terms(
     z = _draw(q)  # (B, D)
     recon = -_decoder_log_prob(decode, z, x, check=check)  # (B,)
 
-    kl = None
-    if exact_kl:
-        prepare_kl_dispatch()  # as every exact KL of the library (compiled code traces it)
-        try:
-            kl = D.kl_divergence(q, prior)  # (B,) (broadcast against the prior's batch ())
-        except NotImplementedError:
-            kl = None
-    if kl is None:
-        kl = q.log_prob(z) - prior.log_prob(z)  # (B,)
-    kl = kl.expand(batch)  # (B,)
+    kl = kl_or_estimate(q, prior, z, exact_kl).expand(batch)  # (B,) (the prior's batch is ())
     return {"recon": recon, "kl": kl, "neg_elbo": recon + kl}
 
 

@@ -28,7 +28,7 @@ from torch.nn.parameter import UninitializedBuffer
 
 from .._state import first_floating_tensor
 from ..coercible import convert_to_tensor
-from ..kl import prepare_kl_dispatch
+from ..kl import kl_or_estimate
 from ..losses import added_losses_skipped, collect_losses
 from ..numerics import logsumexp
 from ..train.distributed import mean_over_ranks
@@ -166,7 +166,7 @@ class ELBO(Objective):
             kl = collect_losses(vae, clear=True)
             floor = float(vae.regularizer.weight) * self.free_bits * q.event_shape.numel()
         else:
-            kl = self.beta * self._kl(q, vae.prior()).mean()
+            kl = self.beta * kl_or_estimate(q, vae.prior(), convert_to_tensor(q), self.exact_kl).mean()
             floor = self.beta * self.free_bits * q.event_shape.numel()
         floor = min(floor, torch.finfo(kl.dtype).max)  # a huge beta: not a conversion error here
         term = kl
@@ -175,16 +175,6 @@ class ELBO(Objective):
         if self.kl_warmup_steps > 0:
             term = self.warmup(term) * term
         return recon + term, {"recon": recon.detach(), "kl": kl.detach()}
-
-    def _kl(self, q: D.Distribution, prior: D.Distribution) -> torch.Tensor:
-        if self.exact_kl:
-            prepare_kl_dispatch()  # torch's lookup cached: compiled code traces the formula
-            try:
-                return D.kl_divergence(q, prior)  # (B,)
-            except NotImplementedError:
-                pass
-        z = convert_to_tensor(q)  # (B, D): the decoder's sample
-        return q.log_prob(z) - prior.log_prob(z)  # (B,)
 
 
 class IWAE(Objective):
