@@ -46,12 +46,31 @@ def test_made_jacobian_is_triangular_in_the_input_order(kwargs):
     x = torch.randn(d)
     jac = jacobian(made, x)  # (d, params, d)
     order = _order(made)
+    if isinstance(kwargs.get("input_order"), list):  # the order asked for, not another
+        assert order.tolist() == kwargs["input_order"]
     allowed = order[None, :] < order[:, None]  # (i, j): x_j before x_i
     assert (jac.abs().amax(1)[~allowed] == 0).all()
     if kwargs.get("hidden_degrees", "equal") == "equal":
         assert (jac.abs().amin(1)[allowed] > 0).all()
     permuted = jac.abs().amax(1)[order.argsort()][:, order.argsort()]  # rows/cols in the order
     assert torch.equal(permuted, permuted.tril(-1))
+
+
+def test_made_random_input_order_is_a_seeded_permutation():
+    """``input_order="random"``: each network a permutation of ``1..d``, drawn from torch's
+    generator (the same seed, the same order; not always the same order)."""
+    d = 6
+    torch.manual_seed(0)
+    orders = [
+        tuple(pl.AutoregressiveNetwork(2, d, [7], input_order="random").input_degrees.tolist())
+        for _ in range(5)
+    ]
+    assert all(sorted(o) == list(range(1, d + 1)) for o in orders)
+    assert len(set(orders)) > 1
+    torch.manual_seed(0)
+    assert (
+        tuple(pl.AutoregressiveNetwork(2, d, [7], input_order="random").input_degrees.tolist()) == orders[0]
+    )
 
 
 @pytest.mark.parametrize("d,hidden_units", [(10, (2, 20)), (4, (3, 9, 2)), (6, (40,)), (1, (3,))])

@@ -1072,6 +1072,24 @@ MUTANTS = [
         "if torch.compiler.is_exporting() or torch.jit.is_tracing():",
         "tests/test_torch_floor.py::test_the_layers_run_without_what_torch_2_4_lacks",
     ),
+    (
+        "layers/flows.py",
+        "    return degrees",
+        '    return torch.arange(1, d + 1, device="cpu")',
+        "tests/test_flows.py::test_made_jacobian_is_triangular_in_the_input_order[explicit]",
+    ),
+    (
+        "layers/flows.py",
+        'return torch.randperm(d, device="cpu") + 1',
+        'return torch.arange(1, d + 1, device="cpu")',
+        "tests/test_flows.py::test_made_random_input_order_is_a_seeded_permutation",
+    ),
+    (
+        "vae/objectives.py",
+        "kl, torch.full_like(kl, floor))",
+        "kl, kl - kl.detach() + floor)",
+        "tests/test_zoo_maths.py::test_free_bits_floor_stops_the_kl_gradient",
+    ),
 ]
 
 

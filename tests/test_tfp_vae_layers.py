@@ -41,17 +41,19 @@ def bernoulli_logits(d: D.Distribution) -> torch.Tensor:
 
 
 def vae_step_and_check(vae: nn.Module, x: torch.Tensor, steps: int = 5, lr: float = 1e-2) -> None:
-    """A few ELBO steps (finite losses), then the output is Independent(Bernoulli)."""
+    """A few ELBO steps (finite, and the last below the first), then the output is
+    Independent(Bernoulli)."""
     losses = adam_steps(
         vae, lambda: -vae(x).log_prob(x).mean() + pl.collect_losses(vae, clear=True), steps, lr
     )
     assert all(math.isfinite(v) for v in losses)
+    assert losses[-1] < losses[0], losses
     x_test = binary_images(100, seed=1)
     yhat = vae(x_test)
     assert isinstance(yhat, D.Independent) and isinstance(yhat.base_dist, D.Bernoulli)
     assert yhat.batch_shape == (100,) and yhat.event_shape == IMAGE
     accuracy = (x_test == yhat.mode).float().mean(dim=(-3, -2, -1))  # TFP's metric, per example
-    assert accuracy.shape == (100,) and ((accuracy >= 0) & (accuracy <= 1)).all()
+    assert accuracy.shape == (100,)
 
 
 def test_vae_sequential_trainable_prior_model_and_trainable_kl_weight():

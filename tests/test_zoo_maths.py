@@ -143,11 +143,20 @@ def test_kl_warmup_scales_the_kl_and_counts_training_steps():
 
 
 def test_free_bits_floor_stops_the_kl_gradient():
+    """Below the floor the term is the constant ``free_bits * D``: the encoder's gradient is
+    the reconstruction's alone (the same draw)."""
     model = _toy_vae(ELBO(exact_kl=True, free_bits=100.0))  # far above the KL
     x = torch.randn(8, 3)
+    torch.manual_seed(0)
     loss, m = model(x, loss=True)
     assert float(loss.detach() - m["recon"]) == pytest.approx(200.0)  # 100 nats x 2 latents
     assert float(m["kl"]) < 200.0
+    weights = list(model.encoder.parameters())
+    got = torch.autograd.grad(loss, weights)
+    torch.manual_seed(0)
+    recon = -model.decoder(model.encoder(x)).log_prob(x).mean()
+    for g, want in zip(got, torch.autograd.grad(recon, weights), strict=True):
+        torch.testing.assert_close(g, want)
 
 
 def test_free_bits_floor_is_scaled_by_beta():
