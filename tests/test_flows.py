@@ -134,6 +134,24 @@ def test_autoregressive_transform_log_prob_is_change_of_variables():
     torch.testing.assert_close(dist.log_prob(x), torch.stack(expected), rtol=1e-5, atol=1e-5)
 
 
+def test_the_networks_outputs_are_shift_then_log_scale():
+    """TFP's convention, ``shift, log_scale = made(.).unbind(-1)``, written out: the MAF's density
+    at ``x`` is ``p_base((x - shift(x)) exp(-log_scale(x))) exp(-sum log_scale(x))``; the IAF's
+    forward (TFP's ``Invert`` of the MAF) takes ``u`` to ``(u - shift(u)) exp(-log_scale(u))``.
+    A swap of the two outputs is a bijection too, so the Jacobian tests above do not see it."""
+    made = _made(d=3)
+    with torch.no_grad():  # the two outputs of each coordinate clearly apart
+        made.layers[-1].bias.copy_(torch.tensor([0.7, -0.9]).repeat(3))
+    base = D.Independent(D.Normal(torch.zeros(3), 1.0), 1)
+    x = torch.randn(5, 3)
+    shift, log_scale = made(x).unbind(-1)  # (5, 3) each
+    maf = pl.AutoregressiveTransform(made)(base)
+    expected = base.log_prob((x - shift) * torch.exp(-log_scale)) - log_scale.sum(-1)
+    torch.testing.assert_close(maf.log_prob(x), expected)
+    iaf = pl.MaskedAutoregressiveTransform(made, cache_size=0, inverse=True)
+    torch.testing.assert_close(iaf(x), (x - shift) * torch.exp(-log_scale))
+
+
 @pytest.mark.parametrize(
     "base,batch",
     [

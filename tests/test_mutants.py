@@ -1090,6 +1090,18 @@ MUTANTS = [
         "kl, kl - kl.detach() + floor)",
         "tests/test_zoo_maths.py::test_free_bits_floor_stops_the_kl_gradient",
     ),
+    (
+        "layers/flows.py",
+        "shift, log_scale = out.unbind(-1)",
+        "log_scale, shift = out.unbind(-1)",
+        "tests/test_flows.py::test_the_networks_outputs_are_shift_then_log_scale",
+    ),
+    (
+        "kl.py",
+        "return q.log_prob(z) - p.log_prob(z)",
+        "return 1.1 * (q.log_prob(z) - p.log_prob(z))",
+        "tests/test_evaluation.py::test_monte_carlo_kl_is_unbiased_per_example",
+    ),
 ]
 
 
