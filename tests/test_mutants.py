@@ -1102,6 +1102,18 @@ MUTANTS = [
         "return 1.1 * (q.log_prob(z) - p.log_prob(z))",
         "tests/test_evaluation.py::test_monte_carlo_kl_is_unbiased_per_example",
     ),
+    (
+        "convert.py",
+        "    if isinstance(base, D.MixtureSameFamily) and base.component_distribution.has_rsample:",
+        "    if False:",
+        "tests/test_tfp_mixture_layers.py::test_mixture_value_is_tfps_sample_with_its_gradient",
+    ),
+    (
+        "convert.py",
+        "    while isinstance(base, D.Independent):  # reinterprets dimensions: the same draw",
+        "    while False:",
+        "tests/test_tfp_mixture_layers.py::test_auto_value_of_a_mixture_under_independent_is_the_drawn_components",
+    ),
 ]
 
 

@@ -118,6 +118,61 @@ MDN_HEADS = {
 }
 
 
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda **kw: pl.MixtureNormal(3, 2, **kw),
+        lambda **kw: pl.MixtureLogistic(3, 2, **kw),
+        lambda **kw: pl.MixtureSameFamily(3, pl.IndependentNormal(2), **kw),
+    ],
+    ids=["normal", "logistic", "same-family"],
+)
+def test_mixture_value_is_tfps_sample_with_its_gradient(make):
+    """TFP's default value, ``tfd.Distribution.sample``, draws every component reparameterized
+    and keeps the drawn one: the draw is torch's ``sample()``'s (same seed, same numbers), and
+    the gradient reaches the drawn component's location (1) and no other, nor the mixing
+    logits (0), as TFP's; ``"sample"`` gives none."""
+    layer = make()
+    torch.manual_seed(0)
+    params = torch.randn(6, pl.MixtureNormal.params_size(3, 2))  # (6, 3 + 3 * 4)
+    per_component = params[:, 3:].view(6, 3, 4)  # (6, K, loc 2 + raw scale 2)
+    per_component[..., :2] *= 20  # locs far apart, scales ~0.007: the value says its component
+    per_component[..., 2:] = -5.0
+    params = params.requires_grad_()
+    torch.manual_seed(1)
+    out = layer(params)
+    value = pl.convert_to_tensor(out)  # (6, 2)
+    torch.manual_seed(1)
+    assert torch.equal(value.detach(), out.sample())
+    value.sum().backward()
+    locs = params.detach()[:, 3:].reshape(6, 3, 4)[..., :2]  # (6, K, 2)
+    drawn = (value.detach()[:, None, :] - locs).abs().sum(-1).argmin(-1)  # (6,)
+    loc_grad = params.grad[:, 3:].reshape(6, 3, 4)[..., :2]  # (6, K, 2)
+    expected = torch.nn.functional.one_hot(drawn, 3).float()[..., None].expand(6, 3, 2)
+    assert torch.equal(loc_grad, expected)
+    assert torch.equal(params.grad[:, :3], torch.zeros(6, 3))  # the logits: none
+    assert not pl.convert_to_tensor(make(convert_to_tensor_fn="sample")(params)).requires_grad
+
+
+def test_auto_value_of_a_mixture_under_independent_is_the_drawn_components():
+    """``"auto"`` (``DistributionLambda``'s default) looks through ``Independent`` to a mixture
+    of reparameterizable components: TFP's gradient, torch's draw."""
+    loc = torch.randn(4, 2, 3, requires_grad=True)  # (B, event 2, K)
+
+    def make(t):
+        components = D.Normal(t, 0.1)  # batch (4, 2, 3)
+        mixture = D.MixtureSameFamily(D.Categorical(logits=torch.zeros(4, 2, 3)), components)
+        return D.Independent(mixture, 1)  # batch (4,), event (2,)
+
+    torch.manual_seed(2)
+    out = pl.DistributionLambda(make)(loc)
+    value = pl.convert_to_tensor(out)  # (4, 2)
+    torch.manual_seed(2)
+    assert torch.equal(value.detach(), out.sample())
+    value.sum().backward()
+    assert torch.equal(loc.grad.sum(-1), torch.ones(4, 2))  # one component each: its loc
+
+
 @pytest.mark.parametrize("head", list(MDN_HEADS))
 def test_mixture_density_network_on_a_cardioid(head):
     """distribution_layer_test.py _MixtureLogisticTest/_MixtureNormalTest/_MixtureSameFamilyTest.test_doc_string"""  # noqa: E501

@@ -46,11 +46,36 @@ def _mode(dist: D.Distribution) -> torch.Tensor:
     return (base.probs > 0.5).to(base.probs.dtype)
 
 
+def _mixture_draw(mixture: D.MixtureSameFamily) -> torch.Tensor:
+    """A draw of ``mixture`` (shape: batch + event) through its components' ``rsample``, as
+    TFP's ``MixtureSameFamily.sample``: the gradient reaches the drawn component's parameters,
+    none the mixing weights (so it is no ``rsample``: the mixture is not reparameterized). The
+    draw is torch's ``sample()``'s: the component index first, then every component's."""
+    index = mixture.mixture_distribution.sample()  # (*B)
+    draws = mixture.component_distribution.rsample()  # (*B, K, *E)
+    event = mixture.event_shape
+    index = index.reshape(*index.shape, 1, *(1 for _ in event)).expand(*index.shape, 1, *event)  # (*B, 1, *E)
+    axis = len(mixture.batch_shape)
+    return draws.gather(axis, index).squeeze(axis)  # (*B, *E)
+
+
+def _auto(dist: D.Distribution) -> torch.Tensor:
+    """TFP's ``tfd.Distribution.sample`` as a value: ``rsample()`` where ``dist`` has one; a
+    mixture of reparameterizable components (under ``Independent`` too) through the drawn
+    component (:func:`_mixture_draw`); else ``sample()``, no gradient."""
+    if dist.has_rsample:
+        return dist.rsample()
+    base = dist
+    while isinstance(base, D.Independent):  # reinterprets dimensions: the same draw
+        base = base.base_dist
+    if isinstance(base, D.MixtureSameFamily) and base.component_distribution.has_rsample:
+        return _mixture_draw(base)
+    return dist.sample()
+
+
 #: The named ways of turning a distribution into its tensor value.
 CONVERT_TO_TENSOR_FNS: dict[str, Callable[[D.Distribution], torch.Tensor]] = {
-    # TFP's default (its ``sample`` is reparameterized where it can be): rsample() where the
-    # distribution has one, else sample().
-    "auto": lambda d: d.rsample() if d.has_rsample else d.sample(),
+    "auto": _auto,  # TFP's default, tfd.Distribution.sample (reparameterized where it can be)
     "rsample": lambda d: d.rsample(),
     "sample": lambda d: d.sample(),
     "mean": lambda d: d.mean,

@@ -139,8 +139,9 @@ class DistributionLambda(nn.Module):
         make_distribution_fn: ``(*inputs) -> Distribution``. Default ``None``: a subclass
             overrides ``make_distribution`` instead.
         convert_to_tensor_fn: how the output becomes a tensor when one is needed: ``"auto"``
-            (default, as TFP: ``rsample()`` where the distribution has one, so gradients flow
-            through the sample, else ``sample()``), ``"rsample"``, ``"sample"``, ``"mean"``,
+            (default, TFP's ``sample``: ``rsample()`` where the distribution has one, so
+            gradients flow through the sample; a mixture of components with ``rsample`` through
+            the drawn component, as TFP's; else ``sample()``), ``"rsample"``, ``"sample"``, ``"mean"``,
             ``"mode"``, ``"stddev"``, ``"variance"`` or a callable ``Distribution -> Tensor``
             (or a number, a list or a numpy array: a tensor in the distribution's dtype).
         activity_regularizer: optional ``Distribution -> 0-dim tensor`` (e.g.

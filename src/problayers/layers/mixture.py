@@ -118,8 +118,10 @@ class MixtureSameFamily(_MixtureLayer):
         component_params_size: p, the component layer's inputs per component. Default ``None``:
             inferred from the class/instance (an error where it cannot be).
         convert_to_tensor_fn: how the output becomes a tensor (see
-            :class:`~problayers.DistributionLambda`); default ``"sample"`` (a mixture has no
-            ``rsample``).
+            :class:`~problayers.DistributionLambda`); default ``"auto"``, TFP's ``sample``: a
+            draw through the components' ``rsample`` where they have one, so the gradient
+            reaches the drawn component's parameters (not the mixing weights: a mixture has no
+            ``rsample``); ``"sample"`` draws without a gradient.
         validate_args: passed to the distributions (default ``False``: no argument checks).
         activity_regularizer: optional ``Distribution -> 0-dim tensor`` recorded as an added
             loss on each output (default ``None``: none).
@@ -144,7 +146,7 @@ class MixtureSameFamily(_MixtureLayer):
         num_components: Size,
         component_layer,
         component_params_size: int | None = None,
-        convert_to_tensor_fn: ConvertFn = "sample",
+        convert_to_tensor_fn: ConvertFn = "auto",
         validate_args: bool = False,
         activity_regularizer: Callable[[D.Distribution], torch.Tensor] | None = None,
     ) -> None:
@@ -206,7 +208,7 @@ class _IndependentMixture(_MixtureLayer):
         self,
         num_components: Size,
         event_shape: Shape = (),
-        convert_to_tensor_fn: ConvertFn = "sample",
+        convert_to_tensor_fn: ConvertFn = "auto",
         validate_args: bool = False,
         activity_regularizer: Callable[[D.Distribution], torch.Tensor] | None = None,
     ) -> None:
@@ -249,8 +251,10 @@ class MixtureNormal(_IndependentMixture):
         event_shape: the shape of one example (an int or a tuple of positive ints; default
             ``()``: a scalar event, as in TFP).
         convert_to_tensor_fn: how the output becomes a tensor (see
-            :class:`~problayers.DistributionLambda`); default ``"sample"`` (a mixture has no
-            ``rsample``).
+            :class:`~problayers.DistributionLambda`); default ``"auto"``, TFP's ``sample``: a
+            draw through the components' ``rsample`` where they have one, so the gradient
+            reaches the drawn component's parameters (not the mixing weights: a mixture has no
+            ``rsample``); ``"sample"`` draws without a gradient.
         validate_args: passed to the distributions (default ``False``: no argument checks).
         activity_regularizer: optional ``Distribution -> 0-dim tensor`` recorded as an added
             loss on each output (default ``None``: none).
@@ -280,8 +284,10 @@ class MixtureLogistic(_IndependentMixture):
         event_shape: the shape of one example (an int or a tuple of positive ints; default
             ``()``: a scalar event, as in TFP).
         convert_to_tensor_fn: how the output becomes a tensor (see
-            :class:`~problayers.DistributionLambda`); default ``"sample"`` (a mixture has no
-            ``rsample``).
+            :class:`~problayers.DistributionLambda`); default ``"auto"``, TFP's ``sample``: a
+            draw through the components' ``rsample`` where they have one, so the gradient
+            reaches the drawn component's parameters (not the mixing weights: a mixture has no
+            ``rsample``); ``"sample"`` draws without a gradient.
         validate_args: passed to the distributions (default ``False``: no argument checks).
         activity_regularizer: optional ``Distribution -> 0-dim tensor`` recorded as an added
             loss on each output (default ``None``: none).
