@@ -450,3 +450,78 @@ def test_tfps_positional_sample_dtype_is_refused_not_read_as_validate_args(make)
     # TFP's next positional argument is sample_dtype; it was silently taken as validate_args.
     with pytest.raises(TypeError, match="positional argument"):
         make()
+
+
+@pytest.mark.parametrize(
+    "new",
+    [
+        lambda: pl.IndependentBernoulli.new(torch.zeros(2, 4), (4,), torch.float32),
+        lambda: pl.OneHotCategorical.new(torch.zeros(2, 3), 3, torch.int64),
+        lambda: pl.CategoricalMixtureOfOneHotCategorical.new(torch.zeros(2, 8), 3, 2, torch.int64),
+    ],
+    ids=["IndependentBernoulli", "OneHotCategorical", "CategoricalMixtureOfOneHotCategorical"],
+)
+def test_tfps_positional_dtype_of_new_is_refused_not_read_as_validate_args(new):
+    # TFP's new(params, event_shape, dtype, validate_args): a dtype (truthy) turned the checks on.
+    with pytest.raises(TypeError, match="positional argument"):
+        new()
+
+
+@pytest.mark.parametrize(
+    "new",
+    [
+        lambda v: pl.IndependentNormal.new(torch.zeros(2, 2), 1, v),
+        lambda v: pl.IndependentLogistic.new(torch.zeros(2, 2), 1, v),
+        lambda v: pl.IndependentPoisson.new(torch.zeros(2, 1), 1, v),
+        lambda v: pl.IndependentBernoulli.new(torch.zeros(2, 1), 1, validate_args=v),
+        lambda v: pl.MultivariateNormalTriL.new(torch.zeros(2, 5), 2, v),
+        lambda v: pl.OneHotCategorical.new(torch.zeros(2, 3), 3, validate_args=v),
+        lambda v: pl.CategoricalMixtureOfOneHotCategorical.new(torch.zeros(2, 8), 3, 2, validate_args=v),
+        lambda v: pl.MixtureNormal.new(torch.zeros(2, 6), 2, (), v),
+        lambda v: pl.MixtureSameFamily.new(torch.zeros(2, 6), 2, pl.IndependentNormal(1), v),
+    ],
+    ids=[
+        "Normal",
+        "Logistic",
+        "Poisson",
+        "Bernoulli",
+        "MVNTriL",
+        "OneHot",
+        "CategoricalMixture",
+        "MixtureNormal",
+        "MixtureSameFamily",
+    ],
+)
+def test_new_checks_validate_args_as_the_constructors_do(new):
+    """``new``'s ``validate_args`` is ``True`` or ``False``: the string ``"False"`` (true) or a
+    dtype would turn torch's checks on."""
+    assert new(False) is not None
+    for bad in ("False", torch.float32):
+        with pytest.raises(TypeError, match=r"^validate_args: expected True or False"):
+            new(bad)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: pl.DenseReparameterization(4, 3, torch.relu),
+        lambda: pl.DenseLocalReparameterization(4, 3, "relu"),
+        lambda: pl.DenseFlipout(4, 3, torch.tanh),
+        lambda: pl.DenseVariational(4, 3, use_bias=torch.relu),
+        lambda: pl.Conv2dFlipout(1, 2, 3, bias="relu"),
+        lambda: pl.ConvTranspose2dReparameterization(1, 2, 3, bias=torch.relu),
+    ],
+    ids=[
+        "DenseReparameterization",
+        "DenseLocalReparameterization",
+        "DenseFlipout",
+        "DenseVariational",
+        "Conv2dFlipout",
+        "ConvTranspose2dReparameterization",
+    ],
+)
+def test_tfps_positional_activation_is_refused_not_read_as_bias(make):
+    """TFP's ``DenseFlipout(units, activation)`` ported with ``in_features`` in front put the
+    activation in ``bias`` (true): a linear layer, silently."""
+    with pytest.raises(TypeError, match=r"bias: expected True or False, got .*pass it as activation="):
+        make()

@@ -1114,6 +1114,18 @@ MUTANTS = [
         "    while False:",
         "tests/test_tfp_mixture_layers.py::test_auto_value_of_a_mixture_under_independent_is_the_drawn_components",
     ),
+    (
+        "layers/_args.py",
+        "    if callable(value) or isinstance(value, str):",
+        "    if False:",
+        "tests/test_layers_catalog.py::test_tfps_positional_activation_is_refused_not_read_as_bias",
+    ),
+    (
+        "layers/independent.py",
+        "def new(params, event_shape: Shape = (), *, validate_args: bool = False)",
+        "def new(params, event_shape: Shape = (), validate_args: bool = False)",
+        "tests/test_layers_catalog.py::test_tfps_positional_dtype_of_new_is_refused_not_read_as_validate_args",
+    ),
 ]
 
 

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 __all__ = [
     "ACTIVATIONS",
     "activation_fn",
+    "bias_flag",
     "boolean",
     "callable_or_none",
     "class_count",
@@ -92,6 +93,18 @@ def boolean(value, name: str) -> bool:
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name}: expected True or False, got {value!r}"[:160])
     return bool(value)
+
+
+def bias_flag(value, name: str = "bias") -> bool:
+    """:func:`boolean` for a weight layer's bias switch; an activation there (TFP's second
+    positional argument is ``activation``, which a port of ``DenseFlipout(units, tf.nn.relu)``
+    puts here) is named as such."""
+    if callable(value) or isinstance(value, str):
+        raise TypeError(
+            f"{name}: expected True or False, got {repr(value)[:80]}; an activation (TFP's "
+            "second positional argument)? pass it as activation=..."
+        )
+    return boolean(value, name)
 
 
 def floating_dtype(value, name: str = "dtype") -> torch.dtype:

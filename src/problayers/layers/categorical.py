@@ -137,14 +137,14 @@ class OneHotCategorical(DistributionLambda):
         return class_count(event_size)
 
     @staticmethod
-    def new(params, event_size: SizeOrOneTuple, validate_args: bool = False) -> SoftOneHotCategorical:
+    def new(params, event_size: SizeOrOneTuple, *, validate_args: bool = False) -> SoftOneHotCategorical:
         """``(*B, event_size)`` logits -> ``OneHotCategorical``, batch B, event ``(event_size,)``."""
         k = class_count(event_size)
         params = check_params("OneHotCategorical", params, k)  # (*B, K)
-        return one_hot_categorical(params, validate_args)
+        return one_hot_categorical(params, boolean(validate_args, "validate_args"))
 
     def make_distribution(self, params) -> SoftOneHotCategorical:
-        return self.new(params, self.event_size, self.validate_args)
+        return self.new(params, self.event_size, validate_args=self.validate_args)
 
     def extra_repr(self) -> str:
         return f"event_size={self.event_size}, {super().extra_repr()}"
@@ -201,12 +201,13 @@ class CategoricalMixtureOfOneHotCategorical(DistributionLambda):
 
     @staticmethod
     def new(
-        params, event_size: SizeOrOneTuple, num_components: Size, validate_args: bool = False
+        params, event_size: SizeOrOneTuple, num_components: Size, *, validate_args: bool = False
     ) -> OneHotCategoricalMixture:
         """``(*B, K * (1 + E))`` -> :class:`OneHotCategoricalMixture` (a ``MixtureSameFamily`` of
         ``Categorical`` and ``OneHotCategorical`` with ``log_mean``), batch B, event ``(E,)``."""
         e = class_count(event_size)
         k = _positive_int(num_components, "num_components")
+        validate_args = boolean(validate_args, "validate_args")
         params = check_params("CategoricalMixtureOfOneHotCategorical", params, k * (1 + e))
         mix_logits = params[..., :k]  # (*B, K)
         comp_logits = params[..., k:].reshape((*params.shape[:-1], k, e))  # (*B, K, E)
@@ -217,7 +218,7 @@ class CategoricalMixtureOfOneHotCategorical(DistributionLambda):
         )
 
     def make_distribution(self, params) -> D.MixtureSameFamily:
-        return self.new(params, self.event_size, self.num_components, self.validate_args)
+        return self.new(params, self.event_size, self.num_components, validate_args=self.validate_args)
 
     def extra_repr(self) -> str:
         return f"event_size={self.event_size}, num_components={self.num_components}, {super().extra_repr()}"

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._args import integer, positive_int
+from ._args import bias_flag, integer, positive_int
 from ._conv_docs import _COUNT, _SPATIAL, _document
 from .base import Activation
 from .reparameterization import (
@@ -158,7 +158,7 @@ class _Conv(_ConvBase):
         self._pad = tuple(p for pair in reversed(pads) for p in pair)
         super().__init__(
             (self.out_channels, self.in_channels // self.groups, *self.kernel_size),
-            (self.out_channels,) if bias else None,
+            (self.out_channels,) if bias_flag(bias) else None,
             kernel_posterior_fn,
             kernel_prior_fn,
             bias_posterior_fn,
@@ -233,7 +233,7 @@ class _ConvTranspose(_ConvBase):
                 )
         super().__init__(
             (self.in_channels, self.out_channels // self.groups, *self.kernel_size),
-            (self.out_channels,) if bias else None,
+            (self.out_channels,) if bias_flag(bias) else None,
             kernel_posterior_fn,
             kernel_prior_fn,
             bias_posterior_fn,

@@ -113,7 +113,7 @@ class _IndependentLayer(DistributionLambda):
         self.validate_args = boolean(validate_args, "validate_args")
 
     def make_distribution(self, params) -> D.Distribution:
-        return self.new(params, self.event_shape, self.validate_args)
+        return self.new(params, self.event_shape, validate_args=self.validate_args)
 
     def extra_repr(self) -> str:
         return f"event_shape={self.event_shape}, {super().extra_repr()}"
@@ -165,10 +165,11 @@ class IndependentBernoulli(_IndependentLayer):
         return event_size(normalize_event_shape(event_shape))
 
     @staticmethod
-    def new(params, event_shape: Shape = (), validate_args: bool = False) -> D.Independent:
+    def new(params, event_shape: Shape = (), *, validate_args: bool = False) -> D.Independent:
         """``(*B, prod(event_shape))`` logits -> ``Independent(Bernoulli)``, batch B, event
         ``event_shape``."""
         logits, shape = _one_per_element("IndependentBernoulli", params, event_shape)  # (*B, *E)
+        validate_args = boolean(validate_args, "validate_args")
         return D.Independent(D.Bernoulli(logits=logits, validate_args=validate_args), len(shape))
 
 
@@ -219,6 +220,7 @@ class IndependentNormal(_LocScaleLayer):
     def new(params, event_shape: Shape = (), validate_args: bool = False) -> D.Independent:
         """``(*B, 2 * prod(event_shape))`` -> ``Independent(Normal)``, batch B, event ``event_shape``."""
         loc, scale, shape = _loc_softplus_scale("IndependentNormal", params, event_shape)
+        validate_args = boolean(validate_args, "validate_args")
         return D.Independent(D.Normal(loc, scale, validate_args=validate_args), len(shape))
 
 
@@ -252,6 +254,7 @@ class IndependentLogistic(_LocScaleLayer):
     def new(params, event_shape: Shape = (), validate_args: bool = False) -> D.Independent:
         """``(*B, 2 * prod(event_shape))`` -> ``Independent(Logistic)``, batch B, event ``event_shape``."""
         loc, scale, shape = _loc_softplus_scale("IndependentLogistic", params, event_shape)
+        validate_args = boolean(validate_args, "validate_args")
         return D.Independent(Logistic(loc, scale, validate_args=validate_args), len(shape))
 
 
@@ -293,4 +296,5 @@ class IndependentPoisson(_IndependentLayer):
         """``(*B, prod(event_shape))`` log rates -> ``Independent(Poisson)``, batch B, event
         ``event_shape``."""
         log_rate, shape = _one_per_element("IndependentPoisson", params, event_shape)  # (*B, *E)
+        validate_args = boolean(validate_args, "validate_args")
         return D.Independent(LogRatePoisson(log_rate, validate_args=validate_args), len(shape))

@@ -81,6 +81,7 @@ def _mixture(
     layer: str, params, k: int, size: int | None, new: ComponentNew, validate_args: bool
 ) -> D.MixtureSameFamily:
     """Split ``(*B, K + K * p)`` params and build the mixture (batch B, the component's event)."""
+    validate_args = boolean(validate_args, "validate_args")
     if size is None:  # infer p from the width, then check as usual
         width = params.shape[-1] if isinstance(params, torch.Tensor) and params.dim() else 0
         size = max((width - k) // k, 1)
@@ -231,7 +232,7 @@ class _IndependentMixture(_MixtureLayer):
         shape = normalize_event_shape(event_shape)
 
         def component(p: torch.Tensor) -> D.Distribution:  # (*B, K, p) -> batch (*B, K), event E
-            return cls._component.new(p, shape, validate_args)
+            return cls._component.new(p, shape, validate_args=validate_args)
 
         size = loc_scale_params_size(shape)
         return _mixture(cls.__name__, params, k, size, component, validate_args)

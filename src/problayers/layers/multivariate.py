@@ -112,6 +112,7 @@ class MultivariateNormalTriL(DistributionLambda):
         params = check_params("MultivariateNormalTriL", params, d + d * (d + 1) // 2)  # params_size(d)
         loc, raw = params[..., :d], params[..., d:]  # (*B, d), (*B, d(d+1)/2)
         scale_tril = fill_scale_tril(raw, d, order=tril_order)  # (*B, d, d)
+        validate_args = boolean(validate_args, "validate_args")
         return D.MultivariateNormal(loc, scale_tril=scale_tril, validate_args=validate_args)
 
     def make_distribution(self, params) -> D.MultivariateNormal:

@@ -35,6 +35,7 @@ from torch import nn
 from ..losses import added_losses_enabled, init_added_losses, set_added_loss
 from ._args import (
     activation_fn,
+    bias_flag,
     boolean,
     callable_or_none,
     divergence_fn,
@@ -268,7 +269,7 @@ class _Dense(_WeightUncertainty):
         self.out_features = positive_int(out_features, "out_features")
         super().__init__(
             (self.out_features, self.in_features),
-            (self.out_features,) if bias else None,
+            (self.out_features,) if bias_flag(bias) else None,
             kernel_posterior_fn,
             kernel_prior_fn,
             bias_posterior_fn,

@@ -31,6 +31,7 @@ from ..kl import exact_kl
 from ..losses import added_losses_enabled, init_added_losses, set_added_loss
 from ._args import (
     activation_fn,
+    bias_flag,
     boolean,
     finite_number,
     floating_dtype,
@@ -326,7 +327,7 @@ class DenseVariational(nn.Module):
         floating_dtype(dtype)  # checked here; given to the make_*_fn as given (None too)
         self.activation = activation_fn(activation)
         self.kernel_size = self.in_features * self.units
-        self.bias_size = self.units if use_bias else 0
+        self.bias_size = self.units if bias_flag(use_bias, "use_bias") else 0
         self.posterior = make_posterior_fn(self.kernel_size, self.bias_size, dtype)
         self.prior = make_prior_fn(self.kernel_size, self.bias_size, dtype)
         for name, module in (("make_posterior_fn", self.posterior), ("make_prior_fn", self.prior)):
