@@ -551,8 +551,8 @@ MUTANTS = [
     ),
     (
         "train/distributed.py",
-        'torch.manual_seed(_derived_seed("rank", state, self.rank))',
-        'torch.manual_seed(_derived_seed("rank", state, 1))',
+        'torch.manual_seed(derived_seed("rank", state, self.rank))',
+        'torch.manual_seed(derived_seed("rank", state, 1))',
         "tests/test_distributed.py::test_split_rng_leaves_rank_0_and_gives_each_rank_its_own_stream",
     ),
     (
@@ -617,7 +617,7 @@ MUTANTS = [
     ),
     (
         "layers/gaussian_process.py",
-        '(m,), _inverse_softplus(positive_number(variational_scale, "variational_scale")), dtype=dtype',
+        '(m,), inverse_softplus(positive_number(variational_scale, "variational_scale")), dtype=dtype',
         '(m,), positive_number(variational_scale, "variational_scale"), dtype=dtype',
         "tests/test_gaussian_process.py::test_gp_initial_variational_distribution_is_standard_normal",
     ),

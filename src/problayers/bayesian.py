@@ -37,6 +37,7 @@ from .layers.convolutional import (
 from .layers.reparameterization import DenseFlipout, DenseReparameterization
 from .layers.variational import MeanFieldNormal, StandardNormal
 from .layers.weight_norm import WeightNorm
+from .numerics import inverse_softplus
 
 if TYPE_CHECKING:
     from torch.nn.modules.conv import _ConvNd
@@ -81,10 +82,6 @@ class _PriorFn:
         return _ZeroMeanNormal(shape, dtype, self.scale)
 
 
-def _inverse_softplus(y: float) -> float:
-    return y + math.log(-math.expm1(-y))  # softplus(x) = y, stable for small and large y
-
-
 def _init_posterior(posterior: object, weight: torch.Tensor, init_scale: float, where: str) -> None:
     if not isinstance(posterior, MeanFieldNormal):
         raise TypeError(
@@ -93,7 +90,7 @@ def _init_posterior(posterior: object, weight: torch.Tensor, init_scale: float, 
     eps = torch.finfo(posterior.loc.dtype).eps
     with torch.no_grad():
         posterior.loc.copy_(weight)
-        posterior.untransformed_scale.fill_(_inverse_softplus(max(init_scale - eps, eps)))
+        posterior.untransformed_scale.fill_(inverse_softplus(max(init_scale - eps, eps)))
 
 
 def _twin(

@@ -337,8 +337,9 @@ def as_coercible(dist: D.Distribution, convert_to_tensor_fn: ConvertFn = "rsampl
     Args:
         dist: any ``torch.distributions.Distribution`` with ``batch_shape`` B and ``event_shape`` E.
         convert_to_tensor_fn: ``"rsample"`` (default; gradients flow through the
-            reparameterized sample), ``"auto"`` (``rsample`` where the distribution has one,
-            else ``sample``: TFP's default), ``"sample"``, ``"mean"``, ``"mode"``,
+            reparameterized sample), ``"auto"`` (TFP's default: ``rsample`` where the
+            distribution has one; a mixture of components with ``rsample`` through the drawn
+            component, as TFP's; else ``sample``), ``"sample"``, ``"mean"``, ``"mode"``,
             ``"stddev"``, ``"variance"``, or a callable ``Distribution -> Tensor`` (or a number,
             a list or a numpy array, made a tensor in the distribution's dtype, as TFP does).
 

@@ -5,8 +5,9 @@ the one that layer recorded in its previous forward, so repeated forwards never 
 :func:`collect_losses` sums the terms of every submodule of a model after a forward pass.
 
 Each term is a 0-dim tensor already reduced like the data term (mean over the batch). Under
-``torch.no_grad()`` the terms carry no graph. ``collect_losses(model, clear=True)`` (what the
-trainer uses) also drops the stored terms, so no graph outlives its training step.
+``torch.no_grad()`` the terms carry no graph. ``collect_losses(model, clear=True)`` (what the VAE
+toolkit's ELBO uses, and a ``loss_fn`` given to the trainer should) also drops the stored terms,
+so no graph outlives its training step.
 
 The terms live in a small per-module store that ``copy.deepcopy``, pickling and
 ``torch.save`` of the module copy as empty (a recorded term holds the autograd graph of the

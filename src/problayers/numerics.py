@@ -1,5 +1,6 @@
 """``logsumexp`` without the CPU's slow path for terms that underflow; a clamp at 0 that keeps
-derivatives (:func:`at_least_zero`).
+derivatives (:func:`at_least_zero`); the inverse of softplus for initial values
+(:func:`inverse_softplus`).
 
 torch's CPU ``exp`` of fp32 runs through MKL's vector maths where torch is built with MKL
 (the x86 wheels), and MKL takes a slow path for every element whose result underflows: an
@@ -19,9 +20,11 @@ underflows while there are fewer than ~1e10 terms.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-__all__ = ["UNDERFLOW_FLOOR", "at_least_zero", "logsumexp"]
+__all__ = ["UNDERFLOW_FLOOR", "at_least_zero", "inverse_softplus", "logsumexp"]
 
 #: How far below the largest term (in log space) :func:`logsumexp` raises the others.
 UNDERFLOW_FLOOR = 64.0
@@ -64,3 +67,9 @@ def at_least_zero(x: torch.Tensor) -> torch.Tensor:
     Input and output: any shape and floating dtype.
     """
     return x + (x.clamp_min(0) - x).detach()
+
+
+def inverse_softplus(y: float) -> float:
+    """The ``x`` with ``softplus(x) = y`` for a number ``y > 0`` (a raw parameter's initial
+    value), as ``y + log(-expm1(-y))``: no overflow for large ``y``, exact for small ones."""
+    return y + math.log(-math.expm1(-y))

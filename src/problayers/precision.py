@@ -8,12 +8,18 @@ from typing import Any
 
 import torch
 
-__all__ = ["autocast_device", "fp32_inputs", "in_fp32"]
+__all__ = ["autocast_device", "fp32_inputs", "in_fp32", "wide_dtype"]
 
 _HALF = (torch.bfloat16, torch.float16)
 #: The device types this torch has an autocast for (torch 2.4 has none for mps, and raises when
 #: asked whether it is on).
 _AUTOCAST_DEVICES = tuple(d for d in ("cuda", "cpu", "xpu", "mps") if torch.amp.is_autocast_available(d))
+
+
+def wide_dtype(device: torch.device) -> torch.dtype:
+    """The dtype to accumulate many terms in on ``device`` (a test set's sums, a step count's
+    ratio): float64 where the device has it, float32 on mps (which has no float64)."""
+    return torch.float32 if device.type == "mps" else torch.float64
 
 
 def autocast_device() -> str | None:

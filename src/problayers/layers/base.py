@@ -8,7 +8,6 @@ distribution (:mod:`problayers.coercible`). Layers with parameters also have a s
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable, Iterable
 from typing import SupportsIndex, TypeAlias
@@ -77,11 +76,11 @@ class params_size_of:
     """Decorator for a layer's ``params_size``: static on the class, as in tfp.layers
     (``IndependentNormal.params_size((1, 28, 28))``); on an instance called without arguments
     it uses that instance's settings (``layer.params_size()``), named by ``settings``.
-    ``bind_class`` passes the class first, as ``classmethod`` does. ``torch.compile`` does not
+    ``torch.compile`` does not
     trace through this descriptor: a layer's ``new`` computes its size without it."""
 
-    def __init__(self, *settings: str, bind_class: bool = False) -> None:
-        self.settings, self.bind_class = settings, bind_class
+    def __init__(self, *settings: str) -> None:
+        self.settings = settings
 
     def __call__(self, fn: Callable[..., int]) -> params_size_of:
         self.fn = fn
@@ -89,7 +88,7 @@ class params_size_of:
         return self
 
     def __get__(self, obj, cls) -> Callable[..., int]:
-        fn = functools.partial(self.fn, cls) if self.bind_class else self.fn
+        fn = self.fn
         if obj is None:
             return fn
 

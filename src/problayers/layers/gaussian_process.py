@@ -24,7 +24,6 @@ num_train_examples``.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
@@ -36,15 +35,11 @@ from ..coercible import as_coercible
 from ..convert import check_convert_fn
 from ..kl import mvn_kl
 from ..losses import added_losses_enabled, init_added_losses, set_added_loss
-from ..numerics import at_least_zero
+from ..numerics import at_least_zero, inverse_softplus
 from ._args import boolean, floating_dtype, non_negative_number, positive_int, positive_number
 from .base import tensor_input
 
 __all__ = ["VariationalGaussianProcess"]
-
-
-def _inverse_softplus(y: float) -> float:
-    return y + math.log(-math.expm1(-y))
 
 
 class VariationalGaussianProcess(nn.Module):
@@ -147,11 +142,11 @@ class VariationalGaussianProcess(nn.Module):
             ("length_scale", length_scale),
             ("observation_noise_variance", observation_noise_variance),
         ):
-            raw = torch.tensor(_inverse_softplus(positive_number(value, name)), dtype=dtype)
+            raw = torch.tensor(inverse_softplus(positive_number(value, name)), dtype=dtype)
             setattr(self, f"untransformed_{name}", nn.Parameter(raw))
         self.variational_loc = nn.Parameter(torch.zeros(m, dtype=dtype))  # m: (M,)
         diag = torch.full(
-            (m,), _inverse_softplus(positive_number(variational_scale, "variational_scale")), dtype=dtype
+            (m,), inverse_softplus(positive_number(variational_scale, "variational_scale")), dtype=dtype
         )
         self.untransformed_variational_scale = nn.Parameter(torch.diag(diag))  # (M, M), lower part used
         self.jitter = float(non_negative_number(jitter, "jitter"))

@@ -34,6 +34,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .rng import derived_seed
+
 __all__ = [
     "DistContext",
     "RankZeroError",
@@ -162,11 +164,6 @@ def sync_batch_norm(model: nn.Module, device: torch.device) -> tuple[nn.Module, 
     )
 
 
-def _derived_seed(*parts: object) -> int:
-    digest = hashlib.sha256(repr(parts).encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1  # 63 bits: valid for every generator
-
-
 @dataclass(frozen=True)
 class DistContext:
     """This process's place in an initialized default process group (see :func:`init_from_env`)."""
@@ -292,7 +289,7 @@ class DistContext:
         if self.rank == 0:
             return
         state = hashlib.sha256(torch.get_rng_state().numpy().tobytes()).hexdigest()
-        torch.manual_seed(_derived_seed("rank", state, self.rank))  # CPU and every CUDA device
+        torch.manual_seed(derived_seed("rank", state, self.rank))  # CPU and every CUDA device
 
 
 def current() -> DistContext | None:

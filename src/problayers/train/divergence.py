@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from ..precision import wide_dtype
+
 if TYPE_CHECKING:
     from .distributed import DistContext
 
@@ -59,7 +61,7 @@ def reduced_means(
         bad: list[int] = []
     else:
         # One all-reduce: [per-rank means..., images, non-finite flag per rank].
-        dtype = torch.float32 if stacked.device.type == "mps" else torch.float64
+        dtype = wide_dtype(stacked.device)
         flags = torch.zeros(dist.world_size, dtype=dtype, device=stacked.device)
         flags[dist.rank] = (~torch.isfinite(stacked[0])).to(dtype)
         count = torch.tensor([images], dtype=dtype, device=stacked.device)

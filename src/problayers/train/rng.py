@@ -12,13 +12,22 @@ unless told another. :func:`fork_rng` forks exactly the generators a seeded eval
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
 
 import torch
 
-__all__ = ["device_generator", "fork_rng", "manual_seed"]
+__all__ = ["derived_seed", "device_generator", "fork_rng", "manual_seed"]
+
+
+def derived_seed(*parts: object) -> int:
+    """A seed for a generator of its own, fixed by ``parts`` (a run's seed, an epoch, a rank):
+    63 bits of the SHA-256 of their ``repr``, valid for every torch generator and the same on
+    every machine and Python (``hash`` of a string is salted per process)."""
+    digest = hashlib.sha256(repr(parts).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
 
 
 def device_generator(device: torch.device) -> ModuleType | None:

@@ -16,13 +16,13 @@ Every problem with the data raises a one-line :class:`MNISTError` naming the fil
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import torch
 
+from ..train.rng import derived_seed
 from .idx import (  # noqa: F401  (re-exported; _HINT and _one_line for problayers.vae.download)
     _HINT,
     ANY_COUNT_ENV,
@@ -247,11 +247,6 @@ def binarize_fixed(images_u8: torch.Tensor, seed: int = TEST_BINARIZATION_SEED) 
     return _bernoulli(x, u, _PIXEL_PROB.to(x.device))
 
 
-def _derived_seed(*parts: object) -> int:
-    digest = hashlib.sha256(repr(parts).encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1  # 63 bits: valid for every generator
-
-
 def _check_int(name: str, value: object, lo: int, expectation: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < lo:
         raise ValueError(f"{name} must be {expectation}; got {value!r}")
@@ -330,7 +325,7 @@ class EpochBatches:
     def permutation(self, e: int) -> torch.Tensor:
         """int64 (N,) on the CPU: the order in which epoch ``e`` visits the examples."""
         _check_int("e", e, 0, "an int >= 0")
-        gen = torch.Generator().manual_seed(_derived_seed("perm", self.seed, e))
+        gen = torch.Generator().manual_seed(derived_seed("perm", self.seed, e))
         return torch.randperm(self.num_examples, generator=gen)
 
     def epoch(self, e: int) -> Iterator[torch.Tensor]:
@@ -338,7 +333,7 @@ class EpochBatches:
         It has a ``len`` (a progress bar shows the epoch's total)."""
         device = self.images.device
         perm = self.permutation(e).to(device)
-        noise = torch.Generator(device=device).manual_seed(_derived_seed("noise", self.seed, e))
+        noise = torch.Generator(device=device).manual_seed(derived_seed("noise", self.seed, e))
         return _Sized(self._iterate(perm, noise), len(self))
 
     def _iterate(self, perm: torch.Tensor, noise: torch.Generator) -> Iterator[torch.Tensor]:

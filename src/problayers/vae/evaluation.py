@@ -35,6 +35,7 @@ import torch.distributions as D
 
 from ..kl import kl_or_estimate
 from ..numerics import logsumexp
+from ..precision import wide_dtype
 from .objectives import check_support, data_log_prob
 
 __all__ = ["BOUNDS", "elbo_terms", "evaluate", "format_table", "iwae_log_likelihood", "non_finite_bounds"]
@@ -122,11 +123,6 @@ def _decoder_log_prob(
     if check is not None and tuple(x.shape[1:]) == tuple(px.event_shape):  # else data_log_prob says
         check_support(px, x, check, k)  # before log_prob: a Categorical's would gather out of range
     return data_log_prob(px, x, k)  # (N,)
-
-
-def _accumulator_dtype(device: torch.device) -> torch.dtype:
-    # Sums over a whole test set are kept in float64 where the device has it.
-    return torch.float32 if device.type == "mps" else torch.float64
 
 
 # --------------------------------------------------------------------------- bounds
@@ -291,7 +287,7 @@ def evaluate(
     nats_to_bits_per_dim = 1.0 / (dims * math.log(2.0))
 
     device = images.device
-    dtype = _accumulator_dtype(device)
+    dtype = wide_dtype(device)  # sums over a whole test set
     names = ["neg_elbo", "recon", "kl"] + (["iwae_nll"] if iwae_samples > 0 else [])
     sums = torch.zeros(len(names), dtype=dtype, device=device)  # (M,), one per metric
 

@@ -84,7 +84,6 @@ __all__ = [
 
 #: Seed of the sampling inside per-epoch test evaluation (fixed: epochs are comparable).
 EVAL_SEED = 1234
-#: What ``resume`` may change (the rest defines the run and is refused).
 
 
 def _images(cfg: RunConfig, split: str) -> torch.Tensor:
@@ -108,7 +107,8 @@ def load_test_images(cfg: RunConfig, device: torch.device) -> torch.Tensor:
 
 
 def test_metrics(model: VAE, test_x: torch.Tensor, batch_size: int) -> dict[str, float]:
-    """Test -ELBO and its parts (analytic KL), with the sampling seeded by ``EVAL_SEED``."""
+    """Test -ELBO and its parts (the exact KL where torch has a formula for the pair, else its
+    one-sample Monte Carlo estimate), with the sampling seeded by ``EVAL_SEED``."""
     was_training = model.training
     model.eval()
     with fork_rng(test_x.device, EVAL_SEED), torch.no_grad():  # a trained prior's graph too

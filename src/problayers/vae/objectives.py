@@ -31,6 +31,7 @@ from ..coercible import convert_to_tensor
 from ..kl import kl_or_estimate
 from ..losses import added_losses_skipped, collect_losses
 from ..numerics import logsumexp
+from ..precision import wide_dtype
 from ..train.distributed import mean_over_ranks
 
 __all__ = ["ELBO", "IWAE", "OBJECTIVES", "OBJECTIVE_OPTIONS", "Objective", "check_support", "data_log_prob"]
@@ -116,7 +117,7 @@ class Objective(nn.Module):
         step count in a training step."""
         if self.kl_warmup_steps <= 0:
             return 1.0
-        wide = torch.float32 if self.steps.device.type == "mps" else torch.float64
+        wide = wide_dtype(self.steps.device)
         factor = (self.steps.to(wide) / self.kl_warmup_steps).clamp(max=1.0)
         factor = factor.to(torch.float32 if like is None else like.dtype)
         if self.training and torch.is_grad_enabled():

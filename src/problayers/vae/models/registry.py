@@ -56,17 +56,18 @@ IMPORT_HINT = "problayers COMMAND --import MODULE"
 _SAVED: contextvars.ContextVar[bool] = contextvars.ContextVar("problayers_saved_config", default=False)
 
 
+#: The layers whose weights the initializers below set.
+_WEIGHTED = (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)
+
+
 def _keras_init(model: nn.Module) -> None:
     """Keras' defaults, as in TFP's example: Glorot-uniform weights, zero biases, for every
     convolution, transposed convolution and linear layer."""
     for module in model.modules():
-        if isinstance(module, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
+        if isinstance(module, _WEIGHTED):
             nn.init.xavier_uniform_(module.weight)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
-
-
-_WEIGHTED = (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)
 
 
 def _he_init(model: nn.Module) -> None:
