@@ -187,3 +187,25 @@ def test_the_elbos_exact_kl_compiles_in_one_graph_after_a_register_kl():
         assert explanation.graph_break_count == 0, [b.reason for b in explanation.break_reasons]
     finally:
         torch.compiler.reset()
+
+
+def test_the_elbos_exact_kl_draws_nothing_the_decoder_did_not():
+    """With the exact KL, the ELBO draws from q only what the decoder asks for: a decoder of
+    q's mean leaves torch's generator where it was (a Monte Carlo KL needs the sample)."""
+
+    class MeanDecoder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(2, 3)
+
+        def forward(self, q):
+            return D.Independent(D.Normal(self.linear(q.mean), 1.0), 1)
+
+    torch.manual_seed(0)
+    encoder = torch.nn.Sequential(torch.nn.Linear(3, 4), pl.IndependentNormal(2))
+    x = torch.randn(8, 3)
+    for exact, draws in ((True, False), (False, True)):
+        model = VAE(encoder, MeanDecoder(), prior=pl.StandardNormal(2), objective=ELBO(exact_kl=exact))
+        state = torch.get_rng_state()
+        model(x, loss=True)
+        assert torch.equal(torch.get_rng_state(), state) is not draws

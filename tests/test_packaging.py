@@ -81,7 +81,7 @@ def test_a_users_program_type_checks_strictly(tmp_path):
         "--config-file",
         str(config),
         "--cache-dir",
-        str(REPO / ".mypy_cache"),
+        str(REPO / ".mypy_cache" / "strict-user"),  # not test_mypy_is_clean's (xdist runs both at once)
     ]
     env = {**os.environ, "MYPYPATH": str(REPO / "src")}
     program.write_text(USER_PROGRAM)

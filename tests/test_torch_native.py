@@ -280,3 +280,40 @@ def test_a_fresh_process_compiles_the_vgp_kl_in_one_graph():
         "print('ok')\n"
     )
     assert fresh_python(code) == "ok"
+
+
+@pytest.mark.parametrize(
+    "make,works",
+    [
+        (lambda: pl.IndependentNormal(2), {"same"}),
+        (lambda: pl.IndependentBernoulli(2), {"different"}),
+        (lambda: pl.IndependentLogistic(2), {"same", "different"}),
+        (lambda: pl.MixtureLogistic(3, 2), {"different"}),
+        (lambda: pl.MixtureNormal(3, 2), set()),
+        (lambda: pl.MixtureNormal(3, 2, convert_to_tensor_fn="sample"), {"different"}),
+        (lambda: pl.MixtureSameFamily(3, pl.IndependentNormal(2)), set()),
+    ],
+    ids=[
+        "Normal",
+        "Bernoulli",
+        "Logistic",
+        "MixtureLogistic",
+        "MixtureNormal",
+        "MixtureNormal(sample)",
+        "MixtureSameFamily(Normal)",
+    ],
+)
+def test_vmap_takes_the_randomness_design_md_says(make, works):
+    """docs/design.md: which ``randomness`` of ``torch.func.vmap`` each layer's value takes
+    (torch's own samplers decide: an ``rsample`` of a Normal needs ``"same"``, a ``sample()``
+    of a batched input ``"different"``; a mixture's default value has one of each)."""
+    layer = make()
+    x = torch.randn(5, 4, layer.params_size())
+    for randomness in ("same", "different"):
+        try:
+            value = torch.func.vmap(lambda p: pl.convert_to_tensor(layer(p)), randomness=randomness)(x)
+        except RuntimeError as err:
+            assert randomness not in works, err
+            assert "andomness" in str(err)  # vmap's refusal, not another error
+        else:
+            assert randomness in works and value.shape == (5, 4, 2)

@@ -26,7 +26,7 @@ import torch.distributions as D
 from torch.distributions.kl import register_kl
 
 from ._on_import import when_imported
-from .coercible import base_class
+from .coercible import base_class, convert_to_tensor
 
 __all__ = ["diagonal_normal_as_mvn", "exact_kl", "kl_or_estimate", "mvn_kl", "prepare_kl_dispatch"]
 
@@ -170,7 +170,9 @@ def exact_kl(q: D.Distribution, p: D.Distribution, option: str) -> torch.Tensor:
         ) from err
 
 
-def kl_or_estimate(q: D.Distribution, p: D.Distribution, z: torch.Tensor, exact: bool = True) -> torch.Tensor:
+def kl_or_estimate(
+    q: D.Distribution, p: D.Distribution, z: torch.Tensor | None = None, exact: bool = True
+) -> torch.Tensor:
     """``KL(q || p)`` exactly where ``exact`` is set and torch has a formula for the pair, else
     its one-sample Monte Carlo estimate ``log q(z) - log p(z)`` at ``z``, a draw from ``q``.
 
@@ -180,7 +182,9 @@ def kl_or_estimate(q: D.Distribution, p: D.Distribution, z: torch.Tensor, exact:
     Args:
         q: the posterior, batch ``B``, event ``E``.
         p: the prior, batch broadcastable with ``B``, event ``E``.
-        z: the sample, shape ``B + E`` (or ``S + B + E``: then the estimate has shape ``S + B``).
+        z: the sample, shape ``B + E`` (or ``S + B + E``: then the estimate has shape ``S + B``);
+            default ``None``: ``q``'s tensor value (:func:`~problayers.convert_to_tensor`, a
+            tensor-coercible ``q``), taken only where the estimate is (an exact KL draws nothing).
         exact: try the exact KL first.
 
     Returns:
@@ -192,4 +196,6 @@ def kl_or_estimate(q: D.Distribution, p: D.Distribution, z: torch.Tensor, exact:
             return D.kl_divergence(q, p)
         except NotImplementedError:
             pass
+    if z is None:
+        z = convert_to_tensor(q)
     return q.log_prob(z) - p.log_prob(z)

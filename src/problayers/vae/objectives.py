@@ -27,7 +27,6 @@ from torch import nn
 from torch.nn.parameter import UninitializedBuffer
 
 from .._state import first_floating_tensor
-from ..coercible import convert_to_tensor
 from ..kl import kl_or_estimate
 from ..losses import added_losses_skipped, collect_losses
 from ..numerics import logsumexp
@@ -167,7 +166,7 @@ class ELBO(Objective):
             kl = collect_losses(vae, clear=True)
             floor = float(vae.regularizer.weight) * self.free_bits * q.event_shape.numel()
         else:
-            kl = self.beta * kl_or_estimate(q, vae.prior(), convert_to_tensor(q), self.exact_kl).mean()
+            kl = self.beta * kl_or_estimate(q, vae.prior(), exact=self.exact_kl).mean()
             floor = self.beta * self.free_bits * q.event_shape.numel()
         floor = min(floor, torch.finfo(kl.dtype).max)  # a huge beta: not a conversion error here
         term = kl
