@@ -1104,14 +1104,14 @@ MUTANTS = [
     ),
     (
         "convert.py",
-        "    if isinstance(base, D.MixtureSameFamily) and base.component_distribution.has_rsample:",
+        "    if isinstance(dist, D.MixtureSameFamily) and dist.component_distribution.has_rsample:",
         "    if False:",
         "tests/test_tfp_mixture_layers.py::test_mixture_value_is_tfps_sample_with_its_gradient",
     ),
     (
         "convert.py",
-        "    while isinstance(base, D.Independent):  # reinterprets dimensions: the same draw",
-        "    while False:",
+        "    if isinstance(dist, D.Independent):  # reinterprets dimensions: the same draw",
+        "    if False:",
         "tests/test_tfp_mixture_layers.py::test_auto_value_of_a_mixture_under_independent_is_the_drawn_components",
     ),
     (
@@ -1125,6 +1125,18 @@ MUTANTS = [
         "def new(params, event_shape: Shape = (), *, validate_args: bool = False)",
         "def new(params, event_shape: Shape = (), validate_args: bool = False)",
         "tests/test_layers_catalog.py::test_tfps_positional_dtype_of_new_is_refused_not_read_as_validate_args",
+    ),
+    (
+        "convert.py",
+        "    if isinstance(dist, D.TransformedDistribution):",
+        "    if False:",
+        "tests/test_tfp_mixture_layers.py::test_auto_value_of_a_transformed_mixture_is_the_transformed_draw",
+    ),
+    (
+        "layers/categorical.py",
+        "value = value.detach().to(log_p.dtype)",
+        "value = value.to(log_p.dtype)",
+        "tests/test_layers_catalog.py::test_one_hot_log_prob_of_a_soft_label_is_tfps_cross_entropy",
     ),
 ]
 

@@ -173,6 +173,28 @@ def test_auto_value_of_a_mixture_under_independent_is_the_drawn_components():
     assert torch.equal(loc.grad.sum(-1), torch.ones(4, 2))  # one component each: its loc
 
 
+def test_auto_value_of_a_transformed_mixture_is_the_transformed_draw():
+    """A mixture of log-normals, ``TransformedDistribution(MixtureSameFamily(...), Exp)``: TFP's
+    ``sample`` transforms the mixture's draw, so its gradient reaches the drawn component's loc
+    as ``exp(x) = value``; torch's ``sample()`` has the same numbers and no gradient."""
+    loc = torch.tensor([[0.5, -1.0, 2.0]] * 4, requires_grad=True)  # (B, K)
+
+    def make(t):
+        mixture = D.MixtureSameFamily(D.Categorical(logits=torch.zeros(4, 3)), D.Normal(t, 1e-3))
+        return D.TransformedDistribution(mixture, [D.ExpTransform()])  # batch (4,), event ()
+
+    torch.manual_seed(3)
+    out = pl.DistributionLambda(make)(loc)
+    value = pl.convert_to_tensor(out)  # (4,)
+    torch.manual_seed(3)
+    assert torch.equal(value.detach(), out.sample())
+    value.sum().backward()
+    drawn = (value.detach().log()[:, None] - loc.detach()).abs().argmin(-1)  # (4,)
+    expected = torch.zeros(4, 3)
+    expected[torch.arange(4), drawn] = value.detach()
+    torch.testing.assert_close(loc.grad, expected)
+
+
 @pytest.mark.parametrize("head", list(MDN_HEADS))
 def test_mixture_density_network_on_a_cardioid(head):
     """distribution_layer_test.py _MixtureLogisticTest/_MixtureNormalTest/_MixtureSameFamilyTest.test_doc_string"""  # noqa: E501

@@ -59,18 +59,31 @@ def _mixture_draw(mixture: D.MixtureSameFamily) -> torch.Tensor:
     return draws.gather(axis, index).squeeze(axis)  # (*B, *E)
 
 
-def _auto(dist: D.Distribution) -> torch.Tensor:
-    """TFP's ``tfd.Distribution.sample`` as a value: ``rsample()`` where ``dist`` has one; a
-    mixture of reparameterizable components (under ``Independent`` too) through the drawn
-    component (:func:`_mixture_draw`); else ``sample()``, no gradient."""
+def _pathwise(dist: D.Distribution) -> torch.Tensor | None:
+    """A draw of ``dist`` with the gradient of TFP's ``sample``, or ``None`` where that has none:
+    ``rsample()`` where ``dist`` has one; a mixture of reparameterizable components through the
+    drawn component (:func:`_mixture_draw`); ``Independent`` and ``TransformedDistribution``
+    over such a draw as torch's ``sample()`` makes theirs (the same draw, then the transforms)."""
     if dist.has_rsample:
         return dist.rsample()
-    base = dist
-    while isinstance(base, D.Independent):  # reinterprets dimensions: the same draw
-        base = base.base_dist
-    if isinstance(base, D.MixtureSameFamily) and base.component_distribution.has_rsample:
-        return _mixture_draw(base)
-    return dist.sample()
+    if isinstance(dist, D.Independent):  # reinterprets dimensions: the same draw
+        return _pathwise(dist.base_dist)
+    if isinstance(dist, D.TransformedDistribution):
+        x = _pathwise(dist.base_dist)
+        if x is not None:
+            for transform in dist.transforms:
+                x = transform(x)
+        return x
+    if isinstance(dist, D.MixtureSameFamily) and dist.component_distribution.has_rsample:
+        return _mixture_draw(dist)
+    return None
+
+
+def _auto(dist: D.Distribution) -> torch.Tensor:
+    """TFP's ``tfd.Distribution.sample`` as a value: :func:`_pathwise` where it draws, else
+    ``sample()`` (no gradient: a discrete distribution's, a ``VonMises``')."""
+    value = _pathwise(dist)
+    return dist.sample() if value is None else value
 
 
 #: The named ways of turning a distribution into its tensor value.

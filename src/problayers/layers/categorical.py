@@ -26,16 +26,16 @@ class SoftOneHotCategorical(D.OneHotCategorical):
     """torch's ``OneHotCategorical`` whose ``log_prob(x)`` is TFP's: ``sum_e x_e log p_e`` for any
     ``x`` of shape ``(*B, E)`` -> ``(*B,)``, so a smoothed or soft label (label smoothing, mixup)
     scores as minus its cross-entropy, as in ``tfd.OneHotCategorical``; torch's scores ``argmax(x)``
-    only. On a one-hot ``x`` both are the same number. Everything else is torch's; with
+    only. On a one-hot ``x`` both are the same number. The gradient reaches the logits only, not
+    ``x`` (TFP stops it there; torch's has none either). Everything else is torch's; with
     ``validate_args`` torch's support check (one-hot values) applies."""
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         if self._validate_args:
             self._validate_sample(value)
         log_p = self._categorical.logits  # (*B, E), normalized by torch
-        value = value.to(log_p.dtype)
-        # 0 * log p counts 0 where p = 0 (log p = -inf), in the value and in the gradients;
-        # elsewhere d/dx_e is log p_e, as TFP's, for every class (a straight-through sample)
+        value = value.detach().to(log_p.dtype)  # a label: TFP's stop_gradient
+        # 0 * log p counts 0 where p = 0 (log p = -inf), in the value and in the gradients
         log_p = torch.where((value == 0) & torch.isneginf(log_p), 0.0, log_p)
         return (value * log_p).sum(-1)  # (*B,)
 
