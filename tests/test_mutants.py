@@ -1138,6 +1138,12 @@ MUTANTS = [
         "value = value.to(log_p.dtype)",
         "tests/test_layers_catalog.py::test_one_hot_log_prob_of_a_soft_label_is_tfps_cross_entropy",
     ),
+    (
+        "layers/reparameterization.py",
+        "normal_bias = qb is not None and isinstance(_base(qb), D.Normal)",
+        "normal_bias = False",
+        "tests/test_variational.py::test_local_reparameterization_output_has_the_weights_variance",
+    ),
 ]
 
 

@@ -153,6 +153,10 @@ class _WeightUncertainty(nn.Module):
         """-> (output before activation, the kernel and bias samples used, or ``None``)."""
         raise NotImplementedError
 
+    def _bias_view(self, bias: torch.Tensor) -> torch.Tensor:
+        """A bias sample ``(out,)`` shaped to add to the output (dense: as it is)."""
+        return bias
+
     # -- shared ------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         name = type(self).__name__
@@ -211,11 +215,18 @@ class _LocalReparameterization(_WeightUncertainty):
                     f"Independent(Normal)) {role} posterior, got {type(q).__name__}"
                     + (" (or a point mass: is_singular=True)" if role == "bias" else "")
                 )
-        bias_var = qb.variance if qb is not None and isinstance(_base(qb), D.Normal) else None
-        mean = self._op(x, qk.mean, qb.mean if qb is not None else None)  # (*B, out)
-        var = self._op(x.square(), qk.variance, bias_var)  # (*B, out)
+        # The kernel's term per example; a Normal bias drawn once per forward and shared by the
+        # batch, as TFP's (its sample also goes to bias_divergence_fn); a point mass in the mean.
+        normal_bias = qb is not None and isinstance(_base(qb), D.Normal)
+        mean = self._op(x, qk.mean, qb.mean if qb is not None and not normal_bias else None)  # (*B, out)
+        var = self._op(x.square(), qk.variance, None)  # (*B, out)
         std = var.clamp_min(torch.finfo(var.dtype).tiny).sqrt()
-        return D.Normal(mean, std, validate_args=False).rsample(), None, None
+        out = D.Normal(mean, std, validate_args=False).rsample()  # (*B, out)
+        wb = None
+        if normal_bias:
+            wb = qb.rsample()  # bias_shape
+            out = out + self._bias_view(wb).to(out.dtype)
+        return out, None, wb
 
 
 class _Flipout(_WeightUncertainty):
@@ -233,9 +244,6 @@ class _Flipout(_WeightUncertainty):
             wb = qb.rsample()  # bias_shape
             out = out + self._bias_view(wb).to(out.dtype)
         return out, wk, wb
-
-    def _bias_view(self, bias: torch.Tensor) -> torch.Tensor:
-        return bias
 
 
 def _dense_check(layer: _WeightUncertainty, x: torch.Tensor) -> None:
@@ -344,8 +352,9 @@ class DenseReparameterization(_Dense, _Reparameterization):
 @_document_dense(
     "Dense layer with a Gaussian posterior over its weights; local reparameterization.",
     "Each example's pre-activation is drawn from its exact Gaussian instead of sampling the\n"
-    "weights, independently per example (lower-variance gradients than one ``W`` shared by the\n"
-    "batch), from two products per forward: the mean and the variance",
+    "kernel, independently per example (lower-variance gradients than one ``W`` shared by the\n"
+    "batch), from two products per forward: the mean and the variance; a Normal bias is one\n"
+    "sample per forward shared by the batch, as TFP's",
     " (the kernel and bias posteriors must be\n        ``Normal`` or ``Independent(Normal)``)",
 )
 class DenseLocalReparameterization(_Dense, _LocalReparameterization):
