@@ -1140,8 +1140,8 @@ MUTANTS = [
     ),
     (
         "layers/reparameterization.py",
-        "normal_bias = qb is not None and isinstance(_base(qb), D.Normal)",
-        "normal_bias = False",
+        "drawn_bias = qb is not None and not isinstance(_base(qb), _PointMass)",
+        "drawn_bias = False",
         "tests/test_variational.py::test_local_reparameterization_output_has_the_weights_variance",
     ),
 ]

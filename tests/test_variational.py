@@ -412,11 +412,15 @@ class _LogisticPosterior(nn.Module):
         return D.Independent(pl.Logistic(self.loc, torch.ones_like(self.loc)), self.loc.dim())
 
 
-def test_local_reparameterization_needs_a_normal_posterior():
+def test_local_reparameterization_needs_a_normal_kernel_posterior_only():
     layer = pl.DenseLocalReparameterization(3, 2, kernel_posterior_fn=_LogisticPosterior, kl_use_exact=False)
-    with pytest.raises(TypeError, match=r"Normal.*kernel posterior.*Independent"):
+    with pytest.raises(TypeError, match=r"Independent\(Normal\)\) kernel posterior, got Logistic$"):
         layer(torch.randn(2, 3))
     pl.DenseFlipout(3, 2, kernel_posterior_fn=_LogisticPosterior, kl_use_exact=False)(torch.randn(2, 3))
+    # any bias posterior with rsample, as TFP's: one draw per forward, added to every example
+    layer = pl.DenseLocalReparameterization(3, 2, bias_posterior_fn=_LogisticPosterior, kl_use_exact=False)
+    out = layer(torch.zeros(4, 3))  # the kernel's term is 0: each row is the bias
+    assert torch.equal(out, out[:1].expand(4, 2)) and not torch.equal(out[0], torch.zeros(2))
 
 
 def test_wrong_posterior_shape_is_named():

@@ -231,8 +231,8 @@ def default_mean_field_normal_fn(
 
     Args:
         is_singular: the ``scale -> 0`` limit, a point mass at ``loc`` (TFP's ``Deterministic``;
-            default ``False``). Its KL to a prior ``p`` is ``-p.log_prob(loc)``; not for the local
-            reparameterization layers (they need a Normal).
+            default ``False``). Its KL to a prior ``p`` is ``-p.log_prob(loc)``; not for a local
+            reparameterization layer's kernel (it needs a Normal), fine for its bias.
         loc_initializer: fills ``loc`` in place, a ``torch.nn.init``-style callable (default
             ``partial(nn.init.normal_, mean=0, std=0.1)``).
         untransformed_scale_initializer: the same for ``untransformed_scale`` (default

@@ -5,8 +5,9 @@
 The three estimators of the output, for a posterior ``q`` over the kernel ``W`` (and bias):
 
 * **reparameterization**: one ``W ~ q`` (``rsample``) per forward, shared by the batch;
-* **local reparameterization** (Gaussian posteriors only): the output's exact per-example
-  Gaussian ``Normal(op(x, E[W]), sqrt(op(x^2, Var[W])))`` is sampled instead of ``W``;
+* **local reparameterization** (a Gaussian kernel posterior only): the output's exact
+  per-example Gaussian ``Normal(op(x, E[W]), sqrt(op(x^2, Var[W])))`` is sampled instead of
+  ``W``, and one bias ``b ~ q_b`` per forward is added, as TFP's;
 * **Flipout**: ``op(x, E[W]) + op(x * s_in, dW) * s_out`` with one ``dW = W - E[W]`` and random
   signs ``s_in``, ``s_out`` per example (needs a posterior symmetric about its mean).
 
@@ -208,22 +209,20 @@ class _Reparameterization(_WeightUncertainty):
 
 class _LocalReparameterization(_WeightUncertainty):
     def _estimate(self, x, qk, qb):
-        for role, q, allowed in (("kernel", qk, D.Normal), ("bias", qb, (D.Normal, _PointMass))):
-            if q is not None and not isinstance(_base(q), allowed):
-                raise TypeError(
-                    f"{type(self).__name__}: local reparameterization needs a Normal (or "
-                    f"Independent(Normal)) {role} posterior, got {type(q).__name__}"
-                    + (" (or a point mass: is_singular=True)" if role == "bias" else "")
-                )
-        # The kernel's term per example; a Normal bias drawn once per forward and shared by the
-        # batch, as TFP's (its sample also goes to bias_divergence_fn); a point mass in the mean.
-        normal_bias = qb is not None and isinstance(_base(qb), D.Normal)
-        mean = self._op(x, qk.mean, qb.mean if qb is not None and not normal_bias else None)  # (*B, out)
+        if not isinstance(_base(qk), D.Normal):
+            raise TypeError(
+                f"{type(self).__name__}: local reparameterization needs a Normal (or "
+                f"Independent(Normal)) kernel posterior, got {type(_base(qk)).__name__}"
+            )
+        # The kernel's term per example; the bias drawn once per forward and shared by the batch,
+        # as TFP's (its sample also goes to bias_divergence_fn); a point mass in the mean.
+        drawn_bias = qb is not None and not isinstance(_base(qb), _PointMass)
+        mean = self._op(x, qk.mean, qb.mean if qb is not None and not drawn_bias else None)  # (*B, out)
         var = self._op(x.square(), qk.variance, None)  # (*B, out)
         std = var.clamp_min(torch.finfo(var.dtype).tiny).sqrt()
         out = D.Normal(mean, std, validate_args=False).rsample()  # (*B, out)
         wb = None
-        if normal_bias:
+        if drawn_bias:
             wb = qb.rsample()  # bias_shape
             out = out + self._bias_view(wb).to(out.dtype)
         return out, None, wb
@@ -355,7 +354,7 @@ class DenseReparameterization(_Dense, _Reparameterization):
     "kernel, independently per example (lower-variance gradients than one ``W`` shared by the\n"
     "batch), from two products per forward: the mean and the variance; a Normal bias is one\n"
     "sample per forward shared by the batch, as TFP's",
-    " (the kernel and bias posteriors must be\n        ``Normal`` or ``Independent(Normal)``)",
+    " (the kernel posterior must be\n        ``Normal`` or ``Independent(Normal)``)",
 )
 class DenseLocalReparameterization(_Dense, _LocalReparameterization):
     pass
